@@ -1,0 +1,87 @@
+"""Backend-neutral single-environment interface that every wrapper builds on.
+
+A backend (gymnax, brax, our own JAX envs) is adapted to `EnvCore`: a pure `reset(key)` and a
+pure `step(key, state, action)` that never auto-resets and reports termination only. Time limits,
+auto-reset, statistics and normalisation are added once, for all backends, by `VecEnv`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """Discrete (`num_actions` > 0) or continuous box (`low`/`high` of shape `shape`)."""
+
+    discrete: bool
+    num_actions: int = 0
+    shape: tuple[int, ...] = ()
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
+
+    @property
+    def dim(self) -> int:
+        """Number of network outputs for the policy head (logits or Gaussian means)."""
+        return self.num_actions if self.discrete else math.prod(self.shape)
+
+    def contains(self, action: Any) -> bool:
+        """Host-side check used to validate untrusted actions (LLM advice)."""
+        import numpy as np
+
+        a = np.asarray(action)
+        if self.discrete:
+            return a.shape == () and np.issubdtype(a.dtype, np.integer) and 0 <= int(a) < self.num_actions
+        return (
+            a.shape == self.shape
+            and bool(np.all(np.isfinite(a)))
+            and bool(np.all(a >= np.asarray(self.low)))
+            and bool(np.all(a <= np.asarray(self.high)))
+        )
+
+
+@struct.dataclass
+class CoreState:
+    """A restorable snapshot of one environment: backend state, raw observation, step count.
+
+    This is exactly what `VecEnv.reset_to` accepts, so a stored `CoreState` restarts an env
+    bit-for-bit where it was (ULTRA restarts from critical states).
+    """
+
+    inner: Any
+    obs: jax.Array
+    time: jax.Array
+
+
+@dataclass(frozen=True)
+class EnvCore:
+    """One unbatched environment as pure functions plus static metadata."""
+
+    env_id: str
+    obs_shape: tuple[int, ...]
+    action_space: ActionSpace
+    max_steps: int
+    reset_fn: Callable[[jax.Array], CoreState]
+    step_fn: Callable[[jax.Array, CoreState, jax.Array], tuple[CoreState, jax.Array, jax.Array]]
+    family: str
+    cheap_reset: bool = True
+    raw: Any = None  # the backend env object, for describers and rendering
+
+    def reset(self, key: jax.Array) -> CoreState:
+        """A fresh initial state from the env's own initial distribution."""
+        return self.reset_fn(key)
+
+    def step(self, key: jax.Array, state: CoreState, action: jax.Array) -> tuple[CoreState, jax.Array, jax.Array]:
+        """One transition without auto-reset: (next state, reward, terminated)."""
+        return self.step_fn(key, state, action)
+
+
+def cast_like(tree: Any, like: Any) -> Any:
+    """Cast every leaf of `tree` to the dtype of the matching leaf of `like` (reset vs step states)."""
+    return jax.tree.map(lambda x, y: jnp.asarray(x, dtype=jnp.result_type(y)), tree, like)

@@ -1,0 +1,84 @@
+"""Adapter from gymnax 1.0 environments to `EnvCore` (no auto-reset, termination only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxmod.envs.core import ActionSpace, CoreState, EnvCore, cast_like
+
+
+def gymnax_ids() -> list[str]:
+    """All environment ids gymnax registers."""
+    import gymnax
+
+    return list(gymnax.registered_envs)
+
+
+def _action_space(space: Any) -> ActionSpace:
+    from gymnax.environments import spaces
+
+    if isinstance(space, spaces.Discrete):
+        return ActionSpace(discrete=True, num_actions=int(space.n))
+    low = jnp.broadcast_to(jnp.asarray(space.low, jnp.float32), space.shape)
+    high = jnp.broadcast_to(jnp.asarray(space.high, jnp.float32), space.shape)
+    return ActionSpace(
+        discrete=False,
+        shape=tuple(space.shape),
+        low=tuple(float(x) for x in low.reshape(-1)),
+        high=tuple(float(x) for x in high.reshape(-1)),
+    )
+
+
+def make_gymnax(env_id: str, **options: Any) -> EnvCore:
+    """Wrap gymnax `env_id`; `options` override fields of the env's default params (e.g. max_steps_in_episode)."""
+    import gymnax
+
+    env, params = gymnax.make(env_id)
+    if options:
+        unknown = sorted(set(options) - set(params.__dataclass_fields__))
+        if unknown:
+            valid = ", ".join(sorted(params.__dataclass_fields__))
+            raise ValueError(f"unknown option(s) {unknown} for {env_id}; valid options: {valid}")
+        params = params.replace(**options)
+
+    action_space = _action_space(env.action_space(params))
+    max_steps = int(params.max_steps_in_episode)
+
+    def reset_fn(key: jax.Array) -> CoreState:
+        obs, inner = env.reset_env(key, params)
+        return CoreState(inner=inner, obs=jnp.asarray(obs, jnp.float32), time=jnp.int32(0))
+
+    # Reset and step states can differ in weak types; fix the step state's dtypes once.
+    probe_key = jax.random.PRNGKey(0)
+    probe = jax.eval_shape(reset_fn, probe_key)
+    probe_action = jax.ShapeDtypeStruct((), jnp.int32) if action_space.discrete else jax.ShapeDtypeStruct(
+        action_space.shape, jnp.float32
+    )
+    stepped = jax.eval_shape(lambda k, s, a: env.step_env(k, s.inner, a, params)[1], probe_key, probe, probe_action)
+
+    def reset_typed(key: jax.Array) -> CoreState:
+        state = reset_fn(key)
+        return state.replace(inner=cast_like(state.inner, stepped))
+
+    def step_fn(key: jax.Array, state: CoreState, action: jax.Array) -> tuple[CoreState, jax.Array, jax.Array]:
+        obs, inner, reward, terminated, _ = env.step_env(key, state.inner, action, params)
+        inner = cast_like(inner, stepped)
+        nxt = CoreState(inner=inner, obs=jnp.asarray(obs, jnp.float32), time=state.time + 1)
+        return nxt, jnp.asarray(reward, jnp.float32), jnp.asarray(terminated, jnp.bool_)
+
+    family = "minatar" if env_id.endswith("-MinAtar") else "classic" if "-v" in env_id else "gymnax"
+    obs_shape = tuple(jax.eval_shape(reset_fn, probe_key).obs.shape)
+    return EnvCore(
+        env_id=env_id,
+        obs_shape=obs_shape,
+        action_space=action_space,
+        max_steps=max_steps,
+        reset_fn=reset_typed,
+        step_fn=step_fn,
+        family=family,
+        cheap_reset=True,
+        raw=(env, params),
+    )

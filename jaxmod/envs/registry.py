@@ -1,0 +1,79 @@
+"""`make(env_id)`: one entry point for gymnax ids, `brax/<name>` ids and jaxmod's own envs."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable
+
+from jaxmod.envs.core import EnvCore
+from jaxmod.envs.vec_env import VecEnv
+
+BRAX_PREFIX = "brax/"
+
+# jaxmod's own JAX environments register here: id -> factory(**options) -> EnvCore
+_OWN_ENVS: dict[str, Callable[..., EnvCore]] = {}
+
+
+class UnknownEnvError(ValueError):
+    """Raised for an env id no backend knows; the message lists the valid ids."""
+
+
+def register(env_id: str, factory: Callable[..., EnvCore]) -> None:
+    """Add a jaxmod-native environment factory under `env_id`."""
+    _OWN_ENVS[env_id] = factory
+
+
+def list_env_ids() -> list[str]:
+    """Every id `make` accepts."""
+    from jaxmod.envs.brax_backend import brax_names
+    from jaxmod.envs.gymnax_backend import gymnax_ids
+
+    return gymnax_ids() + [BRAX_PREFIX + n for n in brax_names()] + sorted(_OWN_ENVS)
+
+
+def make_core(env_id: str, **options: Any) -> EnvCore:
+    """The unbatched `EnvCore` for `env_id`; `options` are backend options (e.g. backend='spring')."""
+    if env_id in _OWN_ENVS:
+        return _OWN_ENVS[env_id](**options)
+    if env_id.startswith(BRAX_PREFIX):
+        from jaxmod.envs.brax_backend import brax_names, make_brax
+
+        name = env_id[len(BRAX_PREFIX):]
+        if name not in brax_names():
+            _unknown(env_id)
+        return make_brax(name, **options)
+    from jaxmod.envs.gymnax_backend import gymnax_ids, make_gymnax
+
+    if env_id not in gymnax_ids():
+        _unknown(env_id)
+    return make_gymnax(env_id, **options)
+
+
+def make(
+    env_id: str,
+    *,
+    num_envs: int = 1,
+    normalize_obs: bool = False,
+    normalize_reward: bool = False,
+    reward_gamma: float = 0.99,
+    clip_actions: bool = True,
+    **options: Any,
+) -> VecEnv:
+    """A batch of `num_envs` copies of `env_id` behind the shared wrapper stack (see `VecEnv`)."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    return VecEnv(
+        core=make_core(env_id, **options),
+        num_envs=num_envs,
+        normalize_obs=normalize_obs,
+        normalize_reward=normalize_reward,
+        reward_gamma=reward_gamma,
+        clip_actions=clip_actions,
+    )
+
+
+def _unknown(env_id: str) -> None:
+    valid = list_env_ids()
+    close = difflib.get_close_matches(env_id, valid, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownEnvError(f"unknown env id {env_id!r}.{hint} Valid ids: {', '.join(valid)}")

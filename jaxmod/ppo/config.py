@@ -1,0 +1,182 @@
+"""PPO configuration: a frozen dataclass of static sizes and default hyperparameters, plus presets.
+
+Numeric hyperparameters are copied into a traced `HyperParams` pytree at train time, so one compiled
+program can be vmapped over, e.g., a vector of learning rates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config; the message says what to change."""
+
+
+ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Everything that defines a PPO run. Defaults: PureJaxRL's CartPole-v1 config."""
+
+    env_id: str = "CartPole-v1"
+    env_options: tuple[tuple[str, Any], ...] = ()  # backend options, e.g. (("backend", "spring"),)
+    num_envs: int = 4  # parallel envs per seed
+    num_steps: int = 128  # rollout length per update
+    total_timesteps: int = 500_000  # env steps per seed
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    lr: float = 2.5e-4
+    anneal_lr: bool = True  # linear decay of lr to 0 over training
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    clip_value_loss: bool = True
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    clip_actions: bool = True  # clip continuous actions to the env bounds before stepping
+    log_std_init: float = 0.0  # initial log std of the Gaussian head
+    unroll: int = 1  # lax.scan unroll of the rollout loop (run time vs compile time)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total_timesteps", int(self.total_timesteps))
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        object.__setattr__(self, "env_options", tuple((str(k), v) for k, v in dict(self.env_options).items()))
+        positive = ("num_envs", "num_steps", "total_timesteps", "update_epochs", "num_minibatches", "unroll")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.total_timesteps < self.num_envs * self.num_steps:
+            raise ConfigError(
+                f"total_timesteps ({self.total_timesteps}) must be at least num_envs * num_steps "
+                f"({self.num_envs * self.num_steps}) so that one update runs"
+            )
+        if (self.num_envs * self.num_steps) % self.num_minibatches:
+            raise ConfigError(
+                f"num_envs * num_steps ({self.num_envs * self.num_steps}) must be divisible by "
+                f"num_minibatches ({self.num_minibatches})"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError("gamma and gae_lambda must lie in [0, 1]")
+        if self.lr <= 0 or self.clip_eps <= 0 or self.max_grad_norm <= 0:
+            raise ConfigError("lr, clip_eps and max_grad_norm must be > 0")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ConfigError("hidden_sizes needs at least one layer of positive width")
+
+    # ---------------------------------------------------------------- derived
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.batch_size
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        return dict(self.env_options)
+
+    def hparams(self) -> "HyperParams":
+        """The numeric hyperparameters as a traced pytree (vmappable)."""
+        return HyperParams(
+            lr=jnp.float32(self.lr),
+            clip_eps=jnp.float32(self.clip_eps),
+            ent_coef=jnp.float32(self.ent_coef),
+            vf_coef=jnp.float32(self.vf_coef),
+            gamma=jnp.float32(self.gamma),
+            gae_lambda=jnp.float32(self.gae_lambda),
+            max_grad_norm=jnp.float32(self.max_grad_norm),
+        )
+
+    def replace(self, **changes: Any) -> "PPOConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["env_options"] = dict(self.env_options)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PPOConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(known))}")
+        d = dict(d)
+        if "env_options" in d:
+            d["env_options"] = tuple(dict(d["env_options"]).items())
+        if "hidden_sizes" in d:
+            d["hidden_sizes"] = tuple(d["hidden_sizes"])
+        return cls(**d)
+
+
+@struct.dataclass
+class HyperParams:
+    """Numeric PPO hyperparameters as data, so sweeps share one compile (cf. optax.inject_hyperparams)."""
+
+    lr: jax.Array
+    clip_eps: jax.Array
+    ent_coef: jax.Array
+    vf_coef: jax.Array
+    gamma: jax.Array
+    gae_lambda: jax.Array
+    max_grad_norm: jax.Array
+
+
+# Presets per env family. classic: PureJaxRL ppo.py CartPole; minatar: PureJaxRL MinAtar;
+# brax: PureJaxRL ppo_continuous_action.py (2048 envs x 10 steps, 256x256, obs+reward normalised).
+PRESETS: dict[str, PPOConfig] = {
+    "classic": PPOConfig(),
+    "minatar": PPOConfig(
+        env_id="Breakout-MinAtar", num_envs=64, num_steps=128, total_timesteps=10_000_000,
+        num_minibatches=8, lr=5e-3, activation="relu",
+    ),
+    "brax": PPOConfig(
+        env_id="brax/hopper", num_envs=2048, num_steps=10, total_timesteps=20_000_000,
+        num_minibatches=32, lr=3e-4, anneal_lr=False, ent_coef=0.0, hidden_sizes=(256, 256),
+        normalize_obs=True, normalize_reward=True,
+    ),
+}
+
+
+def family_of(env_id: str) -> str:
+    """Which preset family an env id belongs to."""
+    if env_id.startswith("brax/"):
+        return "brax"
+    if env_id.endswith("-MinAtar"):
+        return "minatar"
+    return "classic"
+
+
+def default_config(env_id: str, **overrides: Any) -> PPOConfig:
+    """The preset for `env_id`'s family with `env_id` and `overrides` applied."""
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(PPOConfig)})
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {unknown}")
+    return dataclasses.replace(PRESETS[family_of(env_id)], env_id=env_id, **overrides)
+
+

@@ -1,0 +1,50 @@
+"""Categorical and diagonal-Gaussian policy heads: sample, log-prob, entropy, KL (a few lines of jax.nn)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def categorical_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
+    return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
+def categorical_log_prob(logits: jax.Array, action: jax.Array) -> jax.Array:
+    logp = jax.nn.log_softmax(logits)
+    return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def categorical_entropy(logits: jax.Array) -> jax.Array:
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def categorical_kl(target_probs: jax.Array, logits: jax.Array) -> jax.Array:
+    """KL(target || softmax(logits)), with 0 log 0 = 0."""
+    logp = jax.nn.log_softmax(logits)
+    safe = jnp.where(target_probs > 0, target_probs, 1.0)
+    return jnp.sum(jnp.where(target_probs > 0, target_probs * (jnp.log(safe) - logp), 0.0), axis=-1)
+
+
+def gaussian_sample(key: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:
+    return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+def gaussian_log_prob(mean: jax.Array, log_std: jax.Array, action: jax.Array) -> jax.Array:
+    z = (action - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * _LOG_2PI, axis=-1)
+
+
+def gaussian_entropy(mean: jax.Array, log_std: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.broadcast_to(log_std + 0.5 * (1.0 + _LOG_2PI), mean.shape), axis=-1)
+
+
+def gaussian_kl(mean_p: jax.Array, log_std_p: jax.Array, mean_q: jax.Array, log_std_q: jax.Array) -> jax.Array:
+    """KL(N(mean_p, std_p) || N(mean_q, std_q)) summed over action dimensions."""
+    var_p, var_q = jnp.exp(2 * log_std_p), jnp.exp(2 * log_std_q)
+    return jnp.sum(log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5, axis=-1)

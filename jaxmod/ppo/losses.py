@@ -1,0 +1,103 @@
+"""GAE with time-limit bootstrapping and the clipped PPO loss (policy + value + entropy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxmod.ppo.config import HyperParams
+from jaxmod.ppo.networks import ActorCritic, Params
+
+
+def gae(
+    rewards: jax.Array,
+    values: jax.Array,
+    next_values: jax.Array,
+    terminated: jax.Array,
+    episode_done: jax.Array,
+    gamma: jax.Array,
+    gae_lambda: jax.Array,
+) -> jax.Array:
+    """Generalised advantage estimates over a (T, N) rollout.
+
+    `next_values[t]` is V of the true next state s'_t (before auto-reset), so a time-limit
+    truncation bootstraps from it while a termination does not; the advantage recursion is cut at
+    every episode end. Computed with an associative scan: depth log T instead of T on accelerators.
+    """
+    not_term = 1.0 - terminated.astype(jnp.float32)
+    deltas = rewards + gamma * not_term * next_values - values
+    decay = gamma * gae_lambda * (1.0 - episode_done.astype(jnp.float32))
+
+    # A_t = deltas_t + decay_t * A_{t+1}: a linear recurrence run forward over the reversed time axis.
+    def combine(first: tuple[jax.Array, jax.Array], second: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        a1, b1 = first
+        a2, b2 = second
+        return a2 * a1, a2 * b1 + b2
+
+    _, adv_rev = jax.lax.associative_scan(combine, (decay[::-1], deltas[::-1]), axis=0)
+    return adv_rev[::-1]
+
+
+def gae_reference(rewards, values, next_values, terminated, episode_done, gamma, gae_lambda) -> jax.Array:
+    """The same estimates with a plain reverse `lax.scan` (used to test `gae`)."""
+    not_term = 1.0 - terminated.astype(jnp.float32)
+    deltas = rewards + gamma * not_term * next_values - values
+    decay = gamma * gae_lambda * (1.0 - episode_done.astype(jnp.float32))
+
+    def body(carry, x):
+        d, c = x
+        carry = d + c * carry
+        return carry, carry
+
+    _, adv = jax.lax.scan(body, jnp.zeros_like(deltas[0]), (deltas, decay), reverse=True)
+    return adv
+
+
+@struct.dataclass
+class Batch:
+    """One flattened training batch (leading axis = samples)."""
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array
+
+
+def ppo_loss(
+    net: ActorCritic,
+    params: Params,
+    batch: Batch,
+    hp: HyperParams,
+    clip_value_loss: bool = True,
+) -> tuple[jax.Array, dict[str, Any]]:
+    """Clipped surrogate + (clipped) value loss - entropy bonus; advantages normalised per minibatch."""
+    head = net.policy_head(params, batch.obs)
+    log_prob = net.log_prob(params, head, batch.action)
+    log_ratio = log_prob - batch.log_prob
+    ratio = jnp.exp(log_ratio)
+    adv = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
+    surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - hp.clip_eps, 1.0 + hp.clip_eps) * adv)
+    actor_loss = -surrogate.mean()
+
+    value = net.value(params, batch.obs)
+    value_err = jnp.square(value - batch.target)
+    if clip_value_loss:
+        clipped = batch.value + jnp.clip(value - batch.value, -hp.clip_eps, hp.clip_eps)
+        value_err = jnp.maximum(value_err, jnp.square(clipped - batch.target))
+    value_loss = 0.5 * value_err.mean()
+
+    entropy = net.entropy(params, head).mean()
+    total = actor_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
+    info = {
+        "actor_loss": actor_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+        "clip_frac": jnp.mean((jnp.abs(ratio - 1.0) > hp.clip_eps).astype(jnp.float32)),
+    }
+    return total, info

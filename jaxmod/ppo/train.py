@@ -1,0 +1,188 @@
+"""The pure PPO training function: `train = make_train(config)`, `jax.jit(train)(rng)`.
+
+Read top to bottom like PureJaxRL: INIT, then one UPDATE = COLLECT TRAJECTORIES -> CALCULATE
+ADVANTAGE -> UPDATE NETWORK, scanned over updates. Everything is a pure function of its inputs:
+jit it, vmap it over seeds or hyperparameters, or call `learner.run` in chunks (the CLI does, for
+its progress bar and checkpoints; chunked and single-call runs give identical results).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+from jaxmod.envs import VecEnv, VecEnvState, make
+from jaxmod.ppo.config import HyperParams, PPOConfig
+from jaxmod.ppo.losses import Batch, gae, ppo_loss
+from jaxmod.ppo.networks import ActorCritic, Params
+from jaxmod.ppo.rollout import collect
+
+Metrics = dict[str, jax.Array]
+
+
+@struct.dataclass
+class TrainState:
+    """Everything needed to continue training exactly: save it, restore it, resume."""
+
+    params: Params
+    opt_state: optax.OptState  # over the flattened params (one fused Adam update, see `update`)
+    env_state: VecEnvState  # includes the observation/reward normalisers
+    obs: jax.Array  # current policy input for each env
+    rng: jax.Array  # raw uint32 key
+    update_step: jax.Array  # int32, updates done so far
+    hparams: HyperParams
+
+    @property
+    def obs_normalizer(self):
+        """The running observation statistics the policy was trained with."""
+        return self.env_state.obs_rms
+
+
+@struct.dataclass
+class TrainOutput:
+    """Final state plus metrics stacked over updates (leading axis = update)."""
+
+    state: TrainState
+    metrics: Metrics
+
+
+def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransformation:
+    """Grad-norm clipping + Adam with (optionally) linearly annealed lr; built inside the trace so
+    `hp` may be traced (vmapped sweeps)."""
+    steps_per_update = config.update_epochs * config.num_minibatches
+    if config.anneal_lr:
+        def lr(count: jax.Array) -> jax.Array:
+            frac = 1.0 - (count // steps_per_update) / config.num_updates
+            return hp.lr * frac
+    else:
+        lr = hp.lr
+    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
+@dataclass(frozen=True)
+class PPOLearner:
+    """The learner's pure pieces for one config: `init`, `update`, `run`."""
+
+    config: PPOConfig
+
+    @cached_property
+    def env(self) -> VecEnv:
+        c = self.config
+        return make(c.env_id, num_envs=c.num_envs, normalize_obs=c.normalize_obs,
+                    normalize_reward=c.normalize_reward, reward_gamma=c.gamma, clip_actions=c.clip_actions,
+                    **c.env_kwargs)
+
+    @cached_property
+    def net(self) -> ActorCritic:
+        c = self.config
+        return ActorCritic(self.env.obs_shape, self.env.action_space, c.hidden_sizes, c.activation, c.log_std_init)
+
+    # ------------------------------------------------------------------ INIT
+    def init(self, rng: jax.Array, params: Params | None = None, hparams: HyperParams | None = None) -> TrainState:
+        """Fresh train state; `params` continues from given weights (e.g. a checkpoint)."""
+        hp = self.config.hparams() if hparams is None else hparams
+        rng, k_net, k_env = jax.random.split(rng, 3)
+        if params is None:
+            params = self.net.init(k_net)
+        env_state, obs = self.env.reset(k_env)
+        opt_state = make_optimizer(self.config, hp).init(ravel_pytree(params)[0])
+        return TrainState(params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng,
+                          update_step=jnp.int32(0), hparams=hp)
+
+    # ---------------------------------------------------------------- UPDATE
+    def update(self, state: TrainState) -> tuple[TrainState, Metrics]:
+        """One PPO update: collect T x N steps, compute GAE, run epochs x minibatches of SGD."""
+        c, net, env = self.config, self.net, self.env
+        hp = state.hparams
+        rng, k_pool, k_roll, k_perm = jax.random.split(state.rng, 4)
+
+        # COLLECT TRAJECTORIES
+        reset_cores = None if env.core.cheap_reset else env.fresh_cores(k_pool)
+        env_state, obs, traj = collect(net, env, state.params, state.env_state, state.obs, k_roll,
+                                       c.num_steps, c.unroll, reset_cores)
+
+        # CALCULATE ADVANTAGE (critic on the whole rollout at once)
+        values = net.value(state.params, traj.obs)
+        next_values = net.value(state.params, traj.final_obs)
+        advantages = gae(traj.reward, values, next_values, traj.terminated, traj.episode_done,
+                         hp.gamma, hp.gae_lambda)
+        batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=values,
+                      advantage=advantages, target=advantages + values)
+        batch = jax.tree.map(lambda x: x.reshape((c.batch_size,) + x.shape[2:]), batch)
+
+        # UPDATE NETWORK: all epochs' shuffled minibatches gathered once, then one flat scan. The
+        # optimiser works on the params raveled into one vector: a few fused ops instead of a few
+        # per leaf (measured 12% faster per SGD step on the CPU at CartPole size).
+        tx = make_optimizer(c, hp)
+        flat_params, unravel = ravel_pytree(state.params)
+        grad_fn = jax.value_and_grad(lambda p, mb: ppo_loss(net, unravel(p), mb, hp, c.clip_value_loss), has_aux=True)
+
+        def sgd_step(carry, mb):
+            flat, opt_state = carry
+            (loss, info), grads = grad_fn(flat, mb)
+            updates, opt_state = tx.update(grads, opt_state, flat)
+            return (flat + updates, opt_state), {**info, "loss": loss}
+
+        def epoch(carry, key):
+            perm = jax.random.permutation(key, c.batch_size)
+            mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.minibatch_size) + x.shape[1:]), batch)
+            return jax.lax.scan(sgd_step, carry, mbs)
+
+        (flat_params, opt_state), infos = jax.lax.scan(epoch, (flat_params, state.opt_state),
+                                                       jax.random.split(k_perm, c.update_epochs))
+        params = unravel(flat_params)
+
+        if c.anneal_lr:
+            lr = hp.lr * (1.0 - state.update_step / c.num_updates)
+        else:
+            lr = hp.lr
+        done = traj.episode_done
+        metrics = {
+            **jax.tree.map(jnp.mean, infos),
+            "episode_return": env_state.last_return.mean(),
+            "episode_length": env_state.last_length.astype(jnp.float32).mean(),
+            "episodes": done.sum().astype(jnp.int32),
+            "truncations": traj.truncated.sum().astype(jnp.int32),
+            "rollout_reward": traj.raw_reward.mean(),
+            "lr": jnp.asarray(lr, jnp.float32),
+            "env_steps": (state.update_step + 1) * c.batch_size,
+        }
+        new_state = TrainState(params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng,
+                               update_step=state.update_step + 1, hparams=hp)
+        return new_state, metrics
+
+    def run(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
+        """`num_updates` updates in one `lax.scan`; metrics stacked over updates."""
+        return jax.lax.scan(lambda s, _: self.update(s), state, None, length=num_updates)
+
+
+def make_train(config: PPOConfig) -> Callable[..., TrainOutput]:
+    """`train(rng, params=None, advice=None, hparams=None) -> TrainOutput`, pure and jittable.
+
+    - `rng`: a `jax.random.PRNGKey`; vmap over a batch of keys for many seeds in one program.
+    - `params`: initial network params to continue from (e.g. a checkpoint's `state.params`).
+    - `advice`: reserved for ULTRA refinement's fixed-shape advice pytree (`jaxmod.ultra`); plain
+      PPO takes none.
+    - `hparams`: a `HyperParams` pytree (default `config.hparams()`); vmap over it for sweeps.
+    """
+    learner = PPOLearner(config)
+    _ = learner.env, learner.net  # build (and validate) eagerly, outside any trace
+
+    def train(rng: jax.Array, params: Params | None = None, advice: Any = None,
+              hparams: HyperParams | None = None) -> TrainOutput:
+        if advice is not None:
+            raise ValueError("plain PPO takes no advice; ULTRA refinement (jaxmod.ultra) consumes advice arrays")
+        state = learner.init(rng, params, hparams)
+        state, metrics = learner.run(state, config.num_updates)
+        return TrainOutput(state=state, metrics=metrics)
+
+    train.learner = learner  # type: ignore[attr-defined]
+    train.config = config  # type: ignore[attr-defined]
+    return train
