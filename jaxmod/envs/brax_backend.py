@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxmod.envs.core import ActionSpace, CoreState, EnvCore, cast_like
+from jaxmod.envs.core import ActionSpace, CoreState, EnvCore, EnvOptionError, cast_like
 
 BRAX_BACKENDS = ("positional", "spring", "generalized", "mjx")
 DEFAULT_BRAX_BACKEND = "positional"  # fastest step on CPU and GPU among the stable ones (anchors.md)
@@ -31,11 +31,11 @@ def make_brax(name: str, backend: str = DEFAULT_BRAX_BACKEND, episode_length: in
     from brax import envs
 
     if backend not in BRAX_BACKENDS:
-        raise ValueError(f"unknown brax backend {backend!r}; choose one of {', '.join(BRAX_BACKENDS)}")
+        raise EnvOptionError(f"unknown brax backend {backend!r}; choose one of {', '.join(BRAX_BACKENDS)}")
     try:
         env = envs.get_environment(name, backend=backend, **options)
     except TypeError as err:
-        raise ValueError(f"bad option for brax/{name}: {err}") from None
+        raise EnvOptionError(f"bad option for brax/{name}: {err}") from None
 
     def raw_reset(key: jax.Array) -> Any:
         return env.reset(key)

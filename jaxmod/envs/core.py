@@ -8,12 +8,21 @@ auto-reset, statistics and normalisation are added once, for all backends, by `V
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+
+class EnvError(ValueError):
+    """A user mistake about environments (unknown id, bad option); the message says what to do."""
+
+
+class EnvOptionError(EnvError):
+    """An option the env's backend does not accept."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxmod.envs.core import ActionSpace, CoreState, EnvCore, cast_like
+from jaxmod.envs.core import ActionSpace, CoreState, EnvCore, EnvOptionError, cast_like
 
 
 def gymnax_ids() -> list[str]:
@@ -41,7 +41,7 @@ def make_gymnax(env_id: str, **options: Any) -> EnvCore:
         unknown = sorted(set(options) - set(params.__dataclass_fields__))
         if unknown:
             valid = ", ".join(sorted(params.__dataclass_fields__))
-            raise ValueError(f"unknown option(s) {unknown} for {env_id}; valid options: {valid}")
+            raise EnvOptionError(f"unknown option(s) {unknown} for {env_id}; valid options: {valid}")
         params = params.replace(**options)
 
     action_space = _action_space(env.action_space(params))

@@ -16,10 +16,10 @@ class RunningMeanStd:
     count: jax.Array
 
     @classmethod
-    def create(cls, shape: tuple[int, ...]) -> "RunningMeanStd":
+    def create(cls, shape: tuple[int, ...]) -> RunningMeanStd:
         return cls(mean=jnp.zeros(shape, jnp.float32), var=jnp.ones(shape, jnp.float32), count=jnp.float32(1e-4))
 
-    def update(self, batch: jax.Array) -> "RunningMeanStd":
+    def update(self, batch: jax.Array) -> RunningMeanStd:
         """Fold a batch (leading axis = samples) into the statistics (Chan et al. parallel update)."""
         batch = batch.astype(jnp.float32)
         b_mean = batch.mean(axis=0)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from jaxmod.envs.core import EnvCore
+from jaxmod.envs.core import EnvCore, EnvError
 from jaxmod.envs.vec_env import VecEnv
 
 BRAX_PREFIX = "brax/"
@@ -14,7 +15,7 @@ BRAX_PREFIX = "brax/"
 _OWN_ENVS: dict[str, Callable[..., EnvCore]] = {}
 
 
-class UnknownEnvError(ValueError):
+class UnknownEnvError(EnvError):
     """Raised for an env id no backend knows; the message lists the valid ids."""
 
 
@@ -61,7 +62,7 @@ def make(
 ) -> VecEnv:
     """A batch of `num_envs` copies of `env_id` behind the shared wrapper stack (see `VecEnv`)."""
     if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        raise EnvError(f"num_envs must be >= 1, got {num_envs}")
     return VecEnv(
         core=make_core(env_id, **options),
         num_envs=num_envs,

@@ -95,7 +95,7 @@ class PPOConfig:
     def env_kwargs(self) -> dict[str, Any]:
         return dict(self.env_options)
 
-    def hparams(self) -> "HyperParams":
+    def hparams(self) -> HyperParams:
         """The numeric hyperparameters as a traced pytree (vmappable)."""
         return HyperParams(
             lr=jnp.float32(self.lr),
@@ -107,7 +107,7 @@ class PPOConfig:
             max_grad_norm=jnp.float32(self.max_grad_norm),
         )
 
-    def replace(self, **changes: Any) -> "PPOConfig":
+    def replace(self, **changes: Any) -> PPOConfig:
         return dataclasses.replace(self, **changes)
 
     # ----------------------------------------------------------- persistence
@@ -121,7 +121,7 @@ class PPOConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PPOConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PPOConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

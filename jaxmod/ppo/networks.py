@@ -8,7 +8,8 @@ The orthogonal initialiser runs its QR through `jax.custom_batching.sequential_v
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

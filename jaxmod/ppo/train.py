@@ -8,9 +8,10 @@ its progress bar and checkpoints; chunked and single-call runs give identical re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -1,0 +1,67 @@
+"""Run outputs: per-update metrics as JSONL (one line per update, one value per seed) and curve PNGs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def append_metrics(path: str | Path, metrics: Mapping[str, np.ndarray], first_update: int) -> None:
+    """Append a chunk of metrics shaped (seeds, updates) as one JSON line per update."""
+    arrays = {k: np.asarray(v) for k, v in metrics.items()}
+    num_updates = next(iter(arrays.values())).shape[1]
+    with open(path, "a") as fh:
+        for i in range(num_updates):
+            row = {"update": first_update + i + 1}
+            for k, v in arrays.items():
+                row[k] = [_plain(x) for x in v[:, i]]
+            fh.write(json.dumps(row) + "\n")
+
+
+def _plain(x: np.generic) -> float | int:
+    return int(x) if np.issubdtype(np.asarray(x).dtype, np.integer) else float(x)
+
+
+def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
+    """Load a metrics file back into arrays shaped (updates, seeds) (plus `update`: (updates,))."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} holds no metrics")
+    out: dict[str, np.ndarray] = {"update": np.array([r["update"] for r in rows])}
+    for key in rows[0]:
+        if key != "update":
+            out[key] = np.array([r[key] for r in rows], dtype=np.float64)
+    return out
+
+
+def plot_curves(series: Iterable[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str,
+                xlabel: str = "env steps per seed", ylabel: str = "episode return") -> Path:
+    """Plot mean and min..max / +-std band over seeds for each (label, x (updates,), y (updates, seeds))."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for label, x, y in series:
+        y = np.atleast_2d(np.asarray(y, dtype=np.float64).T).T
+        mean, std = y.mean(axis=1), y.std(axis=1)
+        n = y.shape[1]
+        ax.plot(x, mean, label=f"{label} (mean of {n} seed{'s' if n > 1 else ''})")
+        if n > 1:
+            ax.fill_between(x, mean - std, mean + std, alpha=0.25, label=f"{label} +-1 std")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
