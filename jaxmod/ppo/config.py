@@ -21,6 +21,10 @@ class ConfigError(ValueError):
 
 
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
+# Counter-based PRNGs with 2 x uint32 keys, so a user's jax.random.PRNGKey feeds either directly.
+# philox4x32 is jaxmod's default inside the loop: on the CPU, jax lowers threefry with a rolled loop
+# per call, which made random numbers most of the rollout's time (measured 20x slower than philox).
+PRNG_IMPLS = ("philox4x32", "threefry2x32")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class PPOConfig:
     clip_actions: bool = True  # clip continuous actions to the env bounds before stepping
     log_std_init: float = 0.0  # initial log std of the Gaussian head
     unroll: int = 1  # lax.scan unroll of the rollout loop (run time vs compile time)
+    prng_impl: str = "philox4x32"  # PRNG inside the training loop (see PRNG_IMPLS)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "total_timesteps", int(self.total_timesteps))
@@ -75,6 +80,8 @@ class PPOConfig:
             raise ConfigError("gamma and gae_lambda must lie in [0, 1]")
         if self.lr <= 0 or self.clip_eps <= 0 or self.max_grad_norm <= 0:
             raise ConfigError("lr, clip_eps and max_grad_norm must be > 0")
+        if self.prng_impl not in PRNG_IMPLS:
+            raise ConfigError(f"prng_impl must be one of {', '.join(PRNG_IMPLS)}, got {self.prng_impl!r}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError("hidden_sizes needs at least one layer of positive width")
 
