@@ -1,8 +1,31 @@
-"""jaxmod: JAX-native LLM-guided reinforcement learning (ULTRA policy modulation) on a jitted PPO learner."""
+"""jaxmod: JAX-native LLM-guided reinforcement learning (ULTRA policy modulation) on a jitted PPO learner.
 
-from jaxmod import envs
-from jaxmod.ppo import HyperParams, PPOConfig, TrainOutput, TrainState, default_config, make_train
+Attributes load lazily so that host-only parts (`jaxmod.llm`) can be imported without jax.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["HyperParams", "PPOConfig", "TrainOutput", "TrainState", "default_config", "envs", "make_train"]
+_LAZY = {
+    "envs": ("jaxmod.envs", None),
+    "HyperParams": ("jaxmod.ppo", "HyperParams"),
+    "PPOConfig": ("jaxmod.ppo", "PPOConfig"),
+    "TrainOutput": ("jaxmod.ppo", "TrainOutput"),
+    "TrainState": ("jaxmod.ppo", "TrainState"),
+    "default_config": ("jaxmod.ppo", "default_config"),
+    "make_train": ("jaxmod.ppo", "make_train"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'jaxmod' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(module)
+    return mod if attr is None else getattr(mod, attr)

@@ -1,0 +1,295 @@
+"""Describers: environment cards and state-to-text for LLM prompts (numpy only, host side).
+
+Each supported env has an `EnvCard` (goal, termination, reward, actions) and named, unit-bearing
+features computed from its raw observation. Episodes render as a compact table, one line a step, so
+both an LLM and jaxmod's scripted advisor read the same text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A named quantity with a unit, computed from one raw observation vector."""
+
+    name: str
+    unit: str
+    fn: Callable[[np.ndarray], float]
+
+    @property
+    def header(self) -> str:
+        return f"{self.name}[{self.unit}]" if self.unit else self.name
+
+
+@dataclass(frozen=True)
+class EnvCard:
+    """What an LLM needs to know about a task before reading an episode."""
+
+    env_id: str
+    goal: str
+    termination: str
+    reward: str
+    action_names: tuple[str, ...] = ()  # discrete actions, by index
+    action_dims: tuple[str, ...] = ()  # continuous actions, per dimension
+    action_low: tuple[float, ...] = ()
+    action_high: tuple[float, ...] = ()
+    notes: str = ""
+
+    @property
+    def discrete(self) -> bool:
+        return bool(self.action_names)
+
+    def text(self) -> str:
+        lines = [f"Environment: {self.env_id}", f"Goal: {self.goal}", f"Episode ends: {self.termination}",
+                 f"Reward: {self.reward}"]
+        if self.discrete:
+            acts = ", ".join(f"{i} = {n}" for i, n in enumerate(self.action_names))
+            lines.append(f"Actions (discrete): {acts}")
+        else:
+            dims = "; ".join(f"{i}: {n} in [{lo:g}, {hi:g}]"
+                             for i, (n, lo, hi) in enumerate(zip(self.action_dims, self.action_low,
+                                                                 self.action_high, strict=True)))
+            lines.append(f"Actions (continuous vector of {len(self.action_dims)}): {dims}")
+        if self.notes:
+            lines.append(f"Notes: {self.notes}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Describer:
+    """Card + features for one env; renders states, actions and whole episodes as text."""
+
+    card: EnvCard
+    features: tuple[Feature, ...]
+    digits: int = 3
+    extra: dict = field(default_factory=dict)
+
+    def feature_values(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float64)
+        return np.array([f.fn(obs) for f in self.features])
+
+    def state_text(self, obs: np.ndarray) -> str:
+        vals = self.feature_values(obs)
+        return ", ".join(f"{f.name}={v:+.{self.digits}f}{(' ' + f.unit) if f.unit else ''}"
+                         for f, v in zip(self.features, vals, strict=True))
+
+    def action_text(self, action) -> str:
+        if self.card.discrete:
+            i = int(np.asarray(action))
+            return self.card.action_names[i] if 0 <= i < len(self.card.action_names) else f"invalid({i})"
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        return "[" + " ".join(f"{x:+.2f}" for x in a) + "]"
+
+    def header(self) -> str:
+        return "t | " + " ".join(f.header for f in self.features) + " | action | reward"
+
+    def row(self, t: int, obs: np.ndarray, action, reward: float) -> str:
+        vals = " ".join(f"{v:+.{self.digits}f}" for v in self.feature_values(obs))
+        return f"{t} | {vals} | {self.action_text(action)} | {reward:+.3g}"
+
+    def render_episode(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, *, episode_id: int = 0,
+                       ended_by: str = "termination", budget_chars: int = 6000, head: int = 3,
+                       title: str | None = None) -> tuple[str, list[int]]:
+        """Episode as a table; long episodes keep the first `head` steps and the latest steps that fit
+        `budget_chars`. Returns the text and the step indices shown."""
+        n = len(actions)
+        rows = [self.row(t, obs[t], actions[t], float(rewards[t])) for t in range(n)]
+        total = float(np.sum(rewards))
+        shown = list(range(n))
+        width = max((len(r) for r in rows), default=20) + 1
+        max_rows = max(head + 5, budget_chars // width)
+        if n > max_rows:
+            tail = max_rows - head
+            shown = list(range(head)) + list(range(n - tail, n))
+        intro = title or (f"Episode {episode_id}: {n} steps, return {total:+.2f}, ended by {ended_by}. "
+                          f"Showing {len(shown)} of {n} steps.")
+        lines = [intro, self.header()]
+        prev = -1
+        for t in shown:
+            if t != prev + 1:
+                lines.append(f"... ({t - prev - 1} steps omitted) ...")
+            lines.append(rows[t])
+            prev = t
+        return "\n".join(lines), shown
+
+
+# --------------------------------------------------------------------------- registry of describers
+def _idx(i: int) -> Callable[[np.ndarray], float]:
+    return lambda o: float(o.reshape(-1)[i])
+
+
+def _classic(env_id: str) -> Describer | None:
+    if env_id == "CartPole-v1":
+        return Describer(
+            EnvCard(env_id, goal="keep the pole upright and the cart on the track for as long as possible",
+                    termination="pole angle beyond +-0.21 rad (12 degrees), cart position beyond +-2.4 m, or 500 steps",
+                    reward="+1 for every step the pole stays up", action_names=("push_left", "push_right"),
+                    notes="positive angle = pole leans right; pushing the cart under the pole's lean rights it"),
+            (Feature("cart_position", "m", _idx(0)), Feature("cart_velocity", "m/s", _idx(1)),
+             Feature("pole_angle", "rad", _idx(2)), Feature("pole_angular_velocity", "rad/s", _idx(3))))
+    if env_id == "MountainCar-v0":
+        return Describer(
+            EnvCard(env_id, goal="drive the underpowered car up the right hill to the flag at position >= 0.5",
+                    termination="car reaches position 0.5 (success) or 200 steps",
+                    reward="-1 every step until the goal", action_names=("push_left", "no_push", "push_right"),
+                    notes="the engine is too weak to climb directly: build momentum by rocking back and forth; "
+                          "pushing in the direction of the velocity adds energy; valley bottom near -0.52"),
+            (Feature("position", "m", _idx(0)), Feature("velocity", "m/step", _idx(1))), digits=4)
+    if env_id == "Acrobot-v1":
+        def th1(o):
+            return math.atan2(o[1], o[0])
+
+        def th2(o):
+            return math.atan2(o[3], o[2])
+
+        return Describer(
+            EnvCard(env_id, goal="swing the free end of the two-link chain above the bar (tip height > 1)",
+                    termination="tip height above 1.0 (success) or 500 steps",
+                    reward="-1 every step until the goal",
+                    action_names=("torque_-1", "torque_0", "torque_+1"),
+                    notes="torque acts on the joint between the links; pump energy by applying torque in the "
+                          "direction of the second link's angular velocity"),
+            (Feature("angle_link1", "rad", th1), Feature("angle_link2", "rad", th2),
+             Feature("angular_velocity_link1", "rad/s", _idx(4)), Feature("angular_velocity_link2", "rad/s", _idx(5)),
+             Feature("tip_height", "link lengths", lambda o: -o[0] - math.cos(th1(o) + th2(o)))))
+    if env_id == "Pendulum-v1":
+        return Describer(
+            EnvCard(env_id, goal="swing the pendulum up and keep it upright", termination="200 steps",
+                    reward="-(angle^2 + 0.1 angular_velocity^2 + 0.001 torque^2)", action_dims=("torque",),
+                    action_low=(-2.0,), action_high=(2.0,)),
+            (Feature("angle", "rad", lambda o: math.atan2(o[1], o[0])), Feature("angular_velocity", "rad/s", _idx(2))))
+    return None
+
+
+MINATAR_CHANNELS = {
+    "Breakout-MinAtar": ("paddle", "ball", "trail", "brick"),
+    "Asterix-MinAtar": ("player", "enemy", "trail", "gold"),
+    "Freeway-MinAtar": ("chicken", "car", "speed1", "speed2", "speed3", "speed4", "speed5"),
+    "SpaceInvaders-MinAtar": ("cannon", "alien", "alien_left", "alien_right", "friendly_bullet", "enemy_bullet"),
+    "Seaquest-MinAtar": ("sub_front", "sub_back", "friendly_bullet", "trail", "enemy_bullet", "enemy_fish",
+                         "enemy_sub", "oxygen_gauge", "diver_gauge", "diver"),
+}
+MINATAR_ACTIONS = {
+    "Breakout-MinAtar": ("no_op", "left", "right"),
+    "Asterix-MinAtar": ("no_op", "left", "up", "right", "down"),
+    "Freeway-MinAtar": ("no_op", "up", "down"),
+    "SpaceInvaders-MinAtar": ("no_op", "left", "right", "fire"),
+    "Seaquest-MinAtar": ("no_op", "left", "up", "right", "down", "fire"),
+}
+MINATAR_GOALS = {
+    "Breakout-MinAtar": "bounce the ball with the paddle to break bricks; missing the ball ends the game",
+    "Asterix-MinAtar": "collect gold and avoid enemies",
+    "Freeway-MinAtar": "move the chicken up across the road without being hit by cars",
+    "SpaceInvaders-MinAtar": "shoot the aliens and dodge their bullets",
+    "Seaquest-MinAtar": "shoot enemies, rescue divers and surface before oxygen runs out",
+}
+
+
+def _minatar(env_id: str, num_actions: int) -> Describer:
+    names = MINATAR_CHANNELS.get(env_id, ())
+    feats: list[Feature] = []
+    for c, name in enumerate(names):
+        feats.append(Feature(f"{name}_count", "cells", lambda o, c=c: float(o[..., c].sum())))
+        feats.append(Feature(f"{name}_row", "cell", lambda o, c=c: _centroid(o[..., c])[0]))
+        feats.append(Feature(f"{name}_col", "cell", lambda o, c=c: _centroid(o[..., c])[1]))
+    actions = MINATAR_ACTIONS.get(env_id, tuple(f"action_{i}" for i in range(num_actions)))[:num_actions]
+    card = EnvCard(env_id, goal=MINATAR_GOALS.get(env_id, "maximise game score"),
+                   termination="the game is lost or the time limit is reached",
+                   reward="+1 per scoring event", action_names=actions,
+                   notes="10x10 grid, row 0 at the top; *_row/*_col are centroids of an object's cells (-1 if absent)")
+    return Describer(card, tuple(feats), digits=1)
+
+
+def _centroid(mask: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.nonzero(mask > 0.5)
+    if len(rows) == 0:
+        return -1.0, -1.0
+    return float(rows.mean()), float(cols.mean())
+
+
+BRAX_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "hopper": (("torso_height", "m"), ("torso_angle", "rad"), ("thigh_angle", "rad"), ("leg_angle", "rad"),
+               ("foot_angle", "rad"), ("forward_velocity", "m/s"), ("vertical_velocity", "m/s"),
+               ("torso_angular_velocity", "rad/s"), ("thigh_angular_velocity", "rad/s"),
+               ("leg_angular_velocity", "rad/s"), ("foot_angular_velocity", "rad/s")),
+    "walker2d": (("torso_height", "m"), ("torso_angle", "rad"), ("right_thigh_angle", "rad"),
+                 ("right_leg_angle", "rad"), ("right_foot_angle", "rad"), ("left_thigh_angle", "rad"),
+                 ("left_leg_angle", "rad"), ("left_foot_angle", "rad"), ("forward_velocity", "m/s"),
+                 ("vertical_velocity", "m/s"), ("torso_angular_velocity", "rad/s"),
+                 ("right_thigh_angular_velocity", "rad/s"), ("right_leg_angular_velocity", "rad/s"),
+                 ("right_foot_angular_velocity", "rad/s"), ("left_thigh_angular_velocity", "rad/s"),
+                 ("left_leg_angular_velocity", "rad/s"), ("left_foot_angular_velocity", "rad/s")),
+    "halfcheetah": (("torso_height", "m"), ("torso_angle", "rad"), ("back_thigh_angle", "rad"),
+                    ("back_shin_angle", "rad"), ("back_foot_angle", "rad"), ("front_thigh_angle", "rad"),
+                    ("front_shin_angle", "rad"), ("front_foot_angle", "rad"), ("forward_velocity", "m/s"),
+                    ("vertical_velocity", "m/s"), ("torso_angular_velocity", "rad/s"),
+                    ("back_thigh_angular_velocity", "rad/s"), ("back_shin_angular_velocity", "rad/s"),
+                    ("back_foot_angular_velocity", "rad/s"), ("front_thigh_angular_velocity", "rad/s"),
+                    ("front_shin_angular_velocity", "rad/s"), ("front_foot_angular_velocity", "rad/s")),
+    "inverted_pendulum": (("cart_position", "m"), ("pole_angle", "rad"), ("cart_velocity", "m/s"),
+                          ("pole_angular_velocity", "rad/s")),
+    "reacher": (("cos_shoulder", ""), ("cos_elbow", ""), ("sin_shoulder", ""), ("sin_elbow", ""),
+                ("target_x", "m"), ("target_y", "m"), ("tip_velocity_x", "m/s"), ("tip_velocity_y", "m/s"),
+                ("tip_to_target_x", "m"), ("tip_to_target_y", "m"), ("tip_to_target_z", "m")),
+}
+BRAX_ACTIONS = {
+    "hopper": ("thigh_torque", "leg_torque", "foot_torque"),
+    "walker2d": ("right_thigh_torque", "right_leg_torque", "right_foot_torque", "left_thigh_torque",
+                 "left_leg_torque", "left_foot_torque"),
+    "halfcheetah": ("back_thigh_torque", "back_shin_torque", "back_foot_torque", "front_thigh_torque",
+                    "front_shin_torque", "front_foot_torque"),
+    "inverted_pendulum": ("cart_force",),
+    "reacher": ("shoulder_torque", "elbow_torque"),
+}
+BRAX_GOALS = {
+    "hopper": ("hop forward as fast as possible without falling",
+               "torso height outside (0.7, inf), torso angle beyond +-0.2 rad, or 1000 steps",
+               "forward velocity + 1 per healthy step - 0.001 * |action|^2"),
+    "walker2d": ("walk forward as fast as possible without falling",
+                 "torso height outside (0.8, 2.0), torso angle beyond +-1 rad, or 1000 steps",
+                 "forward velocity + 1 per healthy step - 0.001 * |action|^2"),
+    "halfcheetah": ("run forward as fast as possible", "1000 steps",
+                    "forward velocity - 0.1 * |action|^2"),
+    "inverted_pendulum": ("keep the pole upright", "pole angle beyond +-0.2 rad or 1000 steps",
+                          "+1 per step the pole stays up"),
+    "reacher": ("move the arm's fingertip onto the target", "1000 steps (50 in gym)",
+                "-distance(tip, target) - |action|^2"),
+}
+
+
+def _brax(name: str, obs_dim: int, act_dim: int) -> Describer:
+    layout = BRAX_LAYOUTS.get(name)
+    if layout is None or len(layout) != obs_dim:
+        layout = tuple((f"obs_{i}", "") for i in range(obs_dim))
+    feats = tuple(Feature(n, u, _idx(i)) for i, (n, u) in enumerate(layout))
+    acts = BRAX_ACTIONS.get(name, tuple(f"actuator_{i}" for i in range(act_dim)))
+    if len(acts) != act_dim:
+        acts = tuple(f"actuator_{i}" for i in range(act_dim))
+    goal, term, reward = BRAX_GOALS.get(name, ("maximise return", "the env's own termination or 1000 steps",
+                                               "the env's reward"))
+    card = EnvCard(f"brax/{name}", goal=goal, termination=term, reward=reward, action_dims=acts,
+                   action_low=(-1.0,) * act_dim, action_high=(1.0,) * act_dim,
+                   notes="brax physics (not gym MuJoCo); angles are joint positions relative to their parent")
+    return Describer(card, feats, digits=2)
+
+
+def describer_for(env_id: str, obs_shape: Sequence[int] | None = None, action_dim: int | None = None) -> Describer:
+    """The describer for `env_id`; unknown envs get a generic one with indexed features."""
+    classic = _classic(env_id)
+    if classic is not None:
+        return classic
+    if env_id.endswith("-MinAtar"):
+        return _minatar(env_id, action_dim or len(MINATAR_ACTIONS.get(env_id, ("a",))))
+    if env_id.startswith("brax/"):
+        return _brax(env_id[len("brax/"):], int(np.prod(obs_shape or (1,))), int(action_dim or 1))
+    dim = int(np.prod(obs_shape or (1,)))
+    acts = tuple(f"action_{i}" for i in range(action_dim or 2))
+    card = EnvCard(env_id, goal="maximise return", termination="the env's own termination or time limit",
+                   reward="the env's reward", action_names=acts)
+    return Describer(card, tuple(Feature(f"obs_{i}", "", _idx(i)) for i in range(dim)))

@@ -1,0 +1,215 @@
+"""Advisors behind one interface: prompts in, validated answers out, every exchange logged.
+
+An `Advisor` pairs a chat backend with the prompts and validators. Backends: `HTTPBackend` (any
+OpenAI-compatible server through `LLMClient`), `ScriptedBackend` (heuristics, not an LLM),
+`ReplayBackend` (a transcript, no server), `NoisyBackend` (corrupts a fraction of another backend's
+answers, to measure robustness). The teacher backend (a stronger saved policy) lives in
+`jaxmod.advice.teacher` because it runs a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jaxmod.llm.answers import Advised, Identified, Rejected, identify_schema, validate_advice, validate_identify
+from jaxmod.llm.client import ChatResult, LLMClient
+from jaxmod.llm.prompts import EpisodeView, Messages, StateQuery, advice_messages, identify_messages
+from jaxmod.llm.scripted import ScriptedBackend, ScriptedError
+from jaxmod.llm.transcript import Transcript, load_transcript, prompt_key
+
+log = logging.getLogger("jaxmod.llm")
+
+
+class ChatBackend(Protocol):
+    """Anything that answers chat messages."""
+
+    name: str
+
+    async def complete(self, messages: Messages, schema: dict[str, Any] | None, name: str,
+                       deadline: float | None) -> ChatResult: ...
+
+
+class HTTPBackend:
+    """An OpenAI-compatible server through an open `LLMClient`."""
+
+    def __init__(self, client: LLMClient) -> None:
+        self.client = client
+        self.name = f"http:{client.base_url}:{client.settings.model}"
+
+    async def complete(self, messages, schema, name, deadline) -> ChatResult:
+        return await self.client.chat(messages, schema, name, deadline)
+
+
+class LocalScriptedBackend:
+    """`ScriptedBackend` in-process (no HTTP)."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.scripted = ScriptedBackend()
+
+    async def complete(self, messages, schema, name, deadline) -> ChatResult:
+        t0 = time.monotonic()
+        try:
+            content = self.scripted.answer(messages)
+        except ScriptedError as err:
+            return ChatResult(error=f"scripted: {err}", latency_s=time.monotonic() - t0)
+        return ChatResult(content=content, finish_reason="stop", latency_s=time.monotonic() - t0, attempts=1,
+                          model="jaxmod-scripted")
+
+
+class ReplayBackend:
+    """Answers from a transcript: the same question gets the recorded answer (or an error if unseen)."""
+
+    name = "replay"
+
+    def __init__(self, transcript_path) -> None:
+        self.answers: dict[str, dict[str, Any]] = {}
+        for rec in load_transcript(transcript_path):
+            if "prompt_key" in rec:
+                self.answers.setdefault(rec["prompt_key"], rec)
+
+    async def complete(self, messages, schema, name, deadline) -> ChatResult:
+        rec = self.answers.get(prompt_key(list(messages), schema))
+        if rec is None:
+            return ChatResult(error="replay: question not in transcript")
+        return ChatResult(content=rec.get("content"), finish_reason=rec.get("finish_reason"),
+                          usage=rec.get("usage") or {}, model=rec.get("model"), error=rec.get("error"), attempts=1)
+
+
+class NoisyBackend:
+    """Corrupts a `fraction` of the inner backend's answers: wrong critical step, wrong action,
+    wrong-sign reward. Deterministic for a given seed and question order."""
+
+    def __init__(self, inner: ChatBackend, fraction: float, seed: int = 0) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"noise fraction must lie in [0, 1], got {fraction}")
+        self.inner, self.fraction = inner, fraction
+        self.rng = random.Random(seed)
+        self.name = f"noisy({fraction:g}):{inner.name}"
+        self.corrupted = 0
+
+    async def complete(self, messages, schema, name, deadline) -> ChatResult:
+        result = await self.inner.complete(messages, schema, name, deadline)
+        if not result.ok or self.rng.random() >= self.fraction:
+            return result
+        try:
+            data = json.loads(result.content)
+        except (TypeError, ValueError):
+            return result
+        self.corrupted += 1
+        if "critical_steps" in data:
+            for item in data["critical_steps"]:
+                item["step"] = max(0, int(item.get("step", 0)) + self.rng.choice([-1, 1]) * self.rng.randint(5, 20))
+                item["reason"] = "corrupted by NoisyAdvisor"
+        if "action" in data:
+            act = schema.get("properties", {}).get("action", {}) if schema else {}
+            if isinstance(data["action"], int) and "maximum" in act:
+                choices = [a for a in range(int(act["maximum"]) + 1) if a != data["action"]]
+                data["action"] = self.rng.choice(choices) if choices else data["action"]
+            elif isinstance(data["action"], list):
+                lo, hi = act.get("items", {}).get("minimum", -1.0), act.get("items", {}).get("maximum", 1.0)
+                data["action"] = [self.rng.uniform(lo, hi) for _ in data["action"]]
+        if "reward" in data and isinstance(data["reward"], (int, float)):
+            data["reward"] = -data["reward"] if data["reward"] != 0 else self.rng.choice([-1.0, 1.0])
+        result.content = json.dumps(data)
+        return result
+
+
+@dataclass
+class AdvisorStats:
+    """Counts and costs per advisor (or per refinement chunk, via `snapshot`/`since`)."""
+
+    questions: int = 0
+    valid: int = 0
+    invalid: int = 0  # answers that came back but failed validation
+    failed: int = 0  # no answer (server error, timeout, deadline)
+    items_dropped: int = 0  # parts of valid answers dropped (out-of-range steps, duplicates)
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+
+class Advisor:
+    """Asks a backend ULTRA's two questions; returns validated answers or `Rejected`, never raises."""
+
+    def __init__(self, backend: ChatBackend, max_critical: int = 3, transcript: Transcript | None = None,
+                 deadline_s: float | None = 300.0, concurrency: int = 8) -> None:
+        self.backend = backend
+        self.max_critical = max_critical
+        self.transcript = transcript
+        self.deadline_s = deadline_s
+        self.stats = AdvisorStats()
+        self._concurrency = concurrency
+
+    async def _ask(self, kind: str, messages: Messages, schema: dict[str, Any], name: str, deadline: float | None,
+                   validate) -> Identified | Advised | Rejected:
+        t0 = time.monotonic()
+        try:
+            result = await self.backend.complete(messages, schema, name, deadline)
+        except Exception as err:  # a backend bug must not reach training
+            result = ChatResult(error=f"backend raised {type(err).__name__}: {err}"[:300])
+        self.stats.questions += 1
+        self.stats.latency_s += result.latency_s or (time.monotonic() - t0)
+        self.stats.prompt_tokens += int(result.usage.get("prompt_tokens", 0) or 0)
+        self.stats.completion_tokens += int(result.usage.get("completion_tokens", 0) or 0)
+        if not result.ok:
+            verdict: Identified | Advised | Rejected = Rejected(f"no answer: {result.error}")
+            self.stats.failed += 1
+        else:
+            verdict = validate(result.content, result.finish_reason)
+            if isinstance(verdict, Rejected):
+                self.stats.invalid += 1
+            else:
+                self.stats.valid += 1
+                self.stats.items_dropped += getattr(verdict, "dropped", 0)
+        if isinstance(verdict, Rejected):
+            key = verdict.reason.split(":")[0][:60]
+            self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
+            log.warning("advisor answer dropped (%s): %s", kind, verdict.reason)
+        if self.transcript is not None:
+            self.transcript.append({
+                "kind": kind, "backend": self.backend.name, "prompt_key": prompt_key(list(messages), schema),
+                "messages": list(messages), "schema_name": name, "content": result.content,
+                "finish_reason": result.finish_reason, "usage": result.usage, "model": result.model,
+                "latency_s": round(result.latency_s, 4), "attempts": result.attempts, "error": result.error,
+                "verdict": "valid" if not isinstance(verdict, Rejected) else f"rejected: {verdict.reason}",
+            })
+        return verdict
+
+    async def _gather(self, coros) -> list:
+        sem = asyncio.Semaphore(self._concurrency)
+
+        async def bounded(c):
+            async with sem:
+                return await c
+
+        return list(await asyncio.gather(*(bounded(c) for c in coros)))
+
+    async def identify(self, views: Sequence[EpisodeView]) -> list[Identified | Rejected]:
+        """Critical steps for each episode view."""
+        deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
+        schema = identify_schema(self.max_critical)
+        return await self._gather(
+            self._ask("identify", identify_messages(v, self.max_critical), schema, "critical_states", deadline,
+                      lambda text, fr, v=v: validate_identify(text, v.length, self.max_critical, fr))
+            for v in views)
+
+    async def advise(self, queries: Sequence[StateQuery]) -> list[Advised | Rejected]:
+        """Action suggestion and implicit reward for each critical state."""
+        deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
+        return await self._gather(
+            self._ask("advise", advice_messages(q), q.schema(), "advice", deadline,
+                      lambda text, fr, q=q: validate_advice(text, q.discrete, q.num_actions, q.low, q.high, fr))
+            for q in queries)
