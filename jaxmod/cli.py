@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(train)
 
+    serve = sub.add_parser("serve-advisor", help="serve an advisor behind a local OpenAI-compatible API")
+    serve.add_argument("--backend", choices=("scripted", "smollm2", "teacher"), default="scripted",
+                       help="scripted heuristics (not an LLM), the SmolLM2-135M LLM, or a teacher checkpoint")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_int, default=8080)
+    serve.add_argument("--threads", type=_int, default=1, help="CPU threads for the local LLM (default 1)")
+    serve.add_argument("--teacher", default=None, help="checkpoint folder of the teacher policy (--backend teacher)")
+
     plot = sub.add_parser("plot", help="redraw the learning curve of a run folder")
     plot.add_argument("run", help="run folder with metrics.jsonl")
     return parser
@@ -239,7 +247,34 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "plot": cmd_plot}
+def cmd_serve_advisor(args: argparse.Namespace) -> int:
+    from jaxmod.llm.server import BackendUnavailable, make_server
+
+    answer_fn = None
+    if args.backend == "teacher":
+        if not args.teacher:
+            raise CLIError("--backend teacher needs --teacher CHECKPOINT_DIR (a run's checkpoint/ folder)")
+        from jaxmod.advice.teacher import TeacherBackend
+
+        teacher = TeacherBackend(args.teacher)
+
+        def answer_fn(messages, schema, params):
+            return teacher.answer(messages), {}
+    try:
+        server = make_server(args.backend, host=args.host, port=args.port, threads=args.threads, answer_fn=answer_fn)
+    except BackendUnavailable as err:
+        raise CLIError(str(err)) from None
+    except OSError as err:
+        raise CLIError(f"cannot listen on {args.host}:{args.port}: {err.strerror}; choose another --port") from None
+    print(f"serving the {args.backend} advisor (model {server.model}) at {server.url} -- Ctrl-C to stop", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.httpd.server_close()
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "plot": cmd_plot, "serve-advisor": cmd_serve_advisor}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

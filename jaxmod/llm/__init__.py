@@ -5,7 +5,7 @@ from jaxmod.llm.advisors import (
     Advisor,
     AdvisorStats,
     HTTPBackend,
-    LocalScriptedBackend,
+    LocalBackend,
     NoisyBackend,
     ReplayBackend,
 )
@@ -17,7 +17,7 @@ from jaxmod.llm.transcript import Transcript
 
 __all__ = [
     "Advised", "Advisor", "AdvisorStats", "ChatResult", "ClientSettings", "CriticalStep", "EpisodeView",
-    "HTTPBackend", "Identified", "LLMClient", "LLMConfigError", "LocalScriptedBackend", "NoisyBackend",
+    "HTTPBackend", "Identified", "LLMClient", "LLMConfigError", "LocalBackend", "NoisyBackend",
     "Rejected", "ReplayBackend", "ResponseCache", "StateQuery", "Transcript", "advice_messages",
     "identify_messages", "validate_advice", "validate_identify",
 ]

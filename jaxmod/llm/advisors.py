@@ -1,7 +1,7 @@
 """Advisors behind one interface: prompts in, validated answers out, every exchange logged.
 
 An `Advisor` pairs a chat backend with the prompts and validators. Backends: `HTTPBackend` (any
-OpenAI-compatible server through `LLMClient`), `ScriptedBackend` (heuristics, not an LLM),
+OpenAI-compatible server through `LLMClient`), `LocalBackend` (in-process heuristics or a teacher, not an LLM),
 `ReplayBackend` (a transcript, no server), `NoisyBackend` (corrupts a fraction of another backend's
 answers, to measure robustness). The teacher backend (a stronger saved policy) lives in
 `jaxmod.advice.teacher` because it runs a network.
@@ -47,22 +47,22 @@ class HTTPBackend:
         return await self.client.chat(messages, schema, name, deadline)
 
 
-class LocalScriptedBackend:
-    """`ScriptedBackend` in-process (no HTTP)."""
+class LocalBackend:
+    """An in-process answerer (anything with `answer(messages) -> str` and a `name`), no HTTP:
+    `ScriptedBackend` by default, or a `TeacherBackend`."""
 
-    name = "scripted"
-
-    def __init__(self) -> None:
-        self.scripted = ScriptedBackend()
+    def __init__(self, answerer=None) -> None:
+        self.answerer = answerer if answerer is not None else ScriptedBackend()
+        self.name = self.answerer.name
 
     async def complete(self, messages, schema, name, deadline) -> ChatResult:
         t0 = time.monotonic()
         try:
-            content = self.scripted.answer(messages)
+            content = self.answerer.answer(messages)
         except ScriptedError as err:
-            return ChatResult(error=f"scripted: {err}", latency_s=time.monotonic() - t0)
+            return ChatResult(error=f"{self.name}: {err}", latency_s=time.monotonic() - t0)
         return ChatResult(content=content, finish_reason="stop", latency_s=time.monotonic() - t0, attempts=1,
-                          model="jaxmod-scripted")
+                          model=f"jaxmod-{self.name}")
 
 
 class ReplayBackend:

