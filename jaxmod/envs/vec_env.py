@@ -89,7 +89,7 @@ class VecEnv:
 
     def reset_to(self, state: VecEnvState, snapshot: CoreState, mask: jax.Array) -> tuple[VecEnvState, jax.Array]:
         """Restart envs where `mask` (N,) is true from `snapshot` (batched `CoreState`), exactly as stored."""
-        core = _select(mask, snapshot, state.core)
+        core = select_envs(mask, snapshot, state.core)
         zeros_f = jnp.zeros_like(state.episode_return)
         state = state.replace(
             core=core,
@@ -122,7 +122,7 @@ class VecEnv:
 
         if reset_cores is None:
             reset_cores = self.fresh_cores(reset_key)
-        core = _select(done, reset_cores, nxt)
+        core = select_envs(done, reset_cores, nxt)
 
         ep_return = state.episode_return + reward
         ep_length = state.episode_length + 1
@@ -159,7 +159,7 @@ class VecEnv:
         return new_state, result
 
 
-def _select(mask: jax.Array, on_true, on_false):
+def select_envs(mask: jax.Array, on_true, on_false):
     """Per-env tree select: leaves have leading axis N, `mask` is (N,)."""
 
     def pick(a, b):

@@ -8,8 +8,18 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxmod.ppo import distributions as D
 from jaxmod.ppo.config import HyperParams
 from jaxmod.ppo.networks import ActorCritic, Params
+
+
+def advice_kl(net: ActorCritic, params: Params, head: jax.Array, suggested: jax.Array, target_std: float) -> jax.Array:
+    """KL(target || pi) per sample: a one-hot target (= -log pi(a*)) for discrete actions, a Gaussian of
+    std `target_std` around the suggestion for continuous ones."""
+    if net.action_space.discrete:
+        return -D.categorical_log_prob(head, suggested)
+    log_std = jnp.broadcast_to(params["log_std"], head.shape)
+    return D.gaussian_kl(suggested, jnp.full_like(head, jnp.log(target_std)), head, log_std)
 
 
 def gae(
@@ -66,6 +76,8 @@ class Batch:
     value: jax.Array
     advantage: jax.Array
     target: jax.Array
+    critical: jax.Array | None = None  # float 0/1: steps under advice (modulated runs with a KL term)
+    suggested: jax.Array | None = None  # the advice's action at those steps
 
 
 def ppo_loss(
@@ -74,8 +86,11 @@ def ppo_loss(
     batch: Batch,
     hp: HyperParams,
     clip_value_loss: bool = True,
+    kl_coef: jax.Array | None = None,
+    kl_target_std: float = 0.2,
 ) -> tuple[jax.Array, dict[str, Any]]:
-    """Clipped surrogate + (clipped) value loss - entropy bonus; advantages normalised per minibatch."""
+    """Clipped surrogate + (clipped) value loss - entropy bonus; advantages normalised per minibatch.
+    With `kl_coef`, adds kl_coef * KL(target || pi) averaged over the batch's critical steps."""
     head = net.policy_head(params, batch.obs)
     log_prob = net.log_prob(params, head, batch.action)
     log_ratio = log_prob - batch.log_prob
@@ -93,7 +108,14 @@ def ppo_loss(
 
     entropy = net.entropy(params, head).mean()
     total = actor_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
+    extra = {}
+    if kl_coef is not None:
+        kl = advice_kl(net, params, head, batch.suggested, kl_target_std)
+        advice_kl_mean = jnp.sum(batch.critical * kl) / jnp.maximum(1.0, jnp.sum(batch.critical))
+        total = total + kl_coef * advice_kl_mean
+        extra = {"advice_kl": advice_kl_mean}
     info = {
+        **extra,
         "actor_loss": actor_loss,
         "value_loss": value_loss,
         "entropy": entropy,

@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxmod.advice.arrays import Advice
+from jaxmod.advice.modulation import ModulationConfig, ModulationParams, choose_restarts, match_slots, take_slot
 from jaxmod.envs.core import CoreState
-from jaxmod.envs.vec_env import VecEnv, VecEnvState
+from jaxmod.envs.vec_env import VecEnv, VecEnvState, select_envs
 from jaxmod.ppo.networks import ActorCritic, Params
 
 
@@ -24,6 +26,19 @@ class Trajectory:
     truncated: jax.Array
     episode_done: jax.Array
     final_obs: jax.Array  # true next observation, pre auto-reset, for bootstrapping
+    critical: jax.Array | None = None  # bool: a critical step under advice (modulated runs only)
+    slot: jax.Array | None = None  # int32: the advice slot of a critical step, else -1
+    restarted: jax.Array | None = None  # bool: the env's next episode restarts from an advice snapshot
+
+
+@struct.dataclass
+class Modulated:
+    """What a modulated rollout needs besides the policy: config, traced knobs, advice, and each env's
+    pending critical slot (set by a restart, consumed by the next step)."""
+
+    params: ModulationParams
+    advice: Advice
+    critical_slot: jax.Array  # (N,) int32
 
 
 def collect(
@@ -36,28 +51,62 @@ def collect(
     num_steps: int,
     unroll: int = 1,
     reset_cores: CoreState | None = None,
-) -> tuple[VecEnvState, jax.Array, Trajectory]:
-    """Run the current policy for `num_steps` steps in every env.
+    modulation: ModulationConfig | None = None,
+    mod: Modulated | None = None,
+) -> tuple[VecEnvState, jax.Array, jax.Array | None, Trajectory]:
+    """Run the current policy for `num_steps` steps in every env; returns the final env state, obs,
+    pending critical slots (modulated runs) and the trajectory.
 
     Values are not computed here: the learner evaluates the critic on the whole rollout at once,
     which keeps the sequential loop short (a latency win at small batch sizes).
     """
 
     def step(carry, step_key):
-        env_state, obs = carry
-        act_key, env_key = jax.random.split(step_key)
+        env_state, obs, pending = carry
+        if modulation is None:
+            act_key, env_key = jax.random.split(step_key)
+        else:
+            act_key, env_key, restart_key, reset_key = jax.random.split(step_key, 4)
         head = net.policy_head(params, obs)
         action, log_prob = net.sample(params, head, act_key)
-        env_state, res = env.step(env_key, env_state, action, reset_cores)
-        tr = Trajectory(
-            obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
-            terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
-            final_obs=res.final_obs,
-        )
-        return (env_state, res.obs), tr
+        if modulation is None:
+            env_state, res = env.step(env_key, env_state, action, reset_cores)
+            tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
+                            terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
+                            final_obs=res.final_obs)
+            return (env_state, res.obs, pending), tr
 
-    (env_state, obs), traj = jax.lax.scan(step, (env_state, obs), jax.random.split(key, num_steps), unroll=unroll)
-    return env_state, obs, traj
+        # CRITICAL STEPS: right after a restart from advice, or (optionally) near an advice state
+        slot = pending
+        if modulation.matching:
+            near = match_slots(obs, mod.advice, env_state.obs_rms, env.normalize_obs, mod.params.match_radius)
+            slot = jnp.where(slot >= 0, slot, near)
+        critical = slot >= 0
+        if modulation.override_action:  # ULTRA-A: execute the suggestion, keep its log-prob for the ratio
+            suggested = take_slot(mod.advice.action, slot)
+            mask = critical.reshape(critical.shape + (1,) * (action.ndim - 1))
+            action = jnp.where(mask, suggested, action)
+            log_prob = net.log_prob(params, head, action)
+        # RESTARTS: finished envs restart from a random valid advice snapshot with probability rho
+        use, restart_slot = choose_restarts(restart_key, mod.advice, env.num_envs, mod.params.restart_prob)
+        fresh = reset_cores if reset_cores is not None else env.fresh_cores(reset_key)
+        resets = select_envs(use, take_slot(mod.advice.snapshot, restart_slot), fresh)
+        env_state, res = env.step(env_key, env_state, action, resets)
+        reward = res.reward
+        if modulation.shape_reward:  # ULTRA-R: implicit reward on critical steps
+            bonus = take_slot(mod.advice.reward, slot) * take_slot(mod.advice.weight, slot)
+            reward = reward + jnp.where(critical, mod.params.reward_scale * bonus, 0.0)
+        pending = jnp.where(res.episode_done, restart_slot, -1)
+        tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=reward, raw_reward=res.raw_reward,
+                        terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
+                        final_obs=res.final_obs, critical=critical, slot=slot,
+                        restarted=jnp.logical_and(res.episode_done, use))
+        return (env_state, res.obs, pending), tr
+
+    pending0 = mod.critical_slot if mod is not None else None
+    (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, pending0),
+                                                   jax.random.split(key, num_steps), unroll=unroll)
+    return env_state, obs, pending, traj
 
 
 def episodes_finished(traj: Trajectory) -> jax.Array:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +18,13 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from jaxmod.advice.arrays import Advice
+from jaxmod.advice.modulation import ModulationConfig, ModulationParams
 from jaxmod.envs import VecEnv, VecEnvState, make
 from jaxmod.ppo.config import HyperParams, PPOConfig
 from jaxmod.ppo.losses import Batch, gae, ppo_loss
 from jaxmod.ppo.networks import ActorCritic, Params
-from jaxmod.ppo.rollout import collect
+from jaxmod.ppo.rollout import Modulated, collect
 
 Metrics = dict[str, jax.Array]
 
@@ -39,6 +40,8 @@ class TrainState:
     rng: jax.Array  # raw uint32[2] key data of the loop PRNG (`config.prng_impl`)
     update_step: jax.Array  # int32, updates done so far
     hparams: HyperParams
+    critical_slot: jax.Array | None = None  # (N,) advice slot of each env's next step, -1 if none (ULTRA)
+    mod_params: ModulationParams | None = None  # traced ULTRA knobs (restart prob, lambda, beta, ...)
 
     @property
     def obs_normalizer(self):
@@ -69,9 +72,11 @@ def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransfor
 
 @dataclass(frozen=True)
 class PPOLearner:
-    """The learner's pure pieces for one config: `init`, `update`, `run`."""
+    """The learner's pure pieces for one config: `init`, `update`, `run`. With `modulation`, updates
+    read an `Advice` pytree and apply ULTRA's policy modulation (see `jaxmod.advice.modulation`)."""
 
     config: PPOConfig
+    modulation: ModulationConfig | None = None
 
     @cached_property
     def env(self) -> VecEnv:
@@ -86,7 +91,8 @@ class PPOLearner:
         return ActorCritic(self.env.obs_shape, self.env.action_space, c.hidden_sizes, c.activation, c.log_std_init)
 
     # ------------------------------------------------------------------ INIT
-    def init(self, rng: jax.Array, params: Params | None = None, hparams: HyperParams | None = None) -> TrainState:
+    def init(self, rng: jax.Array, params: Params | None = None, hparams: HyperParams | None = None,
+             mod_params: ModulationParams | None = None) -> TrainState:
         """Fresh train state; `params` continues from given weights (e.g. a checkpoint)."""
         hp = self.config.hparams() if hparams is None else hparams
         if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
@@ -96,36 +102,55 @@ class PPOLearner:
             params = self.net.init(k_net)
         env_state, obs = self.env.reset(k_env)
         opt_state = make_optimizer(self.config, hp).init(ravel_pytree(params)[0])
+        critical_slot = None
+        if self.modulation is not None:
+            critical_slot = jnp.full((self.config.num_envs,), -1, jnp.int32)
+            mod_params = self.modulation.params() if mod_params is None else mod_params
+        else:
+            mod_params = None
         return TrainState(params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng,
-                          update_step=jnp.int32(0), hparams=hp)
+                          update_step=jnp.int32(0), hparams=hp, critical_slot=critical_slot, mod_params=mod_params)
 
     # ---------------------------------------------------------------- UPDATE
-    def update(self, state: TrainState) -> tuple[TrainState, Metrics]:
+    def update(self, state: TrainState, advice: Advice | None = None) -> tuple[TrainState, Metrics]:
         """One PPO update: collect T x N steps, compute GAE, run epochs x minibatches of SGD."""
-        c, net, env = self.config, self.net, self.env
+        c, net, env, modulation = self.config, self.net, self.env, self.modulation
+        if (modulation is None) != (advice is None):
+            raise ValueError("advice is read only by a learner built with a modulation config, and such a "
+                             "learner needs advice (jaxmod.advice.Advice.empty for none yet)")
         hp = state.hparams
         key = jax.random.wrap_key_data(state.rng, impl=c.prng_impl)
         key, k_pool, k_roll, k_perm = jax.random.split(key, 4)
 
         # COLLECT TRAJECTORIES
         reset_cores = None if env.core.cheap_reset else env.fresh_cores(k_pool)
-        env_state, obs, traj = collect(net, env, state.params, state.env_state, state.obs, k_roll,
-                                       c.num_steps, c.unroll, reset_cores)
+        mod = None if modulation is None else Modulated(params=state.mod_params, advice=advice,
+                                                        critical_slot=state.critical_slot)
+        env_state, obs, pending, traj = collect(net, env, state.params, state.env_state, state.obs, k_roll,
+                                                c.num_steps, c.unroll, reset_cores, modulation, mod)
 
         # CALCULATE ADVANTAGE (critic on the whole rollout at once)
         values = net.value(state.params, traj.obs)
         next_values = net.value(state.params, traj.final_obs)
         advantages = gae(traj.reward, values, next_values, traj.terminated, traj.episode_done,
                          hp.gamma, hp.gae_lambda)
+        kl_coef = None
+        critical = suggested = None
+        if modulation is not None and modulation.uses_kl:
+            kl_coef = state.mod_params.kl_coef
+            critical = traj.critical.astype(jnp.float32)
+            suggested = jnp.take(advice.action, jnp.maximum(traj.slot, 0), axis=0)
         batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=values,
-                      advantage=advantages, target=advantages + values)
+                      advantage=advantages, target=advantages + values, critical=critical, suggested=suggested)
         batch = jax.tree.map(lambda x: x.reshape((c.batch_size,) + x.shape[2:]), batch)
 
         # UPDATE NETWORK: epochs x minibatches. The optimiser works on the params raveled into one
         # vector, so Adam is a few fused ops instead of a few per leaf.
         tx = make_optimizer(c, hp)
         flat_params, unravel = ravel_pytree(state.params)
-        grad_fn = jax.value_and_grad(lambda p, mb: ppo_loss(net, unravel(p), mb, hp, c.clip_value_loss), has_aux=True)
+        kl_std = modulation.kl_target_std if modulation is not None else 0.2
+        grad_fn = jax.value_and_grad(
+            lambda p, mb: ppo_loss(net, unravel(p), mb, hp, c.clip_value_loss, kl_coef, kl_std), has_aux=True)
 
         def sgd_step(carry, mb):
             flat, opt_state = carry
@@ -157,34 +182,42 @@ class PPOLearner:
             "lr": jnp.asarray(lr, jnp.float32),
             "env_steps": (state.update_step + 1) * c.batch_size,
         }
+        if modulation is not None:
+            metrics["critical_frac"] = traj.critical.mean()
+            metrics["restarts"] = traj.restarted.sum().astype(jnp.int32)
+            metrics["advice_valid"] = advice.valid.sum().astype(jnp.int32)
         new_state = TrainState(params=params, opt_state=opt_state, env_state=env_state, obs=obs,
                                rng=jax.random.key_data(key),
-                               update_step=state.update_step + 1, hparams=hp)
+                               update_step=state.update_step + 1, hparams=hp, critical_slot=pending,
+                               mod_params=state.mod_params)
         return new_state, metrics
 
-    def run(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
-        """`num_updates` updates in one `lax.scan`; metrics stacked over updates."""
-        return jax.lax.scan(lambda s, _: self.update(s), state, None, length=num_updates)
+    def run(self, state: TrainState, num_updates: int, advice: Advice | None = None) -> tuple[TrainState, Metrics]:
+        """`num_updates` updates in one `lax.scan`; metrics stacked over updates. `advice` is an
+        argument, not part of the state: swapping it between calls changes values, not shapes."""
+        return jax.lax.scan(lambda s, _: self.update(s, advice), state, None, length=num_updates)
 
 
-def make_train(config: PPOConfig) -> Callable[..., TrainOutput]:
+def make_train(config: PPOConfig, modulation: ModulationConfig | None = None) -> Callable[..., TrainOutput]:
     """`train(rng, params=None, advice=None, hparams=None) -> TrainOutput`, pure and jittable.
 
     - `rng`: a `jax.random.PRNGKey`; vmap over a batch of keys for many seeds in one program.
     - `params`: initial network params to continue from (e.g. a checkpoint's `state.params`).
-    - `advice`: reserved for ULTRA refinement's fixed-shape advice pytree (`jaxmod.ultra`); plain
-      PPO takes none.
+    - `advice`: an `Advice` pytree (fixed capacity) for ULTRA refinement; needs `modulation`, the
+      refinement's switches (variants A / R / RA). Plain PPO takes none.
     - `hparams`: a `HyperParams` pytree (default `config.hparams()`); vmap over it for sweeps.
     """
-    learner = PPOLearner(config)
+    learner = PPOLearner(config, modulation)
     _ = learner.env, learner.net  # build (and validate) eagerly, outside any trace
 
-    def train(rng: jax.Array, params: Params | None = None, advice: Any = None,
+    def train(rng: jax.Array, params: Params | None = None, advice: Advice | None = None,
               hparams: HyperParams | None = None) -> TrainOutput:
-        if advice is not None:
-            raise ValueError("plain PPO takes no advice; ULTRA refinement (jaxmod.ultra) consumes advice arrays")
+        if modulation is None and advice is not None:
+            raise ValueError("plain PPO takes no advice: pass a ModulationConfig to make_train for ULTRA refinement")
+        if modulation is not None and advice is None:
+            advice = Advice.empty(learner.env.core, modulation.capacity)
         state = learner.init(rng, params, hparams)
-        state, metrics = learner.run(state, config.num_updates)
+        state, metrics = learner.run(state, config.num_updates, advice)
         return TrainOutput(state=state, metrics=metrics)
 
     train.learner = learner  # type: ignore[attr-defined]

@@ -1,0 +1,136 @@
+"""Fixed-capacity advice arrays the compiled update reads, and host-side packing into them.
+
+`Advice` has capacity K fixed by config: new advice only changes array values (and the `valid`
+mask), never shapes, so swapping advice between training chunks never recompiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxmod.envs.core import CoreState, EnvCore
+
+
+@struct.dataclass
+class Advice:
+    """K critical states with the advisor's suggestion; invalid slots are masked out."""
+
+    obs: jax.Array  # (K, *obs_shape) raw observation at the critical state
+    snapshot: CoreState  # (K, ...) restorable env state at the critical state
+    action: jax.Array  # (K,) int32 suggested action, or (K, A) float32
+    reward: jax.Array  # (K,) implicit reward in [-1, 1]
+    weight: jax.Array  # (K,) confidence weight in [0, 1]
+    valid: jax.Array  # (K,) bool
+    episode: jax.Array  # (K,) int32 source episode id (traceability)
+    step: jax.Array  # (K,) int32 source step within that episode
+
+    @property
+    def capacity(self) -> int:
+        return int(self.valid.shape[0])
+
+    @staticmethod
+    def empty(core: EnvCore, capacity: int) -> Advice:
+        """All-invalid advice with the right shapes and dtypes for `core`."""
+        snap = jax.eval_shape(core.reset, jax.random.PRNGKey(0))
+        snapshot = jax.tree.map(lambda s: jnp.zeros((capacity,) + s.shape, s.dtype), snap)
+        space = core.action_space
+        action = jnp.zeros((capacity,), jnp.int32) if space.discrete else jnp.zeros((capacity,) + space.shape, jnp.float32)
+        return Advice(obs=jnp.zeros((capacity,) + core.obs_shape, jnp.float32), snapshot=snapshot, action=action,
+                      reward=jnp.zeros((capacity,), jnp.float32), weight=jnp.zeros((capacity,), jnp.float32),
+                      valid=jnp.zeros((capacity,), jnp.bool_), episode=jnp.full((capacity,), -1, jnp.int32),
+                      step=jnp.full((capacity,), -1, jnp.int32))
+
+
+@dataclass(frozen=True)
+class AdviceItem:
+    """One validated answer about one critical state, ready to pack (host-side numpy)."""
+
+    episode: int
+    step: int
+    obs: np.ndarray
+    snapshot: Any  # CoreState of numpy arrays, unbatched
+    action: int | Sequence[float]
+    reward: float
+    weight: float = 1.0
+    reason: str = ""
+
+
+class AdviceBook:
+    """Host-side table of advice: dedupes on (episode, step), replaces the oldest when full, and
+    exports `Advice` arrays of fixed capacity."""
+
+    def __init__(self, core: EnvCore, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("advice capacity must be >= 1")
+        self.core = core
+        self.capacity = capacity
+        host = jax.device_get(Advice.empty(core, capacity))
+        self._arrays = jax.tree.map(np.array, host)
+        self._age = np.full(capacity, -1, np.int64)  # insertion counter per slot (-1 = empty)
+        self._index: dict[tuple[int, int], int] = {}
+        self._counter = 0
+        self.reasons: dict[int, str] = {}
+        self.replaced = 0
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def add(self, item: AdviceItem) -> int:
+        """Insert or update; returns the slot used."""
+        key = (int(item.episode), int(item.step))
+        space = self.core.action_space
+        if space.discrete:
+            action = np.int32(int(item.action))
+        else:
+            action = np.asarray(item.action, np.float32).reshape(space.shape)
+        slot = self._index.get(key)
+        if slot is None:
+            empty = np.nonzero(self._age < 0)[0]
+            if len(empty):
+                slot = int(empty[0])
+            else:
+                slot = int(np.argmin(self._age))
+                old = (int(self._arrays.episode[slot]), int(self._arrays.step[slot]))
+                self._index.pop(old, None)
+                self.replaced += 1
+            self._index[key] = slot
+        a = self._arrays
+        a.obs[slot] = np.asarray(item.obs, np.float32).reshape(self.core.obs_shape)
+        for dst, src in zip(jax.tree.leaves(a.snapshot), jax.tree.leaves(item.snapshot), strict=True):
+            dst[slot] = np.asarray(src, dst.dtype)
+        a.action[slot] = action
+        a.reward[slot] = float(np.clip(item.reward, -1.0, 1.0))
+        a.weight[slot] = float(np.clip(item.weight, 0.0, 1.0))
+        a.valid[slot] = True
+        a.episode[slot] = key[0]
+        a.step[slot] = key[1]
+        self._age[slot] = self._counter
+        self._counter += 1
+        self.reasons[slot] = item.reason
+        return slot
+
+    def add_answers(self, items: Sequence[AdviceItem | None], verdicts: Sequence[Any]) -> dict[str, int]:
+        """Pack the items whose verdict is a validated `Advised`; anything else (a `Rejected`, None, an
+        exception) is counted and never enters the arrays."""
+        from jaxmod.llm.answers import Advised
+
+        counts = {"packed": 0, "dropped": 0}
+        for item, verdict in zip(items, verdicts, strict=True):
+            if item is None or not isinstance(verdict, Advised):
+                counts["dropped"] += 1
+                continue
+            self.add(AdviceItem(item.episode, item.step, item.obs, item.snapshot, verdict.action, verdict.reward,
+                                item.weight, verdict.reason))
+            counts["packed"] += 1
+        return counts
+
+    def to_advice(self) -> Advice:
+        """Device arrays of the current table (same shapes every time)."""
+        return jax.tree.map(jnp.asarray, self._arrays)

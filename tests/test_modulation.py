@@ -1,0 +1,197 @@
+"""ULTRA refinement in the compiled update: packing, restarts, action override, shaping, KL, no recompiles."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmod.advice.arrays import Advice, AdviceBook, AdviceItem
+from jaxmod.advice.modulation import ModulationConfig, ModulationError
+from jaxmod.envs import make_core
+from jaxmod.llm.answers import Advised, Rejected
+from jaxmod.ppo import PPOConfig, PPOLearner, make_train
+from jaxmod.ppo.losses import advice_kl
+from jaxmod.ppo.rollout import Modulated, collect
+from tests.conftest import TINY, TOY_ID
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _snapshot(core, seed: int, steps: int, action: int = 1):
+    state = core.reset(jax.random.PRNGKey(seed))
+    for i in range(steps):
+        state, _, _ = core.step(jax.random.PRNGKey(100 + i), state, jnp.int32(action))
+    return jax.device_get(state)
+
+
+def _book(env_id: str, n: int, capacity: int = 4, action: int = 1, reward: float = 0.5) -> AdviceBook:
+    core = make_core(env_id)
+    book = AdviceBook(core, capacity)
+    for i in range(n):
+        snap = _snapshot(core, i, 1 + i % 2)
+        book.add(AdviceItem(episode=i, step=i % 2 + 1, obs=snap.obs, snapshot=snap, action=action, reward=reward))
+    return book
+
+
+def test_packing_dedupes_masks_and_replaces_oldest():
+    core = make_core("CartPole-v1")
+    book = AdviceBook(core, 3)
+    empty = book.to_advice()
+    chex.assert_shape(empty.obs, (3, 4))
+    assert not bool(empty.valid.any())
+    snaps = [_snapshot(core, i, 2) for i in range(5)]
+    for i in range(3):
+        book.add(AdviceItem(i, 7, snaps[i].obs, snaps[i], action=i % 2, reward=0.1 * i))
+    book.add(AdviceItem(1, 7, snaps[1].obs, snaps[1], action=0, reward=-0.3))  # same (episode, step): update
+    assert len(book) == 3 and book.replaced == 0
+    book.add(AdviceItem(9, 1, snaps[4].obs, snaps[4], action=1, reward=2.0))  # full: replaces the oldest (ep 0)
+    adv = book.to_advice()
+    assert book.replaced == 1 and bool(adv.valid.all())
+    assert sorted(np.asarray(adv.episode).tolist()) == [1, 2, 9]
+    slot9 = int(np.nonzero(np.asarray(adv.episode) == 9)[0][0])
+    assert float(adv.reward[slot9]) == 1.0  # clipped
+    np.testing.assert_array_equal(np.asarray(adv.snapshot.obs[slot9]), np.asarray(snaps[4].obs))
+    chex.assert_trees_all_equal_shapes_and_dtypes(adv, empty)
+
+
+def test_invalid_answers_never_enter_the_arrays():
+    core = make_core("CartPole-v1")
+    book = AdviceBook(core, 4)
+    snap = _snapshot(core, 0, 1)
+    items = [AdviceItem(i, 0, snap.obs, snap, 0, 0.0) for i in range(4)]
+    verdicts = [Advised(1, 0.5, "ok"), Rejected("action 7 out of range"), None, Advised(0, -1.0, "ok")]
+    counts = book.add_answers(items, verdicts)
+    adv = book.to_advice()
+    assert counts == {"packed": 2, "dropped": 2}
+    assert int(adv.valid.sum()) == 2 and sorted(np.asarray(adv.episode)[np.asarray(adv.valid)].tolist()) == [0, 3]
+
+
+def test_variants_and_errors():
+    assert ModulationConfig.variant("A").override_action and not ModulationConfig.variant("A").shape_reward
+    assert ModulationConfig.variant("RA", kl_coef=0.1).uses_kl
+    with pytest.raises(ModulationError):
+        ModulationConfig.variant("B")
+    with pytest.raises(ModulationError):
+        ModulationConfig(restart_prob=1.5)
+    assert "jaxmod_choices" in ModulationConfig().choices()
+
+
+def _toy_rollout(modulation: ModulationConfig, advice: Advice, steps: int = 12, num_envs: int = 3):
+    cfg = PPOConfig(env_id=TOY_ID, num_envs=num_envs, num_steps=steps, total_timesteps=num_envs * steps,
+                    num_minibatches=1)
+    learner = PPOLearner(cfg, modulation)
+    state = learner.init(jax.random.PRNGKey(0))
+    mod = Modulated(params=state.mod_params, advice=advice, critical_slot=state.critical_slot)
+    _, _, _, traj = jax.jit(lambda s, m: collect(learner.net, learner.env, s.params, s.env_state, s.obs,
+                                                  jax.random.PRNGKey(1), steps, 1, None, modulation, m))(state, mod)
+    return learner, state, jax.device_get(traj)
+
+
+def _toy_advice(action: int = 0, reward: float = 0.75, weight: float = 0.8) -> Advice:
+    core = make_core(TOY_ID)
+    book = AdviceBook(core, 2)
+    snap = jax.device_get(core.reset(jax.random.PRNGKey(0)))
+    snap = snap.replace(inner=np.float32(2.0), obs=np.array([2.0], np.float32), time=np.int32(1))
+    book.add(AdviceItem(episode=5, step=1, obs=snap.obs, snapshot=snap, action=action, reward=reward, weight=weight))
+    return book.to_advice()
+
+
+def test_restart_returns_exactly_the_stored_state_and_marks_the_next_step_critical():
+    advice = _toy_advice()
+    _, _, traj = _toy_rollout(ModulationConfig.variant("restart", restart_prob=1.0), advice)
+    restarted = traj.restarted  # (T, N): the env's next episode starts at the advice snapshot
+    assert restarted.any()
+    t, n = np.argwhere(restarted)[0]
+    assert traj.obs[t + 1, n, 0] == 2.0  # the stored observation, exactly
+    assert traj.critical[t + 1, n] and traj.slot[t + 1, n] == 0
+    assert not traj.critical[0].any()  # nothing critical before any restart
+    assert traj.critical.sum() == restarted[:-1].sum()  # only first steps after restarts
+
+
+def test_action_override_keeps_the_ratio_correct():
+    advice = _toy_advice(action=0)
+    learner, state, traj = _toy_rollout(ModulationConfig.variant("A", restart_prob=1.0), advice)
+    crit = traj.critical
+    assert crit.any()
+    assert (traj.action[crit] == 0).all()
+    head = learner.net.policy_head(state.params, jnp.asarray(traj.obs))
+    logp = np.asarray(learner.net.log_prob(state.params, head, jnp.asarray(traj.action)))
+    np.testing.assert_allclose(traj.log_prob, logp, rtol=1e-5, atol=1e-6)
+
+
+def test_reward_shaping_only_on_critical_steps():
+    advice = _toy_advice(reward=0.75, weight=0.8)
+    mod = ModulationConfig.variant("R", restart_prob=1.0, reward_scale=2.0)
+    _, _, traj = _toy_rollout(mod, advice)
+    bonus = traj.reward - traj.raw_reward
+    np.testing.assert_allclose(bonus[traj.critical], 2.0 * 0.75 * 0.8, rtol=1e-6)
+    np.testing.assert_array_equal(bonus[~traj.critical], 0.0)
+    assert traj.critical.any()
+
+
+def test_matching_marks_states_near_advice():
+    advice = _toy_advice()  # advice obs = [2.0]; the toy walk passes position 2 when pushing right
+    mod = ModulationConfig.variant("A", restart_prob=0.0, match_radius=0.25)
+    _, _, traj = _toy_rollout(mod, advice, steps=16)
+    near = np.abs(traj.obs[..., 0] - 2.0) <= 0.25
+    np.testing.assert_array_equal(traj.critical, near)
+
+
+def test_kl_gradient_pulls_toward_the_suggestion():
+    learner = PPOLearner(TINY)
+    params = learner.net.init(jax.random.PRNGKey(0))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (32, 4))
+    target = jnp.ones((32,), jnp.int32)
+
+    def kl(p):
+        return advice_kl(learner.net, p, learner.net.policy_head(p, obs), target, 0.2).mean()
+
+    def logp(p):
+        head = learner.net.policy_head(p, obs)
+        return learner.net.log_prob(p, head, target).mean()
+
+    grads = jax.grad(kl)(params)
+    stepped = jax.tree.map(lambda p, g: p - 1.0 * g, params, grads)
+    assert float(kl(stepped)) < float(kl(params)) and float(logp(stepped)) > float(logp(params))
+
+
+def test_continuous_kl_target_and_modulated_training_run():
+    cfg = TINY.replace(env_id="Pendulum-v1", ent_coef=0.0, env_options=(("max_steps_in_episode", 10),))
+    mod = ModulationConfig.variant("RA", kl_coef=0.5, restart_prob=0.5, capacity=3)
+    core = make_core("Pendulum-v1")
+    book = AdviceBook(core, 3)
+    snap = _snapshot_cont(core)
+    book.add(AdviceItem(0, 3, snap.obs, snap, action=[1.5], reward=0.5))
+    out = jax.jit(make_train(cfg, mod))(jax.random.PRNGKey(0), None, book.to_advice())
+    chex.assert_tree_all_finite(out.metrics)
+    assert float(out.metrics["critical_frac"].sum()) > 0 and "advice_kl" in out.metrics
+
+
+def _snapshot_cont(core):
+    state = core.reset(jax.random.PRNGKey(0))
+    state, _, _ = core.step(jax.random.PRNGKey(1), state, jnp.array([0.5], jnp.float32))
+    return jax.device_get(state)
+
+
+def test_new_advice_never_recompiles():
+    mod = ModulationConfig.variant("RA", kl_coef=0.1, capacity=4)
+    learner = PPOLearner(TINY, mod)
+    traces = []
+
+    def run(state, advice):
+        traces.append(1)
+        return learner.run(state, 2, advice)
+
+    run_jit = jax.jit(run)
+    state = learner.init(jax.random.PRNGKey(0))
+    a1 = Advice.empty(learner.env.core, 4)
+    a2 = _book("CartPole-v1", 2).to_advice()
+    a3 = _book("CartPole-v1", 4, action=0, reward=-0.5).to_advice()
+    state, m1 = run_jit(state, a1)
+    state, m2 = run_jit(state, a2)
+    state, m3 = run_jit(state, a3)
+    assert len(traces) == 1 and run_jit._cache_size() == 1
+    assert int(m1["advice_valid"][0]) == 0 and int(m3["advice_valid"][0]) == 4
