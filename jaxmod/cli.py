@@ -101,6 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=_int, default=1, help="CPU threads for the local LLM (default 1)")
     serve.add_argument("--teacher", default=None, help="checkpoint folder of the teacher policy (--backend teacher)")
 
+    ultra = sub.add_parser("ultra", help="ULTRA: pretrain, ask the advisor, refine with A/R/RA vs continued PPO")
+    ultra.add_argument("--env", default="CartPole-v1")
+    ultra.add_argument("--variant", default="A,R,RA", help="comma list of A, R, RA, restart (continued PPO always runs)")
+    ultra.add_argument("--advisor", default="scripted",
+                       help="scripted | smollm2 | teacher:<checkpoint dir> | an OpenAI-compatible URL (.../v1)")
+    ultra.add_argument("--llm-url", default=None, help="same as --advisor <url>")
+    ultra.add_argument("--model", default="default", help="model name for an HTTP advisor")
+    ultra.add_argument("--noise", type=float, default=0.0, help="fraction of advisor answers corrupted (robustness)")
+    ultra.add_argument("--seeds", type=_int, default=5)
+    ultra.add_argument("--seed", type=_int, default=0)
+    ultra.add_argument("--pretrain-steps", type=_int, default=60_000)
+    ultra.add_argument("--refine-steps", type=_int, default=100_000)
+    ultra.add_argument("--refine-lr", type=float, default=1e-4)
+    ultra.add_argument("--chunks", type=_int, default=10)
+    ultra.add_argument("--capacity", type=_int, default=32, help="advice slots K")
+    ultra.add_argument("--restart-prob", type=float, default=0.5)
+    ultra.add_argument("--reward-scale", type=float, default=1.0)
+    ultra.add_argument("--kl-coef", type=float, default=0.1)
+    ultra.add_argument("--match-radius", type=float, default=0.0)
+    ultra.add_argument("--episodes-per-round", type=_int, default=8)
+    ultra.add_argument("--out", default=None, help="run folder (default runs/ultra-<env>-<time>)")
+
     plot = sub.add_parser("plot", help="redraw the learning curve of a run folder")
     plot.add_argument("run", help="run folder with metrics.jsonl")
     return parser
@@ -247,6 +269,71 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ultra(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from jaxmod.advice.modulation import VARIANTS, ModulationConfig
+    from jaxmod.envs import make_core
+    from jaxmod.ultra.pipeline import BASELINE, UltraRun, UltraSettings
+
+    variants = [v.strip() for v in args.variant.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            raise CLIError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    advisor = args.llm_url or args.advisor
+    if not (advisor in ("scripted", "smollm2") or advisor.startswith(("teacher:", "http://", "https://"))):
+        raise CLIError(f"unknown advisor {advisor!r}: use scripted, smollm2, teacher:<checkpoint> or an http(s) URL")
+    make_core(args.env)
+    if advisor == "scripted":
+        from jaxmod.llm.scripted import ScriptedBackend
+
+        if not ScriptedBackend().supports(args.env):
+            raise CLIError(f"the scripted advisor has no heuristic for {args.env}; use --advisor teacher:<ckpt> or an LLM")
+    ModulationConfig(capacity=args.capacity, restart_prob=args.restart_prob, kl_coef=args.kl_coef,
+                     match_radius=args.match_radius)  # validates
+    _enable_compile_cache()
+    settings = UltraSettings(
+        env_id=args.env, seeds=args.seeds, seed=args.seed, pretrain_steps=args.pretrain_steps,
+        refine_steps=args.refine_steps, refine_lr=args.refine_lr, chunks=args.chunks,
+        variants=(BASELINE, *variants), advisor=advisor, model=args.model, noise=args.noise,
+        episodes_per_round=args.episodes_per_round, capacity=args.capacity, restart_prob=args.restart_prob,
+        reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius)
+    out = Path(args.out or f"runs/ultra-{args.env.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out / "ultra.json").exists():
+        raise CLIError(f"{out} already holds an ULTRA run; choose another --out")
+    console = Console()
+    console.print(f"[bold]jaxmod ultra[/] {args.env}: {args.seeds} seeds, variants {', '.join(settings.variants)}, "
+                  f"advisor {advisor}{f' with {args.noise:.0%} noise' if args.noise else ''} -> {out}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("updates"),
+                  TimeElapsedColumn(), console=console) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(variant: str, done: int, total: int) -> None:
+            if variant not in tasks:
+                label = "continued PPO" if variant == BASELINE else f"ULTRA-{variant}"
+                tasks[variant] = progress.add_task(f"refine {label:14s}", total=total)
+            progress.update(tasks[variant], completed=done)
+
+        run = UltraRun(settings, out, log=lambda msg: progress.console.print(msg), progress=on_progress)
+        results = run.run()
+    table = Table(title=f"evaluation return after {settings.refine_steps:,} refinement steps per seed")
+    for col in ("method", "start", "final mean", "final std", "wall s"):
+        table.add_column(col, justify="right")
+    for name, r in results.items():
+        final = np.array(r.eval_returns[-1])
+        table.add_row("continued PPO" if name == BASELINE else f"ULTRA-{name}", f"{np.mean(r.eval_returns[0]):.1f}",
+                      f"{final.mean():.1f}", f"{final.std():.1f}", f"{r.wall_s:.1f}")
+    console.print(table)
+    for st in run.advice_stats:
+        console.print(f"advisor ({st['variant']}): {st['valid']} valid, {st['invalid']} invalid, {st['failed']} failed "
+                      f"answers; advice overhead {st['advice_overhead_frac']:.1%} of refinement wall time")
+    console.print(f"outputs: {out}/ultra.png, {out}/ultra.json, {out}/critical_states.md, {out}/transcript.jsonl")
+    return 0
+
+
 def cmd_serve_advisor(args: argparse.Namespace) -> int:
     from jaxmod.llm.server import BackendUnavailable, make_server
 
@@ -274,7 +361,7 @@ def cmd_serve_advisor(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "plot": cmd_plot, "serve-advisor": cmd_serve_advisor}
+COMMANDS = {"train": cmd_train, "plot": cmd_plot, "serve-advisor": cmd_serve_advisor, "ultra": cmd_ultra}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ observation before any auto-reset, so learners bootstrap from it on truncation.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import jax
@@ -55,6 +56,7 @@ class VecEnv:
     reward_gamma: float = 0.99
     clip_actions: bool = True
     obs_clip: float = 10.0
+    update_stats: bool = True  # False freezes the normalisers (evaluation, episode collection)
 
     @property
     def obs_shape(self) -> tuple[int, ...]:
@@ -63,6 +65,10 @@ class VecEnv:
     @property
     def action_space(self):
         return self.core.action_space
+
+    def replace_num_envs(self, num_envs: int) -> VecEnv:
+        """The same stack over a different number of envs."""
+        return dataclasses.replace(self, num_envs=num_envs)
 
     # ----------------------------------------------------------------- resets
     def fresh_cores(self, key: jax.Array) -> CoreState:
@@ -126,14 +132,14 @@ class VecEnv:
 
         ep_return = state.episode_return + reward
         ep_length = state.episode_length + 1
-        obs_rms = state.obs_rms.update(core.obs) if self.normalize_obs else state.obs_rms
+        obs_rms = state.obs_rms.update(core.obs) if self.normalize_obs and self.update_stats else state.obs_rms
 
         learn_reward = reward
         disc = state.discounted_return
         return_rms = state.return_rms
         if self.normalize_reward:
             disc = disc * self.reward_gamma + reward
-            return_rms = return_rms.update(disc)
+            return_rms = return_rms.update(disc) if self.update_stats else return_rms
             learn_reward = reward / jnp.sqrt(return_rms.var + 1e-8)
             disc = jnp.where(done, 0.0, disc)
 

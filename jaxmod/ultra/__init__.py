@@ -1,0 +1,2 @@
+"""The ULTRA pipeline: pretrain -> collect -> identify -> advise -> pack -> refine, with the host-side
+asynchronous advisor loop that overlaps LLM queries with device training."""

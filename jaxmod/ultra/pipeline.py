@@ -1,0 +1,305 @@
+"""`run_ultra`: pretrain a sub-optimal agent -> collect its episodes -> identify critical states ->
+advise -> pack -> refine with ULTRA-A / R / RA and with continued PPO from the same agent, over many
+seeds in one program, with the advisor queried asynchronously between refinement chunks."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmod.advice.arrays import Advice, AdviceBook
+from jaxmod.advice.modulation import ModulationConfig
+from jaxmod.llm import Advisor, ClientSettings, HTTPBackend, LLMClient, LocalBackend, NoisyBackend, Transcript
+from jaxmod.parallel import seed_keys
+from jaxmod.ppo import PPOConfig, PPOLearner, default_config
+from jaxmod.ultra.advise import CriticalRow, advise_episodes
+from jaxmod.ultra.async_advice import AdvisorThread
+from jaxmod.ultra.collect import make_collector, make_evaluator, split_episodes
+
+BASELINE = "PPO"
+
+
+@dataclass(frozen=True)
+class UltraSettings:
+    """One ULTRA experiment. Step counts are env steps per seed."""
+
+    env_id: str = "CartPole-v1"
+    seeds: int = 5
+    seed: int = 0
+    pretrain_steps: int = 60_000  # a sub-optimal agent: stopped early
+    refine_steps: int = 100_000
+    refine_lr: float = 1e-4
+    chunks: int = 10  # refinement chunks: advice refreshes and evaluation points
+    variants: tuple[str, ...] = ("PPO", "A", "R", "RA")
+    advisor: str = "scripted"  # scripted | smollm2 | teacher:<checkpoint> | http(s)://host:port/v1
+    model: str = "default"  # model name for an HTTP advisor
+    noise: float = 0.0  # fraction of answers corrupted (NoisyAdvisor)
+    episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
+    max_critical: int = 2
+    capacity: int = 32
+    restart_prob: float = 0.5
+    reward_scale: float = 1.0
+    kl_coef: float = 0.1
+    match_radius: float = 0.0
+    collect_envs: int = 8
+    collect_steps: int = 256
+    eval_envs: int = 16
+    eval_steps: int = 600
+    ppo_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def ppo_config(self, total_steps: int, **changes: Any) -> PPOConfig:
+        return default_config(self.env_id, total_timesteps=total_steps, **{**dict(self.ppo_overrides), **changes})
+
+    def modulation(self, variant: str) -> ModulationConfig | None:
+        if variant == BASELINE:
+            return None
+        return ModulationConfig.variant(variant, capacity=self.capacity, restart_prob=self.restart_prob,
+                                        reward_scale=self.reward_scale, kl_coef=self.kl_coef,
+                                        match_radius=self.match_radius)
+
+
+@dataclass
+class VariantResult:
+    name: str
+    steps: list[int] = field(default_factory=list)  # env steps per seed at each evaluation
+    eval_returns: list[list[float]] = field(default_factory=list)  # per evaluation, per seed
+    wall_s: float = 0.0
+    chunk_metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _advisor_factory(settings: UltraSettings, transcript: Transcript | None) -> Callable:
+    """An async context manager factory yielding the configured `Advisor` (and its server if embedded)."""
+
+    @contextlib.asynccontextmanager
+    async def factory():
+        spec = settings.advisor
+        server = None
+        if spec in ("scripted", "smollm2"):  # embedded: a real local HTTP server started in-process
+            from jaxmod.llm.server import make_server
+
+            server = make_server(spec).start()
+            url, model = server.url, server.model
+        elif spec.startswith("teacher:"):
+            from jaxmod.advice.teacher import TeacherBackend
+
+            backend = LocalBackend(TeacherBackend(spec.split(":", 1)[1]))
+            if settings.noise:
+                backend = NoisyBackend(backend, settings.noise, seed=settings.seed)
+            yield Advisor(backend, settings.max_critical, transcript)
+            return
+        else:
+            url, model = spec, settings.model
+        try:
+            limit = 1 if spec == "smollm2" else 16
+            client_settings = ClientSettings(base_url=url, model=model, concurrency=limit,
+                                             max_tokens=160 if spec == "smollm2" else 512, timeout_s=120)
+            async with LLMClient(client_settings) as client:
+                backend = HTTPBackend(client)
+                if settings.noise:
+                    backend = NoisyBackend(backend, settings.noise, seed=settings.seed)
+                yield Advisor(backend, settings.max_critical, transcript)
+        finally:
+            if server is not None:
+                server.stop()
+
+    return factory
+
+
+def _stack(advices: list[Advice]) -> Advice:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *advices)
+
+
+def _with_normalisers(state, pre_env_state):
+    return state.replace(env_state=state.env_state.replace(obs_rms=pre_env_state.obs_rms,
+                                                           return_rms=pre_env_state.return_rms))
+
+
+class UltraRun:
+    """Stages of one experiment; `run()` does them all. Each stage can be called alone."""
+
+    def __init__(self, settings: UltraSettings, out: Path, log: Callable[[str], None] = lambda _: None,
+                 progress: Callable[[str, int, int], None] = lambda *_: None,
+                 advisor_factory: Callable | None = None) -> None:
+        self.s, self.out, self.log, self.progress = settings, Path(out), log, progress
+        self.advisor_factory = advisor_factory
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.transcript = Transcript(self.out / "transcript.jsonl")
+        self.critical_rows: list[CriticalRow] = []
+        self.advice_stats: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ stage 1: pretrain
+    def pretrain(self):
+        """A sub-optimal agent per seed (PPO stopped early); returns the batched final train states."""
+        cfg = self.s.ppo_config(self.s.pretrain_steps)
+        learner = PPOLearner(cfg)
+        t0 = time.perf_counter()
+        state, metrics = jax.jit(jax.vmap(lambda k: learner.run(learner.init(k), cfg.num_updates)))(
+            seed_keys(self.s.seed, self.s.seeds))
+        jax.block_until_ready(state)
+        self.log(f"pretrained {self.s.seeds} sub-optimal agents in {time.perf_counter() - t0:.1f}s "
+                 f"(training return {np.asarray(metrics['episode_return'])[:, -1].mean():.1f})")
+        return state
+
+    # ------------------------------------------------------------------ stages 2-5 + refinement
+    def refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
+        s = self.s
+        cfg = s.ppo_config(s.refine_steps, lr=s.refine_lr, anneal_lr=False)
+        modulation = s.modulation(variant)
+        learner = PPOLearner(cfg, modulation)
+        core = learner.env.core
+        chunk_updates = max(1, math.ceil(cfg.num_updates / s.chunks))
+        keys = seed_keys(s.seed + 1000, s.seeds)  # the same refinement seeds for every variant
+        state = jax.vmap(lambda k, p: learner.init(k, p))(keys, pre_state.params)
+        state = jax.vmap(_with_normalisers)(state, pre_state.env_state)
+        books = [AdviceBook(core, s.capacity) for _ in range(s.seeds)]
+        advice = _stack([b.to_advice() for b in books]) if modulation else None
+        run = jax.jit(jax.vmap(lambda st, adv: learner.run(st, chunk_updates, adv) if modulation
+                               else learner.run(st, chunk_updates)))
+        collect = jax.jit(jax.vmap(make_collector(learner.env.replace_num_envs(s.collect_envs), learner.net,
+                                                  s.collect_steps)))
+        evaluate = jax.jit(jax.vmap(make_evaluator(learner.env.replace_num_envs(s.eval_envs), learner.net,
+                                                   s.eval_steps)))
+        result = VariantResult(variant)
+        pending = None
+        uid = 0
+        eval_key = seed_keys(s.seed + 2000, s.seeds)
+
+        def request(params, obs_rms, round_i):
+            nonlocal uid
+            rec = jax.device_get(collect(params, obs_rms, jax.vmap(lambda k: jax.random.fold_in(k, round_i))(keys)))
+            per_seed = []
+            for i in range(s.seeds):
+                rec_i = jax.tree.map(lambda x, i=i: x[i], rec)
+                eps = split_episodes(rec_i, uid, s.episodes_per_round)
+                uid += len(eps) + 1
+                per_seed.append((rec_i, eps))
+
+            async def job(adv: Advisor):
+                outs = []
+                for rec_i, eps in per_seed:
+                    outs.append(await advise_episodes(adv, core, rec_i, eps))
+                return outs
+
+            return advisor.submit(job), time.perf_counter()
+
+        def absorb(outs):
+            counts = {"packed": 0, "dropped": 0}
+            for book, (items, verdicts, rows) in zip(books, outs, strict=True):
+                c = book.add_answers(items, verdicts)
+                counts = {k: counts[k] + c[k] for k in counts}
+                self.critical_rows.extend(rows)
+            return counts
+
+        stall_s = 0.0
+        if advisor is not None:
+            from jaxmod.llm import AdvisorStats
+
+            advisor.advisor.stats = AdvisorStats()  # per-variant accounting
+        if modulation is not None:  # initial advice on the pre-trained agents' own episodes
+            t0 = time.perf_counter()
+            fut, _ = request(state.params, state.env_state.obs_rms, 0)
+            counts = absorb(fut.result())
+            advice = _stack([b.to_advice() for b in books])
+            self.log(f"{variant}: initial advice {counts['packed']} packed, {counts['dropped']} dropped "
+                     f"in {time.perf_counter() - t0:.1f}s")
+
+        wall0 = time.perf_counter()
+        done_updates = 0
+        chunk_i = 0
+        mean0, _ = evaluate(state.params, state.env_state.obs_rms, eval_key)
+        result.steps.append(0)
+        result.eval_returns.append(np.asarray(mean0).tolist())
+        while done_updates < cfg.num_updates:
+            swapped = False
+            latency = None
+            if pending is not None and pending[0].done():  # swap in fresh advice: never wait for it
+                t_host = time.perf_counter()
+                latency = t_host - pending[1]
+                counts = absorb(pending[0].result())
+                advice = _stack([b.to_advice() for b in books])
+                pending, swapped = None, True
+                stall_s += time.perf_counter() - t_host
+            state, metrics = run(state, advice) if modulation else run(state, None)
+            done_updates += chunk_updates
+            chunk_i += 1
+            if modulation is not None and pending is None:
+                # collection runs on the device after the chunk; prompting and the advisor run in the
+                # advisor thread. Host time spent here (waiting for episodes, splitting them) counts as
+                # advice overhead in the stall figure (conservative: collection is device work).
+                jax.block_until_ready(state)
+                t_host = time.perf_counter()
+                pending = request(state.params, state.env_state.obs_rms, chunk_i)
+                stall_s += time.perf_counter() - t_host
+            mean, _ = evaluate(state.params, state.env_state.obs_rms, jax.vmap(lambda k: jax.random.fold_in(k, chunk_i))(eval_key))
+            result.steps.append(min(done_updates, cfg.num_updates) * cfg.batch_size)
+            result.eval_returns.append(np.asarray(mean).tolist())
+            row = {"chunk": chunk_i, "eval_return": float(np.mean(mean)), "swapped_advice": swapped}
+            if modulation is not None:
+                m = jax.device_get(metrics)
+                row.update({"critical_frac": float(np.mean(m["critical_frac"])),
+                            "restarts": int(np.sum(m["restarts"])),
+                            "advice_valid": int(np.mean(m["advice_valid"][:, -1])),
+                            "advisor_latency_s": latency})
+                if swapped:
+                    row.update(counts)
+            result.chunk_metrics.append(row)
+            self.progress(variant, min(done_updates, cfg.num_updates), cfg.num_updates)
+        jax.block_until_ready(state)
+        result.wall_s = time.perf_counter() - wall0
+        if modulation is not None:
+            st = advisor.advisor.stats.as_dict()
+            self.advice_stats.append({"variant": variant, "advice_overhead_s": round(stall_s, 3),
+                                      "advice_overhead_frac": stall_s / max(result.wall_s, 1e-9), **st})
+            result.chunk_metrics.append({"advice_overhead_frac": stall_s / max(result.wall_s, 1e-9)})
+            if pending is not None:
+                pending[0].cancel()
+        return result
+
+    def run(self) -> dict[str, VariantResult]:
+        pre = self.pretrain()
+        results: dict[str, VariantResult] = {}
+        needs_advisor = any(v != BASELINE for v in self.s.variants)
+        factory = self.advisor_factory or _advisor_factory(self.s, self.transcript)
+        ctx = AdvisorThread(factory) if needs_advisor else contextlib.nullcontext()
+        with ctx as advisor:
+            for variant in self.s.variants:
+                results[variant] = self.refine(variant, pre, advisor)
+                r = results[variant]
+                self.log(f"{variant}: eval return {np.mean(r.eval_returns[0]):.1f} -> "
+                         f"{np.mean(r.eval_returns[-1]):.1f} (+- {np.std(r.eval_returns[-1]):.1f}) in {r.wall_s:.1f}s")
+        self.write(results)
+        return results
+
+    # ------------------------------------------------------------------ outputs
+    def write(self, results: dict[str, VariantResult]) -> None:
+        from jaxmod.reporting import plot_curves
+
+        summary = {name: {"steps": r.steps, "eval_returns": r.eval_returns, "wall_s": r.wall_s,
+                          "chunks": r.chunk_metrics} for name, r in results.items()}
+        summary["settings"] = dataclasses.asdict(self.s)
+        summary["advisor"] = self.advice_stats
+        summary["modulation_choices"] = (self.s.modulation("RA") or ModulationConfig()).choices()
+        (self.out / "ultra.json").write_text(json.dumps(summary, indent=2, default=str))
+        with open(self.out / "critical_states.md", "w") as fh:
+            fh.write("| episode | step | length | return | state | agent action | why critical | suggested | "
+                     "implicit reward | advice reason | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+            for r in self.critical_rows:
+                cells = [r.episode, r.step, r.episode_length, f"{r.episode_return:.1f}", r.state, r.agent_action,
+                         r.why_critical, r.suggested_action,
+                         "-" if r.implicit_reward is None else f"{r.implicit_reward:+.2f}", r.advice_reason, r.verdict]
+                fh.write("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |\n")
+        series = [(("continued PPO" if n == BASELINE else f"ULTRA-{n}"), np.array(r.steps), np.array(r.eval_returns))
+                  for n, r in results.items()]
+        plot_curves(series, self.out / "ultra.png", title=f"Refinement on {self.s.env_id} ({self.s.advisor} advisor)",
+                    xlabel="refinement env steps per seed", ylabel="evaluation return")
