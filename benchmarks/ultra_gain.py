@@ -1,0 +1,63 @@
+"""Does advice help? From the same sub-optimal agents, refine with continued PPO and ULTRA-A / R / RA for
+equal refinement steps, >= 5 seeds, with the scripted advisor, clean and with 30% corrupted answers.
+
+    python benchmarks/ultra_gain.py                       # CartPole-v1 and MountainCar-v0
+    python benchmarks/ultra_gain.py --envs CartPole-v1 --seeds 8
+
+Writes benchmarks/results/ultra_gain.json and prints a markdown table: final evaluation return mean
+(std) per variant, refinement wall time relative to continued PPO, and the advice overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from jaxmod.ultra.pipeline import UltraRun, UltraSettings
+
+PRESETS = {
+    "CartPole-v1": dict(pretrain_steps=60_000, refine_steps=100_000),
+    "MountainCar-v0": dict(pretrain_steps=100_000, refine_steps=200_000, restart_prob=0.5, episodes_per_round=4),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--envs", default="CartPole-v1,MountainCar-v0")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--noise", default="0,0.3", help="comma list of advisor noise fractions")
+    ap.add_argument("--json", default="benchmarks/results/ultra_gain.json")
+    args = ap.parse_args()
+    rows = []
+    for env_id in args.envs.split(","):
+        for noise in (float(x) for x in args.noise.split(",")):
+            settings = UltraSettings(env_id=env_id, seeds=args.seeds, noise=noise, **PRESETS.get(env_id, {}))
+            with tempfile.TemporaryDirectory() as tmp:
+                run = UltraRun(settings, Path(tmp), log=print)
+                results = run.run()
+            ppo_wall = results["PPO"].wall_s
+            for name, r in results.items():
+                final = np.array(r.eval_returns[-1])
+                overhead = next((a["advice_overhead_frac"] for a in run.advice_stats if a["variant"] == name), 0.0)
+                rows.append({"env": env_id, "noise": noise, "variant": name, "start": float(np.mean(r.eval_returns[0])),
+                             "final_mean": float(final.mean()), "final_std": float(final.std()),
+                             "wall_s": r.wall_s, "wall_vs_ppo": r.wall_s / ppo_wall, "advice_overhead_frac": overhead})
+                print(json.dumps(rows[-1]), flush=True)
+    print("\n| env | advisor noise | method | start | final mean (std) | wall vs PPO | advice overhead |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        label = "continued PPO" if r["variant"] == "PPO" else f"ULTRA-{r['variant']}"
+        print(f"| {r['env']} | {r['noise']:.0%} | {label} | {r['start']:.1f} | {r['final_mean']:.1f} ({r['final_std']:.1f}) "
+              f"| {r['wall_vs_ppo']:.2f}x | {r['advice_overhead_frac']:.1%} |")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
