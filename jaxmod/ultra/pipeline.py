@@ -233,7 +233,7 @@ class UltraRun:
                 advice = _stack([b.to_advice() for b in books])
                 pending, swapped = None, True
                 stall_s += time.perf_counter() - t_host
-            state, metrics = run(state, advice) if modulation else run(state)
+            state, metrics = run(state, advice) if modulation else run(state, None)
             done_updates += chunk_updates
             chunk_i += 1
             if modulation is not None and pending is None:
