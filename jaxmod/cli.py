@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     ultra.add_argument("--kl-coef", type=float, default=0.1)
     ultra.add_argument("--match-radius", type=float, default=0.0)
     ultra.add_argument("--episodes-per-round", type=_int, default=8)
+    ultra.add_argument("--sync-advice", action="store_true",
+                       help="wait for each advice round (reproducible, replayable with --advisor replay:<transcript>)")
     ultra.add_argument("--out", default=None, help="run folder (default runs/ultra-<env>-<time>)")
 
     plot = sub.add_parser("plot", help="redraw the learning curve of a run folder")
@@ -284,8 +286,9 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         if v not in VARIANTS:
             raise CLIError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     advisor = args.llm_url or args.advisor
-    if not (advisor in ("scripted", "smollm2") or advisor.startswith(("teacher:", "http://", "https://"))):
-        raise CLIError(f"unknown advisor {advisor!r}: use scripted, smollm2, teacher:<checkpoint> or an http(s) URL")
+    if not (advisor in ("scripted", "smollm2") or advisor.startswith(("teacher:", "replay:", "http://", "https://"))):
+        raise CLIError(f"unknown advisor {advisor!r}: use scripted, smollm2, teacher:<checkpoint>, "
+                       "replay:<transcript.jsonl> or an http(s) URL")
     make_core(args.env)
     if advisor == "scripted":
         from jaxmod.llm.scripted import ScriptedBackend
@@ -300,7 +303,8 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         refine_steps=args.refine_steps, refine_lr=args.refine_lr, chunks=args.chunks,
         variants=(BASELINE, *variants), advisor=advisor, model=args.model, noise=args.noise,
         episodes_per_round=args.episodes_per_round, capacity=args.capacity, restart_prob=args.restart_prob,
-        reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius)
+        reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius,
+        sync_advice=args.sync_advice)
     out = Path(args.out or f"runs/ultra-{args.env.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "ultra.json").exists():
         raise CLIError(f"{out} already holds an ULTRA run; choose another --out")

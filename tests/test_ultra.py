@@ -82,3 +82,13 @@ def test_refinement_does_not_stall_on_a_slow_advisor(tmp_path):
     # with the advice it has instead of waiting, so not every chunk swaps in new advice
     assert len(chunks) == 6 and sum(c["swapped_advice"] for c in chunks) < 6
     assert run.advice_stats[0]["advice_overhead_frac"] < 0.5
+
+
+def test_a_synchronous_run_replays_exactly_from_its_transcript(tmp_path):
+    base = dict(TINY, variants=("RA",), sync_advice=True)
+    first = UltraRun(UltraSettings(**base), tmp_path / "live").run()
+    transcript = tmp_path / "live" / "transcript.jsonl"
+    replayed = UltraRun(UltraSettings(**base, advisor=f"replay:{transcript}"), tmp_path / "replay").run()
+    assert first["RA"].eval_returns == replayed["RA"].eval_returns
+    live_rows = (tmp_path / "live" / "critical_states.md").read_text()
+    assert live_rows == (tmp_path / "replay" / "critical_states.md").read_text()

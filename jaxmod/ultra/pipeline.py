@@ -42,7 +42,7 @@ class UltraSettings:
     refine_lr: float = 1e-4
     chunks: int = 10  # refinement chunks: advice refreshes and evaluation points
     variants: tuple[str, ...] = ("PPO", "A", "R", "RA")
-    advisor: str = "scripted"  # scripted | smollm2 | teacher:<checkpoint> | http(s)://host:port/v1
+    advisor: str = "scripted"  # scripted | smollm2 | teacher:<ckpt> | replay:<transcript> | http(s)://host:port/v1
     model: str = "default"  # model name for an HTTP advisor
     noise: float = 0.0  # fraction of answers corrupted (NoisyAdvisor)
     episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
@@ -57,6 +57,8 @@ class UltraSettings:
     eval_envs: int = 16
     eval_steps: int = 600
     ppo_overrides: tuple[tuple[str, Any], ...] = ()
+    sync_advice: bool = False  # wait for each advice round before the next chunk: reproducible (and replayable)
+    # runs at the cost of stalls; the default never waits
 
     def ppo_config(self, total_steps: int, **changes: Any) -> PPOConfig:
         return default_config(self.env_id, total_timesteps=total_steps, **{**dict(self.ppo_overrides), **changes})
@@ -90,6 +92,11 @@ def _advisor_factory(settings: UltraSettings, transcript: Transcript | None) -> 
 
             server = make_server(spec).start()
             url, model = server.url, server.model
+        elif spec.startswith("replay:"):
+            from jaxmod.llm import ReplayBackend
+
+            yield Advisor(ReplayBackend(spec.split(":", 1)[1]), settings.max_critical, transcript)
+            return
         elif spec.startswith("teacher:"):
             from jaxmod.advice.teacher import TeacherBackend
 
@@ -226,6 +233,10 @@ class UltraRun:
         while done_updates < cfg.num_updates:
             swapped = False
             latency = None
+            if pending is not None and s.sync_advice:  # reproducible mode: wait (counted as stall)
+                t_host = time.perf_counter()
+                pending[0].result()
+                stall_s += time.perf_counter() - t_host
             if pending is not None and pending[0].done():  # swap in fresh advice: never wait for it
                 t_host = time.perf_counter()
                 latency = t_host - pending[1]
