@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     ultra.add_argument("--capacity", type=_int, default=32, help="advice slots K")
     ultra.add_argument("--restart-prob", type=float, default=0.5)
     ultra.add_argument("--reward-scale", type=float, default=1.0)
-    ultra.add_argument("--kl-coef", type=float, default=0.1)
+    ultra.add_argument("--kl-coef", type=float, default=1.0)
     ultra.add_argument("--match-radius", type=float, default=0.0)
     ultra.add_argument("--episodes-per-round", type=_int, default=8)
     ultra.add_argument("--sync-advice", action="store_true",

@@ -50,7 +50,7 @@ class UltraSettings:
     capacity: int = 32
     restart_prob: float = 0.5
     reward_scale: float = 1.0
-    kl_coef: float = 0.1
+    kl_coef: float = 1.0
     match_radius: float = 0.0
     collect_envs: int = 8
     collect_steps: int = 256
