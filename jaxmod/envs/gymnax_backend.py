@@ -70,7 +70,7 @@ def make_gymnax(env_id: str, **options: Any) -> EnvCore:
         return nxt, jnp.asarray(reward, jnp.float32), jnp.asarray(terminated, jnp.bool_)
 
     family = "minatar" if env_id.endswith("-MinAtar") else "classic" if "-v" in env_id else "gymnax"
-    obs_shape = tuple(jax.eval_shape(reset_fn, probe_key).obs.shape)
+    obs_shape = tuple(probe.obs.shape)
     return EnvCore(
         env_id=env_id,
         obs_shape=obs_shape,

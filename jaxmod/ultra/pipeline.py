@@ -276,7 +276,6 @@ class UltraRun:
             st = advisor.advisor.stats.as_dict()
             self.advice_stats.append({"variant": variant, "advice_overhead_s": round(stall_s, 3),
                                       "advice_overhead_frac": stall_s / max(result.wall_s, 1e-9), **st})
-            result.chunk_metrics.append({"advice_overhead_frac": stall_s / max(result.wall_s, 1e-9)})
             if pending is not None:
                 pending[0].cancel()
         return result
