@@ -53,7 +53,7 @@ def _views_and_queries(env_id: str, n: int = 40):
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "MountainCar-v0", "Acrobot-v1", "Breakout-MinAtar",
-                                    "Pendulum-v1"])
+                                    "Pendulum-v1", "jaxmod/Pong-OnePoint"])
 def test_describers_render_named_unit_bearing_features(env_id):
     core, d, obs, acts, rews = _episode(env_id, 30)
     text = d.state_text(obs[0])
@@ -79,7 +79,7 @@ def test_brax_describer_names_qpos_qvel():
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "MountainCar-v0", "Acrobot-v1", "Breakout-MinAtar",
-                                    "Pendulum-v1"])
+                                    "Pendulum-v1", "jaxmod/Pong-OnePoint"])
 def test_scripted_advisor_answers_in_schema(env_id):
     core, view, query = _views_and_queries(env_id)
     adv = Advisor(LocalBackend(), max_critical=3)
@@ -99,6 +99,21 @@ def test_scripted_cartpole_suggests_pushing_under_the_lean():
     q = StateQuery(0, 2, d.card.text(), ctx, d.state_text(rows[2]), "push_left", True, 2)
     adv = asyncio.run(Advisor(LocalBackend()).advise([q]))[0]
     assert adv.action == 1 and adv.reward < 0  # push right; the agent's push_left was harmful
+
+
+def test_scripted_pong_moves_towards_the_ball_and_ignores_lost_points():
+    d = describer_for("jaxmod/Pong-OnePoint", (8,), 3)
+    # ball incoming high (y=120 -> obs (120-80)/80), paddle low (y=40): move up; obs is the scaled 8-vector
+    rows = np.array([[0.5, 0.5, 0.375, 0.0, -0.5, 0.0, 0.0, 0.0]] * 3)
+    ctx, _ = d.render_episode(rows, np.zeros(3, int), np.zeros(3))
+    q = StateQuery(0, 2, d.card.text(), ctx, d.state_text(rows[2]), "stay", True, 3)
+    adv = asyncio.run(Advisor(LocalBackend()).advise([q]))[0]
+    assert adv.action == 1 and adv.reward < 0
+    lost = np.array([[0.95, 0.5, 0.375, 0.0, -0.5, 0.0, 0.0, 0.0]] * 3)  # ball past the paddle
+    table, _ = d.render_episode(np.concatenate([rows, lost]), np.zeros(6, int), np.zeros(6))
+    view = EpisodeView(0, 6, d.card.text(), table)
+    ident = asyncio.run(Advisor(LocalBackend(), max_critical=1).identify([view]))[0]
+    assert ident.steps[0].step < 3  # a reachable moment, not a lost one
 
 
 def test_noisy_backend_corrupts_the_given_fraction():

@@ -279,11 +279,52 @@ def _brax(name: str, obs_dim: int, act_dim: int) -> Describer:
     return Describer(card, feats, digits=2)
 
 
+PONG_NOTES = ("court 160 x 160 px, y grows upwards; your paddle is on the right at x=140 (16 px tall), the "
+              "opponent's on the left at x=20; the ball bounces off the top and bottom walls; a hit near the "
+              "paddle's edge sends the ball off steeply (above the centre: upwards), a centre hit sends it flat; "
+              "the opponent tracks the ball with a limited speed, so steep shots beat it")
+
+
+def _pong(env_id: str, pixels: bool) -> Describer:
+    one_point = env_id.endswith("OnePoint")
+    card = EnvCard(env_id, goal="return the ball past the opponent's paddle; never let it pass yours",
+                   termination="the first point" if one_point else "one side reaches 21 points",
+                   reward="+1 when the agent scores a point, -1 when the opponent does",
+                   action_names=("stay", "up", "down"), notes=PONG_NOTES)
+    if not pixels:
+        scale = ((80.0, 80.0, "ball_x", "px"), (80.0, 80.0, "ball_y", "px"), (8.0, 0.0, "ball_vx", "px/step"),
+                 (8.0, 0.0, "ball_vy", "px/step"), (80.0, 80.0, "paddle_y", "px"),
+                 (80.0, 80.0, "opponent_y", "px"), (21.0, 0.0, "agent_score", ""),
+                 (21.0, 0.0, "opponent_score", ""))
+        feats = tuple(Feature(name, unit, lambda o, i=i, a=a, b=b: float(o.reshape(-1)[i]) * a + b)
+                      for i, (a, b, name, unit) in enumerate(scale))
+        return Describer(card, feats, digits=1)
+
+    def pos(channel: int, axis: int):  # centroid in court px from the 40 x 40 object image (4 px cells)
+        def fn(o):
+            r, c = _centroid(o[..., channel])
+            if r < 0:
+                return -1.0
+            return (c + 0.5) * 4.0 if axis == 0 else 160.0 - (r + 0.5) * 4.0
+        return fn
+
+    def vel(axis: int):
+        now, before = pos(2, axis), pos(3, axis)
+        return lambda o: now(o) - before(o)
+
+    feats = (Feature("ball_x", "px", pos(2, 0)), Feature("ball_y", "px", pos(2, 1)),
+             Feature("ball_vx", "px/step", vel(0)), Feature("ball_vy", "px/step", vel(1)),
+             Feature("paddle_y", "px", pos(0, 1)), Feature("opponent_y", "px", pos(1, 1)))
+    return Describer(card, feats, digits=1)
+
+
 def describer_for(env_id: str, obs_shape: Sequence[int] | None = None, action_dim: int | None = None) -> Describer:
     """The describer for `env_id`; unknown envs get a generic one with indexed features."""
     classic = _classic(env_id)
     if classic is not None:
         return classic
+    if env_id.startswith("jaxmod/Pong"):
+        return _pong(env_id, pixels=len(obs_shape or (8,)) == 3)
     if env_id.endswith("-MinAtar"):
         return _minatar(env_id, action_dim or len(MINATAR_ACTIONS.get(env_id, ("a",))))
     if env_id.startswith("brax/"):

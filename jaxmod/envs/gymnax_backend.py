@@ -37,6 +37,12 @@ def make_gymnax(env_id: str, **options: Any) -> EnvCore:
     import gymnax
 
     env, params = gymnax.make(env_id)
+    family = "minatar" if env_id.endswith("-MinAtar") else "classic" if "-v" in env_id else "gymnax"
+    return wrap_gymnax(env_id, env, params, family, **options)
+
+
+def wrap_gymnax(env_id: str, env: Any, params: Any, family: str, **options: Any) -> EnvCore:
+    """Adapt any gymnax-API environment object (gymnax's or jaxmod's own, e.g. Pong) to `EnvCore`."""
     if options:
         unknown = sorted(set(options) - set(params.__dataclass_fields__))
         if unknown:
@@ -69,7 +75,6 @@ def make_gymnax(env_id: str, **options: Any) -> EnvCore:
         nxt = CoreState(inner=inner, obs=jnp.asarray(obs, jnp.float32), time=state.time + 1)
         return nxt, jnp.asarray(reward, jnp.float32), jnp.asarray(terminated, jnp.bool_)
 
-    family = "minatar" if env_id.endswith("-MinAtar") else "classic" if "-v" in env_id else "gymnax"
     obs_shape = tuple(probe.obs.shape)
     return EnvCore(
         env_id=env_id,

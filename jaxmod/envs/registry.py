@@ -73,6 +73,24 @@ def make(
     )
 
 
+def _pong(one_point: bool) -> Callable[..., EnvCore]:
+    def factory(obs_type: str = "vector", **options: Any) -> EnvCore:
+        from jaxmod.envs.gymnax_backend import wrap_gymnax
+        from jaxmod.envs.pong import Pong
+
+        if obs_type not in ("vector", "pixels"):
+            raise EnvError(f"obs_type must be 'vector' or 'pixels', got {obs_type!r}")
+        env = Pong(obs_type=obs_type, one_point=one_point)
+        return wrap_gymnax(PONG_ONE_POINT if one_point else PONG, env, env.default_params, "pong", **options)
+
+    return factory
+
+
+PONG, PONG_ONE_POINT = "jaxmod/Pong", "jaxmod/Pong-OnePoint"
+register(PONG, _pong(one_point=False))
+register(PONG_ONE_POINT, _pong(one_point=True))
+
+
 def _unknown(env_id: str) -> None:
     valid = list_env_ids()
     close = difflib.get_close_matches(env_id, valid, n=3)

@@ -91,7 +91,32 @@ def _breakout(table: Table, row) -> tuple[int, float]:
     return action, min(1.0, max(0.0, ball_r / 9.0)) * min(1.0, abs(ball_c - paddle_c) / 3.0 + 0.3)
 
 
+def _pong(table: Table, row) -> tuple[int, float]:
+    """Meet the ball's predicted intercept slightly off-centre (a steep return away from the opponent);
+    re-centre while the ball flies away. Urgency grows as an incoming ball nears and the paddle is off."""
+    bx, by = table.feature(row, "ball_x"), table.feature(row, "ball_y")
+    vx, vy = table.feature(row, "ball_vx"), table.feature(row, "ball_vy")
+    paddle, opponent = table.feature(row, "paddle_y"), table.feature(row, "opponent_y")
+    if bx > 140.0:  # already past the paddle: nothing the agent does matters any more
+        return 0, 0.0
+    if vx > 0:
+        steps = (138.5 - bx) / vx
+        span = 160.0 - 3.0
+        folded = (by - 1.5 + vy * max(steps, 0.0)) % (2 * span)
+        meet = 1.5 + (2 * span - folded if folded > span else folded)
+        away = -1.0 if opponent > 80.0 else 1.0
+        target = meet - away * 0.6 * 8.0
+        need = abs(target - paddle) / (4.0 * steps + 8.0)  # share of the paddle's remaining reach needed
+        urgency = need if need <= 1.0 else 1.0 / need**2  # the last reachable moments matter most; lost ones fade
+    else:
+        target, urgency = 80.0, 0.05
+    gap = target - paddle
+    return (1 if gap > 2.0 else 2 if gap < -2.0 else 0), min(1.0, urgency)
+
+
 HEURISTICS: dict[str, Callable[[Table, tuple], tuple[int, float]]] = {
+    "jaxmod/Pong": _pong,
+    "jaxmod/Pong-OnePoint": _pong,
     "CartPole-v1": _cartpole,
     "MountainCar-v0": _mountaincar,
     "Acrobot-v1": _acrobot,

@@ -162,6 +162,10 @@ PRESETS: dict[str, PPOConfig] = {
         env_id="Breakout-MinAtar", num_envs=64, num_steps=128, total_timesteps=10_000_000,
         num_minibatches=8, lr=5e-3, activation="relu",
     ),
+    # pong: jaxmod's own Pong (vector obs); one-point games reach a 0.6-0.9 win rate in 1e6 steps.
+    "pong": PPOConfig(
+        env_id="jaxmod/Pong-OnePoint", num_envs=16, num_steps=128, total_timesteps=1_000_000, lr=3e-4,
+    ),
     "brax": PPOConfig(
         env_id="brax/hopper", num_envs=2048, num_steps=10, total_timesteps=20_000_000,
         num_minibatches=32, lr=3e-4, anneal_lr=False, ent_coef=0.0, hidden_sizes=(256, 256),
@@ -176,6 +180,8 @@ def family_of(env_id: str) -> str:
         return "brax"
     if env_id.endswith("-MinAtar"):
         return "minatar"
+    if env_id.startswith("jaxmod/Pong"):
+        return "pong"
     return "classic"
 
 
