@@ -158,3 +158,21 @@ def test_core_snapshot_roundtrip_single_env():
     s1, r, term = jax.jit(core.step)(jax.random.PRNGKey(4), s0, jnp.int32(2))
     s1b, r_b, term_b = jax.jit(core.step)(jax.random.PRNGKey(4), jax.tree.map(jnp.copy, s0), jnp.int32(2))
     chex.assert_trees_all_equal(s1, s1b)
+
+
+def test_sparse_brax_variant_pays_x_position_beyond_the_threshold():
+    """RICE's sparse hopper: 0 until the torso's x exceeds the threshold, then x itself."""
+    assert "brax/hopper-sparse" in list_env_ids() and "brax/halfcheetah-sparse" in list_env_ids()
+    dense_like = make_core("brax/hopper-sparse", backend="spring", sparse_threshold=-1.0)  # always paid
+    sparse = make_core("brax/hopper-sparse", backend="spring")
+    action = jnp.full((3,), 0.5)
+    for core, always_paid in ((dense_like, True), (sparse, False)):
+        state, step = core.reset(jax.random.PRNGKey(0)), jax.jit(core.step)
+        for t in range(3):
+            state, reward, _ = step(jax.random.PRNGKey(t), state, action)
+            x = float(state.inner.pipeline_state.q[0])
+            assert float(reward) == pytest.approx(x if always_paid else 0.0, abs=1e-6)
+    from jaxmod.envs import EnvOptionError
+
+    with pytest.raises(EnvOptionError, match="sparse"):
+        make_core("brax/hopper", sparse_threshold=1.0)

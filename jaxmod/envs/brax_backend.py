@@ -16,24 +16,38 @@ from jaxmod.envs.core import ActionSpace, CoreState, EnvCore, EnvOptionError, ca
 BRAX_BACKENDS = ("positional", "spring", "generalized", "mjx")
 DEFAULT_BRAX_BACKEND = "positional"  # fastest step on CPU and GPU among the stable ones (anchors.md)
 DEFAULT_EPISODE_LENGTH = 1000
+SPARSE_SUFFIX = "-sparse"
+# RICE's sparse MuJoCo tasks (after Mazoure et al. 2019): the reward is the torso's x-position, paid
+# only once it exceeds this threshold (metres from the origin), and 0 before.
+SPARSE_THRESHOLDS = {"hopper": 0.6, "walker2d": 0.6, "halfcheetah": 5.0}
 
 
 def brax_names() -> list[str]:
-    """Names brax registers (used as `brax/<name>`)."""
+    """Names brax registers (used as `brax/<name>`), plus RICE's sparse variants (`hopper-sparse`, ...)."""
     from brax import envs
 
-    return sorted(envs._envs)  # noqa: SLF001 - brax exposes no public listing
+    names = sorted(envs._envs)  # noqa: SLF001 - brax exposes no public listing
+    return names + [n + SPARSE_SUFFIX for n in SPARSE_THRESHOLDS if n in names]
 
 
 def make_brax(name: str, backend: str = DEFAULT_BRAX_BACKEND, episode_length: int = DEFAULT_EPISODE_LENGTH,
-              **options: Any) -> EnvCore:
-    """Wrap brax env `name` on `backend`; other `options` go to the brax env constructor."""
+              sparse_threshold: float | None = None, **options: Any) -> EnvCore:
+    """Wrap brax env `name` on `backend`; other `options` go to the brax env constructor.
+
+    `<name>-sparse` is RICE's sparse variant of `name`: reward = x-position once x > threshold, else 0
+    (`sparse_threshold` overrides the threshold); termination is the dense env's.
+    """
     from brax import envs
 
+    sparse = name.endswith(SPARSE_SUFFIX)
+    base = name[: -len(SPARSE_SUFFIX)] if sparse else name
+    if sparse_threshold is not None and not sparse:
+        raise EnvOptionError(f"sparse_threshold applies to sparse ids only, e.g. brax/{name}{SPARSE_SUFFIX}")
+    threshold = (SPARSE_THRESHOLDS[base] if sparse_threshold is None else float(sparse_threshold)) if sparse else 0.0
     if backend not in BRAX_BACKENDS:
         raise EnvOptionError(f"unknown brax backend {backend!r}; choose one of {', '.join(BRAX_BACKENDS)}")
     try:
-        env = envs.get_environment(name, backend=backend, **options)
+        env = envs.get_environment(base, backend=backend, **options)
     except TypeError as err:
         raise EnvOptionError(f"bad option for brax/{name}: {err}") from None
 
@@ -53,7 +67,11 @@ def make_brax(name: str, backend: str = DEFAULT_BRAX_BACKEND, episode_length: in
         del key  # brax dynamics are deterministic
         inner = cast_like(env.step(state.inner, action), stepped)
         nxt = CoreState(inner=inner, obs=inner.obs.astype(jnp.float32), time=state.time + 1)
-        return nxt, inner.reward.astype(jnp.float32), inner.done > 0.5
+        reward = inner.reward.astype(jnp.float32)
+        if sparse:
+            x = inner.pipeline_state.q[0]  # root slide joint: the torso's x-position
+            reward = jnp.where(x > threshold, x, 0.0).astype(jnp.float32)
+        return nxt, reward, inner.done > 0.5
 
     return EnvCore(
         env_id=f"brax/{name}",

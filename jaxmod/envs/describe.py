@@ -264,6 +264,12 @@ BRAX_GOALS = {
 
 
 def _brax(name: str, obs_dim: int, act_dim: int) -> Describer:
+    sparse_at = None
+    if name.endswith("-sparse"):
+        from jaxmod.envs.brax_backend import SPARSE_THRESHOLDS
+
+        name = name[: -len("-sparse")]
+        sparse_at = SPARSE_THRESHOLDS.get(name)
     layout = BRAX_LAYOUTS.get(name)
     if layout is None or len(layout) != obs_dim:
         layout = tuple((f"obs_{i}", "") for i in range(obs_dim))
@@ -273,6 +279,10 @@ def _brax(name: str, obs_dim: int, act_dim: int) -> Describer:
         acts = tuple(f"actuator_{i}" for i in range(act_dim))
     goal, term, reward = BRAX_GOALS.get(name, ("maximise return", "the env's own termination or 1000 steps",
                                                "the env's reward"))
+    if sparse_at is not None:
+        name = f"{name}-sparse"
+        reward = (f"sparse: the torso's x-position in metres, paid only once it exceeds {sparse_at:g} m, else 0 "
+                  "(the position itself is not observed)")
     card = EnvCard(f"brax/{name}", goal=goal, termination=term, reward=reward, action_dims=acts,
                    action_low=(-1.0,) * act_dim, action_high=(1.0,) * act_dim,
                    notes="brax physics (not gym MuJoCo); angles are joint positions relative to their parent")
