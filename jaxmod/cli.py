@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ultra = sub.add_parser("ultra", help="ULTRA: pretrain, ask the advisor, refine with A/R/RA vs continued PPO")
     ultra.add_argument("--env", default="CartPole-v1")
-    ultra.add_argument("--variant", default="A,R,RA", help="comma list of A, R, RA, restart (continued PPO always runs)")
+    ultra.add_argument("--variant", default="A,R,RA",
+                       help="comma list of methods: ULTRA's A, R, RA, restart and the baselines StateMask-R, RICE, "
+                            "JSRL, Random (PPO fine-tuning always runs)")
     ultra.add_argument("--advisor", default="scripted",
                        help="scripted | smollm2 | teacher:<checkpoint dir> | an OpenAI-compatible URL (.../v1)")
     ultra.add_argument("--llm-url", default=None, help="same as --advisor <url>")
@@ -123,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     ultra.add_argument("--episodes-per-round", type=_int, default=8)
     ultra.add_argument("--sync-advice", action="store_true",
                        help="wait for each advice round (reproducible, replayable with --advisor replay:<transcript>)")
+    ultra.add_argument("--mask-steps", type=_int, default=100_000, help="RICE/StateMask-R: mask-net training steps")
+    ultra.add_argument("--rice-p", type=float, default=None, help="RICE restart probability (default: RICE Table 3)")
+    ultra.add_argument("--rice-lambda", type=float, default=None, help="RICE RND coefficient (default: Table 3)")
+    ultra.add_argument("--jsrl-steps", type=_int, default=0,
+                       help="JSRL initial roll-in horizon (0: the agents' mean episode length)")
     ultra.add_argument("--out", default=None, help="run folder (default runs/ultra-<env>-<time>)")
 
     plot = sub.add_parser("plot", help="redraw the learning curve of a run folder")
@@ -277,20 +284,21 @@ def cmd_ultra(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from jaxmod.advice.modulation import VARIANTS, ModulationConfig
+    from jaxmod.advice.modulation import ModulationConfig
+    from jaxmod.baselines.methods import METHODS
     from jaxmod.envs import make_core
     from jaxmod.ultra.pipeline import BASELINE, UltraRun, UltraSettings
 
-    variants = [v.strip() for v in args.variant.split(",") if v.strip()]
+    variants = [v.strip() for v in args.variant.split(",") if v.strip() and v.strip() != BASELINE]
     for v in variants:
-        if v not in VARIANTS:
-            raise CLIError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+        if v not in METHODS:
+            raise CLIError(f"unknown variant {v!r}; choose from {', '.join(m for m in METHODS if m != BASELINE)}")
     advisor = args.llm_url or args.advisor
     if not (advisor in ("scripted", "smollm2") or advisor.startswith(("teacher:", "replay:", "http://", "https://"))):
         raise CLIError(f"unknown advisor {advisor!r}: use scripted, smollm2, teacher:<checkpoint>, "
                        "replay:<transcript.jsonl> or an http(s) URL")
     make_core(args.env)
-    if advisor == "scripted":
+    if advisor == "scripted" and any(METHODS[v].critical == "advisor" for v in variants):
         from jaxmod.llm.scripted import ScriptedBackend
 
         if not ScriptedBackend().supports(args.env):
@@ -304,7 +312,8 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         variants=(BASELINE, *variants), advisor=advisor, model=args.model, noise=args.noise,
         episodes_per_round=args.episodes_per_round, capacity=args.capacity, restart_prob=args.restart_prob,
         reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius,
-        sync_advice=args.sync_advice)
+        sync_advice=args.sync_advice, mask_steps=int(args.mask_steps), rice_p=args.rice_p,
+        rice_lambda=args.rice_lambda, jsrl_steps=args.jsrl_steps)
     out = Path(args.out or f"runs/ultra-{args.env.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "ultra.json").exists():
         raise CLIError(f"{out} already holds an ULTRA run; choose another --out")
@@ -317,8 +326,7 @@ def cmd_ultra(args: argparse.Namespace) -> int:
 
         def on_progress(variant: str, done: int, total: int) -> None:
             if variant not in tasks:
-                label = "continued PPO" if variant == BASELINE else f"ULTRA-{variant}"
-                tasks[variant] = progress.add_task(f"refine {label:14s}", total=total)
+                tasks[variant] = progress.add_task(f"refine {METHODS[variant].label:16s}", total=total)
             progress.update(tasks[variant], completed=done)
 
         run = UltraRun(settings, out, log=lambda msg: progress.console.print(msg), progress=on_progress)
@@ -328,7 +336,7 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         table.add_column(col, justify="right")
     for name, r in results.items():
         final = np.array(r.eval_returns[-1])
-        table.add_row("continued PPO" if name == BASELINE else f"ULTRA-{name}", f"{np.mean(r.eval_returns[0]):.1f}",
+        table.add_row(METHODS[name].label, f"{np.mean(r.eval_returns[0]):.1f}",
                       f"{final.mean():.1f}", f"{final.std():.1f}", f"{r.wall_s:.1f}")
     console.print(table)
     for st in run.advice_stats:

@@ -92,3 +92,17 @@ def test_a_synchronous_run_replays_exactly_from_its_transcript(tmp_path):
     assert first["RA"].eval_returns == replayed["RA"].eval_returns
     live_rows = (tmp_path / "live" / "critical_states.md").read_text()
     assert live_rows == (tmp_path / "replay" / "critical_states.md").read_text()
+
+
+def test_baselines_run_in_the_same_pipeline_without_an_advisor(tmp_path):
+    settings = UltraSettings(variants=("PPO", "StateMask-R", "RICE", "JSRL", "Random"), mask_steps=4 * 128 * 2,
+                             **TINY)
+    run = UltraRun(settings, tmp_path / "base")
+    results = run.run()
+    assert set(results) == {"PPO", "StateMask-R", "RICE", "JSRL", "Random"}
+    assert run.advice_stats == []  # no advisor was asked
+    rice, jsrl = results["RICE"].chunk_metrics, results["JSRL"].chunk_metrics
+    assert all(c["advice_valid"] > 0 for c in rice) and all("rnd_bonus" in c for c in rice)
+    assert all(c["restarts"] > 0 for c in results["StateMask-R"].chunk_metrics)
+    assert jsrl[0]["guided_frac"] > jsrl[-1]["guided_frac"]
+    assert (tmp_path / "base" / "ultra.png").exists()

@@ -11,6 +11,9 @@ One code path, switched by a frozen config (the variants are presets):
 - KL (`kl_coef` > 0): the loss adds `kl_coef * KL(target || pi)` on critical steps (one-hot target for
   discrete actions, a Gaussian of std `kl_target_std` around the suggestion for continuous ones).
 The paper fixes A/R/RA; restarts, matching and the KL term are jaxmod's choices where it is silent.
+The same path runs the baselines (`jaxmod.baselines`): `rnd_coef` > 0 adds RICE's RND exploration bonus,
+and `guide_steps` > 0 is JSRL's roll-in (the refinement's initial policy, frozen, acts for the first h
+steps of every episode; h shrinks linearly from `guide_steps` to 0 over the run).
 Numeric knobs are traced data (`ModulationParams`), so sweeps and new advice share one compile.
 """
 
@@ -46,6 +49,8 @@ class ModulationConfig:
     reward_scale: float = 1.0  # lambda
     kl_coef: float = 0.0  # beta (jaxmod's extension, not in the paper)
     kl_target_std: float = 0.2  # std of the Gaussian target around a continuous suggestion
+    rnd_coef: float = 0.0  # RICE's lambda: RND exploration bonus on every step (0 disables)
+    guide_steps: int = 0  # JSRL: initial roll-in horizon of the frozen guide policy (0 disables)
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -54,6 +59,8 @@ class ModulationConfig:
             raise ModulationError("restart_prob must lie in [0, 1]")
         if self.match_radius < 0 or self.kl_coef < 0 or self.kl_target_std <= 0:
             raise ModulationError("match_radius and kl_coef must be >= 0, kl_target_std > 0")
+        if self.rnd_coef < 0 or self.guide_steps < 0:
+            raise ModulationError("rnd_coef and guide_steps must be >= 0")
 
     @classmethod
     def variant(cls, name: str, **overrides: Any) -> ModulationConfig:
@@ -72,9 +79,18 @@ class ModulationConfig:
     def uses_kl(self) -> bool:
         return self.kl_coef > 0
 
+    @property
+    def uses_rnd(self) -> bool:
+        return self.rnd_coef > 0
+
+    @property
+    def uses_guide(self) -> bool:
+        return self.guide_steps > 0
+
     def params(self) -> ModulationParams:
         return ModulationParams(restart_prob=jnp.float32(self.restart_prob), match_radius=jnp.float32(self.match_radius),
-                                reward_scale=jnp.float32(self.reward_scale), kl_coef=jnp.float32(self.kl_coef))
+                                reward_scale=jnp.float32(self.reward_scale), kl_coef=jnp.float32(self.kl_coef),
+                                rnd_coef=jnp.float32(self.rnd_coef))
 
     def choices(self) -> dict[str, Any]:
         """What a run used, with the paper's and jaxmod's parts labelled (for logs)."""
@@ -84,6 +100,7 @@ class ModulationConfig:
             "jaxmod_choices": {"restart_prob": self.restart_prob, "match_radius": self.match_radius,
                                "kl_coef": self.kl_coef, "kl_target_std": self.kl_target_std,
                                "capacity": self.capacity},
+            "baselines": {"rnd_coef (RICE lambda)": self.rnd_coef, "guide_steps (JSRL)": self.guide_steps},
         }
 
 
@@ -95,6 +112,7 @@ class ModulationParams:
     match_radius: jax.Array
     reward_scale: jax.Array
     kl_coef: jax.Array
+    rnd_coef: jax.Array
 
 
 def choose_restarts(key: jax.Array, advice: Advice, num_envs: int, restart_prob: jax.Array

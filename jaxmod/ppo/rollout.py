@@ -29,6 +29,7 @@ class Trajectory:
     critical: jax.Array | None = None  # bool: a critical step under advice (modulated runs only)
     slot: jax.Array | None = None  # int32: the advice slot of a critical step, else -1
     restarted: jax.Array | None = None  # bool: the env's next episode restarts from an advice snapshot
+    guided: jax.Array | None = None  # bool: the JSRL guide chose this step's action
 
 
 @struct.dataclass
@@ -39,6 +40,8 @@ class Modulated:
     params: ModulationParams
     advice: Advice
     critical_slot: jax.Array  # (N,) int32
+    guide_params: Params | None = None  # JSRL: the frozen guide policy
+    guide_horizon: jax.Array | None = None  # JSRL: the guide acts while the episode's step < this
 
 
 def collect(
@@ -69,6 +72,14 @@ def collect(
             act_key, env_key, restart_key, reset_key = jax.random.split(step_key, 4)
         head = net.policy_head(params, obs)
         action, log_prob = net.sample(params, head, act_key)
+        guided = None
+        if modulation is not None and modulation.uses_guide:  # JSRL roll-in: the guide acts early on
+            guide_action, _ = net.sample(mod.guide_params, net.policy_head(mod.guide_params, obs),
+                                         jax.random.fold_in(act_key, 1))
+            guided = env_state.core.time < mod.guide_horizon
+            mask = guided.reshape(guided.shape + (1,) * (action.ndim - 1))
+            action = jnp.where(mask, guide_action, action)
+            log_prob = net.log_prob(params, head, action)
         if modulation is None:
             env_state, res = env.step(env_key, env_state, action, reset_cores)
             tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
@@ -100,7 +111,7 @@ def collect(
         tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=reward, raw_reward=res.raw_reward,
                         terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
                         final_obs=res.final_obs, critical=critical, slot=slot,
-                        restarted=jnp.logical_and(res.episode_done, use))
+                        restarted=jnp.logical_and(res.episode_done, use), guided=guided)
         return (env_state, res.obs, pending), tr
 
     pending0 = mod.critical_slot if mod is not None else None

@@ -14,6 +14,7 @@ from functools import cached_property
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
@@ -24,6 +25,7 @@ from jaxmod.envs import VecEnv, VecEnvState, make
 from jaxmod.ppo.config import HyperParams, PPOConfig
 from jaxmod.ppo.losses import Batch, gae, ppo_loss
 from jaxmod.ppo.networks import ActorCritic, Params
+from jaxmod.ppo.rnd import RNDState, rnd_bonus, rnd_init, rnd_train
 from jaxmod.ppo.rollout import Modulated, collect
 
 Metrics = dict[str, jax.Array]
@@ -42,6 +44,8 @@ class TrainState:
     hparams: HyperParams
     critical_slot: jax.Array | None = None  # (N,) advice slot of each env's next step, -1 if none (ULTRA)
     mod_params: ModulationParams | None = None  # traced ULTRA knobs (restart prob, lambda, beta, ...)
+    guide_params: Params | None = None  # JSRL baseline: the frozen guide (the initial params)
+    rnd: RNDState | None = None  # RICE baseline: the RND exploration bonus nets
 
     @property
     def obs_normalizer(self):
@@ -68,6 +72,32 @@ def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransfor
     else:
         lr = hp.lr
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
+def optimise(c: PPOConfig, net: ActorCritic, hp: HyperParams, params: Params, opt_state: optax.OptState,
+             batch: Batch, key: jax.Array, kl_coef: jax.Array | None = None, kl_std: float = 0.2
+             ) -> tuple[Params, optax.OptState, Metrics]:
+    """Epochs x minibatches of clipped-PPO SGD on one flat batch. The optimiser works on the params
+    raveled into one vector, so Adam is a few fused ops instead of a few per leaf."""
+    tx = make_optimizer(c, hp)
+    flat_params, unravel = ravel_pytree(params)
+    grad_fn = jax.value_and_grad(
+        lambda p, mb: ppo_loss(net, unravel(p), mb, hp, c.clip_value_loss, kl_coef, kl_std), has_aux=True)
+
+    def sgd_step(carry, mb):
+        flat, opt_state = carry
+        (loss, info), grads = grad_fn(flat, mb)
+        updates, opt_state = tx.update(grads, opt_state, flat)
+        return (flat + updates, opt_state), {**info, "loss": loss}
+
+    def epoch(carry, key):
+        perm = jax.random.permutation(key, c.batch_size)
+        mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.minibatch_size) + x.shape[1:]), batch)
+        return jax.lax.scan(sgd_step, carry, mbs)
+
+    (flat_params, opt_state), infos = jax.lax.scan(epoch, (flat_params, opt_state),
+                                                   jax.random.split(key, c.update_epochs))
+    return unravel(flat_params), opt_state, infos
 
 
 @dataclass(frozen=True)
@@ -102,14 +132,19 @@ class PPOLearner:
             params = self.net.init(k_net)
         env_state, obs = self.env.reset(k_env)
         opt_state = make_optimizer(self.config, hp).init(ravel_pytree(params)[0])
-        critical_slot = None
-        if self.modulation is not None:
+        critical_slot = guide_params = rnd = None
+        modulation = self.modulation
+        if modulation is not None:
             critical_slot = jnp.full((self.config.num_envs,), -1, jnp.int32)
-            mod_params = self.modulation.params() if mod_params is None else mod_params
+            mod_params = modulation.params() if mod_params is None else mod_params
+            guide_params = params if modulation.uses_guide else None
+            rnd = rnd_init(jax.random.fold_in(k_net, 1), int(np.prod(self.env.obs_shape))) if modulation.uses_rnd \
+                else None
         else:
             mod_params = None
         return TrainState(params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng,
-                          update_step=jnp.int32(0), hparams=hp, critical_slot=critical_slot, mod_params=mod_params)
+                          update_step=jnp.int32(0), hparams=hp, critical_slot=critical_slot, mod_params=mod_params,
+                          guide_params=guide_params, rnd=rnd)
 
     # ---------------------------------------------------------------- UPDATE
     def update(self, state: TrainState, advice: Advice | None = None) -> tuple[TrainState, Metrics]:
@@ -124,16 +159,30 @@ class PPOLearner:
 
         # COLLECT TRAJECTORIES
         reset_cores = None if env.core.cheap_reset else env.fresh_cores(k_pool)
-        mod = None if modulation is None else Modulated(params=state.mod_params, advice=advice,
-                                                        critical_slot=state.critical_slot)
+        mod = None
+        if modulation is not None:
+            horizon = None
+            if modulation.uses_guide:  # JSRL curriculum: the roll-in shrinks linearly to 0 over the run
+                frac = 1.0 - state.update_step.astype(jnp.float32) / c.num_updates
+                horizon = jnp.ceil(modulation.guide_steps * frac).astype(jnp.int32)
+            mod = Modulated(params=state.mod_params, advice=advice, critical_slot=state.critical_slot,
+                            guide_params=state.guide_params, guide_horizon=horizon)
         env_state, obs, pending, traj = collect(net, env, state.params, state.env_state, state.obs, k_roll,
                                                 c.num_steps, c.unroll, reset_cores, modulation, mod)
 
         # CALCULATE ADVANTAGE (critic on the whole rollout at once)
         values = net.value(state.params, traj.obs)
         next_values = net.value(state.params, traj.final_obs)
-        advantages = gae(traj.reward, values, next_values, traj.terminated, traj.episode_done,
-                         hp.gamma, hp.gae_lambda)
+        reward = traj.reward
+        rnd_state, rnd_metrics = state.rnd, {}
+        if modulation is not None and modulation.uses_rnd:  # RICE: RND exploration bonus on every step
+            bonus = rnd_bonus(state.rnd, traj.final_obs)
+            reward = reward + state.mod_params.rnd_coef * bonus
+            flat_next = traj.final_obs.reshape((c.batch_size, -1))
+            perm = jax.random.permutation(jax.random.fold_in(k_perm, 1), c.batch_size)
+            rnd_state, rnd_loss = rnd_train(state.rnd, flat_next[perm].reshape((c.num_minibatches, c.minibatch_size, -1)))
+            rnd_metrics = {"rnd_bonus": bonus.mean(), "rnd_loss": rnd_loss}
+        advantages = gae(reward, values, next_values, traj.terminated, traj.episode_done, hp.gamma, hp.gae_lambda)
         kl_coef = None
         critical = suggested = None
         if modulation is not None and modulation.uses_kl:
@@ -144,28 +193,9 @@ class PPOLearner:
                       advantage=advantages, target=advantages + values, critical=critical, suggested=suggested)
         batch = jax.tree.map(lambda x: x.reshape((c.batch_size,) + x.shape[2:]), batch)
 
-        # UPDATE NETWORK: epochs x minibatches. The optimiser works on the params raveled into one
-        # vector, so Adam is a few fused ops instead of a few per leaf.
-        tx = make_optimizer(c, hp)
-        flat_params, unravel = ravel_pytree(state.params)
+        # UPDATE NETWORK
         kl_std = modulation.kl_target_std if modulation is not None else 0.2
-        grad_fn = jax.value_and_grad(
-            lambda p, mb: ppo_loss(net, unravel(p), mb, hp, c.clip_value_loss, kl_coef, kl_std), has_aux=True)
-
-        def sgd_step(carry, mb):
-            flat, opt_state = carry
-            (loss, info), grads = grad_fn(flat, mb)
-            updates, opt_state = tx.update(grads, opt_state, flat)
-            return (flat + updates, opt_state), {**info, "loss": loss}
-
-        def epoch(carry, key):
-            perm = jax.random.permutation(key, c.batch_size)
-            mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.minibatch_size) + x.shape[1:]), batch)
-            return jax.lax.scan(sgd_step, carry, mbs)
-
-        (flat_params, opt_state), infos = jax.lax.scan(epoch, (flat_params, state.opt_state),
-                                                       jax.random.split(k_perm, c.update_epochs))
-        params = unravel(flat_params)
+        params, opt_state, infos = optimise(c, net, hp, state.params, state.opt_state, batch, k_perm, kl_coef, kl_std)
 
         if c.anneal_lr:
             lr = hp.lr * (1.0 - state.update_step / c.num_updates)
@@ -186,10 +216,13 @@ class PPOLearner:
             metrics["critical_frac"] = traj.critical.mean()
             metrics["restarts"] = traj.restarted.sum().astype(jnp.int32)
             metrics["advice_valid"] = advice.valid.sum().astype(jnp.int32)
+            if modulation.uses_guide:
+                metrics["guided_frac"] = traj.guided.mean()
+            metrics.update(rnd_metrics)
         new_state = TrainState(params=params, opt_state=opt_state, env_state=env_state, obs=obs,
                                rng=jax.random.key_data(key),
                                update_step=state.update_step + 1, hparams=hp, critical_slot=pending,
-                               mod_params=state.mod_params)
+                               mod_params=state.mod_params, guide_params=state.guide_params, rnd=rnd_state)
         return new_state, metrics
 
     def run(self, state: TrainState, num_updates: int, advice: Advice | None = None) -> tuple[TrainState, Metrics]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxmod.advice.arrays import Advice, AdviceBook
 from jaxmod.advice.modulation import ModulationConfig
+from jaxmod.baselines.methods import BASELINES, METHODS, baseline_modulation, method
 from jaxmod.llm import Advisor, ClientSettings, HTTPBackend, LLMClient, LocalBackend, NoisyBackend, Transcript
 from jaxmod.parallel import seed_keys
 from jaxmod.ppo import PPOConfig, PPOLearner, default_config
@@ -59,13 +60,31 @@ class UltraSettings:
     ppo_overrides: tuple[tuple[str, Any], ...] = ()
     sync_advice: bool = False  # wait for each advice round before the next chunk: reproducible (and replayable)
     # runs at the cost of stalls; the default never waits
+    # baselines (jaxmod.baselines): RICE's mask net, its (p, lambda) (None = RICE Table 3 for the task), JSRL
+    mask_steps: int = 100_000  # env steps of mask-net training per seed
+    mask_alpha: float = 0.01
+    rice_p: float | None = None
+    rice_lambda: float | None = None
+    jsrl_steps: int = 0  # initial guide roll-in horizon; 0 = the agents' mean episode length
+
+    def __post_init__(self) -> None:
+        for v in self.variants:
+            method(v)  # raises a one-line MethodError listing the valid names
 
     def ppo_config(self, total_steps: int, **changes: Any) -> PPOConfig:
         return default_config(self.env_id, total_timesteps=total_steps, **{**dict(self.ppo_overrides), **changes})
 
-    def modulation(self, variant: str) -> ModulationConfig | None:
+    def modulation(self, variant: str, guide_steps: int = 1) -> ModulationConfig | None:
         if variant == BASELINE:
             return None
+        if variant in BASELINES:
+            rice = None
+            if self.rice_p is not None or self.rice_lambda is not None:
+                from jaxmod.baselines.methods import rice_values
+
+                p, lam = rice_values(self.env_id)
+                rice = (p if self.rice_p is None else self.rice_p, lam if self.rice_lambda is None else self.rice_lambda)
+            return baseline_modulation(variant, self.env_id, self.capacity, self.jsrl_steps or guide_steps, rice)
         return ModulationConfig.variant(variant, capacity=self.capacity, restart_prob=self.restart_prob,
                                         reward_scale=self.reward_scale, kl_coef=self.kl_coef,
                                         match_radius=self.match_radius)
@@ -159,10 +178,51 @@ class UltraRun:
         return state
 
     # ------------------------------------------------------------------ stages 2-5 + refinement
+    # ------------------------------------------------------------------ baselines' explanations
+    def explain(self, kind: str, pre_state) -> tuple[Advice, float]:
+        """Critical states of the pre-trained agents without an LLM ('mask': RICE's mask net, 'random'),
+        packed as restart advice per seed, plus the agents' mean episode length (JSRL's horizon).
+        Computed once per run on device and shared by the methods that use it."""
+        cache = self.__dict__.setdefault("_explained", {})
+        if kind in cache:
+            return cache[kind]
+        from jaxmod.baselines.explain import MaskConfig, critical_advice, make_mask_trainer, mask_importance
+
+        s = self.s
+        learner = PPOLearner(s.ppo_config(s.pretrain_steps))
+        collect = make_collector(learner.env.replace_num_envs(s.collect_envs), learner.net, s.collect_steps)
+        obs_rms = pre_state.env_state.obs_rms
+        rec = jax.jit(jax.vmap(collect))(pre_state.params, obs_rms, seed_keys(s.seed + 3000, s.seeds))
+        done = np.asarray(rec.terminated | rec.truncated)
+        mean_len = float(done.size / max(1, done.sum()))
+        if kind == "mask":
+            t0 = time.perf_counter()
+            c = learner.config  # the agent's rollout shape; at least one update
+            mc = MaskConfig(alpha=s.mask_alpha, num_envs=c.num_envs, num_steps=c.num_steps,
+                            total_timesteps=max(s.mask_steps, c.num_envs * c.num_steps))
+            mask_net, train_mask = make_mask_trainer(learner.env, learner.net, mc)
+            masks = jax.jit(jax.vmap(train_mask))(seed_keys(s.seed + 4000, s.seeds), pre_state.params, obs_rms)
+            obs = jax.vmap(learner.env.observe)(obs_rms, rec.obs)
+            scores = jax.vmap(lambda p, o: mask_importance(mask_net, p, o))(masks.params, obs)
+            self.log(f"mask nets trained in {time.perf_counter() - t0:.1f}s (blinded share "
+                     f"{float(np.mean(np.asarray(masks.blind_frac)[:, -1])):.2f}, masked-agent return "
+                     f"{float(np.mean(np.asarray(masks.episode_return)[:, -1])):.1f})")
+        else:
+            scores = jax.random.uniform(jax.random.PRNGKey(s.seed + 5000), rec.reward.shape)
+        advice = jax.jit(jax.vmap(lambda r, sc: critical_advice(r, sc, s.capacity)))(rec, scores)
+        cache[kind] = (advice, mean_len)
+        return cache[kind]
+
     def refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         s = self.s
+        source = method(variant).critical
         cfg = s.ppo_config(s.refine_steps, lr=s.refine_lr, anneal_lr=False)
-        modulation = s.modulation(variant)
+        fixed_advice, mean_len = None, 1.0
+        if source in ("mask", "random"):
+            fixed_advice, mean_len = self.explain(source, pre_state)
+        elif variant in BASELINES:  # JSRL: no critical states, a horizon from the agents' episodes
+            _, mean_len = self.explain("random", pre_state)
+        modulation = s.modulation(variant, guide_steps=max(1, round(mean_len)))
         learner = PPOLearner(cfg, modulation)
         core = learner.env.core
         chunk_updates = max(1, math.ceil(cfg.num_updates / s.chunks))
@@ -171,6 +231,9 @@ class UltraRun:
         state = jax.vmap(_with_normalisers)(state, pre_state.env_state)
         books = [AdviceBook(core, s.capacity) for _ in range(s.seeds)]
         advice = _stack([b.to_advice() for b in books]) if modulation else None
+        if fixed_advice is not None:
+            advice = fixed_advice
+        uses_advisor = source == "advisor"
         run = jax.jit(jax.vmap(lambda st, adv: learner.run(st, chunk_updates, adv) if modulation
                                else learner.run(st, chunk_updates)))
         collect = jax.jit(jax.vmap(make_collector(learner.env.replace_num_envs(s.collect_envs), learner.net,
@@ -210,11 +273,11 @@ class UltraRun:
             return counts
 
         stall_s = 0.0
-        if advisor is not None:
+        if advisor is not None and uses_advisor:
             from jaxmod.llm import AdvisorStats
 
             advisor.advisor.stats = AdvisorStats()  # per-variant accounting
-        if modulation is not None:  # initial advice on the pre-trained agents' own episodes
+        if uses_advisor:  # initial advice on the pre-trained agents' own episodes
             t0 = time.perf_counter()
             fut, _ = request(state.params, state.env_state.obs_rms, 0)
             counts = absorb(fut.result())
@@ -247,7 +310,7 @@ class UltraRun:
             state, metrics = run(state, advice) if modulation else run(state, None)
             done_updates += chunk_updates
             chunk_i += 1
-            if modulation is not None and pending is None:
+            if uses_advisor and pending is None:
                 # collection runs on the device after the chunk; prompting and the advisor run in the
                 # advisor thread. Host time spent here (waiting for episodes, splitting them) counts as
                 # advice overhead in the stall figure (conservative: collection is device work).
@@ -266,13 +329,14 @@ class UltraRun:
                             "restarts": int(np.sum(m["restarts"])),
                             "advice_valid": int(np.mean(m["advice_valid"][:, -1])),
                             "advisor_latency_s": latency})
+                row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
                 if swapped:
                     row.update(counts)
             result.chunk_metrics.append(row)
             self.progress(variant, min(done_updates, cfg.num_updates), cfg.num_updates)
         jax.block_until_ready(state)
         result.wall_s = time.perf_counter() - wall0
-        if modulation is not None:
+        if uses_advisor:
             st = advisor.advisor.stats.as_dict()
             self.advice_stats.append({"variant": variant, "advice_overhead_s": round(stall_s, 3),
                                       "advice_overhead_frac": stall_s / max(result.wall_s, 1e-9), **st})
@@ -283,7 +347,7 @@ class UltraRun:
     def run(self) -> dict[str, VariantResult]:
         pre = self.pretrain()
         results: dict[str, VariantResult] = {}
-        needs_advisor = any(v != BASELINE for v in self.s.variants)
+        needs_advisor = any(method(v).critical == "advisor" for v in self.s.variants)
         factory = self.advisor_factory or _advisor_factory(self.s, self.transcript)
         ctx = AdvisorThread(factory) if needs_advisor else contextlib.nullcontext()
         with ctx as advisor:
@@ -313,7 +377,6 @@ class UltraRun:
                          r.why_critical, r.suggested_action,
                          "-" if r.implicit_reward is None else f"{r.implicit_reward:+.2f}", r.advice_reason, r.verdict]
                 fh.write("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |\n")
-        series = [(("continued PPO" if n == BASELINE else f"ULTRA-{n}"), np.array(r.steps), np.array(r.eval_returns))
-                  for n, r in results.items()]
+        series = [(METHODS[n].label, np.array(r.steps), np.array(r.eval_returns)) for n, r in results.items()]
         plot_curves(series, self.out / "ultra.png", title=f"Refinement on {self.s.env_id} ({self.s.advisor} advisor)",
                     xlabel="refinement env steps per seed", ylabel="evaluation return")

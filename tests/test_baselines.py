@@ -1,0 +1,132 @@
+"""Baselines on the shared learner: RICE's mask net and RND, JSRL's roll-in, per-episode critical states."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmod.advice.arrays import Advice
+from jaxmod.advice.modulation import ModulationConfig
+from jaxmod.baselines.explain import MaskConfig, critical_advice, make_mask_trainer, mask_importance
+from jaxmod.baselines.methods import BASELINES, METHODS, MethodError, baseline_modulation, method, rice_values
+from jaxmod.envs import CoreState, make_core
+from jaxmod.parallel import seed_keys
+from jaxmod.ppo import PPOConfig, PPOLearner
+from jaxmod.ppo.rnd import rnd_bonus, rnd_error, rnd_init, rnd_train
+from jaxmod.ppo.rollout import Modulated, collect
+from jaxmod.ultra.collect import Recording
+from tests.conftest import TOY_ID
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _recording() -> Recording:
+    """T=6, N=2: env 0 has episodes [0..2] and [3..5]; env 1 one episode [0..5] (unfinished)."""
+    t_len, n = 6, 2
+    done = np.zeros((t_len, n), bool)
+    done[2, 0] = True
+    time = np.array([[0, 0], [1, 1], [2, 2], [0, 3], [1, 4], [2, 5]], np.int32)
+    core = CoreState(inner=jnp.arange(t_len * n, dtype=jnp.float32).reshape(t_len, n),
+                     obs=jnp.arange(t_len * n, dtype=jnp.float32).reshape(t_len, n, 1), time=jnp.asarray(time))
+    return Recording(core=core, obs=core.obs, action=jnp.ones((t_len, n), jnp.int32),
+                     reward=jnp.zeros((t_len, n)), terminated=jnp.asarray(done), truncated=jnp.zeros((t_len, n), bool))
+
+
+def test_critical_advice_takes_the_most_important_step_of_each_episode():
+    rec = _recording()
+    scores = jnp.array([[0.1, 0.0], [0.9, 0.2], [0.3, 0.8], [0.5, 0.1], [0.2, 0.1], [0.6, 0.3]])
+    adv = jax.jit(lambda r, s: critical_advice(r, s, 4))(rec, scores)
+    chex.assert_shape([adv.reward, adv.valid, adv.step], (4,))
+    assert int(adv.valid.sum()) == 3  # three episodes, one state each
+    picked = sorted(zip(np.asarray(adv.obs[adv.valid][:, 0]).tolist(), np.asarray(adv.step[adv.valid]).tolist(), strict=True))
+    # (t=1, env 0) -> obs 2, step 1; (t=5, env 0) -> obs 10, step 2; (t=2, env 1) -> obs 5, step 2
+    assert picked == [(2.0, 1), (5.0, 2), (10.0, 2)]
+    snap = jax.tree.map(lambda x: x[adv.valid], adv.snapshot)
+    np.testing.assert_array_equal(np.sort(np.asarray(snap.inner)), [2.0, 5.0, 10.0])  # restorable states
+    top2 = critical_advice(rec, scores, 2)  # capacity below the episode count: the highest scores win
+    assert sorted(np.asarray(top2.obs[:, 0]).tolist()) == [2.0, 5.0]
+
+
+def test_rnd_bonus_is_normalised_per_step_and_training_lowers_the_error():
+    state = rnd_init(jax.random.PRNGKey(0), 3)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (5, 4, 3))
+    bonus = rnd_bonus(state, obs)
+    chex.assert_shape(bonus, (5, 4))
+    np.testing.assert_allclose(bonus.min(axis=1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(bonus.max(axis=1), 1.0, atol=1e-5)
+    before = float(rnd_error(state, obs.reshape(-1, 3)).mean())
+    batches = jnp.broadcast_to(obs.reshape(1, 20, 3), (50, 20, 3))
+    trained, loss = jax.jit(rnd_train)(state, batches)
+    after = float(rnd_error(trained, obs.reshape(-1, 3)).mean())
+    assert after < 0.5 * before and np.isfinite(float(loss))
+    np.testing.assert_array_equal(jax.tree.leaves(trained.target)[0], jax.tree.leaves(state.target)[0])
+
+
+def test_jsrl_guide_acts_only_within_the_horizon():
+    mod_cfg = ModulationConfig(capacity=2, override_action=False, shape_reward=False, restart_prob=0.0,
+                               guide_steps=2)
+    cfg = PPOConfig(env_id=TOY_ID, num_envs=3, num_steps=12, total_timesteps=36, num_minibatches=1)
+    learner = PPOLearner(cfg, mod_cfg)
+    state = learner.init(jax.random.PRNGKey(0))
+    # a guide that always moves (+1): huge logit on action 1
+    guide = jax.tree.map(jnp.copy, state.guide_params)
+    guide["actor"]["Dense_2"]["bias"] = jnp.array([-50.0, 50.0])
+    advice = Advice.empty(learner.env.core, 2)
+    mod = Modulated(params=state.mod_params, advice=advice, critical_slot=state.critical_slot, guide_params=guide,
+                    guide_horizon=jnp.int32(2))
+    _, _, _, traj = jax.jit(lambda s, m: collect(learner.net, learner.env, s.params, s.env_state, s.obs,
+                                                  jax.random.PRNGKey(1), 12, 1, None, mod_cfg, m))(state, mod)
+    traj = jax.device_get(traj)
+    pos = traj.obs[..., 0]
+    step_in_episode = np.zeros_like(pos, dtype=int)  # rebuild each step's time from episode ends
+    for n in range(pos.shape[1]):
+        t_ep = 0
+        for t in range(pos.shape[0]):
+            step_in_episode[t, n] = t_ep
+            t_ep = 0 if traj.episode_done[t, n] else t_ep + 1
+    np.testing.assert_array_equal(traj.guided, step_in_episode < 2)
+    assert (traj.action[traj.guided] == 1).all()
+    head = learner.net.policy_head(state.params, jnp.asarray(traj.obs))
+    np.testing.assert_allclose(traj.log_prob, learner.net.log_prob(state.params, head, jnp.asarray(traj.action)),
+                               rtol=1e-5, atol=1e-6)  # the learner's log-prob of what was executed
+
+
+def test_rice_and_jsrl_train_in_the_shared_update():
+    cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=8, total_timesteps=4 * 8 * 3, num_minibatches=2)
+    for name in ("RICE", "JSRL"):
+        mod_cfg = baseline_modulation(name, TOY_ID, capacity=2, guide_steps=3)
+        learner = PPOLearner(cfg, mod_cfg)
+        state = learner.init(jax.random.PRNGKey(0))
+        state, metrics = jax.jit(lambda s, ln=learner: ln.run(s, 3, Advice.empty(ln.env.core, 2)))(state)
+        key = "rnd_bonus" if name == "RICE" else "guided_frac"
+        assert np.all(np.isfinite(np.asarray(metrics["loss"]))) and key in metrics
+        if name == "JSRL":  # the horizon shrinks: 3, 2, 1 steps of guidance per episode
+            assert np.all(np.diff(np.asarray(metrics["guided_frac"])) <= 0) and metrics["guided_frac"][0] > 0
+
+
+def test_mask_net_trains_for_many_seeds_in_one_program():
+    cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=8, total_timesteps=64)
+    learner = PPOLearner(cfg)
+    agents = jax.vmap(learner.init)(seed_keys(0, 2))
+    mask_net, train_mask = make_mask_trainer(learner.env, learner.net, MaskConfig(num_envs=4, num_steps=8,
+                                                                                  total_timesteps=64))
+    res = jax.jit(jax.vmap(train_mask))(seed_keys(1, 2), agents.params, agents.env_state.obs_rms)
+    chex.assert_shape(res.blind_frac, (2, 2))
+    imp = jax.vmap(lambda p: mask_importance(mask_net, p, jnp.zeros((5, 1))))(res.params)
+    chex.assert_shape(imp, (2, 5))
+    assert bool(jnp.all((imp >= 0) & (imp <= 1)))
+
+
+def test_method_table_and_rice_defaults():
+    assert set(BASELINES) <= set(METHODS) and method("RICE").critical == "mask"
+    assert rice_values("brax/hopper-sparse") == (0.25, 0.001) and rice_values("brax/halfcheetah") == (0.5, 0.01)
+    sm = baseline_modulation("StateMask-R", "brax/hopper", 8, 10)
+    assert sm.restart_prob == 1.0 and not sm.override_action and not sm.shape_reward and sm.rnd_coef == 0
+    rice = baseline_modulation("RICE", "brax/walker2d", 8, 10)
+    assert (rice.restart_prob, rice.rnd_coef) == (0.25, 0.01)
+    with pytest.raises(MethodError, match="choose from"):
+        method("SAC")
+    assert make_core(TOY_ID).action_space.num_actions == 2
