@@ -7,6 +7,7 @@ bit-for-bit where the saved one stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxmod.advice.modulation import ModulationConfig
 from jaxmod.ppo.config import PPOConfig
 from jaxmod.ppo.train import PPOLearner, TrainState
 
@@ -31,11 +33,14 @@ class Checkpoint:
     config: PPOConfig
     num_seeds: int | None
     meta: dict[str, Any]
+    modulation: ModulationConfig | None = None  # set for ULTRA / baseline refinement states
 
 
 def save_checkpoint(directory: str | Path, state: TrainState, config: PPOConfig,
-                    num_seeds: int | None = None, meta: dict[str, Any] | None = None) -> Path:
-    """Write `state` (batched over `num_seeds` seeds, or a single run if None) to `directory`, replacing it."""
+                    num_seeds: int | None = None, meta: dict[str, Any] | None = None,
+                    modulation: ModulationConfig | None = None) -> Path:
+    """Write `state` (batched over `num_seeds` seeds, or a single run if None) to `directory`, replacing it.
+    A refinement state (ULTRA or a baseline) also needs its `modulation` config to be restored."""
     directory = Path(directory).absolute()
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -45,15 +50,17 @@ def save_checkpoint(directory: str | Path, state: TrainState, config: PPOConfig,
     checkpointer.wait_until_finished()
     checkpointer.close()
     (tmp / META_FILE).write_text(json.dumps(
-        {"config": config.to_dict(), "num_seeds": num_seeds, "meta": meta or {}}, indent=2, sort_keys=True))
+        {"config": config.to_dict(), "num_seeds": num_seeds, "meta": meta or {},
+         "modulation": None if modulation is None else dataclasses.asdict(modulation)}, indent=2, sort_keys=True))
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)  # the old checkpoint is replaced only once the new one is complete
     return directory
 
 
-def abstract_state(config: PPOConfig, num_seeds: int | None) -> TrainState:
-    """Shapes and dtypes of a train state for `config`, without running anything."""
-    learner = PPOLearner(config)
+def abstract_state(config: PPOConfig, num_seeds: int | None, modulation: ModulationConfig | None = None
+                   ) -> TrainState:
+    """Shapes and dtypes of a train state for `config` (and `modulation`), without running anything."""
+    learner = PPOLearner(config, modulation)
     key = jax.random.PRNGKey(0)
     if num_seeds is None:
         return jax.eval_shape(learner.init, key)
@@ -68,8 +75,10 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
         raise FileNotFoundError(f"no jaxmod checkpoint at {directory} (missing {META_FILE})")
     meta = json.loads(meta_path.read_text())
     config = PPOConfig.from_dict(meta["config"])
-    target = abstract_state(config, meta["num_seeds"])
+    modulation = ModulationConfig(**meta["modulation"]) if meta.get("modulation") else None
+    target = abstract_state(config, meta["num_seeds"], modulation)
     checkpointer = ocp.StandardCheckpointer()
     state = checkpointer.restore(directory / STATE_DIR, target)
     checkpointer.close()
-    return Checkpoint(state=state, config=config, num_seeds=meta["num_seeds"], meta=meta["meta"])
+    return Checkpoint(state=state, config=config, num_seeds=meta["num_seeds"], meta=meta["meta"],
+                      modulation=modulation)

@@ -42,12 +42,10 @@ def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
 def plot_curves(series: Iterable[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str,
                 xlabel: str = "env steps per seed", ylabel: str = "episode return") -> Path:
     """Plot mean and min..max / +-std band over seeds for each (label, x (updates,), y (updates, seeds))."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: never touches the user's backend (notebooks)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    fig = Figure(figsize=(7, 4.2), dpi=120)
+    ax = fig.subplots()
     for label, x, y in series:
         y = np.atleast_2d(np.asarray(y, dtype=np.float64).T).T
         mean, std = y.mean(axis=1), y.std(axis=1)
@@ -63,5 +61,4 @@ def plot_curves(series: Iterable[tuple[str, np.ndarray, np.ndarray]], path: str 
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path

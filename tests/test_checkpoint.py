@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import numpy as np
@@ -43,3 +45,25 @@ def test_multi_seed_checkpoint_keeps_normaliser(tmp_path, tiny_config):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no jaxmod checkpoint"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_refinement_state_with_rnd_and_guide_roundtrips(tmp_path):
+    """A baseline/ULTRA state (advice slots, JSRL guide, RICE's RND nets) restores exactly and resumes."""
+    from jaxmod.advice.arrays import Advice
+    from jaxmod.baselines.methods import baseline_modulation
+    from jaxmod.ppo import PPOConfig, PPOLearner
+    from tests.conftest import TOY_ID
+
+    cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=8, total_timesteps=4 * 8 * 4, num_minibatches=2)
+    mod = dataclasses.replace(baseline_modulation("RICE", TOY_ID, capacity=2, guide_steps=3), guide_steps=3)
+    learner = PPOLearner(cfg, mod)
+    advice = Advice.empty(learner.env.core, 2)
+    run = jax.jit(lambda s: learner.run(s, 2, advice))
+    state, _ = run(learner.init(jax.random.PRNGKey(0)))
+    save_checkpoint(tmp_path / "ck", state, cfg, modulation=mod)
+    ck = load_checkpoint(tmp_path / "ck")
+    assert ck.modulation == mod and ck.state.rnd is not None and ck.state.guide_params is not None
+    _, m_a = run(state)
+    _, m_b = run(ck.state)
+    np.testing.assert_array_equal(m_a["episode_return"], m_b["episode_return"])
+    np.testing.assert_array_equal(m_a["rnd_loss"], m_b["rnd_loss"])

@@ -80,6 +80,20 @@ def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (a cancelled advice round, a closed keep-alive connection) is normal here,
+    not an error worth a traceback on the user's console."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class AdvisorServer:
     """Serve `answer_fn` behind the OpenAI chat API on `host:port` (port 0 picks a free one)."""
 
@@ -87,7 +101,7 @@ class AdvisorServer:
         self.answer_fn, self.model = answer_fn, model
         self.requests = 0
         handler = self._make_handler()
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd = _QuietServer((host, port), handler)
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -66,6 +66,7 @@ class UltraSettings:
     rice_p: float | None = None
     rice_lambda: float | None = None
     jsrl_steps: int = 0  # initial guide roll-in horizon; 0 = the agents' mean episode length
+    agents_dir: str | None = None  # save the pre-trained agents here and reuse them in later runs
 
     def __post_init__(self) -> None:
         for v in self.variants:
@@ -166,8 +167,20 @@ class UltraRun:
 
     # ------------------------------------------------------------------ stage 1: pretrain
     def pretrain(self):
-        """A sub-optimal agent per seed (PPO stopped early); returns the batched final train states."""
+        """A sub-optimal agent per seed (PPO stopped early); returns the batched final train states.
+        With `agents_dir`, agents are loaded from there when a matching run saved them."""
         cfg = self.s.ppo_config(self.s.pretrain_steps)
+        saved = None
+        if self.s.agents_dir:
+            from jaxmod.checkpoint import load_checkpoint, save_checkpoint
+
+            tag = f"{cfg.env_id.replace('/', '_')}-{self.s.pretrain_steps}steps-{self.s.seeds}x{self.s.seed}"
+            saved = Path(self.s.agents_dir) / tag
+            if (saved / "meta.json").exists():
+                ckpt = load_checkpoint(saved)
+                if ckpt.config == cfg and ckpt.num_seeds == self.s.seeds:
+                    self.log(f"loaded {self.s.seeds} pre-trained agents from {saved}")
+                    return ckpt.state
         learner = PPOLearner(cfg)
         t0 = time.perf_counter()
         state, metrics = jax.jit(jax.vmap(lambda k: learner.run(learner.init(k), cfg.num_updates)))(
@@ -175,6 +188,8 @@ class UltraRun:
         jax.block_until_ready(state)
         self.log(f"pretrained {self.s.seeds} sub-optimal agents in {time.perf_counter() - t0:.1f}s "
                  f"(training return {np.asarray(metrics['episode_return'])[:, -1].mean():.1f})")
+        if saved is not None:
+            save_checkpoint(saved, state, cfg, num_seeds=self.s.seeds)
         return state
 
     # ------------------------------------------------------------------ stages 2-5 + refinement

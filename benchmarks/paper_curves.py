@@ -1,0 +1,153 @@
+"""Reproduce the paper's comparison: every refinement method, from the same sub-optimal agents, for the
+same refinement steps, on Pong (win rate) and the MuJoCo set (dense and RICE's sparse variants).
+
+    python benchmarks/paper_curves.py --preset cpu      # Pong only, tiny budgets: minutes on 2 CPU cores
+    python benchmarks/paper_curves.py --preset gpu      # all tasks, 5 seeds: the full run (one GPU)
+    python benchmarks/paper_curves.py --preset gpu --tasks brax/hopper,brax/hopper-sparse
+
+Per task: pre-trained agents are saved under --agents and reused; the MuJoCo teacher advisor (a longer
+PPO run on the dense task) is saved there too. Seeds run vmapped in one program per method. Writes, under
+--out: one folder per task (curves PNG, ultra.json, critical states, transcript), `paper_curves.md`
+(final mean (std) per method and task) and `paper_curves.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxmod.baselines.methods import METHODS
+from jaxmod.ultra.pipeline import UltraRun, UltraSettings
+
+ALL_METHODS = ("PPO", "A", "R", "RA", "StateMask-R", "RICE", "JSRL", "Random")
+MUJOCO = ("brax/hopper", "brax/walker2d", "brax/halfcheetah", "brax/reacher",
+          "brax/hopper-sparse", "brax/walker2d-sparse", "brax/halfcheetah-sparse")
+PONG = "jaxmod/Pong-OnePoint"
+
+# Per preset: shared settings, then per-task overrides. Step counts are env steps per seed.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "tasks": (PONG,),
+        "common": dict(seeds=3, chunks=5, eval_envs=32, eval_steps=400, mask_steps=100_000),
+        PONG: dict(pretrain_steps=200_000, refine_steps=300_000),
+        "teacher_steps": 0,
+    },
+    "gpu": {
+        "tasks": (PONG, *MUJOCO),
+        "common": dict(seeds=5, chunks=10, eval_envs=128, eval_steps=1000, collect_envs=16, collect_steps=1000,
+                       episodes_per_round=8, mask_steps=1_000_000),
+        PONG: dict(pretrain_steps=300_000, refine_steps=2_000_000, eval_steps=600),
+        "mujoco": dict(pretrain_steps=3_000_000, refine_steps=5_000_000, refine_lr=1e-4),
+        "teacher_steps": 30_000_000,
+    },
+}
+
+
+def ensure_teacher(env_id: str, steps: int, agents: Path, log) -> str:
+    """A saved stronger PPO agent for `env_id`'s dense task (sparse variants share it): the advisor spec."""
+    from jaxmod.checkpoint import save_checkpoint
+    from jaxmod.ppo import PPOLearner, default_config
+
+    dense = env_id.removesuffix("-sparse")
+    where = agents / f"teacher-{dense.replace('/', '_')}-{steps}"
+    if not (where / "meta.json").exists():
+        import jax
+
+        cfg = default_config(dense, total_timesteps=steps)
+        learner = PPOLearner(cfg)
+        t0 = time.perf_counter()
+        state, metrics = jax.jit(lambda k: learner.run(learner.init(k), cfg.num_updates))(jax.random.PRNGKey(123))
+        log(f"teacher for {dense}: {steps:,} steps in {time.perf_counter() - t0:.0f}s, "
+            f"training return {float(metrics['episode_return'][-1]):.1f}")
+        save_checkpoint(where, state, cfg)
+    return f"teacher:{where}"
+
+
+def settings_for(preset: dict[str, Any], env_id: str, agents: Path, methods: tuple[str, ...], log) -> UltraSettings:
+    family = "mujoco" if env_id.startswith("brax/") else env_id
+    kw = {**preset["common"], **preset.get(family, {})}
+    if env_id == PONG:
+        advisor = "scripted"
+    else:
+        advisor = ensure_teacher(env_id, preset["teacher_steps"] or kw["pretrain_steps"] * 4, agents, log)
+    return UltraSettings(env_id=env_id, variants=methods, advisor=advisor, agents_dir=str(agents), **kw)
+
+
+def summarise(env_id: str, results: dict) -> list[dict[str, Any]]:
+    rows = []
+    for name, r in results.items():
+        final = np.array(r.eval_returns[-1])
+        row = {"task": env_id, "method": name, "label": METHODS[name].label, "start": float(np.mean(r.eval_returns[0])),
+               "final_mean": float(final.mean()), "final_std": float(final.std()), "wall_s": r.wall_s}
+        if env_id == PONG:  # one-point games: return +1 win / -1 loss, so win rate = (return + 1) / 2
+            rate = (final + 1.0) / 2.0
+            row.update(win_rate_mean=float(rate.mean()), win_rate_std=float(rate.std()))
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], device: str) -> str:
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = [f"Final evaluation after refinement: mean (std) over seeds; Pong: win rate. {device}", "",
+             "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    cell = {(r["task"], r["method"]): r for r in rows}
+    for m in methods:
+        vals = []
+        for t in tasks:
+            r = cell.get((t, m))
+            if r is None:
+                vals.append("-")
+            elif "win_rate_mean" in r:
+                vals.append(f"{r['win_rate_mean']:.2f} ({r['win_rate_std']:.2f})")
+            else:
+                vals.append(f"{r['final_mean']:.1f} ({r['final_std']:.1f})")
+        lines.append(f"| {METHODS[m].label} | " + " | ".join(vals) + " |")
+    start = {t: np.mean([r["start"] for r in rows if r["task"] == t]) for t in tasks}
+    lines.append("| (agent before refinement) | " + " | ".join(
+        f"{(start[t] + 1) / 2:.2f}" if t == PONG else f"{start[t]:.1f}" for t in tasks) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--tasks", default=None, help="comma list (default: the preset's)")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS))
+    ap.add_argument("--out", default=None, help="default runs/paper_curves-<preset>")
+    ap.add_argument("--agents", default="runs/agents", help="saved pre-trained agents and teachers")
+    args = ap.parse_args()
+    import jax
+
+    preset = PRESETS[args.preset]
+    tasks = args.tasks.split(",") if args.tasks else list(preset["tasks"])
+    methods = tuple(m.strip() for m in args.methods.split(","))
+    out = Path(args.out or f"runs/paper_curves-{args.preset}")
+    agents = Path(args.agents)
+    out.mkdir(parents=True, exist_ok=True)
+    device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, " \
+             f"{time.strftime('%Y-%m-%d')}"
+    rows: list[dict[str, Any]] = []
+    t_all = time.perf_counter()
+    for env_id in tasks:
+        t0 = time.perf_counter()
+        settings = settings_for(preset, env_id, agents, methods, print)
+        run = UltraRun(settings, out / env_id.replace("/", "_"), log=print)
+        rows.extend(summarise(env_id, run.run()))
+        print(f"{env_id}: all methods in {time.perf_counter() - t0:.0f}s", flush=True)
+    table = markdown(rows, device)
+    total = time.perf_counter() - t_all
+    (out / "paper_curves.md").write_text(table + f"\n\nTotal wall time {total:.0f}s.\n")
+    (out / "paper_curves.json").write_text(json.dumps({"device": device, "preset": args.preset, "total_s": total,
+                                                       "rows": rows}, indent=2))
+    print(table)
+    print(f"total {total:.0f}s; wrote {out}/paper_curves.md, {out}/paper_curves.json and per-task curves")
+
+
+if __name__ == "__main__":
+    main()
