@@ -32,12 +32,14 @@ def main() -> None:
     ap.add_argument("--envs", default="CartPole-v1,MountainCar-v0")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--noise", default="0,0.3", help="comma list of advisor noise fractions")
+    ap.add_argument("--kl-filter", action="store_true", help="KL only where the advised step's advantage > 0")
     ap.add_argument("--json", default="benchmarks/results/ultra_gain.json")
     args = ap.parse_args()
     rows = []
     for env_id in args.envs.split(","):
         for noise in (float(x) for x in args.noise.split(",")):
-            settings = UltraSettings(env_id=env_id, seeds=args.seeds, noise=noise, **PRESETS.get(env_id, {}))
+            settings = UltraSettings(env_id=env_id, seeds=args.seeds, noise=noise, kl_filter=args.kl_filter,
+                                     **PRESETS.get(env_id, {}))
             with tempfile.TemporaryDirectory() as tmp:
                 run = UltraRun(settings, Path(tmp), log=print)
                 results = run.run()
@@ -45,7 +47,7 @@ def main() -> None:
             for name, r in results.items():
                 final = np.array(r.eval_returns[-1])
                 overhead = next((a["advice_overhead_frac"] for a in run.advice_stats if a["variant"] == name), 0.0)
-                rows.append({"env": env_id, "noise": noise, "variant": name, "start": float(np.mean(r.eval_returns[0])),
+                rows.append({"env": env_id, "noise": noise, "kl_filter": args.kl_filter, "variant": name, "start": float(np.mean(r.eval_returns[0])),
                              "final_mean": float(final.mean()), "final_std": float(final.std()),
                              "wall_s": r.wall_s, "wall_vs_ppo": r.wall_s / ppo_wall, "advice_overhead_frac": overhead})
                 print(json.dumps(rows[-1]), flush=True)

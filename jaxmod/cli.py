@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     ultra.add_argument("--reward-scale", type=float, default=1.0)
     ultra.add_argument("--kl-coef", type=float, default=1.0)
     ultra.add_argument("--match-radius", type=float, default=0.0)
+    ultra.add_argument("--kl-filter", action="store_true",
+                       help="apply the KL pull only where the advised step's advantage is positive (bad advice)")
     ultra.add_argument("--episodes-per-round", type=_int, default=8)
     ultra.add_argument("--sync-advice", action="store_true",
                        help="wait for each advice round (reproducible, replayable with --advisor replay:<transcript>)")
@@ -312,7 +314,7 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         variants=(BASELINE, *variants), advisor=advisor, model=args.model, noise=args.noise,
         episodes_per_round=args.episodes_per_round, capacity=args.capacity, restart_prob=args.restart_prob,
         reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius,
-        sync_advice=args.sync_advice, mask_steps=int(args.mask_steps), rice_p=args.rice_p,
+        kl_filter=args.kl_filter, sync_advice=args.sync_advice, mask_steps=int(args.mask_steps), rice_p=args.rice_p,
         rice_lambda=args.rice_lambda, jsrl_steps=args.jsrl_steps)
     out = Path(args.out or f"runs/ultra-{args.env.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "ultra.json").exists():

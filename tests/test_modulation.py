@@ -195,3 +195,18 @@ def test_new_advice_never_recompiles():
     state, m3 = run_jit(state, a3)
     assert len(traces) == 1 and run_jit._cache_size() == 1
     assert int(m1["advice_valid"][0]) == 0 and int(m3["advice_valid"][0]) == 4
+
+
+def test_kl_filter_drops_the_pull_where_advice_did_badly():
+    """Advice whose steps end up with negative advantage (here: a large negative implicit reward) gets no
+    KL pull under `kl_filter`; without the filter it does."""
+    cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=16, total_timesteps=4 * 16 * 2, num_minibatches=2)
+    advice = _toy_advice(action=0, reward=-1.0, weight=1.0)
+    kls = {}
+    for kl_filter in (False, True):
+        mod = ModulationConfig.variant("RA", restart_prob=1.0, reward_scale=100.0, kl_coef=1.0, capacity=2,
+                                       kl_filter=kl_filter)
+        out = jax.jit(make_train(cfg, mod))(jax.random.PRNGKey(0), None, advice)
+        assert float(out.metrics["critical_frac"].sum()) > 0
+        kls[kl_filter] = float(out.metrics["advice_kl"].mean())
+    assert kls[False] > 0.1 and kls[True] == 0.0

@@ -9,7 +9,9 @@ One code path, switched by a frozen config (the variants are presets):
   behaviour policy is stored, so the PPO ratio stays correct;
 - ULTRA-R (`shape_reward`): the reward there gets `reward_scale * weight * r_llm`;
 - KL (`kl_coef` > 0): the loss adds `kl_coef * KL(target || pi)` on critical steps (one-hot target for
-  discrete actions, a Gaussian of std `kl_target_std` around the suggestion for continuous ones).
+  discrete actions, a Gaussian of std `kl_target_std` around the suggestion for continuous ones); with
+  `kl_filter`, only on critical steps whose GAE advantage is positive, i.e. where following the advice
+  turned out better than the critic expected (wrong advice then gets no pull, only PPO's own gradient).
 The paper fixes A/R/RA; restarts, matching and the KL term are jaxmod's choices where it is silent.
 The same path runs the baselines (`jaxmod.baselines`): `rnd_coef` > 0 adds RICE's RND exploration bonus,
 and `guide_steps` > 0 is JSRL's roll-in (the refinement's initial policy, frozen, acts for the first h
@@ -49,6 +51,7 @@ class ModulationConfig:
     reward_scale: float = 1.0  # lambda
     kl_coef: float = 0.0  # beta (jaxmod's extension, not in the paper)
     kl_target_std: float = 0.2  # std of the Gaussian target around a continuous suggestion
+    kl_filter: bool = False  # KL only on critical steps whose advantage is positive (robustness to bad advice)
     rnd_coef: float = 0.0  # RICE's lambda: RND exploration bonus on every step (0 disables)
     guide_steps: int = 0  # JSRL: initial roll-in horizon of the frozen guide policy (0 disables)
 
@@ -99,7 +102,7 @@ class ModulationConfig:
                       "shape_reward (ULTRA-R)": self.shape_reward, "reward_scale": self.reward_scale},
             "jaxmod_choices": {"restart_prob": self.restart_prob, "match_radius": self.match_radius,
                                "kl_coef": self.kl_coef, "kl_target_std": self.kl_target_std,
-                               "capacity": self.capacity},
+                               "kl_filter": self.kl_filter, "capacity": self.capacity},
             "baselines": {"rnd_coef (RICE lambda)": self.rnd_coef, "guide_steps (JSRL)": self.guide_steps},
         }
 

@@ -187,7 +187,10 @@ class PPOLearner:
         critical = suggested = None
         if modulation is not None and modulation.uses_kl:
             kl_coef = state.mod_params.kl_coef
-            critical = traj.critical.astype(jnp.float32)
+            critical = traj.critical
+            if modulation.kl_filter:  # pull only where the advised step beat the critic's expectation
+                critical = jnp.logical_and(critical, advantages > 0)
+            critical = critical.astype(jnp.float32)
             suggested = jnp.take(advice.action, jnp.maximum(traj.slot, 0), axis=0)
         batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=values,
                       advantage=advantages, target=advantages + values, critical=critical, suggested=suggested)

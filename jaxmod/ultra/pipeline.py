@@ -53,6 +53,7 @@ class UltraSettings:
     reward_scale: float = 1.0
     kl_coef: float = 1.0
     match_radius: float = 0.0
+    kl_filter: bool = False
     collect_envs: int = 8
     collect_steps: int = 256
     eval_envs: int = 16
@@ -88,7 +89,7 @@ class UltraSettings:
             return baseline_modulation(variant, self.env_id, self.capacity, self.jsrl_steps or guide_steps, rice)
         return ModulationConfig.variant(variant, capacity=self.capacity, restart_prob=self.restart_prob,
                                         reward_scale=self.reward_scale, kl_coef=self.kl_coef,
-                                        match_radius=self.match_radius)
+                                        match_radius=self.match_radius, kl_filter=self.kl_filter)
 
 
 @dataclass
