@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from jaxmod.baselines.methods import METHODS
+from jaxmod.envs.brax_backend import SPARSE_SUFFIX
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
 ALL_METHODS = ("PPO", "A", "R", "RA", "StateMask-R", "RICE", "JSRL", "Random")
@@ -53,7 +54,7 @@ def ensure_teacher(env_id: str, steps: int, agents: Path, log) -> str:
     from jaxmod.checkpoint import save_checkpoint
     from jaxmod.ppo import PPOLearner, default_config
 
-    dense = env_id.removesuffix("-sparse")
+    dense = env_id.removesuffix(SPARSE_SUFFIX)
     where = agents / f"teacher-{dense.replace('/', '_')}-{steps}"
     if not (where / "meta.json").exists():
         import jax

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmod.baselines.methods import METHODS
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
 PRESETS = {
@@ -54,8 +55,7 @@ def main() -> None:
     print("\n| env | advisor noise | method | start | final mean (std) | wall vs PPO | advice overhead |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        label = "continued PPO" if r["variant"] == "PPO" else f"ULTRA-{r['variant']}"
-        print(f"| {r['env']} | {r['noise']:.0%} | {label} | {r['start']:.1f} | {r['final_mean']:.1f} ({r['final_std']:.1f}) "
+        print(f"| {r['env']} | {r['noise']:.0%} | {METHODS[r['variant']].label} | {r['start']:.1f} | {r['final_mean']:.1f} ({r['final_std']:.1f}) "
               f"| {r['wall_vs_ppo']:.2f}x | {r['advice_overhead_frac']:.1%} |")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -55,14 +55,19 @@ def method(name: str) -> Method:
 
 def rice_values(env_id: str) -> tuple[float, float]:
     """(p, lambda) for `env_id`: RICE's Table 3 for its MuJoCo tasks, else its common values."""
-    task = env_id.removeprefix("brax/").removesuffix("-sparse")
+    from jaxmod.envs.brax_backend import SPARSE_SUFFIX
+
+    task = env_id.removeprefix("brax/").removesuffix(SPARSE_SUFFIX)
     return RICE_TABLE3.get(task, RICE_DEFAULT)
 
 
-def baseline_modulation(name: str, env_id: str, capacity: int, guide_steps: int,
-                        rice: tuple[float, float] | None = None) -> ModulationConfig:
-    """The modulation switches of a baseline method (restarts, RND, JSRL roll-in; never A/R or KL)."""
-    p, lam = rice if rice is not None else rice_values(env_id)
+def baseline_modulation(name: str, env_id: str, capacity: int, guide_steps: int, rice_p: float | None = None,
+                        rice_lambda: float | None = None) -> ModulationConfig:
+    """The modulation switches of a baseline method (restarts, RND, JSRL roll-in; never A/R or KL).
+    RICE's p and lambda default to `rice_values(env_id)`; either can be overridden."""
+    table_p, table_lambda = rice_values(env_id)
+    p = table_p if rice_p is None else rice_p
+    lam = table_lambda if rice_lambda is None else rice_lambda
     base = ModulationConfig(capacity=capacity, override_action=False, shape_reward=False, restart_prob=0.0,
                             kl_coef=0.0)
     if name == "StateMask-R":

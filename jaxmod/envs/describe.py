@@ -263,13 +263,11 @@ BRAX_GOALS = {
 }
 
 
-def _brax(name: str, obs_dim: int, act_dim: int) -> Describer:
-    sparse_at = None
-    if name.endswith("-sparse"):
-        from jaxmod.envs.brax_backend import SPARSE_THRESHOLDS
+def _brax(env_name: str, obs_dim: int, act_dim: int) -> Describer:
+    from jaxmod.envs.brax_backend import SPARSE_SUFFIX, SPARSE_THRESHOLDS
 
-        name = name[: -len("-sparse")]
-        sparse_at = SPARSE_THRESHOLDS.get(name)
+    name = env_name.removesuffix(SPARSE_SUFFIX)  # sparse variants share the dense task's layout
+    sparse_at = SPARSE_THRESHOLDS.get(name) if env_name != name else None
     layout = BRAX_LAYOUTS.get(name)
     if layout is None or len(layout) != obs_dim:
         layout = tuple((f"obs_{i}", "") for i in range(obs_dim))
@@ -280,10 +278,9 @@ def _brax(name: str, obs_dim: int, act_dim: int) -> Describer:
     goal, term, reward = BRAX_GOALS.get(name, ("maximise return", "the env's own termination or 1000 steps",
                                                "the env's reward"))
     if sparse_at is not None:
-        name = f"{name}-sparse"
         reward = (f"sparse: the torso's x-position in metres, paid only once it exceeds {sparse_at:g} m, else 0 "
                   "(the position itself is not observed)")
-    card = EnvCard(f"brax/{name}", goal=goal, termination=term, reward=reward, action_dims=acts,
+    card = EnvCard(f"brax/{env_name}", goal=goal, termination=term, reward=reward, action_dims=acts,
                    action_low=(-1.0,) * act_dim, action_high=(1.0,) * act_dim,
                    notes="brax physics (not gym MuJoCo); angles are joint positions relative to their parent")
     return Describer(card, feats, digits=2)

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from jaxmod.envs.core import EnvError
+
 WIDTH = 160.0
 HEIGHT = 160.0
 AGENT_X = 140.0  # front face of the agent's (right) paddle
@@ -62,7 +64,7 @@ class Pong(environment.Environment[PongState, PongParams]):
     def __init__(self, obs_type: str = "vector", one_point: bool = False):
         super().__init__()
         if obs_type not in ("vector", "pixels"):
-            raise ValueError(f"obs_type must be 'vector' or 'pixels', got {obs_type!r}")
+            raise EnvError(f"obs_type must be 'vector' or 'pixels', got {obs_type!r}")
         self.obs_type = obs_type
         self.one_point = one_point
         self.obs_shape = (8,) if obs_type == "vector" else (GRID, GRID, 4)

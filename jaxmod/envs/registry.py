@@ -78,8 +78,6 @@ def _pong(one_point: bool) -> Callable[..., EnvCore]:
         from jaxmod.envs.gymnax_backend import wrap_gymnax
         from jaxmod.envs.pong import Pong
 
-        if obs_type not in ("vector", "pixels"):
-            raise EnvError(f"obs_type must be 'vector' or 'pixels', got {obs_type!r}")
         env = Pong(obs_type=obs_type, one_point=one_point)
         return wrap_gymnax(PONG_ONE_POINT if one_point else PONG, env, env.default_params, "pong", **options)
 

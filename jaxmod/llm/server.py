@@ -102,7 +102,6 @@ class AdvisorServer:
         self.requests = 0
         handler = self._make_handler()
         self.httpd = _QuietServer((host, port), handler)
-        self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     @property

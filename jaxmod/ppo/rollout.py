@@ -72,14 +72,6 @@ def collect(
             act_key, env_key, restart_key, reset_key = jax.random.split(step_key, 4)
         head = net.policy_head(params, obs)
         action, log_prob = net.sample(params, head, act_key)
-        guided = None
-        if modulation is not None and modulation.uses_guide:  # JSRL roll-in: the guide acts early on
-            guide_action, _ = net.sample(mod.guide_params, net.policy_head(mod.guide_params, obs),
-                                         jax.random.fold_in(act_key, 1))
-            guided = env_state.core.time < mod.guide_horizon
-            mask = guided.reshape(guided.shape + (1,) * (action.ndim - 1))
-            action = jnp.where(mask, guide_action, action)
-            log_prob = net.log_prob(params, head, action)
         if modulation is None:
             env_state, res = env.step(env_key, env_state, action, reset_cores)
             tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
@@ -87,6 +79,12 @@ def collect(
                             final_obs=res.final_obs)
             return (env_state, res.obs, pending), tr
 
+        guided = None
+        if modulation.uses_guide:  # JSRL roll-in: the frozen guide acts early in every episode
+            guide_action, _ = net.sample(mod.guide_params, net.policy_head(mod.guide_params, obs),
+                                         jax.random.fold_in(act_key, 1))
+            guided = env_state.core.time < mod.guide_horizon
+            action, log_prob = _execute_instead(net, params, head, action, guided, guide_action)
         # CRITICAL STEPS: right after a restart from advice, or (optionally) near an advice state
         slot = pending
         if modulation.matching:
@@ -94,10 +92,8 @@ def collect(
             slot = jnp.where(slot >= 0, slot, near)
         critical = slot >= 0
         if modulation.override_action:  # ULTRA-A: execute the suggestion, keep its log-prob for the ratio
-            suggested = take_slot(mod.advice.action, slot)
-            mask = critical.reshape(critical.shape + (1,) * (action.ndim - 1))
-            action = jnp.where(mask, suggested, action)
-            log_prob = net.log_prob(params, head, action)
+            action, log_prob = _execute_instead(net, params, head, action, critical,
+                                                take_slot(mod.advice.action, slot))
         # RESTARTS: finished envs restart from a random valid advice snapshot with probability rho
         use, restart_slot = choose_restarts(restart_key, mod.advice, env.num_envs, mod.params.restart_prob)
         fresh = reset_cores if reset_cores is not None else env.fresh_cores(reset_key)
@@ -118,6 +114,15 @@ def collect(
     (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, pending0),
                                                    jax.random.split(key, num_steps), unroll=unroll)
     return env_state, obs, pending, traj
+
+
+def _execute_instead(net: ActorCritic, params: Params, head: jax.Array, action: jax.Array, where: jax.Array,
+                     replacement: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per env, execute `replacement` where `where` (N,) holds, else `action`; the log-prob is the
+    learner's own of what was executed, so the PPO ratio stays correct (ULTRA-A, JSRL roll-in)."""
+    mask = where.reshape(where.shape + (1,) * (action.ndim - 1))
+    action = jnp.where(mask, replacement, action)
+    return action, net.log_prob(params, head, action)
 
 
 def episodes_finished(traj: Trajectory) -> jax.Array:

@@ -8,13 +8,13 @@ its progress bar and checkpoints; chunked and single-call runs give identical re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
@@ -138,7 +138,7 @@ class PPOLearner:
             critical_slot = jnp.full((self.config.num_envs,), -1, jnp.int32)
             mod_params = modulation.params() if mod_params is None else mod_params
             guide_params = params if modulation.uses_guide else None
-            rnd = rnd_init(jax.random.fold_in(k_net, 1), int(np.prod(self.env.obs_shape))) if modulation.uses_rnd \
+            rnd = rnd_init(jax.random.fold_in(k_net, 1), math.prod(self.env.obs_shape)) if modulation.uses_rnd \
                 else None
         else:
             mod_params = None

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +81,8 @@ class UltraSettings:
         if variant == BASELINE:
             return None
         if variant in BASELINES:
-            rice = None
-            if self.rice_p is not None or self.rice_lambda is not None:
-                from jaxmod.baselines.methods import rice_values
-
-                p, lam = rice_values(self.env_id)
-                rice = (p if self.rice_p is None else self.rice_p, lam if self.rice_lambda is None else self.rice_lambda)
-            return baseline_modulation(variant, self.env_id, self.capacity, self.jsrl_steps or guide_steps, rice)
+            return baseline_modulation(variant, self.env_id, self.capacity, self.jsrl_steps or guide_steps,
+                                       self.rice_p, self.rice_lambda)
         return ModulationConfig.variant(variant, capacity=self.capacity, restart_prob=self.restart_prob,
                                         reward_scale=self.reward_scale, kl_coef=self.kl_coef,
                                         match_radius=self.match_radius, kl_filter=self.kl_filter)
@@ -165,12 +161,20 @@ class UltraRun:
         self.transcript = Transcript(self.out / "transcript.jsonl")
         self.critical_rows: list[CriticalRow] = []
         self.advice_stats: list[dict[str, Any]] = []
+        self._recording: tuple[Any, float] | None = None  # the pre-trained agents' episodes, mean length
+        self._explained: dict[str, Advice] = {}  # baselines' critical states, by explanation kind
 
     # ------------------------------------------------------------------ stage 1: pretrain
+    @cached_property
+    def agent_learner(self) -> PPOLearner:
+        """The learner of the pre-trained agents (built once: brax envs take seconds to build)."""
+        return PPOLearner(self.s.ppo_config(self.s.pretrain_steps))
+
     def pretrain(self):
         """A sub-optimal agent per seed (PPO stopped early); returns the batched final train states.
         With `agents_dir`, agents are loaded from there when a matching run saved them."""
-        cfg = self.s.ppo_config(self.s.pretrain_steps)
+        learner = self.agent_learner
+        cfg = learner.config
         saved = None
         if self.s.agents_dir:
             from jaxmod.checkpoint import load_checkpoint, save_checkpoint
@@ -182,7 +186,6 @@ class UltraRun:
                 if ckpt.config == cfg and ckpt.num_seeds == self.s.seeds:
                     self.log(f"loaded {self.s.seeds} pre-trained agents from {saved}")
                     return ckpt.state
-        learner = PPOLearner(cfg)
         t0 = time.perf_counter()
         state, metrics = jax.jit(jax.vmap(lambda k: learner.run(learner.init(k), cfg.num_updates)))(
             seed_keys(self.s.seed, self.s.seeds))
@@ -193,26 +196,34 @@ class UltraRun:
             save_checkpoint(saved, state, cfg, num_seeds=self.s.seeds)
         return state
 
-    # ------------------------------------------------------------------ stages 2-5 + refinement
     # ------------------------------------------------------------------ baselines' explanations
-    def explain(self, kind: str, pre_state) -> tuple[Advice, float]:
+    def agent_episodes(self, pre_state) -> tuple[Any, float]:
+        """One (seeds, T, N) recording of the pre-trained agents and their mean episode length (JSRL's
+        horizon); collected once per run and shared by every baseline."""
+        if self._recording is None:
+            s = self.s
+            learner = self.agent_learner
+            collect = make_collector(learner.env.replace_num_envs(s.collect_envs), learner.net, s.collect_steps)
+            rec = jax.jit(jax.vmap(collect))(pre_state.params, pre_state.env_state.obs_rms,
+                                             seed_keys(s.seed + 3000, s.seeds))
+            done = np.asarray(rec.terminated | rec.truncated)
+            self._recording = (rec, float(done.size / max(1, done.sum())))
+        return self._recording
+
+    def explain(self, kind: str, pre_state) -> Advice:
         """Critical states of the pre-trained agents without an LLM ('mask': RICE's mask net, 'random'),
-        packed as restart advice per seed, plus the agents' mean episode length (JSRL's horizon).
-        Computed once per run on device and shared by the methods that use it."""
-        cache = self.__dict__.setdefault("_explained", {})
-        if kind in cache:
-            return cache[kind]
+        packed as restart advice per seed. Computed once per run on device and shared by the methods
+        that use it."""
+        if kind in self._explained:
+            return self._explained[kind]
         from jaxmod.baselines.explain import MaskConfig, critical_advice, make_mask_trainer, mask_importance
 
         s = self.s
-        learner = PPOLearner(s.ppo_config(s.pretrain_steps))
-        collect = make_collector(learner.env.replace_num_envs(s.collect_envs), learner.net, s.collect_steps)
-        obs_rms = pre_state.env_state.obs_rms
-        rec = jax.jit(jax.vmap(collect))(pre_state.params, obs_rms, seed_keys(s.seed + 3000, s.seeds))
-        done = np.asarray(rec.terminated | rec.truncated)
-        mean_len = float(done.size / max(1, done.sum()))
+        rec, _ = self.agent_episodes(pre_state)
         if kind == "mask":
             t0 = time.perf_counter()
+            learner = self.agent_learner
+            obs_rms = pre_state.env_state.obs_rms
             c = learner.config  # the agent's rollout shape; at least one update
             mc = MaskConfig(alpha=s.mask_alpha, num_envs=c.num_envs, num_steps=c.num_steps,
                             total_timesteps=max(s.mask_steps, c.num_envs * c.num_steps))
@@ -225,20 +236,19 @@ class UltraRun:
                      f"{float(np.mean(np.asarray(masks.episode_return)[:, -1])):.1f})")
         else:
             scores = jax.random.uniform(jax.random.PRNGKey(s.seed + 5000), rec.reward.shape)
-        advice = jax.jit(jax.vmap(lambda r, sc: critical_advice(r, sc, s.capacity)))(rec, scores)
-        cache[kind] = (advice, mean_len)
-        return cache[kind]
+        self._explained[kind] = jax.jit(jax.vmap(lambda r, sc: critical_advice(r, sc, s.capacity)))(rec, scores)
+        return self._explained[kind]
 
+    # ------------------------------------------------------------------ stages 2-5 + refinement
     def refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         s = self.s
         source = method(variant).critical
         cfg = s.ppo_config(s.refine_steps, lr=s.refine_lr, anneal_lr=False)
-        fixed_advice, mean_len = None, 1.0
-        if source in ("mask", "random"):
-            fixed_advice, mean_len = self.explain(source, pre_state)
-        elif variant in BASELINES:  # JSRL: no critical states, a horizon from the agents' episodes
-            _, mean_len = self.explain("random", pre_state)
-        modulation = s.modulation(variant, guide_steps=max(1, round(mean_len)))
+        fixed_advice = self.explain(source, pre_state) if source in ("mask", "random") else None
+        guide_steps = 1
+        if variant in BASELINES:  # JSRL's horizon: the agents' mean episode length
+            guide_steps = max(1, round(self.agent_episodes(pre_state)[1]))
+        modulation = s.modulation(variant, guide_steps=guide_steps)
         learner = PPOLearner(cfg, modulation)
         core = learner.env.core
         chunk_updates = max(1, math.ceil(cfg.num_updates / s.chunks))
