@@ -78,7 +78,14 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
     modulation = ModulationConfig(**meta["modulation"]) if meta.get("modulation") else None
     target = abstract_state(config, meta["num_seeds"], modulation)
     checkpointer = ocp.StandardCheckpointer()
-    state = checkpointer.restore(directory / STATE_DIR, target)
-    checkpointer.close()
+    try:
+        state = checkpointer.restore(directory / STATE_DIR, target)
+    except ValueError as err:
+        if "tree structures do not match" not in str(err):
+            raise
+        raise ValueError(f"the checkpoint at {directory} was written by a jaxmod whose train state had other fields; "
+                         "load it with that version or train again") from None
+    finally:
+        checkpointer.close()
     return Checkpoint(state=state, config=config, num_seeds=meta["num_seeds"], meta=meta["meta"],
                       modulation=modulation)

@@ -124,7 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     ultra.add_argument("--match-radius", type=float, default=0.0)
     ultra.add_argument("--kl-filter", action="store_true",
                        help="apply the KL pull only where the advised step's advantage is positive (bad advice)")
+    ultra.add_argument("--verify-samples", type=_int, default=0,
+                       help="verify advice on device: a slot whose suggestion does significantly worse than the "
+                            "policy's own actions (>= this many samples per group) is switched off (0: off)")
     ultra.add_argument("--episodes-per-round", type=_int, default=8)
+    ultra.add_argument("--replay", default=None, metavar="RUN_DIR",
+                       help="re-run a finished run exactly: its settings, its transcript as the advisor and its "
+                            "advice swap schedule (other flags except --out are ignored)")
     ultra.add_argument("--sync-advice", action="store_true",
                        help="wait for each advice round (reproducible, replayable with --advisor replay:<transcript>)")
     ultra.add_argument("--mask-steps", type=_int, default=100_000, help="RICE/StateMask-R: mask-net training steps")
@@ -306,7 +312,8 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         if not ScriptedBackend().supports(args.env):
             raise CLIError(f"the scripted advisor has no heuristic for {args.env}; use --advisor teacher:<ckpt> or an LLM")
     ModulationConfig(capacity=args.capacity, restart_prob=args.restart_prob, kl_coef=args.kl_coef,
-                     match_radius=args.match_radius)  # validates
+                     match_radius=args.match_radius, verify_samples=args.verify_samples,
+                     verify_memory=max(64, args.verify_samples))  # validates
     _enable_compile_cache()
     settings = UltraSettings(
         env_id=args.env, seeds=args.seeds, seed=args.seed, pretrain_steps=args.pretrain_steps,
@@ -314,8 +321,14 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         variants=(BASELINE, *variants), advisor=advisor, model=args.model, noise=args.noise,
         episodes_per_round=args.episodes_per_round, capacity=args.capacity, restart_prob=args.restart_prob,
         reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius,
-        kl_filter=args.kl_filter, sync_advice=args.sync_advice, mask_steps=int(args.mask_steps), rice_p=args.rice_p,
+        kl_filter=args.kl_filter, verify_samples=args.verify_samples, sync_advice=args.sync_advice, mask_steps=int(args.mask_steps), rice_p=args.rice_p,
         rice_lambda=args.rice_lambda, jsrl_steps=args.jsrl_steps)
+    if args.replay:
+        try:
+            settings = UltraSettings.replay_of(Path(args.replay))
+        except (FileNotFoundError, KeyError, TypeError, ValueError) as err:
+            raise CLIError(f"cannot replay {args.replay}: {err}") from None
+        advisor, args.noise, args.env, args.seeds = settings.advisor, 0.0, settings.env_id, settings.seeds
     out = Path(args.out or f"runs/ultra-{args.env.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "ultra.json").exists():
         raise CLIError(f"{out} already holds an ULTRA run; choose another --out")

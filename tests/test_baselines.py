@@ -75,8 +75,8 @@ def test_jsrl_guide_acts_only_within_the_horizon():
     guide = jax.tree.map(jnp.copy, state.guide_params)
     guide["actor"]["Dense_2"]["bias"] = jnp.array([-50.0, 50.0])
     advice = Advice.empty(learner.env.core, 2)
-    mod = Modulated(params=state.mod_params, advice=advice, critical_slot=state.critical_slot, guide_params=guide,
-                    guide_horizon=jnp.int32(2))
+    mod = Modulated(params=state.mod_params, advice=advice, critical_slot=state.critical_slot, trusted=advice.valid,
+                    guide_params=guide, guide_horizon=jnp.int32(2))
     _, _, _, traj = jax.jit(lambda s, m: collect(learner.net, learner.env, s.params, s.env_state, s.obs,
                                                   jax.random.PRNGKey(1), 12, 1, None, mod_cfg, m))(state, mod)
     traj = jax.device_get(traj)

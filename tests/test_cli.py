@@ -75,3 +75,9 @@ def test_resume_continues_exactly(tmp_path):
     straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     resumed = read_metrics(part / "metrics.jsonl")
     assert (straight["loss"] == resumed["loss"]).all()
+
+
+def test_ultra_replay_of_a_missing_run_is_one_line(tmp_path, capsys):
+    code = main(["ultra", "--replay", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot replay" in err[0] and "ultra.json" in err[0]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from jaxmod.advice.arrays import Advice, AdviceBook, AdviceItem
-from jaxmod.advice.modulation import ModulationConfig, ModulationError
+from jaxmod.advice.modulation import ModulationConfig, ModulationError, advice_spread, choose_restarts
+from jaxmod.advice.verify import AdviceTrust
 from jaxmod.envs import make_core
 from jaxmod.llm.answers import Advised, Rejected
 from jaxmod.ppo import PPOConfig, PPOLearner, make_train
@@ -79,12 +80,14 @@ def test_variants_and_errors():
     assert "jaxmod_choices" in ModulationConfig().choices()
 
 
-def _toy_rollout(modulation: ModulationConfig, advice: Advice, steps: int = 12, num_envs: int = 3):
+def _toy_rollout(modulation: ModulationConfig, advice: Advice, steps: int = 12, num_envs: int = 3,
+                 trusted: jax.Array | None = None):
     cfg = PPOConfig(env_id=TOY_ID, num_envs=num_envs, num_steps=steps, total_timesteps=num_envs * steps,
                     num_minibatches=1)
     learner = PPOLearner(cfg, modulation)
     state = learner.init(jax.random.PRNGKey(0))
-    mod = Modulated(params=state.mod_params, advice=advice, critical_slot=state.critical_slot)
+    mod = Modulated(params=state.mod_params, advice=advice, critical_slot=state.critical_slot,
+                    trusted=advice.valid if trusted is None else trusted, spread=advice_spread(advice))
     _, _, _, traj = jax.jit(lambda s, m: collect(learner.net, learner.env, s.params, s.env_state, s.obs,
                                                   jax.random.PRNGKey(1), steps, 1, None, modulation, m))(state, mod)
     return learner, state, jax.device_get(traj)
@@ -120,13 +123,23 @@ def test_action_override_keeps_the_ratio_correct():
     head = learner.net.policy_head(state.params, jnp.asarray(traj.obs))
     logp = np.asarray(learner.net.log_prob(state.params, head, jnp.asarray(traj.action)))
     np.testing.assert_allclose(traj.log_prob, logp, rtol=1e-5, atol=1e-6)
+    # with verification a random share of critical steps is left to the policy (the control group)
+    mod = ModulationConfig.variant("A", restart_prob=1.0, verify_samples=2, verify_control=0.5)
+    learner, state, traj = _toy_rollout(mod, advice, steps=64, num_envs=8)
+    crit, advised = traj.critical, traj.advised
+    np.testing.assert_array_equal(advised, crit & (traj.action == 0))  # exactly the steps that ran the suggestion
+    assert (advised.sum() < crit.sum()) and (traj.action[crit & ~advised] == 1).all()
+    head = learner.net.policy_head(state.params, jnp.asarray(traj.obs))
+    logp = np.asarray(learner.net.log_prob(state.params, head, jnp.asarray(traj.action)))
+    np.testing.assert_allclose(traj.log_prob, logp, rtol=1e-5, atol=1e-6)
 
 
 def test_reward_shaping_only_on_critical_steps():
     advice = _toy_advice(reward=0.75, weight=0.8)
     mod = ModulationConfig.variant("R", restart_prob=1.0, reward_scale=2.0)
     _, _, traj = _toy_rollout(mod, advice)
-    bonus = traj.reward - traj.raw_reward
+    np.testing.assert_array_equal(traj.reward, traj.raw_reward)  # the env's reward stays the env's
+    bonus = traj.shaping
     np.testing.assert_allclose(bonus[traj.critical], 2.0 * 0.75 * 0.8, rtol=1e-6)
     np.testing.assert_array_equal(bonus[~traj.critical], 0.0)
     assert traj.critical.any()
@@ -210,3 +223,72 @@ def test_kl_filter_drops_the_pull_where_advice_did_badly():
         assert float(out.metrics["critical_frac"].sum()) > 0
         kls[kl_filter] = float(out.metrics["advice_kl"].mean())
     assert kls[False] > 0.1 and kls[True] == 0.0
+
+
+def test_trust_statistics_follow_the_slots():
+    core = make_core(TOY_ID)
+    book = AdviceBook(core, 3)
+    snap = jax.device_get(core.reset(jax.random.PRNGKey(0)))
+    for episode in (1, 2):
+        book.add(AdviceItem(episode=episode, step=0, obs=snap.obs, snapshot=snap, action=1, reward=0.0))
+    advice = book.to_advice()
+    trust = AdviceTrust.create(3).follow(advice)
+    slot = jnp.array([[0, 0, 0, 1, 1, 1, -1]])
+    advised = jnp.array([[True, True, False, True, True, False, False]])
+    adv = jnp.array([[-1.0, -3.0, 2.0, 1.0, 0.5, 0.0, 9.0]])
+    trust = trust.record(slot, advised, (slot >= 0) & ~advised, adv, 64)
+    np.testing.assert_allclose(trust.count, [[2.0, 2.0, 0.0], [1.0, 1.0, 0.0]])
+    np.testing.assert_allclose(trust.mean, [[-2.0, 0.75, 0.0], [2.0, 0.0, 0.0]])
+    np.testing.assert_allclose(trust.mean_square, [[5.0, 0.625, 0.0], [4.0, 0.0, 0.0]], rtol=1e-6)
+    gap, stderr = trust.gap()
+    np.testing.assert_allclose(gap[:2], [-4.0, 0.75])
+    np.testing.assert_array_equal(trust.trusted(advice, 2), [True, True, False])  # too few control samples yet
+    np.testing.assert_array_equal(trust.trusted(advice, 1), [False, True, False])  # slot 0 refuted; 2 invalid
+    noisy = AdviceTrust.create(3).follow(advice).record(  # advised worse than control, but not significantly
+        jnp.zeros((6,), jnp.int32), jnp.array([True] * 3 + [False] * 3), jnp.array([False] * 3 + [True] * 3),
+        jnp.array([-1.0, 0.8, -1.0, 0.9, -0.9, 0.0]), memory=64)
+    assert float(noisy.gap()[0][0]) < 0 and bool(noisy.trusted(advice, 3)[0])
+    capped = trust.record(slot, advised, (slot >= 0) & ~advised, adv + 10.0, memory=2)  # new evidence wins
+    assert float(capped.count[0, 0]) == 2.0 and float(capped.mean[0, 0]) == 8.0
+    book.add(AdviceItem(episode=3, step=0, obs=snap.obs, snapshot=snap, action=0, reward=0.0))  # fills slot 2
+    book.add(AdviceItem(episode=4, step=0, obs=snap.obs, snapshot=snap, action=0, reward=0.0))  # replaces slot 0
+    renewed = trust.follow(book.to_advice())
+    np.testing.assert_allclose(renewed.count, [[0.0, 2.0, 0.0], [0.0, 1.0, 0.0]])  # new advice starts unjudged
+
+
+def test_refuted_advice_still_restarts_but_no_longer_acts():
+    advice = _toy_advice(action=0)
+    mod = ModulationConfig.variant("RA", restart_prob=1.0, match_radius=0.25)
+    _, _, traj = _toy_rollout(mod, advice, steps=16, trusted=jnp.zeros_like(advice.valid))
+    assert traj.restarted.any() and not traj.critical.any() and not traj.shaping.any()
+
+
+def test_verification_refutes_bad_advice_and_keeps_good_advice():
+    """In the toy walk, moving at position 2 ends the episode (bad), staying keeps the reward coming (good).
+    Both answers claim a high implicit reward: only the environment's outcome may judge them."""
+    core = make_core(TOY_ID)
+    book = AdviceBook(core, 4)
+    snap = jax.device_get(core.reset(jax.random.PRNGKey(0)))
+    snap = snap.replace(inner=np.float32(2.0), obs=np.array([2.0], np.float32), time=np.int32(1))
+    book.add(AdviceItem(episode=5, step=1, obs=snap.obs, snapshot=snap, action=1, reward=1.0))  # bad
+    book.add(AdviceItem(episode=6, step=1, obs=snap.obs, snapshot=snap, action=0, reward=1.0))  # good
+    cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=16, total_timesteps=4 * 16 * 12, num_minibatches=2)
+    pre = jax.jit(make_train(cfg))(jax.random.PRNGKey(0))  # a critic that knows the walk
+    mod = ModulationConfig.variant("RA", restart_prob=1.0, capacity=4, verify_samples=4)
+    out = jax.jit(make_train(cfg, mod))(jax.random.PRNGKey(1), pre.state.params, book.to_advice())
+    trust = out.state.trust
+    gap = np.asarray(trust.gap()[0])
+    assert gap[0] < 0.0 < gap[1]
+    np.testing.assert_array_equal(trust.trusted(book.to_advice(), 4), [False, True, False, False])
+    assert int(out.metrics["advice_refuted"][-1]) == 1
+
+
+def test_restart_choice_picks_valid_slots_uniformly_from_uniforms():
+    advice = Advice.empty(make_core(TOY_ID), 5)
+    advice = advice.replace(valid=jnp.array([False, True, False, True, True]))
+    use, slot = choose_restarts(jnp.array([0.1, 0.2, 0.3, 0.4, 0.9]), jnp.array([0.0, 0.34, 0.67, 0.999, 0.5]),
+                                advice, jnp.float32(0.5))
+    np.testing.assert_array_equal(use, [True, True, True, True, False])
+    np.testing.assert_array_equal(slot, [1, 3, 4, 4, -1])
+    use, slot = choose_restarts(jnp.zeros(3), jnp.zeros(3), Advice.empty(make_core(TOY_ID), 5), jnp.float32(1.0))
+    assert not use.any() and (slot == -1).all()  # no valid advice: plain resets

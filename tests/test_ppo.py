@@ -68,6 +68,8 @@ def test_config_errors_are_one_line():
         default_config("CartPole-v1", learning_rate=1.0)
     assert default_config("Breakout-MinAtar").num_envs == 64
     assert default_config("brax/hopper").normalize_obs
+    assert default_config("MountainCar-v0").normalize_obs and not default_config("CartPole-v1").normalize_obs
+    assert not default_config("MountainCar-v0", normalize_obs=False).normalize_obs  # overrides win
 
 
 def test_train_output_shapes(tiny_config, tiny_output):

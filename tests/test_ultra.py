@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 
@@ -45,17 +46,21 @@ def test_end_to_end_through_the_http_advisor(tmp_path, monkeypatch):
 
 
 class SlowBackend(LocalBackend):
-    """The scripted advisor behind a 0.5 s latency per answer."""
+    """The scripted advisor behind a latency per answer (0.5 s by default)."""
+
+    def __init__(self, delay_s: float = 0.5) -> None:
+        super().__init__()
+        self.delay_s = delay_s
 
     async def complete(self, messages, schema, name, deadline) -> ChatResult:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(self.delay_s)
         return await super().complete(messages, schema, name, deadline)
 
 
-def _slow_factory():
+def _slow_factory(transcript=None, delay_s: float = 0.5):
     @contextlib.asynccontextmanager
     async def factory():
-        yield Advisor(SlowBackend(), max_critical=2, concurrency=1)
+        yield Advisor(SlowBackend(delay_s), max_critical=2, transcript=transcript, concurrency=1)
 
     return factory
 
@@ -92,6 +97,21 @@ def test_a_synchronous_run_replays_exactly_from_its_transcript(tmp_path):
     assert first["RA"].eval_returns == replayed["RA"].eval_returns
     live_rows = (tmp_path / "live" / "critical_states.md").read_text()
     assert live_rows == (tmp_path / "replay" / "critical_states.md").read_text()
+
+
+def test_an_asynchronous_run_replays_exactly_from_its_run_folder(tmp_path):
+    live = UltraRun(UltraSettings(variants=("RA",), **{**TINY, "chunks": 6}), tmp_path / "live")
+    live.advisor_factory = _slow_factory(live.transcript, delay_s=0.0)
+    first = live.run()
+    swaps = [c["swapped_advice"] for c in first["RA"].chunk_metrics]
+    assert sum(swaps) > 0  # advice swapped in when it arrived: a timing no second run would meet by itself
+    settings = UltraSettings.replay_of(tmp_path / "live")
+    assert settings.advisor.startswith("replay:") and settings.chunks == 6
+    again = UltraRun(settings, tmp_path / "replay").run()
+    assert [c["swapped_advice"] for c in again["RA"].chunk_metrics] == swaps
+    assert again["RA"].eval_returns == first["RA"].eval_returns
+    with pytest.raises(ValueError, match="no refinement of 'R'"):
+        UltraRun(dataclasses.replace(settings, variants=("R",)), tmp_path / "other").recorded_swaps("R")
 
 
 def test_baselines_run_in_the_same_pipeline_without_an_advisor(tmp_path):

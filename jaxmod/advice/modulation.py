@@ -3,16 +3,23 @@
 One code path, switched by a frozen config (the variants are presets):
 - restarts: on auto-reset, with probability `restart_prob` an env restarts exactly from a random valid
   advice snapshot (a mixed initial distribution, as in RICE);
-- critical steps: the first step after such a restart and, if `match_radius` > 0, any live state whose
-  normalised observation lies within that distance of an advice observation (nearest valid slot);
+- critical steps: the first step after such a restart and, if `match_radius` > 0, any live state that
+  lies within that distance of an advice observation (nearest trusted slot); distances are in units of
+  the observation normaliser's std, or, where the policy sees raw observations, of the spread of the
+  advice states themselves (so a small-valued feature such as MountainCar's velocity counts);
 - ULTRA-A (`override_action`): the suggested action is executed there; its log-probability under the
   behaviour policy is stored, so the PPO ratio stays correct;
 - ULTRA-R (`shape_reward`): the reward there gets `reward_scale * weight * r_llm`;
 - KL (`kl_coef` > 0): the loss adds `kl_coef * KL(target || pi)` on critical steps (one-hot target for
   discrete actions, a Gaussian of std `kl_target_std` around the suggestion for continuous ones); with
   `kl_filter`, only on critical steps whose GAE advantage is positive, i.e. where following the advice
-  turned out better than the critic expected (wrong advice then gets no pull, only PPO's own gradient).
-The paper fixes A/R/RA; restarts, matching and the KL term are jaxmod's choices where it is silent.
+  turned out better than the critic expected (wrong advice then gets no pull, only PPO's own gradient);
+- verification (opt-in, `verify_samples` > 0, `jaxmod.advice.verify`): a slot whose executed suggestion does
+  significantly worse than the policy's own actions at the same critical steps (ULTRA-A leaves a random
+  `verify_control` share of them to the policy as the control group) is switched off until the host
+  replaces it: robustness to bad advisors.
+The paper fixes A/R/RA; restarts, matching, the KL term and verification are jaxmod's choices where it is
+silent.
 The same path runs the baselines (`jaxmod.baselines`): `rnd_coef` > 0 adds RICE's RND exploration bonus,
 and `guide_steps` > 0 is JSRL's roll-in (the refinement's initial policy, frozen, acts for the first h
 steps of every episode; h shrinks linearly from `guide_steps` to 0 over the run).
@@ -54,6 +61,9 @@ class ModulationConfig:
     kl_filter: bool = False  # KL only on critical steps whose advantage is positive (robustness to bad advice)
     rnd_coef: float = 0.0  # RICE's lambda: RND exploration bonus on every step (0 disables)
     guide_steps: int = 0  # JSRL: initial roll-in horizon of the frozen guide policy (0 disables)
+    verify_samples: int = 0  # > 0 verifies advice: samples per group before a slot can be refuted (0: off)
+    verify_control: float = 0.25  # share of ULTRA-A's critical steps left to the policy (verification's control)
+    verify_memory: int = 64  # samples a slot's running mean remembers
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -64,6 +74,10 @@ class ModulationConfig:
             raise ModulationError("match_radius and kl_coef must be >= 0, kl_target_std > 0")
         if self.rnd_coef < 0 or self.guide_steps < 0:
             raise ModulationError("rnd_coef and guide_steps must be >= 0")
+        if self.verify_samples < 0 or self.verify_memory < max(1, self.verify_samples):
+            raise ModulationError("verify_samples must be >= 0 and verify_memory >= max(1, verify_samples)")
+        if not 0.0 <= self.verify_control < 1.0:
+            raise ModulationError("verify_control must lie in [0, 1)")
 
     @classmethod
     def variant(cls, name: str, **overrides: Any) -> ModulationConfig:
@@ -90,6 +104,10 @@ class ModulationConfig:
     def uses_guide(self) -> bool:
         return self.guide_steps > 0
 
+    @property
+    def verifies(self) -> bool:
+        return self.verify_samples > 0
+
     def params(self) -> ModulationParams:
         return ModulationParams(restart_prob=jnp.float32(self.restart_prob), match_radius=jnp.float32(self.match_radius),
                                 reward_scale=jnp.float32(self.reward_scale), kl_coef=jnp.float32(self.kl_coef),
@@ -102,7 +120,9 @@ class ModulationConfig:
                       "shape_reward (ULTRA-R)": self.shape_reward, "reward_scale": self.reward_scale},
             "jaxmod_choices": {"restart_prob": self.restart_prob, "match_radius": self.match_radius,
                                "kl_coef": self.kl_coef, "kl_target_std": self.kl_target_std,
-                               "kl_filter": self.kl_filter, "capacity": self.capacity},
+                               "kl_filter": self.kl_filter, "verify_samples": self.verify_samples,
+                               "verify_control": self.verify_control, "verify_memory": self.verify_memory,
+                               "capacity": self.capacity},
             "baselines": {"rnd_coef (RICE lambda)": self.rnd_coef, "guide_steps (JSRL)": self.guide_steps},
         }
 
@@ -118,26 +138,48 @@ class ModulationParams:
     rnd_coef: jax.Array
 
 
-def choose_restarts(key: jax.Array, advice: Advice, num_envs: int, restart_prob: jax.Array
+def choose_restarts(u_use: jax.Array, u_slot: jax.Array, advice: Advice, restart_prob: jax.Array
                     ) -> tuple[jax.Array, jax.Array]:
-    """Per env: whether its next reset restarts from advice, and from which valid slot (-1 if not)."""
-    k_use, k_slot = jax.random.split(key)
-    any_valid = advice.valid.any()
-    use = jnp.logical_and(jax.random.uniform(k_use, (num_envs,)) < restart_prob, any_valid)
-    logits = jnp.where(advice.valid, 0.0, -jnp.inf)
-    slot = jax.random.categorical(k_slot, logits, shape=(num_envs,))
+    """Per env, from two uniforms in [0, 1): whether its next reset restarts from advice, and from which
+    valid slot, uniformly (-1 if not). Uniforms instead of keys: the rollout draws them for all steps at
+    once, outside its sequential loop."""
+    valid = advice.valid
+    n_valid = valid.sum()
+    use = (u_use < restart_prob) & (n_valid > 0)
+    rank = jnp.minimum(jnp.floor(u_slot * n_valid), n_valid - 1).astype(jnp.int32)  # which valid slot, in order
+    slot = jnp.argmax(jnp.cumsum(valid)[None, :] > rank[:, None], axis=1)
     return use, jnp.where(use, slot, -1).astype(jnp.int32)
 
 
-def match_slots(obs_norm: jax.Array, advice: Advice, obs_rms: RunningMeanStd, normalize: bool,
-                radius: jax.Array) -> jax.Array:
-    """Nearest valid advice slot within `radius` of each env's normalised observation, else -1."""
-    adv_obs = obs_rms.normalize(advice.obs) if normalize else advice.obs
-    diff = obs_norm.reshape(obs_norm.shape[0], 1, -1) - adv_obs.reshape(1, adv_obs.shape[0], -1)
+def advice_spread(advice: Advice) -> jax.Array:
+    """Per-feature std of the valid advice observations (1 where they do not vary): the matching unit
+    where the policy sees raw observations."""
+    w = advice.valid.astype(jnp.float32).reshape((-1,) + (1,) * (advice.obs.ndim - 1))
+    n = jnp.maximum(w.sum(), 1.0)
+    mean = jnp.sum(advice.obs * w, axis=0) / n
+    std = jnp.sqrt(jnp.sum(jnp.square(advice.obs - mean) * w, axis=0) / n)
+    return jnp.where(std > 1e-6, std, 1.0)
+
+
+def match_slots(obs: jax.Array, advice: Advice, usable: jax.Array, obs_rms: RunningMeanStd, normalize: bool,
+                spread: jax.Array, radius: jax.Array) -> jax.Array:
+    """Nearest `usable` advice slot within `radius` of each env's observation (the policy input), else -1.
+    Normalised inputs are compared with normalised advice; raw ones in units of the advice `spread`."""
+    if normalize:
+        x, adv_obs = obs, obs_rms.normalize(advice.obs)
+    else:
+        x, adv_obs = obs / spread, advice.obs / spread
+    diff = x.reshape(x.shape[0], 1, -1) - adv_obs.reshape(1, adv_obs.shape[0], -1)
     dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1))
-    dist = jnp.where(advice.valid[None, :], dist, jnp.inf)
+    dist = jnp.where(usable[None, :], dist, jnp.inf)
     nearest = jnp.argmin(dist, axis=1)
     return jnp.where(jnp.min(dist, axis=1) <= radius, nearest, -1).astype(jnp.int32)
+
+
+def shaping_bonus(params: ModulationParams, advice: Advice, slot: jax.Array, critical: jax.Array) -> jax.Array:
+    """ULTRA-R: lambda * weight * r_llm on critical steps, 0 elsewhere."""
+    bonus = take_slot(advice.reward, slot) * take_slot(advice.weight, slot)
+    return jnp.where(critical, params.reward_scale * bonus, 0.0)
 
 
 def take_slot(tree: Any, slot: jax.Array) -> Any:

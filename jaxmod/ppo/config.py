@@ -174,6 +174,13 @@ PRESETS: dict[str, PPOConfig] = {
 }
 
 
+# Per-env changes to the family preset. MountainCar's velocity spans +-0.07 against a position range of 1.8:
+# on raw inputs a policy barely sees it (and ULTRA's refinement at a low learning rate never learns to use it).
+ENV_PRESETS: dict[str, dict[str, Any]] = {
+    "MountainCar-v0": {"normalize_obs": True},
+}
+
+
 def family_of(env_id: str) -> str:
     """Which preset family an env id belongs to."""
     if env_id.startswith("brax/"):
@@ -186,10 +193,10 @@ def family_of(env_id: str) -> str:
 
 
 def default_config(env_id: str, **overrides: Any) -> PPOConfig:
-    """The preset for `env_id`'s family with `env_id` and `overrides` applied."""
+    """The preset for `env_id`'s family, with `ENV_PRESETS[env_id]`, `env_id` and `overrides` applied."""
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(PPOConfig)})
     if unknown:
         raise ConfigError(f"unknown config field(s) {unknown}")
-    return dataclasses.replace(PRESETS[family_of(env_id)], env_id=env_id, **overrides)
+    return dataclasses.replace(PRESETS[family_of(env_id)], env_id=env_id, **{**ENV_PRESETS.get(env_id, {}), **overrides})
 
 

@@ -7,7 +7,14 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxmod.advice.arrays import Advice
-from jaxmod.advice.modulation import ModulationConfig, ModulationParams, choose_restarts, match_slots, take_slot
+from jaxmod.advice.modulation import (
+    ModulationConfig,
+    ModulationParams,
+    choose_restarts,
+    match_slots,
+    shaping_bonus,
+    take_slot,
+)
 from jaxmod.envs.core import CoreState
 from jaxmod.envs.vec_env import VecEnv, VecEnvState, select_envs
 from jaxmod.ppo.networks import ActorCritic, Params
@@ -20,7 +27,7 @@ class Trajectory:
     obs: jax.Array
     action: jax.Array
     log_prob: jax.Array
-    reward: jax.Array
+    reward: jax.Array  # the environment's reward (normalised if the env normalises rewards)
     raw_reward: jax.Array
     terminated: jax.Array
     truncated: jax.Array
@@ -30,16 +37,20 @@ class Trajectory:
     slot: jax.Array | None = None  # int32: the advice slot of a critical step, else -1
     restarted: jax.Array | None = None  # bool: the env's next episode restarts from an advice snapshot
     guided: jax.Array | None = None  # bool: the JSRL guide chose this step's action
+    shaping: jax.Array | None = None  # ULTRA-R's implicit reward added on critical steps (0 elsewhere)
+    advised: jax.Array | None = None  # bool: a critical step that executed its slot's suggestion
 
 
 @struct.dataclass
 class Modulated:
-    """What a modulated rollout needs besides the policy: config, traced knobs, advice, and each env's
-    pending critical slot (set by a restart, consumed by the next step)."""
+    """What a modulated rollout needs besides the policy: config, traced knobs, advice, which slots are
+    trusted, and each env's pending critical slot (set by a restart, consumed by the next step)."""
 
     params: ModulationParams
     advice: Advice
     critical_slot: jax.Array  # (N,) int32
+    trusted: jax.Array  # (K,) bool: valid slots not refuted by verification (they act; all valid ones restart)
+    spread: jax.Array | None = None  # matching unit for raw observations (`advice_spread`)
     guide_params: Params | None = None  # JSRL: the frozen guide policy
     guide_horizon: jax.Array | None = None  # JSRL: the guide acts while the episode's step < this
 
@@ -64,12 +75,13 @@ def collect(
     which keeps the sequential loop short (a latency win at small batch sizes).
     """
 
-    def step(carry, step_key):
+    def step(carry, xs):
         env_state, obs, pending = carry
         if modulation is None:
-            act_key, env_key = jax.random.split(step_key)
+            act_key, env_key = jax.random.split(xs)
         else:
-            act_key, env_key, restart_key, reset_key = jax.random.split(step_key, 4)
+            step_key, u = xs  # u: (N, 3) uniforms for restart, restart slot and verification control
+            act_key, env_key, reset_key = jax.random.split(step_key, 3)
         head = net.policy_head(params, obs)
         action, log_prob = net.sample(params, head, act_key)
         if modulation is None:
@@ -85,34 +97,47 @@ def collect(
                                          jax.random.fold_in(act_key, 1))
             guided = env_state.core.time < mod.guide_horizon
             action, log_prob = _execute_instead(net, params, head, action, guided, guide_action)
-        # CRITICAL STEPS: right after a restart from advice, or (optionally) near an advice state
-        slot = pending
+        # CRITICAL STEPS: right after a restart from trusted advice, or (optionally) near a trusted advice state
+        slot = jnp.where(take_slot(mod.trusted, pending), pending, -1)
         if modulation.matching:
-            near = match_slots(obs, mod.advice, env_state.obs_rms, env.normalize_obs, mod.params.match_radius)
+            near = match_slots(obs, mod.advice, mod.trusted, env_state.obs_rms, env.normalize_obs, mod.spread,
+                               mod.params.match_radius)
             slot = jnp.where(slot >= 0, slot, near)
         critical = slot >= 0
+        suggestion = take_slot(mod.advice.action, slot)
+        executes = jnp.zeros_like(critical)
         if modulation.override_action:  # ULTRA-A: execute the suggestion, keep its log-prob for the ratio
-            action, log_prob = _execute_instead(net, params, head, action, critical,
-                                                take_slot(mod.advice.action, slot))
+            executes = critical
+            if modulation.verifies:  # a random share of critical steps stays with the policy: the control group
+                executes = critical & (u[:, 2] >= modulation.verify_control)
+            action, log_prob = _execute_instead(net, params, head, action, executes, suggestion)
+        if env.action_space.discrete:  # verification's groups: the suggestion ran, or the policy's own choice
+            advised = critical & (action == suggestion)
+        else:
+            advised = executes
         # RESTARTS: finished envs restart from a random valid advice snapshot with probability rho
-        use, restart_slot = choose_restarts(restart_key, mod.advice, env.num_envs, mod.params.restart_prob)
+        use, restart_slot = choose_restarts(u[:, 0], u[:, 1], mod.advice, mod.params.restart_prob)
         fresh = reset_cores if reset_cores is not None else env.fresh_cores(reset_key)
         resets = select_envs(use, take_slot(mod.advice.snapshot, restart_slot), fresh)
         env_state, res = env.step(env_key, env_state, action, resets)
-        reward = res.reward
-        if modulation.shape_reward:  # ULTRA-R: implicit reward on critical steps
-            bonus = take_slot(mod.advice.reward, slot) * take_slot(mod.advice.weight, slot)
-            reward = reward + jnp.where(critical, mod.params.reward_scale * bonus, 0.0)
+        shaping = None
+        if modulation.shape_reward:  # ULTRA-R: implicit reward on critical steps (added by the learner)
+            shaping = shaping_bonus(mod.params, mod.advice, slot, critical)
         pending = jnp.where(res.episode_done, restart_slot, -1)
-        tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=reward, raw_reward=res.raw_reward,
+        tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
                         terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
                         final_obs=res.final_obs, critical=critical, slot=slot,
-                        restarted=jnp.logical_and(res.episode_done, use), guided=guided)
+                        restarted=jnp.logical_and(res.episode_done, use), guided=guided, shaping=shaping,
+                        advised=advised)
         return (env_state, res.obs, pending), tr
 
     pending0 = mod.critical_slot if mod is not None else None
-    (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, pending0),
-                                                   jax.random.split(key, num_steps), unroll=unroll)
+    if modulation is None:
+        xs = jax.random.split(key, num_steps)
+    else:  # modulation's random numbers for all steps in one draw: fewer ops inside the loop
+        key, u_key = jax.random.split(key)
+        xs = (jax.random.split(key, num_steps), jax.random.uniform(u_key, (num_steps, env.num_envs, 3)))
+    (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, pending0), xs, unroll=unroll)
     return env_state, obs, pending, traj
 
 

@@ -20,7 +20,8 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from jaxmod.advice.arrays import Advice
-from jaxmod.advice.modulation import ModulationConfig, ModulationParams
+from jaxmod.advice.modulation import ModulationConfig, ModulationParams, advice_spread, take_slot
+from jaxmod.advice.verify import AdviceTrust
 from jaxmod.envs import VecEnv, VecEnvState, make
 from jaxmod.ppo.config import HyperParams, PPOConfig
 from jaxmod.ppo.losses import Batch, gae, ppo_loss
@@ -46,6 +47,7 @@ class TrainState:
     mod_params: ModulationParams | None = None  # traced ULTRA knobs (restart prob, lambda, beta, ...)
     guide_params: Params | None = None  # JSRL baseline: the frozen guide (the initial params)
     rnd: RNDState | None = None  # RICE baseline: the RND exploration bonus nets
+    trust: AdviceTrust | None = None  # ULTRA: per-slot verification of the advice (`jaxmod.advice.verify`)
 
     @property
     def obs_normalizer(self):
@@ -132,7 +134,7 @@ class PPOLearner:
             params = self.net.init(k_net)
         env_state, obs = self.env.reset(k_env)
         opt_state = make_optimizer(self.config, hp).init(ravel_pytree(params)[0])
-        critical_slot = guide_params = rnd = None
+        critical_slot = guide_params = rnd = trust = None
         modulation = self.modulation
         if modulation is not None:
             critical_slot = jnp.full((self.config.num_envs,), -1, jnp.int32)
@@ -140,11 +142,12 @@ class PPOLearner:
             guide_params = params if modulation.uses_guide else None
             rnd = rnd_init(jax.random.fold_in(k_net, 1), math.prod(self.env.obs_shape)) if modulation.uses_rnd \
                 else None
+            trust = AdviceTrust.create(modulation.capacity) if modulation.verifies else None
         else:
             mod_params = None
         return TrainState(params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng,
                           update_step=jnp.int32(0), hparams=hp, critical_slot=critical_slot, mod_params=mod_params,
-                          guide_params=guide_params, rnd=rnd)
+                          guide_params=guide_params, rnd=rnd, trust=trust)
 
     # ---------------------------------------------------------------- UPDATE
     def update(self, state: TrainState, advice: Advice | None = None) -> tuple[TrainState, Metrics]:
@@ -159,21 +162,26 @@ class PPOLearner:
 
         # COLLECT TRAJECTORIES
         reset_cores = None if env.core.cheap_reset else env.fresh_cores(k_pool)
-        mod = None
+        mod = trust = None
         if modulation is not None:
+            trusted = advice.valid
+            if modulation.verifies:  # slots refuted by their measured advantage stop acting
+                trust = state.trust.follow(advice)
+                trusted = trust.trusted(advice, modulation.verify_samples)
+            spread = advice_spread(advice) if modulation.matching and not env.normalize_obs else None
             horizon = None
             if modulation.uses_guide:  # JSRL curriculum: the roll-in shrinks linearly to 0 over the run
                 frac = 1.0 - state.update_step.astype(jnp.float32) / c.num_updates
                 horizon = jnp.ceil(modulation.guide_steps * frac).astype(jnp.int32)
             mod = Modulated(params=state.mod_params, advice=advice, critical_slot=state.critical_slot,
-                            guide_params=state.guide_params, guide_horizon=horizon)
+                            trusted=trusted, spread=spread, guide_params=state.guide_params, guide_horizon=horizon)
         env_state, obs, pending, traj = collect(net, env, state.params, state.env_state, state.obs, k_roll,
                                                 c.num_steps, c.unroll, reset_cores, modulation, mod)
 
         # CALCULATE ADVANTAGE (critic on the whole rollout at once)
         values = net.value(state.params, traj.obs)
         next_values = net.value(state.params, traj.final_obs)
-        reward = traj.reward
+        reward = traj.reward if traj.shaping is None else traj.reward + traj.shaping
         rnd_state, rnd_metrics = state.rnd, {}
         if modulation is not None and modulation.uses_rnd:  # RICE: RND exploration bonus on every step
             bonus = rnd_bonus(state.rnd, traj.final_obs)
@@ -183,15 +191,21 @@ class PPOLearner:
             rnd_state, rnd_loss = rnd_train(state.rnd, flat_next[perm].reshape((c.num_minibatches, c.minibatch_size, -1)))
             rnd_metrics = {"rnd_bonus": bonus.mean(), "rnd_loss": rnd_loss}
         advantages = gae(reward, values, next_values, traj.terminated, traj.episode_done, hp.gamma, hp.gae_lambda)
-        kl_coef = None
-        critical = suggested = None
+        if modulation is not None and modulation.verifies:
+            # one-step TD error under the environment's reward alone (the advice's own implicit reward must
+            # not vouch for it): low variance, and the critic's bias cancels between the two groups
+            not_term = 1.0 - traj.terminated.astype(jnp.float32)
+            td = traj.reward + hp.gamma * not_term * next_values - values
+            trust = trust.record(traj.slot, traj.advised, traj.critical & ~traj.advised, td,
+                                 modulation.verify_memory)
+        kl_coef = critical = suggested = None
         if modulation is not None and modulation.uses_kl:
             kl_coef = state.mod_params.kl_coef
             critical = traj.critical
             if modulation.kl_filter:  # pull only where the advised step beat the critic's expectation
                 critical = jnp.logical_and(critical, advantages > 0)
             critical = critical.astype(jnp.float32)
-            suggested = jnp.take(advice.action, jnp.maximum(traj.slot, 0), axis=0)
+            suggested = take_slot(advice.action, traj.slot)
         batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=values,
                       advantage=advantages, target=advantages + values, critical=critical, suggested=suggested)
         batch = jax.tree.map(lambda x: x.reshape((c.batch_size,) + x.shape[2:]), batch)
@@ -219,13 +233,15 @@ class PPOLearner:
             metrics["critical_frac"] = traj.critical.mean()
             metrics["restarts"] = traj.restarted.sum().astype(jnp.int32)
             metrics["advice_valid"] = advice.valid.sum().astype(jnp.int32)
+            metrics["advice_refuted"] = (advice.valid & ~mod.trusted).sum().astype(jnp.int32)
             if modulation.uses_guide:
                 metrics["guided_frac"] = traj.guided.mean()
             metrics.update(rnd_metrics)
         new_state = TrainState(params=params, opt_state=opt_state, env_state=env_state, obs=obs,
                                rng=jax.random.key_data(key),
                                update_step=state.update_step + 1, hparams=hp, critical_slot=pending,
-                               mod_params=state.mod_params, guide_params=state.guide_params, rnd=rnd_state)
+                               mod_params=state.mod_params, guide_params=state.guide_params, rnd=rnd_state,
+                               trust=trust)
         return new_state, metrics
 
     def run(self, state: TrainState, num_updates: int, advice: Advice | None = None) -> tuple[TrainState, Metrics]:

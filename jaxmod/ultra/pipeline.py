@@ -55,6 +55,7 @@ class UltraSettings:
     kl_coef: float = 1.0
     match_radius: float = 0.0
     kl_filter: bool = False
+    verify_samples: int = 0  # advice verification (opt-in): samples per group before a slot can be refuted
     collect_envs: int = 8
     collect_steps: int = 256
     eval_envs: int = 16
@@ -62,6 +63,8 @@ class UltraSettings:
     ppo_overrides: tuple[tuple[str, Any], ...] = ()
     sync_advice: bool = False  # wait for each advice round before the next chunk: reproducible (and replayable)
     # runs at the cost of stalls; the default never waits
+    swap_schedule: str | None = None  # a run's ultra.json: swap advice in at exactly the chunks that run did
+    # (with advisor replay:<its transcript>, an asynchronous run replays exactly)
     # baselines (jaxmod.baselines): RICE's mask net, its (p, lambda) (None = RICE Table 3 for the task), JSRL
     mask_steps: int = 100_000  # env steps of mask-net training per seed
     mask_alpha: float = 0.01
@@ -74,6 +77,20 @@ class UltraSettings:
         for v in self.variants:
             method(v)  # raises a one-line MethodError listing the valid names
 
+    @classmethod
+    def replay_of(cls, run_dir: Path) -> UltraSettings:
+        """Settings that re-run the finished run in `run_dir` exactly: its settings, its transcript as the
+        advisor (answers as recorded, noise included), and its advice swap schedule."""
+        run_dir = Path(run_dir)
+        summary_path = run_dir / "ultra.json"
+        if not summary_path.exists():
+            raise FileNotFoundError(f"no ultra.json in {run_dir}")
+        recorded = json.loads(summary_path.read_text())["settings"]
+        recorded["variants"] = tuple(recorded["variants"])
+        recorded["ppo_overrides"] = tuple(tuple(kv) for kv in recorded["ppo_overrides"])
+        return cls(**{**recorded, "advisor": f"replay:{run_dir / 'transcript.jsonl'}", "noise": 0.0,
+                      "swap_schedule": str(summary_path)})
+
     def ppo_config(self, total_steps: int, **changes: Any) -> PPOConfig:
         return default_config(self.env_id, total_timesteps=total_steps, **{**dict(self.ppo_overrides), **changes})
 
@@ -85,7 +102,9 @@ class UltraSettings:
                                        self.rice_p, self.rice_lambda)
         return ModulationConfig.variant(variant, capacity=self.capacity, restart_prob=self.restart_prob,
                                         reward_scale=self.reward_scale, kl_coef=self.kl_coef,
-                                        match_radius=self.match_radius, kl_filter=self.kl_filter)
+                                        match_radius=self.match_radius, kl_filter=self.kl_filter,
+                                        verify_samples=self.verify_samples,
+                                        verify_memory=max(64, self.verify_samples))
 
 
 @dataclass
@@ -240,6 +259,17 @@ class UltraRun:
         return self._explained[kind]
 
     # ------------------------------------------------------------------ stages 2-5 + refinement
+    def recorded_swaps(self, variant: str) -> set[int]:
+        """The chunks before which `variant` swapped in new advice in the run `swap_schedule` points to."""
+        path = Path(self.s.swap_schedule)
+        try:
+            chunks = json.loads(path.read_text())[variant]["chunks"]
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no run summary at {path}: pass the ultra.json of the run to replay") from None
+        except KeyError:
+            raise ValueError(f"{path} has no refinement of {variant!r} to take a swap schedule from") from None
+        return {int(row["chunk"]) for row in chunks if row.get("swapped_advice")}
+
     def refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         s = self.s
         source = method(variant).critical
@@ -260,6 +290,7 @@ class UltraRun:
         if fixed_advice is not None:
             advice = fixed_advice
         uses_advisor = source == "advisor"
+        schedule = self.recorded_swaps(variant) if uses_advisor and s.swap_schedule else None
         run = jax.jit(jax.vmap(lambda st, adv: learner.run(st, chunk_updates, adv) if modulation
                                else learner.run(st, chunk_updates)))
         collect = jax.jit(jax.vmap(make_collector(learner.env.replace_num_envs(s.collect_envs), learner.net,
@@ -322,17 +353,18 @@ class UltraRun:
         while done_updates < cfg.num_updates:
             swapped = False
             latency = None
-            if pending is not None and s.sync_advice:  # reproducible mode: wait (counted as stall)
-                t_host = time.perf_counter()
-                pending[0].result()
-                stall_s += time.perf_counter() - t_host
-            if pending is not None and pending[0].done():  # swap in fresh advice: never wait for it
-                t_host = time.perf_counter()
-                latency = t_host - pending[1]
-                counts = absorb(pending[0].result())
-                advice = _stack([b.to_advice() for b in books])
-                pending, swapped = None, True
-                stall_s += time.perf_counter() - t_host
+            if pending is not None:
+                # swap in fresh advice as soon as it is there: never wait for it, unless the run is
+                # synchronous or replays a recorded swap schedule (waiting then counts as stall)
+                due = (chunk_i + 1 in schedule) if schedule is not None else s.sync_advice or pending[0].done()
+                if due:
+                    t_host = time.perf_counter()
+                    outs = pending[0].result()
+                    latency = time.perf_counter() - pending[1]
+                    counts = absorb(outs)
+                    advice = _stack([b.to_advice() for b in books])
+                    pending, swapped = None, True
+                    stall_s += time.perf_counter() - t_host
             state, metrics = run(state, advice) if modulation else run(state, None)
             done_updates += chunk_updates
             chunk_i += 1
@@ -354,6 +386,7 @@ class UltraRun:
                 row.update({"critical_frac": float(np.mean(m["critical_frac"])),
                             "restarts": int(np.sum(m["restarts"])),
                             "advice_valid": int(np.mean(m["advice_valid"][:, -1])),
+                            "advice_refuted": float(np.mean(m["advice_refuted"][:, -1])),
                             "advisor_latency_s": latency})
                 row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
                 if swapped:
