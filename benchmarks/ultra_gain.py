@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--noise", default="0,0.3", help="comma list of advisor noise fractions")
     ap.add_argument("--kl-filter", action="store_true", help="KL only where the advised step's advantage > 0")
-    ap.add_argument("--verify-samples", type=int, default=0, help="advice verification (0: off, trust every answer)")
+    ap.add_argument("--verify-samples", type=int, default=4, help="advice verification (0: off, trust every answer)")
     ap.add_argument("--json", default="benchmarks/results/ultra_gain.json")
     args = ap.parse_args()
     rows = []

@@ -121,10 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     ultra.add_argument("--restart-prob", type=float, default=0.5)
     ultra.add_argument("--reward-scale", type=float, default=1.0)
     ultra.add_argument("--kl-coef", type=float, default=1.0)
-    ultra.add_argument("--match-radius", type=float, default=0.0)
+    ultra.add_argument("--match-radius", type=float, default=0.0,
+                       help="also treat live states within this distance of an advice state as critical (in units of "
+                            "the observation std, or of the advice states' spread for raw observations; 0: off)")
     ultra.add_argument("--kl-filter", action="store_true",
                        help="apply the KL pull only where the advised step's advantage is positive (bad advice)")
-    ultra.add_argument("--verify-samples", type=_int, default=0,
+    ultra.add_argument("--verify-samples", type=_int, default=4,
                        help="verify advice on device: a slot whose suggestion does significantly worse than the "
                             "policy's own actions (>= this many samples per group) is switched off (0: off)")
     ultra.add_argument("--episodes-per-round", type=_int, default=8)

@@ -152,3 +152,23 @@ def test_unknown_obs_type_is_a_clear_error():
 
     with pytest.raises(EnvError, match="obs_type"):
         make("jaxmod/Pong", obs_type="rgb")
+
+
+def test_conv_torso_trains_on_pixels_and_refuses_vector_observations():
+    from jaxmod.ppo import make_train
+    from jaxmod.ppo.config import ConfigError
+
+    cfg = default_config("jaxmod/Pong-OnePoint", env_options=(("obs_type", "pixels"),), torso="cnn", num_envs=2,
+                         num_steps=8, total_timesteps=2 * 8 * 2, num_minibatches=2, hidden_sizes=(32,))
+    train = make_train(cfg)
+    net = train.learner.net
+    params = net.init(jax.random.PRNGKey(0))
+    obs = jnp.zeros((3, 5, 40, 40, 4))  # any leading axes
+    chex.assert_shape(net.policy_head(params, obs), (3, 5, 3))
+    chex.assert_shape(net.value(params, obs), (3, 5))
+    out = jax.jit(train)(jax.random.PRNGKey(0))
+    chex.assert_tree_all_finite(out.metrics)
+    with pytest.raises(ConfigError, match="needs image observations"):
+        make_train(default_config("jaxmod/Pong-OnePoint", torso="cnn"))
+    with pytest.raises(ConfigError, match="torso must be one of"):
+        default_config("CartPole-v1", torso="transformer")

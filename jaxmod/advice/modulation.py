@@ -14,7 +14,7 @@ One code path, switched by a frozen config (the variants are presets):
   discrete actions, a Gaussian of std `kl_target_std` around the suggestion for continuous ones); with
   `kl_filter`, only on critical steps whose GAE advantage is positive, i.e. where following the advice
   turned out better than the critic expected (wrong advice then gets no pull, only PPO's own gradient);
-- verification (opt-in, `verify_samples` > 0, `jaxmod.advice.verify`): a slot whose executed suggestion does
+- verification (`verify_samples` > 0, on by default, `jaxmod.advice.verify`): a slot whose executed suggestion does
   significantly worse than the policy's own actions at the same critical steps (ULTRA-A leaves a random
   `verify_control` share of them to the policy as the control group) is switched off until the host
   replaces it: robustness to bad advisors.
@@ -61,7 +61,7 @@ class ModulationConfig:
     kl_filter: bool = False  # KL only on critical steps whose advantage is positive (robustness to bad advice)
     rnd_coef: float = 0.0  # RICE's lambda: RND exploration bonus on every step (0 disables)
     guide_steps: int = 0  # JSRL: initial roll-in horizon of the frozen guide policy (0 disables)
-    verify_samples: int = 0  # > 0 verifies advice: samples per group before a slot can be refuted (0: off)
+    verify_samples: int = 4  # advice verification: samples per group before a slot can be refuted (0: off)
     verify_control: float = 0.25  # share of ULTRA-A's critical steps left to the policy (verification's control)
     verify_memory: int = 64  # samples a slot's running mean remembers
 

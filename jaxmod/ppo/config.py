@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 
 
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
+TORSOS = ("mlp", "cnn")  # cnn: a small conv torso before the MLP, for image observations (H, W, C)
 # Counter-based PRNGs with 2 x uint32 keys, so a user's jax.random.PRNGKey feeds either directly.
 # threefry (jax's default) measured fastest for the whole CartPole program on the CPU (philox made
 # the rollout cheaper but the minibatch permutations dearer: 3.5 s vs 3.2 s).
@@ -49,6 +50,7 @@ class PPOConfig:
     clip_value_loss: bool = True
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
+    torso: str = "mlp"  # "cnn" puts a small conv torso before the MLP (image observations such as Pong's pixels)
     normalize_obs: bool = False
     normalize_reward: bool = False
     clip_actions: bool = True  # clip continuous actions to the env bounds before stepping
@@ -76,6 +78,8 @@ class PPOConfig:
             )
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.torso not in TORSOS:
+            raise ConfigError(f"torso must be one of {', '.join(TORSOS)}, got {self.torso!r}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ConfigError("gamma and gae_lambda must lie in [0, 1]")
         if self.lr <= 0 or self.clip_eps <= 0 or self.max_grad_norm <= 0:

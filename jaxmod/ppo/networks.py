@@ -1,4 +1,5 @@
-"""Actor-critic MLPs (separate actor and critic, PureJaxRL-style) and the policy factory.
+"""Actor-critic networks (separate actor and critic, PureJaxRL-style: MLPs, optionally behind a small conv
+torso for image observations) and the policy factory.
 
 The orthogonal initialiser runs its QR through `jax.custom_batching.sequential_vmap`, so
 `jax.vmap(train)` over seeds never batches a QR: that batched QR deadlocks XLA's CPU runtime on
@@ -57,23 +58,57 @@ class MLP(nn.Module):
         return nn.Dense(self.out_dim, kernel_init=orthogonal(self.out_scale), bias_init=nn.initializers.zeros)(x)
 
 
+CONV_LAYERS = ((16, 5), (32, 3))  # (channels, kernel) of the conv torso; stride 2, VALID padding, ReLU
+
+
+class ConvMLP(nn.Module):
+    """The conv torso (`CONV_LAYERS`) over (..., H, W, C) images, flattened into an `MLP`."""
+
+    hidden_sizes: tuple[int, ...]
+    out_dim: int
+    activation: str = "tanh"
+    out_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        lead = x.shape[:-3]
+        x = x.reshape((-1,) + x.shape[-3:])
+        for channels, kernel in CONV_LAYERS:
+            x = jax.nn.relu(nn.Conv(channels, (kernel, kernel), strides=(2, 2), padding="VALID",
+                                    kernel_init=orthogonal(math.sqrt(2.0)), bias_init=nn.initializers.zeros)(x))
+        x = MLP(self.hidden_sizes, self.out_dim, self.activation, self.out_scale)(x.reshape(x.shape[0], -1))
+        return x.reshape(lead + (self.out_dim,))
+
+
+class NetworkError(ValueError):
+    """A network that does not fit the env (e.g. a conv torso on vector observations)."""
+
+
 class ActorCritic:
     """Pure functions over a params dict {"actor", "critic", "log_std"?}; no state of its own."""
 
     def __init__(self, obs_shape: tuple[int, ...], action_space: ActionSpace, hidden_sizes: tuple[int, ...],
-                 activation: str = "tanh", log_std_init: float = 0.0) -> None:
+                 activation: str = "tanh", log_std_init: float = 0.0, torso: str = "mlp") -> None:
+        if torso == "cnn" and len(obs_shape) != 3:
+            raise NetworkError(f"torso 'cnn' needs image observations (H, W, C), got shape {obs_shape}; "
+                               "use torso 'mlp' (or the env's pixel observation, e.g. obs_type=pixels)")
         self.obs_shape = obs_shape
         self.action_space = action_space
         self.log_std_init = log_std_init
-        self.actor = MLP(hidden_sizes, action_space.dim, activation, out_scale=0.01)
-        self.critic = MLP(hidden_sizes, 1, activation, out_scale=1.0)
+        self.torso = torso
+        body = ConvMLP if torso == "cnn" else MLP
+        self.actor = body(hidden_sizes, action_space.dim, activation, out_scale=0.01)
+        self.critic = body(hidden_sizes, 1, activation, out_scale=1.0)
 
     def _flat(self, obs: jax.Array) -> jax.Array:
+        """The network input: images as they are for the conv torso, else flattened observations."""
+        if self.torso == "cnn":
+            return obs
         return obs.reshape(obs.shape[: obs.ndim - len(self.obs_shape)] + (-1,))
 
     def init(self, key: jax.Array) -> Params:
         k_actor, k_critic = jax.random.split(key)
-        dummy = jnp.zeros((1, math.prod(self.obs_shape)), jnp.float32)
+        dummy = self._flat(jnp.zeros((1,) + tuple(self.obs_shape), jnp.float32))
         params: Params = {
             "actor": self.actor.init(k_actor, dummy)["params"],
             "critic": self.critic.init(k_critic, dummy)["params"],

@@ -23,9 +23,9 @@ from jaxmod.advice.arrays import Advice
 from jaxmod.advice.modulation import ModulationConfig, ModulationParams, advice_spread, take_slot
 from jaxmod.advice.verify import AdviceTrust
 from jaxmod.envs import VecEnv, VecEnvState, make
-from jaxmod.ppo.config import HyperParams, PPOConfig
+from jaxmod.ppo.config import ConfigError, HyperParams, PPOConfig
 from jaxmod.ppo.losses import Batch, gae, ppo_loss
-from jaxmod.ppo.networks import ActorCritic, Params
+from jaxmod.ppo.networks import ActorCritic, NetworkError, Params
 from jaxmod.ppo.rnd import RNDState, rnd_bonus, rnd_init, rnd_train
 from jaxmod.ppo.rollout import Modulated, collect
 
@@ -120,7 +120,11 @@ class PPOLearner:
     @cached_property
     def net(self) -> ActorCritic:
         c = self.config
-        return ActorCritic(self.env.obs_shape, self.env.action_space, c.hidden_sizes, c.activation, c.log_std_init)
+        try:
+            return ActorCritic(self.env.obs_shape, self.env.action_space, c.hidden_sizes, c.activation,
+                               c.log_std_init, c.torso)
+        except NetworkError as err:
+            raise ConfigError(f"{c.env_id}: {err}") from None
 
     # ------------------------------------------------------------------ INIT
     def init(self, rng: jax.Array, params: Params | None = None, hparams: HyperParams | None = None,

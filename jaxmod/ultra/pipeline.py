@@ -55,7 +55,7 @@ class UltraSettings:
     kl_coef: float = 1.0
     match_radius: float = 0.0
     kl_filter: bool = False
-    verify_samples: int = 0  # advice verification (opt-in): samples per group before a slot can be refuted
+    verify_samples: int = 4  # advice verification: samples per group before a slot can be refuted (0: off)
     collect_envs: int = 8
     collect_steps: int = 256
     eval_envs: int = 16
