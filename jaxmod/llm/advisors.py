@@ -188,28 +188,30 @@ class Advisor:
             })
         return verdict
 
-    async def _gather(self, coros) -> list:
+    async def _gather(self, questions) -> list:
+        """Ask at most `concurrency` questions at a time. Each question is a zero-argument callable that
+        makes its coroutine only once it may run, so a cancelled round leaves no coroutine un-awaited."""
         sem = asyncio.Semaphore(self._concurrency)
 
-        async def bounded(c):
+        async def bounded(ask):
             async with sem:
-                return await c
+                return await ask()
 
-        return list(await asyncio.gather(*(bounded(c) for c in coros)))
+        return list(await asyncio.gather(*(bounded(ask) for ask in questions)))
 
     async def identify(self, views: Sequence[EpisodeView]) -> list[Identified | Rejected]:
         """Critical steps for each episode view."""
         deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
         schema = identify_schema(self.max_critical)
         return await self._gather(
-            self._ask("identify", identify_messages(v, self.max_critical), schema, "critical_states", deadline,
-                      lambda text, fr, v=v: validate_identify(text, v.length, self.max_critical, fr))
+            lambda v=v: self._ask("identify", identify_messages(v, self.max_critical), schema, "critical_states",
+                                  deadline, lambda text, fr: validate_identify(text, v.length, self.max_critical, fr))
             for v in views)
 
     async def advise(self, queries: Sequence[StateQuery]) -> list[Advised | Rejected]:
         """Action suggestion and implicit reward for each critical state."""
         deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
         return await self._gather(
-            self._ask("advise", advice_messages(q), q.schema(), "advice", deadline,
-                      lambda text, fr, q=q: validate_advice(text, q.discrete, q.num_actions, q.low, q.high, fr))
+            lambda q=q: self._ask("advise", advice_messages(q), q.schema(), "advice", deadline,
+                                  lambda text, fr: validate_advice(text, q.discrete, q.num_actions, q.low, q.high, fr))
             for q in queries)
