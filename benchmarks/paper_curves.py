@@ -4,6 +4,7 @@ same refinement steps, on Pong (win rate) and the MuJoCo set (dense and RICE's s
     python benchmarks/paper_curves.py --preset cpu      # Pong only, tiny budgets: minutes on 2 CPU cores
     python benchmarks/paper_curves.py --preset gpu      # all tasks, 5 seeds: the full run (one GPU)
     python benchmarks/paper_curves.py --preset gpu --tasks brax/hopper,brax/hopper-sparse
+    python benchmarks/paper_curves.py --preset smoke    # one sparse MuJoCo task, toy budgets: the gpu path on a CPU
 
 Per task: pre-trained agents are saved under --agents and reused; the MuJoCo teacher advisor (a longer
 PPO run on the dense task) is saved there too. Seeds run vmapped in one program per method. Writes, under
@@ -14,6 +15,7 @@ PPO run on the dense task) is saved there too. Seeds run vmapped in one program 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -38,6 +40,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         PONG: dict(pretrain_steps=200_000, refine_steps=300_000),
         "teacher_steps": 0,
     },
+    # the gpu preset's code path (brax env, teacher advisor, every method) at toy budgets, to check it on a CPU
+    "smoke": {
+        "tasks": ("brax/hopper-sparse",),
+        "common": dict(seeds=2, chunks=2, eval_envs=4, eval_steps=50, collect_envs=4, collect_steps=100,
+                       episodes_per_round=2, mask_steps=64 * 10 * 2,
+                       ppo_overrides=(("num_envs", 64), ("num_minibatches", 4), ("env_options", (("backend", "spring"),)))),
+        "mujoco": dict(pretrain_steps=64 * 10 * 4, refine_steps=64 * 10 * 4),
+        "teacher_steps": 64 * 10 * 8,
+    },
     "gpu": {
         "tasks": (PONG, *MUJOCO),
         "common": dict(seeds=5, chunks=10, eval_envs=128, eval_steps=1000, collect_envs=16, collect_steps=1000,
@@ -49,17 +60,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def ensure_teacher(env_id: str, steps: int, agents: Path, log) -> str:
-    """A saved stronger PPO agent for `env_id`'s dense task (sparse variants share it): the advisor spec."""
+def ensure_teacher(env_id: str, steps: int, agents: Path, log, overrides: tuple = ()) -> str:
+    """A saved stronger PPO agent for `env_id`'s dense task (sparse variants share it): the advisor spec.
+    It trains with the agents' config `overrides` (same backend and network) for `steps` env steps."""
     from jaxmod.checkpoint import save_checkpoint
     from jaxmod.ppo import PPOLearner, default_config
 
     dense = env_id.removesuffix(SPARSE_SUFFIX)
-    where = agents / f"teacher-{dense.replace('/', '_')}-{steps}"
+    tag = f"-{hashlib.sha1(repr(tuple(overrides)).encode()).hexdigest()[:8]}" if overrides else ""
+    where = agents / f"teacher-{dense.replace('/', '_')}-{steps}{tag}"
     if not (where / "meta.json").exists():
         import jax
 
-        cfg = default_config(dense, total_timesteps=steps)
+        cfg = default_config(dense, **{**dict(overrides), "total_timesteps": steps})
         learner = PPOLearner(cfg)
         t0 = time.perf_counter()
         state, metrics = jax.jit(lambda k: learner.run(learner.init(k), cfg.num_updates))(jax.random.PRNGKey(123))
@@ -75,7 +88,8 @@ def settings_for(preset: dict[str, Any], env_id: str, agents: Path, methods: tup
     if env_id == PONG:
         advisor = "scripted"
     else:
-        advisor = ensure_teacher(env_id, preset["teacher_steps"] or kw["pretrain_steps"] * 4, agents, log)
+        advisor = ensure_teacher(env_id, preset["teacher_steps"] or kw["pretrain_steps"] * 4, agents, log,
+                                 kw.get("ppo_overrides", ()))
     return UltraSettings(env_id=env_id, variants=methods, advisor=advisor, agents_dir=str(agents), **kw)
 
 

@@ -163,3 +163,4 @@ def test_teacher_answers_from_a_saved_policy(tmp_path, tiny_config, tiny_output)
     advice = asyncio.run(adv.advise([query]))[0]
     assert len(ident.steps) == 2 and advice.action in (0, 1) and -1 <= advice.reward <= 1
     assert "teacher" in ident.steps[0].reason
+    assert teacher.advises("CartPole-v1") and teacher.advises("CartPole-v1-sparse") and not teacher.advises("Acrobot-v1")

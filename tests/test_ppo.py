@@ -145,3 +145,10 @@ def test_continuous_actions_train(tiny_config):
     chex.assert_tree_all_finite(out.metrics)
     chex.assert_shape(out.state.params["log_std"], (1,))
     assert float(out.state.env_state.obs_rms.count) > cfg.num_updates * cfg.batch_size
+
+
+def test_learner_builds_env_and_network_before_any_trace(tiny_config):
+    """Built lazily inside a jit trace, a brax env (whose model loads with jnp ops) kept leaked tracers and
+    broke the next program that used it (found by the paper-curves smoke preset)."""
+    learner = PPOLearner(tiny_config)
+    assert "env" in learner.__dict__ and "net" in learner.__dict__

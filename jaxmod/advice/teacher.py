@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmod.checkpoint import load_checkpoint
+from jaxmod.envs.brax_backend import SPARSE_SUFFIX
 from jaxmod.envs.describe import describer_for
 from jaxmod.llm.prompts import Messages
 from jaxmod.llm.scripted import ScriptedError, _floats, _max_critical, _section, parse_table
@@ -66,11 +67,16 @@ class TeacherBackend:
             return np.array([names.index(t) if t in names else 0 for t in texts])
         return np.array([_floats(t) for t in texts], dtype=np.float32)
 
+    def advises(self, env_id: str) -> bool:
+        """Its own task, or that task's sparse variant (same states, actions and physics; brax/hopper's
+        teacher advises brax/hopper-sparse)."""
+        return env_id.removesuffix(SPARSE_SUFFIX) == self.env.core.env_id.removesuffix(SPARSE_SUFFIX)
+
     def answer(self, messages: Messages) -> str:
         user = next((m["content"] for m in messages if m.get("role") == "user"), "")
         env_m = re.search(r"Environment: (\S+)", user)
-        if not env_m or env_m.group(1) != self.env.core.env_id:
-            raise ScriptedError(f"this teacher knows {self.env.core.env_id} only")
+        if not env_m or not self.advises(env_m.group(1)):
+            raise ScriptedError(f"this teacher knows {self.env.core.env_id} (and its {SPARSE_SUFFIX} variant) only")
         if "## Episode" in user:
             return json.dumps(self._identify(parse_table(_section(user, "Episode")), _max_critical(messages, 3)))
         if "## Critical state" in user:

@@ -110,6 +110,11 @@ class PPOLearner:
     config: PPOConfig
     modulation: ModulationConfig | None = None
 
+    def __post_init__(self) -> None:
+        # build (and validate) the env and network now: built lazily inside a jit trace, an env that computes
+        # constants when constructed (brax loads its model with jnp ops) would keep leaked tracers
+        _ = self.env, self.net
+
     @cached_property
     def env(self) -> VecEnv:
         c = self.config
