@@ -139,6 +139,10 @@ def main() -> None:
     args = ap.parse_args()
     import jax
 
+    from jaxmod.cli import _enable_compile_cache
+
+    _enable_compile_cache()  # a repeated run (or a re-run task) skips recompiling its programs
+
     preset = PRESETS[args.preset]
     tasks = args.tasks.split(",") if args.tasks else list(preset["tasks"])
     methods = tuple(m.strip() for m in args.methods.split(","))
