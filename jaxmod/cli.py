@@ -294,7 +294,6 @@ def cmd_ultra(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from jaxmod.advice.modulation import ModulationConfig
     from jaxmod.baselines.methods import METHODS
     from jaxmod.envs import make_core
     from jaxmod.ultra.pipeline import BASELINE, UltraRun, UltraSettings
@@ -313,18 +312,16 @@ def cmd_ultra(args: argparse.Namespace) -> int:
 
         if not ScriptedBackend().supports(args.env):
             raise CLIError(f"the scripted advisor has no heuristic for {args.env}; use --advisor teacher:<ckpt> or an LLM")
-    ModulationConfig(capacity=args.capacity, restart_prob=args.restart_prob, kl_coef=args.kl_coef,
-                     match_radius=args.match_radius, verify_samples=args.verify_samples,
-                     verify_memory=max(64, args.verify_samples))  # validates
-    _enable_compile_cache()
     settings = UltraSettings(
         env_id=args.env, seeds=args.seeds, seed=args.seed, pretrain_steps=args.pretrain_steps,
         refine_steps=args.refine_steps, refine_lr=args.refine_lr, chunks=args.chunks,
         variants=(BASELINE, *variants), advisor=advisor, model=args.model, noise=args.noise,
         episodes_per_round=args.episodes_per_round, capacity=args.capacity, restart_prob=args.restart_prob,
         reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius,
-        kl_filter=args.kl_filter, verify_samples=args.verify_samples, sync_advice=args.sync_advice, mask_steps=int(args.mask_steps), rice_p=args.rice_p,
-        rice_lambda=args.rice_lambda, jsrl_steps=args.jsrl_steps)
+        kl_filter=args.kl_filter, verify_samples=args.verify_samples, sync_advice=args.sync_advice,
+        mask_steps=int(args.mask_steps), rice_p=args.rice_p, rice_lambda=args.rice_lambda, jsrl_steps=args.jsrl_steps)
+    settings.modulation("RA")  # validates the ULTRA knobs, built the way the refinement builds them
+    _enable_compile_cache()
     if args.replay:
         try:
             settings = UltraSettings.replay_of(Path(args.replay))

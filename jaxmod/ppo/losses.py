@@ -22,6 +22,13 @@ def advice_kl(net: ActorCritic, params: Params, head: jax.Array, suggested: jax.
     return D.gaussian_kl(suggested, jnp.full_like(head, jnp.log(target_std)), head, log_std)
 
 
+def td_errors(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminated: jax.Array,
+              gamma: jax.Array) -> jax.Array:
+    """One-step TD errors r + gamma * V(s') - V(s), with no bootstrap past a termination (a truncation
+    bootstraps from `next_values`, V of the true next state)."""
+    return rewards + gamma * (1.0 - terminated.astype(jnp.float32)) * next_values - values
+
+
 def gae(
     rewards: jax.Array,
     values: jax.Array,
@@ -37,8 +44,7 @@ def gae(
     truncation bootstraps from it while a termination does not; the advantage recursion is cut at
     every episode end. Computed with an associative scan: depth log T instead of T on accelerators.
     """
-    not_term = 1.0 - terminated.astype(jnp.float32)
-    deltas = rewards + gamma * not_term * next_values - values
+    deltas = td_errors(rewards, values, next_values, terminated, gamma)
     decay = gamma * gae_lambda * (1.0 - episode_done.astype(jnp.float32))
 
     # A_t = deltas_t + decay_t * A_{t+1}: a linear recurrence run forward over the reversed time axis.
@@ -53,8 +59,7 @@ def gae(
 
 def gae_reference(rewards, values, next_values, terminated, episode_done, gamma, gae_lambda) -> jax.Array:
     """The same estimates with a plain reverse `lax.scan` (used to test `gae`)."""
-    not_term = 1.0 - terminated.astype(jnp.float32)
-    deltas = rewards + gamma * not_term * next_values - values
+    deltas = td_errors(rewards, values, next_values, terminated, gamma)
     decay = gamma * gae_lambda * (1.0 - episode_done.astype(jnp.float32))
 
     def body(carry, x):

@@ -61,13 +61,8 @@ class MLP(nn.Module):
 CONV_LAYERS = ((16, 5), (32, 3))  # (channels, kernel) of the conv torso; stride 2, VALID padding, ReLU
 
 
-class ConvMLP(nn.Module):
-    """The conv torso (`CONV_LAYERS`) over (..., H, W, C) images, flattened into an `MLP`."""
-
-    hidden_sizes: tuple[int, ...]
-    out_dim: int
-    activation: str = "tanh"
-    out_scale: float = 1.0
+class ConvMLP(MLP):
+    """The conv torso (`CONV_LAYERS`) over (..., H, W, C) images, flattened into an `MLP` with the same fields."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

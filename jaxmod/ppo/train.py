@@ -24,7 +24,7 @@ from jaxmod.advice.modulation import ModulationConfig, ModulationParams, advice_
 from jaxmod.advice.verify import AdviceTrust
 from jaxmod.envs import VecEnv, VecEnvState, make
 from jaxmod.ppo.config import ConfigError, HyperParams, PPOConfig
-from jaxmod.ppo.losses import Batch, gae, ppo_loss
+from jaxmod.ppo.losses import Batch, gae, ppo_loss, td_errors
 from jaxmod.ppo.networks import ActorCritic, NetworkError, Params
 from jaxmod.ppo.rnd import RNDState, rnd_bonus, rnd_init, rnd_train
 from jaxmod.ppo.rollout import Modulated, collect
@@ -203,8 +203,7 @@ class PPOLearner:
         if modulation is not None and modulation.verifies:
             # one-step TD error under the environment's reward alone (the advice's own implicit reward must
             # not vouch for it): low variance, and the critic's bias cancels between the two groups
-            not_term = 1.0 - traj.terminated.astype(jnp.float32)
-            td = traj.reward + hp.gamma * not_term * next_values - values
+            td = td_errors(traj.reward, values, next_values, traj.terminated, hp.gamma)
             trust = trust.record(traj.slot, traj.advised, traj.critical & ~traj.advised, td,
                                  modulation.verify_memory)
         kl_coef = critical = suggested = None
