@@ -392,6 +392,7 @@ COMMANDS = {"train": cmd_train, "plot": cmd_plot, "serve-advisor": cmd_serve_adv
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user mistakes become one-line errors (set JAXMOD_DEBUG=1 for tracebacks)."""
+    from jaxmod.advice.modulation import ModulationError
     from jaxmod.envs import EnvError
     from jaxmod.ppo.config import ConfigError
 
@@ -399,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CLIError, ConfigError, EnvError, FileNotFoundError) as err:
+    except (CLIError, ConfigError, EnvError, ModulationError, FileNotFoundError) as err:
         if os.environ.get("JAXMOD_DEBUG"):
             raise
         print(f"jaxmod: error: {err}", file=sys.stderr)

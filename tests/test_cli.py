@@ -81,3 +81,9 @@ def test_ultra_replay_of_a_missing_run_is_one_line(tmp_path, capsys):
     code = main(["ultra", "--replay", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cannot replay" in err[0] and "ultra.json" in err[0]
+
+
+def test_bad_ultra_knob_is_one_line(tmp_path, capsys):
+    code = main(["ultra", "--restart-prob", "1.5", "--out", str(tmp_path / "k")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "restart_prob must lie in [0, 1]" in err[0]
