@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     ultra.add_argument("--verify-samples", type=_int, default=4,
                        help="verify advice on device: a slot whose suggestion does significantly worse than the "
                             "policy's own actions (>= this many samples per group) is switched off (0: off)")
+    ultra.add_argument("--consensus-radius", type=float, default=2.0,
+                       help="advice consensus: a slot whose suggestion most advice within this many spreads of its "
+                            "state contradicts is switched off (0: off)")
     ultra.add_argument("--episodes-per-round", type=_int, default=8)
     ultra.add_argument("--replay", default=None, metavar="RUN_DIR",
                        help="re-run a finished run exactly: its settings, its transcript as the advisor and its "
@@ -319,6 +322,7 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         episodes_per_round=args.episodes_per_round, capacity=args.capacity, restart_prob=args.restart_prob,
         reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius,
         kl_filter=args.kl_filter, verify_samples=args.verify_samples, sync_advice=args.sync_advice,
+        consensus_radius=args.consensus_radius,
         mask_steps=int(args.mask_steps), rice_p=args.rice_p, rice_lambda=args.rice_lambda, jsrl_steps=args.jsrl_steps)
     settings.modulation("RA")  # validates the ULTRA knobs, built the way the refinement builds them
     _enable_compile_cache()

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from jaxmod.advice.arrays import Advice, AdviceBook, AdviceItem
+from jaxmod.advice.consensus import consensus
 from jaxmod.advice.modulation import ModulationConfig, ModulationError, advice_spread, choose_restarts
 from jaxmod.advice.verify import AdviceTrust
 from jaxmod.envs import make_core
 from jaxmod.llm.answers import Advised, Rejected
 from jaxmod.ppo import PPOConfig, PPOLearner, make_train
-from jaxmod.ppo.losses import advice_kl
+from jaxmod.ppo.losses import Batch, advice_kl, ppo_loss
 from jaxmod.ppo.rollout import Modulated, collect
 from tests.conftest import TINY, TOY_ID
 
@@ -129,6 +130,8 @@ def test_action_override_keeps_the_ratio_correct():
     crit, advised = traj.critical, traj.advised
     np.testing.assert_array_equal(advised, crit & (traj.action == 0))  # exactly the steps that ran the suggestion
     assert (advised.sum() < crit.sum()) and (traj.action[crit & ~advised] == 1).all()
+    forced = traj.forced  # imposed actions: a subset of the advised steps (the policy may agree by itself)
+    assert forced.any() and not (forced & ~crit).any() and not (forced & ~advised).any()
     head = learner.net.policy_head(state.params, jnp.asarray(traj.obs))
     logp = np.asarray(learner.net.log_prob(state.params, head, jnp.asarray(traj.action)))
     np.testing.assert_allclose(traj.log_prob, logp, rtol=1e-5, atol=1e-6)
@@ -292,3 +295,71 @@ def test_restart_choice_picks_valid_slots_uniformly_from_uniforms():
     np.testing.assert_array_equal(slot, [1, 3, 4, 4, -1])
     use, slot = choose_restarts(jnp.zeros(3), jnp.zeros(3), Advice.empty(make_core(TOY_ID), 5), jnp.float32(1.0))
     assert not use.any() and (slot == -1).all()  # no valid advice: plain resets
+
+
+def test_imposed_actions_give_no_policy_gradient():
+    """The surrogate averages over the steps the policy sampled: what happened at imposed steps (their
+    actions, their advantages) does not change the actor loss or its gradient."""
+    learner, hp = PPOLearner(TINY), TINY.hparams()
+    params = learner.net.init(jax.random.PRNGKey(0))
+    k = jax.random.split(jax.random.PRNGKey(1), 3)
+    n = 16
+    obs = jax.random.normal(k[0], (n, 4))
+    imposed = jnp.arange(n) % 4 == 0
+    head = learner.net.policy_head(params, obs)
+
+    def actor_loss_grad(action, advantage):
+        batch = Batch(obs=obs, action=action, log_prob=learner.net.log_prob(params, head, action),
+                      value=jnp.zeros(n), advantage=advantage, target=advantage,
+                      on_policy=(~imposed).astype(jnp.float32))
+        return jax.value_and_grad(lambda p: ppo_loss(learner.net, p, batch, hp)[1]["actor_loss"])(
+            jax.tree.map(lambda x: 1.1 * x, params))  # a moved policy: ratios differ from 1
+
+    action = jax.random.randint(k[1], (n,), 0, 2)
+    adv = jax.random.normal(k[2], (n,))
+    loss, grad = actor_loss_grad(action, adv)
+    swap = jnp.arange(n).at[0].set(4).at[4].set(0)  # imposed steps 0 and 4 swap advantages (same mean and std)
+    loss2, grad2 = actor_loss_grad(jnp.where(imposed, 1 - action, action), adv[swap])
+    np.testing.assert_allclose(loss2, loss, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(grad2, grad, rtol=1e-5, atol=1e-7)
+    assert any(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grad))
+
+
+def _voting_advice(obs, action, valid=None) -> Advice:
+    k = len(obs)
+    advice = Advice.empty(make_core("CartPole-v1"), k)
+    return advice.replace(obs=jnp.asarray(obs, jnp.float32), action=jnp.asarray(action),
+                          valid=jnp.ones(k, bool) if valid is None else jnp.asarray(valid))
+
+
+def test_consensus_outvotes_a_lone_contradiction():
+    near = [[0.0, 0.0, 0.0, 0.0], [0.1, 0.0, 0.0, 0.0], [0.0, 0.1, 0.0, 0.0], [0.1, 0.1, 0.0, 0.0]]
+    far = [[9.0, 9.0, 9.0, 9.0], [9.1, 9.0, 9.0, 9.0]]
+    # three neighbours suggest 1, one says 0: out-voted; the far pair ties 1:1, so both keep their vote
+    advice = _voting_advice(near + far, [1, 1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(consensus(advice, 2.0), [True, True, False, True, True, True])
+    # an invalid slot neither votes nor is kept; radius 0 keeps only self-votes (nothing is out-voted)
+    advice = _voting_advice(near + far, [1, 1, 0, 1, 0, 1], valid=[True, False, True, True, True, True])
+    np.testing.assert_array_equal(consensus(advice, 2.0), [True, False, False, True, True, True])  # still 2:1
+    np.testing.assert_array_equal(consensus(_voting_advice(near + far, [1, 1, 0, 1, 0, 1]), 1e-3), [True] * 6)
+
+
+def test_consensus_with_continuous_suggestions():
+    obs = [[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.1, 0.0], [5.0, 5.0, 5.0]]
+    advice = Advice.empty(make_core("Pendulum-v1"), 4)
+    advice = advice.replace(obs=jnp.asarray(obs, jnp.float32), valid=jnp.ones(4, bool),
+                            action=jnp.asarray([[1.0], [1.2], [-1.8], [0.0]], jnp.float32))
+    span = make_core("Pendulum-v1").action_space.span  # 4.0: agreement within 0.25 * 4 = 1.0
+    np.testing.assert_array_equal(consensus(advice, 2.0, span), [True, True, False, True])
+
+
+def test_outvoted_advice_stops_acting_in_training():
+    core = make_core("CartPole-v1")
+    book = AdviceBook(core, 4)
+    snap = _snapshot(core, 0, 1)
+    for i, action in enumerate([1, 1, 0]):  # the same state three times: one answer contradicts two
+        book.add(AdviceItem(i, 1, snap.obs, snap, action=action, reward=0.5))
+    for radius, outvoted in ((2.0, 1), (0.0, 0)):
+        mod = ModulationConfig.variant("RA", restart_prob=1.0, capacity=4, consensus_radius=radius)
+        out = jax.jit(make_train(TINY, mod))(jax.random.PRNGKey(0), None, book.to_advice())
+        assert int(out.metrics["advice_outvoted"][-1]) == outvoted

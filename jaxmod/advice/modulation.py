@@ -17,9 +17,12 @@ One code path, switched by a frozen config (the variants are presets):
 - verification (`verify_samples` > 0, on by default, `jaxmod.advice.verify`): a slot whose executed suggestion does
   significantly worse than the policy's own actions at the same critical steps (ULTRA-A leaves a random
   `verify_control` share of them to the policy as the control group) is switched off until the host
-  replaces it: robustness to bad advisors.
-The paper fixes A/R/RA; restarts, matching, the KL term and verification are jaxmod's choices where it is
-silent.
+  replaces it: robustness to bad advisors;
+- consensus (`consensus_radius` > 0, on by default, `jaxmod.advice.consensus`): a slot whose suggestion most
+  of the advice about nearby states contradicts stops acting the same way, judged from the advice alone.
+Imposed actions (override, JSRL's guide) train the critic and the KL term but give no policy gradient:
+they are not samples of the policy. The paper fixes A/R/RA; restarts, matching, the KL term, verification,
+consensus and that last rule are jaxmod's choices where it is silent.
 The same path runs the baselines (`jaxmod.baselines`): `rnd_coef` > 0 adds RICE's RND exploration bonus,
 and `guide_steps` > 0 is JSRL's roll-in (the refinement's initial policy, frozen, acts for the first h
 steps of every episode; h shrinks linearly from `guide_steps` to 0 over the run).
@@ -64,6 +67,8 @@ class ModulationConfig:
     verify_samples: int = 4  # advice verification: samples per group before a slot can be refuted (0: off)
     verify_control: float = 0.25  # share of ULTRA-A's critical steps left to the policy (verification's control)
     verify_memory: int = 64  # samples a slot's running mean remembers
+    consensus_radius: float = 2.0  # advice out-voted by the advice within this many spreads stops acting (0: off)
+    consensus_action_tol: float = 0.25  # continuous suggestions agree within this RMS share of the action range
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -78,6 +83,8 @@ class ModulationConfig:
             raise ModulationError("verify_samples must be >= 0 and verify_memory >= max(1, verify_samples)")
         if not 0.0 <= self.verify_control < 1.0:
             raise ModulationError("verify_control must lie in [0, 1)")
+        if self.consensus_radius < 0 or self.consensus_action_tol <= 0:
+            raise ModulationError("consensus_radius must be >= 0 (0: off) and consensus_action_tol > 0")
 
     @classmethod
     def variant(cls, name: str, **overrides: Any) -> ModulationConfig:
@@ -108,6 +115,10 @@ class ModulationConfig:
     def verifies(self) -> bool:
         return self.verify_samples > 0
 
+    @property
+    def votes(self) -> bool:
+        return self.consensus_radius > 0
+
     def params(self) -> ModulationParams:
         return ModulationParams(restart_prob=jnp.float32(self.restart_prob), match_radius=jnp.float32(self.match_radius),
                                 reward_scale=jnp.float32(self.reward_scale), kl_coef=jnp.float32(self.kl_coef),
@@ -122,6 +133,8 @@ class ModulationConfig:
                                "kl_coef": self.kl_coef, "kl_target_std": self.kl_target_std,
                                "kl_filter": self.kl_filter, "verify_samples": self.verify_samples,
                                "verify_control": self.verify_control, "verify_memory": self.verify_memory,
+                               "consensus_radius": self.consensus_radius,
+                               "consensus_action_tol": self.consensus_action_tol,
                                "capacity": self.capacity},
             "baselines": {"rnd_coef (RICE lambda)": self.rnd_coef, "guide_steps (JSRL)": self.guide_steps},
         }

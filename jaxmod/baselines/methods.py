@@ -64,13 +64,13 @@ def rice_values(env_id: str) -> tuple[float, float]:
 def baseline_modulation(name: str, env_id: str, capacity: int, guide_steps: int, rice_p: float | None = None,
                         rice_lambda: float | None = None) -> ModulationConfig:
     """The modulation switches of a baseline method (restarts, RND, JSRL roll-in; never A/R, KL or
-    ULTRA's advice verification).
+    ULTRA's advice verification and consensus).
     RICE's p and lambda default to `rice_values(env_id)`; either can be overridden."""
     table_p, table_lambda = rice_values(env_id)
     p = table_p if rice_p is None else rice_p
     lam = table_lambda if rice_lambda is None else rice_lambda
     base = ModulationConfig(capacity=capacity, override_action=False, shape_reward=False, restart_prob=0.0,
-                            kl_coef=0.0, verify_samples=0)
+                            kl_coef=0.0, verify_samples=0, consensus_radius=0.0)
     if name == "StateMask-R":
         return dataclasses.replace(base, restart_prob=1.0)
     if name in ("RICE", "Random"):

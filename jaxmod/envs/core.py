@@ -40,6 +40,13 @@ class ActionSpace:
         """Number of network outputs for the policy head (logits or Gaussian means)."""
         return self.num_actions if self.discrete else math.prod(self.shape)
 
+    @property
+    def span(self) -> Any:
+        """high - low per action dimension (a numpy array) for a box; None for discrete actions."""
+        import numpy as np
+
+        return None if self.discrete else np.asarray(self.high, np.float32) - np.asarray(self.low, np.float32)
+
     def contains(self, action: Any) -> bool:
         """Host-side check used to validate untrusted actions (LLM advice)."""
         import numpy as np

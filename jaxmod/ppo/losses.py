@@ -83,6 +83,7 @@ class Batch:
     target: jax.Array
     critical: jax.Array | None = None  # float 0/1: steps under advice (modulated runs with a KL term)
     suggested: jax.Array | None = None  # the advice's action at those steps
+    on_policy: jax.Array | None = None  # float 0/1: the policy sampled the action (None: every step did)
 
 
 def ppo_loss(
@@ -95,14 +96,20 @@ def ppo_loss(
     kl_target_std: float = 0.2,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Clipped surrogate + (clipped) value loss - entropy bonus; advantages normalised per minibatch.
-    With `kl_coef`, adds kl_coef * KL(target || pi) averaged over the batch's critical steps."""
+    With `on_policy`, the surrogate averages over the steps whose action the policy sampled only: an imposed
+    action (ULTRA-A's override, JSRL's guide) is not a sample of the policy, so its policy gradient would be
+    biased (it trains the critic, and the KL term, instead). With `kl_coef`, adds kl_coef * KL(target || pi)
+    averaged over the batch's critical steps."""
     head = net.policy_head(params, batch.obs)
     log_prob = net.log_prob(params, head, batch.action)
     log_ratio = log_prob - batch.log_prob
     ratio = jnp.exp(log_ratio)
     adv = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - hp.clip_eps, 1.0 + hp.clip_eps) * adv)
-    actor_loss = -surrogate.mean()
+    if batch.on_policy is None:
+        actor_loss = -surrogate.mean()
+    else:
+        actor_loss = -jnp.sum(batch.on_policy * surrogate) / jnp.maximum(1.0, jnp.sum(batch.on_policy))
 
     value = net.value(params, batch.obs)
     value_err = jnp.square(value - batch.target)

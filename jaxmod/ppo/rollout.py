@@ -39,6 +39,7 @@ class Trajectory:
     guided: jax.Array | None = None  # bool: the JSRL guide chose this step's action
     shaping: jax.Array | None = None  # ULTRA-R's implicit reward added on critical steps (0 elsewhere)
     advised: jax.Array | None = None  # bool: a critical step that executed its slot's suggestion
+    forced: jax.Array | None = None  # bool: the action was imposed (ULTRA-A's override, JSRL's guide), not sampled
 
 
 @struct.dataclass
@@ -128,7 +129,7 @@ def collect(
                         terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
                         final_obs=res.final_obs, critical=critical, slot=slot,
                         restarted=jnp.logical_and(res.episode_done, use), guided=guided, shaping=shaping,
-                        advised=advised)
+                        advised=advised, forced=executes if guided is None else executes | guided)
         return (env_state, res.obs, pending), tr
 
     pending0 = mod.critical_slot if mod is not None else None

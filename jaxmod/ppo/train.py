@@ -20,6 +20,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from jaxmod.advice.arrays import Advice
+from jaxmod.advice.consensus import consensus
 from jaxmod.advice.modulation import ModulationConfig, ModulationParams, advice_spread, take_slot
 from jaxmod.advice.verify import AdviceTrust
 from jaxmod.envs import VecEnv, VecEnvState, make
@@ -173,10 +174,14 @@ class PPOLearner:
         reset_cores = None if env.core.cheap_reset else env.fresh_cores(k_pool)
         mod = trust = None
         if modulation is not None:
-            trusted = advice.valid
+            verified = agreed = advice.valid
             if modulation.verifies:  # slots refuted by their measured advantage stop acting
                 trust = state.trust.follow(advice)
-                trusted = trust.trusted(advice, modulation.verify_samples)
+                verified = trust.trusted(advice, modulation.verify_samples)
+            if modulation.votes:  # so do slots the advice about nearby states out-votes
+                agreed = consensus(advice, modulation.consensus_radius, env.core.action_space.span,
+                                   modulation.consensus_action_tol)
+            trusted = verified & agreed
             spread = advice_spread(advice) if modulation.matching and not env.normalize_obs else None
             horizon = None
             if modulation.uses_guide:  # JSRL curriculum: the roll-in shrinks linearly to 0 over the run
@@ -214,8 +219,11 @@ class PPOLearner:
                 critical = jnp.logical_and(critical, advantages > 0)
             critical = critical.astype(jnp.float32)
             suggested = take_slot(advice.action, traj.slot)
+        # imposed actions (override, guide) are no samples of the policy: no policy gradient from them
+        on_policy = None if traj.forced is None else (~traj.forced).astype(jnp.float32)
         batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=values,
-                      advantage=advantages, target=advantages + values, critical=critical, suggested=suggested)
+                      advantage=advantages, target=advantages + values, critical=critical, suggested=suggested,
+                      on_policy=on_policy)
         batch = jax.tree.map(lambda x: x.reshape((c.batch_size,) + x.shape[2:]), batch)
 
         # UPDATE NETWORK
@@ -241,7 +249,8 @@ class PPOLearner:
             metrics["critical_frac"] = traj.critical.mean()
             metrics["restarts"] = traj.restarted.sum().astype(jnp.int32)
             metrics["advice_valid"] = advice.valid.sum().astype(jnp.int32)
-            metrics["advice_refuted"] = (advice.valid & ~mod.trusted).sum().astype(jnp.int32)
+            metrics["advice_refuted"] = (advice.valid & ~verified).sum().astype(jnp.int32)
+            metrics["advice_outvoted"] = (advice.valid & ~agreed).sum().astype(jnp.int32)
             if modulation.uses_guide:
                 metrics["guided_frac"] = traj.guided.mean()
             metrics.update(rnd_metrics)

@@ -56,6 +56,7 @@ class UltraSettings:
     match_radius: float = 0.0
     kl_filter: bool = False
     verify_samples: int = 4  # advice verification: samples per group before a slot can be refuted (0: off)
+    consensus_radius: float = 2.0  # advice consensus: out-voted slots stop acting (0: off)
     collect_envs: int = 8
     collect_steps: int = 256
     eval_envs: int = 16
@@ -104,7 +105,8 @@ class UltraSettings:
                                         reward_scale=self.reward_scale, kl_coef=self.kl_coef,
                                         match_radius=self.match_radius, kl_filter=self.kl_filter,
                                         verify_samples=self.verify_samples,
-                                        verify_memory=max(64, self.verify_samples))
+                                        verify_memory=max(64, self.verify_samples),
+                                        consensus_radius=self.consensus_radius)
 
 
 @dataclass
@@ -387,6 +389,7 @@ class UltraRun:
                             "restarts": int(np.sum(m["restarts"])),
                             "advice_valid": int(np.mean(m["advice_valid"][:, -1])),
                             "advice_refuted": float(np.mean(m["advice_refuted"][:, -1])),
+                            "advice_outvoted": float(np.mean(m["advice_outvoted"][:, -1])),
                             "advisor_latency_s": latency})
                 row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
                 if swapped:

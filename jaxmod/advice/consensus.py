@@ -1,0 +1,40 @@
+"""Advice consensus on the device: a suggestion that most nearby advice contradicts is not followed.
+
+A hallucinating advisor's mistakes are scattered, while good advice about similar states agrees. So each
+valid slot is compared with the valid slots whose states lie within `radius` of its own (in units of the
+advice states' per-feature spread, itself included): if fewer than half of them suggest the same action
+(discrete: equal; continuous: root-mean-square difference within `action_tol` of the action range), the
+slot is out-voted and, like a refuted slot, stops acting (no action, implicit reward, KL pull or matching)
+until the host replaces it; restarts from its state continue. A slot without neighbours, or a tie, keeps
+its vote: consensus only acts where there is evidence. This is label-noise-robust nearest-neighbour voting,
+complementary to verification (`jaxmod.advice.verify`), which needs many visits of each slot before it can
+judge; consensus judges from the advice alone, at once. jaxmod's choice; the paper trusts every answer.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxmod.advice.arrays import Advice
+from jaxmod.advice.modulation import advice_spread
+
+
+def agreeing(advice: Advice, action_range: jax.Array | None, action_tol: float) -> jax.Array:
+    """(K, K) bool: slot i's and slot j's suggestions agree."""
+    if action_range is None:  # discrete
+        return advice.action[:, None] == advice.action[None, :]
+    a = advice.action.reshape(advice.action.shape[0], -1) / jnp.reshape(action_range, (1, -1))
+    diff = a[:, None, :] - a[None, :, :]
+    return jnp.sqrt(jnp.mean(jnp.square(diff), axis=-1)) <= action_tol
+
+
+def consensus(advice: Advice, radius: float, action_range: jax.Array | None = None,
+              action_tol: float = 0.25) -> jax.Array:
+    """(K,) bool: valid slots not out-voted by the valid advice within `radius` of their state.
+    `action_range` (high - low per action dim) marks continuous actions; None means discrete."""
+    x = (advice.obs / advice_spread(advice)).reshape(advice.obs.shape[0], -1)
+    dist = jnp.sqrt(jnp.sum(jnp.square(x[:, None, :] - x[None, :, :]), axis=-1))
+    near = (dist <= radius) & advice.valid[None, :] & advice.valid[:, None]
+    votes_for = jnp.sum(near & agreeing(advice, action_range, action_tol), axis=1)
+    return advice.valid & (2 * votes_for >= jnp.sum(near, axis=1))
