@@ -10,7 +10,7 @@ import pytest
 
 from jaxmod.advice.arrays import Advice, AdviceBook, AdviceItem
 from jaxmod.advice.consensus import consensus
-from jaxmod.advice.modulation import ModulationConfig, ModulationError, advice_spread, choose_restarts
+from jaxmod.advice.modulation import ModulationConfig, ModulationError, advice_spread, choose_restarts, shaping_bonus
 from jaxmod.advice.verify import AdviceTrust
 from jaxmod.envs import make_core
 from jaxmod.llm.answers import Advised, Rejected
@@ -63,12 +63,15 @@ def test_invalid_answers_never_enter_the_arrays():
     core = make_core("CartPole-v1")
     book = AdviceBook(core, 4)
     snap = _snapshot(core, 0, 1)
-    items = [AdviceItem(i, 0, snap.obs, snap, 0, 0.0) for i in range(4)]
+    items = [AdviceItem(i, 0, snap.obs, snap, 0, 0.0, rated_action=i % 2) for i in range(4)]  # the agent's actions
     verdicts = [Advised(1, 0.5, "ok"), Rejected("action 7 out of range"), None, Advised(0, -1.0, "ok")]
     counts = book.add_answers(items, verdicts)
     adv = book.to_advice()
     assert counts == {"packed": 2, "dropped": 2}
-    assert int(adv.valid.sum()) == 2 and sorted(np.asarray(adv.episode)[np.asarray(adv.valid)].tolist()) == [0, 3]
+    valid = np.asarray(adv.valid)
+    assert int(valid.sum()) == 2 and np.asarray(adv.episode)[valid].tolist() == [0, 3]
+    # the suggestion comes from the answer, the rated action stays the agent's
+    assert np.asarray(adv.action)[valid].tolist() == [1, 0] and np.asarray(adv.rated_action)[valid].tolist() == [0, 1]
 
 
 def test_variants_and_errors():
@@ -137,15 +140,30 @@ def test_action_override_keeps_the_ratio_correct():
     np.testing.assert_allclose(traj.log_prob, logp, rtol=1e-5, atol=1e-6)
 
 
-def test_reward_shaping_only_on_critical_steps():
-    advice = _toy_advice(reward=0.75, weight=0.8)
+def test_reward_shaping_only_on_critical_steps_that_take_the_rated_action():
+    """The implicit reward rates one action (the agent's at the source step; here the suggestion, the
+    default): critical steps that take it get lambda * weight * r_llm, other steps nothing."""
+    advice = _toy_advice(action=0, reward=0.75, weight=0.8)
     mod = ModulationConfig.variant("R", restart_prob=1.0, reward_scale=2.0)
-    _, _, traj = _toy_rollout(mod, advice)
+    _, _, traj = _toy_rollout(mod, advice, steps=32, num_envs=4)
     np.testing.assert_array_equal(traj.reward, traj.raw_reward)  # the env's reward stays the env's
-    bonus = traj.shaping
-    np.testing.assert_allclose(bonus[traj.critical], 2.0 * 0.75 * 0.8, rtol=1e-6)
-    np.testing.assert_array_equal(bonus[~traj.critical], 0.0)
-    assert traj.critical.any()
+    bonus, rated = traj.shaping, traj.critical & (traj.action == 0)
+    assert rated.any() and (traj.critical & ~rated).any()  # the policy acts: both cases occur
+    np.testing.assert_allclose(bonus[rated], 2.0 * 0.75 * 0.8, rtol=1e-6)
+    np.testing.assert_array_equal(bonus[~rated], 0.0)
+
+
+def test_continuous_shaping_weighs_the_rated_action_by_a_kernel():
+    core = make_core("Pendulum-v1")
+    book = AdviceBook(core, 2)
+    snap = _snapshot_cont(core)
+    book.add(AdviceItem(0, 1, snap.obs, snap, action=[1.0], reward=-0.5, rated_action=[-1.0]))
+    advice = book.to_advice()
+    params = ModulationConfig(reward_scale=2.0).params()
+    slot, critical = jnp.array([0, 0, 0, -1]), jnp.array([True, True, True, False])
+    action = jnp.array([[-1.0], [-0.8], [1.0], [-1.0]])
+    bonus = np.asarray(shaping_bonus(params, advice, slot, critical, action, 0.2))
+    np.testing.assert_allclose(bonus, [-1.0, -1.0 * np.exp(-0.5), -1.0 * np.exp(-50.0), 0.0], rtol=1e-5)
 
 
 def test_matching_marks_states_near_advice():

@@ -126,3 +126,29 @@ def test_baselines_run_in_the_same_pipeline_without_an_advisor(tmp_path):
     assert all(c["restarts"] > 0 for c in results["StateMask-R"].chunk_metrics)
     assert jsrl[0]["guided_frac"] > jsrl[-1]["guided_frac"]
     assert (tmp_path / "base" / "ultra.png").exists()
+
+
+def test_advice_items_carry_the_agents_own_action_as_the_rated_one():
+    """The implicit reward rates the agent's action at the critical step, so each packed item records that
+    action (shaping applies where it is taken again), and its snapshot and observation are that step's."""
+    import jax
+    import numpy as np
+
+    from jaxmod.ppo import PPOLearner, default_config
+    from jaxmod.ultra.advise import advise_episodes
+    from jaxmod.ultra.collect import make_collector, split_episodes
+
+    learner = PPOLearner(default_config("CartPole-v1", total_timesteps=512))
+    params = learner.net.init(jax.random.PRNGKey(0))
+    collect = make_collector(learner.env.replace_num_envs(4), learner.net, 64)
+    rec = jax.device_get(collect(params, learner.init(jax.random.PRNGKey(0)).env_state.obs_rms, jax.random.PRNGKey(1)))
+    episodes = split_episodes(rec, 0, 3)
+    advisor = Advisor(LocalBackend(), max_critical=2)
+    items, verdicts, rows = asyncio.run(advise_episodes(advisor, learner.env.core, rec, episodes))
+    assert items and len(items) == len(verdicts) == len(rows)
+    by_uid = {ep.uid: ep for ep in episodes}
+    for item in items:
+        ep = by_uid[item.episode]
+        assert item.rated_action == ep.actions[item.step]
+        np.testing.assert_array_equal(item.obs, ep.obs[item.step])
+        np.testing.assert_array_equal(item.snapshot.obs, ep.obs[item.step])

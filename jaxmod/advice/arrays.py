@@ -26,6 +26,7 @@ class Advice:
     snapshot: CoreState  # (K, ...) restorable env state at the critical state
     action: jax.Array  # (K,) int32 suggested action, or (K, A) float32
     reward: jax.Array  # (K,) implicit reward in [-1, 1]
+    rated_action: jax.Array  # (K,) or (K, A): the action the implicit reward rates (the agent's, at the source step)
     weight: jax.Array  # (K,) confidence weight in [0, 1]
     valid: jax.Array  # (K,) bool
     episode: jax.Array  # (K,) int32 source episode id (traceability)
@@ -43,7 +44,7 @@ class Advice:
         space = core.action_space
         action = jnp.zeros((capacity,), jnp.int32) if space.discrete else jnp.zeros((capacity,) + space.shape, jnp.float32)
         return Advice(obs=jnp.zeros((capacity,) + core.obs_shape, jnp.float32), snapshot=snapshot, action=action,
-                      reward=jnp.zeros((capacity,), jnp.float32), weight=jnp.zeros((capacity,), jnp.float32),
+                      rated_action=action, reward=jnp.zeros((capacity,), jnp.float32), weight=jnp.zeros((capacity,), jnp.float32),
                       valid=jnp.zeros((capacity,), jnp.bool_), episode=jnp.full((capacity,), -1, jnp.int32),
                       step=jnp.full((capacity,), -1, jnp.int32))
 
@@ -60,6 +61,7 @@ class AdviceItem:
     reward: float
     weight: float = 1.0
     reason: str = ""
+    rated_action: int | Sequence[float] | None = None  # what the implicit reward rates; None: the suggestion
 
 
 class AdviceBook:
@@ -85,11 +87,8 @@ class AdviceBook:
     def add(self, item: AdviceItem) -> int:
         """Insert or update; returns the slot used."""
         key = (int(item.episode), int(item.step))
-        space = self.core.action_space
-        if space.discrete:
-            action = np.int32(int(item.action))
-        else:
-            action = np.asarray(item.action, np.float32).reshape(space.shape)
+        action = self._action(item.action)
+        rated = action if item.rated_action is None else self._action(item.rated_action)
         slot = self._index.get(key)
         if slot is None:
             empty = np.nonzero(self._age < 0)[0]
@@ -106,6 +105,7 @@ class AdviceBook:
         for dst, src in zip(jax.tree.leaves(a.snapshot), jax.tree.leaves(item.snapshot), strict=True):
             dst[slot] = np.asarray(src, dst.dtype)
         a.action[slot] = action
+        a.rated_action[slot] = rated
         a.reward[slot] = float(np.clip(item.reward, -1.0, 1.0))
         a.weight[slot] = float(np.clip(item.weight, 0.0, 1.0))
         a.valid[slot] = True
@@ -115,6 +115,12 @@ class AdviceBook:
         self._counter += 1
         self.reasons[slot] = item.reason
         return slot
+
+    def _action(self, action: int | Sequence[float]) -> np.ndarray:
+        space = self.core.action_space
+        if space.discrete:
+            return np.int32(int(action))
+        return np.asarray(action, np.float32).reshape(space.shape)
 
     def add_answers(self, items: Sequence[AdviceItem | None], verdicts: Sequence[Any]) -> dict[str, int]:
         """Pack the items whose verdict is a validated `Advised`; anything else (a `Rejected`, None, an
@@ -127,7 +133,7 @@ class AdviceBook:
                 counts["dropped"] += 1
                 continue
             self.add(AdviceItem(item.episode, item.step, item.obs, item.snapshot, verdict.action, verdict.reward,
-                                item.weight, verdict.reason))
+                                item.weight, verdict.reason, item.rated_action))
             counts["packed"] += 1
         return counts
 

@@ -9,11 +9,12 @@ One code path, switched by a frozen config (the variants are presets):
   advice states themselves (so a small-valued feature such as MountainCar's velocity counts);
 - ULTRA-A (`override_action`): the suggested action is executed there; its log-probability under the
   behaviour policy is stored, so the PPO ratio stays correct;
-- ULTRA-R (`shape_reward`): the reward there gets `reward_scale * weight * r_llm`;
+- ULTRA-R (`shape_reward`): the reward there gets `reward_scale * weight * r_llm` when the action taken is
+  the one the implicit reward rates (the agent's own at the source step);
 - KL (`kl_coef` > 0): the loss adds `kl_coef * KL(target || pi)` on critical steps (one-hot target for
   discrete actions, a Gaussian of std `kl_target_std` around the suggestion for continuous ones); with
-  `kl_filter`, only on critical steps whose GAE advantage is positive, i.e. where following the advice
-  turned out better than the critic expected (wrong advice then gets no pull, only PPO's own gradient);
+  `kl_filter`, only on critical steps that executed the suggestion with a positive GAE advantage, i.e. where
+  following the advice turned out better than the critic expected (wrong advice then gets no pull);
 - verification (`verify_samples` > 0, on by default, `jaxmod.advice.verify`): a slot whose executed suggestion does
   significantly worse than the policy's own actions at the same critical steps (ULTRA-A leaves a random
   `verify_control` share of them to the policy as the control group) is switched off until the host
@@ -61,7 +62,7 @@ class ModulationConfig:
     reward_scale: float = 1.0  # lambda
     kl_coef: float = 0.0  # beta (jaxmod's extension, not in the paper)
     kl_target_std: float = 0.2  # std of the Gaussian target around a continuous suggestion
-    kl_filter: bool = False  # KL only on critical steps whose advantage is positive (robustness to bad advice)
+    kl_filter: bool = False  # KL only on advised steps whose advantage is positive (robustness to bad advice)
     rnd_coef: float = 0.0  # RICE's lambda: RND exploration bonus on every step (0 disables)
     guide_steps: int = 0  # JSRL: initial roll-in horizon of the frozen guide policy (0 disables)
     verify_samples: int = 4  # advice verification: samples per group before a slot can be refuted (0: off)
@@ -189,10 +190,19 @@ def match_slots(obs: jax.Array, advice: Advice, usable: jax.Array, obs_rms: Runn
     return jnp.where(jnp.min(dist, axis=1) <= radius, nearest, -1).astype(jnp.int32)
 
 
-def shaping_bonus(params: ModulationParams, advice: Advice, slot: jax.Array, critical: jax.Array) -> jax.Array:
-    """ULTRA-R: lambda * weight * r_llm on critical steps, 0 elsewhere."""
+def shaping_bonus(params: ModulationParams, advice: Advice, slot: jax.Array, critical: jax.Array,
+                  action: jax.Array, kernel_std: float) -> jax.Array:
+    """ULTRA-R: lambda * weight * r_llm on critical steps whose action is the one the implicit reward rates
+    (the agent's own at the source step: the advisor judged that choice, not whatever runs now), 0 elsewhere.
+    Continuous actions count as that action by a Gaussian kernel of std `kernel_std`."""
     bonus = take_slot(advice.reward, slot) * take_slot(advice.weight, slot)
-    return jnp.where(critical, params.reward_scale * bonus, 0.0)
+    rated = take_slot(advice.rated_action, slot)
+    if advice.action.ndim == 1:  # discrete
+        same = (action == rated).astype(jnp.float32)
+    else:
+        diff = (action - rated).reshape(action.shape[0], -1) / kernel_std
+        same = jnp.exp(-0.5 * jnp.mean(jnp.square(diff), axis=-1))
+    return jnp.where(critical, params.reward_scale * bonus * same, 0.0)
 
 
 def take_slot(tree: Any, slot: jax.Array) -> Any:

@@ -131,6 +131,7 @@ def critical_advice(rec: Recording, scores: jax.Array, capacity: int) -> Advice:
     t_idx, n_idx = idx // n_envs, idx % n_envs
     pick = lambda x: x[t_idx, n_idx]  # noqa: E731
     return Advice(obs=pick(rec.obs), snapshot=jax.tree.map(pick, rec.core), action=pick(rec.action),
+                  rated_action=pick(rec.action),
                   reward=jnp.zeros((capacity,), jnp.float32), weight=valid.astype(jnp.float32), valid=valid,
                   episode=pick(episode).astype(jnp.int32) * n_envs + n_idx.astype(jnp.int32),
                   step=pick(rec.core.time).astype(jnp.int32))

@@ -123,7 +123,7 @@ def collect(
         env_state, res = env.step(env_key, env_state, action, resets)
         shaping = None
         if modulation.shape_reward:  # ULTRA-R: implicit reward on critical steps (added by the learner)
-            shaping = shaping_bonus(mod.params, mod.advice, slot, critical)
+            shaping = shaping_bonus(mod.params, mod.advice, slot, critical, action, modulation.kl_target_std)
         pending = jnp.where(res.episode_done, restart_slot, -1)
         tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
                         terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,

@@ -215,8 +215,8 @@ class PPOLearner:
         if modulation is not None and modulation.uses_kl:
             kl_coef = state.mod_params.kl_coef
             critical = traj.critical
-            if modulation.kl_filter:  # pull only where the advised step beat the critic's expectation
-                critical = jnp.logical_and(critical, advantages > 0)
+            if modulation.kl_filter:  # pull only where executing the suggestion beat the critic's expectation
+                critical = critical & traj.advised & (advantages > 0)
             critical = critical.astype(jnp.float32)
             suggested = take_slot(advice.action, traj.slot)
         # imposed actions (override, guide) are no samples of the policy: no policy gradient from them

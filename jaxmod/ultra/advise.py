@@ -70,7 +70,7 @@ async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episo
             queries.append(state_query(describer, core, ep, crit.step, context_steps))
             items.append(AdviceItem(episode=ep.uid, step=crit.step, obs=ep.obs[crit.step],
                                     snapshot=snapshot_at(rec, ep, crit.step), action=0, reward=0.0,
-                                    reason=crit.reason))
+                                    reason=crit.reason, rated_action=ep.actions[crit.step]))
             whys.append((ep, crit.step, crit.reason))
     verdicts = await advisor.advise(queries)
     rows = []
