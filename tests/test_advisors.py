@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import httpx
@@ -118,12 +119,18 @@ def test_scripted_pong_moves_towards_the_ball_and_ignores_lost_points():
 
 def test_noisy_backend_corrupts_the_given_fraction():
     _, view, query = _views_and_queries("CartPole-v1")
-    clean = asyncio.run(Advisor(LocalBackend()).advise([query] * 200))
+    queries = [dataclasses.replace(query, episode_id=i) for i in range(200)]  # 200 different questions
+    clean = asyncio.run(Advisor(LocalBackend()).advise(queries))
     noisy_backend = NoisyBackend(LocalBackend(), 0.3, seed=1)
-    noisy = asyncio.run(Advisor(noisy_backend).advise([query] * 200))
+    noisy = asyncio.run(Advisor(noisy_backend).advise(queries))
     flipped = sum(1 for a, b in zip(clean, noisy, strict=True) if a.action != b.action)
     assert 40 <= flipped <= 80 and noisy_backend.corrupted == flipped
     assert all(np.sign(b.reward) == -np.sign(a.reward) for a, b in zip(clean, noisy, strict=True) if a.action != b.action)
+    # the same question is corrupted the same way, whatever the order; another seed corrupts others
+    again = asyncio.run(Advisor(NoisyBackend(LocalBackend(), 0.3, seed=1)).advise(queries[::-1]))[::-1]
+    assert [a.action for a in again] == [a.action for a in noisy]
+    other = asyncio.run(Advisor(NoisyBackend(LocalBackend(), 0.3, seed=2)).advise(queries))
+    assert [a.action for a in other] != [a.action for a in noisy]
     with pytest.raises(ValueError):
         NoisyBackend(LocalBackend(), 1.5)
 

@@ -86,19 +86,21 @@ class ReplayBackend:
 
 class NoisyBackend:
     """Corrupts a `fraction` of the inner backend's answers: wrong critical step, wrong action,
-    wrong-sign reward. Deterministic for a given seed and question order."""
+    wrong-sign reward. Whether and how an answer is corrupted depends only on the seed and the question,
+    so the same question is corrupted the same way in every run and every variant (comparisons between
+    variants see the same bad answers), whatever the order or concurrency of the questions."""
 
     def __init__(self, inner: ChatBackend, fraction: float, seed: int = 0) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"noise fraction must lie in [0, 1], got {fraction}")
-        self.inner, self.fraction = inner, fraction
-        self.rng = random.Random(seed)
+        self.inner, self.fraction, self.seed = inner, fraction, seed
         self.name = f"noisy({fraction:g}):{inner.name}"
         self.corrupted = 0
 
     async def complete(self, messages, schema, name, deadline) -> ChatResult:
         result = await self.inner.complete(messages, schema, name, deadline)
-        if not result.ok or self.rng.random() >= self.fraction:
+        rng = random.Random(f"{self.seed}:{prompt_key(list(messages), schema)}")
+        if not result.ok or rng.random() >= self.fraction:
             return result
         try:
             data = json.loads(result.content)
@@ -107,18 +109,18 @@ class NoisyBackend:
         self.corrupted += 1
         if "critical_steps" in data:
             for item in data["critical_steps"]:
-                item["step"] = max(0, int(item.get("step", 0)) + self.rng.choice([-1, 1]) * self.rng.randint(5, 20))
+                item["step"] = max(0, int(item.get("step", 0)) + rng.choice([-1, 1]) * rng.randint(5, 20))
                 item["reason"] = "corrupted by NoisyAdvisor"
         if "action" in data:
             act = schema.get("properties", {}).get("action", {}) if schema else {}
             if isinstance(data["action"], int) and "maximum" in act:
                 choices = [a for a in range(int(act["maximum"]) + 1) if a != data["action"]]
-                data["action"] = self.rng.choice(choices) if choices else data["action"]
+                data["action"] = rng.choice(choices) if choices else data["action"]
             elif isinstance(data["action"], list):
                 lo, hi = act.get("items", {}).get("minimum", -1.0), act.get("items", {}).get("maximum", 1.0)
-                data["action"] = [self.rng.uniform(lo, hi) for _ in data["action"]]
+                data["action"] = [rng.uniform(lo, hi) for _ in data["action"]]
         if "reward" in data and isinstance(data["reward"], (int, float)):
-            data["reward"] = -data["reward"] if data["reward"] != 0 else self.rng.choice([-1.0, 1.0])
+            data["reward"] = -data["reward"] if data["reward"] != 0 else rng.choice([-1.0, 1.0])
         result.content = json.dumps(data)
         return result
 
