@@ -36,7 +36,7 @@ PONG = "jaxmod/Pong-OnePoint"
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "tasks": (PONG,),
-        "common": dict(seeds=3, chunks=5, eval_envs=32, eval_steps=400, mask_steps=100_000),
+        "common": dict(seeds=6, chunks=5, eval_envs=32, eval_steps=400, mask_steps=100_000),
         PONG: dict(pretrain_steps=200_000, refine_steps=300_000),
         "teacher_steps": 0,
     },

@@ -92,6 +92,7 @@ def test_jsrl_guide_acts_only_within_the_horizon():
     head = learner.net.policy_head(state.params, jnp.asarray(traj.obs))
     np.testing.assert_allclose(traj.log_prob, learner.net.log_prob(state.params, head, jnp.asarray(traj.action)),
                                rtol=1e-5, atol=1e-6)  # the learner's log-prob of what was executed
+    assert not traj.forced.any()  # roll-in steps are trained on (only ULTRA-A's overrides are masked)
 
 
 def test_rice_and_jsrl_train_in_the_shared_update():

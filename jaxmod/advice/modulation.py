@@ -7,8 +7,8 @@ One code path, switched by a frozen config (the variants are presets):
   lies within that distance of an advice observation (nearest trusted slot); distances are in units of
   the observation normaliser's std, or, where the policy sees raw observations, of the spread of the
   advice states themselves (so a small-valued feature such as MountainCar's velocity counts);
-- ULTRA-A (`override_action`): the suggested action is executed there; its log-probability under the
-  behaviour policy is stored, so the PPO ratio stays correct;
+- ULTRA-A (`override_action`): the suggested action is executed there (no policy gradient from it, see
+  below);
 - ULTRA-R (`shape_reward`): the reward there gets `reward_scale * weight * r_llm` when the action taken is
   the one the implicit reward rates (the agent's own at the source step);
 - KL (`kl_coef` > 0): the loss adds `kl_coef * KL(target || pi)` on critical steps (one-hot target for
@@ -21,9 +21,10 @@ One code path, switched by a frozen config (the variants are presets):
   replaces it: robustness to bad advisors;
 - consensus (`consensus_radius` > 0, on by default, `jaxmod.advice.consensus`): a slot whose suggestion most
   of the advice about nearby states contradicts stops acting the same way, judged from the advice alone.
-Imposed actions (override, JSRL's guide) train the critic and the KL term but give no policy gradient:
-they are not samples of the policy. The paper fixes A/R/RA; restarts, matching, the KL term, verification,
-consensus and that last rule are jaxmod's choices where it is silent.
+Imposed actions (ULTRA-A's override) train the critic and the KL term but give no policy gradient: they
+are not samples of the policy (JSRL's roll-in steps are trained on, as JSRL's off-policy learners do).
+The paper fixes A/R/RA; restarts, matching, the KL term, verification, consensus and that last rule are
+jaxmod's choices where it is silent.
 The same path runs the baselines (`jaxmod.baselines`): `rnd_coef` > 0 adds RICE's RND exploration bonus,
 and `guide_steps` > 0 is JSRL's roll-in (the refinement's initial policy, frozen, acts for the first h
 steps of every episode; h shrinks linearly from `guide_steps` to 0 over the run).

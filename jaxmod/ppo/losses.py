@@ -83,7 +83,7 @@ class Batch:
     target: jax.Array
     critical: jax.Array | None = None  # float 0/1: steps under advice (modulated runs with a KL term)
     suggested: jax.Array | None = None  # the advice's action at those steps
-    on_policy: jax.Array | None = None  # float 0/1: the policy sampled the action (None: every step did)
+    on_policy: jax.Array | None = None  # float 0/1: the action was sampled, not imposed (None: every step)
 
 
 def ppo_loss(
@@ -96,9 +96,9 @@ def ppo_loss(
     kl_target_std: float = 0.2,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Clipped surrogate + (clipped) value loss - entropy bonus; advantages normalised per minibatch.
-    With `on_policy`, the surrogate averages over the steps whose action the policy sampled only: an imposed
-    action (ULTRA-A's override, JSRL's guide) is not a sample of the policy, so its policy gradient would be
-    biased (it trains the critic, and the KL term, instead). With `kl_coef`, adds kl_coef * KL(target || pi)
+    With `on_policy`, the surrogate averages over the steps whose action was sampled only: an action ULTRA-A
+    imposed has no behaviour probability to correct with, so its policy gradient would be biased (it trains
+    the critic, and the KL term, instead). With `kl_coef`, adds kl_coef * KL(target || pi)
     averaged over the batch's critical steps."""
     head = net.policy_head(params, batch.obs)
     log_prob = net.log_prob(params, head, batch.action)

@@ -39,7 +39,7 @@ class Trajectory:
     guided: jax.Array | None = None  # bool: the JSRL guide chose this step's action
     shaping: jax.Array | None = None  # ULTRA-R's implicit reward added on critical steps (0 elsewhere)
     advised: jax.Array | None = None  # bool: a critical step that executed its slot's suggestion
-    forced: jax.Array | None = None  # bool: the action was imposed (ULTRA-A's override, JSRL's guide), not sampled
+    forced: jax.Array | None = None  # bool: ULTRA-A imposed the action (no behaviour probability: not a sample)
 
 
 @struct.dataclass
@@ -93,7 +93,10 @@ def collect(
             return (env_state, res.obs, pending), tr
 
         guided = None
-        if modulation.uses_guide:  # JSRL roll-in: the frozen guide acts early in every episode
+        if modulation.uses_guide:  # JSRL roll-in: the frozen guide acts early in every episode; its steps train
+            # the learner as its own (the learner's log-prob of the guide's action), as JSRL's off-policy learners
+            # use guide data. With the guide's log-prob as the behaviour's (a true importance ratio) PPO's clip
+            # stops learning from them once the learner drifts: Pong win rate 0.25 instead of 0.50 (6 seeds)
             guide_action, _ = net.sample(mod.guide_params, net.policy_head(mod.guide_params, obs),
                                          jax.random.fold_in(act_key, 1))
             guided = env_state.core.time < mod.guide_horizon
@@ -129,7 +132,7 @@ def collect(
                         terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
                         final_obs=res.final_obs, critical=critical, slot=slot,
                         restarted=jnp.logical_and(res.episode_done, use), guided=guided, shaping=shaping,
-                        advised=advised, forced=executes if guided is None else executes | guided)
+                        advised=advised, forced=executes)
         return (env_state, res.obs, pending), tr
 
     pending0 = mod.critical_slot if mod is not None else None
@@ -144,8 +147,9 @@ def collect(
 
 def _execute_instead(net: ActorCritic, params: Params, head: jax.Array, action: jax.Array, where: jax.Array,
                      replacement: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per env, execute `replacement` where `where` (N,) holds, else `action`; the log-prob is the
-    learner's own of what was executed, so the PPO ratio stays correct (ULTRA-A, JSRL roll-in)."""
+    """Per env, execute `replacement` where `where` (N,) holds, else `action`, with the learner's own
+    log-prob of what was executed (ULTRA-A's overrides, which the learner then masks out of its policy
+    gradient, and JSRL's roll-in, which it trains on)."""
     mask = where.reshape(where.shape + (1,) * (action.ndim - 1))
     action = jnp.where(mask, replacement, action)
     return action, net.log_prob(params, head, action)

@@ -219,7 +219,7 @@ class PPOLearner:
                 critical = critical & traj.advised & (advantages > 0)
             critical = critical.astype(jnp.float32)
             suggested = take_slot(advice.action, traj.slot)
-        # imposed actions (override, guide) are no samples of the policy: no policy gradient from them
+        # actions ULTRA-A imposed are no samples of any policy: no policy gradient from them
         on_policy = None if traj.forced is None else (~traj.forced).astype(jnp.float32)
         batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=values,
                       advantage=advantages, target=advantages + values, critical=critical, suggested=suggested,
