@@ -30,10 +30,12 @@ def agreeing(advice: Advice, action_range: jax.Array | None, action_tol: float) 
 
 
 def consensus(advice: Advice, radius: float, action_range: jax.Array | None = None,
-              action_tol: float = 0.25) -> jax.Array:
+              action_tol: float = 0.25, spread: jax.Array | None = None) -> jax.Array:
     """(K,) bool: valid slots not out-voted by the valid advice within `radius` of their state.
-    `action_range` (high - low per action dim) marks continuous actions; None means discrete."""
-    x = (advice.obs / advice_spread(advice)).reshape(advice.obs.shape[0], -1)
+    `action_range` (high - low per action dim) marks continuous actions; None means discrete. `spread` is
+    `advice_spread(advice)` where the caller has it already."""
+    spread = advice_spread(advice) if spread is None else spread
+    x = (advice.obs / spread).reshape(advice.obs.shape[0], -1)
     dist = jnp.sqrt(jnp.sum(jnp.square(x[:, None, :] - x[None, :, :]), axis=-1))
     near = (dist <= radius) & advice.valid[None, :] & advice.valid[:, None]
     votes_for = jnp.sum(near & agreeing(advice, action_range, action_tol), axis=1)

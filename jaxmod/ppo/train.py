@@ -174,15 +174,17 @@ class PPOLearner:
         reset_cores = None if env.core.cheap_reset else env.fresh_cores(k_pool)
         mod = trust = None
         if modulation is not None:
+            # the advice states' spread: the unit of consensus, and of matching on raw observations
+            needs_spread = modulation.votes or (modulation.matching and not env.normalize_obs)
+            spread = advice_spread(advice) if needs_spread else None
             verified = agreed = advice.valid
             if modulation.verifies:  # slots refuted by their measured advantage stop acting
                 trust = state.trust.follow(advice)
                 verified = trust.trusted(advice, modulation.verify_samples)
             if modulation.votes:  # so do slots the advice about nearby states out-votes
                 agreed = consensus(advice, modulation.consensus_radius, env.core.action_space.span,
-                                   modulation.consensus_action_tol)
+                                   modulation.consensus_action_tol, spread)
             trusted = verified & agreed
-            spread = advice_spread(advice) if modulation.matching and not env.normalize_obs else None
             horizon = None
             if modulation.uses_guide:  # JSRL curriculum: the roll-in shrinks linearly to 0 over the run
                 frac = 1.0 - state.update_step.astype(jnp.float32) / c.num_updates
