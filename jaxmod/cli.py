@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     ultra.add_argument("--llm-url", default=None, help="same as --advisor <url>")
     ultra.add_argument("--model", default="default", help="model name for an HTTP advisor")
     ultra.add_argument("--noise", type=float, default=0.0, help="fraction of advisor answers corrupted (robustness)")
+    ultra.add_argument("--advisor-concurrency", type=_int, default=16, metavar="N",
+                       help="questions in flight at once for an HTTP advisor (match the server's parallel slots)")
+    ultra.add_argument("--advisor-latency", type=float, default=0.0, metavar="SECONDS",
+                       help="add this latency to every advisor answer (a stand-in for a slow remote LLM)")
     ultra.add_argument("--seeds", type=_int, default=5)
     ultra.add_argument("--seed", type=_int, default=0)
     ultra.add_argument("--pretrain-steps", type=_int, default=60_000)
@@ -319,6 +323,7 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         env_id=args.env, seeds=args.seeds, seed=args.seed, pretrain_steps=args.pretrain_steps,
         refine_steps=args.refine_steps, refine_lr=args.refine_lr, chunks=args.chunks,
         variants=(BASELINE, *variants), advisor=advisor, model=args.model, noise=args.noise,
+        advisor_latency_s=args.advisor_latency, advisor_concurrency=args.advisor_concurrency,
         episodes_per_round=args.episodes_per_round, capacity=args.capacity, restart_prob=args.restart_prob,
         reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius,
         kl_filter=args.kl_filter, verify_samples=args.verify_samples, sync_advice=args.sync_advice,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 
 import httpx
 import jax
@@ -13,7 +14,7 @@ import pytest
 
 from jaxmod.envs import make_core
 from jaxmod.envs.describe import describer_for
-from jaxmod.llm import Advisor, EpisodeView, LocalBackend, NoisyBackend, Rejected, StateQuery
+from jaxmod.llm import Advisor, DelayedBackend, EpisodeView, LocalBackend, NoisyBackend, Rejected, StateQuery
 from jaxmod.llm.answers import advice_schema, identify_schema, validate_advice, validate_identify
 from jaxmod.llm.prompts import advice_messages, identify_messages
 from jaxmod.llm.server import make_server
@@ -133,6 +134,20 @@ def test_noisy_backend_corrupts_the_given_fraction():
     assert [a.action for a in other] != [a.action for a in noisy]
     with pytest.raises(ValueError):
         NoisyBackend(LocalBackend(), 1.5)
+
+
+def test_delayed_backend_adds_its_latency_and_keeps_the_answer():
+    _, _, query = _views_and_queries("CartPole-v1")
+    queries = [dataclasses.replace(query, episode_id=i) for i in range(4)]
+    clean = asyncio.run(Advisor(LocalBackend()).advise(queries))
+    advisor = Advisor(DelayedBackend(LocalBackend(), 0.2), concurrency=4)
+    t0 = time.perf_counter()
+    delayed = asyncio.run(advisor.advise(queries))
+    assert time.perf_counter() - t0 >= 0.2
+    assert [a.action for a in delayed] == [a.action for a in clean]
+    assert advisor.stats.latency_s >= 4 * 0.2  # every answer's latency includes the delay
+    with pytest.raises(ValueError, match="latency"):
+        DelayedBackend(LocalBackend(), -1.0)
 
 
 def test_scripted_server_answers_a_chat_completion_with_schema_valid_json():

@@ -87,3 +87,11 @@ def test_bad_ultra_knob_is_one_line(tmp_path, capsys):
     code = main(["ultra", "--restart-prob", "1.5", "--out", str(tmp_path / "k")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "restart_prob must lie in [0, 1]" in err[0]
+
+
+@pytest.mark.parametrize("flag, value", [("--advisor-latency", "-1"), ("--advisor-concurrency", "0"),
+                                         ("--noise", "1.5")])
+def test_bad_advisor_knob_is_one_line(tmp_path, capsys, flag, value):
+    code = main(["ultra", flag, value, "--out", str(tmp_path / "k")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "advisor" in err[0]

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from jaxmod.llm import Advisor, LocalBackend
-from jaxmod.llm.client import ChatResult
+from jaxmod.llm import Advisor, DelayedBackend, LocalBackend
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
@@ -45,22 +44,10 @@ def test_end_to_end_through_the_http_advisor(tmp_path, monkeypatch):
     assert any(c.get("critical_frac", 0) > 0 for c in chunks[:-1])
 
 
-class SlowBackend(LocalBackend):
-    """The scripted advisor behind a latency per answer (0.5 s by default)."""
-
-    def __init__(self, delay_s: float = 0.5) -> None:
-        super().__init__()
-        self.delay_s = delay_s
-
-    async def complete(self, messages, schema, name, deadline) -> ChatResult:
-        await asyncio.sleep(self.delay_s)
-        return await super().complete(messages, schema, name, deadline)
-
-
 def _slow_factory(transcript=None, delay_s: float = 0.5):
     @contextlib.asynccontextmanager
     async def factory():
-        yield Advisor(SlowBackend(delay_s), max_critical=2, transcript=transcript, concurrency=1)
+        yield Advisor(DelayedBackend(LocalBackend(), delay_s), max_critical=2, transcript=transcript, concurrency=1)
 
     return factory
 

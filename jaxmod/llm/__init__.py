@@ -4,6 +4,7 @@ advisors and a local advisor server. Never imports jax."""
 from jaxmod.llm.advisors import (
     Advisor,
     AdvisorStats,
+    DelayedBackend,
     HTTPBackend,
     LocalBackend,
     NoisyBackend,
@@ -16,8 +17,8 @@ from jaxmod.llm.prompts import EpisodeView, StateQuery, advice_messages, identif
 from jaxmod.llm.transcript import Transcript
 
 __all__ = [
-    "Advised", "Advisor", "AdvisorStats", "ChatResult", "ClientSettings", "CriticalStep", "EpisodeView",
-    "HTTPBackend", "Identified", "LLMClient", "LLMConfigError", "LocalBackend", "NoisyBackend",
+    "Advised", "Advisor", "AdvisorStats", "ChatResult", "ClientSettings", "CriticalStep", "DelayedBackend",
+    "EpisodeView", "HTTPBackend", "Identified", "LLMClient", "LLMConfigError", "LocalBackend", "NoisyBackend",
     "Rejected", "ReplayBackend", "ResponseCache", "StateQuery", "Transcript", "advice_messages",
     "identify_messages", "validate_advice", "validate_identify",
 ]

@@ -3,7 +3,8 @@
 An `Advisor` pairs a chat backend with the prompts and validators. Backends: `HTTPBackend` (any
 OpenAI-compatible server through `LLMClient`), `LocalBackend` (in-process heuristics or a teacher, not an LLM),
 `ReplayBackend` (a transcript, no server), `NoisyBackend` (corrupts a fraction of another backend's
-answers, to measure robustness). The teacher backend (a stronger saved policy) lives in
+answers, to measure robustness), `DelayedBackend` (adds a fixed latency per answer, to measure how
+training copes with a slow LLM). The teacher backend (a stronger saved policy) lives in
 `jaxmod.advice.teacher` because it runs a network.
 """
 
@@ -125,6 +126,24 @@ class NoisyBackend:
         return result
 
 
+class DelayedBackend:
+    """Another backend behind a fixed latency per answer (an `asyncio.sleep`, so answers still overlap up
+    to the advisor's concurrency): a stand-in for a remote LLM when measuring the asynchronous loop."""
+
+    def __init__(self, inner: ChatBackend, delay_s: float) -> None:
+        if delay_s < 0:
+            raise ValueError(f"advisor latency must be >= 0 seconds, got {delay_s}")
+        self.inner, self.delay_s = inner, delay_s
+        self.name = f"delayed({delay_s:g}s):{inner.name}"
+
+    async def complete(self, messages, schema, name, deadline) -> ChatResult:
+        t0 = time.monotonic()
+        await asyncio.sleep(self.delay_s)
+        result = await self.inner.complete(messages, schema, name, deadline)
+        result.latency_s = time.monotonic() - t0
+        return result
+
+
 @dataclass
 class AdvisorStats:
     """Counts and costs per advisor (or per refinement chunk, via `snapshot`/`since`)."""
@@ -154,6 +173,7 @@ class Advisor:
         self.deadline_s = deadline_s
         self.stats = AdvisorStats()
         self._concurrency = concurrency
+        self._limit: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     async def _ask(self, kind: str, messages: Messages, schema: dict[str, Any], name: str, deadline: float | None,
                    validate) -> Identified | Advised | Rejected:
@@ -190,10 +210,18 @@ class Advisor:
             })
         return verdict
 
+    def _semaphore(self) -> asyncio.Semaphore:
+        """One limit per advisor and event loop, shared by concurrent `identify`/`advise` calls (several
+        seeds' rounds at once still ask at most `concurrency` questions at a time)."""
+        loop = asyncio.get_running_loop()
+        if self._limit is None or self._limit[0] is not loop:
+            self._limit = (loop, asyncio.Semaphore(self._concurrency))
+        return self._limit[1]
+
     async def _gather(self, questions) -> list:
         """Ask at most `concurrency` questions at a time. Each question is a zero-argument callable that
         makes its coroutine only once it may run, so a cancelled round leaves no coroutine un-awaited."""
-        sem = asyncio.Semaphore(self._concurrency)
+        sem = self._semaphore()
 
         async def bounded(ask):
             async with sem:

@@ -4,6 +4,7 @@ seeds in one program, with the advisor queried asynchronously between refinement
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -20,9 +21,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmod.advice.arrays import Advice, AdviceBook
-from jaxmod.advice.modulation import ModulationConfig
+from jaxmod.advice.modulation import ModulationConfig, ModulationError
 from jaxmod.baselines.methods import BASELINES, METHODS, baseline_modulation, method
-from jaxmod.llm import Advisor, ClientSettings, HTTPBackend, LLMClient, LocalBackend, NoisyBackend, Transcript
+from jaxmod.llm import (
+    Advisor,
+    ClientSettings,
+    DelayedBackend,
+    HTTPBackend,
+    LLMClient,
+    LocalBackend,
+    NoisyBackend,
+    Transcript,
+)
+from jaxmod.llm.advisors import ChatBackend
 from jaxmod.parallel import seed_keys
 from jaxmod.ppo import PPOConfig, PPOLearner, default_config
 from jaxmod.ultra.advise import CriticalRow, advise_episodes
@@ -47,6 +58,8 @@ class UltraSettings:
     advisor: str = "scripted"  # scripted | smollm2 | teacher:<ckpt> | replay:<transcript> | http(s)://host:port/v1
     model: str = "default"  # model name for an HTTP advisor
     noise: float = 0.0  # fraction of answers corrupted (NoisyAdvisor)
+    advisor_concurrency: int = 16  # questions in flight at once (HTTP advisors; the embedded smollm2 takes 1)
+    advisor_latency_s: float = 0.0  # added latency per answer (DelayedBackend): a stand-in for a slow remote LLM
     episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
     max_critical: int = 2
     capacity: int = 32
@@ -77,6 +90,9 @@ class UltraSettings:
     def __post_init__(self) -> None:
         for v in self.variants:
             method(v)  # raises a one-line MethodError listing the valid names
+        if not 0.0 <= self.noise <= 1.0 or self.advisor_latency_s < 0 or self.advisor_concurrency < 1:
+            raise ModulationError("advisor noise must lie in [0, 1], advisor latency be >= 0 seconds and advisor "
+                                  "concurrency >= 1")
 
     @classmethod
     def replay_of(cls, run_dir: Path) -> UltraSettings:
@@ -121,6 +137,14 @@ class VariantResult:
 def _advisor_factory(settings: UltraSettings, transcript: Transcript | None) -> Callable:
     """An async context manager factory yielding the configured `Advisor` (and its server if embedded)."""
 
+    def wrap(backend: ChatBackend) -> ChatBackend:
+        """The configured corruption and added latency around a live backend (not around a replay)."""
+        if settings.noise:
+            backend = NoisyBackend(backend, settings.noise, seed=settings.seed)
+        if settings.advisor_latency_s:
+            backend = DelayedBackend(backend, settings.advisor_latency_s)
+        return backend
+
     @contextlib.asynccontextmanager
     async def factory():
         spec = settings.advisor
@@ -138,22 +162,16 @@ def _advisor_factory(settings: UltraSettings, transcript: Transcript | None) -> 
         elif spec.startswith("teacher:"):
             from jaxmod.advice.teacher import TeacherBackend
 
-            backend = LocalBackend(TeacherBackend(spec.split(":", 1)[1]))
-            if settings.noise:
-                backend = NoisyBackend(backend, settings.noise, seed=settings.seed)
-            yield Advisor(backend, settings.max_critical, transcript)
+            yield Advisor(wrap(LocalBackend(TeacherBackend(spec.split(":", 1)[1]))), settings.max_critical, transcript)
             return
         else:
             url, model = spec, settings.model
         try:
-            limit = 1 if spec == "smollm2" else 16
+            limit = 1 if spec == "smollm2" else settings.advisor_concurrency
             client_settings = ClientSettings(base_url=url, model=model, concurrency=limit,
                                              max_tokens=160 if spec == "smollm2" else 512, timeout_s=120)
             async with LLMClient(client_settings) as client:
-                backend = HTTPBackend(client)
-                if settings.noise:
-                    backend = NoisyBackend(backend, settings.noise, seed=settings.seed)
-                yield Advisor(backend, settings.max_critical, transcript)
+                yield Advisor(wrap(HTTPBackend(client)), settings.max_critical, transcript, concurrency=limit)
         finally:
             if server is not None:
                 server.stop()
@@ -272,6 +290,15 @@ class UltraRun:
             raise ValueError(f"{path} has no refinement of {variant!r} to take a swap schedule from") from None
         return {int(row["chunk"]) for row in chunks if row.get("swapped_advice")}
 
+    def refinement_start(self, variant: str, pre_state, guide_steps: int = 1) -> tuple[PPOLearner, Any]:
+        """`variant`'s refinement learner and its per-seed start states: the pre-trained agents' parameters
+        and normalisers, a fresh optimiser, and the same refinement seeds for every variant."""
+        s = self.s
+        cfg = s.ppo_config(s.refine_steps, lr=s.refine_lr, anneal_lr=False)
+        learner = PPOLearner(cfg, s.modulation(variant, guide_steps=guide_steps))
+        state = jax.vmap(lambda k, p: learner.init(k, p))(seed_keys(s.seed + 1000, s.seeds), pre_state.params)
+        return learner, jax.vmap(_with_normalisers)(state, pre_state.env_state)
+
     def refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         s = self.s
         source = method(variant).critical
@@ -280,13 +307,11 @@ class UltraRun:
         guide_steps = 1
         if variant in BASELINES:  # JSRL's horizon: the agents' mean episode length
             guide_steps = max(1, round(self.agent_episodes(pre_state)[1]))
-        modulation = s.modulation(variant, guide_steps=guide_steps)
-        learner = PPOLearner(cfg, modulation)
+        learner, state = self.refinement_start(variant, pre_state, guide_steps)
+        modulation = learner.modulation
         core = learner.env.core
         chunk_updates = max(1, math.ceil(cfg.num_updates / s.chunks))
-        keys = seed_keys(s.seed + 1000, s.seeds)  # the same refinement seeds for every variant
-        state = jax.vmap(lambda k, p: learner.init(k, p))(keys, pre_state.params)
-        state = jax.vmap(_with_normalisers)(state, pre_state.env_state)
+        keys = seed_keys(s.seed + 1000, s.seeds)  # the refinement seeds (collection rounds fold them in)
         books = [AdviceBook(core, s.capacity) for _ in range(s.seeds)]
         advice = _stack([b.to_advice() for b in books]) if modulation else None
         if fixed_advice is not None:
@@ -315,11 +340,8 @@ class UltraRun:
                 uid += len(eps) + 1
                 per_seed.append((rec_i, eps))
 
-            async def job(adv: Advisor):
-                outs = []
-                for rec_i, eps in per_seed:
-                    outs.append(await advise_episodes(adv, core, rec_i, eps))
-                return outs
+            async def job(adv: Advisor):  # every seed's questions at once, up to the advisor's concurrency
+                return list(await asyncio.gather(*(advise_episodes(adv, core, rec_i, eps) for rec_i, eps in per_seed)))
 
             return advisor.submit(job), time.perf_counter()
 
