@@ -1,0 +1,121 @@
+"""What ULTRA's modulation costs in wall time, next to continued PPO for the same refinement steps.
+
+1. device: the compiled refinement alone (fixed advice, no advisor): ULTRA-RA with restarts, matching,
+   overrides, shaping, KL, verification and consensus vs continued PPO, best of `--repeats` runs;
+2. end to end: the refinement loop with the scripted advisor behind a fixed latency per answer
+   (`DelayedBackend`, `jaxmod ultra --advisor-latency`; 64 questions in flight, as a vLLM server takes
+   them): wall time vs continued PPO, and the share of wall time the main thread spent on advice instead
+   of training (swapping advice in, waiting for the episodes it sends), median of `--repeats` runs.
+
+    python benchmarks/ultra_overhead.py                      # CartPole-v1 and MountainCar-v0, 10 seeds
+    python benchmarks/ultra_overhead.py --latency 0,0.5,2 --repeats 5 --concurrency 16
+
+Writes benchmarks/results/ultra_overhead.json and prints a markdown table. Compilation is excluded
+(every program is compiled before its clock starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.ultra_gain import PRESETS  # noqa: E402
+from jaxmod.ultra.async_advice import AdvisorThread  # noqa: E402
+from jaxmod.ultra.pipeline import UltraRun, UltraSettings, _advisor_factory  # noqa: E402
+
+
+def _run_all(learner, state, advice):
+    """The whole refinement as one program (advice is None for continued PPO)."""
+    updates = learner.config.num_updates
+    return learner.run(state, updates, advice) if learner.modulation else learner.run(state, updates)
+
+
+def device_cost(run: UltraRun, pre, repeats: int) -> dict[str, float]:
+    """Best-of-`repeats` seconds of the whole compiled refinement, PPO vs RA, on the same advice."""
+    advice = run.explain("random", pre)  # fixed advice: the compiled work does not depend on its values
+    seconds = {}
+    for variant in ("PPO", "RA"):
+        learner, state = run.refinement_start(variant, pre)
+        arg = advice if learner.modulation else None
+        fn = jax.jit(jax.vmap(partial(_run_all, learner)))
+        compiled = fn.lower(state, arg).compile()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(state, arg))
+            times.append(time.perf_counter() - t0)
+        seconds[variant] = min(times)
+    return seconds
+
+
+def end_to_end(run: UltraRun, pre, repeats: int) -> dict[str, object]:
+    """Median wall seconds of PPO and RA through `refine` (chunks, evaluation, collection, advisor thread),
+    RA's stall share, advice rounds swapped in, and the advisor's mean latency per answer."""
+    walls: dict[str, list[float]] = {"PPO": [], "RA": []}
+    stall, swaps, latency = [], [], []
+    with AdvisorThread(_advisor_factory(run.s, None)) as advisor:
+        for _ in range(repeats):
+            for variant in walls:
+                result = run.refine(variant, pre, advisor)
+                walls[variant].append(result.wall_s)
+            st = run.advice_stats[-1]
+            stall.append(st["advice_overhead_frac"])
+            swaps.append(sum(bool(c["swapped_advice"]) for c in result.chunk_metrics))
+            latency.append(st["latency_s"] / max(1, st["questions"]))
+    ppo, ra = float(np.median(walls["PPO"])), float(np.median(walls["RA"]))
+    return {"ppo_s": ppo, "ra_s": ra, "wall_vs_ppo": ra / ppo, "stall_frac": float(np.median(stall)),
+            "stall_frac_max": float(np.max(stall)), "rounds_swapped": float(np.median(swaps)),
+            "answer_latency_s": float(np.mean(latency))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--envs", default="CartPole-v1,MountainCar-v0")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--latency", default="0,0.5", help="comma list of added seconds per advisor answer")
+    ap.add_argument("--concurrency", type=int, default=64, help="advisor questions in flight at once")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--agents-dir", default=None, help="reuse pre-trained agents saved here")
+    ap.add_argument("--json", default="benchmarks/results/ultra_overhead.json")
+    args = ap.parse_args()
+    rows = []
+    for env_id in args.envs.split(","):
+        base = dict(env_id=env_id, seeds=args.seeds, agents_dir=args.agents_dir, **PRESETS.get(env_id, {}))
+        with tempfile.TemporaryDirectory() as tmp:
+            run = UltraRun(UltraSettings(**base), Path(tmp))
+            pre = run.pretrain()
+            dev = device_cost(run, pre, args.repeats)
+            row = {"env": env_id, "seeds": args.seeds, "device_ppo_s": dev["PPO"], "device_ra_s": dev["RA"],
+                   "device_ra_vs_ppo": dev["RA"] / dev["PPO"], "end_to_end": {}}
+            for latency in (float(x) for x in args.latency.split(",")):
+                run.s = UltraSettings(**base, advisor_latency_s=latency, advisor_concurrency=args.concurrency)
+                row["end_to_end"][f"{latency:g}"] = end_to_end(run, pre, args.repeats)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\n{jax.devices()[0].device_kind}, {platform.python_version()}, jax {jax.__version__}")
+    print("| env | device: PPO s | RA s | RA vs PPO | advisor latency per answer | end to end: RA vs PPO "
+          "| stall share (median / max) | advice rounds swapped in |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for latency, e in r["end_to_end"].items():
+            print(f"| {r['env']} | {r['device_ppo_s']:.2f} | {r['device_ra_s']:.2f} | {r['device_ra_vs_ppo']:.2f}x "
+                  f"| +{latency} s ({e['answer_latency_s']:.2f} s) | {e['wall_vs_ppo']:.2f}x "
+                  f"| {e['stall_frac']:.1%} / {e['stall_frac_max']:.1%} | {e['rounds_swapped']:.0f} |")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
