@@ -1,7 +1,8 @@
 """Does advice help? From the same sub-optimal agents, refine with continued PPO and ULTRA-A / R / RA for
 equal refinement steps, >= 5 seeds, with the scripted advisor, clean and with 30% corrupted answers.
 
-    python benchmarks/ultra_gain.py                       # CartPole-v1 and MountainCar-v0
+    python benchmarks/ultra_gain.py --seeds 30            # CartPole-v1 and MountainCar-v0 (README table, ~8 min)
+    python benchmarks/ultra_gain.py --seeds 30 --sync-advice --json benchmarks/results/ultra_gain_sync.json
     python benchmarks/ultra_gain.py --envs CartPole-v1 --seeds 8
 
 Writes benchmarks/results/ultra_gain.json and prints a markdown table: final evaluation return mean
