@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmod.advice.arrays import Advice
-from jaxmod.advice.modulation import advice_spread
+from jaxmod.advice.modulation import advice_spread, pairwise_distance
 
 
 def agreeing(advice: Advice, action_range: jax.Array | None, action_tol: float) -> jax.Array:
@@ -35,8 +35,7 @@ def consensus(advice: Advice, radius: float, action_range: jax.Array | None = No
     `action_range` (high - low per action dim) marks continuous actions; None means discrete. `spread` is
     `advice_spread(advice)` where the caller has it already."""
     spread = advice_spread(advice) if spread is None else spread
-    x = (advice.obs / spread).reshape(advice.obs.shape[0], -1)
-    dist = jnp.sqrt(jnp.sum(jnp.square(x[:, None, :] - x[None, :, :]), axis=-1))
-    near = (dist <= radius) & advice.valid[None, :] & advice.valid[:, None]
+    x = advice.obs / spread
+    near = (pairwise_distance(x, x) <= radius) & advice.valid[None, :] & advice.valid[:, None]
     votes_for = jnp.sum(near & agreeing(advice, action_range, action_tol), axis=1)
     return advice.valid & (2 * votes_for >= jnp.sum(near, axis=1))

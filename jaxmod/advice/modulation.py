@@ -176,6 +176,12 @@ def advice_spread(advice: Advice) -> jax.Array:
     return jnp.where(std > 1e-6, std, 1.0)
 
 
+def pairwise_distance(x: jax.Array, y: jax.Array) -> jax.Array:
+    """(M, K) Euclidean distances between the rows of x (M, ...) and y (K, ...), flattened per row."""
+    diff = x.reshape(x.shape[0], 1, -1) - y.reshape(1, y.shape[0], -1)
+    return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+
+
 def match_slots(obs: jax.Array, advice: Advice, usable: jax.Array, obs_rms: RunningMeanStd, normalize: bool,
                 spread: jax.Array, radius: jax.Array) -> jax.Array:
     """Nearest `usable` advice slot within `radius` of each env's observation (the policy input), else -1.
@@ -184,9 +190,7 @@ def match_slots(obs: jax.Array, advice: Advice, usable: jax.Array, obs_rms: Runn
         x, adv_obs = obs, obs_rms.normalize(advice.obs)
     else:
         x, adv_obs = obs / spread, advice.obs / spread
-    diff = x.reshape(x.shape[0], 1, -1) - adv_obs.reshape(1, adv_obs.shape[0], -1)
-    dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1))
-    dist = jnp.where(usable[None, :], dist, jnp.inf)
+    dist = jnp.where(usable[None, :], pairwise_distance(x, adv_obs), jnp.inf)
     nearest = jnp.argmin(dist, axis=1)
     return jnp.where(jnp.min(dist, axis=1) <= radius, nearest, -1).astype(jnp.int32)
 

@@ -296,22 +296,25 @@ class UltraRun:
         s = self.s
         cfg = s.ppo_config(s.refine_steps, lr=s.refine_lr, anneal_lr=False)
         learner = PPOLearner(cfg, s.modulation(variant, guide_steps=guide_steps))
-        state = jax.vmap(lambda k, p: learner.init(k, p))(seed_keys(s.seed + 1000, s.seeds), pre_state.params)
+        state = jax.vmap(lambda k, p: learner.init(k, p))(self.refinement_keys, pre_state.params)
         return learner, jax.vmap(_with_normalisers)(state, pre_state.env_state)
+
+    @property
+    def refinement_keys(self) -> jax.Array:
+        """(seeds,) keys of the refinement: the same for every variant (collection rounds fold them in)."""
+        return seed_keys(self.s.seed + 1000, self.s.seeds)
 
     def refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         s = self.s
         source = method(variant).critical
-        cfg = s.ppo_config(s.refine_steps, lr=s.refine_lr, anneal_lr=False)
         fixed_advice = self.explain(source, pre_state) if source in ("mask", "random") else None
         guide_steps = 1
         if variant in BASELINES:  # JSRL's horizon: the agents' mean episode length
             guide_steps = max(1, round(self.agent_episodes(pre_state)[1]))
         learner, state = self.refinement_start(variant, pre_state, guide_steps)
-        modulation = learner.modulation
-        core = learner.env.core
+        cfg, modulation, core = learner.config, learner.modulation, learner.env.core
         chunk_updates = max(1, math.ceil(cfg.num_updates / s.chunks))
-        keys = seed_keys(s.seed + 1000, s.seeds)  # the refinement seeds (collection rounds fold them in)
+        keys = self.refinement_keys
         books = [AdviceBook(core, s.capacity) for _ in range(s.seeds)]
         advice = _stack([b.to_advice() for b in books]) if modulation else None
         if fixed_advice is not None:
