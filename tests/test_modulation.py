@@ -174,6 +174,42 @@ def test_matching_marks_states_near_advice():
     np.testing.assert_array_equal(traj.critical, near)
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_matcher_finds_the_nearest_usable_slot_within_the_radius(normalize):
+    """The rollout's matching against a brute-force nearest neighbour: unusable slots never match, ties go
+    to the first slot, distances are in normalised units or in units of the advice spread."""
+    from jaxmod.advice.modulation import Matcher
+    from jaxmod.envs.normalize import RunningMeanStd
+
+    rng = np.random.default_rng(0)
+    core = make_core("CartPole-v1")
+    book = AdviceBook(core, 8)
+    points = rng.normal(size=(8, 4)).astype(np.float32) * np.array([1.0, 2.0, 0.1, 0.5], np.float32)
+    points[5] = points[2]  # a tie: the first of the two slots wins
+    for i, p in enumerate(points):
+        snap = jax.device_get(core.reset(jax.random.PRNGKey(i))).replace(obs=p)
+        book.add(AdviceItem(episode=i, step=0, obs=p, snapshot=snap, action=0, reward=0.0))
+    advice = book.to_advice()
+    usable = jnp.asarray(np.arange(8) != 3)
+    rms = RunningMeanStd.create((4,)).update(jnp.asarray(rng.normal(size=(64, 4)).astype(np.float32) * 2 + 1))
+    spread = advice_spread(advice)
+    obs = points[[0, 2, 3, 7, 1, 6]] + rng.normal(size=(6, 4)).astype(np.float32) * 0.005
+    obs[4] += 10.0  # far from everything
+    x = np.asarray(rms.normalize(jnp.asarray(obs))) if normalize else obs
+    matcher = Matcher.create(advice, usable, normalize, None if normalize else spread, jnp.float32(0.5))
+    got = np.asarray(matcher.match(jnp.asarray(x), rms))
+    chex.assert_shape(got, (6,))
+    if normalize:
+        x_cmp, p_cmp = x, np.asarray(rms.normalize(jnp.asarray(points)))
+    else:
+        x_cmp, p_cmp = obs / np.asarray(spread), points / np.asarray(spread)
+    dist = np.linalg.norm(x_cmp[:, None] - p_cmp[None], axis=-1)
+    dist[:, 3] = np.inf
+    want = np.where(dist.min(1) <= 0.5, dist.argmin(1), -1)
+    np.testing.assert_array_equal(got, want)
+    assert got[1] == 2 and got[2] != 3 and got[4] == -1  # tie to the first slot; slot 3 unusable; far: none
+
+
 def test_kl_gradient_pulls_toward_the_suggestion():
     learner = PPOLearner(TINY)
     params = learner.net.init(jax.random.PRNGKey(0))

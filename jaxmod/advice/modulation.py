@@ -155,14 +155,14 @@ class ModulationParams:
 
 def choose_restarts(u_use: jax.Array, u_slot: jax.Array, advice: Advice, restart_prob: jax.Array
                     ) -> tuple[jax.Array, jax.Array]:
-    """Per env, from two uniforms in [0, 1): whether its next reset restarts from advice, and from which
-    valid slot, uniformly (-1 if not). Uniforms instead of keys: the rollout draws them for all steps at
-    once, outside its sequential loop."""
+    """Per env (any leading shape), from two uniforms in [0, 1): whether its next reset restarts from advice,
+    and from which valid slot, uniformly (-1 if not). Uniforms instead of keys: the rollout draws them for
+    all steps at once, outside its sequential loop."""
     valid = advice.valid
     n_valid = valid.sum()
     use = (u_use < restart_prob) & (n_valid > 0)
     rank = jnp.minimum(jnp.floor(u_slot * n_valid), n_valid - 1).astype(jnp.int32)  # which valid slot, in order
-    slot = jnp.argmax(jnp.cumsum(valid)[None, :] > rank[:, None], axis=1)
+    slot = jnp.argmax(jnp.cumsum(valid) > rank[..., None], axis=-1)
     return use, jnp.where(use, slot, -1).astype(jnp.int32)
 
 
@@ -182,17 +182,47 @@ def pairwise_distance(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
 
 
-def match_slots(obs: jax.Array, advice: Advice, usable: jax.Array, obs_rms: RunningMeanStd, normalize: bool,
-                spread: jax.Array, radius: jax.Array) -> jax.Array:
-    """Nearest `usable` advice slot within `radius` of each env's observation (the policy input), else -1.
-    Normalised inputs are compared with normalised advice; raw ones in units of the advice `spread`."""
-    if normalize:
-        x, adv_obs = obs, obs_rms.normalize(advice.obs)
-    else:
-        x, adv_obs = obs / spread, advice.obs / spread
-    dist = jnp.where(usable[None, :], pairwise_distance(x, adv_obs), jnp.inf)
-    nearest = jnp.argmin(dist, axis=1)
-    return jnp.where(jnp.min(dist, axis=1) <= radius, nearest, -1).astype(jnp.int32)
+@struct.dataclass
+class Matcher:
+    """Matching live states to advice states, prepared once per rollout so each step does only a small
+    matrix product. Normalised inputs are compared with the advice normalised by the current statistics
+    (they move every step); raw ones in units of the advice `spread`.
+
+    Squared distances come as |x|^2 - 2 x.p + |p|^2 and the nearest slot as the first index at the
+    minimum: on a CPU the broadcast (N, K, D) difference and `argmin`'s variadic reduction cost ~9 us per
+    step, this ~2 us (the radius is a few units, so float32 cancellation does not matter)."""
+
+    points: jax.Array  # (K, D) advice observations: scaled by 1/spread (raw inputs) or raw (normalised inputs)
+    inv_spread: jax.Array | None  # (D,) for raw inputs; None where the policy's inputs are normalised
+    offset: jax.Array  # (K,) |p|^2 for raw inputs (0 for normalised ones), plus inf for unusable slots
+    radius_sq: jax.Array
+
+    @classmethod
+    def create(cls, advice: Advice, usable: jax.Array, normalize: bool, spread: jax.Array | None,
+               radius: jax.Array) -> Matcher:
+        points = advice.obs.reshape(advice.obs.shape[0], -1)
+        blocked = jnp.where(usable, 0.0, jnp.inf)
+        if normalize:
+            return cls(points=points, inv_spread=None, offset=blocked, radius_sq=jnp.square(radius))
+        inv_spread = 1.0 / spread.reshape(-1)
+        points = points * inv_spread
+        return cls(points=points, inv_spread=inv_spread, offset=jnp.sum(points * points, axis=1) + blocked,
+                   radius_sq=jnp.square(radius))
+
+    def match(self, obs: jax.Array, obs_rms: RunningMeanStd) -> jax.Array:
+        """Nearest usable advice slot within the radius of each env's observation (the policy input), else -1."""
+        x = obs.reshape(obs.shape[0], -1)
+        points, offset = self.points, self.offset
+        if self.inv_spread is None:
+            points = obs_rms.normalize(points.reshape((-1,) + obs.shape[1:])).reshape(self.points.shape)
+            offset = offset + jnp.sum(points * points, axis=1)
+        else:
+            x = x * self.inv_spread
+        cross = jnp.matmul(x, points.T, precision="highest")  # TPUs and TF32 GPUs would round it to bf16/tf32
+        dist_sq = jnp.maximum(jnp.sum(x * x, axis=1, keepdims=True) - 2.0 * cross + offset, 0.0)
+        nearest_sq = jnp.min(dist_sq, axis=1, keepdims=True)
+        first = jnp.min(jnp.where(dist_sq == nearest_sq, jnp.arange(points.shape[0]), points.shape[0]), axis=1)
+        return jnp.where(nearest_sq[:, 0] <= self.radius_sq, first, -1).astype(jnp.int32)
 
 
 def shaping_bonus(params: ModulationParams, advice: Advice, slot: jax.Array, critical: jax.Array,
@@ -205,8 +235,8 @@ def shaping_bonus(params: ModulationParams, advice: Advice, slot: jax.Array, cri
     if advice.action.ndim == 1:  # discrete
         same = (action == rated).astype(jnp.float32)
     else:
-        diff = (action - rated).reshape(action.shape[0], -1) / kernel_std
-        same = jnp.exp(-0.5 * jnp.mean(jnp.square(diff), axis=-1))
+        diff = (action - rated) / kernel_std
+        same = jnp.exp(-0.5 * jnp.mean(jnp.square(diff), axis=tuple(range(slot.ndim, action.ndim))))
     return jnp.where(critical, params.reward_scale * bonus * same, 0.0)
 
 

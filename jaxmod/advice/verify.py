@@ -66,25 +66,24 @@ class AdviceTrust:
         """Fold in one rollout: `advantage` at the `advised` and the `control` steps of each `slot` (all (T, N)).
         Counts are capped at `memory`, so the means track a changing policy like exponential averages."""
         k = self.count.shape[1]
-        slot = slot.reshape(-1)
         advantage = advantage.reshape(-1)
+        # per-slot sums of [1, A, A^2] over each group's steps as one small matrix product: a one-hot of the
+        # slots times the masked moments (on a CPU a scatter-add per sum costs several times more)
+        one_hot = (slot.reshape(-1, 1) == jnp.arange(k)).astype(jnp.float32)  # slot -1 matches no column
+        moments = jnp.stack([jnp.ones_like(advantage), advantage, advantage * advantage], axis=1)
+        groups = jnp.stack([advised.reshape(-1), control.reshape(-1)], axis=1).astype(jnp.float32)
+        masked = (groups[:, :, None] * moments[:, None, :]).reshape(advantage.shape[0], 6)
+        sums = jnp.matmul(one_hot.T, masked, precision="highest").T.reshape(2, 3, k)
 
-        def fold(row: int, where: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-            where = where.reshape(-1)
-            ids = jnp.where(where, slot, k)  # bucket k collects the other steps
-
-            def per_slot(x: jax.Array) -> jax.Array:
-                return jax.ops.segment_sum(jnp.where(where, x, 0.0), ids, num_segments=k + 1)[:k]
-
-            n = per_slot(jnp.ones_like(advantage))
+        def fold(row: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+            n, total_adv, total_square = sums[row]
             old = jnp.minimum(self.count[row], jnp.maximum(memory - n, 0.0))  # older evidence gives way
             total = jnp.maximum(old + n, 1.0)
             seen = old + n > 0
-            mean = jnp.where(seen, (self.mean[row] * old + per_slot(advantage)) / total, self.mean[row])
-            square = jnp.where(seen, (self.mean_square[row] * old + per_slot(advantage * advantage)) / total,
-                               self.mean_square[row])
+            mean = jnp.where(seen, (self.mean[row] * old + total_adv) / total, self.mean[row])
+            square = jnp.where(seen, (self.mean_square[row] * old + total_square) / total, self.mean_square[row])
             return jnp.minimum(old + n, float(memory)), mean, square
 
-        rows = [fold(ADVISED, advised), fold(CONTROL, control)]
+        rows = [fold(ADVISED), fold(CONTROL)]
         count, mean, square = (jnp.stack(parts) for parts in zip(*rows, strict=True))
         return self.replace(count=count, mean=mean, mean_square=square)

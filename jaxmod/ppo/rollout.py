@@ -8,10 +8,10 @@ from flax import struct
 
 from jaxmod.advice.arrays import Advice
 from jaxmod.advice.modulation import (
+    Matcher,
     ModulationConfig,
     ModulationParams,
     choose_restarts,
-    match_slots,
     shaping_bonus,
     take_slot,
 )
@@ -76,22 +76,33 @@ def collect(
     which keeps the sequential loop short (a latency win at small batch sizes).
     """
 
+    matcher = use = None
+    if modulation is not None:
+        # Everything that does not depend on the states reached is drawn or prepared here, for all steps at once:
+        # the sequential loop keeps only what must run step by step (a latency win on small batches)
+        key, u_key = jax.random.split(key)
+        u = jax.random.uniform(u_key, (num_steps, env.num_envs, 3))  # restart, restart slot, verification control
+        use, restart_slot = choose_restarts(u[..., 0], u[..., 1], mod.advice, mod.params.restart_prob)
+        control = u[..., 2] >= modulation.verify_control
+        if modulation.matching:
+            matcher = Matcher.create(mod.advice, mod.trusted, env.normalize_obs, mod.spread, mod.params.match_radius)
+
     def step(carry, xs):
         env_state, obs, pending = carry
         if modulation is None:
             act_key, env_key = jax.random.split(xs)
-        else:
-            step_key, u = xs  # u: (N, 3) uniforms for restart, restart slot and verification control
-            act_key, env_key, reset_key = jax.random.split(step_key, 3)
-        head = net.policy_head(params, obs)
-        action, log_prob = net.sample(params, head, act_key)
-        if modulation is None:
+            head = net.policy_head(params, obs)
+            action, log_prob = net.sample(params, head, act_key)
             env_state, res = env.step(env_key, env_state, action, reset_cores)
             tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
                             terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
                             final_obs=res.final_obs)
             return (env_state, res.obs, pending), tr
 
+        step_key, control, restart_slot = xs  # per-step draws made before the loop
+        act_key, env_key, reset_key = jax.random.split(step_key, 3)
+        head = net.policy_head(params, obs)
+        action, _ = net.sample(params, head, act_key)  # the log-prob is taken once, of what is executed
         guided = None
         if modulation.uses_guide:  # JSRL roll-in: the frozen guide acts early in every episode; its steps train
             # the learner as its own (the learner's log-prob of the guide's action), as JSRL's off-policy learners
@@ -100,59 +111,52 @@ def collect(
             guide_action, _ = net.sample(mod.guide_params, net.policy_head(mod.guide_params, obs),
                                          jax.random.fold_in(act_key, 1))
             guided = env_state.core.time < mod.guide_horizon
-            action, log_prob = _execute_instead(net, params, head, action, guided, guide_action)
+            action = _where_envs(guided, guide_action, action)
         # CRITICAL STEPS: right after a restart from trusted advice, or (optionally) near a trusted advice state
         slot = jnp.where(take_slot(mod.trusted, pending), pending, -1)
-        if modulation.matching:
-            near = match_slots(obs, mod.advice, mod.trusted, env_state.obs_rms, env.normalize_obs, mod.spread,
-                               mod.params.match_radius)
-            slot = jnp.where(slot >= 0, slot, near)
-        critical = slot >= 0
-        suggestion = take_slot(mod.advice.action, slot)
-        executes = jnp.zeros_like(critical)
-        if modulation.override_action:  # ULTRA-A: execute the suggestion, keep its log-prob for the ratio
-            executes = critical
+        if matcher is not None:
+            slot = jnp.where(slot >= 0, slot, matcher.match(obs, env_state.obs_rms))
+        executes = jnp.zeros(slot.shape, bool)
+        if modulation.override_action:  # ULTRA-A: execute the suggestion (the ratio uses its log-prob)
+            executes = slot >= 0
             if modulation.verifies:  # a random share of critical steps stays with the policy: the control group
-                executes = critical & (u[:, 2] >= modulation.verify_control)
-            action, log_prob = _execute_instead(net, params, head, action, executes, suggestion)
-        if env.action_space.discrete:  # verification's groups: the suggestion ran, or the policy's own choice
-            advised = critical & (action == suggestion)
-        else:
-            advised = executes
-        # RESTARTS: finished envs restart from a random valid advice snapshot with probability rho
-        use, restart_slot = choose_restarts(u[:, 0], u[:, 1], mod.advice, mod.params.restart_prob)
+                executes = executes & control
+            action = _where_envs(executes, take_slot(mod.advice.action, slot), action)
+        log_prob = net.log_prob(params, head, action)
+        # RESTARTS: finished envs restart from the advice snapshot drawn for this step (slot -1: a fresh reset)
         fresh = reset_cores if reset_cores is not None else env.fresh_cores(reset_key)
-        resets = select_envs(use, take_slot(mod.advice.snapshot, restart_slot), fresh)
+        resets = select_envs(restart_slot >= 0, take_slot(mod.advice.snapshot, restart_slot), fresh)
         env_state, res = env.step(env_key, env_state, action, resets)
-        shaping = None
-        if modulation.shape_reward:  # ULTRA-R: implicit reward on critical steps (added by the learner)
-            shaping = shaping_bonus(mod.params, mod.advice, slot, critical, action, modulation.kl_target_std)
         pending = jnp.where(res.episode_done, restart_slot, -1)
         tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
                         terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
-                        final_obs=res.final_obs, critical=critical, slot=slot,
-                        restarted=jnp.logical_and(res.episode_done, use), guided=guided, shaping=shaping,
-                        advised=advised, forced=executes)
+                        final_obs=res.final_obs, slot=slot, guided=guided, forced=executes)
         return (env_state, res.obs, pending), tr
 
-    pending0 = mod.critical_slot if mod is not None else None
     if modulation is None:
-        xs = jax.random.split(key, num_steps)
-    else:  # modulation's random numbers for all steps in one draw: fewer ops inside the loop
-        key, u_key = jax.random.split(key)
-        xs = (jax.random.split(key, num_steps), jax.random.uniform(u_key, (num_steps, env.num_envs, 3)))
-    (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, pending0), xs, unroll=unroll)
+        (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, None), jax.random.split(key, num_steps),
+                                                       unroll=unroll)
+        return env_state, obs, pending, traj
+
+    xs = (jax.random.split(key, num_steps), control, restart_slot)
+    (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, mod.critical_slot), xs, unroll=unroll)
+
+    # per-step facts that follow from the trajectory, computed on the whole (T, N) batch
+    critical = traj.slot >= 0
+    if env.action_space.discrete:  # verification's groups: the suggestion ran, or the policy's own choice
+        advised = critical & (traj.action == take_slot(mod.advice.action, traj.slot))
+    else:
+        advised = traj.forced
+    shaping = None
+    if modulation.shape_reward:  # ULTRA-R: implicit reward on critical steps (added by the learner)
+        shaping = shaping_bonus(mod.params, mod.advice, traj.slot, critical, traj.action, modulation.kl_target_std)
+    traj = traj.replace(critical=critical, restarted=traj.episode_done & use, shaping=shaping, advised=advised)
     return env_state, obs, pending, traj
 
 
-def _execute_instead(net: ActorCritic, params: Params, head: jax.Array, action: jax.Array, where: jax.Array,
-                     replacement: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per env, execute `replacement` where `where` (N,) holds, else `action`, with the learner's own
-    log-prob of what was executed (ULTRA-A's overrides, which the learner then masks out of its policy
-    gradient, and JSRL's roll-in, which it trains on)."""
-    mask = where.reshape(where.shape + (1,) * (action.ndim - 1))
-    action = jnp.where(mask, replacement, action)
-    return action, net.log_prob(params, head, action)
+def _where_envs(where: jax.Array, replacement: jax.Array, action: jax.Array) -> jax.Array:
+    """Per env, `replacement` where `where` (N,) holds, else `action` (ULTRA-A's overrides, JSRL's roll-in)."""
+    return jnp.where(where.reshape(where.shape + (1,) * (action.ndim - 1)), replacement, action)
 
 
 def episodes_finished(traj: Trajectory) -> jax.Array:
