@@ -371,6 +371,7 @@ class UltraRun:
 
         # compile before the clock starts: wall time compares refinement work, not compilers
         run = run.lower(state, advice).compile() if modulation else run.lower(state, None).compile()
+        evaluate = evaluate.lower(state.params, state.env_state.obs_rms, eval_key).compile()
         wall0 = time.perf_counter()
         done_updates = 0
         chunk_i = 0
