@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="questions in flight at once for an HTTP advisor (match the server's parallel slots)")
     ultra.add_argument("--advisor-latency", type=float, default=0.0, metavar="SECONDS",
                        help="add this latency to every advisor answer (a stand-in for a slow remote LLM)")
+    ultra.add_argument("--advisor-priority", choices=("idle", "normal"), default="idle",
+                       help="CPU priority of the host-side advisor work: idle (Linux: only CPU time training leaves, "
+                            "so it never slows a CPU run) or normal (fresher advice on a busy CPU)")
     ultra.add_argument("--seeds", type=_int, default=5)
     ultra.add_argument("--seed", type=_int, default=0)
     ultra.add_argument("--pretrain-steps", type=_int, default=60_000)
@@ -324,6 +327,7 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         refine_steps=args.refine_steps, refine_lr=args.refine_lr, chunks=args.chunks,
         variants=(BASELINE, *variants), advisor=advisor, model=args.model, noise=args.noise,
         advisor_latency_s=args.advisor_latency, advisor_concurrency=args.advisor_concurrency,
+        advisor_priority=args.advisor_priority,
         episodes_per_round=args.episodes_per_round, capacity=args.capacity, restart_prob=args.restart_prob,
         reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius,
         kl_filter=args.kl_filter, verify_samples=args.verify_samples, sync_advice=args.sync_advice,

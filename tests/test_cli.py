@@ -95,3 +95,12 @@ def test_bad_advisor_knob_is_one_line(tmp_path, capsys, flag, value):
     code = main(["ultra", flag, value, "--out", str(tmp_path / "k")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "advisor" in err[0]
+
+
+def test_advisor_priority_is_checked():
+    from jaxmod.advice.modulation import ModulationError
+    from jaxmod.ultra.pipeline import UltraSettings
+
+    with pytest.raises(ModulationError, match="advisor priority must be 'idle' or 'normal'"):
+        UltraSettings(advisor_priority="high")
+    assert UltraSettings(advisor_priority="normal").advisor_priority == "normal"

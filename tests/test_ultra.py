@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
+import sys
+import threading
 import time
 
 import pytest
@@ -65,6 +68,23 @@ def test_advisor_thread_overlaps_a_slow_advisor():
         assert fut.result(timeout=5) == "done"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling classes are Linux's")
+def test_advisor_thread_runs_on_idle_cpu_time_only():
+    """The advisor loop and the threads it starts (an embedded server's) take only CPU time training leaves."""
+    async def policies(_adv):
+        seen = []
+        child = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(threading.get_native_id())))
+        child.start()
+        child.join()
+        return os.sched_getscheduler(threading.get_native_id()), seen[0]
+
+    with AdvisorThread(_slow_factory()) as thread:
+        assert thread.submit(policies).result(timeout=5) == (os.SCHED_IDLE, os.SCHED_IDLE)
+    with AdvisorThread(_slow_factory(), idle_priority=False) as thread:
+        assert thread.submit(policies).result(timeout=5) == (os.SCHED_OTHER, os.SCHED_OTHER)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own priority is untouched
+
+
 def test_refinement_does_not_stall_on_a_slow_advisor(tmp_path):
     settings = UltraSettings(variants=("RA",), **{**TINY, "chunks": 6})
     run = UltraRun(settings, tmp_path / "slow", advisor_factory=_slow_factory())
@@ -87,7 +107,9 @@ def test_a_synchronous_run_replays_exactly_from_its_transcript(tmp_path):
 
 
 def test_an_asynchronous_run_replays_exactly_from_its_run_folder(tmp_path):
-    live = UltraRun(UltraSettings(variants=("RA",), **{**TINY, "chunks": 6}), tmp_path / "live")
+    # normal priority: on a busy 2-core CPU an idle-priority advisor may answer only after this tiny run ends
+    live = UltraRun(UltraSettings(variants=("RA",), advisor_priority="normal", **{**TINY, "chunks": 6}),
+                    tmp_path / "live")
     live.advisor_factory = _slow_factory(live.transcript, delay_s=0.0)
     first = live.run()
     swaps = [c["swapped_advice"] for c in first["RA"].chunk_metrics]

@@ -60,6 +60,8 @@ class UltraSettings:
     noise: float = 0.0  # fraction of answers corrupted (NoisyAdvisor)
     advisor_concurrency: int = 16  # questions in flight at once (HTTP advisors; the embedded smollm2 takes 1)
     advisor_latency_s: float = 0.0  # added latency per answer (DelayedBackend): a stand-in for a slow remote LLM
+    advisor_priority: str = "idle"  # host-side advisor threads: "idle" (Linux SCHED_IDLE: only CPU time training
+    # leaves, so a CPU run is not slowed; advice may come later) or "normal"
     episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
     max_critical: int = 2
     capacity: int = 32
@@ -93,6 +95,8 @@ class UltraSettings:
         if not 0.0 <= self.noise <= 1.0 or self.advisor_latency_s < 0 or self.advisor_concurrency < 1:
             raise ModulationError("advisor noise must lie in [0, 1], advisor latency be >= 0 seconds and advisor "
                                   "concurrency >= 1")
+        if self.advisor_priority not in ("idle", "normal"):
+            raise ModulationError(f"advisor priority must be 'idle' or 'normal', not {self.advisor_priority!r}")
 
     @classmethod
     def replay_of(cls, run_dir: Path) -> UltraSettings:
@@ -186,6 +190,16 @@ def _stack(advices: list[Advice]) -> Advice:
 def _with_normalisers(state, pre_env_state):
     return state.replace(env_state=state.env_state.replace(obs_rms=pre_env_state.obs_rms,
                                                            return_rms=pre_env_state.return_rms))
+
+
+def _modulation_row(m: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A chunk's modulation metrics (arrays of (seeds, updates)) as one row of the run summary."""
+    row = {"critical_frac": float(np.mean(m["critical_frac"])), "restarts": int(np.sum(m["restarts"])),
+           "advice_valid": int(np.mean(m["advice_valid"][:, -1])),
+           "advice_refuted": float(np.mean(m["advice_refuted"][:, -1])),
+           "advice_outvoted": float(np.mean(m["advice_outvoted"][:, -1]))}
+    row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
+    return row
 
 
 class UltraRun:
@@ -332,10 +346,14 @@ class UltraRun:
         uid = 0
         eval_key = seed_keys(s.seed + 2000, s.seeds)
 
-        def request(params, obs_rms, round_i):
-            nonlocal uid
+        def record(state, round_i):
+            """Start collecting this round's episodes on the device (queued behind the work dispatched so far)."""
             round_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, round_i)
-            rec = jax.device_get(collect(params, obs_rms, round_keys))
+            return collect(state.params, state.env_state.obs_rms, round_keys)
+
+        def request(rec):
+            """Split a host copy of the recording into episodes and hand every seed's to the advisor thread."""
+            nonlocal uid
             per_seed = []
             for i in range(s.seeds):
                 rec_i = jax.tree.map(lambda x, i=i: x[i], rec)
@@ -363,7 +381,7 @@ class UltraRun:
             advisor.advisor.stats = AdvisorStats()  # per-variant accounting
         if uses_advisor:  # initial advice on the pre-trained agents' own episodes
             t0 = time.perf_counter()
-            fut, _ = request(state.params, state.env_state.obs_rms, 0)
+            fut, _ = request(jax.device_get(record(state, 0)))
             counts = absorb(fut.result())
             advice = _stack([b.to_advice() for b in books])
             self.log(f"{variant}: initial advice {counts['packed']} packed, {counts['dropped']} dropped "
@@ -372,18 +390,46 @@ class UltraRun:
         # compile before the clock starts: wall time compares refinement work, not compilers
         run = run.lower(state, advice).compile() if modulation else run.lower(state, None).compile()
         evaluate = evaluate.lower(state.params, state.env_state.obs_rms, eval_key).compile()
+        def read(mean, done: int, row: dict[str, Any] | None, metrics) -> None:
+            """Record an evaluation (and its chunk's row); called while the device runs the next chunk."""
+            result.steps.append(min(done, cfg.num_updates) * cfg.batch_size)
+            result.eval_returns.append(np.asarray(mean).tolist())
+            if row is None:  # the evaluation before refinement
+                return
+            row["eval_return"] = float(np.mean(mean))
+            if modulation is not None:
+                row.update(_modulation_row(jax.device_get(metrics)))
+            result.chunk_metrics.append(row)
+            self.progress(variant, min(done, cfg.num_updates), cfg.num_updates)
+
+        # The device always has work queued: each chunk's evaluation (and the advisor's episodes) are dispatched
+        # behind it, and the host reads the results, hands episodes to the advisor and swaps advice in while
+        # the device evaluates; the next chunk is dispatched before the previous evaluation is read.
         wall0 = time.perf_counter()
-        done_updates = 0
-        chunk_i = 0
-        mean0, _ = evaluate(state.params, state.env_state.obs_rms, eval_key)
-        result.steps.append(0)
-        result.eval_returns.append(np.asarray(mean0).tolist())
+        done_updates = chunk_i = 0
+        unread = (evaluate(state.params, state.env_state.obs_rms, eval_key)[0], 0, None, None)
+        no_swap: dict[str, Any] = {"swapped_advice": False, **({"advisor_latency_s": None} if modulation else {})}
+        swap = no_swap
         while done_updates < cfg.num_updates:
-            swapped = False
-            latency = None
-            if pending is not None:
+            state, metrics = run(state, advice) if modulation else run(state, None)
+            done_updates += chunk_updates
+            chunk_i += 1
+            more = done_updates < cfg.num_updates
+            rec = record(state, chunk_i) if uses_advisor and pending is None and more else None
+            chunk_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_key, chunk_i)
+            mean, _ = evaluate(state.params, state.env_state.obs_rms, chunk_keys)
+            read(*unread)
+            unread = (mean, done_updates, {"chunk": chunk_i, **swap}, metrics)
+            swap = no_swap
+            if rec is not None:
+                rec = jax.device_get(rec)  # waits for the chunk and the collection (device work), not the evaluation
+                t_host = time.perf_counter()  # host time on the main thread counts as stall
+                pending = request(rec)
+                stall_s += time.perf_counter() - t_host
+            if pending is not None and more:
                 # swap in fresh advice as soon as it is there: never wait for it, unless the run is
                 # synchronous or replays a recorded swap schedule (waiting then counts as stall)
+                jax.block_until_ready(state)  # decide once the chunk is done, as late as the device allows
                 due = (chunk_i + 1 in schedule) if schedule is not None else s.sync_advice or pending[0].done()
                 if due:
                     t_host = time.perf_counter()
@@ -391,37 +437,10 @@ class UltraRun:
                     latency = time.perf_counter() - pending[1]
                     counts = absorb(outs)
                     advice = _stack([b.to_advice() for b in books])
-                    pending, swapped = None, True
+                    pending = None
+                    swap = {"swapped_advice": True, "advisor_latency_s": latency, **counts}
                     stall_s += time.perf_counter() - t_host
-            state, metrics = run(state, advice) if modulation else run(state, None)
-            done_updates += chunk_updates
-            chunk_i += 1
-            if uses_advisor and pending is None:
-                # collection runs on the device after the chunk; prompting and the advisor run in the
-                # advisor thread. Host time spent here (waiting for episodes, splitting them) counts as
-                # advice overhead in the stall figure (conservative: collection is device work).
-                jax.block_until_ready(state)
-                t_host = time.perf_counter()
-                pending = request(state.params, state.env_state.obs_rms, chunk_i)
-                stall_s += time.perf_counter() - t_host
-            chunk_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_key, chunk_i)
-            mean, _ = evaluate(state.params, state.env_state.obs_rms, chunk_keys)
-            result.steps.append(min(done_updates, cfg.num_updates) * cfg.batch_size)
-            result.eval_returns.append(np.asarray(mean).tolist())
-            row = {"chunk": chunk_i, "eval_return": float(np.mean(mean)), "swapped_advice": swapped}
-            if modulation is not None:
-                m = jax.device_get(metrics)
-                row.update({"critical_frac": float(np.mean(m["critical_frac"])),
-                            "restarts": int(np.sum(m["restarts"])),
-                            "advice_valid": int(np.mean(m["advice_valid"][:, -1])),
-                            "advice_refuted": float(np.mean(m["advice_refuted"][:, -1])),
-                            "advice_outvoted": float(np.mean(m["advice_outvoted"][:, -1])),
-                            "advisor_latency_s": latency})
-                row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
-                if swapped:
-                    row.update(counts)
-            result.chunk_metrics.append(row)
-            self.progress(variant, min(done_updates, cfg.num_updates), cfg.num_updates)
+        read(*unread)
         jax.block_until_ready(state)
         result.wall_s = time.perf_counter() - wall0
         if uses_advisor:
@@ -437,7 +456,7 @@ class UltraRun:
         results: dict[str, VariantResult] = {}
         needs_advisor = any(method(v).critical == "advisor" for v in self.s.variants)
         factory = self.advisor_factory or _advisor_factory(self.s, self.transcript)
-        ctx = AdvisorThread(factory) if needs_advisor else contextlib.nullcontext()
+        ctx = AdvisorThread(factory, self.s.advisor_priority == "idle") if needs_advisor else contextlib.nullcontext()
         with ctx as advisor:
             for variant in self.s.variants:
                 results[variant] = self.refine(variant, pre, advisor)
