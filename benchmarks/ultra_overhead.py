@@ -4,11 +4,13 @@
    overrides, shaping, KL, verification and consensus vs continued PPO, best of `--repeats` runs;
 2. end to end: the refinement loop with the scripted advisor behind a fixed latency per answer
    (`DelayedBackend`, `jaxmod ultra --advisor-latency`; 64 questions in flight, as a vLLM server takes
-   them): wall time vs continued PPO, and the share of wall time the main thread spent on advice instead
-   of training (swapping advice in, waiting for the episodes it sends), median of `--repeats` runs.
+   them): wall time vs continued PPO (the median of paired runs: each RA run against the PPO run just before
+   it), and the share of wall time the main thread spent on advice instead of training (splitting episodes
+   and handing them over, swapping advice in), median of `--repeats` runs.
 
     python benchmarks/ultra_overhead.py                      # CartPole-v1 and MountainCar-v0, 10 seeds
     python benchmarks/ultra_overhead.py --latency 0,0.5,2 --repeats 5 --concurrency 16
+    python benchmarks/ultra_overhead.py --advisor-priority idle --json benchmarks/results/ultra_overhead_idle.json
 
 Writes benchmarks/results/ultra_overhead.json and prints a markdown table. Compilation is excluded
 (every program is compiled before its clock starts).
@@ -89,6 +91,8 @@ def main() -> None:
     ap.add_argument("--latency", default="0,0.5", help="comma list of added seconds per advisor answer")
     ap.add_argument("--concurrency", type=int, default=64, help="advisor questions in flight at once")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--advisor-priority", choices=("normal", "idle"), default="normal",
+                    help="CPU priority of the advisor threads (idle: Linux SCHED_IDLE)")
     ap.add_argument("--agents-dir", default=None, help="reuse pre-trained agents saved here")
     ap.add_argument("--json", default="benchmarks/results/ultra_overhead.json")
     args = ap.parse_args()
@@ -102,7 +106,8 @@ def main() -> None:
             row = {"env": env_id, "seeds": args.seeds, "device_ppo_s": dev["PPO"], "device_ra_s": dev["RA"],
                    "device_ra_vs_ppo": dev["RA"] / dev["PPO"], "end_to_end": {}}
             for latency in (float(x) for x in args.latency.split(",")):
-                run.s = UltraSettings(**base, advisor_latency_s=latency, advisor_concurrency=args.concurrency)
+                run.s = UltraSettings(**base, advisor_latency_s=latency, advisor_concurrency=args.concurrency,
+                                   advisor_priority=args.advisor_priority)
                 row["end_to_end"][f"{latency:g}"] = end_to_end(run, pre, args.repeats)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -117,7 +122,8 @@ def main() -> None:
                   f"| {e['stall_frac']:.1%} / {e['stall_frac_max']:.1%} | {e['rounds_swapped']:.0f} |")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                               "advisor_priority": args.advisor_priority, "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

@@ -115,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="questions in flight at once for an HTTP advisor (match the server's parallel slots)")
     ultra.add_argument("--advisor-latency", type=float, default=0.0, metavar="SECONDS",
                        help="add this latency to every advisor answer (a stand-in for a slow remote LLM)")
-    ultra.add_argument("--advisor-priority", choices=("idle", "normal"), default="idle",
-                       help="CPU priority of the host-side advisor work: idle (Linux: only CPU time training leaves, "
-                            "so it never slows a CPU run) or normal (fresher advice on a busy CPU)")
+    ultra.add_argument("--advisor-priority", choices=("normal", "idle"), default="normal",
+                       help="CPU priority of the host-side advisor work: normal, or idle (Linux: only CPU time training "
+                            "leaves; on a CPU-only machine training is not slowed, but advice arrives later)")
     ultra.add_argument("--seeds", type=_int, default=5)
     ultra.add_argument("--seed", type=_int, default=0)
     ultra.add_argument("--pretrain-steps", type=_int, default=60_000)

@@ -70,7 +70,8 @@ def test_advisor_thread_overlaps_a_slow_advisor():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling classes are Linux's")
 def test_advisor_thread_runs_on_idle_cpu_time_only():
-    """The advisor loop and the threads it starts (an embedded server's) take only CPU time training leaves."""
+    """With idle priority the advisor loop and the threads it starts (an embedded server's) take only CPU time
+    training leaves."""
     async def policies(_adv):
         seen = []
         child = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(threading.get_native_id())))
@@ -78,9 +79,9 @@ def test_advisor_thread_runs_on_idle_cpu_time_only():
         child.join()
         return os.sched_getscheduler(threading.get_native_id()), seen[0]
 
-    with AdvisorThread(_slow_factory()) as thread:
+    with AdvisorThread(_slow_factory(), idle_priority=True) as thread:
         assert thread.submit(policies).result(timeout=5) == (os.SCHED_IDLE, os.SCHED_IDLE)
-    with AdvisorThread(_slow_factory(), idle_priority=False) as thread:
+    with AdvisorThread(_slow_factory()) as thread:  # the default: normal priority
         assert thread.submit(policies).result(timeout=5) == (os.SCHED_OTHER, os.SCHED_OTHER)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own priority is untouched
 

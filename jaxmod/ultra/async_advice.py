@@ -1,11 +1,12 @@
 """The host-side advisor loop: its own thread and asyncio event loop, so LLM queries run while the
 device trains; results come back as futures the refinement loop polls without blocking.
 
-On Linux the thread runs under the idle scheduling class (`SCHED_IDLE`, inherited by the threads it starts,
-such as the embedded advisor server's): prompting, HTTP and an in-process advisor then use only CPU time
-that training leaves idle. Where the "device" is the CPU itself this matters: on 2 cores a continuously
-busy scripted advisor at normal priority slowed the compiled MountainCar refinement by 42%, at idle
-priority by 0.3%, while still answering about a round per second. With a GPU, it changes nothing."""
+With `idle_priority` (Linux) the thread runs under the idle scheduling class (`SCHED_IDLE`, inherited by the
+threads it starts, such as the embedded advisor server's): prompting, HTTP and an in-process advisor then
+use only CPU time that training leaves idle. Where the "device" is the CPU itself that is a trade-off: on
+2 cores a continuously busy scripted advisor at normal priority slowed the compiled MountainCar refinement
+by 42%, at idle priority by 0.3%, but rounds then arrive later, so fewer land in a short run (asynchronous
+noisy CartPole RA fell below continued PPO). The default is normal priority; with a GPU it changes nothing."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ T = TypeVar("T")
 class AdvisorThread:
     """Runs an `Advisor` (created inside the thread's loop from `factory`) in the background."""
 
-    def __init__(self, factory: Callable[[], AbstractAsyncContextManager[Advisor]], idle_priority: bool = True) -> None:
+    def __init__(self, factory: Callable[[], AbstractAsyncContextManager[Advisor]], idle_priority: bool = False) -> None:
         self._loop = asyncio.new_event_loop()
         self._idle_priority = idle_priority
         self._thread = threading.Thread(target=self._serve, name="advisor-loop", daemon=True)

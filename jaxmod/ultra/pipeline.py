@@ -60,8 +60,8 @@ class UltraSettings:
     noise: float = 0.0  # fraction of answers corrupted (NoisyAdvisor)
     advisor_concurrency: int = 16  # questions in flight at once (HTTP advisors; the embedded smollm2 takes 1)
     advisor_latency_s: float = 0.0  # added latency per answer (DelayedBackend): a stand-in for a slow remote LLM
-    advisor_priority: str = "idle"  # host-side advisor threads: "idle" (Linux SCHED_IDLE: only CPU time training
-    # leaves, so a CPU run is not slowed; advice may come later) or "normal"
+    advisor_priority: str = "normal"  # host-side advisor threads: "normal", or "idle" (Linux SCHED_IDLE: only CPU
+    # time training leaves; on a CPU-only machine training is then not slowed, but advice arrives later)
     episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
     max_critical: int = 2
     capacity: int = 32
