@@ -17,7 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxmod.advice.arrays import Advice
-from jaxmod.advice.modulation import advice_spread, pairwise_distance
+from jaxmod.advice.modulation import advice_spread
+
+
+def pairwise_distance(x: jax.Array, y: jax.Array) -> jax.Array:
+    """(M, K) Euclidean distances between the rows of x (M, ...) and y (K, ...), flattened per row."""
+    diff = x.reshape(x.shape[0], 1, -1) - y.reshape(1, y.shape[0], -1)
+    return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
 
 
 def agreeing(advice: Advice, action_range: jax.Array | None, action_tol: float) -> jax.Array:

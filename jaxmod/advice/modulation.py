@@ -176,12 +176,6 @@ def advice_spread(advice: Advice) -> jax.Array:
     return jnp.where(std > 1e-6, std, 1.0)
 
 
-def pairwise_distance(x: jax.Array, y: jax.Array) -> jax.Array:
-    """(M, K) Euclidean distances between the rows of x (M, ...) and y (K, ...), flattened per row."""
-    diff = x.reshape(x.shape[0], 1, -1) - y.reshape(1, y.shape[0], -1)
-    return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
-
-
 @struct.dataclass
 class Matcher:
     """Matching live states to advice states, prepared once per rollout so each step does only a small

@@ -390,6 +390,7 @@ class UltraRun:
         # compile before the clock starts: wall time compares refinement work, not compilers
         run = run.lower(state, advice).compile() if modulation else run.lower(state, None).compile()
         evaluate = evaluate.lower(state.params, state.env_state.obs_rms, eval_key).compile()
+
         def read(mean, done: int, row: dict[str, Any] | None, metrics) -> None:
             """Record an evaluation (and its chunk's row); called while the device runs the next chunk."""
             result.steps.append(min(done, cfg.num_updates) * cfg.batch_size)
