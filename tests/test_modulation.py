@@ -59,6 +59,17 @@ def test_packing_dedupes_masks_and_replaces_oldest():
     chex.assert_trees_all_equal_shapes_and_dtypes(adv, empty)
 
 
+def test_books_stack_per_seed_into_one_advice_that_stays_a_copy():
+    books = [_book("CartPole-v1", n, reward=0.1 * n) for n in (0, 2, 3)]
+    stacked = AdviceBook.stacked(books)
+    expected = jax.tree.map(lambda *xs: jnp.stack(xs), *(b.to_advice() for b in books))
+    chex.assert_trees_all_equal_shapes_and_dtypes(stacked, expected)
+    chex.assert_trees_all_equal(stacked, expected)
+    snap = _snapshot(make_core("CartPole-v1"), 9, 1)
+    books[0].add(AdviceItem(episode=9, step=1, obs=snap.obs, snapshot=snap, action=0, reward=1.0))  # later packing
+    assert not bool(stacked.valid[0].any())  # does not reach arrays already handed to the device
+
+
 def test_invalid_answers_never_enter_the_arrays():
     core = make_core("CartPole-v1")
     book = AdviceBook(core, 4)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmod.advice.arrays import Advice, AdviceBook
@@ -183,10 +182,6 @@ def _advisor_factory(settings: UltraSettings, transcript: Transcript | None) -> 
     return factory
 
 
-def _stack(advices: list[Advice]) -> Advice:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *advices)
-
-
 def _with_normalisers(state, pre_env_state):
     return state.replace(env_state=state.env_state.replace(obs_rms=pre_env_state.obs_rms,
                                                            return_rms=pre_env_state.return_rms))
@@ -330,7 +325,7 @@ class UltraRun:
         chunk_updates = max(1, math.ceil(cfg.num_updates / s.chunks))
         keys = self.refinement_keys
         books = [AdviceBook(core, s.capacity) for _ in range(s.seeds)]
-        advice = _stack([b.to_advice() for b in books]) if modulation else None
+        advice = AdviceBook.stacked(books) if modulation else None
         if fixed_advice is not None:
             advice = fixed_advice
         uses_advisor = source == "advisor"
@@ -383,7 +378,7 @@ class UltraRun:
             t0 = time.perf_counter()
             fut, _ = request(jax.device_get(record(state, 0)))
             counts = absorb(fut.result())
-            advice = _stack([b.to_advice() for b in books])
+            advice = AdviceBook.stacked(books)
             self.log(f"{variant}: initial advice {counts['packed']} packed, {counts['dropped']} dropped "
                      f"in {time.perf_counter() - t0:.1f}s")
 
@@ -404,18 +399,30 @@ class UltraRun:
             self.progress(variant, min(done, cfg.num_updates), cfg.num_updates)
 
         # The device always has work queued: each chunk's evaluation (and the advisor's episodes) are dispatched
-        # behind it, and the host reads the results, hands episodes to the advisor and swaps advice in while
-        # the device evaluates; the next chunk is dispatched before the previous evaluation is read.
+        # behind it; the host reads results and swaps advice in while the device evaluates, and hands episodes to
+        # the advisor after dispatching the next chunk (unless that chunk may already need their answers).
         wall0 = time.perf_counter()
         done_updates = chunk_i = 0
         unread = (evaluate(state.params, state.env_state.obs_rms, eval_key)[0], 0, None, None)
         no_swap: dict[str, Any] = {"swapped_advice": False, **({"advisor_latency_s": None} if modulation else {})}
         swap = no_swap
+        recorded = None  # episodes collected after the previous chunk, handed over while this one runs
+
+        def hand_over(rec) -> None:
+            nonlocal pending, stall_s
+            rec = jax.device_get(rec)  # waits for the collection (device work)
+            t_host = time.perf_counter()  # host time on the main thread counts as stall
+            pending = request(rec)
+            stall_s += time.perf_counter() - t_host
+
         while done_updates < cfg.num_updates:
             state, metrics = run(state, advice) if modulation else run(state, None)
             done_updates += chunk_updates
             chunk_i += 1
             more = done_updates < cfg.num_updates
+            if recorded is not None:
+                hand_over(recorded)
+                recorded = None
             rec = record(state, chunk_i) if uses_advisor and pending is None and more else None
             chunk_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_key, chunk_i)
             mean, _ = evaluate(state.params, state.env_state.obs_rms, chunk_keys)
@@ -423,10 +430,13 @@ class UltraRun:
             unread = (mean, done_updates, {"chunk": chunk_i, **swap}, metrics)
             swap = no_swap
             if rec is not None:
-                rec = jax.device_get(rec)  # waits for the chunk and the collection (device work), not the evaluation
-                t_host = time.perf_counter()  # host time on the main thread counts as stall
-                pending = request(rec)
-                stall_s += time.perf_counter() - t_host
+                # a synchronous run, or a replay due to swap before the next chunk, waits for this round's answers
+                # now; otherwise they could not arrive in time for it anyway, so the host hands the episodes over
+                # once the next chunk is queued (off the device's critical path)
+                if s.sync_advice or (schedule is not None and chunk_i + 1 in schedule):
+                    hand_over(rec)
+                else:
+                    recorded = rec
             if pending is not None and more:
                 # swap in fresh advice as soon as it is there: never wait for it, unless the run is
                 # synchronous or replays a recorded swap schedule (waiting then counts as stall)
@@ -437,7 +447,7 @@ class UltraRun:
                     outs = pending[0].result()
                     latency = time.perf_counter() - pending[1]
                     counts = absorb(outs)
-                    advice = _stack([b.to_advice() for b in books])
+                    advice = AdviceBook.stacked(books)
                     pending = None
                     swap = {"swapped_advice": True, "advisor_latency_s": latency, **counts}
                     stall_s += time.perf_counter() - t_host
