@@ -160,8 +160,23 @@ class PPOLearner:
                           guide_params=guide_params, rnd=rnd, trust=trust)
 
     # ---------------------------------------------------------------- UPDATE
-    def update(self, state: TrainState, advice: Advice | None = None) -> tuple[TrainState, Metrics]:
-        """One PPO update: collect T x N steps, compute GAE, run epochs x minibatches of SGD."""
+    def advice_facts(self, advice: Advice) -> tuple[jax.Array | None, jax.Array]:
+        """What the modulation derives from the advice alone: the advice states' spread (the unit of consensus,
+        and of matching on raw observations; None where unused) and which valid slots consensus keeps. `run`
+        computes them once per call instead of once per update."""
+        modulation, env = self.modulation, self.env
+        needs_spread = modulation.votes or (modulation.matching and not env.normalize_obs)
+        spread = advice_spread(advice) if needs_spread else None
+        agreed = advice.valid
+        if modulation.votes:  # slots the advice about nearby states out-votes stop acting
+            agreed = consensus(advice, modulation.consensus_radius, env.core.action_space.span,
+                               modulation.consensus_action_tol, spread)
+        return spread, agreed
+
+    def update(self, state: TrainState, advice: Advice | None = None,
+               facts: tuple[jax.Array | None, jax.Array] | None = None) -> tuple[TrainState, Metrics]:
+        """One PPO update: collect T x N steps, compute GAE, run epochs x minibatches of SGD. `facts` is
+        `advice_facts(advice)` where the caller has it already."""
         c, net, env, modulation = self.config, self.net, self.env, self.modulation
         if (modulation is None) != (advice is None):
             raise ValueError("advice is read only by a learner built with a modulation config, and such a "
@@ -174,16 +189,11 @@ class PPOLearner:
         reset_cores = None if env.core.cheap_reset else env.fresh_cores(k_pool)
         mod = trust = None
         if modulation is not None:
-            # the advice states' spread: the unit of consensus, and of matching on raw observations
-            needs_spread = modulation.votes or (modulation.matching and not env.normalize_obs)
-            spread = advice_spread(advice) if needs_spread else None
-            verified = agreed = advice.valid
+            spread, agreed = self.advice_facts(advice) if facts is None else facts
+            verified = advice.valid
             if modulation.verifies:  # slots refuted by their measured advantage stop acting
                 trust = state.trust.follow(advice)
                 verified = trust.trusted(advice, modulation.verify_samples)
-            if modulation.votes:  # so do slots the advice about nearby states out-votes
-                agreed = consensus(advice, modulation.consensus_radius, env.core.action_space.span,
-                                   modulation.consensus_action_tol, spread)
             trusted = verified & agreed
             horizon = None
             if modulation.uses_guide:  # JSRL curriculum: the roll-in shrinks linearly to 0 over the run
@@ -266,7 +276,8 @@ class PPOLearner:
     def run(self, state: TrainState, num_updates: int, advice: Advice | None = None) -> tuple[TrainState, Metrics]:
         """`num_updates` updates in one `lax.scan`; metrics stacked over updates. `advice` is an
         argument, not part of the state: swapping it between calls changes values, not shapes."""
-        return jax.lax.scan(lambda s, _: self.update(s, advice), state, None, length=num_updates)
+        facts = None if advice is None else self.advice_facts(advice)
+        return jax.lax.scan(lambda s, _: self.update(s, advice, facts), state, None, length=num_updates)
 
 
 def make_train(config: PPOConfig, modulation: ModulationConfig | None = None) -> Callable[..., TrainOutput]:
