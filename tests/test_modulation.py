@@ -70,6 +70,13 @@ def test_books_stack_per_seed_into_one_advice_that_stays_a_copy():
     assert not bool(stacked.valid[0].any())  # does not reach arrays already handed to the device
 
 
+def test_plain_learner_refuses_advice_in_one_clear_error():
+    learner = PPOLearner(TINY)
+    state = learner.init(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="advice is read only by a learner built with a modulation config"):
+        learner.run(state, 1, Advice.empty(learner.env.core, 4))
+
+
 def test_invalid_answers_never_enter_the_arrays():
     core = make_core("CartPole-v1")
     book = AdviceBook(core, 4)

@@ -276,7 +276,7 @@ class PPOLearner:
     def run(self, state: TrainState, num_updates: int, advice: Advice | None = None) -> tuple[TrainState, Metrics]:
         """`num_updates` updates in one `lax.scan`; metrics stacked over updates. `advice` is an
         argument, not part of the state: swapping it between calls changes values, not shapes."""
-        facts = None if advice is None else self.advice_facts(advice)
+        facts = self.advice_facts(advice) if self.modulation is not None and advice is not None else None
         return jax.lax.scan(lambda s, _: self.update(s, advice, facts), state, None, length=num_updates)
 
 

@@ -408,6 +408,11 @@ class UltraRun:
         swap = no_swap
         recorded = None  # episodes collected after the previous chunk, handed over while this one runs
 
+        def waits_before(chunk: int) -> bool:
+            """Whether advice is swapped in before `chunk` only once the pending round has answered: a synchronous
+            run always, a replay where the recorded run swapped; otherwise rounds land whenever they arrive."""
+            return chunk in schedule if schedule is not None else s.sync_advice
+
         def hand_over(rec) -> None:
             nonlocal pending, stall_s
             rec = jax.device_get(rec)  # waits for the collection (device work)
@@ -433,7 +438,7 @@ class UltraRun:
                 # a synchronous run, or a replay due to swap before the next chunk, waits for this round's answers
                 # now; otherwise they could not arrive in time for it anyway, so the host hands the episodes over
                 # once the next chunk is queued (off the device's critical path)
-                if s.sync_advice or (schedule is not None and chunk_i + 1 in schedule):
+                if waits_before(chunk_i + 1):
                     hand_over(rec)
                 else:
                     recorded = rec
@@ -441,7 +446,7 @@ class UltraRun:
                 # swap in fresh advice as soon as it is there: never wait for it, unless the run is
                 # synchronous or replays a recorded swap schedule (waiting then counts as stall)
                 jax.block_until_ready(state)  # decide once the chunk is done, as late as the device allows
-                due = (chunk_i + 1 in schedule) if schedule is not None else s.sync_advice or pending[0].done()
+                due = waits_before(chunk_i + 1) or (schedule is None and pending[0].done())
                 if due:
                     t_host = time.perf_counter()
                     outs = pending[0].result()
