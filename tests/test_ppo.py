@@ -59,6 +59,21 @@ def test_distributions_match_closed_forms():
     assert float(D.gaussian_kl(mean, log_std, mean, log_std)[0]) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_categorical_log_prob_and_its_gradient_equal_a_gather():
+    """The one-hot pick (no scatter-add in the backward pass) is the gather's log-prob and gradient exactly."""
+    logits = jax.random.normal(jax.random.PRNGKey(0), (7, 5, 4))
+    action = jax.random.randint(jax.random.PRNGKey(1), (7, 5), 0, 4)
+
+    def gathered(lg):
+        return jnp.take_along_axis(jax.nn.log_softmax(lg), action[..., None], axis=-1)[..., 0]
+
+    chex.assert_shape(D.categorical_log_prob(logits, action), (7, 5))
+    np.testing.assert_array_equal(D.categorical_log_prob(logits, action), gathered(logits))
+    weights = jnp.arange(35.0).reshape(7, 5)
+    np.testing.assert_allclose(jax.grad(lambda lg: jnp.sum(weights * D.categorical_log_prob(lg, action)))(logits),
+                               jax.grad(lambda lg: jnp.sum(weights * gathered(lg)))(logits), rtol=1e-6, atol=1e-6)
+
+
 def test_config_errors_are_one_line():
     with pytest.raises(ConfigError, match="divisible"):
         PPOConfig(num_envs=3, num_steps=5, num_minibatches=4)
