@@ -317,6 +317,13 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown advisor {advisor!r}: use scripted, smollm2, teacher:<checkpoint>, "
                        "replay:<transcript.jsonl> or an http(s) URL")
     make_core(args.env)
+    if advisor == "smollm2":  # before pretraining, not when the advisor starts
+        from jaxmod.llm.server import BackendUnavailable, require_smollm2
+
+        try:
+            require_smollm2()
+        except BackendUnavailable as err:
+            raise CLIError(str(err)) from None
     if advisor == "scripted" and any(METHODS[v].critical == "advisor" for v in variants):
         from jaxmod.llm.scripted import ScriptedBackend
 
@@ -407,13 +414,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user mistakes become one-line errors (set JAXMOD_DEBUG=1 for tracebacks)."""
     from jaxmod.advice.modulation import ModulationError
     from jaxmod.envs import EnvError
+    from jaxmod.llm.server import BackendUnavailable
     from jaxmod.ppo.config import ConfigError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CLIError, ConfigError, EnvError, ModulationError, FileNotFoundError) as err:
+    except (CLIError, BackendUnavailable, ConfigError, EnvError, ModulationError, FileNotFoundError) as err:
         if os.environ.get("JAXMOD_DEBUG"):
             raise
         print(f"jaxmod: error: {err}", file=sys.stderr)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -17,7 +21,7 @@ from jaxmod.envs.describe import describer_for
 from jaxmod.llm import Advisor, DelayedBackend, EpisodeView, LocalBackend, NoisyBackend, Rejected, StateQuery
 from jaxmod.llm.answers import advice_schema, identify_schema, validate_advice, validate_identify
 from jaxmod.llm.prompts import advice_messages, identify_messages
-from jaxmod.llm.server import make_server
+from jaxmod.llm.server import BackendUnavailable, ServerProcess, make_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -186,3 +190,46 @@ def test_teacher_answers_from_a_saved_policy(tmp_path, tiny_config, tiny_output)
     assert len(ident.steps) == 2 and advice.action in (0, 1) and -1 <= advice.reward <= 1
     assert "teacher" in ident.steps[0].reason
     assert teacher.advises("CartPole-v1") and teacher.advises("CartPole-v1-sparse") and not teacher.advises("Acrobot-v1")
+
+
+def test_server_process_serves_the_scripted_advisor_and_ends_with_its_parent():
+    """The main job's embedded server runs in a child process: it answers like the in-process one, `stop()` ends
+    it, an unknown backend is one clear error, and a parent killed outright does not leave it behind."""
+    _, view, _ = _views_and_queries("CartPole-v1")
+    with ServerProcess("scripted") as srv:
+        child = srv._proc
+        assert httpx.get(srv.url.replace("/v1", "/health")).json() == {"status": "ok"}
+        body = {"model": srv.model, "messages": identify_messages(view, 3)}
+        content = httpx.post(f"{srv.url}/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+        assert not isinstance(validate_identify(content, view.length, 3), Rejected)
+    assert child.poll() is not None
+    with pytest.raises(BackendUnavailable, match="unknown advisor backend 'bogus'"):
+        ServerProcess("bogus").start()
+    if sys.platform == "win32":
+        return
+    parent = subprocess.Popen([sys.executable, "-c", "import sys, time; from jaxmod.llm.server import ServerProcess; "
+                               "print(ServerProcess('scripted').start()._proc.pid, flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the advisor server outlived its parent")
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (an exited child that no one has reaped yet is a zombie: not running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -104,3 +104,14 @@ def test_advisor_priority_is_checked():
     with pytest.raises(ModulationError, match="advisor priority must be 'idle' or 'normal'"):
         UltraSettings(advisor_priority="high")
     assert UltraSettings(advisor_priority="normal").advisor_priority == "normal"
+
+
+def test_missing_local_llm_is_one_line_before_any_training(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    code = main(["ultra", "--advisor", "smollm2", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip install 'jaxmod[local-llm]'" in err[0]
+    assert not (tmp_path / "s").exists()

@@ -152,10 +152,10 @@ def _advisor_factory(settings: UltraSettings, transcript: Transcript | None) -> 
     async def factory():
         spec = settings.advisor
         server = None
-        if spec in ("scripted", "smollm2"):  # embedded: a real local HTTP server started in-process
-            from jaxmod.llm.server import make_server
+        if spec in ("scripted", "smollm2"):  # embedded: a real local HTTP server, in a child process
+            from jaxmod.llm.server import ServerProcess
 
-            server = make_server(spec).start()
+            server = ServerProcess(spec).start()
             url, model = server.url, server.model
         elif spec.startswith("replay:"):
             from jaxmod.llm import ReplayBackend
