@@ -253,3 +253,30 @@ def test_extraction_and_identify_validation():
     assert isinstance(cont, Rejected) and "outside" in cont.reason
     cont = validate_advice('{"action": [0.5, -1.0], "reward": -0.2}', False, low=(-1, -1), high=(1, 1))
     assert cont.action == (0.5, -1.0) and math.isclose(cont.reward, -0.2)
+
+
+def test_concurrency_bounds_questions_in_flight_and_sequential_ones_share_a_connection():
+    import httpx
+
+    active, peak, clients = 0, 0, set()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.02)
+        active -= 1
+        return httpx.Response(200, json={"choices": [{"message": {"content": GOOD_ADVICE}, "finish_reason": "stop"}]})
+
+    async def go():
+        settings = ClientSettings(base_url="http://advisor.test/v1", concurrency=3)
+        async with LLMClient(settings, transport=httpx.MockTransport(handler)) as client:
+            results = await client.chat_many([([{"role": "user", "content": str(i)}], None, "a") for i in range(10)])
+            for _ in range(3):  # one at a time: always the client (connection) used last
+                held = await client._idle.get()
+                clients.add(id(held))
+                client._idle.put_nowait(held)
+            return results
+
+    results = run(go())
+    assert all(r.ok for r in results) and peak == 3 and len(clients) == 1

@@ -3,7 +3,8 @@ Ollama, OpenAI) on `httpx.AsyncClient`.
 
 - base URL from the argument, `ADVISOR_BASE_URL`, `OPENAI_BASE_URL` or `OPENAI_API_BASE`; key from
   `OPENAI_API_KEY` (sent as a bearer token, never logged, cached or written anywhere);
-- bounded concurrency, per-request timeout and a deadline for a whole batch;
+- bounded concurrency (one keep-alive connection per question in flight), per-request timeout and a deadline
+  for a whole batch;
 - retries with exponential backoff and jitter on connection errors, timeouts, 408/409/429/5xx,
   honouring `retry-after-ms` / `Retry-After` up to a cap; no retry on other 4xx;
 - structured output through `response_format` json_schema, falling back to json_object + schema
@@ -28,7 +29,6 @@ import httpx
 from jaxmod.llm.cache import ResponseCache, request_key
 
 RETRY_STATUSES = frozenset({408, 409, 429})
-POOL_SHARD = 8  # connections per httpx pool: httpcore scans its whole pool on every request event
 STRUCTURED_MODES = ("json_schema", "json_object_schema", "prompt")
 
 
@@ -155,8 +155,7 @@ class LLMClient:
         self._transport = transport
         self._sleep = sleep
         self._clients: list[httpx.AsyncClient] = []
-        self._next = 0
-        self._semaphore: asyncio.Semaphore | None = None
+        self._idle: asyncio.LifoQueue[httpx.AsyncClient] | None = None
 
     async def __aenter__(self) -> LLMClient:
         s = self.settings
@@ -164,15 +163,20 @@ class LLMClient:
         key = os.environ.get(s.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        # Several small pools instead of one big one: httpcore's per-event pool scan is O(connections),
-        # which made client CPU per request grow with concurrency (measured 3.3 ms at 64 with one pool).
-        shards = max(1, -(-s.concurrency // POOL_SHARD))
-        per = -(-s.concurrency // shards)
-        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+        # One single-connection client per question in flight, lent out by a stack (which bounds concurrency):
+        # httpcore scans its whole pool, checking every idle connection's socket, on each request event, so
+        # client CPU per request grows with the pool (MountainCar's advice rounds, 64 in flight: 3.3 ms per
+        # request with one pool of 64, 0.63 ms with pools of 8, 0.39 ms with one connection each).
+        # One TLS context for all: building one per client costs ~15 ms.
+        tls = httpx.create_ssl_context() if self.base_url.startswith("https://") and self._transport is None else True
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         self._clients = [httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=self._transport,
-                                           limits=limits, timeout=httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s))
-                         for _ in range(shards)]
-        self._semaphore = asyncio.Semaphore(s.concurrency)
+                                           verify=tls, limits=limits,
+                                           timeout=httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s))
+                         for _ in range(s.concurrency)]
+        self._idle = asyncio.LifoQueue()  # the most recently used first: its connection is open
+        for client in self._clients:
+            self._idle.put_nowait(client)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -211,7 +215,7 @@ class LLMClient:
                    accept: Callable[[str, str | None], bool] | None = None) -> ChatResult:
         """One completion. `deadline` is a `time.monotonic()` instant; `accept(content, finish_reason)`
         decides whether a response may be cached (validated answers only)."""
-        if not self._clients or self._semaphore is None:
+        if not self._clients or self._idle is None:
             raise RuntimeError("use LLMClient inside 'async with'")
         self.stats.requests += 1
         key = self.cache_key(messages, schema) if self.cache is not None else None
@@ -222,8 +226,11 @@ class LLMClient:
                 self.stats.completed += 1
                 return ChatResult(content=hit["content"], finish_reason=hit.get("finish_reason"),
                                   usage=hit.get("usage", {}), model=hit.get("model"), cached=True)
-        async with self._semaphore:
-            result = await self._with_retries(messages, schema, name, deadline)
+        client = await self._idle.get()
+        try:
+            result = await self._with_retries(client, messages, schema, name, deadline)
+        finally:
+            self._idle.put_nowait(client)
         if result.ok:
             self.stats.completed += 1
             self.stats.prompt_tokens += int(result.usage.get("prompt_tokens", 0) or 0)
@@ -237,7 +244,7 @@ class LLMClient:
             self.stats.failed += 1
         return result
 
-    async def _with_retries(self, messages, schema, name, deadline) -> ChatResult:
+    async def _with_retries(self, client: httpx.AsyncClient, messages, schema, name, deadline) -> ChatResult:
         s = self.settings
         start = time.monotonic()
         attempt = 0
@@ -250,7 +257,7 @@ class LLMClient:
                 return last
             attempt += 1
             timeout = s.timeout_s if remaining is None else max(0.01, min(s.timeout_s, remaining))
-            last, wait, fallback = await self._attempt(messages, schema, name, timeout)
+            last, wait, fallback = await self._attempt(client, messages, schema, name, timeout)
             last.attempts = attempt
             last.latency_s = time.monotonic() - start
             if last.ok:
@@ -270,11 +277,10 @@ class LLMClient:
             self.stats.retries += 1
             await self._sleep(wait)
 
-    async def _attempt(self, messages, schema, name, timeout) -> tuple[ChatResult, float | None, bool]:
+    async def _attempt(self, client: httpx.AsyncClient, messages, schema, name, timeout
+                       ) -> tuple[ChatResult, float | None, bool]:
         """(result, wait, fallback): wait None = do not retry, -1 = retry with backoff, > 0 = server's hint."""
         payload = self._payload(messages, schema, name)
-        client = self._clients[self._next % len(self._clients)]
-        self._next += 1
         try:
             resp = await client.post("/chat/completions", json=payload, timeout=timeout)
         except httpx.TimeoutException as err:
