@@ -233,3 +233,22 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+@pytest.mark.parametrize("env_id, shape, actions", [
+    ("CartPole-v1", (4,), 2), ("MountainCar-v0", (2,), 3), ("Acrobot-v1", (6,), 3), ("Pendulum-v1", (3,), 1),
+    ("Breakout-MinAtar", (10, 10, 4), 3), ("brax/hopper", (11,), 3), ("jaxmod/Pong", (8,), 3),
+    ("jaxmod/Pong", (40, 40, 4), 3), ("Unknown-v0", (5,), 4)])
+def test_episode_rows_render_like_single_rows(env_id, shape, actions):
+    """`rows` (a whole episode at once, column-wise) writes exactly what `row` writes step by step, including an
+    out-of-range discrete action, so prompts and their cache keys do not depend on which one rendered them."""
+    d = describer_for(env_id, shape, actions)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(9, *shape)).astype(np.float32) * 3
+    if len(shape) == 3:
+        obs = (obs > 1).astype(np.float32)
+    acts = rng.integers(0, actions + 1, 9) if d.card.discrete else rng.uniform(-1, 1, (9, actions)).astype(np.float32)
+    rews = rng.normal(size=9).astype(np.float32)
+    expected = [d.row(4 + t, obs[t], acts[t], float(rews[t])) for t in range(9)]
+    assert d.rows(obs, acts, rews, first_step=4) == expected
+    assert d.render_episode(obs, acts, rews, rows=d.rows(obs, acts, rews)) == d.render_episode(obs, acts, rews)

@@ -21,6 +21,7 @@ class Feature:
     name: str
     unit: str
     fn: Callable[[np.ndarray], float]
+    column: int | None = None  # where the feature is one entry of the flat observation: read per episode at once
 
     @property
     def header(self) -> str:
@@ -93,13 +94,32 @@ class Describer:
         vals = " ".join(f"{v:+.{self.digits}f}" for v in self.feature_values(obs))
         return f"{t} | {vals} | {self.action_text(action)} | {reward:+.3g}"
 
+    def rows(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, first_step: int = 0) -> list[str]:
+        """`row` for every step of an episode, numbered from `first_step`: the same text, built column-wise
+        (an advice round renders thousands of rows on the training machine's CPU)."""
+        obs = np.asarray(obs, dtype=np.float64)
+        flat = obs.reshape(len(obs), -1)
+        columns = [flat[:, f.column].tolist() if f.column is not None else [float(f.fn(o)) for o in obs]
+                   for f in self.features]
+        fmt = " ".join([f"{{:+.{self.digits}f}}"] * len(self.features))
+        names = self.card.action_names
+        if self.card.discrete:
+            acts = [names[i] if 0 <= i < len(names) else f"invalid({i})"
+                    for i in np.asarray(actions).astype(int).reshape(-1).tolist()]
+        else:
+            acts = [self.action_text(a) for a in actions]
+        per_step = list(zip(*columns, strict=True)) if columns else [()] * len(obs)
+        return [f"{first_step + t} | {fmt.format(*vals)} | {act} | {r:+.3g}"
+                for t, (vals, act, r) in enumerate(zip(per_step, acts, np.asarray(rewards).tolist(), strict=True))]
+
     def render_episode(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, *, episode_id: int = 0,
                        ended_by: str = "termination", budget_chars: int = 6000, head: int = 3,
-                       title: str | None = None) -> tuple[str, list[int]]:
+                       title: str | None = None, rows: list[str] | None = None) -> tuple[str, list[int]]:
         """Episode as a table; long episodes keep the first `head` steps and the latest steps that fit
-        `budget_chars`. Returns the text and the step indices shown."""
+        `budget_chars`. Returns the text and the step indices shown. `rows`: this episode's `rows`, if
+        already rendered."""
         n = len(actions)
-        rows = [self.row(t, obs[t], actions[t], float(rewards[t])) for t in range(n)]
+        rows = self.rows(obs, actions, rewards) if rows is None else rows
         total = float(np.sum(rewards))
         shown = list(range(n))
         width = max((len(r) for r in rows), default=20) + 1
@@ -124,6 +144,11 @@ def _idx(i: int) -> Callable[[np.ndarray], float]:
     return lambda o: float(o.reshape(-1)[i])
 
 
+def _raw(name: str, unit: str, i: int) -> Feature:
+    """Entry `i` of the flat observation, as is."""
+    return Feature(name, unit, _idx(i), column=i)
+
+
 def _classic(env_id: str) -> Describer | None:
     if env_id == "CartPole-v1":
         return Describer(
@@ -131,8 +156,8 @@ def _classic(env_id: str) -> Describer | None:
                     termination="pole angle beyond +-0.21 rad (12 degrees), cart position beyond +-2.4 m, or 500 steps",
                     reward="+1 for every step the pole stays up", action_names=("push_left", "push_right"),
                     notes="positive angle = pole leans right; pushing the cart under the pole's lean rights it"),
-            (Feature("cart_position", "m", _idx(0)), Feature("cart_velocity", "m/s", _idx(1)),
-             Feature("pole_angle", "rad", _idx(2)), Feature("pole_angular_velocity", "rad/s", _idx(3))))
+            (_raw("cart_position", "m", 0), _raw("cart_velocity", "m/s", 1),
+             _raw("pole_angle", "rad", 2), _raw("pole_angular_velocity", "rad/s", 3)))
     if env_id == "MountainCar-v0":
         return Describer(
             EnvCard(env_id, goal="drive the underpowered car up the right hill to the flag at position >= 0.5",
@@ -140,7 +165,7 @@ def _classic(env_id: str) -> Describer | None:
                     reward="-1 every step until the goal", action_names=("push_left", "no_push", "push_right"),
                     notes="the engine is too weak to climb directly: build momentum by rocking back and forth; "
                           "pushing in the direction of the velocity adds energy; valley bottom near -0.52"),
-            (Feature("position", "m", _idx(0)), Feature("velocity", "m/step", _idx(1))), digits=4)
+            (_raw("position", "m", 0), _raw("velocity", "m/step", 1)), digits=4)
     if env_id == "Acrobot-v1":
         def th1(o):
             return math.atan2(o[1], o[0])
@@ -156,14 +181,14 @@ def _classic(env_id: str) -> Describer | None:
                     notes="torque acts on the joint between the links; pump energy by applying torque in the "
                           "direction of the second link's angular velocity"),
             (Feature("angle_link1", "rad", th1), Feature("angle_link2", "rad", th2),
-             Feature("angular_velocity_link1", "rad/s", _idx(4)), Feature("angular_velocity_link2", "rad/s", _idx(5)),
+             _raw("angular_velocity_link1", "rad/s", 4), _raw("angular_velocity_link2", "rad/s", 5),
              Feature("tip_height", "link lengths", lambda o: -o[0] - math.cos(th1(o) + th2(o)))))
     if env_id == "Pendulum-v1":
         return Describer(
             EnvCard(env_id, goal="swing the pendulum up and keep it upright", termination="200 steps",
                     reward="-(angle^2 + 0.1 angular_velocity^2 + 0.001 torque^2)", action_dims=("torque",),
                     action_low=(-2.0,), action_high=(2.0,)),
-            (Feature("angle", "rad", lambda o: math.atan2(o[1], o[0])), Feature("angular_velocity", "rad/s", _idx(2))))
+            (Feature("angle", "rad", lambda o: math.atan2(o[1], o[0])), _raw("angular_velocity", "rad/s", 2)))
     return None
 
 
@@ -271,7 +296,7 @@ def _brax(env_name: str, obs_dim: int, act_dim: int) -> Describer:
     layout = BRAX_LAYOUTS.get(name)
     if layout is None or len(layout) != obs_dim:
         layout = tuple((f"obs_{i}", "") for i in range(obs_dim))
-    feats = tuple(Feature(n, u, _idx(i)) for i, (n, u) in enumerate(layout))
+    feats = tuple(_raw(n, u, i) for i, (n, u) in enumerate(layout))
     acts = BRAX_ACTIONS.get(name, tuple(f"actuator_{i}" for i in range(act_dim)))
     if len(acts) != act_dim:
         acts = tuple(f"actuator_{i}" for i in range(act_dim))
@@ -340,4 +365,4 @@ def describer_for(env_id: str, obs_shape: Sequence[int] | None = None, action_di
     acts = tuple(f"action_{i}" for i in range(action_dim or 2))
     card = EnvCard(env_id, goal="maximise return", termination="the env's own termination or time limit",
                    reward="the env's reward", action_names=acts)
-    return Describer(card, tuple(Feature(f"obs_{i}", "", _idx(i)) for i in range(dim)))
+    return Describer(card, tuple(_raw(f"obs_{i}", "", i) for i in range(dim)))

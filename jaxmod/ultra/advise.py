@@ -31,26 +31,29 @@ class CriticalRow:
     verdict: str
 
 
-def episode_views(describer: Describer, episodes: list[EpisodeRecord], budget_chars: int = 6000) -> list[EpisodeView]:
+def episode_views(describer: Describer, episodes: list[EpisodeRecord], budget_chars: int = 6000,
+                  rows: dict[int, list[str]] | None = None) -> list[EpisodeView]:
+    """The identification question's view of each episode (`rows`: their table rows by uid, if rendered)."""
     views = []
     for ep in episodes:
         table, _ = describer.render_episode(ep.obs, ep.actions, ep.rewards, episode_id=ep.uid, ended_by=ep.ended_by,
-                                            budget_chars=budget_chars)
+                                            budget_chars=budget_chars, rows=None if rows is None else rows[ep.uid])
         views.append(EpisodeView(ep.uid, ep.length, describer.card.text(), table))
     return views
 
 
-def state_query(describer: Describer, core: EnvCore, ep: EpisodeRecord, step: int, context_steps: int = 12) -> StateQuery:
+def state_query(describer: Describer, core: EnvCore, ep: EpisodeRecord, step: int, context_steps: int = 12,
+                rows: list[str] | None = None) -> StateQuery:
+    """The advice question at `step` of `ep`, with the `context_steps` steps up to it (`rows`: the episode's table
+    rows, if rendered)."""
     lo = max(0, step - context_steps + 1)
+    window = describer.rows(ep.obs[lo:step + 1], ep.actions[lo:step + 1], ep.rewards[lo:step + 1], first_step=lo) \
+        if rows is None else rows[lo:step + 1]
     table, _ = describer.render_episode(ep.obs[lo:step + 1], ep.actions[lo:step + 1], ep.rewards[lo:step + 1],
                                         title=f"Episode {ep.uid}, steps {lo}-{step} (of {ep.length}); ended by "
-                                              f"{ep.ended_by} with return {ep.ret:+.2f}.")
-    # the table's t column counts from the window start: renumber to episode steps
-    lines = table.splitlines()
-    renumbered = lines[:2] + [f"{lo + int(ln.split(' | ', 1)[0])} | {ln.split(' | ', 1)[1]}" if ' | ' in ln and
-                              ln.split(' | ', 1)[0].isdigit() else ln for ln in lines[2:]]
+                                              f"{ep.ended_by} with return {ep.ret:+.2f}.", rows=window)
     space = core.action_space
-    return StateQuery(ep.uid, step, describer.card.text(), "\n".join(renumbered), describer.state_text(ep.obs[step]),
+    return StateQuery(ep.uid, step, describer.card.text(), table, describer.state_text(ep.obs[step]),
                       describer.action_text(ep.actions[step]), space.discrete, space.num_actions, space.low, space.high)
 
 
@@ -59,7 +62,8 @@ async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episo
     """Identify critical steps in `episodes`, ask for advice at each, and return packable items with
     their verdicts (validated `Advised` or `Rejected`) and the report rows."""
     describer = describer_for(core.env_id, core.obs_shape, core.action_space.dim)
-    idents = await advisor.identify(episode_views(describer, episodes))
+    rows = {ep.uid: describer.rows(ep.obs, ep.actions, ep.rewards) for ep in episodes}  # rendered once per episode
+    idents = await advisor.identify(episode_views(describer, episodes, rows=rows))
     items: list[AdviceItem] = []
     queries: list[StateQuery] = []
     whys: list[tuple[EpisodeRecord, int, str]] = []
@@ -67,7 +71,7 @@ async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episo
         if isinstance(ident, Rejected):
             continue
         for crit in ident.steps:
-            queries.append(state_query(describer, core, ep, crit.step, context_steps))
+            queries.append(state_query(describer, core, ep, crit.step, context_steps, rows[ep.uid]))
             items.append(AdviceItem(episode=ep.uid, step=crit.step, obs=ep.obs[crit.step],
                                     snapshot=snapshot_at(rec, ep, crit.step), action=0, reward=0.0,
                                     reason=crit.reason, rated_action=ep.actions[crit.step]))
