@@ -149,6 +149,7 @@ class LLMClient:
                  transport: httpx.AsyncBaseTransport | None = None, sleep: Callable[[float], Any] = asyncio.sleep):
         self.settings = settings
         self.base_url = resolve_base_url(settings.base_url)
+        self._completions_url = httpx.URL(f"{self.base_url}/chat/completions")  # parsed once, not per request
         self.cache = cache
         self.stats = ClientStats()
         self._mode_index = STRUCTURED_MODES.index(settings.structured)
@@ -282,7 +283,7 @@ class LLMClient:
         """(result, wait, fallback): wait None = do not retry, -1 = retry with backoff, > 0 = server's hint."""
         payload = self._payload(messages, schema, name)
         try:
-            resp = await client.post("/chat/completions", json=payload, timeout=timeout)
+            resp = await client.post(self._completions_url, json=payload, timeout=timeout)
         except httpx.TimeoutException as err:
             return ChatResult(error=f"timeout after {timeout:.1f}s ({type(err).__name__})"), -1.0, False
         except httpx.TransportError as err:  # connection refused/reset, protocol errors
