@@ -214,8 +214,9 @@ def test_matcher_finds_the_nearest_usable_slot_within_the_radius(normalize):
     obs = points[[0, 2, 3, 7, 1, 6]] + rng.normal(size=(6, 4)).astype(np.float32) * 0.005
     obs[4] += 10.0  # far from everything
     x = np.asarray(rms.normalize(jnp.asarray(obs))) if normalize else obs
-    matcher = Matcher.create(advice, usable, normalize, None if normalize else spread, jnp.float32(0.5))
-    got = np.asarray(matcher.match(jnp.asarray(x), rms))
+    matcher = Matcher.create(advice, usable, rms if normalize else None, None if normalize else spread,
+                             jnp.float32(0.5))
+    got = np.asarray(matcher.match(jnp.asarray(x)))
     chex.assert_shape(got, (6,))
     if normalize:
         x_cmp, p_cmp = x, np.asarray(rms.normalize(jnp.asarray(points)))

@@ -179,43 +179,44 @@ def advice_spread(advice: Advice) -> jax.Array:
 @struct.dataclass
 class Matcher:
     """Matching live states to advice states, prepared once per rollout so each step does only a small
-    matrix product. Normalised inputs are compared with the advice normalised by the current statistics
-    (they move every step); raw ones in units of the advice `spread`.
+    matrix product. Normalised policy inputs are compared with the advice normalised by the statistics at the
+    rollout's start (the running statistics move by a few thousandths of a std within a rollout once
+    pre-training has filled them; renormalising the advice every step cost 2 of the 5 kernels of a matching
+    step); raw ones in units of the advice `spread`.
 
     Squared distances come as |x|^2 - 2 x.p + |p|^2 and the nearest slot as the first index at the
     minimum: on a CPU the broadcast (N, K, D) difference and `argmin`'s variadic reduction cost ~9 us per
     step, this ~2 us (the radius is a few units, so float32 cancellation does not matter)."""
 
-    points: jax.Array  # (K, D) advice observations: scaled by 1/spread (raw inputs) or raw (normalised inputs)
+    points: jax.Array  # (K, D) advice observations in the units distances are measured in
     inv_spread: jax.Array | None  # (D,) for raw inputs; None where the policy's inputs are normalised
-    offset: jax.Array  # (K,) |p|^2 for raw inputs (0 for normalised ones), plus inf for unusable slots
+    offset: jax.Array  # (K,) |p|^2, plus inf for unusable slots
     radius_sq: jax.Array
 
     @classmethod
-    def create(cls, advice: Advice, usable: jax.Array, normalize: bool, spread: jax.Array | None,
+    def create(cls, advice: Advice, usable: jax.Array, obs_rms: RunningMeanStd | None, spread: jax.Array | None,
                radius: jax.Array) -> Matcher:
+        """`obs_rms`: the normaliser of the policy's inputs (None where they are raw: then `spread` is the unit)."""
         points = advice.obs.reshape(advice.obs.shape[0], -1)
-        blocked = jnp.where(usable, 0.0, jnp.inf)
-        if normalize:
-            return cls(points=points, inv_spread=None, offset=blocked, radius_sq=jnp.square(radius))
-        inv_spread = 1.0 / spread.reshape(-1)
-        points = points * inv_spread
-        return cls(points=points, inv_spread=inv_spread, offset=jnp.sum(points * points, axis=1) + blocked,
-                   radius_sq=jnp.square(radius))
+        inv_spread = None
+        if obs_rms is not None:
+            points = obs_rms.normalize(advice.obs).reshape(points.shape)
+        else:
+            inv_spread = 1.0 / spread.reshape(-1)
+            points = points * inv_spread
+        offset = jnp.sum(points * points, axis=1) + jnp.where(usable, 0.0, jnp.inf)
+        return cls(points=points, inv_spread=inv_spread, offset=offset, radius_sq=jnp.square(radius))
 
-    def match(self, obs: jax.Array, obs_rms: RunningMeanStd) -> jax.Array:
+    def match(self, obs: jax.Array) -> jax.Array:
         """Nearest usable advice slot within the radius of each env's observation (the policy input), else -1."""
         x = obs.reshape(obs.shape[0], -1)
-        points, offset = self.points, self.offset
-        if self.inv_spread is None:
-            points = obs_rms.normalize(points.reshape((-1,) + obs.shape[1:])).reshape(self.points.shape)
-            offset = offset + jnp.sum(points * points, axis=1)
-        else:
+        if self.inv_spread is not None:
             x = x * self.inv_spread
-        cross = jnp.matmul(x, points.T, precision="highest")  # TPUs and TF32 GPUs would round it to bf16/tf32
-        dist_sq = jnp.maximum(jnp.sum(x * x, axis=1, keepdims=True) - 2.0 * cross + offset, 0.0)
+        cross = jnp.matmul(x, self.points.T, precision="highest")  # TPUs and TF32 GPUs would round it to bf16/tf32
+        dist_sq = jnp.maximum(jnp.sum(x * x, axis=1, keepdims=True) - 2.0 * cross + self.offset, 0.0)
         nearest_sq = jnp.min(dist_sq, axis=1, keepdims=True)
-        first = jnp.min(jnp.where(dist_sq == nearest_sq, jnp.arange(points.shape[0]), points.shape[0]), axis=1)
+        first = jnp.min(jnp.where(dist_sq == nearest_sq, jnp.arange(self.points.shape[0]), self.points.shape[0]),
+                        axis=1)
         return jnp.where(nearest_sq[:, 0] <= self.radius_sq, first, -1).astype(jnp.int32)
 
 

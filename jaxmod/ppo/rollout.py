@@ -85,7 +85,8 @@ def collect(
         use, restart_slot = choose_restarts(u[..., 0], u[..., 1], mod.advice, mod.params.restart_prob)
         control = u[..., 2] >= modulation.verify_control
         if modulation.matching:
-            matcher = Matcher.create(mod.advice, mod.trusted, env.normalize_obs, mod.spread, mod.params.match_radius)
+            matcher = Matcher.create(mod.advice, mod.trusted, env_state.obs_rms if env.normalize_obs else None,
+                                     mod.spread, mod.params.match_radius)
 
     def step(carry, xs):
         env_state, obs, pending = carry
@@ -115,7 +116,7 @@ def collect(
         # CRITICAL STEPS: right after a restart from trusted advice, or (optionally) near a trusted advice state
         slot = jnp.where(take_slot(mod.trusted, pending), pending, -1)
         if matcher is not None:
-            slot = jnp.where(slot >= 0, slot, matcher.match(obs, env_state.obs_rms))
+            slot = jnp.where(slot >= 0, slot, matcher.match(obs))
         executes = jnp.zeros(slot.shape, bool)
         if modulation.override_action:  # ULTRA-A: execute the suggestion (the ratio uses its log-prob)
             executes = slot >= 0
