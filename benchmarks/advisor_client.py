@@ -12,42 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from jaxmod.llm import Advisor, ClientSettings, EpisodeView, HTTPBackend, LLMClient
+from jaxmod.llm.server import ServerProcess
 
 CARD = "Environment: CartPole-v1\nGoal: balance\nActions (discrete): 0 = push_left, 1 = push_right"
 TABLE = "Episode 0: 30 steps\nt | cart_position[m] cart_velocity[m/s] pole_angle[rad] pole_angular_velocity[rad/s] " \
         "| action | reward\n" + "\n".join(f"{t} | +0.010 -0.020 {0.005 * t:+.3f} {0.02 * t:+.3f} | push_left | +1"
                                          for t in range(30))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(backend: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "jaxmod.cli", "serve-advisor", "--backend", backend,
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, f"{url}/v1"
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read()}")
-    raise RuntimeError("server did not come up")
 
 
 async def run_level(url: str, concurrency: int, requests: int, max_tokens: int) -> dict:
@@ -67,17 +41,13 @@ async def run_level(url: str, concurrency: int, requests: int, max_tokens: int) 
 
 
 def bench(backend: str, levels: list[int], requests: int, max_tokens: int) -> list[dict]:
-    proc, url = start_server(backend)
-    try:
-        rows = []
+    rows = []
+    with ServerProcess(backend) as server:  # its own process, as `jaxmod ultra` runs it
         for c in levels:
-            row = {"backend": backend, **asyncio.run(run_level(url, c, requests, max_tokens))}
+            row = {"backend": backend, **asyncio.run(run_level(server.url, c, requests, max_tokens))}
             print(json.dumps(row), flush=True)
             rows.append(row)
-        return rows
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return rows
 
 
 def main() -> None:
