@@ -124,6 +124,21 @@ def _toy_advice(action: int = 0, reward: float = 0.75, weight: float = 0.8) -> A
     return book.to_advice()
 
 
+def test_restart_snapshots_gathered_per_step_or_before_the_loop_give_the_same_rollout(monkeypatch):
+    """Large snapshots (physics states) are gathered step by step instead of for the whole rollout at once:
+    the same trajectory either way."""
+    from jaxmod.ppo import rollout
+
+    advice = _toy_advice()
+    mod = ModulationConfig.variant("RA", restart_prob=0.5, match_radius=0.5)
+    _, _, before_loop = _toy_rollout(mod, advice)
+    monkeypatch.setattr(rollout, "PREGATHER_BYTES", 0)
+    _, _, per_step = _toy_rollout(mod, advice)
+    assert before_loop.restarted.any()
+    for a, b in zip(jax.tree.leaves(before_loop), jax.tree.leaves(per_step), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_restart_returns_exactly_the_stored_state_and_marks_the_next_step_critical():
     advice = _toy_advice()
     _, _, traj = _toy_rollout(ModulationConfig.variant("restart", restart_prob=1.0), advice)

@@ -56,6 +56,9 @@ class Modulated:
     guide_horizon: jax.Array | None = None  # JSRL: the guide acts while the episode's step < this
 
 
+PREGATHER_BYTES = 16 << 20  # restart snapshots up to this size (all steps, all envs) are gathered before the loop
+
+
 def collect(
     net: ActorCritic,
     env: VecEnv,
@@ -84,6 +87,13 @@ def collect(
         u = jax.random.uniform(u_key, (num_steps, env.num_envs, 3))  # restart, restart slot, verification control
         use, restart_slot = choose_restarts(u[..., 0], u[..., 1], mod.advice, mod.params.restart_prob)
         control = u[..., 2] >= modulation.verify_control
+        # the restart snapshots of every step, gathered at once where they are small (classic control: a few
+        # floats per env; a physics state is not copied T times): a gather per snapshot field per step is
+        # most of what restarts cost a CPU
+        snapshots = None
+        snapshot_bytes = sum(x[0].nbytes for x in jax.tree.leaves(mod.advice.snapshot)) * num_steps * env.num_envs
+        if snapshot_bytes <= PREGATHER_BYTES:
+            snapshots = take_slot(mod.advice.snapshot, restart_slot)
         if modulation.matching:
             matcher = Matcher.create(mod.advice, mod.trusted, env_state.obs_rms if env.normalize_obs else None,
                                      mod.spread, mod.params.match_radius)
@@ -100,7 +110,7 @@ def collect(
                             final_obs=res.final_obs)
             return (env_state, res.obs, pending), tr
 
-        step_key, control, restart_slot = xs  # per-step draws made before the loop
+        step_key, control, restart_slot, snapshot = xs  # per-step draws made before the loop
         act_key, env_key, reset_key = jax.random.split(step_key, 3)
         head = net.policy_head(params, obs)
         action, _ = net.sample(params, head, act_key)  # the log-prob is taken once, of what is executed
@@ -126,7 +136,9 @@ def collect(
         log_prob = net.log_prob(params, head, action)
         # RESTARTS: finished envs restart from the advice snapshot drawn for this step (slot -1: a fresh reset)
         fresh = reset_cores if reset_cores is not None else env.fresh_cores(reset_key)
-        resets = select_envs(restart_slot >= 0, take_slot(mod.advice.snapshot, restart_slot), fresh)
+        if snapshot is None:
+            snapshot = take_slot(mod.advice.snapshot, restart_slot)
+        resets = select_envs(restart_slot >= 0, snapshot, fresh)
         env_state, res = env.step(env_key, env_state, action, resets)
         pending = jnp.where(res.episode_done, restart_slot, -1)
         tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
@@ -139,7 +151,7 @@ def collect(
                                                        unroll=unroll)
         return env_state, obs, pending, traj
 
-    xs = (jax.random.split(key, num_steps), control, restart_slot)
+    xs = (jax.random.split(key, num_steps), control, restart_slot, snapshots)
     (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, mod.critical_slot), xs, unroll=unroll)
 
     # per-step facts that follow from the trajectory, computed on the whole (T, N) batch
