@@ -140,13 +140,9 @@ class Describer:
 
 
 # --------------------------------------------------------------------------- registry of describers
-def _idx(i: int) -> Callable[[np.ndarray], float]:
-    return lambda o: float(o.reshape(-1)[i])
-
-
 def _raw(name: str, unit: str, i: int) -> Feature:
     """Entry `i` of the flat observation, as is."""
-    return Feature(name, unit, _idx(i), column=i)
+    return Feature(name, unit, lambda o: float(o.reshape(-1)[i]), column=i)
 
 
 def _classic(env_id: str) -> Describer | None:

@@ -250,25 +250,26 @@ class ServerProcess:
                                      f"{self.start_timeout_s:.0f} s") from None
         try:
             ready = json.loads(first)
-        except ValueError:
+        except ValueError:  # it died (or wrote something else) before listening: stop it either way
             ready = {"error": f"the {self.backend} advisor server exited before listening "
-                              f"(exit code {self._proc.wait(timeout=10)}); its error is above"}
+                              f"(exit code {self.stop()}); its error is above"}
         if "error" in ready:
             self.stop()
             raise BackendUnavailable(ready["error"])
         self.url, self.model = ready["url"], ready["model"]
         return self
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """End the child (if running) and return its exit code."""
         proc, self._proc = self._proc, None
         if proc is None:
-            return
+            return None
         try:
             proc.stdin.close()  # the child's signal to shut down
-            proc.wait(timeout=10)
+            return proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             proc.kill()
-            proc.wait()
+            return proc.wait()
         finally:
             proc.stdout.close()
 
