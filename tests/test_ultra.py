@@ -86,6 +86,29 @@ def test_advisor_thread_runs_on_idle_cpu_time_only():
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own priority is untouched
 
 
+def test_frozen_heap_freezes_only_for_its_block_and_keeps_a_callers_freeze():
+    """The objects alive when refinement starts are out of the collector's reach during it (the advisor's
+    allocations must not trigger rescans of the whole heap), and back in it afterwards."""
+    import gc
+
+    from jaxmod.ultra.heap import frozen_heap
+
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        frozen = gc.get_freeze_count()
+        assert frozen > 1000
+        young = [[] for _ in range(10)]
+        assert gc.get_freeze_count() == frozen and gc.is_tracked(young)  # new objects are collected as usual
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # a caller's own freeze survives the block
+    try:
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_refinement_does_not_stall_on_a_slow_advisor(tmp_path):
     settings = UltraSettings(variants=("RA",), **{**TINY, "chunks": 6})
     run = UltraRun(settings, tmp_path / "slow", advisor_factory=_slow_factory())

@@ -38,6 +38,7 @@ from jaxmod.ppo import PPOConfig, PPOLearner, default_config
 from jaxmod.ultra.advise import CriticalRow, advise_episodes
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import make_collector, make_evaluator, split_episodes
+from jaxmod.ultra.heap import frozen_heap
 
 BASELINE = "PPO"
 
@@ -314,6 +315,12 @@ class UltraRun:
         return seed_keys(self.s.seed + 1000, self.s.seeds)
 
     def refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
+        """Refine the pre-trained agents with `variant` (continued PPO, an ULTRA variant or a baseline) in chunks,
+        with `advisor` answering in the background; returns evaluation returns per chunk and the wall time."""
+        with frozen_heap():  # the advisor's allocations must not make the collector rescan the whole heap
+            return self._refine(variant, pre_state, advisor)
+
+    def _refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         s = self.s
         source = method(variant).critical
         fixed_advice = self.explain(source, pre_state) if source in ("mask", "random") else None
