@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -91,7 +93,8 @@ def collect(
         # floats per env; a physics state is not copied T times): a gather per snapshot field per step is
         # most of what restarts cost a CPU
         snapshots = None
-        snapshot_bytes = sum(x[0].nbytes for x in jax.tree.leaves(mod.advice.snapshot)) * num_steps * env.num_envs
+        slot_bytes = sum(x.dtype.itemsize * math.prod(x.shape[1:]) for x in jax.tree.leaves(mod.advice.snapshot))
+        snapshot_bytes = slot_bytes * num_steps * env.num_envs  # from shapes: no op traced for it
         if snapshot_bytes <= PREGATHER_BYTES:
             snapshots = take_slot(mod.advice.snapshot, restart_slot)
         if modulation.matching:

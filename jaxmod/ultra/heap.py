@@ -2,8 +2,8 @@
 
 By refinement time the process holds ~300k long-lived objects (jax, flax, compiled programs, caches). The
 advisor's host work (HTTP, prompts, answers) allocates fast enough to trigger full collections, and each one
-rescans that whole heap: ~0.12 s of CPU with the GIL held, a quarter of an advice round's host CPU on a 2-core
-machine, taken from the device's threads. Freezing the heap (`gc.freeze`) moves those objects to a generation
+rescans that whole heap: 0.13-0.18 s of CPU with the GIL held (one per MountainCar refinement with advice, on a
+2-core CPU), taken from the device's threads. Freezing the heap (`gc.freeze`) moves those objects to a generation
 the collector never scans; new objects are collected as usual.
 """
 
