@@ -15,7 +15,7 @@ from jaxmod.advice.verify import AdviceTrust
 from jaxmod.envs import make_core
 from jaxmod.llm.answers import Advised, Rejected
 from jaxmod.ppo import PPOConfig, PPOLearner, make_train
-from jaxmod.ppo.losses import Batch, advice_kl, ppo_loss
+from jaxmod.ppo.losses import Batch, advice_kl, mask_weights, ppo_loss
 from jaxmod.ppo.rollout import Modulated, collect
 from tests.conftest import TINY, TOY_ID
 
@@ -399,7 +399,7 @@ def test_imposed_actions_give_no_policy_gradient():
     def actor_loss_grad(action, advantage):
         batch = Batch(obs=obs, action=action, log_prob=learner.net.log_prob(params, head, action),
                       value=jnp.zeros(n), advantage=advantage, target=advantage,
-                      on_policy=(~imposed).astype(jnp.float32))
+                      policy_weight=mask_weights((~imposed).astype(jnp.float32)))
         return jax.value_and_grad(lambda p: ppo_loss(learner.net, p, batch, hp)[1]["actor_loss"])(
             jax.tree.map(lambda x: 1.1 * x, params))  # a moved policy: ratios differ from 1
 

@@ -73,7 +73,9 @@ def gae_reference(rewards, values, next_values, terminated, episode_done, gamma,
 
 @struct.dataclass
 class Batch:
-    """One flattened training batch (leading axis = samples)."""
+    """One flattened training batch (leading axis = samples). The optional weights are per-sample shares of a
+    loss term: a batch is built with 0/1 masks, and `optimise` turns them into `mask_weights` per minibatch (once
+    per epoch instead of a count, a division and its gradient in every SGD step)."""
 
     obs: jax.Array
     action: jax.Array
@@ -81,9 +83,14 @@ class Batch:
     value: jax.Array
     advantage: jax.Array
     target: jax.Array
-    critical: jax.Array | None = None  # float 0/1: steps under advice (modulated runs with a KL term)
+    kl_weight: jax.Array | None = None  # advice KL: the steps under advice (modulated runs with a KL term)
     suggested: jax.Array | None = None  # the advice's action at those steps
-    on_policy: jax.Array | None = None  # float 0/1: the action was sampled, not imposed (None: every step)
+    policy_weight: jax.Array | None = None  # surrogate: steps whose action was sampled, not imposed (None: all)
+
+
+def mask_weights(mask: jax.Array) -> jax.Array:
+    """0/1 masks (leading axes ..., sample) as weights summing to 1 over the last axis (all 0 where none is set)."""
+    return mask / jnp.maximum(1.0, jnp.sum(mask, axis=-1, keepdims=True))
 
 
 def ppo_loss(
@@ -96,20 +103,20 @@ def ppo_loss(
     kl_target_std: float = 0.2,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Clipped surrogate + (clipped) value loss - entropy bonus; advantages normalised per minibatch.
-    With `on_policy`, the surrogate averages over the steps whose action was sampled only: an action ULTRA-A
+    With `policy_weight`, the surrogate averages over the steps whose action was sampled only: an action ULTRA-A
     imposed has no behaviour probability to correct with, so its policy gradient would be biased (it trains
     the critic, and the KL term, instead). With `kl_coef`, adds kl_coef * KL(target || pi)
-    averaged over the batch's critical steps."""
+    averaged over the batch's critical steps (`kl_weight`). Weights are `mask_weights` of the batch's masks."""
     head = net.policy_head(params, batch.obs)
     log_prob = net.log_prob(params, head, batch.action)
     log_ratio = log_prob - batch.log_prob
     ratio = jnp.exp(log_ratio)
     adv = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - hp.clip_eps, 1.0 + hp.clip_eps) * adv)
-    if batch.on_policy is None:
+    if batch.policy_weight is None:
         actor_loss = -surrogate.mean()
     else:
-        actor_loss = -jnp.sum(batch.on_policy * surrogate) / jnp.maximum(1.0, jnp.sum(batch.on_policy))
+        actor_loss = -jnp.sum(batch.policy_weight * surrogate)
 
     value = net.value(params, batch.obs)
     value_err = jnp.square(value - batch.target)
@@ -123,7 +130,7 @@ def ppo_loss(
     extra = {}
     if kl_coef is not None:
         kl = advice_kl(net, params, head, batch.suggested, kl_target_std)
-        advice_kl_mean = jnp.sum(batch.critical * kl) / jnp.maximum(1.0, jnp.sum(batch.critical))
+        advice_kl_mean = jnp.sum(batch.kl_weight * kl)
         total = total + kl_coef * advice_kl_mean
         extra = {"advice_kl": advice_kl_mean}
     info = {

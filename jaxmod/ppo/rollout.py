@@ -89,6 +89,9 @@ def collect(
         u = jax.random.uniform(u_key, (num_steps, env.num_envs, 3))  # restart, restart slot, verification control
         use, restart_slot = choose_restarts(u[..., 0], u[..., 1], mod.advice, mod.params.restart_prob)
         control = u[..., 2] >= modulation.verify_control
+        # the slot whose first step is critical after each step's possible restart: all valid slots restart, only
+        # trusted ones act (looked up here for all steps, so the loop carries slots that are trusted already)
+        restart_critical = jnp.where(take_slot(mod.trusted, restart_slot), restart_slot, -1)
         # the restart snapshots of every step, gathered at once where they are small (classic control: a few
         # floats per env; a physics state is not copied T times): a gather per snapshot field per step is
         # most of what restarts cost a CPU
@@ -113,7 +116,7 @@ def collect(
                             final_obs=res.final_obs)
             return (env_state, res.obs, pending), tr
 
-        step_key, control, restart_slot, snapshot = xs  # per-step draws made before the loop
+        step_key, control, restart_slot, restart_critical, snapshot = xs  # per-step draws made before the loop
         act_key, env_key, reset_key = jax.random.split(step_key, 3)
         head = net.policy_head(params, obs)
         action, _ = net.sample(params, head, act_key)  # the log-prob is taken once, of what is executed
@@ -127,7 +130,7 @@ def collect(
             guided = env_state.core.time < mod.guide_horizon
             action = _where_envs(guided, guide_action, action)
         # CRITICAL STEPS: right after a restart from trusted advice, or (optionally) near a trusted advice state
-        slot = jnp.where(take_slot(mod.trusted, pending), pending, -1)
+        slot = pending
         if matcher is not None:
             slot = jnp.where(slot >= 0, slot, matcher.match(obs))
         executes = jnp.zeros(slot.shape, bool)
@@ -143,10 +146,10 @@ def collect(
             snapshot = take_slot(mod.advice.snapshot, restart_slot)
         resets = select_envs(restart_slot >= 0, snapshot, fresh)
         env_state, res = env.step(env_key, env_state, action, resets)
-        pending = jnp.where(res.episode_done, restart_slot, -1)
+        pending = jnp.where(res.episode_done, restart_critical, -1)
         tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
                         terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
-                        final_obs=res.final_obs, slot=slot, guided=guided, forced=executes)
+                        final_obs=res.final_obs, slot=slot, guided=guided)
         return (env_state, res.obs, pending), tr
 
     if modulation is None:
@@ -154,19 +157,25 @@ def collect(
                                                        unroll=unroll)
         return env_state, obs, pending, traj
 
-    xs = (jax.random.split(key, num_steps), control, restart_slot, snapshots)
-    (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, mod.critical_slot), xs, unroll=unroll)
+    pending = jnp.where(take_slot(mod.trusted, mod.critical_slot), mod.critical_slot, -1)  # trust may have changed
+    xs = (jax.random.split(key, num_steps), control, restart_slot, restart_critical, snapshots)
+    (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, pending), xs, unroll=unroll)
 
-    # per-step facts that follow from the trajectory, computed on the whole (T, N) batch
+    # per-step facts that follow from the trajectory, computed on the whole (T, N) batch (outside the sequential
+    # loop, each is one op per rollout instead of one per step)
     critical = traj.slot >= 0
+    forced = jnp.zeros_like(critical)
+    if modulation.override_action:  # ULTRA-A executed the suggestion: the same rule as in the loop
+        forced = critical & control if modulation.verifies else critical
     if env.action_space.discrete:  # verification's groups: the suggestion ran, or the policy's own choice
         advised = critical & (traj.action == take_slot(mod.advice.action, traj.slot))
     else:
-        advised = traj.forced
+        advised = forced
     shaping = None
     if modulation.shape_reward:  # ULTRA-R: implicit reward on critical steps (added by the learner)
         shaping = shaping_bonus(mod.params, mod.advice, traj.slot, critical, traj.action, modulation.kl_target_std)
-    traj = traj.replace(critical=critical, restarted=traj.episode_done & use, shaping=shaping, advised=advised)
+    traj = traj.replace(critical=critical, restarted=traj.episode_done & use, shaping=shaping, advised=advised,
+                        forced=forced)
     return env_state, obs, pending, traj
 
 

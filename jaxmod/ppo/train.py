@@ -25,7 +25,7 @@ from jaxmod.advice.modulation import ModulationConfig, ModulationParams, advice_
 from jaxmod.advice.verify import AdviceTrust
 from jaxmod.envs import VecEnv, VecEnvState, make
 from jaxmod.ppo.config import ConfigError, HyperParams, PPOConfig
-from jaxmod.ppo.losses import Batch, gae, ppo_loss, td_errors
+from jaxmod.ppo.losses import Batch, gae, mask_weights, ppo_loss, td_errors
 from jaxmod.ppo.networks import ActorCritic, NetworkError, Params
 from jaxmod.ppo.rnd import RNDState, rnd_bonus, rnd_init, rnd_train
 from jaxmod.ppo.rollout import Modulated, collect
@@ -80,8 +80,8 @@ def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransfor
 def optimise(c: PPOConfig, net: ActorCritic, hp: HyperParams, params: Params, opt_state: optax.OptState,
              batch: Batch, key: jax.Array, kl_coef: jax.Array | None = None, kl_std: float = 0.2
              ) -> tuple[Params, optax.OptState, Metrics]:
-    """Epochs x minibatches of clipped-PPO SGD on one flat batch. The optimiser works on the params
-    raveled into one vector, so Adam is a few fused ops instead of a few per leaf."""
+    """Epochs x minibatches of clipped-PPO SGD on one flat batch (its weights given as 0/1 masks). The optimiser
+    works on the params raveled into one vector, so Adam is a few fused ops instead of a few per leaf."""
     tx = make_optimizer(c, hp)
     flat_params, unravel = ravel_pytree(params)
     grad_fn = jax.value_and_grad(
@@ -96,6 +96,8 @@ def optimise(c: PPOConfig, net: ActorCritic, hp: HyperParams, params: Params, op
     def epoch(carry, key):
         perm = jax.random.permutation(key, c.batch_size)
         mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.minibatch_size) + x.shape[1:]), batch)
+        mbs = mbs.replace(**{name: mask_weights(getattr(mbs, name)) for name in ("kl_weight", "policy_weight")
+                             if getattr(mbs, name) is not None})  # masks -> per-minibatch weights
         return jax.lax.scan(sgd_step, carry, mbs)
 
     (flat_params, opt_state), infos = jax.lax.scan(epoch, (flat_params, opt_state),
@@ -234,8 +236,8 @@ class PPOLearner:
         # actions ULTRA-A imposed are no samples of any policy: no policy gradient from them
         on_policy = None if traj.forced is None else (~traj.forced).astype(jnp.float32)
         batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=values,
-                      advantage=advantages, target=advantages + values, critical=critical, suggested=suggested,
-                      on_policy=on_policy)
+                      advantage=advantages, target=advantages + values, kl_weight=critical, suggested=suggested,
+                      policy_weight=on_policy)
         batch = jax.tree.map(lambda x: x.reshape((c.batch_size,) + x.shape[2:]), batch)
 
         # UPDATE NETWORK
