@@ -208,11 +208,15 @@ def test_matching_marks_states_near_advice():
 
 
 @pytest.mark.parametrize("normalize", [False, True])
-def test_matcher_finds_the_nearest_usable_slot_within_the_radius(normalize):
+@pytest.mark.parametrize("small_obs", [8, 0])  # the broadcast product (small observations) and the matmul
+def test_matcher_finds_the_nearest_usable_slot_within_the_radius(normalize, small_obs, monkeypatch):
     """The rollout's matching against a brute-force nearest neighbour: unusable slots never match, ties go
     to the first slot, distances are in normalised units or in units of the advice spread."""
+    from jaxmod.advice import modulation
     from jaxmod.advice.modulation import Matcher
     from jaxmod.envs.normalize import RunningMeanStd
+
+    monkeypatch.setattr(modulation, "SMALL_OBS", small_obs)
 
     rng = np.random.default_rng(0)
     core = make_core("CartPole-v1")
@@ -451,3 +455,28 @@ def test_outvoted_advice_stops_acting_in_training():
         mod = ModulationConfig.variant("RA", restart_prob=1.0, capacity=4, consensus_radius=radius)
         out = jax.jit(make_train(TINY, mod))(jax.random.PRNGKey(0), None, book.to_advice())
         assert int(out.metrics["advice_outvoted"][-1]) == outvoted
+
+
+def test_step_codes_and_uniforms_from_bits_round_trip():
+    """The rollout's packed per-step facts unpack exactly (slots up to the largest capacity); its uniforms from
+    random words lie in [0, 1) and use every bit they claim."""
+    from jaxmod.ppo.rollout import _uniforms_from_bits, pack_step_codes, unpack_step_codes
+
+    rng = np.random.default_rng(0)
+    top = 32766 - 1  # the largest slot of the largest capacity ModulationConfig accepts
+    restart = jnp.asarray(np.r_[-1, top, rng.integers(-1, top + 1, 62)], jnp.int32)
+    critical = jnp.where(jnp.asarray(rng.random(64) < 0.5), restart, -1)
+    control = jnp.asarray(rng.random(64) < 0.5)
+    got = unpack_step_codes(pack_step_codes(restart, critical, control))
+    for a, b in zip(got, (restart, critical, control), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ModulationError):
+        ModulationConfig(capacity=32767)
+    ones = _uniforms_from_bits(jnp.full((2,), 0xFFFFFFFF, jnp.uint32))
+    zeros = _uniforms_from_bits(jnp.zeros((2,), jnp.uint32))
+    np.testing.assert_allclose([float(u) for u in ones], [1 - 2.0**-24, 1 - 2.0**-16, 1 - 2.0**-16])
+    assert all(float(u) == 0.0 for u in zeros)
+    draws = _uniforms_from_bits(jax.random.bits(jax.random.PRNGKey(0), (4096, 2), jnp.uint32))
+    means = [float(u.mean()) for u in draws]
+    assert all(abs(m - 0.5) < 0.03 for m in means)
+    assert abs(float(jnp.corrcoef(draws[1], draws[2])[0, 1])) < 0.05  # the two halves of one word are independent

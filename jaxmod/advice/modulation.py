@@ -73,8 +73,8 @@ class ModulationConfig:
     consensus_action_tol: float = 0.25  # continuous suggestions agree within this RMS share of the action range
 
     def __post_init__(self) -> None:
-        if self.capacity < 1:
-            raise ModulationError("capacity must be >= 1")
+        if not 1 <= self.capacity <= 32766:  # the rollout packs a slot + 1 into 15 bits (`rollout.SLOT_BITS`)
+            raise ModulationError("capacity must lie in [1, 32766]")
         if not 0.0 <= self.restart_prob <= 1.0:
             raise ModulationError("restart_prob must lie in [0, 1]")
         if self.match_radius < 0 or self.kl_coef < 0 or self.kl_target_std <= 0:
@@ -176,6 +176,9 @@ def advice_spread(advice: Advice) -> jax.Array:
     return jnp.where(std > 1e-6, std, 1.0)
 
 
+SMALL_OBS = 8  # observations up to this size are matched with a broadcast product, larger ones with a matmul
+
+
 @struct.dataclass
 class Matcher:
     """Matching live states to advice states, prepared once per rollout so each step does only a small
@@ -219,7 +222,10 @@ class Matcher:
             x = x * self.inv_spread
         k = self.points.shape[0]
         bits = _index_bits(k)
-        cross = jnp.matmul(x, self.points.T, precision="highest")  # TPUs and TF32 GPUs would round it to bf16/tf32
+        if x.shape[1] <= SMALL_OBS:
+            cross = jnp.sum(x[:, None, :] * self.points[None], axis=2)
+        else:
+            cross = jnp.matmul(x, self.points.T, precision="highest")  # TPUs, TF32 GPUs would round it to bf16/tf32
         dist_sq = jnp.maximum(jnp.sum(x * x, axis=1, keepdims=True) - 2.0 * cross + self.offset, 0.0)
         key = (jax.lax.bitcast_convert_type(dist_sq, jnp.int32) >> bits << bits) | jnp.arange(k, dtype=jnp.int32)
         nearest = jnp.min(key, axis=1)
