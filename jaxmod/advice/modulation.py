@@ -182,7 +182,7 @@ SMALL_OBS = 8  # observations up to this size are matched with a broadcast produ
 @struct.dataclass
 class Matcher:
     """Matching live states to advice states, prepared once per rollout so each step does only a small
-    matrix product. Normalised policy inputs are compared with the advice normalised by the statistics at the
+    product (a broadcast one up to `SMALL_OBS` features, where a matmul call costs a CPU more). Normalised policy inputs are compared with the advice normalised by the statistics at the
     rollout's start (the running statistics move by a few thousandths of a std within a rollout once
     pre-training has filled them; renormalising the advice every step cost 2 of the 5 kernels of a matching
     step); raw ones in units of the advice `spread`.
@@ -191,8 +191,8 @@ class Matcher:
     not matter), and the nearest slot from ONE integer minimum: a non-negative float's bits order like the float,
     so each distance's bits with the slot index in the lowest ceil(log2 K) mantissa bits give the first slot at
     the minimum and that minimum together (distances equal to ~2^-17 relative, at K = 64, count as ties; the
-    first slot wins). On a CPU the broadcast (N, K, D) difference and `argmin`'s variadic reduction cost ~9 us
-    per step, two plain minima ~2 us, and every op of the step loop runs T times per update."""
+    first slot wins). On a CPU `argmin`'s variadic reduction costs several times a plain minimum, and every op
+    of the step loop runs T times per update."""
 
     points: jax.Array  # (K, D) advice observations in the units distances are measured in
     inv_spread: jax.Array | None  # (D,) for raw inputs; None where the policy's inputs are normalised
