@@ -460,10 +460,11 @@ def test_outvoted_advice_stops_acting_in_training():
 def test_step_codes_and_uniforms_from_bits_round_trip():
     """The rollout's packed per-step facts unpack exactly (slots up to the largest capacity); its uniforms from
     random words lie in [0, 1) and use every bit they claim."""
+    from jaxmod.advice.modulation import MAX_CAPACITY
     from jaxmod.ppo.rollout import _uniforms_from_bits, pack_step_codes, unpack_step_codes
 
     rng = np.random.default_rng(0)
-    top = 32766 - 1  # the largest slot of the largest capacity ModulationConfig accepts
+    top = MAX_CAPACITY - 1  # the largest slot of the largest capacity ModulationConfig accepts
     restart = jnp.asarray(np.r_[-1, top, rng.integers(-1, top + 1, 62)], jnp.int32)
     critical = jnp.where(jnp.asarray(rng.random(64) < 0.5), restart, -1)
     control = jnp.asarray(rng.random(64) < 0.5)
@@ -471,7 +472,7 @@ def test_step_codes_and_uniforms_from_bits_round_trip():
     for a, b in zip(got, (restart, critical, control), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ModulationError):
-        ModulationConfig(capacity=32767)
+        ModulationConfig(capacity=MAX_CAPACITY + 1)
     ones = _uniforms_from_bits(jnp.full((2,), 0xFFFFFFFF, jnp.uint32))
     zeros = _uniforms_from_bits(jnp.zeros((2,), jnp.uint32))
     np.testing.assert_allclose([float(u) for u in ones], [1 - 2.0**-24, 1 - 2.0**-16, 1 - 2.0**-16])

@@ -45,6 +45,7 @@ from jaxmod.advice.arrays import Advice
 from jaxmod.envs.normalize import RunningMeanStd
 
 VARIANTS = ("A", "R", "RA", "restart")
+MAX_CAPACITY = 32766  # advice slots: the rollout packs a slot + 1 into 15 bits (`rollout.SLOT_BITS`)
 
 
 class ModulationError(ValueError):
@@ -73,8 +74,8 @@ class ModulationConfig:
     consensus_action_tol: float = 0.25  # continuous suggestions agree within this RMS share of the action range
 
     def __post_init__(self) -> None:
-        if not 1 <= self.capacity <= 32766:  # the rollout packs a slot + 1 into 15 bits (`rollout.SLOT_BITS`)
-            raise ModulationError("capacity must lie in [1, 32766]")
+        if not 1 <= self.capacity <= MAX_CAPACITY:
+            raise ModulationError(f"capacity must lie in [1, {MAX_CAPACITY}]")
         if not 0.0 <= self.restart_prob <= 1.0:
             raise ModulationError("restart_prob must lie in [0, 1]")
         if self.match_radius < 0 or self.kl_coef < 0 or self.kl_target_std <= 0:
@@ -182,8 +183,8 @@ SMALL_OBS = 8  # observations up to this size are matched with a broadcast produ
 @struct.dataclass
 class Matcher:
     """Matching live states to advice states, prepared once per rollout so each step does only a small
-    product (a broadcast one up to `SMALL_OBS` features, where a matmul call costs a CPU more). Normalised policy inputs are compared with the advice normalised by the statistics at the
-    rollout's start (the running statistics move by a few thousandths of a std within a rollout once
+    product (a broadcast one up to `SMALL_OBS` features, where a matmul call costs a CPU more). Normalised policy
+    inputs are compared with the advice normalised by the statistics at the rollout's start (the running statistics move by a few thousandths of a std within a rollout once
     pre-training has filled them; renormalising the advice every step cost 2 of the 5 kernels of a matching
     step); raw ones in units of the advice `spread`.
 

@@ -10,6 +10,7 @@ from flax import struct
 
 from jaxmod.advice.arrays import Advice
 from jaxmod.advice.modulation import (
+    MAX_CAPACITY,
     Matcher,
     ModulationConfig,
     ModulationParams,
@@ -58,7 +59,8 @@ class Modulated:
     guide_horizon: jax.Array | None = None  # JSRL: the guide acts while the episode's step < this
 
 
-SLOT_BITS = 15  # step codes: bits 0-14 the restart slot + 1, bits 15-29 the critical slot after it + 1, bit 30 control
+SLOT_BITS = (MAX_CAPACITY + 1).bit_length()  # 15; step codes: bits 0-14 the restart slot + 1, 15-29 the critical
+# slot after it + 1, bit 30 verification's control flag
 
 
 def pack_step_codes(restart_slot: jax.Array, restart_critical: jax.Array, control: jax.Array) -> jax.Array:
@@ -97,6 +99,10 @@ def collect(
 
     matcher = use = None
     if modulation is not None:
+        def trusted_only(slot: jax.Array) -> jax.Array:
+            """`slot` where it is trusted advice, else -1 (untrusted slots restart but do not act)."""
+            return jnp.where(take_slot(mod.trusted, slot), slot, -1)
+
         # Everything that does not depend on the states reached is drawn or prepared here, for all steps at once:
         # the sequential loop keeps only what must run step by step (a latency win on small batches)
         key, u_key = jax.random.split(key)
@@ -105,7 +111,7 @@ def collect(
         control = u_control >= modulation.verify_control
         # the slot whose first step is critical after each step's possible restart: all valid slots restart, only
         # trusted ones act (looked up here for all steps, so the loop carries slots that are trusted already)
-        restart_critical = jnp.where(take_slot(mod.trusted, restart_slot), restart_slot, -1)
+        restart_critical = trusted_only(restart_slot)
         # the loop reads these per-step facts from one int32: each array a scan slices per step cost a CPU more than
         # the work it feeds (the control mask as its own array: +0.3 ms per MountainCar rollout of 2.2 ms)
         step_codes = pack_step_codes(restart_slot, restart_critical, control)
@@ -151,11 +157,8 @@ def collect(
         slot = pending
         if matcher is not None:
             slot = jnp.where(slot >= 0, slot, matcher.match(obs))
-        executes = jnp.zeros(slot.shape, bool)
         if modulation.override_action:  # ULTRA-A: execute the suggestion (the ratio uses its log-prob)
-            executes = slot >= 0
-            if modulation.verifies:  # a random share of critical steps stays with the policy: the control group
-                executes = executes & control
+            executes = executes_suggestion(modulation, slot, control)
             action = _where_envs(executes, take_slot(mod.advice.action, slot), action)
         log_prob = net.log_prob(params, head, action)
         # RESTARTS: finished envs restart from the advice snapshot drawn for this step (slot -1: a fresh reset)
@@ -175,16 +178,14 @@ def collect(
                                                        unroll=unroll)
         return env_state, obs, pending, traj
 
-    pending = jnp.where(take_slot(mod.trusted, mod.critical_slot), mod.critical_slot, -1)  # trust may have changed
+    pending = trusted_only(mod.critical_slot)  # trust may have changed since the last rollout
     xs = (jax.random.split(key, num_steps), step_codes, snapshots)
     (env_state, obs, pending), traj = jax.lax.scan(step, (env_state, obs, pending), xs, unroll=unroll)
 
     # per-step facts that follow from the trajectory, computed on the whole (T, N) batch (outside the sequential
     # loop, each is one op per rollout instead of one per step)
     critical = traj.slot >= 0
-    forced = jnp.zeros_like(critical)
-    if modulation.override_action:  # ULTRA-A executed the suggestion: the same rule as in the loop
-        forced = critical & control if modulation.verifies else critical
+    forced = executes_suggestion(modulation, traj.slot, control)  # ULTRA-A imposed these actions
     if env.action_space.discrete:  # verification's groups: the suggestion ran, or the policy's own choice
         advised = critical & (traj.action == take_slot(mod.advice.action, traj.slot))
     else:
@@ -195,6 +196,14 @@ def collect(
     traj = traj.replace(critical=critical, restarted=traj.episode_done & use, shaping=shaping, advised=advised,
                         forced=forced)
     return env_state, obs, pending, traj
+
+
+def executes_suggestion(modulation: ModulationConfig, slot: jax.Array, control: jax.Array) -> jax.Array:
+    """ULTRA-A's rule: where the suggestion is executed (critical steps, less verification's control group)."""
+    if not modulation.override_action:
+        return jnp.zeros(slot.shape, bool)
+    critical = slot >= 0
+    return critical & control if modulation.verifies else critical
 
 
 def _uniforms_from_bits(bits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
