@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxmod.baselines.methods import METHODS
 from jaxmod.envs.brax_backend import SPARSE_SUFFIX
+from jaxmod.methods import METHODS
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
 ALL_METHODS = ("PPO", "A", "R", "RA", "StateMask-R", "RICE", "JSRL", "Random")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmod.baselines.methods import METHODS
+from jaxmod.methods import METHODS
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
 PRESETS = {

@@ -12,6 +12,14 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "envs": ("jaxmod.envs", None),
+    "Advice": ("jaxmod.advice.arrays", "Advice"),
+    "AdviceBook": ("jaxmod.advice.arrays", "AdviceBook"),
+    "ModulationConfig": ("jaxmod.advice.modulation", "ModulationConfig"),
+    "Modulator": ("jaxmod.ppo.modulator", "Modulator"),
+    "PPOLearner": ("jaxmod.ppo", "PPOLearner"),
+    "chain": ("jaxmod.ppo.modulator", "chain"),
+    "evaluate": ("jaxmod.ppo.acting", "evaluate"),
+    "METHODS": ("jaxmod.methods", "METHODS"),
     "HyperParams": ("jaxmod.ppo", "HyperParams"),
     "PPOConfig": ("jaxmod.ppo", "PPOConfig"),
     "TrainOutput": ("jaxmod.ppo", "TrainOutput"),

@@ -304,8 +304,8 @@ def cmd_ultra(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from jaxmod.baselines.methods import METHODS
     from jaxmod.envs import make_core
+    from jaxmod.methods import METHODS
     from jaxmod.ultra.pipeline import BASELINE, UltraRun, UltraSettings
 
     variants = [v.strip() for v in args.variant.split(",") if v.strip() and v.strip() != BASELINE]
@@ -340,7 +340,7 @@ def cmd_ultra(args: argparse.Namespace) -> int:
         kl_filter=args.kl_filter, verify_samples=args.verify_samples, sync_advice=args.sync_advice,
         consensus_radius=args.consensus_radius,
         mask_steps=int(args.mask_steps), rice_p=args.rice_p, rice_lambda=args.rice_lambda, jsrl_steps=args.jsrl_steps)
-    settings.modulation("RA")  # validates the ULTRA knobs, built the way the refinement builds them
+    settings.modulation()  # validates the ULTRA knobs, built the way the refinement builds them
     _enable_compile_cache()
     if args.replay:
         try:

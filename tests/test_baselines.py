@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 
 from jaxmod.advice.arrays import Advice
-from jaxmod.advice.modulation import ModulationConfig
+from jaxmod.advice.restarts import CriticalStates
 from jaxmod.baselines.explain import MaskConfig, critical_advice, make_mask_trainer, mask_importance
-from jaxmod.baselines.methods import BASELINES, METHODS, MethodError, baseline_modulation, method, rice_values
+from jaxmod.baselines.jsrl import GuideRollIn
+from jaxmod.baselines.rice import rice_values
+from jaxmod.baselines.rnd import RNDBonus, rnd_bonus, rnd_error, rnd_init, rnd_train
 from jaxmod.envs import CoreState, make_core
+from jaxmod.methods import BASELINES, METHODS, MethodContext, MethodError, method
 from jaxmod.parallel import seed_keys
 from jaxmod.ppo import PPOConfig, PPOLearner
-from jaxmod.ppo.rnd import rnd_bonus, rnd_error, rnd_init, rnd_train
-from jaxmod.ppo.rollout import Modulated, collect
-from jaxmod.ultra.collect import Recording
+from jaxmod.ppo.acting import Recording
 from tests.conftest import TOY_ID
 
 pytestmark = pytest.mark.timeout(300)
@@ -66,20 +67,16 @@ def test_rnd_bonus_is_normalised_per_step_and_training_lowers_the_error():
 
 
 def test_jsrl_guide_acts_only_within_the_horizon():
-    mod_cfg = ModulationConfig(capacity=2, override_action=False, shape_reward=False, restart_prob=0.0,
-                               guide_steps=2)
+    from tests.test_modulation import modulated_rollout
+
     cfg = PPOConfig(env_id=TOY_ID, num_envs=3, num_steps=12, total_timesteps=36, num_minibatches=1)
-    learner = PPOLearner(cfg, mod_cfg)
+    learner = PPOLearner(cfg, GuideRollIn(guide_steps=2))  # one update: the horizon stays at 2 in its rollout
     state = learner.init(jax.random.PRNGKey(0))
     # a guide that always moves (+1): huge logit on action 1
-    guide = jax.tree.map(jnp.copy, state.guide_params)
+    guide = jax.tree.map(jnp.copy, state.aux.guide)
     guide["actor"]["Dense_2"]["bias"] = jnp.array([-50.0, 50.0])
-    advice = Advice.empty(learner.env.core, 2)
-    mod = Modulated(params=state.mod_params, advice=advice, critical_slot=state.critical_slot, trusted=advice.valid,
-                    guide_params=guide, guide_horizon=jnp.int32(2))
-    _, _, _, traj = jax.jit(lambda s, m: collect(learner.net, learner.env, s.params, s.env_state, s.obs,
-                                                  jax.random.PRNGKey(1), 12, 1, None, mod_cfg, m))(state, mod)
-    traj = jax.device_get(traj)
+    state = state.replace(aux=state.aux.replace(guide=guide))
+    traj = modulated_rollout(learner, state, Advice.empty(learner.env.core, 2), jax.random.PRNGKey(1), 12)
     pos = traj.obs[..., 0]
     step_in_episode = np.zeros_like(pos, dtype=int)  # rebuild each step's time from episode ends
     for n in range(pos.shape[1]):
@@ -92,14 +89,13 @@ def test_jsrl_guide_acts_only_within_the_horizon():
     head = learner.net.policy_head(state.params, jnp.asarray(traj.obs))
     np.testing.assert_allclose(traj.log_prob, learner.net.log_prob(state.params, head, jnp.asarray(traj.action)),
                                rtol=1e-5, atol=1e-6)  # the learner's log-prob of what was executed
-    assert not traj.forced.any()  # roll-in steps are trained on (only ULTRA-A's overrides are masked)
+    assert not hasattr(traj, "forced")  # roll-in steps are trained on (only ULTRA-A's overrides are masked)
 
 
 def test_rice_and_jsrl_train_in_the_shared_update():
     cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=8, total_timesteps=4 * 8 * 3, num_minibatches=2)
     for name in ("RICE", "JSRL"):
-        mod_cfg = baseline_modulation(name, TOY_ID, capacity=2, guide_steps=3)
-        learner = PPOLearner(cfg, mod_cfg)
+        learner = PPOLearner(cfg, method(name).build(MethodContext(TOY_ID, guide_steps=3)))
         state = learner.init(jax.random.PRNGKey(0))
         state, metrics = jax.jit(lambda s, ln=learner: ln.run(s, 3, Advice.empty(ln.env.core, 2)))(state)
         key = "rnd_bonus" if name == "RICE" else "guided_frac"
@@ -124,10 +120,11 @@ def test_mask_net_trains_for_many_seeds_in_one_program():
 def test_method_table_and_rice_defaults():
     assert set(BASELINES) <= set(METHODS) and method("RICE").critical == "mask"
     assert rice_values("brax/hopper-sparse") == (0.25, 0.001) and rice_values("brax/halfcheetah") == (0.5, 0.01)
-    sm = baseline_modulation("StateMask-R", "brax/hopper", 8, 10)
-    assert sm.restart_prob == 1.0 and not sm.override_action and not sm.shape_reward and sm.rnd_coef == 0
-    rice = baseline_modulation("RICE", "brax/walker2d", 8, 10)
-    assert (rice.restart_prob, rice.rnd_coef) == (0.25, 0.01)
+    sm = method("StateMask-R").build(MethodContext("brax/hopper"))
+    assert sm == CriticalStates(restart_prob=1.0)  # restarts only: no action, reward, KL or bonus
+    rice = method("RICE").build(MethodContext("brax/walker2d"))
+    assert rice.parts == (CriticalStates(restart_prob=0.25), RNDBonus(coef=0.01))
+    assert method("RICE").build(MethodContext("brax/walker2d", rice_p=0.75)).parts[0].restart_prob == 0.75
     with pytest.raises(MethodError, match="choose from"):
         method("SAC")
     assert make_core(TOY_ID).action_space.num_actions == 2

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import chex
 import jax
 import numpy as np
@@ -50,19 +48,23 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_refinement_state_with_rnd_and_guide_roundtrips(tmp_path):
     """A baseline/ULTRA state (advice slots, JSRL guide, RICE's RND nets) restores exactly and resumes."""
     from jaxmod.advice.arrays import Advice
-    from jaxmod.baselines.methods import baseline_modulation
+    from jaxmod.advice.modulation import ModulationConfig
+    from jaxmod.baselines import jsrl, rice
     from jaxmod.ppo import PPOConfig, PPOLearner
+    from jaxmod.ppo.modulator import chain
     from tests.conftest import TOY_ID
 
     cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=8, total_timesteps=4 * 8 * 4, num_minibatches=2)
-    mod = dataclasses.replace(baseline_modulation("RICE", TOY_ID, capacity=2, guide_steps=3), guide_steps=3)
+    mod = chain(ModulationConfig(capacity=2).modulator(), rice.modulator(TOY_ID), jsrl.GuideRollIn(3))
     learner = PPOLearner(cfg, mod)
     advice = Advice.empty(learner.env.core, 2)
     run = jax.jit(lambda s: learner.run(s, 2, advice))
     state, _ = run(learner.init(jax.random.PRNGKey(0)))
-    save_checkpoint(tmp_path / "ck", state, cfg, modulation=mod)
-    ck = load_checkpoint(tmp_path / "ck")
-    assert ck.modulation == mod and ck.state.rnd is not None and ck.state.guide_params is not None
+    save_checkpoint(tmp_path / "ck", state, cfg)
+    ck = load_checkpoint(tmp_path / "ck", mod)
+    chex.assert_trees_all_equal(ck.state, state)  # every modulator's aux (trust, RND nets, guide) restored
+    with pytest.raises(ValueError, match="modulator it was trained with"):
+        load_checkpoint(tmp_path / "ck")
     _, m_a = run(state)
     _, m_b = run(ck.state)
     np.testing.assert_array_equal(m_a["episode_return"], m_b["episode_return"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,13 +13,18 @@ import pytest
 
 from jaxmod.advice.arrays import Advice, AdviceBook, AdviceItem
 from jaxmod.advice.consensus import consensus
-from jaxmod.advice.modulation import ModulationConfig, ModulationError, advice_spread, choose_restarts, shaping_bonus
-from jaxmod.advice.verify import AdviceTrust
+from jaxmod.advice.kl import advice_kl
+from jaxmod.advice.modulation import ModulationConfig, ModulationError
+from jaxmod.advice.restarts import CriticalStates, choose_restarts
+from jaxmod.advice.shaping import shaping_bonus
+from jaxmod.advice.slots import advice_spread
+from jaxmod.advice.verify import AdviceTrust, Verification, advised_steps
 from jaxmod.envs import make_core
 from jaxmod.llm.answers import Advised, Rejected
 from jaxmod.ppo import PPOConfig, PPOLearner, make_train
-from jaxmod.ppo.losses import Batch, advice_kl, mask_weights, ppo_loss
-from jaxmod.ppo.rollout import Modulated, collect
+from jaxmod.ppo.losses import Batch, mask_weights, ppo_loss
+from jaxmod.ppo.modulator import Modulator, chain
+from jaxmod.ppo.rollout import collect_modulated
 from tests.conftest import TINY, TOY_ID
 
 pytestmark = pytest.mark.timeout(300)
@@ -70,11 +78,11 @@ def test_books_stack_per_seed_into_one_advice_that_stays_a_copy():
     assert not bool(stacked.valid[0].any())  # does not reach arrays already handed to the device
 
 
-def test_plain_learner_refuses_advice_in_one_clear_error():
-    learner = PPOLearner(TINY)
+def test_advice_of_another_capacity_is_one_clear_error_before_tracing():
+    learner = PPOLearner(TINY, ModulationConfig.variant("RA", capacity=4).modulator())
     state = learner.init(jax.random.PRNGKey(0))
-    with pytest.raises(ValueError, match="advice is read only by a learner built with a modulation config"):
-        learner.run(state, 1, Advice.empty(learner.env.core, 4))
+    with pytest.raises(ModulationError, match="capacity 4.*capacity 8"):
+        jax.jit(lambda s, a: learner.run(s, 1, a))(state, Advice.empty(learner.env.core, 8))
 
 
 def test_invalid_answers_never_enter_the_arrays():
@@ -102,17 +110,43 @@ def test_variants_and_errors():
     assert "jaxmod_choices" in ModulationConfig().choices()
 
 
+class _Trust(Modulator):
+    """Test-only: overrides which slots are trusted, just before `CriticalStates` reads it."""
+
+    def __init__(self, trusted: jax.Array) -> None:
+        self.trusted = trusted
+
+    def prepare(self, aux, advice, plan, ctx, spec):
+        return aux, {**plan, "trusted": self.trusted}
+
+
+def modulated_rollout(learner: PPOLearner, state, advice: Advice, key: jax.Array, steps: int):
+    """One rollout of `learner`'s modulated unroll (the training path's), on the host: the trajectory's fields
+    and extras as attributes, plus `advised` (the steps that ran their slot's suggestion)."""
+    def run(state, advice):
+        plan = {**learner.digest(state, advice), "hparams": state.hparams}
+        _, _, _, plan, traj = collect_modulated(learner.net, learner.env, state.params, state.env_state, state.obs,
+                                                key, steps, learner.modulator, state.aux, plan, learner.spec,
+                                                state.update_step, advice)
+        return traj, advised_steps(plan, traj, learner.spec) if "critical" in traj.extras else None
+
+    traj, advised = jax.device_get(jax.jit(run)(state, advice))
+    fields = {k: v for k, v in vars(traj).items() if k != "extras"}
+    return types.SimpleNamespace(**fields, **traj.extras, advised=advised)
+
+
 def _toy_rollout(modulation: ModulationConfig, advice: Advice, steps: int = 12, num_envs: int = 3,
                  trusted: jax.Array | None = None):
     cfg = PPOConfig(env_id=TOY_ID, num_envs=num_envs, num_steps=steps, total_timesteps=num_envs * steps,
                     num_minibatches=1)
-    learner = PPOLearner(cfg, modulation)
+    mod = dataclasses.replace(modulation, capacity=advice.capacity).modulator()
+    if trusted is not None:
+        parts = list(mod.parts)
+        at = next(i for i, m in enumerate(parts) if isinstance(m, CriticalStates))
+        mod = chain(*parts[:at], _Trust(trusted), *parts[at:])
+    learner = PPOLearner(cfg, mod)
     state = learner.init(jax.random.PRNGKey(0))
-    mod = Modulated(params=state.mod_params, advice=advice, critical_slot=state.critical_slot,
-                    trusted=advice.valid if trusted is None else trusted, spread=advice_spread(advice))
-    _, _, _, traj = jax.jit(lambda s, m: collect(learner.net, learner.env, s.params, s.env_state, s.obs,
-                                                  jax.random.PRNGKey(1), steps, 1, None, modulation, m))(state, mod)
-    return learner, state, jax.device_get(traj)
+    return learner, state, modulated_rollout(learner, state, advice, jax.random.PRNGKey(1), steps)
 
 
 def _toy_advice(action: int = 0, reward: float = 0.75, weight: float = 0.8) -> Advice:
@@ -127,15 +161,15 @@ def _toy_advice(action: int = 0, reward: float = 0.75, weight: float = 0.8) -> A
 def test_restart_snapshots_gathered_per_step_or_before_the_loop_give_the_same_rollout(monkeypatch):
     """Large snapshots (physics states) are gathered step by step instead of for the whole rollout at once:
     the same trajectory either way."""
-    from jaxmod.ppo import rollout
+    from jaxmod.advice import restarts
 
     advice = _toy_advice()
     mod = ModulationConfig.variant("RA", restart_prob=0.5, match_radius=0.5)
     _, _, before_loop = _toy_rollout(mod, advice)
-    monkeypatch.setattr(rollout, "PREGATHER_BYTES", 0)
+    monkeypatch.setattr(restarts, "PREGATHER_BYTES", 0)
     _, _, per_step = _toy_rollout(mod, advice)
     assert before_loop.restarted.any()
-    for a, b in zip(jax.tree.leaves(before_loop), jax.tree.leaves(per_step), strict=True):
+    for a, b in zip(jax.tree.leaves(vars(before_loop)), jax.tree.leaves(vars(per_step)), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -192,10 +226,9 @@ def test_continuous_shaping_weighs_the_rated_action_by_a_kernel():
     snap = _snapshot_cont(core)
     book.add(AdviceItem(0, 1, snap.obs, snap, action=[1.0], reward=-0.5, rated_action=[-1.0]))
     advice = book.to_advice()
-    params = ModulationConfig(reward_scale=2.0).params()
     slot, critical = jnp.array([0, 0, 0, -1]), jnp.array([True, True, True, False])
     action = jnp.array([[-1.0], [-0.8], [1.0], [-1.0]])
-    bonus = np.asarray(shaping_bonus(params, advice, slot, critical, action, 0.2))
+    bonus = np.asarray(shaping_bonus(jnp.float32(2.0), advice, slot, critical, action, 0.2))
     np.testing.assert_allclose(bonus, [-1.0, -1.0 * np.exp(-0.5), -1.0 * np.exp(-50.0), 0.0], rtol=1e-5)
 
 
@@ -212,11 +245,11 @@ def test_matching_marks_states_near_advice():
 def test_matcher_finds_the_nearest_usable_slot_within_the_radius(normalize, small_obs, monkeypatch):
     """The rollout's matching against a brute-force nearest neighbour: unusable slots never match, ties go
     to the first slot, distances are in normalised units or in units of the advice spread."""
-    from jaxmod.advice import modulation
-    from jaxmod.advice.modulation import Matcher
+    from jaxmod.advice import matching
+    from jaxmod.advice.matching import Matcher
     from jaxmod.envs.normalize import RunningMeanStd
 
-    monkeypatch.setattr(modulation, "SMALL_OBS", small_obs)
+    monkeypatch.setattr(matching, "SMALL_OBS", small_obs)
 
     rng = np.random.default_rng(0)
     core = make_core("CartPole-v1")
@@ -273,7 +306,7 @@ def test_continuous_kl_target_and_modulated_training_run():
     book = AdviceBook(core, 3)
     snap = _snapshot_cont(core)
     book.add(AdviceItem(0, 3, snap.obs, snap, action=[1.5], reward=0.5))
-    out = jax.jit(make_train(cfg, mod))(jax.random.PRNGKey(0), None, book.to_advice())
+    out = jax.jit(make_train(cfg, mod.modulator()))(jax.random.PRNGKey(0), None, book.to_advice())
     chex.assert_tree_all_finite(out.metrics)
     assert float(out.metrics["critical_frac"].sum()) > 0 and "advice_kl" in out.metrics
 
@@ -286,7 +319,7 @@ def _snapshot_cont(core):
 
 def test_new_advice_never_recompiles():
     mod = ModulationConfig.variant("RA", kl_coef=0.1, capacity=4)
-    learner = PPOLearner(TINY, mod)
+    learner = PPOLearner(TINY, mod.modulator())
     traces = []
 
     def run(state, advice):
@@ -314,7 +347,7 @@ def test_kl_filter_drops_the_pull_where_advice_did_badly():
     for kl_filter in (False, True):
         mod = ModulationConfig.variant("RA", restart_prob=1.0, reward_scale=100.0, kl_coef=1.0, capacity=2,
                                        kl_filter=kl_filter)
-        out = jax.jit(make_train(cfg, mod))(jax.random.PRNGKey(0), None, advice)
+        out = jax.jit(make_train(cfg, mod.modulator()))(jax.random.PRNGKey(0), None, advice)
         assert float(out.metrics["critical_frac"].sum()) > 0
         kls[kl_filter] = float(out.metrics["advice_kl"].mean())
     assert kls[False] > 0.1 and kls[True] == 0.0
@@ -370,8 +403,9 @@ def test_verification_refutes_bad_advice_and_keeps_good_advice():
     cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=16, total_timesteps=4 * 16 * 12, num_minibatches=2)
     pre = jax.jit(make_train(cfg))(jax.random.PRNGKey(0))  # a critic that knows the walk
     mod = ModulationConfig.variant("RA", restart_prob=1.0, capacity=4, verify_samples=4)
-    out = jax.jit(make_train(cfg, mod))(jax.random.PRNGKey(1), pre.state.params, book.to_advice())
-    trust = out.state.trust
+    modulator = mod.modulator()
+    out = jax.jit(make_train(cfg, modulator))(jax.random.PRNGKey(1), pre.state.params, book.to_advice())
+    trust = next(a for m, a in zip(modulator.parts, out.state.aux, strict=True) if isinstance(m, Verification))
     gap = np.asarray(trust.gap()[0])
     assert gap[0] < 0.0 < gap[1]
     np.testing.assert_array_equal(trust.trusted(book.to_advice(), 4), [False, True, False, False])
@@ -403,7 +437,7 @@ def test_imposed_actions_give_no_policy_gradient():
     def actor_loss_grad(action, advantage):
         batch = Batch(obs=obs, action=action, log_prob=learner.net.log_prob(params, head, action),
                       value=jnp.zeros(n), advantage=advantage, target=advantage,
-                      policy_weight=mask_weights((~imposed).astype(jnp.float32)))
+                      masks={"policy": mask_weights((~imposed).astype(jnp.float32))})
         return jax.value_and_grad(lambda p: ppo_loss(learner.net, p, batch, hp)[1]["actor_loss"])(
             jax.tree.map(lambda x: 1.1 * x, params))  # a moved policy: ratios differ from 1
 
@@ -453,15 +487,19 @@ def test_outvoted_advice_stops_acting_in_training():
         book.add(AdviceItem(i, 1, snap.obs, snap, action=action, reward=0.5))
     for radius, outvoted in ((2.0, 1), (0.0, 0)):
         mod = ModulationConfig.variant("RA", restart_prob=1.0, capacity=4, consensus_radius=radius)
-        out = jax.jit(make_train(TINY, mod))(jax.random.PRNGKey(0), None, book.to_advice())
-        assert int(out.metrics["advice_outvoted"][-1]) == outvoted
+        out = jax.jit(make_train(TINY, mod.modulator()))(jax.random.PRNGKey(0), None, book.to_advice())
+        if radius > 0:
+            assert int(out.metrics["advice_outvoted"][-1]) == outvoted
+        else:  # consensus off: no Consensus modulator in the chain, nothing out-voted or reported
+            assert "advice_outvoted" not in out.metrics
 
 
 def test_step_codes_and_uniforms_from_bits_round_trip():
     """The rollout's packed per-step facts unpack exactly (slots up to the largest capacity); its uniforms from
     random words lie in [0, 1) and use every bit they claim."""
     from jaxmod.advice.modulation import MAX_CAPACITY
-    from jaxmod.ppo.rollout import _uniforms_from_bits, pack_step_codes, unpack_step_codes
+    from jaxmod.advice.restarts import pack_step_codes, unpack_step_codes
+    from jaxmod.advice.restarts import uniforms_from_bits as _uniforms_from_bits
 
     rng = np.random.default_rng(0)
     top = MAX_CAPACITY - 1  # the largest slot of the largest capacity ModulationConfig accepts

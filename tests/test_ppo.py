@@ -116,9 +116,16 @@ def test_continue_from_params(tiny_config, tiny_output):
     chex.assert_tree_all_finite(out.state.params)
 
 
-def test_advice_is_reserved(tiny_config):
-    with pytest.raises(ValueError, match="advice"):
-        make_train(tiny_config)(jax.random.PRNGKey(0), None, {"obs": jnp.zeros(3)})
+def test_plain_ppo_ignores_advice(tiny_config, tiny_train, tiny_output):
+    """The refinement loop hands every method an `Advice` (empty for continued PPO, so no caller branches):
+    plain PPO must train exactly as without it."""
+    from jaxmod.advice import Advice
+
+    learner = make_train(tiny_config).learner
+    advice = Advice.empty(learner.env.core, 4)
+    out = jax.jit(make_train(tiny_config))(jax.random.PRNGKey(0), None, advice)
+    chex.assert_trees_all_equal(out.metrics, tiny_output.metrics)
+    chex.assert_trees_all_equal(out.state.params, tiny_output.state.params)
 
 
 def test_chunked_run_equals_single_run(tiny_config, tiny_output):

@@ -144,7 +144,7 @@ def test_an_asynchronous_run_replays_exactly_from_its_run_folder(tmp_path):
     assert [c["swapped_advice"] for c in again["RA"].chunk_metrics] == swaps
     assert again["RA"].eval_returns == first["RA"].eval_returns
     with pytest.raises(ValueError, match="no refinement of 'R'"):
-        UltraRun(dataclasses.replace(settings, variants=("R",)), tmp_path / "other").recorded_swaps("R")
+        UltraRun(dataclasses.replace(settings, variants=("R",)), tmp_path / "other").schedule("R")
 
 
 def test_baselines_run_in_the_same_pipeline_without_an_advisor(tmp_path):

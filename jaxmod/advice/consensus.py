@@ -13,11 +13,14 @@ judge; consensus judges from the advice alone, at once. jaxmod's choice; the pap
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 
 from jaxmod.advice.arrays import Advice
-from jaxmod.advice.modulation import advice_spread
+from jaxmod.advice.slots import advice_spread
+from jaxmod.ppo.modulator import Modulator
 
 
 def pairwise_distance(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -45,3 +48,23 @@ def consensus(advice: Advice, radius: float, action_range: jax.Array | None = No
     near = (pairwise_distance(x, x) <= radius) & advice.valid[None, :] & advice.valid[:, None]
     votes_for = jnp.sum(near & agreeing(advice, action_range, action_tol), axis=1)
     return advice.valid & (2 * votes_for >= jnp.sum(near, axis=1))
+
+
+@dataclass(frozen=True)
+class Consensus(Modulator):
+    """Consensus as a modulator: once per `run` call, `plan["agreed"]` ([K] bool) marks the valid slots not
+    out-voted and `plan["trusted"]` starts from it; `plan["spread"]` is the advice states' spread (shared with
+    matching on raw observations)."""
+
+    radius: float = 2.0
+    action_tol: float = 0.25
+
+    def digest(self, aux, advice, plan, spec):
+        spread = plan["spread"] if "spread" in plan else advice_spread(advice)
+        space = spec.env.core.action_space
+        agreed = consensus(advice, self.radius, space.span, self.action_tol, spread)
+        return {**plan, "spread": spread, "agreed": agreed, "trusted": agreed}
+
+    def metrics(self, aux, plan, traj, spec):
+        advice = plan["advice"]
+        return {"advice_outvoted": (advice.valid & ~plan["agreed"]).sum().astype(jnp.int32)}

@@ -17,11 +17,16 @@ there. jaxmod's choice; the paper trusts every answer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from jaxmod.advice.arrays import Advice
+from jaxmod.advice.slots import take_slot
+from jaxmod.ppo.losses import td_errors
+from jaxmod.ppo.modulator import Modulator
 
 REFUTE_Z = 2.0  # standard errors by which the advised mean must fall below the control mean
 ADVISED, CONTROL = 0, 1  # rows of the statistics
@@ -87,3 +92,51 @@ class AdviceTrust:
         rows = [fold(ADVISED), fold(CONTROL)]
         count, mean, square = (jnp.stack(parts) for parts in zip(*rows, strict=True))
         return self.replace(count=count, mean=mean, mean_square=square)
+
+
+def advised_steps(plan, traj, spec) -> jax.Array:
+    """[T, N] bool: critical steps that executed their slot's suggestion. Discrete: the action equals it (imposed
+    or the policy's own); continuous: ULTRA-A imposed it (`traj.extras["forced"]`, none without ActionOverride)."""
+    critical = traj.extras["critical"]
+    if spec.env.action_space.discrete:
+        return critical & (traj.action == take_slot(plan["advice"].action, traj.extras["slot"]))
+    return traj.extras.get("forced", jnp.zeros_like(critical))
+
+
+@dataclass(frozen=True)
+class Verification(Modulator):
+    """Per-slot verification as a modulator: before each rollout the slots refuted so far stop acting
+    (`plan["trusted"]`, combined with `plan["agreed"]` from `Consensus`); after GAE each critical step's one-step
+    TD error under the env's own reward is folded into its slot's advised or control group. `control` is the
+    share of ULTRA-A's critical steps left to the policy (`plan["control_share"]`, read by `CriticalStates`)."""
+
+    capacity: int = 64
+    samples: int = 4
+    control: float = 0.25
+    memory: int = 64
+
+    def init(self, key, spec, params):
+        return AdviceTrust.create(self.capacity)
+
+    def prepare(self, aux, advice, plan, ctx, spec):
+        if advice.capacity != self.capacity:  # a Python check while tracing: before anything compiles
+            from jaxmod.advice.modulation import ModulationError
+
+            raise ModulationError(f"verification was built for advice of capacity {self.capacity}, but the advice "
+                                  f"has capacity {advice.capacity}: build the advice book with the config's capacity")
+        trust = aux.follow(advice)
+        verified = trust.trusted(advice, self.samples)
+        trusted = verified & plan.get("agreed", advice.valid)
+        return trust, {**plan, "trusted": trusted, "verified": verified, "control_share": self.control}
+
+    def weigh(self, aux, plan, traj, advantage, values, next_values, spec):
+        # one-step TD error under the environment's reward alone (the advice's own implicit reward must not vouch
+        # for it): low variance, and the critic's bias cancels between the two groups
+        td = td_errors(traj.reward, values, next_values, traj.terminated, plan["hparams"].gamma)
+        advised = advised_steps(plan, traj, spec)
+        trust = aux.record(traj.extras["slot"], advised, traj.extras["critical"] & ~advised, td, self.memory)
+        return trust, {}, {}
+
+    def metrics(self, aux, plan, traj, spec):
+        advice = plan["advice"]
+        return {"advice_refuted": (advice.valid & ~plan["verified"]).sum().astype(jnp.int32)}

@@ -20,11 +20,11 @@ from jax.flatten_util import ravel_pytree
 
 from jaxmod.advice.arrays import Advice
 from jaxmod.envs import ActionSpace, RunningMeanStd, VecEnv
+from jaxmod.ppo.acting import Recording
 from jaxmod.ppo.config import PPOConfig
 from jaxmod.ppo.losses import Batch, gae
 from jaxmod.ppo.networks import ActorCritic, Params
 from jaxmod.ppo.train import make_optimizer, optimise
-from jaxmod.ultra.collect import Recording
 
 KEEP_BLIND = ActionSpace(discrete=True, num_actions=2)
 

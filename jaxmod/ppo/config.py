@@ -179,7 +179,7 @@ PRESETS: dict[str, PPOConfig] = {
 
 
 # Per-env changes to the family preset. MountainCar's velocity spans +-0.07 against a position range of 1.8:
-# on raw inputs a policy barely sees it (and ULTRA's refinement at a low learning rate never learns to use it).
+# on raw inputs a policy barely sees it (and a refinement at a low learning rate never learns to use it).
 ENV_PRESETS: dict[str, dict[str, Any]] = {
     "MountainCar-v0": {"normalize_obs": True},
 }

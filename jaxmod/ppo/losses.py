@@ -1,25 +1,17 @@
-"""GAE with time-limit bootstrapping and the clipped PPO loss (policy + value + entropy)."""
+"""GAE with time-limit bootstrapping and the clipped PPO loss (policy + value + entropy), plus whatever extra
+term the learner's modulator adds (`Modulator.loss`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxmod.ppo import distributions as D
 from jaxmod.ppo.config import HyperParams
 from jaxmod.ppo.networks import ActorCritic, Params
-
-
-def advice_kl(net: ActorCritic, params: Params, head: jax.Array, suggested: jax.Array, target_std: float) -> jax.Array:
-    """KL(target || pi) per sample: a one-hot target (= -log pi(a*)) for discrete actions, a Gaussian of
-    std `target_std` around the suggestion for continuous ones."""
-    if net.action_space.discrete:
-        return -D.categorical_log_prob(head, suggested)
-    log_std = jnp.broadcast_to(params["log_std"], head.shape)
-    return D.gaussian_kl(suggested, jnp.full_like(head, jnp.log(target_std)), head, log_std)
 
 
 def td_errors(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminated: jax.Array,
@@ -73,9 +65,15 @@ def gae_reference(rewards, values, next_values, terminated, episode_done, gamma,
 
 @struct.dataclass
 class Batch:
-    """One flattened training batch (leading axis = samples). The optional weights are per-sample shares of a
-    loss term: a batch is built with 0/1 masks, and `optimise` turns them into `mask_weights` per minibatch (once
-    per epoch instead of a count, a division and its gradient in every SGD step)."""
+    """One flattened training batch, leading axis B = samples: `obs` [B, *obs_shape], `action` [B] int32 or
+    [B, A] float32, `log_prob` / `value` / `advantage` / `target` [B] float32 (behaviour log-prob, critic value
+    at collection, GAE advantage, value target).
+
+    `masks`: per-sample 0/1 float32 masks [B] of loss terms, built by the modulator (`Modulator.weigh`); `optimise`
+    turns each into `mask_weights` per minibatch (once per epoch instead of a count, a division and its gradient
+    in every SGD step). The surrogate reads `masks["policy"]` where present (the samples whose action the policy
+    chose: others get no policy gradient), else averages over all samples. `fields`: other per-sample arrays a
+    modulator's loss term reads."""
 
     obs: jax.Array
     action: jax.Array
@@ -83,9 +81,8 @@ class Batch:
     value: jax.Array
     advantage: jax.Array
     target: jax.Array
-    kl_weight: jax.Array | None = None  # advice KL: the steps under advice (modulated runs with a KL term)
-    suggested: jax.Array | None = None  # the advice's action at those steps
-    policy_weight: jax.Array | None = None  # surrogate: steps whose action was sampled, not imposed (None: all)
+    masks: dict[str, jax.Array] = struct.field(default_factory=dict)
+    fields: dict[str, jax.Array] = struct.field(default_factory=dict)
 
 
 def mask_weights(mask: jax.Array) -> jax.Array:
@@ -99,24 +96,24 @@ def ppo_loss(
     batch: Batch,
     hp: HyperParams,
     clip_value_loss: bool = True,
-    kl_coef: jax.Array | None = None,
-    kl_target_std: float = 0.2,
+    extra: Callable[[Params, jax.Array, Batch], tuple[jax.Array | None, dict[str, Any]]] | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
-    """Clipped surrogate + (clipped) value loss - entropy bonus; advantages normalised per minibatch.
-    With `policy_weight`, the surrogate averages over the steps whose action was sampled only: an action ULTRA-A
-    imposed has no behaviour probability to correct with, so its policy gradient would be biased (it trains
-    the critic, and the KL term, instead). With `kl_coef`, adds kl_coef * KL(target || pi)
-    averaged over the batch's critical steps (`kl_weight`). Weights are `mask_weights` of the batch's masks."""
+    """Clipped surrogate + vf_coef * (clipped) value loss - ent_coef * entropy, advantages normalised per
+    minibatch (PureJaxRL / Brax `losses.py`), scalar float32. With `batch.masks["policy"]` (weights, see `Batch`)
+    the surrogate averages over those samples only: an imposed action has no behaviour probability to correct
+    with, so its policy gradient would be biased. `extra(params, head, batch) -> (term or None, info)` adds a
+    modulator's term (e.g. a KL pull toward advice). Returns (loss, info of scalar metrics)."""
     head = net.policy_head(params, batch.obs)
     log_prob = net.log_prob(params, head, batch.action)
     log_ratio = log_prob - batch.log_prob
     ratio = jnp.exp(log_ratio)
     adv = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - hp.clip_eps, 1.0 + hp.clip_eps) * adv)
-    if batch.policy_weight is None:
+    policy_weight = batch.masks.get("policy")
+    if policy_weight is None:
         actor_loss = -surrogate.mean()
     else:
-        actor_loss = -jnp.sum(batch.policy_weight * surrogate)
+        actor_loss = -jnp.sum(policy_weight * surrogate)
 
     value = net.value(params, batch.obs)
     value_err = jnp.square(value - batch.target)
@@ -127,14 +124,13 @@ def ppo_loss(
 
     entropy = net.entropy(params, head).mean()
     total = actor_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
-    extra = {}
-    if kl_coef is not None:
-        kl = advice_kl(net, params, head, batch.suggested, kl_target_std)
-        advice_kl_mean = jnp.sum(batch.kl_weight * kl)
-        total = total + kl_coef * advice_kl_mean
-        extra = {"advice_kl": advice_kl_mean}
+    extra_info: dict[str, Any] = {}
+    if extra is not None:
+        term, extra_info = extra(params, head, batch)
+        if term is not None:
+            total = total + term
     info = {
-        **extra,
+        **extra_info,
         "actor_loss": actor_loss,
         "value_loss": value_loss,
         "entropy": entropy,

@@ -4,11 +4,9 @@ seeds in one program, with the advisor queried asynchronously between refinement
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +19,6 @@ import numpy as np
 
 from jaxmod.advice.arrays import Advice, AdviceBook
 from jaxmod.advice.modulation import ModulationConfig, ModulationError
-from jaxmod.baselines.methods import BASELINES, METHODS, baseline_modulation, method
 from jaxmod.llm import (
     Advisor,
     ClientSettings,
@@ -33,12 +30,16 @@ from jaxmod.llm import (
     Transcript,
 )
 from jaxmod.llm.advisors import ChatBackend
+from jaxmod.methods import BASELINES, METHODS, MethodContext, method
 from jaxmod.parallel import seed_keys
 from jaxmod.ppo import PPOConfig, PPOLearner, default_config
-from jaxmod.ultra.advise import CriticalRow, advise_episodes
+from jaxmod.ultra.advise import CriticalRow
 from jaxmod.ultra.async_advice import AdvisorThread
-from jaxmod.ultra.collect import make_collector, make_evaluator, split_episodes
+from jaxmod.ultra.collect import make_collector
 from jaxmod.ultra.heap import frozen_heap
+from jaxmod.ultra.refine import RefinementProgram, refine_chunks
+from jaxmod.ultra.rounds import AdviceRounds
+from jaxmod.ultra.schedule import AsyncSchedule, ReplaySchedule, Schedule, SyncSchedule
 
 BASELINE = "PPO"
 
@@ -115,18 +116,18 @@ class UltraSettings:
     def ppo_config(self, total_steps: int, **changes: Any) -> PPOConfig:
         return default_config(self.env_id, total_timesteps=total_steps, **{**dict(self.ppo_overrides), **changes})
 
-    def modulation(self, variant: str, guide_steps: int = 1) -> ModulationConfig | None:
-        if variant == BASELINE:
-            return None
-        if variant in BASELINES:
-            return baseline_modulation(variant, self.env_id, self.capacity, self.jsrl_steps or guide_steps,
-                                       self.rice_p, self.rice_lambda)
-        return ModulationConfig.variant(variant, capacity=self.capacity, restart_prob=self.restart_prob,
-                                        reward_scale=self.reward_scale, kl_coef=self.kl_coef,
-                                        match_radius=self.match_radius, kl_filter=self.kl_filter,
-                                        verify_samples=self.verify_samples,
-                                        verify_memory=max(64, self.verify_samples),
-                                        consensus_radius=self.consensus_radius)
+    def modulation(self) -> ModulationConfig:
+        """ULTRA's knobs of this experiment (the A / R switches are set per variant by `jaxmod.methods`)."""
+        return ModulationConfig(capacity=self.capacity, restart_prob=self.restart_prob,
+                                reward_scale=self.reward_scale, kl_coef=self.kl_coef, match_radius=self.match_radius,
+                                kl_filter=self.kl_filter, verify_samples=self.verify_samples,
+                                verify_memory=max(64, self.verify_samples), consensus_radius=self.consensus_radius)
+
+    def modulator(self, variant: str, guide_steps: int = 1):
+        """`variant`'s modulator (`jaxmod.methods`), built from these settings."""
+        ctx = MethodContext(self.env_id, self.modulation(), self.jsrl_steps or guide_steps, self.rice_p,
+                            self.rice_lambda)
+        return method(variant).build(ctx)
 
 
 @dataclass
@@ -189,11 +190,13 @@ def _with_normalisers(state, pre_env_state):
 
 
 def _modulation_row(m: dict[str, np.ndarray]) -> dict[str, Any]:
-    """A chunk's modulation metrics (arrays of (seeds, updates)) as one row of the run summary."""
-    row = {"critical_frac": float(np.mean(m["critical_frac"])), "restarts": int(np.sum(m["restarts"])),
-           "advice_valid": int(np.mean(m["advice_valid"][:, -1])),
-           "advice_refuted": float(np.mean(m["advice_refuted"][:, -1])),
-           "advice_outvoted": float(np.mean(m["advice_outvoted"][:, -1]))}
+    """A chunk's modulation metrics (arrays of (seeds, updates)) as one row of the run summary: those the
+    method's modulators report."""
+    row: dict[str, Any] = {}
+    if "critical_frac" in m:
+        row.update(critical_frac=float(np.mean(m["critical_frac"])), restarts=int(np.sum(m["restarts"])),
+                   advice_valid=int(np.mean(m["advice_valid"][:, -1])))
+    row.update({k: float(np.mean(m[k][:, -1])) for k in ("advice_refuted", "advice_outvoted") if k in m})
     row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
     return row
 
@@ -289,23 +292,12 @@ class UltraRun:
         return self._explained[kind]
 
     # ------------------------------------------------------------------ stages 2-5 + refinement
-    def recorded_swaps(self, variant: str) -> set[int]:
-        """The chunks before which `variant` swapped in new advice in the run `swap_schedule` points to."""
-        path = Path(self.s.swap_schedule)
-        try:
-            chunks = json.loads(path.read_text())[variant]["chunks"]
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no run summary at {path}: pass the ultra.json of the run to replay") from None
-        except KeyError:
-            raise ValueError(f"{path} has no refinement of {variant!r} to take a swap schedule from") from None
-        return {int(row["chunk"]) for row in chunks if row.get("swapped_advice")}
-
     def refinement_start(self, variant: str, pre_state, guide_steps: int = 1) -> tuple[PPOLearner, Any]:
         """`variant`'s refinement learner and its per-seed start states: the pre-trained agents' parameters
         and normalisers, a fresh optimiser, and the same refinement seeds for every variant."""
         s = self.s
         cfg = s.ppo_config(s.refine_steps, lr=s.refine_lr, anneal_lr=False)
-        learner = PPOLearner(cfg, s.modulation(variant, guide_steps=guide_steps))
+        learner = PPOLearner(cfg, s.modulator(variant, guide_steps=guide_steps))
         state = jax.vmap(lambda k, p: learner.init(k, p))(self.refinement_keys, pre_state.params)
         return learner, jax.vmap(_with_normalisers)(state, pre_state.env_state)
 
@@ -320,78 +312,37 @@ class UltraRun:
         with frozen_heap():  # the advisor's allocations must not make the collector rescan the whole heap
             return self._refine(variant, pre_state, advisor)
 
+    def schedule(self, variant: str) -> Schedule:
+        """When `variant` swaps fresh advice in: a recorded run's chunks, every round, or whenever ready."""
+        if self.s.swap_schedule:
+            return ReplaySchedule.of_run(self.s.swap_schedule, variant)
+        return SyncSchedule() if self.s.sync_advice else AsyncSchedule()
+
     def _refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         s = self.s
         source = method(variant).critical
-        fixed_advice = self.explain(source, pre_state) if source in ("mask", "random") else None
-        guide_steps = 1
-        if variant in BASELINES:  # JSRL's horizon: the agents' mean episode length
-            guide_steps = max(1, round(self.agent_episodes(pre_state)[1]))
+        guide_steps = max(1, round(self.agent_episodes(pre_state)[1])) if variant in BASELINES else 1
         learner, state = self.refinement_start(variant, pre_state, guide_steps)
-        cfg, modulation, core = learner.config, learner.modulation, learner.env.core
-        chunk_updates = max(1, math.ceil(cfg.num_updates / s.chunks))
-        keys = self.refinement_keys
-        books = [AdviceBook(core, s.capacity) for _ in range(s.seeds)]
-        advice = AdviceBook.stacked(books) if modulation else None
-        if fixed_advice is not None:
-            advice = fixed_advice
-        uses_advisor = source == "advisor"
-        schedule = self.recorded_swaps(variant) if uses_advisor and s.swap_schedule else None
-        run = jax.jit(jax.vmap(lambda st, adv: learner.run(st, chunk_updates, adv) if modulation
-                               else learner.run(st, chunk_updates)))
-        collect = jax.jit(jax.vmap(make_collector(learner.env.replace_num_envs(s.collect_envs), learner.net,
-                                                  s.collect_steps)))
-        evaluate = jax.jit(jax.vmap(make_evaluator(learner.env.replace_num_envs(s.eval_envs), learner.net,
-                                                   s.eval_steps)))
-        result = VariantResult(variant)
-        pending = None
-        uid = 0
-        eval_key = seed_keys(s.seed + 2000, s.seeds)
-
-        def record(state, round_i):
-            """Start collecting this round's episodes on the device (queued behind the work dispatched so far)."""
-            round_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, round_i)
-            return collect(state.params, state.env_state.obs_rms, round_keys)
-
-        def request(rec):
-            """Split a host copy of the recording into episodes and hand every seed's to the advisor thread."""
-            nonlocal uid
-            per_seed = []
-            for i in range(s.seeds):
-                rec_i = jax.tree.map(lambda x, i=i: x[i], rec)
-                eps = split_episodes(rec_i, uid, s.episodes_per_round)
-                uid += len(eps) + 1
-                per_seed.append((rec_i, eps))
-
-            async def job(adv: Advisor):  # every seed's questions at once, up to the advisor's concurrency
-                return list(await asyncio.gather(*(advise_episodes(adv, core, rec_i, eps) for rec_i, eps in per_seed)))
-
-            return advisor.submit(job), time.perf_counter()
-
-        def absorb(outs):
-            counts = {"packed": 0, "dropped": 0}
-            for book, (items, verdicts, rows) in zip(books, outs, strict=True):
-                c = book.add_answers(items, verdicts)
-                counts = {k: counts[k] + c[k] for k in counts}
-                self.critical_rows.extend(rows)
-            return counts
-
-        stall_s = 0.0
-        if advisor is not None and uses_advisor:
+        program = RefinementProgram.build(learner, s.chunks, self.refinement_keys, seed_keys(s.seed + 2000, s.seeds),
+                                          s.collect_envs, s.collect_steps, s.eval_envs, s.eval_steps)
+        rounds = None
+        advice = AdviceBook.stacked([AdviceBook(learner.env.core, s.capacity)] * s.seeds)  # no advice yet
+        if source in ("mask", "random"):
+            advice = self.explain(source, pre_state)
+        elif source == "advisor":  # initial advice on the pre-trained agents' own episodes
             from jaxmod.llm import AdvisorStats
 
             advisor.advisor.stats = AdvisorStats()  # per-variant accounting
-        if uses_advisor:  # initial advice on the pre-trained agents' own episodes
+            rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.capacity, s.episodes_per_round,
+                                  self.critical_rows.extend)
             t0 = time.perf_counter()
-            fut, _ = request(jax.device_get(record(state, 0)))
-            counts = absorb(fut.result())
-            advice = AdviceBook.stacked(books)
+            rounds.hand_over(program.record(state, 0))
+            advice, counts = rounds.take()
             self.log(f"{variant}: initial advice {counts['packed']} packed, {counts['dropped']} dropped "
                      f"in {time.perf_counter() - t0:.1f}s")
-
-        # compile before the clock starts: wall time compares refinement work, not compilers
-        run = run.lower(state, advice).compile() if modulation else run.lower(state, None).compile()
-        evaluate = evaluate.lower(state.params, state.env_state.obs_rms, eval_key).compile()
+        program.compile(state, advice)  # before the clock starts: wall time compares refinement, not compilers
+        result = VariantResult(variant)
+        cfg, modulated = learner.config, not learner.modulator.identity
 
         def read(mean, done: int, row: dict[str, Any] | None, metrics) -> None:
             """Record an evaluation (and its chunk's row); called while the device runs the next chunk."""
@@ -400,78 +351,19 @@ class UltraRun:
             if row is None:  # the evaluation before refinement
                 return
             row["eval_return"] = float(np.mean(mean))
-            if modulation is not None:
+            if modulated:
                 row.update(_modulation_row(jax.device_get(metrics)))
             result.chunk_metrics.append(row)
             self.progress(variant, min(done, cfg.num_updates), cfg.num_updates)
 
-        # The device always has work queued: each chunk's evaluation (and the advisor's episodes) are dispatched
-        # behind it; the host reads results and swaps advice in while the device evaluates, and hands episodes to
-        # the advisor after dispatching the next chunk (unless that chunk may already need their answers).
-        wall0 = time.perf_counter()
-        done_updates = chunk_i = 0
-        unread = (evaluate(state.params, state.env_state.obs_rms, eval_key)[0], 0, None, None)
-        no_swap: dict[str, Any] = {"swapped_advice": False, **({"advisor_latency_s": None} if modulation else {})}
-        swap = no_swap
-        recorded = None  # episodes collected after the previous chunk, handed over while this one runs
-
-        def waits_before(chunk: int) -> bool:
-            """Whether advice is swapped in before `chunk` only once the pending round has answered: a synchronous
-            run always, a replay where the recorded run swapped; otherwise rounds land whenever they arrive."""
-            return chunk in schedule if schedule is not None else s.sync_advice
-
-        def hand_over(rec) -> None:
-            nonlocal pending, stall_s
-            rec = jax.device_get(rec)  # waits for the collection (device work)
-            t_host = time.perf_counter()  # host time on the main thread counts as stall
-            pending = request(rec)
-            stall_s += time.perf_counter() - t_host
-
-        while done_updates < cfg.num_updates:
-            state, metrics = run(state, advice) if modulation else run(state, None)
-            done_updates += chunk_updates
-            chunk_i += 1
-            more = done_updates < cfg.num_updates
-            if recorded is not None:
-                hand_over(recorded)
-                recorded = None
-            rec = record(state, chunk_i) if uses_advisor and pending is None and more else None
-            chunk_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_key, chunk_i)
-            mean, _ = evaluate(state.params, state.env_state.obs_rms, chunk_keys)
-            read(*unread)
-            unread = (mean, done_updates, {"chunk": chunk_i, **swap}, metrics)
-            swap = no_swap
-            if rec is not None:
-                # a synchronous run, or a replay due to swap before the next chunk, waits for this round's answers
-                # now; otherwise they could not arrive in time for it anyway, so the host hands the episodes over
-                # once the next chunk is queued (off the device's critical path)
-                if waits_before(chunk_i + 1):
-                    hand_over(rec)
-                else:
-                    recorded = rec
-            if pending is not None and more:
-                # swap in fresh advice as soon as it is there: never wait for it, unless the run is
-                # synchronous or replays a recorded swap schedule (waiting then counts as stall)
-                jax.block_until_ready(state)  # decide once the chunk is done, as late as the device allows
-                due = waits_before(chunk_i + 1) or (schedule is None and pending[0].done())
-                if due:
-                    t_host = time.perf_counter()
-                    outs = pending[0].result()
-                    latency = time.perf_counter() - pending[1]
-                    counts = absorb(outs)
-                    advice = AdviceBook.stacked(books)
-                    pending = None
-                    swap = {"swapped_advice": True, "advisor_latency_s": latency, **counts}
-                    stall_s += time.perf_counter() - t_host
-        read(*unread)
-        jax.block_until_ready(state)
-        result.wall_s = time.perf_counter() - wall0
-        if uses_advisor:
+        no_swap: dict[str, Any] = {"swapped_advice": False, **({"advisor_latency_s": None} if modulated else {})}
+        loop = refine_chunks(program, state, advice, rounds, self.schedule(variant), read, no_swap)
+        result.wall_s = loop.wall_s
+        if rounds is not None:
             st = advisor.advisor.stats.as_dict()
-            self.advice_stats.append({"variant": variant, "advice_overhead_s": round(stall_s, 3),
-                                      "advice_overhead_frac": stall_s / max(result.wall_s, 1e-9), **st})
-            if pending is not None:
-                pending[0].cancel()
+            self.advice_stats.append({"variant": variant, "advice_overhead_s": round(loop.stall_s, 3),
+                                      "advice_overhead_frac": loop.stall_s / max(result.wall_s, 1e-9), **st})
+            rounds.cancel()
         return result
 
     def run(self) -> dict[str, VariantResult]:
@@ -497,7 +389,7 @@ class UltraRun:
                           "chunks": r.chunk_metrics} for name, r in results.items()}
         summary["settings"] = dataclasses.asdict(self.s)
         summary["advisor"] = self.advice_stats
-        summary["modulation_choices"] = (self.s.modulation("RA") or ModulationConfig()).choices()
+        summary["modulation_choices"] = self.s.modulation().choices()
         (self.out / "ultra.json").write_text(json.dumps(summary, indent=2, default=str))
         with open(self.out / "critical_states.md", "w") as fh:
             fh.write("| episode | step | length | return | state | agent action | why critical | suggested | "

@@ -1,4 +1,4 @@
-"""Random Network Distillation (Burda et al. 2019) as RICE uses it: an exploration bonus for PPO.
+"""Random Network Distillation (Burda et al. 2019) as RICE uses it: an exploration bonus for PPO (`RNDBonus`).
 
 A frozen random target net f and a trained predictor f_hat; the bonus of a next state s' is
 0.5 * |f(s') - f_hat(s')|^2, min-max normalised across the parallel envs at each step (RICE's code)
@@ -9,12 +9,14 @@ where the agent has been. Sizes follow RICE: target obs-128-64, predictor obs-12
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxmod.ppo.modulator import Modulator
 from jaxmod.ppo.networks import MLP, Params
 
 RND_LR = 1e-3
@@ -70,3 +72,30 @@ def rnd_train(state: RNDState, obs_batches: jax.Array) -> tuple[RNDState, jax.Ar
 
     (predictor, opt_state), losses = jax.lax.scan(step, (state.predictor, state.opt_state), obs_batches)
     return state.replace(predictor=predictor, opt_state=opt_state), losses.mean()
+
+
+@struct.dataclass
+class RNDAux:
+    rnd: RNDState
+    coef: jax.Array  # float32 scalar: RICE's lambda, traced
+
+
+@dataclass(frozen=True)
+class RNDBonus(Modulator):
+    """Adds `coef` times the RND bonus of each step's true next state to its reward before GAE, and trains the
+    predictor on the rollout's next states (one Adam step per PPO minibatch, in a random order). Metrics:
+    `rnd_bonus` (mean bonus before scaling), `rnd_loss`. RICE (ICML 2024) Alg. 2; lambda from its Table 3."""
+
+    coef: float = 0.01
+
+    def init(self, key, spec, params):
+        return RNDAux(rnd=rnd_init(key, math.prod(spec.env.obs_shape)), coef=jnp.float32(self.coef))
+
+    def reward(self, aux, plan, traj, reward, key, spec):
+        c = spec.config
+        bonus = rnd_bonus(aux.rnd, traj.final_obs)
+        reward = reward + aux.coef * bonus
+        flat_next = traj.final_obs.reshape((c.batch_size, -1))
+        perm = jax.random.permutation(jax.random.fold_in(key, 1), c.batch_size)
+        rnd, loss = rnd_train(aux.rnd, flat_next[perm].reshape((c.num_minibatches, c.minibatch_size, -1)))
+        return aux.replace(rnd=rnd), reward, {"rnd_bonus": bonus.mean(), "rnd_loss": loss}

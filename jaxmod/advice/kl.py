@@ -1,0 +1,60 @@
+"""A KL pull toward the advisor's suggestions at critical steps (`KLTarget`; jaxmod's extension of the paper).
+
+The loss adds `kl_coef * KL(target || pi)` averaged over the minibatch's critical steps: a one-hot target for
+discrete actions (= -log pi(a*)), a Gaussian of std `target_std` around the suggestion for continuous ones. With
+`filter`, only on critical steps that executed the suggestion with a positive GAE advantage, i.e. where following
+the advice turned out better than the critic expected (wrong advice then gets no pull).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxmod.advice.slots import take_slot
+from jaxmod.advice.verify import advised_steps
+from jaxmod.ppo import distributions as D
+from jaxmod.ppo.modulator import Modulator
+
+
+def advice_kl(net, params, head: jax.Array, suggested: jax.Array, target_std: float) -> jax.Array:
+    """KL(target || pi) per sample ([B] float32): a one-hot target (= -log pi(a*)) for discrete actions
+    (`suggested` [B] int32), a Gaussian of std `target_std` around `suggested` ([B, A] float32) for continuous
+    ones. `head`: the policy head's output for the samples (logits, or the Gaussian's mean)."""
+    if net.action_space.discrete:
+        return -D.categorical_log_prob(head, suggested)
+    log_std = jnp.broadcast_to(params["log_std"], head.shape)
+    return D.gaussian_kl(suggested, jnp.full_like(head, jnp.log(target_std)), head, log_std)
+
+
+@struct.dataclass
+class KLAux:
+    kl_coef: jax.Array  # float32 scalar: beta, traced
+
+
+@dataclass(frozen=True)
+class KLTarget(Modulator):
+    """Writes `masks["kl"]` (the critical steps pulled) and `fields["suggested"]`; its loss term is logged as
+    `advice_kl` (the mean KL over those steps)."""
+
+    kl_coef: float = 1.0
+    target_std: float = 0.2
+    filter: bool = False
+
+    def init(self, key, spec, params):
+        return KLAux(kl_coef=jnp.float32(self.kl_coef))
+
+    def weigh(self, aux, plan, traj, advantage, values, next_values, spec):
+        critical = traj.extras["critical"]
+        if self.filter:  # pull only where executing the suggestion beat the critic's expectation
+            critical = critical & advised_steps(plan, traj, spec) & (advantage > 0)
+        suggested = take_slot(plan["advice"].action, traj.extras["slot"])
+        return aux, {"kl": critical.astype(jnp.float32)}, {"suggested": suggested}
+
+    def loss(self, aux, net, params, head, batch):
+        kl = advice_kl(net, params, head, batch.fields["suggested"], self.target_std)
+        mean = jnp.sum(batch.masks["kl"] * kl)
+        return aux.kl_coef * mean, {"advice_kl": mean}

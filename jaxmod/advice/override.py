@@ -1,0 +1,39 @@
+"""ULTRA-A on the device: execute the advisor's suggested action at critical steps (`ActionOverride`).
+
+At a critical step (`traj.extras["slot"]` >= 0, from `CriticalStates`) the slot's suggested action runs instead
+of the policy's sample, except on verification's control steps (`Verification` leaves a random share of them to
+the policy). The rollout stores the log-probability of the executed action under the policy, so the PPO ratio
+stays defined; but an imposed action is no sample of the policy (it has no behaviour probability to correct
+with), so it gets no policy gradient: `masks["policy"]` excludes it, and it trains the critic and the KL term
+(`KLTarget`) instead. Paper section 4 (ULTRA-A); excluding imposed actions from the surrogate is jaxmod's choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+
+from jaxmod.advice.restarts import executes_suggestion, unpack_step_codes
+from jaxmod.advice.slots import take_slot
+from jaxmod.ppo.modulator import Modulator
+from jaxmod.ppo.rollout import where_envs
+
+
+@dataclass(frozen=True)
+class ActionOverride(Modulator):
+    """Writes `traj.extras["forced"]` ([T, N] bool: the action was imposed) and `masks["policy"]` (the others)."""
+
+    def step(self, aux, plan, xs, s, spec):
+        slot = s.extras["slot"]
+        _, _, control = unpack_step_codes(xs["critical_codes"])
+        executes = executes_suggestion(slot, control)
+        action = where_envs(executes, take_slot(plan["advice"].action, slot), s.action)
+        return s.replace(action=action)
+
+    def finish(self, aux, plan, traj, spec):
+        forced = executes_suggestion(traj.extras["slot"], plan["control"])
+        return aux, traj.replace(extras={**traj.extras, "forced": forced})
+
+    def weigh(self, aux, plan, traj, advantage, values, next_values, spec):
+        return aux, {"policy": (~traj.extras["forced"]).astype(jnp.float32)}, {}

@@ -1,0 +1,116 @@
+"""The refinement loop: compiled chunks of any method, evaluations between them, and advice rounds overlapped with
+the device's work.
+
+`RefinementProgram` holds a variant's three compiled programs (run a chunk, evaluate, record episodes for the
+advisor), all vmapped over seeds and all taking `Advice` (empty for methods that read none, so callers never
+branch). `refine_chunks` is the loop: the device always has work queued; each chunk's evaluation and the advisor's
+episodes are dispatched behind it, the host reads results and swaps advice in while the device evaluates, and
+hands episodes to the advisor once the next chunk is queued (unless the schedule needs their answers before it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+
+from jaxmod.ppo import PPOLearner
+from jaxmod.ppo.acting import make_collector, make_evaluator
+from jaxmod.ultra.rounds import AdviceRounds
+from jaxmod.ultra.schedule import Schedule
+
+
+def _fold(keys: jax.Array, i: int) -> jax.Array:
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
+
+
+@dataclass
+class RefinementProgram:
+    """One variant's compiled programs over S seeds. `run(state, advice)` -> (state, metrics [S, updates]);
+    `evaluate(state, i)` -> [S] mean evaluation return (plain resets, normalisers frozen; i-th evaluation's keys);
+    `record(state, i)` -> the i-th round's recording of the current policies ([S, T, N] arrays)."""
+
+    learner: PPOLearner
+    chunk_updates: int
+    keys: jax.Array  # (S,) refinement keys: collection rounds fold them in
+    eval_keys: jax.Array  # (S,) evaluation keys: each evaluation folds them in
+    run_fn: Callable
+    evaluate_fn: Callable
+    record_fn: Callable
+
+    @classmethod
+    def build(cls, learner: PPOLearner, chunks: int, keys: jax.Array, eval_keys: jax.Array, collect_envs: int,
+              collect_steps: int, eval_envs: int, eval_steps: int) -> RefinementProgram:
+        chunk_updates = max(1, math.ceil(learner.config.num_updates / chunks))
+        env, net = learner.env, learner.net
+        run = jax.jit(jax.vmap(lambda st, adv: learner.run(st, chunk_updates, adv)))
+        collect = jax.jit(jax.vmap(make_collector(env.replace_num_envs(collect_envs), net, collect_steps)))
+        evaluate = jax.jit(jax.vmap(make_evaluator(env.replace_num_envs(eval_envs), net, eval_steps)))
+        return cls(learner, chunk_updates, keys, eval_keys, run, evaluate, collect)
+
+    def compile(self, state: Any, advice: Any) -> None:
+        """Compile `run` and `evaluate` for these shapes now (so wall time measures refinement, not compilers)."""
+        self.run_fn = self.run_fn.lower(state, advice).compile()
+        self.evaluate_fn = self.evaluate_fn.lower(state.params, state.env_state.obs_rms, self.eval_keys).compile()
+
+    def run(self, state: Any, advice: Any) -> tuple[Any, Any]:
+        return self.run_fn(state, advice)
+
+    def evaluate(self, state: Any, i: int) -> jax.Array:
+        keys = self.eval_keys if i == 0 else _fold(self.eval_keys, i)
+        return self.evaluate_fn(state.params, state.env_state.obs_rms, keys)[0]
+
+    def record(self, state: Any, i: int) -> Any:
+        return self.record_fn(state.params, state.env_state.obs_rms, _fold(self.keys, i))
+
+
+@dataclass
+class LoopResult:
+    state: Any
+    wall_s: float
+    stall_s: float  # host time the loop spent on advice while the device could have been fed
+
+
+def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: AdviceRounds | None,
+                  schedule: Schedule, read: Callable[[Any, int, dict | None, Any], None],
+                  no_swap: dict[str, Any]) -> LoopResult:
+    """Refine in chunks until `learner.config.num_updates`; after each chunk `read(mean, updates done, row, metrics)`
+    is called for the previous evaluation (the first with row None: the one before refinement), while the device
+    runs the next. `rounds`: advice rounds (None for methods without an advisor); `no_swap`: a row's facts when
+    no advice was swapped in before its chunk."""
+    total = program.learner.config.num_updates
+    wall0 = time.perf_counter()
+    done = chunk = 0
+    stall = 0.0
+    unread: tuple = (program.evaluate(state, 0), 0, None, None)
+    swap, recorded = no_swap, None  # recorded: episodes collected after the previous chunk, handed over now
+    while done < total:
+        state, metrics = program.run(state, advice)
+        done += program.chunk_updates
+        chunk += 1
+        more = done < total
+        if recorded is not None:
+            stall += rounds.hand_over(recorded)
+            recorded = None
+        rec = program.record(state, chunk) if rounds is not None and rounds.pending is None and more else None
+        mean = program.evaluate(state, chunk)
+        read(*unread)
+        unread, swap = (mean, done, {"chunk": chunk, **swap}, metrics), no_swap
+        if rec is not None:  # a round due before the next chunk is handed over now; others once it is queued
+            if schedule.waits_before(chunk + 1):
+                stall += rounds.hand_over(rec)
+            else:
+                recorded = rec
+        if rounds is not None and rounds.pending is not None and more:
+            jax.block_until_ready(state)  # decide once the chunk is done, as late as the device allows
+            if schedule.waits_before(chunk + 1) or (schedule.swaps_when_ready and rounds.ready()):
+                t0 = time.perf_counter()
+                advice, swap = rounds.take()
+                stall += time.perf_counter() - t0
+    read(*unread)
+    jax.block_until_ready(state)
+    return LoopResult(state=state, wall_s=time.perf_counter() - wall0, stall_s=stall)

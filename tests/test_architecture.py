@@ -1,0 +1,88 @@
+"""The package rules of the design (`../shared/design.md`), read from every import in `jaxmod/`.
+
+- `ppo/` and `envs/` know no refinement method: they import no `advice/`, `baselines/`, `llm/`, `ultra/`, and no
+  method's name appears in `ppo/`;
+- `llm/` is host-side I/O: it never imports jax (nor flax, optax, chex, brax, gymnax);
+- no two packages of `jaxmod` import each other (top-level modules count as packages of their own).
+Imports inside functions count: a lazy import is still a dependency."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "jaxmod"
+DEVICE_LIBS = {"jax", "jaxlib", "flax", "optax", "chex", "brax", "gymnax", "orbax"}
+
+
+def _unit(module: str) -> str | None:
+    """The package (or top-level module) of a `jaxmod.x.y` module name: `x`."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "jaxmod" and len(parts) > 1 else None
+
+
+def _imports() -> list[tuple[str, str, str]]:
+    """(file, unit of the file, imported module) for every import statement in the package."""
+    out = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT.parent)
+        module = ".".join(rel.with_suffix("").parts)
+        unit = _unit(module.removesuffix(".__init__"))
+        if unit is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                out.extend((str(rel), unit, alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                if node.level:  # relative: resolve against the file's package
+                    base = module.split(".")[: -node.level] if not path.name == "__init__.py" else module.split(".")
+                    out.append((str(rel), unit, ".".join(base + [node.module])))
+                else:
+                    out.append((str(rel), unit, node.module))
+    return out
+
+
+IMPORTS = _imports()
+
+
+def test_the_walk_sees_the_package():
+    units = {u for _, u, _ in IMPORTS}
+    assert {"ppo", "envs", "advice", "baselines", "llm", "ultra"} <= units
+    assert len(IMPORTS) > 150
+
+
+@pytest.mark.parametrize("unit", ["ppo", "envs"])
+def test_learner_and_envs_know_no_method(unit):
+    bad = [(f, m) for f, u, m in IMPORTS if u == unit and _unit(m) in {"advice", "baselines", "llm", "ultra",
+                                                                        "methods", "checkpoint", "cli"}]
+    assert not bad, f"{unit}/ imports {bad}"
+
+
+def test_ppo_names_no_method():
+    words = re.compile(r"\b(ULTRA|RICE|JSRL|StateMask|RND|critical state|advisor|LLM)\b")
+    hits = [(str(p.relative_to(ROOT)), m.group(0)) for p in (ROOT / "ppo").rglob("*.py")
+            for m in words.finditer(p.read_text(encoding="utf-8"))]
+    assert not hits, hits
+
+
+def test_llm_never_imports_jax():
+    bad = [(f, m) for f, u, m in IMPORTS if u == "llm" and m.split(".")[0] in DEVICE_LIBS]
+    bad += [(f, m) for f, u, m in IMPORTS if u == "llm" and _unit(m) not in (None, "llm")]
+    assert not bad, f"llm/ imports {bad}"
+
+
+def test_no_two_packages_import_each_other():
+    edges = {(u, _unit(m)) for _, u, m in IMPORTS if _unit(m) not in (None, u)}
+    both = sorted({tuple(sorted(e)) for e in edges if (e[1], e[0]) in edges})
+    assert not both, f"two-way package dependencies: {both}"
+
+
+def test_public_names_are_exported():
+    import jaxmod
+
+    for name in ("Advice", "AdviceBook", "ModulationConfig", "evaluate", "make_train", "PPOConfig", "chain",
+                 "Modulator"):
+        assert getattr(jaxmod, name) is not None
