@@ -62,7 +62,7 @@ def _obs(env: str, shape: tuple[int, ...], n: int, rng: np.random.Generator) -> 
 
 def questions():
     """(env, kind, messages) for every question of the corpus, in a fixed order."""
-    from jaxmod.envs.describe import describer_for
+    from jaxmod.envs import describer_for
     from jaxmod.llm.prompts import EpisodeView, StateQuery, advice_messages, identify_messages
 
     rng = np.random.default_rng(1234)

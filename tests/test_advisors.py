@@ -16,8 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmod.envs import make_core
-from jaxmod.envs.describe import describer_for
+from jaxmod.envs import describer_for, make_core
 from jaxmod.llm import Advisor, DelayedBackend, EpisodeView, LocalBackend, NoisyBackend, Rejected, StateQuery
 from jaxmod.llm.answers import advice_schema, identify_schema, validate_advice, validate_identify
 from jaxmod.llm.prompts import advice_messages, identify_messages
