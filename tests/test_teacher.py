@@ -51,7 +51,7 @@ class Taught:
         dim = learner.env.action_space.dim
         actor = jax.tree.map(lambda x: x * 100.0 if x.ndim == 2 and x.shape[-1] == dim else x, state.params["actor"])
         self.state = state.replace(params={**state.params, "actor": actor})
-        save_checkpoint(folder, self.state, config)
+        self.folder = save_checkpoint(folder, self.state, config)
         self.teacher = TeacherBackend(folder)
         collect = make_collector(learner.env, learner.net, steps)
         self.rec = jax.device_get(collect(self.state.params, self.state.env_state.obs_rms, jax.random.PRNGKey(1)))
@@ -162,3 +162,12 @@ def test_teacher_over_http_refuses_image_envs_with_a_clear_error(taught):
     assert other.status_code == 400 and "knows Breakout-MinAtar" in other.json()["error"]["message"]
     # in-process the same question is answered, from the exact images
     assert isinstance(asyncio.run(Advisor(LocalBackend(t.teacher), 2).identify([view]))[0], Identified)
+
+
+def test_serve_advisor_refuses_an_image_teacher_before_listening(taught, capsys):
+    from jaxmod.cli import main
+
+    t = taught("Breakout-MinAtar")
+    assert main(["serve-advisor", "--backend", "teacher", "--teacher", str(t.folder), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be rebuilt" in err and f"--advisor teacher:{t.folder}" in err and "\n" == err[-1]

@@ -174,6 +174,7 @@ class Describer:
         return "[" + " ".join(f"{x:+.2f}" for x in a) + "]"
 
     def header(self) -> str:
+        """The table's header line: `t | name[unit] ... | action | reward` (what `parse_rows` recognises)."""
         return "t | " + " ".join(f.header for f in self.features) + " | action | reward"
 
     def row(self, t: int, obs: np.ndarray, action, reward: float) -> str:
@@ -202,9 +203,9 @@ class Describer:
     def render_episode(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, *, episode_id: int = 0,
                        ended_by: str = "termination", budget_chars: int = 6000, head: int = 3,
                        title: str | None = None, rows: list[str] | None = None) -> tuple[str, list[int]]:
-        """Episode as a table; long episodes keep the first `head` steps and the latest steps that fit
-        `budget_chars`. Returns the text and the step indices shown. `rows`: this episode's `rows`, if
-        already rendered."""
+        """Episode as a table (obs, actions, rewards as for `rows`); long episodes keep the first `head` steps and the
+        latest steps that fit `budget_chars` (characters), marking the gap with an omission line. Returns the text
+        and the step indices shown. `rows`: this episode's `rows`, if already rendered."""
         n = len(actions)
         rows = self.rows(obs, actions, rewards) if rows is None else rows
         total = float(np.sum(rewards))
