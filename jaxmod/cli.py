@@ -390,6 +390,9 @@ def cmd_serve_advisor(args: argparse.Namespace) -> int:
         from jaxmod.advice.teacher import TeacherBackend
 
         teacher = TeacherBackend(args.teacher)
+        if not teacher.describer.invertible:
+            raise CLIError(f"over HTTP the teacher sees only the prompt text, from which {teacher.env_id}'s observations "
+                           f"cannot be rebuilt; use it in-process: jaxmod ultra --advisor teacher:{args.teacher}")
 
         def answer_fn(messages, schema, params):
             return teacher.answer(messages), {}

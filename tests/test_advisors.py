@@ -16,8 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmod.envs import make_core
-from jaxmod.envs.describe import describer_for
+from jaxmod.envs import describer_for, make_core
 from jaxmod.llm import Advisor, DelayedBackend, EpisodeView, LocalBackend, NoisyBackend, Rejected, StateQuery
 from jaxmod.llm.answers import advice_schema, identify_schema, validate_advice, validate_identify
 from jaxmod.llm.prompts import advice_messages, identify_messages
@@ -61,9 +60,17 @@ def _views_and_queries(env_id: str, n: int = 40):
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "MountainCar-v0", "Acrobot-v1", "Breakout-MinAtar",
                                     "Pendulum-v1", "jaxmod/Pong-OnePoint"])
 def test_describers_render_named_unit_bearing_features(env_id):
+    """Every feature of a real state shows as `name=value unit`, with a real name and a physical unit (only counts
+    of points are unit-less); `tests/test_describers.py` checks the values themselves."""
     core, d, obs, acts, rews = _episode(env_id, 30)
-    text = d.state_text(obs[0])
-    assert "=" in text and len(d.features) >= 2
+    units = {"m", "m/s", "m/step", "rad", "rad/s", "link lengths", "cells", "cell", "px", "px/step"}
+    parts = d.state_text(obs[0]).split(", ")
+    assert len(parts) == len(d.features) >= 2
+    for part, f, v in zip(parts, d.features, d.feature_values(obs[0]), strict=True):
+        assert f.name.replace("_", "").isalnum() and not f.name.startswith("x"), f.name
+        assert f.unit in units or f.name.endswith("_score"), (f.name, f.unit)
+        assert part == f"{f.name}={v:+.{d.digits}f}" + (f" {f.unit}" if f.unit else ""), part
+        assert (f"{f.name}[{f.unit}]" if f.unit else f.name) in d.header()
     table, shown = d.render_episode(obs, acts, rews, episode_id=1)
     lines = table.splitlines()
     assert lines[1].startswith("t | ") and len(lines) == 2 + len(acts)

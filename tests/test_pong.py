@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmod.envs import make
-from jaxmod.envs.describe import describer_for
+from jaxmod.envs import describer_for, make
 from jaxmod.envs.pong import AGENT_X, HEIGHT, OPPONENT_X, WIDTH, Pong, PongState, scripted_action
 from jaxmod.ppo.config import default_config
 

@@ -1,35 +1,45 @@
-"""TeacherAdvisor: answers ULTRA's questions from a stronger saved PPO policy and its value function.
+"""TeacherBackend: answers ULTRA's questions from a stronger saved PPO policy and its value function.
 
-For tasks without a simple heuristic (the brax ones), a better-trained agent is the expert. The
-teacher reads the same prompts (it parses the episode table, whose features are the raw observation
-for the envs it supports), so it can be served over HTTP like an LLM:
+For tasks without a simple heuristic (the brax ones), a better-trained agent is the expert:
 
 - critical steps: where the agent's action is least likely under the teacher, weighted up where the
   teacher's value drops;
-- action: the teacher's greedy action;
+- action: the teacher's greedy (mode) action;
 - implicit reward: how much the teacher agrees with the agent's action, in [-1, 1].
+
+It computes on exact observations. In-process (`LocalBackend(TeacherBackend(...))`, `--advisor teacher:<ckpt>`)
+every question carries them in its `NumericContext`, for every env family (vectors, images, brax). Served over
+HTTP (`jaxmod serve-advisor --backend teacher`) it sees text only: the env's describer reads the table back and
+rebuilds observations from the printed features (exact up to the printed digits), which works where the features
+determine the observation (classic control, brax, Pong's vector) and is refused with a clear error elsewhere
+(MinAtar and Pong pixel images).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmod.checkpoint import load_checkpoint
-from jaxmod.envs.brax_backend import SPARSE_SUFFIX
-from jaxmod.envs.describe import describer_for
-from jaxmod.llm.prompts import Messages
-from jaxmod.llm.scripted import ScriptedError, _floats, _max_critical, _section, parse_table
+from jaxmod.envs.describe import DescriberError
+from jaxmod.envs.registry import describer_of
+from jaxmod.envs.sparse import SPARSE_SUFFIX
+from jaxmod.llm.prompts import Messages, NumericContext, PromptError, read_question
+from jaxmod.llm.scripted import ScriptedError
 from jaxmod.ppo.train import PPOLearner
+
+DEFAULT_MAX_CRITICAL = 3
 
 
 class TeacherBackend:
-    """A saved policy that answers prompts. `answer(messages) -> JSON text`, like `ScriptedBackend`."""
+    """A saved policy that answers questions: `answer_numeric(numeric, schema)` from exact numbers, `answer(messages)`
+    from the prompt text; both return the answer's JSON text and raise `ScriptedError` for a question they cannot
+    answer (another env, an unreadable table)."""
 
     name = "teacher"
 
@@ -43,72 +53,105 @@ class TeacherBackend:
         self.net, self.env = learner.net, learner.env
         self.params = state.params
         self.obs_rms = state.env_state.obs_rms
-        core = self.env.core
-        self.describer = describer_for(core.env_id, core.obs_shape, core.action_space.dim)
-        if len(self.describer.features) != int(np.prod(core.obs_shape)) or core.family == "minatar":
-            raise ValueError(f"the teacher needs raw-observation features; {core.env_id}'s describer is not one")
-        self._head = jax.jit(lambda o: self.net.policy_head(self.params, self.env.observe(self.obs_rms, o)))
-        self._value = jax.jit(lambda o: self.net.value(self.params, self.env.observe(self.obs_rms, o)))
+        self.describer = describer_of(self.env.core)
+        net, env = self.net, self.env
+        self._evaluate = jax.jit(lambda params, rms, o: (net.policy_head(params, env.observe(rms, o)),
+                                                         net.value(params, env.observe(rms, o))))
 
-    # --------------------------------------------------------------- policy queries
-    def _agreement(self, head: np.ndarray, took: np.ndarray) -> np.ndarray:
-        """How much the teacher agrees with each action taken, in [-1, 1]."""
-        space = self.env.action_space
-        if space.discrete:
-            probs = np.asarray(jax.nn.softmax(head, axis=-1))
-            return 2.0 * probs[np.arange(len(took)), took.astype(int)] - 1.0
-        std = np.exp(np.asarray(self.params["log_std"]))
-        z2 = np.mean(((took - head) / std) ** 2, axis=-1)
-        return 2.0 * np.exp(-0.5 * z2) - 1.0
-
-    def _parse_actions(self, texts: list[str]) -> np.ndarray:
-        if self.env.action_space.discrete:
-            names = list(self.describer.card.action_names)
-            return np.array([names.index(t) if t in names else 0 for t in texts])
-        return np.array([_floats(t) for t in texts], dtype=np.float32)
+    @property
+    def env_id(self) -> str:
+        return self.env.core.env_id
 
     def advises(self, env_id: str) -> bool:
         """Its own task, or that task's sparse variant (same states, actions and physics; brax/hopper's
         teacher advises brax/hopper-sparse)."""
-        return env_id.removesuffix(SPARSE_SUFFIX) == self.env.core.env_id.removesuffix(SPARSE_SUFFIX)
+        return env_id.removesuffix(SPARSE_SUFFIX) == self.env_id.removesuffix(SPARSE_SUFFIX)
 
-    def answer(self, messages: Messages) -> str:
-        user = next((m["content"] for m in messages if m.get("role") == "user"), "")
-        env_m = re.search(r"Environment: (\S+)", user)
-        if not env_m or not self.advises(env_m.group(1)):
-            raise ScriptedError(f"this teacher knows {self.env.core.env_id} (and its {SPARSE_SUFFIX} variant) only")
-        if "## Episode" in user:
-            return json.dumps(self._identify(parse_table(_section(user, "Episode")), _max_critical(messages, 3)))
-        if "## Critical state" in user:
-            return json.dumps(self._advise(user))
-        raise ScriptedError("prompt asks neither for critical states nor for advice")
+    # --------------------------------------------------------------- the policy on exact observations
+    def head_and_value(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Policy head (logits, or Gaussian means) (n, A) and value (n,) of raw observations (n, *obs_shape).
+        Batches are padded to a power of two, so episodes of any length share a few compiled programs."""
+        obs = np.asarray(obs, dtype=np.float32)
+        if obs.shape[1:] != tuple(self.env.obs_shape):
+            raise ScriptedError(f"the teacher for {self.env_id} takes observations of shape {self.env.obs_shape}, "
+                                f"got {obs.shape[1:]}")
+        n = len(obs)
+        padded = np.zeros((1 << max(0, n - 1).bit_length(),) + obs.shape[1:], np.float32)
+        padded[:n] = obs
+        head, value = self._evaluate(self.params, self.obs_rms, jnp.asarray(padded))
+        return np.asarray(head)[:n], np.asarray(value)[:n]
 
-    def _identify(self, table, k: int) -> dict:
-        obs = jnp.asarray(np.array([r[1] for r in table.rows], dtype=np.float32))
-        took = self._parse_actions([r[2] for r in table.rows])
-        head = np.asarray(self._head(obs))
-        values = np.asarray(self._value(obs))
-        disagreement = 1.0 - self._agreement(head, took)  # in [0, 2]
+    def _agreement(self, head: np.ndarray, took: np.ndarray) -> np.ndarray:
+        """How much the teacher agrees with each action taken, in [-1, 1]."""
+        if self.env.action_space.discrete:
+            probs = np.asarray(jax.nn.softmax(jnp.asarray(head), axis=-1))
+            return 2.0 * probs[np.arange(len(took)), np.asarray(took).astype(int)] - 1.0
+        std = np.exp(np.asarray(self.params["log_std"]))
+        z2 = np.mean(((np.asarray(took, np.float32).reshape(head.shape) - head) / std) ** 2, axis=-1)
+        return 2.0 * np.exp(-0.5 * z2) - 1.0
+
+    def identify(self, obs: np.ndarray, actions: np.ndarray, k: int, steps: np.ndarray | None = None) -> dict:
+        """The `k` critical steps of an episode: obs (T, *obs_shape) raw, actions (T,) or (T, A) as taken,
+        steps (T,) their step indices (default 0..T-1). Returns the identification answer as a dict."""
+        steps = np.arange(len(obs)) if steps is None else np.asarray(steps)
+        head, values = self.head_and_value(obs)
+        disagreement = 1.0 - self._agreement(head, np.asarray(actions))  # in [0, 2]
         drop = np.zeros(len(values))
         drop[:-1] = np.maximum(0.0, values[:-1] - values[1:])
         score = disagreement * (1.0 + drop / (np.abs(values).mean() + 1e-6))
-        order = np.argsort(-score)[:k]
+        order = np.argsort(-score, kind="stable")[:k]
         return {"critical_steps": [
-            {"step": int(table.rows[i][0]),
+            {"step": int(steps[i]),
              "reason": f"teacher disagrees with the action (agreement {1 - disagreement[i]:+.2f}); "
                        f"teacher value {values[i]:.2f}"} for i in order]}
 
-    def _advise(self, user: str) -> dict:
-        table = parse_table(_section(user, "Recent steps"))
-        t = int(re.search(r"## Critical state \(episode \d+, step (\d+)\)", user).group(1))
-        row = next((r for r in table.rows if r[0] == t), table.rows[-1])
-        obs = jnp.asarray(np.array([row[1]], dtype=np.float32))
-        head = np.asarray(self._head(obs))
-        took = self._parse_actions([re.search(r"Agent's action: (.*)", user).group(1).strip()])
-        agree = float(self._agreement(head, took)[0])
-        if self.env.action_space.discrete:
-            action: int | list[float] = int(np.argmax(head[0]))
+    def advise(self, obs: np.ndarray, action: Any) -> dict:
+        """The teacher's mode action at one raw observation (obs_shape), within the action bounds, and its
+        agreement with the agent's `action` (int, or (A,) floats) as the implicit reward."""
+        head, _ = self.head_and_value(np.asarray(obs)[None])
+        agree = float(self._agreement(head, np.asarray(action)[None])[0])
+        space = self.env.action_space
+        if space.discrete:
+            suggested: int | list[float] = int(np.argmax(head[0]))
         else:
-            space = self.env.action_space
-            action = [round(float(x), 4) for x in np.clip(head[0], space.low, space.high)]
-        return {"action": action, "reward": round(agree, 4), "reason": "the teacher policy's greedy action"}
+            suggested = [float(x) for x in np.clip(head[0], np.asarray(space.low, np.float32),
+                                                    np.asarray(space.high, np.float32))]
+        return {"action": suggested, "reward": agree, "reason": "the teacher policy's greedy action"}
+
+    # --------------------------------------------------------------- questions
+    def _check_env(self, env_id: str) -> None:
+        if not self.advises(env_id):
+            raise ScriptedError(f"this teacher knows {self.env_id} (and its {SPARSE_SUFFIX} variant) only")
+
+    def answer_numeric(self, numeric: NumericContext, schema: dict[str, Any] | None) -> str:
+        """Answer from the exact recorded numbers (in-process): identification when `numeric.step` is None (the
+        schema's maxItems critical steps), else advice at `numeric.step`."""
+        self._check_env(numeric.env_id)
+        obs, actions = np.asarray(numeric.obs), np.asarray(numeric.actions)
+        if numeric.step is None:
+            items = ((schema or {}).get("properties") or {}).get("critical_steps") or {}
+            return json.dumps(self.identify(obs, actions, int(items.get("maxItems", DEFAULT_MAX_CRITICAL))))
+        return json.dumps(self.advise(obs[numeric.step], actions[numeric.step]))
+
+    def answer(self, messages: Messages) -> str:
+        """Answer from the prompt text alone (over HTTP): the describer reads the table back and rebuilds the
+        observations from the printed features."""
+        try:
+            q = read_question(messages)
+        except PromptError as err:
+            raise ScriptedError(str(err)) from None
+        self._check_env(q.env_id)
+        d = self.describer
+        if not d.invertible:
+            raise ScriptedError(f"over HTTP the teacher only sees the prompt's text, and {self.env_id}'s describer "
+                                "cannot rebuild observations from it; run the teacher in-process instead "
+                                "(--advisor teacher:<checkpoint>), where it reads the exact observations")
+        try:
+            table = d.parse_rows(q.table)
+            obs = d.observations(table.values)
+            if q.kind == "identify":
+                return json.dumps(self.identify(obs, table.actions, q.max_critical or DEFAULT_MAX_CRITICAL,
+                                                table.steps))
+            return json.dumps(self.advise(obs[table.index_of(q.step)], d.parse_action(q.agent_action)))
+        except DescriberError as err:
+            raise ScriptedError(str(err)) from None

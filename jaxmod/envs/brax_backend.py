@@ -12,14 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxmod.envs.core import ActionSpace, CoreState, EnvCore, EnvOptionError, cast_like
+from jaxmod.envs.sparse import SPARSE_SUFFIX, SPARSE_THRESHOLDS
 
 BRAX_BACKENDS = ("positional", "spring", "generalized", "mjx")
 DEFAULT_BRAX_BACKEND = "positional"  # fastest step on CPU and GPU among the stable ones (anchors.md)
 DEFAULT_EPISODE_LENGTH = 1000
-SPARSE_SUFFIX = "-sparse"
-# RICE's sparse MuJoCo tasks (after Mazoure et al. 2019): the reward is the torso's x-position, paid
-# only once it exceeds this threshold (metres from the origin), and 0 before.
-SPARSE_THRESHOLDS = {"hopper": 0.6, "walker2d": 0.6, "halfcheetah": 5.0}
 
 
 def brax_names() -> list[str]:

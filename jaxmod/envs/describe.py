@@ -1,8 +1,12 @@
-"""Describers: environment cards and state-to-text for LLM prompts (numpy only, host side).
+"""Describers: an env's card and its states as text for prompts, and that text read back (numpy only, host side).
 
-Each supported env has an `EnvCard` (goal, termination, reward, actions) and named, unit-bearing
-features computed from its raw observation. Episodes render as a compact table, one line a step, so
-both an LLM and jaxmod's scripted advisor read the same text.
+A `Describer` owns both directions of the text bridge. `rows` / `render_episode` write an episode as a table,
+one line a step; `parse_rows` / `parse_action` read such text back into numbers at the printed precision, and
+`observations` turns parsed feature values back into raw observations where the features determine them. A
+reader of prompt text (the scripted advisor behind its HTTP server, a teacher served over HTTP) uses these and
+nothing else, so the format lives in one place.
+
+Nothing here imports jax: the text side of jaxmod (`jaxmod.llm`) uses describers without a device.
 """
 
 from __future__ import annotations
@@ -13,24 +17,66 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+OMITTED = "... ({} steps omitted) ..."
+
+
+class DescriberError(ValueError):
+    """Text that is not a table this describer wrote (wrong header, malformed row, unknown action name), or
+    feature values that do not determine the raw observation."""
+
 
 @dataclass(frozen=True)
 class Feature:
-    """A named quantity with a unit, computed from one raw observation vector."""
+    """A named quantity with a unit, computed from one raw observation.
+
+    Either entry `column` of the flattened observation as `obs[column] * scale + offset` (read for a whole episode
+    at once, and invertible), or any `fn(obs) -> float` of the observation (obs: float64 array of the env's
+    observation shape).
+    """
 
     name: str
     unit: str
-    fn: Callable[[np.ndarray], float]
-    column: int | None = None  # where the feature is one entry of the flat observation: read per episode at once
+    fn: Callable[[np.ndarray], float] | None = None
+    column: int | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.fn is None) == (self.column is None):
+            raise ValueError(f"feature {self.name!r} needs exactly one of fn and column")
+        if self.scale == 0.0:
+            raise ValueError(f"feature {self.name!r}: scale must be non-zero")
 
     @property
     def header(self) -> str:
         return f"{self.name}[{self.unit}]" if self.unit else self.name
 
+    @property
+    def affine(self) -> bool:
+        return (self.scale, self.offset) != (1.0, 0.0)
+
+    def value(self, obs: np.ndarray) -> float:
+        """The feature of one observation (float64 array of the observation shape)."""
+        if self.column is None:
+            return float(self.fn(obs))
+        x = float(obs.reshape(-1)[self.column])
+        return x * self.scale + self.offset if self.affine else x
+
+    def values(self, obs: np.ndarray) -> list[float]:
+        """The feature of each of `obs` ((T, *obs_shape) float64), as Python floats."""
+        if self.column is None:
+            return [float(self.fn(o)) for o in obs]
+        x = obs.reshape(len(obs), -1)[:, self.column]
+        return (x * self.scale + self.offset if self.affine else x).tolist()
+
 
 @dataclass(frozen=True)
 class EnvCard:
-    """What an LLM needs to know about a task before reading an episode."""
+    """What an LLM needs to know about a task before reading an episode.
+
+    Discrete envs name their actions by index (`action_names`); continuous ones name each action dimension
+    (`action_dims`) with its bounds (`action_low`, `action_high`, in the env's action units).
+    """
 
     env_id: str
     goal: str
@@ -62,45 +108,87 @@ class EnvCard:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True, eq=False)
+class EpisodeTable:
+    """An episode table read back by `Describer.parse_rows`: the numbers as printed (rounded to the describer's
+    `digits` for features, 2 decimals for continuous actions, 3 significant digits for rewards).
+
+    names: the features, in column order. steps: (n,) int64 step index of each row (omitted steps are absent).
+    values: (n, F) float64 feature values, in the features' units. actions: (n,) int64 action indices (discrete)
+    or (n, A) float64 actions (continuous). rewards: (n,) float64.
+    """
+
+    names: tuple[str, ...]
+    steps: np.ndarray
+    values: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def state(self, i: int) -> dict[str, float]:
+        """Row `i`'s features by name (Python floats)."""
+        return dict(zip(self.names, self.values[i].tolist(), strict=True))
+
+    def index_of(self, step: int) -> int:
+        """The row of `step`, or the last row if `step` is not in the table."""
+        hits = np.nonzero(self.steps == step)[0]
+        return int(hits[0]) if len(hits) else len(self.steps) - 1
+
+
 @dataclass(frozen=True)
 class Describer:
-    """Card + features for one env; renders states, actions and whole episodes as text."""
+    """An env's card and named features: renders states, actions and episodes as text, and reads that text back.
+
+    obs_shape: the raw observation's shape, where known (needed by `observations`). inverse: maps (n, F) float64
+    feature values to (n, prod(obs_shape)) flat observations, for features that determine the observation without
+    all being plain columns (angles shown instead of their cosine and sine); plain column features invert without
+    it.
+    """
 
     card: EnvCard
     features: tuple[Feature, ...]
     digits: int = 3
-    extra: dict = field(default_factory=dict)
+    obs_shape: tuple[int, ...] | None = None
+    inverse: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False)
 
+    # ------------------------------------------------------------------ numbers -> text
     def feature_values(self, obs: np.ndarray) -> np.ndarray:
+        """(F,) float64 features of one raw observation (any array of the observation shape)."""
         obs = np.asarray(obs, dtype=np.float64)
-        return np.array([f.fn(obs) for f in self.features])
+        return np.array([f.value(obs) for f in self.features])
 
     def state_text(self, obs: np.ndarray) -> str:
+        """One state as `name=+v.vvv unit, ...`."""
         vals = self.feature_values(obs)
         return ", ".join(f"{f.name}={v:+.{self.digits}f}{(' ' + f.unit) if f.unit else ''}"
                          for f, v in zip(self.features, vals, strict=True))
 
     def action_text(self, action) -> str:
+        """A discrete action's name (`invalid(i)` outside the action set), or a continuous action as `[+0.12 -0.50]`."""
         if self.card.discrete:
-            i = int(np.asarray(action))
+            i = int(np.asarray(action).reshape(-1)[0])
             return self.card.action_names[i] if 0 <= i < len(self.card.action_names) else f"invalid({i})"
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         return "[" + " ".join(f"{x:+.2f}" for x in a) + "]"
 
     def header(self) -> str:
+        """The table's header line: `t | name[unit] ... | action | reward` (what `parse_rows` recognises)."""
         return "t | " + " ".join(f.header for f in self.features) + " | action | reward"
 
     def row(self, t: int, obs: np.ndarray, action, reward: float) -> str:
+        """Step `t` as one table line: `t | features | action | reward`."""
         vals = " ".join(f"{v:+.{self.digits}f}" for v in self.feature_values(obs))
         return f"{t} | {vals} | {self.action_text(action)} | {reward:+.3g}"
 
     def rows(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, first_step: int = 0) -> list[str]:
         """`row` for every step of an episode, numbered from `first_step`: the same text, built column-wise
-        (an advice round renders thousands of rows on the training machine's CPU)."""
+        (an advice round renders thousands of rows on the training machine's CPU).
+
+        obs: (T, *obs_shape) raw observations; actions: (T,) ints or (T, A) floats; rewards: (T,)."""
         obs = np.asarray(obs, dtype=np.float64)
-        flat = obs.reshape(len(obs), -1)
-        columns = [flat[:, f.column].tolist() if f.column is not None else [float(f.fn(o)) for o in obs]
-                   for f in self.features]
+        columns = [f.values(obs) for f in self.features]
         fmt = " ".join([f"{{:+.{self.digits}f}}"] * len(self.features))
         names = self.card.action_names
         if self.card.discrete:
@@ -115,9 +203,9 @@ class Describer:
     def render_episode(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, *, episode_id: int = 0,
                        ended_by: str = "termination", budget_chars: int = 6000, head: int = 3,
                        title: str | None = None, rows: list[str] | None = None) -> tuple[str, list[int]]:
-        """Episode as a table; long episodes keep the first `head` steps and the latest steps that fit
-        `budget_chars`. Returns the text and the step indices shown. `rows`: this episode's `rows`, if
-        already rendered."""
+        """Episode as a table (obs, actions, rewards as for `rows`); long episodes keep the first `head` steps and the
+        latest steps that fit `budget_chars` (characters), marking the gap with an omission line. Returns the text
+        and the step indices shown. `rows`: this episode's `rows`, if already rendered."""
         n = len(actions)
         rows = self.rows(obs, actions, rewards) if rows is None else rows
         total = float(np.sum(rewards))
@@ -133,232 +221,118 @@ class Describer:
         prev = -1
         for t in shown:
             if t != prev + 1:
-                lines.append(f"... ({t - prev - 1} steps omitted) ...")
+                lines.append(OMITTED.format(t - prev - 1))
             lines.append(rows[t])
             prev = t
         return "\n".join(lines), shown
 
+    # ------------------------------------------------------------------ text -> numbers
+    def parse_action(self, text: str) -> int | np.ndarray:
+        """What `action_text` wrote, read back: an int action index (discrete; `invalid(i)` reads as i), or an
+        (A,) float64 continuous action at 2 decimals. Raises DescriberError for an unknown name or a wrong size."""
+        text = text.strip()
+        if self.card.discrete:
+            if text in self.card.action_names:
+                return self.card.action_names.index(text)
+            if text.startswith("invalid(") and text.endswith(")") and _is_int(text[8:-1]):
+                return int(text[8:-1])
+            raise DescriberError(f"unknown action {text!r} for {self.card.env_id}; actions: "
+                                 f"{', '.join(self.card.action_names)}")
+        if not (text.startswith("[") and text.endswith("]")):
+            raise DescriberError(f"a continuous action is written [x0 x1 ...], got {text!r}")
+        try:
+            action = np.array([float(x) for x in text[1:-1].split()], dtype=np.float64)
+        except ValueError:
+            raise DescriberError(f"unreadable continuous action {text!r}") from None
+        if len(action) != len(self.card.action_dims):
+            raise DescriberError(f"{self.card.env_id} has {len(self.card.action_dims)} action dimensions, "
+                                 f"{text!r} has {len(action)}")
+        return action
 
-# --------------------------------------------------------------------------- registry of describers
-def _raw(name: str, unit: str, i: int) -> Feature:
-    """Entry `i` of the flat observation, as is."""
-    return Feature(name, unit, lambda o: float(o.reshape(-1)[i]), column=i)
+    def parse_rows(self, text: str) -> EpisodeTable:
+        """The table `rows` / `render_episode` wrote, read back from `text` (which may hold other lines before the
+        table, e.g. its title). Lines after the header are rows or omission markers, up to the first blank line.
 
+        Raises DescriberError if there is no header line, the header is not this describer's (another env, or
+        another observation type of the same env), a row does not parse, or the table has no rows."""
+        lines = text.splitlines()
+        header = self.header()
+        at = next((i for i, ln in enumerate(lines) if ln.startswith("t | ")), None)
+        if at is None:
+            raise DescriberError("no episode table (a 't | ...' header line) in the text")
+        if lines[at].strip() != header:
+            raise DescriberError(f"the table was not written by {self.card.env_id}'s describer: its header is "
+                                 f"{lines[at].strip()!r}, expected {header!r}")
+        steps, values, actions, rewards = [], [], [], []
+        n_feat = len(self.features)
+        for ln in lines[at + 1:]:
+            if not ln.strip():
+                break
+            if ln.startswith("... (") and ln.endswith(" steps omitted) ..."):
+                continue
+            parts = ln.split(" | ")
+            try:
+                if len(parts) != 4:
+                    raise ValueError("expected 4 fields separated by ' | '")
+                vals = [float(x) for x in parts[1].split()]
+                if len(vals) != n_feat:
+                    raise ValueError(f"{len(vals)} feature values, the header names {n_feat}")
+                steps.append(int(parts[0]))
+                values.append(vals)
+                actions.append(self.parse_action(parts[2]))
+                rewards.append(float(parts[3]))
+            except ValueError as err:  # DescriberError included
+                raise DescriberError(f"unreadable table row {ln!r}: {err}") from None
+        if not steps:
+            raise DescriberError("the episode table has no rows")
+        acts = np.array(actions, dtype=np.int64 if self.card.discrete else np.float64)
+        return EpisodeTable(tuple(f.name for f in self.features), np.array(steps, dtype=np.int64),
+                            np.array(values, dtype=np.float64).reshape(len(steps), n_feat), acts,
+                            np.array(rewards, dtype=np.float64))
 
-def _classic(env_id: str) -> Describer | None:
-    if env_id == "CartPole-v1":
-        return Describer(
-            EnvCard(env_id, goal="keep the pole upright and the cart on the track for as long as possible",
-                    termination="pole angle beyond +-0.21 rad (12 degrees), cart position beyond +-2.4 m, or 500 steps",
-                    reward="+1 for every step the pole stays up", action_names=("push_left", "push_right"),
-                    notes="positive angle = pole leans right; pushing the cart under the pole's lean rights it"),
-            (_raw("cart_position", "m", 0), _raw("cart_velocity", "m/s", 1),
-             _raw("pole_angle", "rad", 2), _raw("pole_angular_velocity", "rad/s", 3)))
-    if env_id == "MountainCar-v0":
-        return Describer(
-            EnvCard(env_id, goal="drive the underpowered car up the right hill to the flag at position >= 0.5",
-                    termination="car reaches position 0.5 (success) or 200 steps",
-                    reward="-1 every step until the goal", action_names=("push_left", "no_push", "push_right"),
-                    notes="the engine is too weak to climb directly: build momentum by rocking back and forth; "
-                          "pushing in the direction of the velocity adds energy; valley bottom near -0.52"),
-            (_raw("position", "m", 0), _raw("velocity", "m/step", 1)), digits=4)
-    if env_id == "Acrobot-v1":
-        def th1(o):
-            return math.atan2(o[1], o[0])
+    @property
+    def invertible(self) -> bool:
+        """Whether `observations` can rebuild raw observations from this describer's features."""
+        if self.obs_shape is None:
+            return False
+        if self.inverse is not None:
+            return True
+        cols = sorted(f.column for f in self.features if f.column is not None)
+        return len(cols) == len(self.features) and cols == list(range(math.prod(self.obs_shape)))
 
-        def th2(o):
-            return math.atan2(o[3], o[2])
-
-        return Describer(
-            EnvCard(env_id, goal="swing the free end of the two-link chain above the bar (tip height > 1)",
-                    termination="tip height above 1.0 (success) or 500 steps",
-                    reward="-1 every step until the goal",
-                    action_names=("torque_-1", "torque_0", "torque_+1"),
-                    notes="torque acts on the joint between the links; pump energy by applying torque in the "
-                          "direction of the second link's angular velocity"),
-            (Feature("angle_link1", "rad", th1), Feature("angle_link2", "rad", th2),
-             _raw("angular_velocity_link1", "rad/s", 4), _raw("angular_velocity_link2", "rad/s", 5),
-             Feature("tip_height", "link lengths", lambda o: -o[0] - math.cos(th1(o) + th2(o)))))
-    if env_id == "Pendulum-v1":
-        return Describer(
-            EnvCard(env_id, goal="swing the pendulum up and keep it upright", termination="200 steps",
-                    reward="-(angle^2 + 0.1 angular_velocity^2 + 0.001 torque^2)", action_dims=("torque",),
-                    action_low=(-2.0,), action_high=(2.0,)),
-            (Feature("angle", "rad", lambda o: math.atan2(o[1], o[0])), _raw("angular_velocity", "rad/s", 2)))
-    return None
-
-
-MINATAR_CHANNELS = {
-    "Breakout-MinAtar": ("paddle", "ball", "trail", "brick"),
-    "Asterix-MinAtar": ("player", "enemy", "trail", "gold"),
-    "Freeway-MinAtar": ("chicken", "car", "speed1", "speed2", "speed3", "speed4", "speed5"),
-    "SpaceInvaders-MinAtar": ("cannon", "alien", "alien_left", "alien_right", "friendly_bullet", "enemy_bullet"),
-    "Seaquest-MinAtar": ("sub_front", "sub_back", "friendly_bullet", "trail", "enemy_bullet", "enemy_fish",
-                         "enemy_sub", "oxygen_gauge", "diver_gauge", "diver"),
-}
-MINATAR_ACTIONS = {
-    "Breakout-MinAtar": ("no_op", "left", "right"),
-    "Asterix-MinAtar": ("no_op", "left", "up", "right", "down"),
-    "Freeway-MinAtar": ("no_op", "up", "down"),
-    "SpaceInvaders-MinAtar": ("no_op", "left", "right", "fire"),
-    "Seaquest-MinAtar": ("no_op", "left", "up", "right", "down", "fire"),
-}
-MINATAR_GOALS = {
-    "Breakout-MinAtar": "bounce the ball with the paddle to break bricks; missing the ball ends the game",
-    "Asterix-MinAtar": "collect gold and avoid enemies",
-    "Freeway-MinAtar": "move the chicken up across the road without being hit by cars",
-    "SpaceInvaders-MinAtar": "shoot the aliens and dodge their bullets",
-    "Seaquest-MinAtar": "shoot enemies, rescue divers and surface before oxygen runs out",
-}
-
-
-def _minatar(env_id: str, num_actions: int) -> Describer:
-    names = MINATAR_CHANNELS.get(env_id, ())
-    feats: list[Feature] = []
-    for c, name in enumerate(names):
-        feats.append(Feature(f"{name}_count", "cells", lambda o, c=c: float(o[..., c].sum())))
-        feats.append(Feature(f"{name}_row", "cell", lambda o, c=c: _centroid(o[..., c])[0]))
-        feats.append(Feature(f"{name}_col", "cell", lambda o, c=c: _centroid(o[..., c])[1]))
-    actions = MINATAR_ACTIONS.get(env_id, tuple(f"action_{i}" for i in range(num_actions)))[:num_actions]
-    card = EnvCard(env_id, goal=MINATAR_GOALS.get(env_id, "maximise game score"),
-                   termination="the game is lost or the time limit is reached",
-                   reward="+1 per scoring event", action_names=actions,
-                   notes="10x10 grid, row 0 at the top; *_row/*_col are centroids of an object's cells (-1 if absent)")
-    return Describer(card, tuple(feats), digits=1)
-
-
-def _centroid(mask: np.ndarray) -> tuple[float, float]:
-    rows, cols = np.nonzero(mask > 0.5)
-    if len(rows) == 0:
-        return -1.0, -1.0
-    return float(rows.mean()), float(cols.mean())
+    def observations(self, values: np.ndarray) -> np.ndarray:
+        """Raw observations from feature values (e.g. `parse_rows(...).values`): (n, F) or (F,) float64 in,
+        (n, *obs_shape) or obs_shape float32 out, exact up to the values' precision. Raises DescriberError where
+        the features do not determine the observation (object centroids of an image, derived quantities only)."""
+        if not self.invertible:
+            raise DescriberError(f"{self.card.env_id}'s describer cannot rebuild observations from its features "
+                                 f"(they summarise the observation of shape {self.obs_shape}); use the exact "
+                                 "observations instead")
+        values = np.asarray(values, dtype=np.float64)
+        batch = values.reshape(-1, len(self.features))
+        if self.inverse is not None:
+            flat = np.asarray(self.inverse(batch), dtype=np.float64)
+        else:
+            flat = np.empty((len(batch), math.prod(self.obs_shape)))
+            for j, f in enumerate(self.features):
+                flat[:, f.column] = (batch[:, j] - f.offset) / f.scale if f.affine else batch[:, j]
+        obs = flat.reshape((len(batch), *self.obs_shape)).astype(np.float32)
+        return obs[0] if values.ndim == 1 else obs
 
 
-BRAX_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "hopper": (("torso_height", "m"), ("torso_angle", "rad"), ("thigh_angle", "rad"), ("leg_angle", "rad"),
-               ("foot_angle", "rad"), ("forward_velocity", "m/s"), ("vertical_velocity", "m/s"),
-               ("torso_angular_velocity", "rad/s"), ("thigh_angular_velocity", "rad/s"),
-               ("leg_angular_velocity", "rad/s"), ("foot_angular_velocity", "rad/s")),
-    "walker2d": (("torso_height", "m"), ("torso_angle", "rad"), ("right_thigh_angle", "rad"),
-                 ("right_leg_angle", "rad"), ("right_foot_angle", "rad"), ("left_thigh_angle", "rad"),
-                 ("left_leg_angle", "rad"), ("left_foot_angle", "rad"), ("forward_velocity", "m/s"),
-                 ("vertical_velocity", "m/s"), ("torso_angular_velocity", "rad/s"),
-                 ("right_thigh_angular_velocity", "rad/s"), ("right_leg_angular_velocity", "rad/s"),
-                 ("right_foot_angular_velocity", "rad/s"), ("left_thigh_angular_velocity", "rad/s"),
-                 ("left_leg_angular_velocity", "rad/s"), ("left_foot_angular_velocity", "rad/s")),
-    "halfcheetah": (("torso_height", "m"), ("torso_angle", "rad"), ("back_thigh_angle", "rad"),
-                    ("back_shin_angle", "rad"), ("back_foot_angle", "rad"), ("front_thigh_angle", "rad"),
-                    ("front_shin_angle", "rad"), ("front_foot_angle", "rad"), ("forward_velocity", "m/s"),
-                    ("vertical_velocity", "m/s"), ("torso_angular_velocity", "rad/s"),
-                    ("back_thigh_angular_velocity", "rad/s"), ("back_shin_angular_velocity", "rad/s"),
-                    ("back_foot_angular_velocity", "rad/s"), ("front_thigh_angular_velocity", "rad/s"),
-                    ("front_shin_angular_velocity", "rad/s"), ("front_foot_angular_velocity", "rad/s")),
-    "inverted_pendulum": (("cart_position", "m"), ("pole_angle", "rad"), ("cart_velocity", "m/s"),
-                          ("pole_angular_velocity", "rad/s")),
-    "reacher": (("cos_shoulder", ""), ("cos_elbow", ""), ("sin_shoulder", ""), ("sin_elbow", ""),
-                ("target_x", "m"), ("target_y", "m"), ("tip_velocity_x", "m/s"), ("tip_velocity_y", "m/s"),
-                ("tip_to_target_x", "m"), ("tip_to_target_y", "m"), ("tip_to_target_z", "m")),
-}
-BRAX_ACTIONS = {
-    "hopper": ("thigh_torque", "leg_torque", "foot_torque"),
-    "walker2d": ("right_thigh_torque", "right_leg_torque", "right_foot_torque", "left_thigh_torque",
-                 "left_leg_torque", "left_foot_torque"),
-    "halfcheetah": ("back_thigh_torque", "back_shin_torque", "back_foot_torque", "front_thigh_torque",
-                    "front_shin_torque", "front_foot_torque"),
-    "inverted_pendulum": ("cart_force",),
-    "reacher": ("shoulder_torque", "elbow_torque"),
-}
-BRAX_GOALS = {
-    "hopper": ("hop forward as fast as possible without falling",
-               "torso height outside (0.7, inf), torso angle beyond +-0.2 rad, or 1000 steps",
-               "forward velocity + 1 per healthy step - 0.001 * |action|^2"),
-    "walker2d": ("walk forward as fast as possible without falling",
-                 "torso height outside (0.8, 2.0), torso angle beyond +-1 rad, or 1000 steps",
-                 "forward velocity + 1 per healthy step - 0.001 * |action|^2"),
-    "halfcheetah": ("run forward as fast as possible", "1000 steps",
-                    "forward velocity - 0.1 * |action|^2"),
-    "inverted_pendulum": ("keep the pole upright", "pole angle beyond +-0.2 rad or 1000 steps",
-                          "+1 per step the pole stays up"),
-    "reacher": ("move the arm's fingertip onto the target", "1000 steps (50 in gym)",
-                "-distance(tip, target) - |action|^2"),
-}
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
 
 
-def _brax(env_name: str, obs_dim: int, act_dim: int) -> Describer:
-    from jaxmod.envs.brax_backend import SPARSE_SUFFIX, SPARSE_THRESHOLDS
-
-    name = env_name.removesuffix(SPARSE_SUFFIX)  # sparse variants share the dense task's layout
-    sparse_at = SPARSE_THRESHOLDS.get(name) if env_name != name else None
-    layout = BRAX_LAYOUTS.get(name)
-    if layout is None or len(layout) != obs_dim:
-        layout = tuple((f"obs_{i}", "") for i in range(obs_dim))
-    feats = tuple(_raw(n, u, i) for i, (n, u) in enumerate(layout))
-    acts = BRAX_ACTIONS.get(name, tuple(f"actuator_{i}" for i in range(act_dim)))
-    if len(acts) != act_dim:
-        acts = tuple(f"actuator_{i}" for i in range(act_dim))
-    goal, term, reward = BRAX_GOALS.get(name, ("maximise return", "the env's own termination or 1000 steps",
-                                               "the env's reward"))
-    if sparse_at is not None:
-        reward = (f"sparse: the torso's x-position in metres, paid only once it exceeds {sparse_at:g} m, else 0 "
-                  "(the position itself is not observed)")
-    card = EnvCard(f"brax/{env_name}", goal=goal, termination=term, reward=reward, action_dims=acts,
-                   action_low=(-1.0,) * act_dim, action_high=(1.0,) * act_dim,
-                   notes="brax physics (not gym MuJoCo); angles are joint positions relative to their parent")
-    return Describer(card, feats, digits=2)
+def raw_feature(name: str, unit: str, column: int, scale: float = 1.0, offset: float = 0.0) -> Feature:
+    """Entry `column` of the flat observation, as is (or as `x * scale + offset`, to show it in natural units)."""
+    return Feature(name, unit, column=column, scale=scale, offset=offset)
 
 
-PONG_NOTES = ("court 160 x 160 px, y grows upwards; your paddle is on the right at x=140 (16 px tall), the "
-              "opponent's on the left at x=20; the ball bounces off the top and bottom walls; a hit near the "
-              "paddle's edge sends the ball off steeply (above the centre: upwards), a centre hit sends it flat; "
-              "the opponent tracks the ball with a limited speed, so steep shots beat it")
+def generic_features(dim: int) -> tuple[Feature, ...]:
+    """`x0 .. x{dim-1}`: the flat observation's entries, unnamed."""
+    return tuple(raw_feature(f"x{i}", "", i) for i in range(dim))
 
 
-def _pong(env_id: str, pixels: bool) -> Describer:
-    one_point = env_id.endswith("OnePoint")
-    card = EnvCard(env_id, goal="return the ball past the opponent's paddle; never let it pass yours",
-                   termination="the first point" if one_point else "one side reaches 21 points",
-                   reward="+1 when the agent scores a point, -1 when the opponent does",
-                   action_names=("stay", "up", "down"), notes=PONG_NOTES)
-    if not pixels:
-        scale = ((80.0, 80.0, "ball_x", "px"), (80.0, 80.0, "ball_y", "px"), (8.0, 0.0, "ball_vx", "px/step"),
-                 (8.0, 0.0, "ball_vy", "px/step"), (80.0, 80.0, "paddle_y", "px"),
-                 (80.0, 80.0, "opponent_y", "px"), (21.0, 0.0, "agent_score", ""),
-                 (21.0, 0.0, "opponent_score", ""))
-        feats = tuple(Feature(name, unit, lambda o, i=i, a=a, b=b: float(o.reshape(-1)[i]) * a + b)
-                      for i, (a, b, name, unit) in enumerate(scale))
-        return Describer(card, feats, digits=1)
-
-    def pos(channel: int, axis: int):  # centroid in court px from the 40 x 40 object image (4 px cells)
-        def fn(o):
-            r, c = _centroid(o[..., channel])
-            if r < 0:
-                return -1.0
-            return (c + 0.5) * 4.0 if axis == 0 else 160.0 - (r + 0.5) * 4.0
-        return fn
-
-    def vel(axis: int):
-        now, before = pos(2, axis), pos(3, axis)
-        return lambda o: now(o) - before(o)
-
-    feats = (Feature("ball_x", "px", pos(2, 0)), Feature("ball_y", "px", pos(2, 1)),
-             Feature("ball_vx", "px/step", vel(0)), Feature("ball_vy", "px/step", vel(1)),
-             Feature("paddle_y", "px", pos(0, 1)), Feature("opponent_y", "px", pos(1, 1)))
-    return Describer(card, feats, digits=1)
-
-
-def describer_for(env_id: str, obs_shape: Sequence[int] | None = None, action_dim: int | None = None) -> Describer:
-    """The describer for `env_id`; unknown envs get a generic one with indexed features."""
-    classic = _classic(env_id)
-    if classic is not None:
-        return classic
-    if env_id.startswith("jaxmod/Pong"):
-        return _pong(env_id, pixels=len(obs_shape or (8,)) == 3)
-    if env_id.endswith("-MinAtar"):
-        return _minatar(env_id, action_dim or len(MINATAR_ACTIONS.get(env_id, ("a",))))
-    if env_id.startswith("brax/"):
-        return _brax(env_id[len("brax/"):], int(np.prod(obs_shape or (1,))), int(action_dim or 1))
-    dim = int(np.prod(obs_shape or (1,)))
-    acts = tuple(f"action_{i}" for i in range(action_dim or 2))
-    card = EnvCard(env_id, goal="maximise return", termination="the env's own termination or time limit",
-                   reward="the env's reward", action_names=acts)
-    return Describer(card, tuple(_raw(f"obs_{i}", "", i) for i in range(dim)))
+def flat_dim(obs_shape: Sequence[int] | None) -> int:
+    return int(np.prod(obs_shape)) if obs_shape else 1

@@ -1,4 +1,5 @@
-"""`make(env_id)`: one entry point for gymnax ids, `brax/<name>` ids and jaxmod's own envs."""
+"""`make(env_id)`: one entry point for gymnax ids, `brax/<name>` ids and jaxmod's own envs; `register` adds an env,
+`register_describer` (from `jaxmod.envs.describers`, numpy only) its describer for prompts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxmod.envs.core import EnvCore, EnvError
+from jaxmod.envs.describe import Describer
+from jaxmod.envs.describers import describer_for, register_describer
 from jaxmod.envs.vec_env import VecEnv
+
+__all__ = ["UnknownEnvError", "describer_for", "describer_of", "list_env_ids", "make", "make_core", "register",
+           "register_describer"]
 
 BRAX_PREFIX = "brax/"
 
@@ -22,6 +28,14 @@ class UnknownEnvError(EnvError):
 def register(env_id: str, factory: Callable[..., EnvCore]) -> None:
     """Add a jaxmod-native environment factory under `env_id`."""
     _OWN_ENVS[env_id] = factory
+
+
+def describer_of(core: EnvCore) -> Describer:
+    """The describer for an env core, looked up by its id and family, built for its observation shape and action
+    space (a continuous env without a describer gets a generic one with its action bounds)."""
+    space = core.action_space
+    return describer_for(core.env_id, core.obs_shape, space.dim, family=core.family,
+                         action_bounds=None if space.discrete else (space.low, space.high))
 
 
 def list_env_ids() -> list[str]:

@@ -13,12 +13,12 @@ from jaxmod.llm.advisors import (
 from jaxmod.llm.answers import Advised, CriticalStep, Identified, Rejected, validate_advice, validate_identify
 from jaxmod.llm.cache import ResponseCache
 from jaxmod.llm.client import ChatResult, ClientSettings, LLMClient, LLMConfigError
-from jaxmod.llm.prompts import EpisodeView, StateQuery, advice_messages, identify_messages
+from jaxmod.llm.prompts import EpisodeView, NumericContext, StateQuery, advice_messages, identify_messages
 from jaxmod.llm.transcript import Transcript
 
 __all__ = [
     "Advised", "Advisor", "AdvisorStats", "ChatResult", "ClientSettings", "CriticalStep", "DelayedBackend",
     "EpisodeView", "HTTPBackend", "Identified", "LLMClient", "LLMConfigError", "LocalBackend", "NoisyBackend",
-    "Rejected", "ReplayBackend", "ResponseCache", "StateQuery", "Transcript", "advice_messages",
-    "identify_messages", "validate_advice", "validate_identify",
+    "NumericContext", "Rejected", "ReplayBackend", "ResponseCache", "StateQuery", "Transcript",
+    "advice_messages", "identify_messages", "validate_advice", "validate_identify",
 ]

@@ -6,6 +6,10 @@ OpenAI-compatible server through `LLMClient`), `LocalBackend` (in-process heuris
 answers, to measure robustness), `DelayedBackend` (adds a fixed latency per answer, to measure how
 training copes with a slow LLM). The teacher backend (a stronger saved policy) lives in
 `jaxmod.advice.teacher` because it runs a network.
+
+Every question may carry a `NumericContext` (the exact recorded numbers behind its text). The advisor hands it
+to the backend as `complete(..., numeric=...)`; only an in-process answerer with `answer_numeric` uses it (a
+teacher policy). Everything that goes over HTTP, into transcripts and caches, or into a replay key stays text.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Protocol
 
 from jaxmod.llm.answers import Advised, Identified, Rejected, identify_schema, validate_advice, validate_identify
 from jaxmod.llm.client import ChatResult, LLMClient
-from jaxmod.llm.prompts import EpisodeView, Messages, StateQuery, advice_messages, identify_messages
+from jaxmod.llm.prompts import EpisodeView, Messages, NumericContext, StateQuery, advice_messages, identify_messages
 from jaxmod.llm.scripted import ScriptedBackend, ScriptedError
 from jaxmod.llm.transcript import Transcript, load_transcript, prompt_key
 
@@ -29,12 +33,23 @@ log = logging.getLogger("jaxmod.llm")
 
 
 class ChatBackend(Protocol):
-    """Anything that answers chat messages."""
+    """Anything that answers chat messages. `numeric`: the question's exact numbers, which a backend may use
+    (in-process answerers) or ignore (anything that only sends text)."""
 
     name: str
 
     async def complete(self, messages: Messages, schema: dict[str, Any] | None, name: str,
-                       deadline: float | None) -> ChatResult: ...
+                       deadline: float | None, *, numeric: NumericContext | None = None) -> ChatResult: ...
+
+
+class Answerer(Protocol):
+    """An in-process answerer for `LocalBackend`: the question's text in, the answer's JSON text out; raises
+    `ScriptedError` for a question it cannot answer. One that also has `answer_numeric(numeric, schema) -> str`
+    answers from the exact numbers whenever a question carries them."""
+
+    name: str
+
+    def answer(self, messages: Messages) -> str: ...
 
 
 class HTTPBackend:
@@ -44,22 +59,26 @@ class HTTPBackend:
         self.client = client
         self.name = f"http:{client.base_url}:{client.settings.model}"
 
-    async def complete(self, messages, schema, name, deadline) -> ChatResult:
-        return await self.client.chat(messages, schema, name, deadline)
+    async def complete(self, messages, schema, name, deadline, *, numeric=None) -> ChatResult:
+        return await self.client.chat(messages, schema, name, deadline)  # HTTP carries text only
 
 
 class LocalBackend:
-    """An in-process answerer (anything with `answer(messages) -> str` and a `name`), no HTTP:
-    `ScriptedBackend` by default, or a `TeacherBackend`."""
+    """An in-process `Answerer`, no HTTP: `ScriptedBackend` by default (it reads the text, as it would behind a
+    server), or a `TeacherBackend` (it answers from the question's `NumericContext` when there is one)."""
 
-    def __init__(self, answerer=None) -> None:
+    def __init__(self, answerer: Answerer | None = None) -> None:
         self.answerer = answerer if answerer is not None else ScriptedBackend()
         self.name = self.answerer.name
 
-    async def complete(self, messages, schema, name, deadline) -> ChatResult:
+    async def complete(self, messages, schema, name, deadline, *, numeric=None) -> ChatResult:
         t0 = time.monotonic()
+        answer_numeric = getattr(self.answerer, "answer_numeric", None)
         try:
-            content = self.answerer.answer(messages)
+            if numeric is not None and answer_numeric is not None:
+                content = answer_numeric(numeric, schema)
+            else:
+                content = self.answerer.answer(messages)
         except ScriptedError as err:
             return ChatResult(error=f"{self.name}: {err}", latency_s=time.monotonic() - t0)
         return ChatResult(content=content, finish_reason="stop", latency_s=time.monotonic() - t0, attempts=1,
@@ -77,7 +96,7 @@ class ReplayBackend:
             if "prompt_key" in rec:
                 self.answers.setdefault(rec["prompt_key"], rec)
 
-    async def complete(self, messages, schema, name, deadline) -> ChatResult:
+    async def complete(self, messages, schema, name, deadline, *, numeric=None) -> ChatResult:
         rec = self.answers.get(prompt_key(list(messages), schema))
         if rec is None:
             return ChatResult(error="replay: question not in transcript")
@@ -98,8 +117,8 @@ class NoisyBackend:
         self.name = f"noisy({fraction:g}):{inner.name}"
         self.corrupted = 0
 
-    async def complete(self, messages, schema, name, deadline) -> ChatResult:
-        result = await self.inner.complete(messages, schema, name, deadline)
+    async def complete(self, messages, schema, name, deadline, *, numeric=None) -> ChatResult:
+        result = await self.inner.complete(messages, schema, name, deadline, numeric=numeric)
         rng = random.Random(f"{self.seed}:{prompt_key(list(messages), schema)}")
         if not result.ok or rng.random() >= self.fraction:
             return result
@@ -136,10 +155,10 @@ class DelayedBackend:
         self.inner, self.delay_s = inner, delay_s
         self.name = f"delayed({delay_s:g}s):{inner.name}"
 
-    async def complete(self, messages, schema, name, deadline) -> ChatResult:
+    async def complete(self, messages, schema, name, deadline, *, numeric=None) -> ChatResult:
         t0 = time.monotonic()
         await asyncio.sleep(self.delay_s)
-        result = await self.inner.complete(messages, schema, name, deadline)
+        result = await self.inner.complete(messages, schema, name, deadline, numeric=numeric)
         result.latency_s = time.monotonic() - t0
         return result
 
@@ -176,10 +195,10 @@ class Advisor:
         self._limit: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     async def _ask(self, kind: str, messages: Messages, schema: dict[str, Any], name: str, deadline: float | None,
-                   validate) -> Identified | Advised | Rejected:
+                   validate, numeric: NumericContext | None = None) -> Identified | Advised | Rejected:
         t0 = time.monotonic()
         try:
-            result = await self.backend.complete(messages, schema, name, deadline)
+            result = await self.backend.complete(messages, schema, name, deadline, numeric=numeric)
         except Exception as err:  # a backend bug must not reach training
             result = ChatResult(error=f"backend raised {type(err).__name__}: {err}"[:300])
         self.stats.questions += 1
@@ -235,7 +254,8 @@ class Advisor:
         schema = identify_schema(self.max_critical)
         return await self._gather(
             lambda v=v: self._ask("identify", identify_messages(v, self.max_critical), schema, "critical_states",
-                                  deadline, lambda text, fr: validate_identify(text, v.length, self.max_critical, fr))
+                                  deadline, lambda text, fr: validate_identify(text, v.length, self.max_critical, fr),
+                                  v.numeric)
             for v in views)
 
     async def advise(self, queries: Sequence[StateQuery]) -> list[Advised | Rejected]:
@@ -243,5 +263,6 @@ class Advisor:
         deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
         return await self._gather(
             lambda q=q: self._ask("advise", advice_messages(q), q.schema(), "advice", deadline,
-                                  lambda text, fr: validate_advice(text, q.discrete, q.num_actions, q.low, q.high, fr))
+                                  lambda text, fr: validate_advice(text, q.discrete, q.num_actions, q.low, q.high, fr),
+                                  q.numeric)
             for q in queries)

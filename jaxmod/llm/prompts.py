@@ -1,11 +1,17 @@
 """Prompts for the two ULTRA questions, with the four parts the paper names: environment card,
 multi-step reasoning instruction, the episode as text, and the answer format (schema in the system
-prompt too, since local servers constrain tokens but do not show the schema to the model)."""
+prompt too, since local servers constrain tokens but do not show the schema to the model).
+
+`read_question` reads those parts back out of the messages (what a server, which sees only text, needs);
+the rows inside the episode tables are read by the env's describer (`jaxmod.envs.describe.Describer.parse_rows`).
+A question may also carry a `NumericContext`: the exact recorded numbers, for advisors that run in-process.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from jaxmod.llm.answers import advice_schema, identify_schema
@@ -28,6 +34,27 @@ ADVICE_INSTRUCTIONS = (
     "an implicit reward in [-1, 1] (-1 clearly harmful, 0 neutral, +1 clearly right), with a one-line reason.")
 
 
+class PromptError(ValueError):
+    """Messages that are not one of the two ULTRA questions `identify_messages` and `advice_messages` write."""
+
+
+@dataclass(frozen=True, eq=False)
+class NumericContext:
+    """The exact recorded numbers behind one question: a side channel for in-process advisors that compute with
+    them (a teacher policy). It is never rendered into the prompt, never sent over HTTP, and no part of a
+    question's transcript, cache or replay key. llm/ only carries it: the arrays are the recorder's (numpy).
+
+    env_id: the env the episode was recorded in. obs: (T, *obs_shape) raw observations (before any
+    normalisation), obs[t] the state at step t. actions: (T,) int action indices or (T, A) float actions the
+    agent took. step: the critical step an advice question is about; None for an identification question.
+    """
+
+    env_id: str
+    obs: Any
+    actions: Any
+    step: int | None = None
+
+
 @dataclass(frozen=True)
 class EpisodeView:
     """One recorded episode as text, for critical-state identification."""
@@ -36,6 +63,7 @@ class EpisodeView:
     length: int
     card: str  # environment card text
     table: str  # rendered episode (header + one line a step)
+    numeric: NumericContext | None = field(default=None, compare=False, repr=False)  # the whole episode
 
 
 @dataclass(frozen=True)
@@ -52,6 +80,7 @@ class StateQuery:
     num_actions: int = 0
     low: tuple[float, ...] = ()
     high: tuple[float, ...] = ()
+    numeric: NumericContext | None = field(default=None, compare=False, repr=False)  # the episode, step = `step`
 
     def schema(self) -> dict[str, Any]:
         return advice_schema(self.discrete, self.num_actions, self.low, self.high)
@@ -88,3 +117,58 @@ def advice_messages(query: StateQuery) -> Messages:
         f"## Answer format\nJSON: {{\"action\": {action_fmt}, \"reward\": <number in [-1, 1]>, \"reason\": \"...\"}}",
     ])
     return [{"role": "system", "content": _system(query.schema())}, {"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------- reading a question back
+@dataclass(frozen=True)
+class AskedQuestion:
+    """The parts of a question, read back from its messages by `read_question`.
+
+    kind: "identify" or "advise". env_id: the card's `Environment:` line. table: the rendered episode
+    (identify) or the recent steps up to the critical state (advise), as the describer wrote them.
+    max_critical: the answer schema's limit on critical steps (identify; None if the system prompt has no
+    schema). step, agent_action: the critical step and the agent's action text there (advise only).
+    """
+
+    kind: str
+    env_id: str
+    card: str
+    table: str
+    max_critical: int | None = None
+    step: int | None = None
+    agent_action: str | None = None
+
+
+def _section(text: str, title: str) -> str:
+    m = re.search(rf"## {re.escape(title)}[^\n]*\n(.*?)(?=\n## |\Z)", text, re.S)
+    return m.group(1) if m else ""
+
+
+def read_question(messages: Messages) -> AskedQuestion:
+    """What `identify_messages` or `advice_messages` wrote, read back from the messages alone.
+
+    Raises PromptError if there is no user message with an `Environment:` line, or the user message asks
+    neither for critical states (`## Episode`) nor for advice (`## Critical state (episode e, step t)` with an
+    `Agent's action:` line). The tables are returned as text, unchecked."""
+    user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+    env = re.search(r"Environment: (\S+)", user)
+    if env is None:
+        raise PromptError("no 'Environment:' line in the prompt")
+    card = _section(user, "Environment").strip() or user
+    if "## Episode" in user:
+        return AskedQuestion("identify", env.group(1), card, _section(user, "Episode"), _max_critical(messages))
+    if "## Critical state" in user:
+        crit = re.search(r"## Critical state \(episode \d+, step (\d+)\)", user)
+        took = re.search(r"Agent's action: (.*)", user)
+        if crit is None or took is None:
+            raise PromptError("an advice question needs '## Critical state (episode e, step t)' and "
+                              "'Agent's action: ...' lines")
+        return AskedQuestion("advise", env.group(1), card, _section(user, "Recent steps"), None,
+                             int(crit.group(1)), took.group(1).strip())
+    raise PromptError("prompt asks neither for critical states nor for advice")
+
+
+def _max_critical(messages: Messages) -> int | None:
+    system = next((m.get("content", "") for m in messages if m.get("role") == "system"), "")
+    m = re.search(r'"maxItems":(\d+)', system)
+    return int(m.group(1)) if m else None

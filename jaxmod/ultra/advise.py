@@ -9,8 +9,9 @@ import numpy as np
 
 from jaxmod.advice.arrays import AdviceItem
 from jaxmod.envs.core import EnvCore
-from jaxmod.envs.describe import Describer, describer_for
-from jaxmod.llm import Advised, Advisor, EpisodeView, Rejected, StateQuery
+from jaxmod.envs.describe import Describer
+from jaxmod.envs.registry import describer_of
+from jaxmod.llm import Advised, Advisor, EpisodeView, NumericContext, Rejected, StateQuery
 from jaxmod.ultra.collect import EpisodeRecord, Recording, snapshot_at
 
 
@@ -31,21 +32,23 @@ class CriticalRow:
     verdict: str
 
 
-def episode_views(describer: Describer, episodes: list[EpisodeRecord], budget_chars: int = 6000,
+def episode_views(describer: Describer, core: EnvCore, episodes: list[EpisodeRecord], budget_chars: int = 6000,
                   rows: dict[int, list[str]] | None = None) -> list[EpisodeView]:
-    """The identification question's view of each episode (`rows`: their table rows by uid, if rendered)."""
+    """The identification question's view of each episode (`rows`: their table rows by uid, if rendered), with the
+    episode's exact observations and actions as its numeric side channel."""
     views = []
     for ep in episodes:
         table, _ = describer.render_episode(ep.obs, ep.actions, ep.rewards, episode_id=ep.uid, ended_by=ep.ended_by,
                                             budget_chars=budget_chars, rows=None if rows is None else rows[ep.uid])
-        views.append(EpisodeView(ep.uid, ep.length, describer.card.text(), table))
+        views.append(EpisodeView(ep.uid, ep.length, describer.card.text(), table,
+                                 numeric=NumericContext(core.env_id, ep.obs, ep.actions)))
     return views
 
 
 def state_query(describer: Describer, core: EnvCore, ep: EpisodeRecord, step: int, context_steps: int = 12,
                 rows: list[str] | None = None) -> StateQuery:
     """The advice question at `step` of `ep`, with the `context_steps` steps up to it (`rows`: the episode's table
-    rows, if rendered)."""
+    rows, if rendered) and the episode's exact numbers as its side channel."""
     lo = max(0, step - context_steps + 1)
     window = describer.rows(ep.obs[lo:step + 1], ep.actions[lo:step + 1], ep.rewards[lo:step + 1], first_step=lo) \
         if rows is None else rows[lo:step + 1]
@@ -54,16 +57,17 @@ def state_query(describer: Describer, core: EnvCore, ep: EpisodeRecord, step: in
                                               f"{ep.ended_by} with return {ep.ret:+.2f}.", rows=window)
     space = core.action_space
     return StateQuery(ep.uid, step, describer.card.text(), table, describer.state_text(ep.obs[step]),
-                      describer.action_text(ep.actions[step]), space.discrete, space.num_actions, space.low, space.high)
+                      describer.action_text(ep.actions[step]), space.discrete, space.num_actions, space.low, space.high,
+                      numeric=NumericContext(core.env_id, ep.obs, ep.actions, step))
 
 
 async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episodes: list[EpisodeRecord],
                           context_steps: int = 12) -> tuple[list[AdviceItem], list[Any], list[CriticalRow]]:
     """Identify critical steps in `episodes`, ask for advice at each, and return packable items with
     their verdicts (validated `Advised` or `Rejected`) and the report rows."""
-    describer = describer_for(core.env_id, core.obs_shape, core.action_space.dim)
+    describer = describer_of(core)
     rows = {ep.uid: describer.rows(ep.obs, ep.actions, ep.rewards) for ep in episodes}  # rendered once per episode
-    idents = await advisor.identify(episode_views(describer, episodes, rows=rows))
+    idents = await advisor.identify(episode_views(describer, core, episodes, rows=rows))
     items: list[AdviceItem] = []
     queries: list[StateQuery] = []
     whys: list[tuple[EpisodeRecord, int, str]] = []
