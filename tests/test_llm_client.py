@@ -206,7 +206,7 @@ def test_transcript_replay_is_identical(tmp_path):
                                                           for t in range(4)), ) for i in range(3)]
     with make_server("scripted") as srv:
         async def live():
-            async with LLMClient(ClientSettings(base_url=srv.url)) as client:
+            async with LLMClient(ClientSettings(base_url=srv.url, max_retries=0)) as client:
                 adv = Advisor(HTTPBackend(client), transcript=Transcript(path))
                 return await adv.identify(views), await adv.advise([QUERY])
 
