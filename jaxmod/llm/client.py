@@ -182,6 +182,18 @@ def error_message(body: bytes) -> str:
     return one_line(text, 200)
 
 
+def _refused(err: BaseException) -> bool:
+    """Was this connection refused (nothing listens)? httpx hides it behind "All connection attempts failed"."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, ConnectionRefusedError) or (isinstance(err, OSError) and err.errno == 111):
+            return True
+        if isinstance(err, BaseExceptionGroup) and any(_refused(e) for e in err.exceptions):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
 class _Failed(Exception):
     """One attempt's failure: (result, wait, fallback) as `_attempt` returns them."""
 
@@ -292,7 +304,7 @@ class LLMClient:
             raise _Failed(ChatResult(error=f"timeout ({type(err).__name__}) within {timeout_s:.1f} s",
                                      kind="timeout"), -1.0) from None
         except httpx.TransportError as err:  # connection refused/reset, protocol errors, bad encodings
-            detail = one_line(f"{type(err).__name__}: {err}", 200)
+            detail = "connection refused" if _refused(err) else one_line(f"{type(err).__name__}: {err}", 200)
             raise _Failed(ChatResult(error=f"connection error: {detail}", kind="connect"), -1.0) from None
 
     def _oversized(self, status: int, cap: int) -> ChatResult:
