@@ -462,6 +462,11 @@ class ServerProcess:
         self.url, self.model = ready["url"], ready["model"]
         return self
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return None if self._proc is None else self._proc.pid
+
     def stop(self) -> int | None:
         """End the child (if running) and return its exit code."""
         proc, self._proc = self._proc, None
