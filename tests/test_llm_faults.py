@@ -5,6 +5,7 @@ Each case asserts the right value, or a bounded drop that is counted (in `Adviso
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -294,3 +295,25 @@ def test_key_echoed_by_the_server_is_redacted_everywhere(tmp_path, monkeypatch, 
     texts = [seen.out, seen.err, caplog.text, repr(out), json.dumps(adv.stats.as_dict())]
     texts += [f.read_text(encoding="utf-8", errors="replace") for f in tmp_path.rglob("*") if f.is_file()]
     assert not any(canary in t for t in texts)
+
+
+def test_url_credentials_are_sent_but_never_written(tmp_path, monkeypatch, capsys, caplog):
+    canary = "pw-canary-5e8d0a77"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ADVISOR_API_KEY", raising=False)
+    transcript = Transcript(tmp_path / "transcript.jsonl")
+    with FaultServer([echo_auth(403), ok(GOOD_TEXT)]) as srv:
+        url = srv.url.replace("http://", f"http://bob:{canary}@")
+        out, adv, _ = asyncio.run(_ask(url, 1, transcript=transcript, max_retries=0))
+        again, adv2, _ = asyncio.run(_ask(url, 1, transcript=None, max_retries=0))
+        assert srv.headers[0]["Authorization"].startswith("Basic ")
+    assert_dropped(out, adv, "HTTP 403")
+    assert_value(again)
+    seen = capsys.readouterr()
+    texts = [seen.out, seen.err, caplog.text, repr(out), adv.backend.name, json.dumps(adv.stats.as_dict())]
+    texts += [f.read_text(encoding="utf-8", errors="replace") for f in tmp_path.rglob("*") if f.is_file()]
+    token = base64.b64encode(f"bob:{canary}".encode()).decode()  # the echoed header carries it encoded
+    assert not any(canary in t or token in t for t in texts)
+    assert "***" in out[0].reason
+    record = json.loads((tmp_path / "transcript.jsonl").read_text(encoding="utf-8"))
+    assert record["backend"] == f"http:{srv.url}:fault-model"
