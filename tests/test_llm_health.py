@@ -259,3 +259,28 @@ def test_jaxmod_llm_never_imports_jax():
 def test_client_failures_are_one_line_results_not_exceptions():
     r = ChatResult(error="x")
     assert not r.ok and r.kind is None
+
+
+def test_cli_options_map_to_client_settings_and_policy():
+    import argparse
+
+    from jaxmod.llm.options import add_advisor_options, advisor_spec, client_overrides, failure_policy
+
+    parser = argparse.ArgumentParser()
+    add_advisor_options(parser)
+    args = parser.parse_args(["--advisor-timeout", "2.5", "--advisor-deadline", "9", "--advisor-max-tokens", "64",
+                              "--advisor-temperature", "0.7", "--advisor-max-response-bytes", "4096",
+                              "--advisor-failure", "continue", "--advisor-failure-rounds", "5"])
+    over = client_overrides(args)
+    assert over == {"timeout_s": 2.5, "deadline_s": 9.0, "max_tokens": 64, "temperature": 0.7,
+                    "max_response_bytes": 4096}
+    s = ClientSettings(base_url="http://h/v1", **over)
+    assert (s.timeout_s, s.deadline_s, s.max_tokens) == (2.5, 9.0, 64)
+    policy = failure_policy(args)
+    assert (policy.mode, policy.max_rounds_without_advice) == ("continue", 5)
+    assert client_overrides(parser.parse_args([])) == {}
+    with pytest.raises(LLMConfigError):
+        ClientSettings(base_url="http://h/v1", timeout_s=0)
+    env = {"OPENAI_BASE_URL": "http://e:1/v1"}
+    assert advisor_spec(None, None, env) == "http://e:1/v1" and advisor_spec(None, None, {}) == "scripted"
+    assert advisor_spec("smollm2", None, env) == "smollm2" and advisor_spec("x", "http://u/v1", env) == "http://u/v1"

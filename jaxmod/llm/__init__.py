@@ -24,13 +24,14 @@ from jaxmod.llm.errors import (
 )
 from jaxmod.llm.health import Decision, FailurePolicy, RoundCounts
 from jaxmod.llm.markdown import markdown_cell, markdown_table
+from jaxmod.llm.options import add_advisor_options, advisor_spec, client_overrides, failure_policy
 from jaxmod.llm.preflight import PreflightResult, apreflight, preflight
 from jaxmod.llm.prompts import EpisodeView, StateQuery, advice_messages, identify_messages
 from jaxmod.llm.secrets import RedactingFilter, redact, redact_url, register_secret
 from jaxmod.llm.transcript import Transcript, current_tags, tagged
 
 __all__ = [
-    "Advised", "Advisor", "AdvisorError", "AdvisorFailure", "AdvisorStats", "AdvisorUnavailable",
+    "Advised", "Advisor", "add_advisor_options", "advisor_spec", "client_overrides", "failure_policy", "AdvisorError", "AdvisorFailure", "AdvisorStats", "AdvisorUnavailable",
     "BackendUnavailable", "ChatResult", "ClientSettings", "CriticalStep", "Decision", "DelayedBackend", "Endpoint",
     "EpisodeView", "FailurePolicy", "HTTPBackend", "Identified", "LLMClient", "LLMConfigError", "LocalBackend",
     "NoisyBackend", "PreflightResult", "RedactingFilter", "Rejected", "ReplayBackend", "ResponseCache", "RoundCounts",
