@@ -100,7 +100,7 @@ def test_connection_refused_is_bounded():
     port = sock.getsockname()[1]
     sock.close()  # nothing listens here
     rec = SleepRecorder()
-    verdict, _, client = run(_advise(f"http://127.0.0.1:{port}/v1", rec, max_retries=2))
+    verdict, _, client = run(_advise(f"http://127.0.0.1:{port}/v1", rec, max_retries=2, model="m"))
     assert isinstance(verdict, Rejected) and "connection error" in verdict.reason
     assert len(rec.waits) == 2
 
@@ -206,7 +206,7 @@ def test_transcript_replay_is_identical(tmp_path):
                                                           for t in range(4)), ) for i in range(3)]
     with make_server("scripted") as srv:
         async def live():
-            async with LLMClient(ClientSettings(base_url=srv.url)) as client:
+            async with LLMClient(ClientSettings(base_url=srv.url, max_retries=0)) as client:
                 adv = Advisor(HTTPBackend(client), transcript=Transcript(path))
                 return await adv.identify(views), await adv.advise([QUERY])
 
@@ -269,7 +269,7 @@ def test_concurrency_bounds_questions_in_flight_and_sequential_ones_share_a_conn
         return httpx.Response(200, json={"choices": [{"message": {"content": GOOD_ADVICE}, "finish_reason": "stop"}]})
 
     async def go():
-        settings = ClientSettings(base_url="http://advisor.test/v1", concurrency=3)
+        settings = ClientSettings(base_url="http://advisor.test/v1", model="m", concurrency=3)
         async with LLMClient(settings, transport=httpx.MockTransport(handler)) as client:
             results = await client.chat_many([([{"role": "user", "content": str(i)}], None, "a") for i in range(10)])
             for _ in range(3):  # one at a time: always the client (connection) used last

@@ -15,31 +15,38 @@ teacher policy). Everything that goes over HTTP, into transcripts and caches, or
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jaxmod.llm.answers import Advised, Identified, Rejected, identify_schema, validate_advice, validate_identify
-from jaxmod.llm.client import ChatResult, LLMClient
+from jaxmod.llm.client import Accept, ChatResult, LLMClient
 from jaxmod.llm.prompts import EpisodeView, Messages, NumericContext, StateQuery, advice_messages, identify_messages
 from jaxmod.llm.scripted import ScriptedBackend, ScriptedError
-from jaxmod.llm.transcript import Transcript, load_transcript, prompt_key
+from jaxmod.llm.secrets import RedactingFilter, one_line
+from jaxmod.llm.transcript import Transcript, current_tags, load_transcript, prompt_key, tags_key
 
 log = logging.getLogger("jaxmod.llm")
+log.addFilter(RedactingFilter())
+MAX_REASONING_CHARS = 20_000  # reasoning kept per transcript record
 
 
 class ChatBackend(Protocol):
-    """Anything that answers chat messages. `numeric`: the question's exact numbers, which a backend may use
-    (in-process answerers) or ignore (anything that only sends text)."""
+    """Anything that answers chat messages. `accept(content, finish_reason)` is the asker's validator: a backend
+    with a cache stores only answers it accepts (wrappers pass it on). `numeric`: the question's exact numbers,
+    which a backend may use (in-process answerers) or ignore (anything that only sends text)."""
 
     name: str
 
     async def complete(self, messages: Messages, schema: dict[str, Any] | None, name: str,
-                       deadline: float | None, *, numeric: NumericContext | None = None) -> ChatResult: ...
+                       deadline: float | None, accept: Accept | None = None, *,
+                       numeric: NumericContext | None = None) -> ChatResult: ...
 
 
 class Answerer(Protocol):
@@ -53,14 +60,17 @@ class Answerer(Protocol):
 
 
 class HTTPBackend:
-    """An OpenAI-compatible server through an open `LLMClient`."""
+    """An OpenAI-compatible server through an open `LLMClient` (its cache, if any, sees the validator)."""
 
     def __init__(self, client: LLMClient) -> None:
         self.client = client
-        self.name = f"http:{client.base_url}:{client.settings.model}"
 
-    async def complete(self, messages, schema, name, deadline, *, numeric=None) -> ChatResult:
-        return await self.client.chat(messages, schema, name, deadline)  # HTTP carries text only
+    @property
+    def name(self) -> str:  # the URL carries no credentials; the model may be discovered on the first request
+        return f"http:{self.client.base_url}:{self.client.model or 'auto'}"
+
+    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
+        return await self.client.chat(messages, schema, name, deadline, accept=accept)  # HTTP carries text only
 
 
 class LocalBackend:
@@ -71,7 +81,7 @@ class LocalBackend:
         self.answerer = answerer if answerer is not None else ScriptedBackend()
         self.name = self.answerer.name
 
-    async def complete(self, messages, schema, name, deadline, *, numeric=None) -> ChatResult:
+    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
         t0 = time.monotonic()
         answer_numeric = getattr(self.answerer, "answer_numeric", None)
         try:
@@ -86,22 +96,44 @@ class LocalBackend:
 
 
 class ReplayBackend:
-    """Answers from a transcript: the same question gets the recorded answer (or an error if unseen)."""
+    """Answers from a transcript, with no server. A question asked under tags (`tagged(variant=..., round=...)`)
+    gets exactly the answer recorded for it under the same tags; otherwise (or for a transcript written before
+    tags) the n-th asking of a question gets its n-th recorded answer. A question asked more often than recorded
+    gets its last answer again (counted in `reused`); one never seen is an error."""
 
     name = "replay"
 
     def __init__(self, transcript_path) -> None:
-        self.answers: dict[str, dict[str, Any]] = {}
+        self.by_tags: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self.by_prompt: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for rec in load_transcript(transcript_path):
             if "prompt_key" in rec:
-                self.answers.setdefault(rec["prompt_key"], rec)
+                self.by_prompt[rec["prompt_key"]].append(rec)
+                if rec.get("tags"):
+                    self.by_tags[(tags_key(rec["tags"]), rec["prompt_key"])].append(rec)
+        self._served: dict[tuple[str, str], int] = defaultdict(int)
+        self.reused = 0
 
-    async def complete(self, messages, schema, name, deadline, *, numeric=None) -> ChatResult:
-        rec = self.answers.get(prompt_key(list(messages), schema))
-        if rec is None:
-            return ChatResult(error="replay: question not in transcript")
+    def _next(self, key: tuple[str, str], records: list[dict[str, Any]]) -> dict[str, Any]:
+        i = self._served[key]
+        self._served[key] = i + 1
+        if i >= len(records):
+            self.reused += 1
+            return records[-1]
+        return records[i]
+
+    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
+        pkey = prompt_key(list(messages), schema)
+        tkey = tags_key(current_tags())
+        if tkey and (tkey, pkey) in self.by_tags:
+            rec = self._next((tkey, pkey), self.by_tags[(tkey, pkey)])
+        elif pkey in self.by_prompt:
+            rec = self._next(("", pkey), self.by_prompt[pkey])
+        else:
+            return ChatResult(error="replay: question not in transcript", kind="replay")
         return ChatResult(content=rec.get("content"), finish_reason=rec.get("finish_reason"),
-                          usage=rec.get("usage") or {}, model=rec.get("model"), error=rec.get("error"), attempts=1)
+                          usage=rec.get("usage") or {}, model=rec.get("model"), error=rec.get("error"), attempts=1,
+                          kind=rec.get("error_kind"))
 
 
 class NoisyBackend:
@@ -117,8 +149,9 @@ class NoisyBackend:
         self.name = f"noisy({fraction:g}):{inner.name}"
         self.corrupted = 0
 
-    async def complete(self, messages, schema, name, deadline, *, numeric=None) -> ChatResult:
-        result = await self.inner.complete(messages, schema, name, deadline, numeric=numeric)
+    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
+        # the cache sees true answers
+        result = await self.inner.complete(messages, schema, name, deadline, accept, numeric=numeric)
         rng = random.Random(f"{self.seed}:{prompt_key(list(messages), schema)}")
         if not result.ok or rng.random() >= self.fraction:
             return result
@@ -155,10 +188,10 @@ class DelayedBackend:
         self.inner, self.delay_s = inner, delay_s
         self.name = f"delayed({delay_s:g}s):{inner.name}"
 
-    async def complete(self, messages, schema, name, deadline, *, numeric=None) -> ChatResult:
+    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
         t0 = time.monotonic()
         await asyncio.sleep(self.delay_s)
-        result = await self.inner.complete(messages, schema, name, deadline, numeric=numeric)
+        result = await self.inner.complete(messages, schema, name, deadline, accept, numeric=numeric)
         result.latency_s = time.monotonic() - t0
         return result
 
@@ -180,6 +213,10 @@ class AdvisorStats:
     def as_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
 
+    def copy(self) -> AdvisorStats:
+        """A snapshot (to count one round: `RoundCounts.between(before, advisor.stats)`)."""
+        return copy.deepcopy(self)
+
 
 class Advisor:
     """Asks a backend ULTRA's two questions; returns validated answers or `Rejected`, never raises."""
@@ -195,21 +232,32 @@ class Advisor:
         self._limit: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     async def _ask(self, kind: str, messages: Messages, schema: dict[str, Any], name: str, deadline: float | None,
-                   validate, numeric: NumericContext | None = None) -> Identified | Advised | Rejected:
+                   validate: Callable[[str, str | None], Identified | Advised | Rejected],
+                   numeric: NumericContext | None = None) -> Identified | Advised | Rejected:
         t0 = time.monotonic()
+
+        def judge(text: str | None, finish_reason: str | None) -> Identified | Advised | Rejected:
+            try:
+                return validate(text, finish_reason)
+            except Exception as err:  # a validator bug must not reach training either
+                return Rejected(one_line(f"validator raised {type(err).__name__}: {err}"))
+
+        def accept(text: str | None, finish_reason: str | None) -> bool:
+            return not isinstance(judge(text, finish_reason), Rejected)
+
         try:
-            result = await self.backend.complete(messages, schema, name, deadline, numeric=numeric)
+            result = await self.backend.complete(messages, schema, name, deadline, accept, numeric=numeric)
         except Exception as err:  # a backend bug must not reach training
-            result = ChatResult(error=f"backend raised {type(err).__name__}: {err}"[:300])
+            result = ChatResult(error=one_line(f"backend raised {type(err).__name__}: {err}"), kind="backend")
         self.stats.questions += 1
         self.stats.latency_s += result.latency_s or (time.monotonic() - t0)
         self.stats.prompt_tokens += int(result.usage.get("prompt_tokens", 0) or 0)
         self.stats.completion_tokens += int(result.usage.get("completion_tokens", 0) or 0)
         if not result.ok:
-            verdict: Identified | Advised | Rejected = Rejected(f"no answer: {result.error}")
+            verdict: Identified | Advised | Rejected = Rejected(f"no answer: {one_line(result.error or 'none')}")
             self.stats.failed += 1
         else:
-            verdict = validate(result.content, result.finish_reason)
+            verdict = judge(result.content, result.finish_reason)
             if isinstance(verdict, Rejected):
                 self.stats.invalid += 1
             else:
@@ -217,16 +265,33 @@ class Advisor:
                 self.stats.items_dropped += getattr(verdict, "dropped", 0)
         if isinstance(verdict, Rejected):
             key = verdict.reason.split(":")[0][:60]
+            if key == "no answer" and result.kind:
+                key = f"no answer ({result.kind}{f' {result.status}' if result.status else ''})"
             self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
             log.warning("advisor answer dropped (%s): %s", kind, verdict.reason)
         if self.transcript is not None:
-            self.transcript.append({
+            record = {
                 "kind": kind, "backend": self.backend.name, "prompt_key": prompt_key(list(messages), schema),
                 "messages": list(messages), "schema_name": name, "content": result.content,
                 "finish_reason": result.finish_reason, "usage": result.usage, "model": result.model,
                 "latency_s": round(result.latency_s, 4), "attempts": result.attempts, "error": result.error,
                 "verdict": "valid" if not isinstance(verdict, Rejected) else f"rejected: {verdict.reason}",
-            })
+            }
+            if tags := current_tags():
+                record["tags"] = tags
+            if result.error is not None and result.kind:
+                record["error_kind"] = result.kind
+            if result.cached:
+                record["cached"] = True
+            if result.source != "content":
+                record["answer_source"] = result.source
+            if result.reasoning:
+                record["reasoning"] = result.reasoning[:MAX_REASONING_CHARS]
+            if getattr(verdict, "reward_clipped", False):
+                record["reward_clipped"] = {"answered": verdict.raw_reward, "used": verdict.reward}
+            if getattr(verdict, "dropped", 0):
+                record["items_dropped"] = verdict.dropped
+            self.transcript.append(record)
         return verdict
 
     def _semaphore(self) -> asyncio.Semaphore:

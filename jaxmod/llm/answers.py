@@ -1,6 +1,7 @@
 """Answer schemas and validation of untrusted LLM output (no jax: host-side text only).
 
-Extraction is tolerant (code fences, prose around the JSON); checks are strict (schema, step indices
+Extraction is tolerant (reasoning blocks, code fences, prose around the JSON) and linear in the answer's
+length; checks are strict (schema, step indices
 inside the episode, action in range, finite reward clipped to [-1, 1]). A bad answer becomes a
 `Rejected` with its reason; nothing here raises into training.
 """
@@ -75,6 +76,7 @@ class Advised:
     reward: float
     reason: str
     reward_clipped: bool = False
+    raw_reward: float | None = None  # the reward as answered, when it was clipped
 
 
 @dataclass(frozen=True)
@@ -85,51 +87,135 @@ class Rejected:
 
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+REASONING_TAGS = ("think", "thinking", "reasoning", "reflection")
+SCAN_BUDGET_FACTOR = 4  # extraction reads each character of an answer at most this many times (plus a constant)
+
+
+def strip_reasoning(text: str) -> str:
+    """`text` without reasoning blocks (`<think>...</think>` and the like): a draft answer inside one must not
+    win over the final answer after it. An unclosed block is reasoning up to the end (a truncated answer); a
+    closing tag with no opening one (templates that put `<think>` in the prompt) ends reasoning that began at the
+    start. Linear time: a handful of `str.find` passes, no backtracking regex."""
+    lower = text.lower()
+    if not any(f"<{t}>" in lower or f"</{t}>" in lower for t in REASONING_TAGS):
+        return text
+    for tag in REASONING_TAGS:
+        opening, closing = f"<{tag}>", f"</{tag}>"
+        first_close, first_open = lower.find(closing), lower.find(opening)
+        if first_close != -1 and (first_open == -1 or first_close < first_open):  # "reasoning...</think> answer"
+            cut = first_close + len(closing)
+            text, lower = text[cut:], lower[cut:]
+        parts, pos = [], 0
+        while True:
+            i = lower.find(opening, pos)
+            if i == -1:
+                parts.append(text[pos:])
+                break
+            parts.append(text[pos:i])
+            j = lower.find(closing, i + len(opening))
+            if j == -1:
+                break  # unclosed: the rest is reasoning
+            pos = j + len(closing)
+        text = "".join(parts)
+        lower = text.lower()
+    return text
+
+
+def _objects(text: str, budget: list[int]):
+    """Yield every top-level balanced `{...}` span of `text` that parses as a JSON object, in order.
+
+    One left-to-right pass; quotes count only inside braces (prose around the JSON may hold stray quotes). A span
+    that never closes (or closes but is not JSON) is retried from the next `{` after its start, while `budget`
+    (characters left to read, shared by all calls of one extraction) lasts: the work is linear in the text."""
+    start = text.find("{")
+    while start != -1 and budget[0] > 0:
+        depth, in_str, esc, i, n = 0, False, False, start, len(text)
+        end = -1
+        while i < n:
+            ch = text[i]
+            if in_str:
+                if esc:
+                    esc = False
+                elif ch == "\\":
+                    esc = True
+                elif ch == '"':
+                    in_str = False
+            elif ch == '"':
+                in_str = True
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    end = i
+                    break
+            i += 1
+        budget[0] -= i - start + 1
+        if end != -1:
+            try:
+                obj = json.loads(text[start:end + 1])
+            except (ValueError, RecursionError):  # not JSON, or nested too deep for the parser
+                obj = None
+            if isinstance(obj, dict):
+                yield obj
+                start = text.find("{", end + 1)
+                continue
+        start = text.find("{", start + 1)
+
+
+def _candidates(text: str) -> list[str]:
+    return [m.group(1) for m in _FENCE.finditer(text)] + [text]
 
 
 def extract_json(text: str) -> Any:
-    """The first JSON object in `text` (inside code fences or surrounded by prose); raises ValueError."""
+    """The first JSON object in `text` after its reasoning blocks are removed (inside code fences or surrounded by
+    prose); raises ValueError. Time linear in the length of `text`."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("empty answer")
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    for cand in candidates:
+    text = strip_reasoning(text)
+    if not text.strip():
+        raise ValueError("no answer after the reasoning block")
+    budget = [SCAN_BUDGET_FACTOR * len(text) + 4096]
+    for cand in _candidates(text):
         cand = cand.strip()
         try:
             return json.loads(cand)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             pass
-        start = cand.find("{")
-        while start != -1:
-            obj, end = _balanced(cand, start)
-            if obj is not None:
-                try:
-                    return json.loads(obj)
-                except json.JSONDecodeError:
-                    pass
-            start = cand.find("{", start + 1)
+        for obj in _objects(cand, budget):
+            return obj
     raise ValueError("no JSON object found")
 
 
-def _balanced(text: str, start: int) -> tuple[str | None, int]:
-    depth, in_str, esc = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i + 1], i
-    return None, -1
+def extract_last_json(text: str) -> Any:
+    """The last JSON object in `text` (the final answer of a reasoning trace, whose drafts come first); raises
+    ValueError. Time linear in the length of `text`."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty answer")
+    budget = [SCAN_BUDGET_FACTOR * len(text) + 4096]
+    found = None
+    for obj in _objects(text, budget):
+        found = obj
+    if found is None:
+        raise ValueError("no JSON object found")
+    return found
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a finite float, or None (not a number, a bool, NaN, infinite, or an integer too large for a
+    float: `json` parses 400-digit integers exactly)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _reason(value: Any) -> str:
@@ -149,11 +235,11 @@ def validate_identify(text: str, episode_length: int, max_critical: int,
     seen: set[int] = set()
     dropped = 0
     for item in data["critical_steps"]:
-        step = item.get("step") if isinstance(item, dict) else item
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or not float(step).is_integer():
+        value = _finite(item.get("step") if isinstance(item, dict) else item)
+        if value is None or not value.is_integer():
             dropped += 1
             continue
-        step = int(step)
+        step = int(value)
         if not 0 <= step < episode_length or step in seen:
             dropped += 1
             continue
@@ -182,25 +268,28 @@ def validate_advice(text: str, discrete: bool, num_actions: int = 0, low: tuple[
     raw_action = data["action"]
     action: int | tuple[float, ...]
     if discrete:
-        if isinstance(raw_action, bool) or not isinstance(raw_action, (int, float)) or not math.isfinite(raw_action) \
-                or not float(raw_action).is_integer():
-            return Rejected(f"action {raw_action!r} is not an integer")
-        action = int(raw_action)
+        value = _finite(raw_action)
+        if value is None or not value.is_integer():
+            return Rejected(f"action {_short(raw_action)} is not an integer")
+        action = int(value)
         if not 0 <= action < num_actions:
             return Rejected(f"action {action} out of range 0..{num_actions - 1}")
     else:
         if not isinstance(raw_action, list) or len(raw_action) != len(low):
             return Rejected(f"action must be a list of {len(low)} numbers")
         vals = []
-        for x, lo, hi in zip(raw_action, low, high, strict=True):
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-                return Rejected(f"action entry {x!r} is not a finite number")
+        for raw, lo, hi in zip(raw_action, low, high, strict=True):
+            x = _finite(raw)
+            if x is None:
+                return Rejected(f"action entry {_short(raw)} is not a finite number")
             if not lo <= x <= hi:
-                return Rejected(f"action entry {x} outside [{lo}, {hi}]")
-            vals.append(float(x))
+                return Rejected(f"action entry {_short(raw)} outside [{lo}, {hi}]")
+            vals.append(x)
         action = tuple(vals)
-    reward = data["reward"]
-    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
-        return Rejected(f"reward {reward!r} is not a finite number")
-    clipped = max(-REWARD_BOUND, min(REWARD_BOUND, float(reward)))
-    return Advised(action, clipped, _reason(data.get("reason")), reward_clipped=clipped != float(reward))
+    reward = _finite(data["reward"])
+    if reward is None:
+        return Rejected(f"reward {_short(data['reward'])} is not a finite number")
+    clipped = max(-REWARD_BOUND, min(REWARD_BOUND, reward))
+    was_clipped = clipped != reward
+    return Advised(action, clipped, _reason(data.get("reason")), reward_clipped=was_clipped,
+                   raw_reward=reward if was_clipped else None)

@@ -36,13 +36,13 @@ class ResponseCache:
     def get(self, key: str) -> dict[str, Any] | None:
         path = self._path(key)
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(record, dict) or record.get("key") != key or not isinstance(record.get("content"), str):
                 raise ValueError("bad record")
         except FileNotFoundError:
             self.misses += 1
             return None
-        except (ValueError, OSError):
+        except (ValueError, OSError, RecursionError):
             self.corrupt += 1
             self.misses += 1
             return None
@@ -55,8 +55,8 @@ class ResponseCache:
         data = {**record, "key": key, "stored_at": time.time()}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, sort_keys=True)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, sort_keys=True, ensure_ascii=False)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

