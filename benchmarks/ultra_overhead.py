@@ -37,9 +37,8 @@ from jaxmod.ultra.pipeline import UltraRun, UltraSettings, _advisor_factory  # n
 
 
 def _run_all(learner, state, advice):
-    """The whole refinement as one program (advice is None for continued PPO)."""
-    updates = learner.config.num_updates
-    return learner.run(state, updates, advice) if learner.modulation else learner.run(state, updates)
+    """The whole refinement as one program (continued PPO ignores the advice)."""
+    return learner.run(state, learner.config.num_updates, advice)
 
 
 def device_cost(run: UltraRun, pre, repeats: int) -> dict[str, float]:
@@ -49,9 +48,8 @@ def device_cost(run: UltraRun, pre, repeats: int) -> dict[str, float]:
     programs = {}
     for variant in ("PPO", "RA"):
         learner, state = run.refinement_start(variant, pre)
-        arg = advice if learner.modulation else None
         fn = jax.jit(jax.vmap(partial(_run_all, learner)))
-        programs[variant] = (fn.lower(state, arg).compile(), state, arg)
+        programs[variant] = (fn.lower(state, advice).compile(), state, advice)
     times: dict[str, list[float]] = {variant: [] for variant in programs}
     for _ in range(repeats):
         for variant, (compiled, state, arg) in programs.items():

@@ -9,7 +9,6 @@ the modulator differs. Labels follow RICE (ICML 2024), whose Table 1 columns the
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,11 +63,7 @@ def method(name: str) -> Method:
 
 
 def _ultra(variant: str) -> Callable[[MethodContext], Modulator]:
-    def build(ctx: MethodContext) -> Modulator:
-        switches = {"A": (True, False), "R": (False, True), "RA": (True, True), "restart": (False, False)}[variant]
-        return dataclasses.replace(ctx.modulation, override_action=switches[0],
-                                   shape_reward=switches[1]).modulator()
-    return build
+    return lambda ctx: ctx.modulation.with_variant(variant).modulator()
 
 
 register(Method("PPO", "PPO fine-tune", "none", "continued PPO from the agent at the refinement learning rate",

@@ -105,16 +105,25 @@ def test_rice_and_jsrl_train_in_the_shared_update():
 
 
 def test_mask_net_trains_for_many_seeds_in_one_program():
+    """Blinding pays alpha per step and costs the toy walk nothing: the mask nets (two seeds, one program) learn
+    to blind, so the importance P(keep | s) they report falls; with a cost per blinded step they learn to keep."""
     cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=8, total_timesteps=64)
     learner = PPOLearner(cfg)
     agents = jax.vmap(learner.init)(seed_keys(0, 2))
-    mask_net, train_mask = make_mask_trainer(learner.env, learner.net, MaskConfig(num_envs=4, num_steps=8,
-                                                                                  total_timesteps=64))
-    res = jax.jit(jax.vmap(train_mask))(seed_keys(1, 2), agents.params, agents.env_state.obs_rms)
-    chex.assert_shape(res.blind_frac, (2, 2))
-    imp = jax.vmap(lambda p: mask_importance(mask_net, p, jnp.zeros((5, 1))))(res.params)
-    chex.assert_shape(imp, (2, 5))
-    assert bool(jnp.all((imp >= 0) & (imp <= 1)))
+    obs = jnp.array([[0.05], [1.05]])  # states the walk visits (start near 0, +1 per move)
+    blind = {}
+    for alpha in (-1.0, 1.0):
+        mc = MaskConfig(alpha=alpha, num_envs=4, num_steps=8, total_timesteps=4 * 8 * 30, lr=1e-2)
+        mask_net, train_mask = make_mask_trainer(learner.env, learner.net, mc)
+        res = jax.jit(jax.vmap(train_mask))(seed_keys(1, 2), agents.params, agents.env_state.obs_rms)
+        chex.assert_shape(res.blind_frac, (2, 30))
+        imp = jax.vmap(lambda p, net=mask_net: mask_importance(net, p, obs))(res.params)
+        chex.assert_shape(imp, (2, 2))
+        blind[alpha] = (np.asarray(res.blind_frac), np.asarray(imp))
+    frac, imp = blind[1.0]
+    assert (frac[:, -5:].mean(1) > 0.8).all() and (imp < 0.2).all()  # learned to blind: low importance
+    frac, imp = blind[-1.0]
+    assert (frac[:, -5:].mean(1) < 0.2).all() and (imp > 0.8).all()  # blinding costs: keeps, high importance
 
 
 def test_method_table_and_rice_defaults():

@@ -40,7 +40,9 @@ from typing import Any
 
 from jaxmod.ppo.modulator import Modulator, chain
 
-VARIANTS = ("A", "R", "RA", "restart")
+# the variants' switches (override_action = ULTRA-A, shape_reward = ULTRA-R); "restart": restarts only
+VARIANT_SWITCHES = {"A": (True, False), "R": (False, True), "RA": (True, True), "restart": (False, False)}
+VARIANTS = tuple(VARIANT_SWITCHES)
 MAX_CAPACITY = 32766  # advice slots: the rollout packs a slot + 1 into 15 bits (`jaxmod.advice.restarts.SLOT_BITS`)
 
 
@@ -84,11 +86,14 @@ class ModulationConfig:
     @classmethod
     def variant(cls, name: str, **overrides: Any) -> ModulationConfig:
         """Preset for ULTRA-A, ULTRA-R, ULTRA-RA, or 'restart' (restarts only, StateMask-R-like)."""
-        switches = {"A": (True, False), "R": (False, True), "RA": (True, True), "restart": (False, False)}
-        if name not in switches:
+        return cls(**overrides).with_variant(name)
+
+    def with_variant(self, name: str) -> ModulationConfig:
+        """These knobs with `name`'s switches (A, R, RA or restart)."""
+        if name not in VARIANT_SWITCHES:
             raise ModulationError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
-        override, shape = switches[name]
-        return dataclasses.replace(cls(override_action=override, shape_reward=shape), **overrides)
+        override, shape = VARIANT_SWITCHES[name]
+        return dataclasses.replace(self, override_action=override, shape_reward=shape)
 
     @property
     def matching(self) -> bool:
