@@ -137,3 +137,23 @@ def test_method_table_and_rice_defaults():
     with pytest.raises(MethodError, match="choose from"):
         method("SAC")
     assert make_core(TOY_ID).action_space.num_actions == 2
+
+
+def test_rnd_bonus_raises_rewards_and_advantages_and_trains_its_predictor():
+    """RICE's bonus: coef * a per-step min-max normalised error in [0, 1] added to every step's reward, so GAE's
+    advantages can only rise; the predictor takes its Adam steps on the rollout's next states."""
+    from tests.test_modulation import _rollout_and_reward
+
+    cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=16, total_timesteps=64, num_minibatches=2)
+    learner = PPOLearner(cfg, RNDBonus(coef=0.5))
+    traj, reward, metrics, (adv, adv_env), aux0, aux1 = _rollout_and_reward(learner, Advice.empty(
+        learner.env.core, 2), 16)
+    bonus = (reward - traj.reward) / 0.5
+    assert bonus.min() >= -1e-6 and bonus.max() <= 1 + 1e-6
+    np.testing.assert_allclose(bonus.min(axis=1), 0.0, atol=1e-6)  # min-max normalised across envs per step
+    np.testing.assert_allclose(bonus.max(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(float(metrics["rnd_bonus"]), bonus.mean(), rtol=1e-5)
+    assert (adv >= adv_env - 1e-5).all() and (adv > adv_env + 1e-3).any()
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), aux1.rnd.predictor, aux0.rnd.predictor)
+    assert max(jax.tree.leaves(moved)) > 0  # trained
+    chex.assert_trees_all_equal(aux1.rnd.target, aux0.rnd.target)  # the target stays frozen

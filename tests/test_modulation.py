@@ -519,3 +519,40 @@ def test_step_codes_and_uniforms_from_bits_round_trip():
     means = [float(u.mean()) for u in draws]
     assert all(abs(m - 0.5) < 0.03 for m in means)
     assert abs(float(jnp.corrcoef(draws[1], draws[2])[0, 1])) < 0.05  # the two halves of one word are independent
+
+
+def _rollout_and_reward(learner: PPOLearner, advice: Advice, steps: int):
+    """A modulated rollout and the reward the learner's GAE then sees (`Modulator.reward`), through the learner's
+    own pieces; also GAE's advantages with and without the modulator's reward."""
+    from jaxmod.ppo.losses import gae
+
+    state = learner.init(jax.random.PRNGKey(0))
+
+    def go(state, advice):
+        plan = {**learner.digest(state, advice), "hparams": state.hparams}
+        _, _, aux, plan, traj = collect_modulated(learner.net, learner.env, state.params, state.env_state, state.obs,
+                                                  jax.random.PRNGKey(1), steps, learner.modulator, state.aux, plan,
+                                                  learner.spec, state.update_step, advice)
+        aux, reward, metrics = learner.modulator.reward(aux, plan, traj, traj.reward, jax.random.PRNGKey(2),
+                                                        learner.spec)
+        v, nv = learner.net.value(state.params, traj.obs), learner.net.value(state.params, traj.final_obs)
+        hp = state.hparams
+        adv = [gae(r, v, nv, traj.terminated, traj.episode_done, hp.gamma, hp.gae_lambda) for r in (reward, traj.reward)]
+        return traj, reward, metrics, adv, state.aux, aux
+
+    return jax.device_get(jax.jit(go)(state, advice))
+
+
+def test_implicit_reward_adds_to_the_normalised_env_reward():
+    """With reward normalisation the env's reward is scaled by the running return std; ULTRA-R's implicit reward
+    is added to it unscaled (lambda * weight * r_llm, the paper's units), on rated critical steps only."""
+    cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=32, total_timesteps=4 * 32, num_minibatches=1,
+                    normalize_reward=True)
+    mod = ModulationConfig.variant("R", restart_prob=1.0, reward_scale=2.0, capacity=2).modulator()
+    traj, reward, _, (adv, adv_env), _, _ = _rollout_and_reward(PPOLearner(cfg, mod), _toy_advice(0, 0.75, 0.8), 32)
+    assert not np.allclose(traj.reward, traj.raw_reward)  # the env's reward is normalised
+    rated = traj.extras["critical"] & (traj.action == 0)
+    assert rated.any() and (~rated).any()
+    np.testing.assert_allclose((reward - traj.reward)[rated], 2.0 * 0.75 * 0.8, rtol=1e-6)
+    np.testing.assert_array_equal((reward - traj.reward)[~rated], 0.0)
+    assert (adv >= adv_env - 1e-5).all() and (adv > adv_env + 1e-3).any()  # a positive bonus raises advantages
