@@ -11,6 +11,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def categorical_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """Actions [...] int32 drawn from softmax(logits [..., K])."""
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
@@ -23,6 +24,7 @@ def categorical_log_prob(logits: jax.Array, action: jax.Array) -> jax.Array:
 
 
 def categorical_entropy(logits: jax.Array) -> jax.Array:
+    """Entropy [...] float32 (nats) of softmax(logits [..., K])."""
     logp = jax.nn.log_softmax(logits)
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
@@ -35,15 +37,18 @@ def categorical_kl(target_probs: jax.Array, logits: jax.Array) -> jax.Array:
 
 
 def gaussian_sample(key: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:
+    """Actions [..., A] float32 from a diagonal Gaussian (`mean` [..., A], `log_std` broadcastable to it)."""
     return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
 
 
 def gaussian_log_prob(mean: jax.Array, log_std: jax.Array, action: jax.Array) -> jax.Array:
+    """log N(action; mean, exp(log_std)^2) [...] float32, summed over the last (action) axis of [..., A]."""
     z = (action - mean) * jnp.exp(-log_std)
     return jnp.sum(-0.5 * z**2 - log_std - 0.5 * _LOG_2PI, axis=-1)
 
 
 def gaussian_entropy(mean: jax.Array, log_std: jax.Array) -> jax.Array:
+    """Entropy [...] float32 (nats) of a diagonal Gaussian, summed over the action axis of [..., A]."""
     return jnp.sum(jnp.broadcast_to(log_std + 0.5 * (1.0 + _LOG_2PI), mean.shape), axis=-1)
 
 

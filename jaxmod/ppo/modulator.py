@@ -90,26 +90,37 @@ class Modulator:
     identity = False  # True only for `Identity`: the learner then runs plain PPO's unroll
 
     def init(self, key: jax.Array, spec: LearnerSpec, params: Any) -> Any:
+        """Its aux state (a pytree; `()` for none) from a PRNG key and the learner's initial params."""
         return ()
 
     def digest(self, aux: Any, advice: Any, plan: Plan, spec: LearnerSpec) -> Plan:
+        """Facts of the advice alone, added to `plan`; computed once per `PPOLearner.run` call, outside its scan."""
         return plan
 
     def prepare(self, aux: Any, advice: Any, plan: Plan, ctx: RolloutContext, spec: LearnerSpec) -> tuple[Any, Plan]:
+        """Per rollout, before its step loop: per-step inputs go to `plan["xs"]` (arrays with leading axis T, sliced
+        per step into the `xs` the step hooks see), the loop's per-env carry starts from `plan["carry"]`."""
         return aux, plan
 
     def step(self, aux: Any, plan: Plan, xs: dict[str, Any], s: StepState, spec: LearnerSpec) -> StepState:
+        """Per env step, inside the scan, before the env steps: may replace `s.action` (what runs and trains) and
+        `s.reset` (what finished envs restart from), and add [N, ...] `s.extras`."""
         return s
 
     def after_step(self, aux: Any, plan: Plan, xs: dict[str, Any], s: StepState, done: jax.Array,
                    spec: LearnerSpec) -> StepState:
+        """Per env step, after it: `done` [N] bool marks envs whose episode ended; update `s.carry`."""
         return s
 
     def finish(self, aux: Any, plan: Plan, traj: Any, spec: LearnerSpec) -> tuple[Any, Any]:
+        """Per rollout, after the loop: add [T, N, ...] `traj.extras` computed on the whole batch; keep the loop's
+        final carry (`plan["carry"]`) in aux."""
         return aux, traj
 
     def reward(self, aux: Any, plan: Plan, traj: Any, reward: jax.Array, key: jax.Array,
                spec: LearnerSpec) -> tuple[Any, jax.Array, Metrics]:
+        """The [T, N] float32 reward GAE sees, from the env's (`reward`, after earlier modulators' deltas); `key`
+        is the update's minibatch key (derive with `fold_in`). Returns (aux, reward, scalar metrics)."""
         return aux, reward, {}
 
     def weigh(self, aux: Any, plan: Plan, traj: Any, advantage: jax.Array, values: jax.Array,
@@ -123,6 +134,7 @@ class Modulator:
         return None, {}
 
     def metrics(self, aux: Any, plan: Plan, traj: Any, spec: LearnerSpec) -> Metrics:
+        """Scalar metrics of the update (stacked over updates by `PPOLearner.run`)."""
         return {}
 
 

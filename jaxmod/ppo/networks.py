@@ -102,6 +102,7 @@ class ActorCritic:
         return obs.reshape(obs.shape[: obs.ndim - len(self.obs_shape)] + (-1,))
 
     def init(self, key: jax.Array) -> Params:
+        """Fresh params {"actor", "critic"[, "log_std" [A] for continuous actions]} from a PRNG key."""
         k_actor, k_critic = jax.random.split(key)
         dummy = self._flat(jnp.zeros((1,) + tuple(self.obs_shape), jnp.float32))
         params: Params = {
@@ -113,10 +114,11 @@ class ActorCritic:
         return params
 
     def policy_head(self, params: Params, obs: jax.Array) -> jax.Array:
-        """Logits (discrete) or Gaussian means (continuous)."""
+        """Logits [..., K] (discrete) or Gaussian means [..., A] (continuous) of observations [..., *obs_shape]."""
         return self.actor.apply({"params": params["actor"]}, self._flat(obs))
 
     def value(self, params: Params, obs: jax.Array) -> jax.Array:
+        """The critic's values [...] float32 of observations [..., *obs_shape]."""
         return self.critic.apply({"params": params["critic"]}, self._flat(obs))[..., 0]
 
     # Distribution helpers on the head's output --------------------------------
@@ -130,11 +132,13 @@ class ActorCritic:
         return action, D.gaussian_log_prob(head, log_std, action)
 
     def log_prob(self, params: Params, head: jax.Array, action: jax.Array) -> jax.Array:
+        """log pi(action) [...] float32 of actions [...] int32 or [..., A] float32 under the head's output."""
         if self.action_space.discrete:
             return D.categorical_log_prob(head, action)
         return D.gaussian_log_prob(head, jnp.broadcast_to(params["log_std"], head.shape), action)
 
     def entropy(self, params: Params, head: jax.Array) -> jax.Array:
+        """The policy's entropy [...] float32 (nats) at the head's output."""
         if self.action_space.discrete:
             return D.categorical_entropy(head)
         return D.gaussian_entropy(head, jnp.broadcast_to(params["log_std"], head.shape))
@@ -144,6 +148,7 @@ class ActorCritic:
         return jnp.argmax(head, axis=-1).astype(jnp.int32) if self.action_space.discrete else head
 
     def action_dtype_shape(self) -> tuple[Any, tuple[int, ...]]:
+        """(dtype, shape) of one action: (int32, ()) discrete, (float32, (A,)) continuous."""
         if self.action_space.discrete:
             return jnp.int32, ()
         return jnp.float32, self.action_space.shape
