@@ -12,6 +12,7 @@ from flax import struct
 
 from jaxmod.envs import CoreState, RunningMeanStd, VecEnv
 from jaxmod.ppo.networks import ActorCritic, Params
+from jaxmod.ppo.rollout import generate_unroll
 
 
 @struct.dataclass
@@ -28,7 +29,7 @@ class Recording:
 
 def make_collector(env: VecEnv, net: ActorCritic, num_steps: int) -> Callable[..., Recording]:
     """A jitted `collect(params, obs_rms, key) -> Recording` that runs the stochastic policy from fresh
-    resets for `num_steps` steps in `env.num_envs` envs, normalisers frozen at `obs_rms`."""
+    resets for `num_steps` steps in `env.num_envs` envs, normalisers frozen at `obs_rms` (`generate_unroll`)."""
     env = dataclasses.replace(env, update_stats=False)
 
     def collect(params: Params, obs_rms: RunningMeanStd, key: jax.Array) -> Recording:
@@ -36,16 +37,15 @@ def make_collector(env: VecEnv, net: ActorCritic, num_steps: int) -> Callable[..
         state, _ = env.reset(k_reset)
         state = state.replace(obs_rms=obs_rms)
 
-        def step(state, k):
-            k_act, k_env = jax.random.split(k)
-            obs = env.observe(state.obs_rms, state.core.obs)
-            action, _ = net.sample(params, net.policy_head(params, obs), k_act)
-            nxt, res = env.step(k_env, state, action)
-            rec = Recording(core=state.core, obs=state.core.obs, action=action, reward=res.raw_reward,
-                            terminated=res.terminated, truncated=res.truncated)
-            return nxt, rec
+        def policy(obs, k):
+            return net.sample(params, net.policy_head(params, obs), k)[0], None
 
-        _, rec = jax.lax.scan(step, state, jax.random.split(k_roll, num_steps))
+        def record(state, obs, action, _, res):
+            return Recording(core=state.core, obs=state.core.obs, action=action, reward=res.raw_reward,
+                             terminated=res.terminated, truncated=res.truncated)
+
+        _, _, rec = generate_unroll(env, policy, state, env.observe(obs_rms, state.core.obs), k_roll, num_steps,
+                                    record)
         return rec
 
     return jax.jit(collect)
@@ -54,7 +54,7 @@ def make_collector(env: VecEnv, net: ActorCritic, num_steps: int) -> Callable[..
 def make_evaluator(env: VecEnv, net: ActorCritic, num_steps: int, deterministic: bool = False
                    ) -> Callable[..., jax.Array]:
     """A jitted `evaluate(params, obs_rms, key) -> (mean return of completed episodes, count)` with
-    plain resets (no advice, no restarts), normalisers frozen."""
+    plain resets (no advice, no restarts), normalisers frozen (`generate_unroll`)."""
     env = dataclasses.replace(env, update_stats=False)
 
     def evaluate(params: Params, obs_rms: RunningMeanStd, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -62,21 +62,19 @@ def make_evaluator(env: VecEnv, net: ActorCritic, num_steps: int, deterministic:
         state, _ = env.reset(k_reset)
         state = state.replace(obs_rms=obs_rms)
 
-        def step(carry, k):
-            state, total, count = carry
-            k_act, k_env = jax.random.split(k)
-            obs = env.observe(state.obs_rms, state.core.obs)
+        def policy(obs, k):
             head = net.policy_head(params, obs)
-            action = net.mode(head) if deterministic else net.sample(params, head, k_act)[0]
-            ep_return = state.episode_return + 0.0
-            nxt, res = env.step(k_env, state, action)
-            finished = res.episode_done
-            total = total + jnp.sum(jnp.where(finished, ep_return + res.raw_reward, 0.0))
-            return (nxt, total, count + jnp.sum(finished)), None
+            return (net.mode(head) if deterministic else net.sample(params, head, k)[0]), None
 
-        (_, total, count), _ = jax.lax.scan(step, (state, jnp.float32(0), jnp.int32(0)),
-                                            jax.random.split(k_roll, num_steps))
-        return total / jnp.maximum(count, 1), count
+        def record(state, obs, action, _, res):  # the return of each episode that ends at this step, summed
+            finished = res.episode_done
+            return jnp.sum(jnp.where(finished, state.episode_return + res.raw_reward, 0.0)), jnp.sum(finished)
+
+        _, _, (totals, counts) = generate_unroll(env, policy, state, env.observe(obs_rms, state.core.obs), k_roll,
+                                                 num_steps, record)
+        # accumulated in step order, as a running sum is (the same float rounding)
+        total = jax.lax.scan(lambda acc, x: (acc + x, None), jnp.float32(0), totals)[0]
+        return total / jnp.maximum(jnp.sum(counts), 1), jnp.sum(counts)
 
     return jax.jit(evaluate)
 

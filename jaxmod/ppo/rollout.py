@@ -6,6 +6,7 @@ choose what finished envs restart from, and everything it records per step lands
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxmod.envs.core import CoreState
-from jaxmod.envs.vec_env import VecEnv, VecEnvState
+from jaxmod.envs.vec_env import StepResult, VecEnv, VecEnvState
 from jaxmod.ppo.modulator import LearnerSpec, Modulator, Plan, RolloutContext, StepState
 from jaxmod.ppo.networks import ActorCritic, Params
 
@@ -40,6 +41,36 @@ class Trajectory:
     extras: dict[str, Any] = struct.field(default_factory=dict)
 
 
+def generate_unroll(
+    env: VecEnv,
+    policy: Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]],
+    env_state: VecEnvState,
+    obs: jax.Array,
+    key: jax.Array,
+    num_steps: int,
+    record: Callable[[VecEnvState, jax.Array, jax.Array, Any, StepResult], Any],
+    reset_cores: CoreState | None = None,
+    unroll_steps: int = 1,
+) -> tuple[VecEnvState, jax.Array, Any]:
+    """The one env-step loop of training, collection and evaluation (Brax's `acting.generate_unroll` is the model).
+
+    Per step: `policy(obs [N, *obs_shape], key) -> (action, extra)` acts, the env steps (finished envs restart from
+    `reset_cores`, or fresh draws where None), and `record(state before the step, obs, action, extra, StepResult)`
+    gives the step's outputs, stacked to [T, N, ...]. Returns the final env state, policy inputs and the records.
+    Each step splits its key into (action key, env key)."""
+
+    def step(carry, step_key):
+        env_state, obs = carry
+        act_key, env_key = jax.random.split(step_key)
+        action, extra = policy(obs, act_key)
+        next_state, res = env.step(env_key, env_state, action, reset_cores)
+        return (next_state, res.obs), record(env_state, obs, action, extra, res)
+
+    (env_state, obs), records = jax.lax.scan(step, (env_state, obs), jax.random.split(key, num_steps),
+                                             unroll=unroll_steps)
+    return env_state, obs, records
+
+
 def collect(
     net: ActorCritic,
     env: VecEnv,
@@ -51,26 +82,22 @@ def collect(
     unroll: int = 1,
     reset_cores: CoreState | None = None,
 ) -> tuple[VecEnvState, jax.Array, Trajectory]:
-    """Run the current policy for `num_steps` steps in every env (plain PPO's unroll).
+    """Run the current policy for `num_steps` steps in every env (plain PPO's rollout, through `generate_unroll`).
 
     Returns the final env state, the last policy inputs [N, *obs_shape] and the trajectory. `reset_cores`: the
     initial states finished envs restart from (None: drawn per step from the env's own distribution). Values are
     not computed here: the learner evaluates the critic on the whole rollout at once, which keeps the sequential
     loop short (a latency win at small batch sizes)."""
 
-    def step(carry, step_key):
-        env_state, obs = carry
-        act_key, env_key = jax.random.split(step_key)
-        head = net.policy_head(params, obs)
-        action, log_prob = net.sample(params, head, act_key)
-        env_state, res = env.step(env_key, env_state, action, reset_cores)
-        tr = Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
-                        terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
-                        final_obs=res.final_obs)
-        return (env_state, res.obs), tr
+    def policy(obs, key):
+        return net.sample(params, net.policy_head(params, obs), key)
 
-    (env_state, obs), traj = jax.lax.scan(step, (env_state, obs), jax.random.split(key, num_steps), unroll=unroll)
-    return env_state, obs, traj
+    def record(state, obs, action, log_prob, res):
+        return Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
+                          terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
+                          final_obs=res.final_obs)
+
+    return generate_unroll(env, policy, env_state, obs, key, num_steps, record, reset_cores, unroll)
 
 
 def collect_modulated(
