@@ -15,7 +15,8 @@ import pytest
 
 from jaxmod.llm import Advisor, DelayedBackend, LocalBackend
 from jaxmod.ultra.async_advice import AdvisorThread
-from jaxmod.ultra.pipeline import UltraRun, UltraSettings
+from jaxmod.ultra.config import UltraConfig
+from jaxmod.ultra.pipeline import UltraRun
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -25,7 +26,7 @@ TINY = dict(seeds=2, pretrain_steps=4 * 128 * 4, refine_steps=4 * 128 * 6, chunk
 
 def test_end_to_end_through_the_http_advisor(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-written-123")
-    settings = UltraSettings(variants=("PPO", "RA"), **TINY)
+    settings = UltraConfig.flat(variants=("PPO", "RA"), **TINY)
     run = UltraRun(settings, tmp_path / "run")
     results = run.run()
     assert set(results) == {"PPO", "RA"}
@@ -110,7 +111,7 @@ def test_frozen_heap_freezes_only_for_its_block_and_keeps_a_callers_freeze():
 
 
 def test_refinement_does_not_stall_on_a_slow_advisor(tmp_path):
-    settings = UltraSettings(variants=("RA",), **{**TINY, "chunks": 6})
+    settings = UltraConfig.flat(variants=("RA",), **{**TINY, "chunks": 6})
     run = UltraRun(settings, tmp_path / "slow", advisor_factory=_slow_factory())
     results = run.run()
     chunks = results["RA"].chunk_metrics
@@ -122,9 +123,9 @@ def test_refinement_does_not_stall_on_a_slow_advisor(tmp_path):
 
 def test_a_synchronous_run_replays_exactly_from_its_transcript(tmp_path):
     base = dict(TINY, variants=("RA",), sync_advice=True)
-    first = UltraRun(UltraSettings(**base), tmp_path / "live").run()
+    first = UltraRun(UltraConfig.flat(**base), tmp_path / "live").run()
     transcript = tmp_path / "live" / "transcript.jsonl"
-    replayed = UltraRun(UltraSettings(**base, advisor=f"replay:{transcript}"), tmp_path / "replay").run()
+    replayed = UltraRun(UltraConfig.flat(**base, advisor=f"replay:{transcript}"), tmp_path / "replay").run()
     assert first["RA"].eval_returns == replayed["RA"].eval_returns
     live_rows = (tmp_path / "live" / "critical_states.md").read_text()
     assert live_rows == (tmp_path / "replay" / "critical_states.md").read_text()
@@ -132,14 +133,14 @@ def test_a_synchronous_run_replays_exactly_from_its_transcript(tmp_path):
 
 def test_an_asynchronous_run_replays_exactly_from_its_run_folder(tmp_path):
     # normal priority: on a busy 2-core CPU an idle-priority advisor may answer only after this tiny run ends
-    live = UltraRun(UltraSettings(variants=("RA",), advisor_priority="normal", **{**TINY, "chunks": 6}),
+    live = UltraRun(UltraConfig.flat(variants=("RA",), advisor_priority="normal", **{**TINY, "chunks": 6}),
                     tmp_path / "live")
     live.advisor_factory = _slow_factory(live.transcript, delay_s=0.0)
     first = live.run()
     swaps = [c["swapped_advice"] for c in first["RA"].chunk_metrics]
     assert sum(swaps) > 0  # advice swapped in when it arrived: a timing no second run would meet by itself
-    settings = UltraSettings.replay_of(tmp_path / "live")
-    assert settings.advisor.startswith("replay:") and settings.chunks == 6
+    settings = UltraConfig.replay_of(tmp_path / "live")
+    assert settings.advisor.spec.startswith("replay:") and settings.schedule.chunks == 6
     again = UltraRun(settings, tmp_path / "replay").run()
     assert [c["swapped_advice"] for c in again["RA"].chunk_metrics] == swaps
     assert again["RA"].eval_returns == first["RA"].eval_returns
@@ -148,7 +149,7 @@ def test_an_asynchronous_run_replays_exactly_from_its_run_folder(tmp_path):
 
 
 def test_baselines_run_in_the_same_pipeline_without_an_advisor(tmp_path):
-    settings = UltraSettings(variants=("PPO", "StateMask-R", "RICE", "JSRL", "Random"), mask_steps=4 * 128 * 2,
+    settings = UltraConfig.flat(variants=("PPO", "StateMask-R", "RICE", "JSRL", "Random"), mask_steps=4 * 128 * 2,
                              **TINY)
     run = UltraRun(settings, tmp_path / "base")
     results = run.run()
