@@ -76,7 +76,7 @@ class AdviceRounds:
         latency = time.perf_counter() - started
         self.pending = None
         if self.policy is not None:
-            label = f"{self.variant} round {self.round}".strip()
+            label = f"{self.variant} round {self.round - 1}".strip()  # as tagged
             warning = self.policy.check(RoundCounts.between(self._before, self.advisor.advisor.stats), label)
             if warning:
                 self.warn(warning)
