@@ -37,7 +37,7 @@ def test_end_to_end_through_the_http_advisor(tmp_path, monkeypatch):
     assert st["valid"] > 0 and st["invalid"] == 0
     assert summary["modulation_choices"]["jaxmod_choices"]["restart_prob"] == 0.5
     table = (tmp_path / "run" / "critical_states.md").read_text().splitlines()
-    assert len(table) > 2 and "push_" in table[2]
+    assert len(table) > 2 and "push\\_" in table[2]  # Markdown-escaped
     transcript = (tmp_path / "run" / "transcript.jsonl").read_text().splitlines()
     assert transcript and all(json.loads(ln)["verdict"] for ln in transcript)
     assert (tmp_path / "run" / "ultra.png").exists()

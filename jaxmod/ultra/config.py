@@ -54,7 +54,7 @@ class AdvisorConfig:
     # training leaves; on a CPU-only machine training is not slowed, but advice arrives later)
     episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
     max_critical: int = 2  # critical steps the advisor may name per episode
-    timeout_s: float | None = None  # seconds one attempt may take, connect to last byte (unset: 60; SmolLM2 120)
+    timeout_s: float | None = None  # seconds one attempt may take, connect to last byte (unset: 120)
     deadline_s: float | None = None  # seconds one question may take with all its retries (unset: 300)
     max_tokens: int | None = None  # max_tokens asked for per answer (unset: 512; SmolLM2 160)
     temperature: float | None = None  # sampling temperature (unset: 0)
@@ -263,7 +263,12 @@ class UltraConfig:
         summary_path = run_dir / "ultra.json"
         if not summary_path.exists():
             raise FileNotFoundError(f"no ultra.json in {run_dir}")
-        recorded = cls.from_dict(json.loads(summary_path.read_text())["config"])
+        summary = json.loads(summary_path.read_text())
+        if "config" in summary:
+            recorded = cls.from_dict(summary["config"])
+        else:  # a run of an earlier version: flat settings
+            flat = dict(summary["settings"])
+            recorded = cls.flat(ppo_overrides=[tuple(kv) for kv in flat.pop("ppo_overrides", ())], **flat)
         advisor = dataclasses.replace(recorded.advisor, spec=f"replay:{run_dir / 'transcript.jsonl'}", noise=0.0)
         schedule = dataclasses.replace(recorded.schedule, swap_schedule=str(summary_path))
         return dataclasses.replace(recorded, advisor=advisor, schedule=schedule)

@@ -108,7 +108,7 @@ async def _http_advisor(config: UltraConfig, spec: str, wrap: Callable, transcri
         limit = 1 if spec == "smollm2" else a.concurrency
         client_settings = a.client_settings(base_url=url, model=model, concurrency=limit,
                                             max_tokens=160 if spec == "smollm2" else 512,
-                                            timeout_s=120 if spec == "smollm2" else 60)
+                                            timeout_s=120)
         async with LLMClient(client_settings) as client:
             yield Advisor(wrap(HTTPBackend(client)), a.max_critical, transcript, deadline_s=deadline_s,
                           concurrency=limit)
