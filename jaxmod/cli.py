@@ -293,6 +293,7 @@ class _TrainRun:
 
     config: TrainConfig
     out: Path
+    runner: Any  # the MultiSeed learner (built once, outside any trace: some envs build with concrete arrays)
     state: Any
     done: int
     compile_s: float = 0.0
@@ -324,14 +325,14 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    state = ckpt.state if args.resume else MultiSeed(config.ppo, config.seeds).init(seed_keys(config.seed,
-                                                                                            config.seeds))
+    runner = MultiSeed(config.ppo, config.seeds)
+    state = ckpt.state if args.resume else runner.init(seed_keys(config.seed, config.seeds))
     import numpy as np
 
     done = int(np.asarray(state.update_step).reshape(-1)[0])
     if args.resume:  # drop metrics written after the checkpoint was taken
         _truncate_metrics(out / METRICS_FILE, done)
-    return _TrainRun(config, out, state, done)
+    return _TrainRun(config, out, runner, state, done)
 
 
 def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
@@ -348,11 +349,10 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     )
 
     from jaxmod.checkpoint import save_checkpoint
-    from jaxmod.parallel import MultiSeed
     from jaxmod.reporting import METRICS_FILE, append_metrics
 
     cfg, ppo = run.config, run.config.ppo
-    runner, total = MultiSeed(ppo, cfg.seeds), ppo.num_updates
+    runner, total = run.runner, ppo.num_updates
     chunk = max(1, math.ceil(total / cfg.chunks))
     steps_per_update = ppo.batch_size * cfg.seeds
     compiled: dict[int, Any] = {}
