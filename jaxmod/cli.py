@@ -122,13 +122,13 @@ def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
 
     if path := _peek(argv, "--config"):
         data = read_config_file(path)
+        if data.get("command", command) != command:
+            raise CLIError(f"{path} is the config of a `jaxmod {data['command']}` run; use `jaxmod {data['command']} "
+                           f"--config {path}`")
         if "ppo" not in data and command == "train" and "num_envs" in data:  # a train run of an earlier version
             data = {"ppo": data}
         if not isinstance(data.get("ppo"), dict):
             raise CLIError(f"{path} is not the config.json of a jaxmod train or ultra run")
-        if data.get("command", command) != command:
-            raise CLIError(f"{path} is the config of a `jaxmod {data['command']}` run; use `jaxmod {data['command']} "
-                           f"--config {path}`")
     else:
         from jaxmod.ultra.config import UltraConfig
 
