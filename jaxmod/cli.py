@@ -1,7 +1,14 @@
 """`jaxmod` command line: the only module that prints for people.
 
-    jaxmod train --env CartPole-v1 --seeds 8 --total-steps 5e5 --out runs/NAME [--<any config field>]
+    jaxmod train --env CartPole-v1 --seeds 8 --total-steps 5e5 --out runs/NAME [--<any PPO field>]
+    jaxmod ultra --env CartPole-v1 --seeds 5 --variant A,R,RA --out runs/NAME [--<any knob>] [--<any PPO field>]
+    jaxmod train|ultra --config runs/NAME/config.json --out runs/OTHER   # re-run a run (flags override it)
     jaxmod plot runs/NAME
+
+Every flag of `train` and `ultra` is generated from the fields of their configs (`jaxmod.config.TrainConfig`,
+`jaxmod.ultra.config.UltraConfig`, and `jaxmod.ppo.PPOConfig` for both), with the field's comment as its help and
+the default shown (the PPO defaults are the preset of --env's family). Both commands write the whole config they
+ran to config.json in their --out folder.
 """
 
 from __future__ import annotations
@@ -12,34 +19,42 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SKIP_FIELDS = {"env_id", "env_options", "total_timesteps"}  # given as --env, --env-option, --total-steps
+from jaxmod.config import (
+    CONFIG_FILE,
+    Flag,
+    TrainConfig,
+    add_flags,
+    flags_of,
+    from_dict,
+    given,
+    parse_int,
+    read_config_file,
+    set_path,
+    show,
+)
+
+PPO_SKIP = frozenset({"env_id", "env_options", "total_timesteps"})  # given as --env, --env-option, --total-steps
+DEFAULT_ENV = "CartPole-v1"
 
 
 class CLIError(Exception):
     """A user mistake on the command line; printed as one line."""
 
 
-# --------------------------------------------------------------------------- flag parsing helpers
-def _int(text: str) -> int:
-    value = float(text)
-    if not value.is_integer():
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    return int(value)
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (what is wrong, and where the help is)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
+# --------------------------------------------------------------------------- flags from the configs
 def _env_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -51,123 +66,212 @@ def _env_option(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+PPO_DOCS = {  # PPOConfig's fields without a comment of their own
+    "update_epochs": "epochs over each rollout", "num_minibatches": "minibatches per epoch",
+    "lr": "learning rate (Adam)", "gamma": "discount", "gae_lambda": "GAE lambda", "clip_eps": "PPO clip range",
+    "ent_coef": "entropy bonus coefficient", "vf_coef": "value loss coefficient",
+    "max_grad_norm": "global gradient norm clip", "clip_value_loss": "clip the value loss like the policy's",
+    "hidden_sizes": "widths of the MLP layers", "activation": "tanh, relu, gelu or silu",
+    "normalize_obs": "normalise observations with running statistics",
+    "normalize_reward": "scale rewards by a running return std", "prng_impl": "threefry2x32 or philox4x32",
+}
+
+
+def _ppo_flags() -> list[Flag]:
     from jaxmod.ppo.config import PPOConfig
 
-    hints = typing.get_type_hints(PPOConfig)
-    group = parser.add_argument_group("PPO config (default: the preset of the env's family)")
-    for f in dataclasses.fields(PPOConfig):
-        if f.name in SKIP_FIELDS:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        if hint is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif hint is int:
-            group.add_argument(flag, dest=f.name, type=_int, default=None, metavar="N")
-        elif hint is float:
-            group.add_argument(flag, dest=f.name, type=float, default=None, metavar="X")
-        elif hint is str:
-            group.add_argument(flag, dest=f.name, type=str, default=None)
-        else:
-            group.add_argument(flag, dest=f.name, type=_int_tuple, default=None, metavar="A,B")
+    return [dataclasses.replace(fl, path=("ppo", *fl.path), doc=PPO_DOCS.get(fl.path[-1], fl.doc))
+            for fl in flags_of(PPOConfig, skip=PPO_SKIP)]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxmod", description="JAX-native LLM-guided RL (ULTRA) on a jitted PPO.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _train_flags() -> list[Flag]:
+    return flags_of(TrainConfig, skip=frozenset({"ppo"}))
 
+
+def _ultra_flags() -> list[Flag]:
+    from jaxmod.ultra.config import UltraConfig
+
+    return UltraConfig.flags()
+
+
+def _defaults(data: dict[str, Any], flags: list[Flag]) -> dict[str, Any]:
+    """Each flag's default (by dest) in the nested config dict `data`."""
+    out = {}
+    for fl in flags:
+        node: Any = data
+        for k in fl.path:
+            node = node.get(k) if isinstance(node, dict) else None
+        out[fl.dest] = tuple(node) if isinstance(node, list) else node
+    return out
+
+
+def _peek(argv: Sequence[str], flag: str) -> str | None:
+    """The value of `flag` in `argv` (before argparse runs: defaults depend on --env and --config)."""
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
+    """The config a command starts from, as a nested dict: --config's file if given, else the defaults; with the
+    PPO preset of --env's family when --env names another env than the file."""
+    from jaxmod.ppo.config import default_config
+
+    if path := _peek(argv, "--config"):
+        data = read_config_file(path)
+        if data.get("command", command) != command:
+            raise CLIError(f"{path} is the config of a `jaxmod {data['command']}` run; use `jaxmod {data['command']} "
+                           f"--config {path}`")
+        if "ppo" not in data and command == "train" and "num_envs" in data:  # a train run of an earlier version
+            data = {"ppo": data}
+        if not isinstance(data.get("ppo"), dict):
+            raise CLIError(f"{path} is not the config.json of a jaxmod train or ultra run")
+    else:
+        from jaxmod.ultra.config import UltraConfig
+
+        data = UltraConfig().to_dict() if command == "ultra" else TrainConfig().to_dict()
+        data["ppo"]["env_id"] = None
+    env = _peek(argv, "--env") or data.get("env_id") or data["ppo"]["env_id"] or DEFAULT_ENV
+    if data["ppo"]["env_id"] != env:
+        data["ppo"] = default_config(env).to_dict()
+    data["ppo"]["env_id"] = env
+    if command == "ultra":
+        data["env_id"] = env
+    data.pop("command", None)
+    return data
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, base: dict[str, Any], own: list[Flag], title: str,
+                      with_total_steps: bool) -> None:
+    env = base["ppo"]["env_id"]
+    add_flags(parser.add_argument_group(title), own, _defaults(base, own))
+    env_group = parser.add_argument_group(f"env and PPO config (defaults: the preset for {env}; --env changes them)")
+    env_group.add_argument("--env", dest="env", default=argparse.SUPPRESS,
+                           help=f"env id: a gymnax id, brax/<name> or jaxmod/<name> (default: {env})")
+    if with_total_steps:
+        env_group.add_argument("--total-steps", dest="total_timesteps", type=parse_int, default=argparse.SUPPRESS,
+                               metavar="N", help="env steps per seed, e.g. 5e5 (default: "
+                                                 f"{show(base['ppo']['total_timesteps'])})")
+    env_group.add_argument("--env-option", action="append", type=_env_option, default=argparse.SUPPRESS,
+                           metavar="KEY=VALUE", help="backend option, e.g. backend=spring or max_steps_in_episode=200 "
+                                                     "(repeatable; default: "
+                                                     f"{show(tuple(f'{k}={v}' for k, v in base['ppo']['env_options'].items()))})")
+    add_flags(env_group, _ppo_flags(), _defaults(base, _ppo_flags()))
+
+
+def _add_train(sub: Any, argv: Sequence[str]) -> None:
+    base = _base("train", argv) if _command(argv) == "train" else _base_default("train")
     train = sub.add_parser("train", help="train PPO on one env for many seeds in one jitted program")
-    train.add_argument("--env", default="CartPole-v1", help="env id: a gymnax id or brax/<name> (default CartPole-v1)")
-    train.add_argument("--env-option", action="append", type=_env_option, default=[], metavar="KEY=VALUE",
-                       help="backend option, e.g. backend=spring (repeatable)")
-    train.add_argument("--seeds", type=_int, default=1, help="number of seeds trained in one program")
-    train.add_argument("--seed", type=_int, default=0, help="base seed")
-    train.add_argument("--total-steps", type=_int, default=None, help="env steps per seed (e.g. 5e5)")
+    train.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                       help="start from a run's config.json (re-run it); other flags override it")
     train.add_argument("--out", default=None, help="run folder (default runs/<env>-<time>)")
-    train.add_argument("--chunks", type=_int, default=20, help="progress/checkpoint chunks (default 20)")
-    train.add_argument("--checkpoint-every", type=_int, default=5, help="save every N chunks (and at the end)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    train.add_argument("--max-chunks", type=_int, default=None,
+    train.add_argument("--max-chunks", type=parse_int, default=None, metavar="N",
                        help="stop (with a checkpoint) after N chunks in this invocation; continue with --resume")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config_flags(train)
+    _add_config_flags(train, base, _train_flags(), "run", with_total_steps=True)
+
+
+def _add_ultra(sub: Any, argv: Sequence[str]) -> None:
+    base = _base("ultra", argv) if _command(argv) == "ultra" else _base_default("ultra")
+    ultra = sub.add_parser("ultra", help="ULTRA: pretrain, ask the advisor, refine with A/R/RA vs continued PPO")
+    ultra.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                       help="start from a run's config.json (re-run it); other flags override it")
+    ultra.add_argument("--out", default=None, help="run folder (default runs/ultra-<env>-<time>)")
+    ultra.add_argument("--overwrite", action="store_true", help="replace the run in --out (never appended to)")
+    ultra.add_argument("--replay", default=None, metavar="RUN_DIR",
+                       help="re-run a finished run exactly: its config, its transcript as the advisor and its "
+                            "advice swap schedule (other flags except --out and --overwrite are ignored)")
+    ultra.add_argument("--llm-url", default=None, help="same as --advisor <url>")
+    flags = [fl for fl in _ultra_flags() if fl.flag != "--env"]
+    _add_config_flags(ultra, base, flags, "ULTRA config (jaxmod.ultra.UltraConfig)", with_total_steps=False)
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _base_default(command: str) -> dict[str, Any]:
+    return _base(command, [])
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The whole command line; `argv` sets the defaults shown (the PPO preset of its --env, its --config)."""
+    parser = Parser(prog="jaxmod", description="JAX-native LLM-guided RL (ULTRA) on a jitted PPO.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub, argv)
 
     serve = sub.add_parser("serve-advisor", help="serve an advisor behind a local OpenAI-compatible API")
     serve.add_argument("--backend", choices=("scripted", "smollm2", "teacher"), default="scripted",
                        help="scripted heuristics (not an LLM), the SmolLM2-135M LLM, or a teacher checkpoint")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_int, default=8080)
-    serve.add_argument("--threads", type=_int, default=1, help="CPU threads for the local LLM (default 1)")
+    serve.add_argument("--port", type=parse_int, default=8080)
+    serve.add_argument("--threads", type=parse_int, default=1, help="CPU threads for the local LLM (default 1)")
     serve.add_argument("--teacher", default=None, help="checkpoint folder of the teacher policy (--backend teacher)")
 
-    ultra = sub.add_parser("ultra", help="ULTRA: pretrain, ask the advisor, refine with A/R/RA vs continued PPO")
-    ultra.add_argument("--env", default="CartPole-v1")
-    ultra.add_argument("--variant", default="A,R,RA",
-                       help="comma list of methods: ULTRA's A, R, RA, restart and the baselines StateMask-R, RICE, "
-                            "JSRL, Random (PPO fine-tuning always runs)")
-    ultra.add_argument("--advisor", default="scripted",
-                       help="scripted | smollm2 | teacher:<checkpoint dir> | an OpenAI-compatible URL (.../v1)")
-    ultra.add_argument("--llm-url", default=None, help="same as --advisor <url>")
-    ultra.add_argument("--model", default="default", help="model name for an HTTP advisor")
-    ultra.add_argument("--noise", type=float, default=0.0, help="fraction of advisor answers corrupted (robustness)")
-    ultra.add_argument("--advisor-concurrency", type=_int, default=16, metavar="N",
-                       help="questions in flight at once for an HTTP advisor (match the server's parallel slots)")
-    ultra.add_argument("--advisor-latency", type=float, default=0.0, metavar="SECONDS",
-                       help="add this latency to every advisor answer (a stand-in for a slow remote LLM)")
-    ultra.add_argument("--advisor-priority", choices=("normal", "idle"), default="normal",
-                       help="CPU priority of the host-side advisor work: normal, or idle (Linux: only CPU time training "
-                            "leaves; on a CPU-only machine training is not slowed, but advice arrives later)")
-    ultra.add_argument("--seeds", type=_int, default=5)
-    ultra.add_argument("--seed", type=_int, default=0)
-    ultra.add_argument("--pretrain-steps", type=_int, default=60_000)
-    ultra.add_argument("--refine-steps", type=_int, default=100_000)
-    ultra.add_argument("--refine-lr", type=float, default=1e-4)
-    ultra.add_argument("--chunks", type=_int, default=10)
-    ultra.add_argument("--capacity", type=_int, default=32, help="advice slots K")
-    ultra.add_argument("--restart-prob", type=float, default=0.5)
-    ultra.add_argument("--reward-scale", type=float, default=1.0)
-    ultra.add_argument("--kl-coef", type=float, default=1.0)
-    ultra.add_argument("--match-radius", type=float, default=0.0,
-                       help="also treat live states within this distance of an advice state as critical (in units of "
-                            "the observation std, or of the advice states' spread for raw observations; 0: off)")
-    ultra.add_argument("--kl-filter", action="store_true",
-                       help="apply the KL pull only where the advised step's advantage is positive (bad advice)")
-    ultra.add_argument("--verify-samples", type=_int, default=4,
-                       help="verify advice on device: a slot whose suggestion does significantly worse than the "
-                            "policy's own actions (>= this many samples per group) is switched off (0: off)")
-    ultra.add_argument("--consensus-radius", type=float, default=2.0,
-                       help="advice consensus: a slot whose suggestion most advice within this many spreads of its "
-                            "state contradicts is switched off (0: off)")
-    ultra.add_argument("--episodes-per-round", type=_int, default=8)
-    ultra.add_argument("--replay", default=None, metavar="RUN_DIR",
-                       help="re-run a finished run exactly: its settings, its transcript as the advisor and its "
-                            "advice swap schedule (other flags except --out are ignored)")
-    ultra.add_argument("--sync-advice", action="store_true",
-                       help="wait for each advice round (reproducible, replayable with --advisor replay:<transcript>)")
-    ultra.add_argument("--mask-steps", type=_int, default=100_000, help="RICE/StateMask-R: mask-net training steps")
-    ultra.add_argument("--rice-p", type=float, default=None, help="RICE restart probability (default: RICE Table 3)")
-    ultra.add_argument("--rice-lambda", type=float, default=None, help="RICE RND coefficient (default: Table 3)")
-    ultra.add_argument("--jsrl-steps", type=_int, default=0,
-                       help="JSRL initial roll-in horizon (0: the agents' mean episode length)")
-    ultra.add_argument("--out", default=None, help="run folder (default runs/ultra-<env>-<time>)")
-
+    _add_ultra(sub, argv)
     plot = sub.add_parser("plot", help="redraw the learning curve of a run folder")
     plot.add_argument("run", help="run folder with metrics.jsonl")
     return parser
 
 
-# --------------------------------------------------------------------------- commands
-def _config_from_args(args: argparse.Namespace):
-    from jaxmod.ppo.config import PPOConfig, default_config
+# --------------------------------------------------------------------------- configs from the flags
+def _nested(args: argparse.Namespace, base: dict[str, Any], flags: list[Flag]) -> dict[str, Any]:
+    """`base` (a nested config dict) with every value the user gave set at its field's path."""
+    data = json.loads(json.dumps(base))  # a deep copy
+    for path, value in given(args, flags + _ppo_flags()).items():
+        set_path(data, path, list(value) if isinstance(value, tuple) else value)
+    if hasattr(args, "env_option"):
+        data["ppo"]["env_options"] = {**data["ppo"]["env_options"], **dict(args.env_option)}
+    if hasattr(args, "total_timesteps"):
+        data["ppo"]["total_timesteps"] = args.total_timesteps
+    return data
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)
-                 if f.name not in SKIP_FIELDS and getattr(args, f.name) is not None}
-    if args.total_steps is not None:
-        overrides["total_timesteps"] = args.total_steps
-    if args.env_option:
-        overrides["env_options"] = tuple(args.env_option)
-    return default_config(args.env, **overrides)
+
+def _make_env(ppo: Any) -> None:
+    """Build the env once: unknown ids and bad options fail here, before any compile, as one line."""
+    from jaxmod.envs import EnvError, make_core
+
+    try:
+        make_core(ppo.env_id, **ppo.env_kwargs)
+    except EnvError:
+        raise
+    except (TypeError, ValueError) as err:
+        opts = ", ".join(f"{k}={v!r}" for k, v in ppo.env_options)
+        raise CLIError(f"{ppo.env_id} rejects --env-option {opts}: {err} (give numbers as numbers)") from None
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that is a file, lies under a file, or cannot be written (before anything is compiled)."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder: choose a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CLIError(f"--out {out} lies under the file {parent}: choose a folder")
+    try:  # os.access says yes to root everywhere: try it (read-only file systems, /proc)
+        tempfile.TemporaryDirectory(dir=parent, prefix=".jaxmod-probe-").cleanup()
+    except OSError as err:
+        raise CLIError(f"--out {out}: cannot write in {parent} ({err.strerror}): choose a folder you can write "
+                       "to") from None
+
+
+def _refuse_other_run(out: Path, command: str) -> None:
+    """`train` and `ultra` never write into each other's run folders."""
+    marks = {"train": ("metrics.jsonl", "checkpoint"), "ultra": ("ultra.json", "transcript.jsonl")}
+    other = "ultra" if command == "train" else "train"
+    recorded = None
+    if (out / CONFIG_FILE).is_file():
+        try:
+            recorded = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")).get("command")
+        except (ValueError, AttributeError, OSError):
+            recorded = None
+    if recorded == other or any((out / m).exists() for m in marks[other]):
+        raise CLIError(f"{out} holds a `jaxmod {other}` run; choose another --out")
 
 
 def _enable_compile_cache() -> None:
@@ -178,10 +282,63 @@ def _enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+# --------------------------------------------------------------------------- jaxmod train
+def _train_config(args: argparse.Namespace, argv: Sequence[str]) -> TrainConfig:
+    return from_dict(TrainConfig, _nested(args, _base("train", argv), _train_flags()))
+
+
+@dataclasses.dataclass
+class _TrainRun:
+    """What the training loop of `jaxmod train` reads and updates."""
+
+    config: TrainConfig
+    out: Path
+    runner: Any  # the MultiSeed learner (built once, outside any trace: some envs build with concrete arrays)
+    state: Any
+    done: int
+    compile_s: float = 0.0
+    run_s: float = 0.0
+    steps_run: int = 0
+
+
+def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
+    """Check everything, then resume or start: the config, the run folder and the initial state."""
+    from jaxmod.checkpoint import load_checkpoint
+    from jaxmod.parallel import MultiSeed, seed_keys
+    from jaxmod.reporting import METRICS_FILE
+
+    config = _train_config(args, argv)
+    if args.max_chunks is not None and args.max_chunks < 1:
+        raise CLIError("--max-chunks must be >= 1 (leave it out to run to the end)")
+    ppo = config.ppo
+    out = Path(args.out or f"runs/{ppo.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_out(out)
+    _refuse_other_run(out, "train")
+    _make_env(ppo)
+    _enable_compile_cache()
+    if args.resume:
+        ckpt = load_checkpoint(out / "checkpoint")
+        if ckpt.num_seeds != config.seeds:
+            raise CLIError(f"checkpoint in {out / 'checkpoint'} has {ckpt.num_seeds} seeds, not --seeds {config.seeds}")
+        config = dataclasses.replace(config, ppo=ckpt.config)
+    elif (out / METRICS_FILE).exists():
+        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    runner = MultiSeed(config.ppo, config.seeds)
+    state = ckpt.state if args.resume else runner.init(seed_keys(config.seed, config.seeds))
+    import numpy as np
+
+    done = int(np.asarray(state.update_step).reshape(-1)[0])
+    if args.resume:  # drop metrics written after the checkpoint was taken
+        _truncate_metrics(out / METRICS_FILE, done)
+    return _TrainRun(config, out, runner, state, done)
+
+
+def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
+    """Train in chunks with a progress bar, appending metrics and saving checkpoints."""
     import jax
     import numpy as np
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -190,90 +347,71 @@ def cmd_train(args: argparse.Namespace) -> int:
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
-    from rich.table import Table
 
-    from jaxmod.checkpoint import load_checkpoint, save_checkpoint
-    from jaxmod.envs import make_core
-    from jaxmod.parallel import MultiSeed, seed_keys
-    from jaxmod.reporting import METRICS_FILE, append_metrics, plot_curves, read_metrics
+    from jaxmod.checkpoint import save_checkpoint
+    from jaxmod.reporting import METRICS_FILE, append_metrics
 
-    console = Console(stderr=False, quiet=False)
-    if args.seeds < 1:
-        raise CLIError("--seeds must be >= 1")
-    out = Path(args.out or f"runs/{args.env.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
-    config = _config_from_args(args)
-    make_core(config.env_id, **config.env_kwargs)  # unknown ids and bad options fail here, before any compile
-
-    _enable_compile_cache()
-    ckpt_dir = out / "checkpoint"
-    metrics_path = out / METRICS_FILE
-    if args.resume:
-        ckpt = load_checkpoint(ckpt_dir)
-        if ckpt.num_seeds != args.seeds:
-            raise CLIError(f"checkpoint in {ckpt_dir} has {ckpt.num_seeds} seeds, not --seeds {args.seeds}")
-        config = ckpt.config
-    elif metrics_path.exists():
-        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(config.to_json())
-
-    runner = MultiSeed(config, args.seeds)
-    state = ckpt.state if args.resume else runner.init(seed_keys(args.seed, args.seeds))
-    done = int(np.asarray(state.update_step).reshape(-1)[0])
-    total = config.num_updates
-    if args.resume:  # drop metrics written after the checkpoint was taken
-        _truncate_metrics(metrics_path, done)
-    chunk = max(1, math.ceil(total / max(1, args.chunks)))
-    steps_per_update = config.batch_size * args.seeds
-
-    console.print(f"[bold]jaxmod train[/] {config.env_id}: {args.seeds} seed(s) x {config.total_timesteps:,} steps "
-                  f"({total} updates of {config.num_envs} envs x {config.num_steps} steps) on "
-                  f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {out}")
+    cfg, ppo = run.config, run.config.ppo
+    runner, total = run.runner, ppo.num_updates
+    chunk = max(1, math.ceil(total / cfg.chunks))
+    steps_per_update = ppo.batch_size * cfg.seeds
     compiled: dict[int, Any] = {}
-    compile_s = 0.0
-    run_s = 0.0
-    steps_run = 0
     chunks_done = 0
-    last_return = float("nan")
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("updates"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=args.quiet, transient=False) as progress:
-        task = progress.add_task("compiling", total=total, completed=done)
-        while done < total and (args.max_chunks is None or chunks_done < args.max_chunks):
-            n = min(chunk, total - done)
+        task = progress.add_task("compiling", total=total, completed=run.done)
+        while run.done < total and (args.max_chunks is None or chunks_done < args.max_chunks):
+            n = min(chunk, total - run.done)
             if n not in compiled:
                 progress.update(task, description=f"compiling ({n}-update chunk)")
                 t0 = time.perf_counter()
-                compiled[n] = runner.runner(n).lower(state).compile()
-                compile_s += time.perf_counter() - t0
+                compiled[n] = runner.runner(n).lower(run.state).compile()
+                run.compile_s += time.perf_counter() - t0
             t0 = time.perf_counter()
-            state, metrics = compiled[n](state)
+            run.state, metrics = compiled[n](run.state)
             metrics = jax.device_get(metrics)
             dt = time.perf_counter() - t0
-            run_s += dt
-            append_metrics(metrics_path, metrics, done)
-            done += n
-            steps_run += n * steps_per_update
+            run.run_s += dt
+            append_metrics(run.out / METRICS_FILE, metrics, run.done)
+            run.done += n
+            run.steps_run += n * steps_per_update
             chunks_done += 1
-            last_return = float(np.mean(metrics["episode_return"][:, -1]))
             progress.update(task, advance=n, description=(
-                f"return {last_return:8.2f} | {n * steps_per_update / dt / 1e3:9.1f}k steps/s"))
-            stopping = done >= total or chunks_done == args.max_chunks
-            if chunks_done % max(1, args.checkpoint_every) == 0 or stopping:
-                save_checkpoint(ckpt_dir, state, config, num_seeds=args.seeds, meta={"updates_done": done})
+                f"return {float(np.mean(metrics['episode_return'][:, -1])):8.2f} | "
+                f"{n * steps_per_update / dt / 1e3:9.1f}k steps/s"))
+            if chunks_done % cfg.checkpoint_every == 0 or run.done >= total or chunks_done == args.max_chunks:
+                save_checkpoint(run.out / "checkpoint", run.state, ppo, num_seeds=cfg.seeds,
+                                meta={"updates_done": run.done})
 
-    data = read_metrics(metrics_path)
-    png = plot_curves([(config.env_id, data["env_steps"][:, 0], data["episode_return"])], out / "curve.png",
-                      title=f"PPO on {config.env_id}")
+
+def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    import jax
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxmod.reporting import METRICS_FILE, plot_curves, read_metrics
+
+    run = _train_setup(args, argv)
+    ppo, seeds, out = run.config.ppo, run.config.seeds, run.out
+    console = Console(stderr=False, quiet=False)
+    console.print(f"[bold]jaxmod train[/] {ppo.env_id}: {seeds} seed(s) x {ppo.total_timesteps:,} steps "
+                  f"({ppo.num_updates} updates of {ppo.num_envs} envs x {ppo.num_steps} steps) on "
+                  f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {out}")
+    _train_loop(run, args, console)
+    data = read_metrics(out / METRICS_FILE)
+    png = plot_curves([(ppo.env_id, data["env_steps"][:, 0], data["episode_return"])], out / "curve.png",
+                      title=f"PPO on {ppo.env_id}")
     final = data["episode_return"][-1]
     table = Table(title="result")
     for col in ("env", "seeds", "final return (mean +- std)", "compile s", "run s", "env steps/s"):
         table.add_column(col)
-    sps = f"{steps_run / run_s:,.0f}" if run_s > 0 else "-"
-    table.add_row(config.env_id, str(args.seeds), f"{final.mean():.2f} +- {final.std():.2f}",
-                  f"{compile_s:.1f}", f"{run_s:.1f}", sps)
+    sps = f"{run.steps_run / run.run_s:,.0f}" if run.run_s > 0 else "-"
+    table.add_row(ppo.env_id, str(seeds), f"{final.mean():.2f} +- {final.std():.2f}",
+                  f"{run.compile_s:.1f}", f"{run.run_s:.1f}", sps)
     console.print(table)
-    console.print(f"metrics: {metrics_path}\ncheckpoint: {ckpt_dir}\ncurve: {png}")
+    console.print(f"metrics: {out / METRICS_FILE}\ncheckpoint: {out / 'checkpoint'}\ncurve: {png}\n"
+                  f"config: {out / CONFIG_FILE}")
     return 0
 
 
@@ -284,76 +422,102 @@ def _truncate_metrics(path: Path, updates_done: int) -> None:
     path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def cmd_plot(args: argparse.Namespace) -> int:
+def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.reporting import METRICS_FILE, plot_curves, read_metrics
 
     run = Path(args.run)
     if not (run / METRICS_FILE).exists():
         raise CLIError(f"no {METRICS_FILE} in {run}")
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    config = json.loads((run / CONFIG_FILE).read_text()) if (run / CONFIG_FILE).exists() else {}
+    env_id = config.get("ppo", config).get("env_id", run.name)  # nested since TrainConfig, flat before
     data = read_metrics(run / METRICS_FILE)
-    png = plot_curves([(config.get("env_id", "run"), data["env_steps"][:, 0], data["episode_return"])],
-                      run / "curve.png", title=f"PPO on {config.get('env_id', run.name)}")
+    png = plot_curves([(env_id, data["env_steps"][:, 0], data["episode_return"])],
+                      run / "curve.png", title=f"PPO on {env_id}")
     print(png)
     return 0
 
 
-def cmd_ultra(args: argparse.Namespace) -> int:
-    import numpy as np
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+# --------------------------------------------------------------------------- jaxmod ultra
+def _ultra_config(args: argparse.Namespace, argv: Sequence[str]):
+    """The run's `UltraConfig`: --replay's, or --config's / the defaults with the flags given; the advisor
+    resolved (--llm-url, --advisor, ADVISOR_BASE_URL / OPENAI_BASE_URL, else scripted)."""
+    from jaxmod.llm import advisor_spec
+    from jaxmod.ultra.config import UltraConfig
+    from jaxmod.ultra.pipeline import BASELINE
 
-    from jaxmod.envs import make_core
-    from jaxmod.methods import METHODS
-    from jaxmod.ultra.pipeline import BASELINE, UltraRun, UltraSettings
-
-    variants = [v.strip() for v in args.variant.split(",") if v.strip() and v.strip() != BASELINE]
-    for v in variants:
-        if v not in METHODS:
-            raise CLIError(f"unknown variant {v!r}; choose from {', '.join(m for m in METHODS if m != BASELINE)}")
-    advisor = args.llm_url or args.advisor
-    if not (advisor in ("scripted", "smollm2") or advisor.startswith(("teacher:", "replay:", "http://", "https://"))):
-        raise CLIError(f"unknown advisor {advisor!r}: use scripted, smollm2, teacher:<checkpoint>, "
-                       "replay:<transcript.jsonl> or an http(s) URL")
-    make_core(args.env)
-    if advisor == "smollm2":  # before pretraining, not when the advisor starts
-        from jaxmod.llm.server import BackendUnavailable, require_smollm2
-
-        try:
-            require_smollm2()
-        except BackendUnavailable as err:
-            raise CLIError(str(err)) from None
-    if advisor == "scripted" and any(METHODS[v].critical == "advisor" for v in variants):
-        from jaxmod.llm.scripted import ScriptedBackend
-
-        if not ScriptedBackend().supports(args.env):
-            raise CLIError(f"the scripted advisor has no heuristic for {args.env}; use --advisor teacher:<ckpt> or an LLM")
-    settings = UltraSettings(
-        env_id=args.env, seeds=args.seeds, seed=args.seed, pretrain_steps=args.pretrain_steps,
-        refine_steps=args.refine_steps, refine_lr=args.refine_lr, chunks=args.chunks,
-        variants=(BASELINE, *variants), advisor=advisor, model=args.model, noise=args.noise,
-        advisor_latency_s=args.advisor_latency, advisor_concurrency=args.advisor_concurrency,
-        advisor_priority=args.advisor_priority,
-        episodes_per_round=args.episodes_per_round, capacity=args.capacity, restart_prob=args.restart_prob,
-        reward_scale=args.reward_scale, kl_coef=args.kl_coef, match_radius=args.match_radius,
-        kl_filter=args.kl_filter, verify_samples=args.verify_samples, sync_advice=args.sync_advice,
-        consensus_radius=args.consensus_radius,
-        mask_steps=int(args.mask_steps), rice_p=args.rice_p, rice_lambda=args.rice_lambda, jsrl_steps=args.jsrl_steps)
-    settings.modulation()  # validates the ULTRA knobs, built the way the refinement builds them
-    _enable_compile_cache()
     if args.replay:
         try:
-            settings = UltraSettings.replay_of(Path(args.replay))
+            return UltraConfig.replay_of(Path(args.replay))
         except (FileNotFoundError, KeyError, TypeError, ValueError) as err:
             raise CLIError(f"cannot replay {args.replay}: {err}") from None
-        advisor, args.noise, args.env, args.seeds = settings.advisor, 0.0, settings.env_id, settings.seeds
-    out = Path(args.out or f"runs/ultra-{args.env.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (out / "ultra.json").exists():
-        raise CLIError(f"{out} already holds an ULTRA run; choose another --out")
+    data = _nested(args, _base("ultra", argv), _ultra_flags())
+    if hasattr(args, "variant"):  # continued PPO always runs first, as the reference
+        data["variants"] = [BASELINE, *(v for v in args.variant if v != BASELINE)]
+    data["advisor"]["spec"] = advisor_spec(getattr(args, "advisor", None) or data["advisor"]["spec"], args.llm_url)
+    return UltraConfig.from_dict(data)
+
+
+def _check_advisor(config):
+    """Fail before pretraining when the advisor cannot work: the local LLM missing, no scripted heuristic for the
+    env, or an HTTP advisor that is not there, rejects the key or does not serve the model (preflight). Returns
+    the config with the model the server will be asked for."""
+    from jaxmod.llm import preflight
+    from jaxmod.methods import METHODS
+
+    spec = config.advisor.spec
+    if not config.needs_advisor:
+        return config
+    if spec == "smollm2":
+        from jaxmod.llm.server import require_smollm2
+
+        require_smollm2()  # BackendUnavailable: one line with the install command
+    if spec == "scripted":
+        from jaxmod.llm.scripted import ScriptedBackend
+
+        if not ScriptedBackend().supports(config.env_id):
+            advised = ", ".join(v for v in config.variants if METHODS[v].critical == "advisor")
+            raise CLIError(f"the scripted advisor has no heuristic for {config.env_id} (needed by {advised}); use "
+                           "--advisor teacher:<checkpoint> (a `jaxmod train` run's checkpoint/), an LLM URL, or only "
+                           "baselines (--variant RICE,JSRL,...)")
+    if config.advisor.is_http:
+        settings = config.advisor.client_settings(base_url=spec, model=config.advisor.model)
+        result = preflight(settings, timeout_s=min(20.0, settings.timeout_s))  # AdvisorUnavailable: one line
+        print(result.describe(), flush=True)
+        config = dataclasses.replace(config, advisor=dataclasses.replace(config.advisor, model=result.model))
+    return config
+
+
+def _ultra_out(args: argparse.Namespace, config) -> Path:
+    """The run folder: checked, and refused when it holds a run (unless --overwrite) or a `train` run."""
+    out = Path(args.out or f"runs/ultra-{config.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_out(out)
+    _refuse_other_run(out, "ultra")
+    if not args.overwrite and any((out / m).exists() for m in ("ultra.json", "transcript.jsonl", CONFIG_FILE)):
+        raise CLIError(f"{out} already holds an ULTRA run (a new run never appends to one); choose another --out "
+                       "or pass --overwrite")
+    if args.replay and Path(args.replay).resolve() == out.resolve():
+        raise CLIError("--out must differ from the --replay run folder (its transcript is the advisor)")
+    return out
+
+
+def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from jaxmod.llm import redact_url
+    from jaxmod.methods import METHODS
+
+    config = _ultra_config(args, argv)
+    out = _ultra_out(args, config)
+    config = _check_advisor(config)
+    _make_env(config.ppo)
+    from jaxmod.ultra.pipeline import UltraRun
+
+    _enable_compile_cache()
+    a = config.advisor
     console = Console()
-    console.print(f"[bold]jaxmod ultra[/] {args.env}: {args.seeds} seeds, variants {', '.join(settings.variants)}, "
-                  f"advisor {advisor}{f' with {args.noise:.0%} noise' if args.noise else ''} -> {out}")
+    console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds, variants {', '.join(config.variants)}"
+                  f", advisor {redact_url(a.spec)}{f' with {a.noise:.0%} noise' if a.noise else ''} -> {out}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("updates"),
                   TimeElapsedColumn(), console=console) as progress:
         tasks: dict[str, Any] = {}
@@ -363,9 +527,20 @@ def cmd_ultra(args: argparse.Namespace) -> int:
                 tasks[variant] = progress.add_task(f"refine {METHODS[variant].label:16s}", total=total)
             progress.update(tasks[variant], completed=done)
 
-        run = UltraRun(settings, out, log=lambda msg: progress.console.print(msg), progress=on_progress)
+        run = UltraRun(config, out, log=lambda msg: progress.console.print(msg, markup=False), progress=on_progress,
+                       overwrite=args.overwrite)
         results = run.run()
-    table = Table(title=f"evaluation return after {settings.refine_steps:,} refinement steps per seed")
+    _print_ultra_results(console, config, run, results, out)
+    return 0
+
+
+def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str, Any], out: Path) -> None:
+    import numpy as np
+    from rich.table import Table
+
+    from jaxmod.methods import METHODS
+
+    table = Table(title=f"evaluation return after {config.refine_steps:,} refinement steps per seed")
     for col in ("method", "start", "final mean", "final std", "wall s"):
         table.add_column(col, justify="right")
     for name, r in results.items():
@@ -376,11 +551,11 @@ def cmd_ultra(args: argparse.Namespace) -> int:
     for st in run.advice_stats:
         console.print(f"advisor ({st['variant']}): {st['valid']} valid, {st['invalid']} invalid, {st['failed']} failed "
                       f"answers; advice overhead {st['advice_overhead_frac']:.1%} of refinement wall time")
-    console.print(f"outputs: {out}/ultra.png, {out}/ultra.json, {out}/critical_states.md, {out}/transcript.jsonl")
-    return 0
+    console.print(f"outputs: {out}/ultra.png, {out}/ultra.json, {out}/critical_states.md, {out}/transcript.jsonl, "
+                  f"{out}/{CONFIG_FILE}")
 
 
-def cmd_serve_advisor(args: argparse.Namespace) -> int:
+def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.llm.server import BackendUnavailable, make_server
 
     answer_fn = None
@@ -410,6 +585,25 @@ def cmd_serve_advisor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _negative_values(argv: list[str]) -> list[str]:
+    """`--flag -inf` as `--flag=-inf` (argparse would read -inf, -nan or -1e-3 as an option of their own)."""
+    out: list[str] = []
+    for a in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and a.startswith("-") and _is_number(a):
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 COMMANDS = {"train": cmd_train, "plot": cmd_plot, "serve-advisor": cmd_serve_advisor, "ultra": cmd_ultra}
 
 
@@ -418,13 +612,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxmod.advice.modulation import ModulationError
     from jaxmod.envs import EnvError
     from jaxmod.llm.server import BackendUnavailable
+    from jaxmod.methods import MethodError
     from jaxmod.ppo.config import ConfigError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = _negative_values(list(sys.argv[1:] if argv is None else argv))
     try:
-        return COMMANDS[args.command](args)
-    except (CLIError, BackendUnavailable, ConfigError, EnvError, ModulationError, FileNotFoundError) as err:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command](args, argv)
+    except (CLIError, BackendUnavailable, ConfigError, EnvError, ModulationError, MethodError,
+            FileNotFoundError) as err:
         if os.environ.get("JAXMOD_DEBUG"):
             raise
         print(f"jaxmod: error: {err}", file=sys.stderr)

@@ -20,11 +20,11 @@ DATA = Path(__file__).parent / "data" / "regression_methods.json"
 
 
 def settings(env_id: str):
-    from jaxmod.ultra.pipeline import UltraSettings
+    from jaxmod.ultra.config import UltraConfig
 
-    return UltraSettings(env_id=env_id, seeds=2, seed=0, chunks=2, variants=METHODS, advisor="scripted",
-                         sync_advice=True, episodes_per_round=2, collect_envs=4, collect_steps=128, eval_envs=4,
-                         eval_steps=200, mask_steps=2_048, **ENVS[env_id])
+    return UltraConfig.flat(env_id=env_id, seeds=2, seed=0, chunks=2, variants=METHODS, advisor="scripted",
+                            sync_advice=True, episodes_per_round=2, collect_envs=4, collect_steps=128, eval_envs=4,
+                            eval_steps=200, mask_steps=2_048, **ENVS[env_id])
 
 
 def run_set(env_id: str) -> dict:

@@ -31,7 +31,9 @@ def test_unknown_env_is_one_line(tmp_path):
 def test_bad_flag_value_is_one_line(tmp_path):
     proc = _run_cli("train", "--num-envs", "three")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "invalid _int value" in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["jaxmod train: error: argument --num-envs: expected an integer, got 'three' "
+                     "(see jaxmod train --help)"]
 
 
 def test_bad_config_combination_is_one_line(tmp_path, capsys):
@@ -55,7 +57,8 @@ def test_train_writes_outputs_and_resumes(tmp_path):
         assert (out / name).exists(), name
     data = read_metrics(out / "metrics.jsonl")
     assert data["episode_return"].shape == (6, 2)
-    assert json.loads((out / "config.json").read_text())["num_envs"] == 4
+    written = json.loads((out / "config.json").read_text())
+    assert written["command"] == "train" and written["ppo"]["num_envs"] == 4 and written["seeds"] == 2
     # refuses to overwrite, resumes cleanly (nothing left to do), and --resume needs matching seeds
     assert main(args) == 2
     assert main(args + ["--resume"]) == 0
@@ -99,11 +102,11 @@ def test_bad_advisor_knob_is_one_line(tmp_path, capsys, flag, value):
 
 def test_advisor_priority_is_checked():
     from jaxmod.advice.modulation import ModulationError
-    from jaxmod.ultra.pipeline import UltraSettings
+    from jaxmod.ultra.config import AdvisorConfig, UltraConfig
 
     with pytest.raises(ModulationError, match="advisor priority must be 'idle' or 'normal'"):
-        UltraSettings(advisor_priority="high")
-    assert UltraSettings(advisor_priority="normal").advisor_priority == "normal"
+        AdvisorConfig(priority="high")
+    assert UltraConfig.flat(advisor_priority="idle").advisor.priority == "idle"
 
 
 def test_missing_local_llm_is_one_line_before_any_training(tmp_path, capsys, monkeypatch):
@@ -115,3 +118,155 @@ def test_missing_local_llm_is_one_line_before_any_training(tmp_path, capsys, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "pip install 'jaxmod[local-llm]'" in err[0]
     assert not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------------------------------------- issue 21
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--lr", "nan"], "ppo.lr must be a finite number"),
+    (["train", "--ent-coef", "nan"], "ppo.ent_coef must be a finite number"),
+    (["ultra", "--refine-lr", "nan"], "refine_lr must be a finite number"),
+    (["ultra", "--vf-coef", "-inf"], "ppo.vf_coef must be a finite number"),
+    (["ultra", "--kl-coef", "inf"], "kl_coef must be a finite number"),
+    (["ultra", "--seeds", "0"], "seeds must be >= 1"),
+    (["train", "--max-chunks", "0"], "--max-chunks must be >= 1"),
+    (["ultra", "--refine-steps", "0"], "refine_steps (0) must be at least num_envs * num_steps"),
+    (["ultra", "--episodes-per-round", "0"], "episodes_per_round and max_critical must be >= 1"),
+    (["ultra", "--chunks", "0"], "chunks must be >= 1"),
+    (["ultra", "--advisor-failure", "maybe"], "advisor failure policy must be one of stop, continue"),
+    (["train", "--env-option", "max_steps_in_episode=abc"], "rejects --env-option max_steps_in_episode='abc'"),
+])
+def test_bad_numbers_are_one_line_before_anything_is_written(tmp_path, capsys, argv, words):
+    out = tmp_path / "run"
+    code = main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, words", [(["--num-envs", "4.5"], "expected an integer, got '4.5'"),
+                                         (["--seeds", "1e400"], "expected an integer")])
+def test_float_sizes_are_refused_by_the_parser(tmp_path, capsys, argv, words):
+    with pytest.raises(SystemExit) as exc:
+        main(["ultra", *argv, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and words in err[0]
+
+
+def test_a_config_file_with_float_sizes_or_nan_is_refused(tmp_path, capsys):
+    from jaxmod.ultra.config import UltraConfig
+
+    data = UltraConfig().to_dict()
+    for path, value, words in [(("ppo", "num_envs"), 4.5, "ppo.num_envs must be an integer"),
+                               (("modulation", "kl_coef"), float("nan"), "modulation.kl_coef must be a finite"),
+                               (("sizes", "eval_envs"), "8", "sizes.eval_envs must be an integer")]:
+        bad = json.loads(json.dumps(data))
+        bad[path[0]][path[1]] = value
+        (tmp_path / "config.json").write_text(json.dumps(bad))
+        code = main(["ultra", "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and words in err[0], err
+
+
+def test_out_must_be_a_writable_folder(tmp_path, capsys):
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    for out, words in [(afile, "is a file, not a folder"), (afile / "run", "lies under the file")]:
+        for command in ("train", "ultra"):
+            assert main([command, "--out", str(out)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and words in err[0]
+
+
+def test_train_and_ultra_refuse_each_others_run_folders(tmp_path, capsys):
+    train_run, ultra_run = tmp_path / "t", tmp_path / "u"
+    train_run.mkdir()
+    (train_run / "metrics.jsonl").write_text("")
+    ultra_run.mkdir()
+    (ultra_run / "config.json").write_text(json.dumps({"command": "ultra"}))
+    assert main(["ultra", "--out", str(train_run)]) == 2
+    assert "holds a `jaxmod train` run" in capsys.readouterr().err
+    assert main(["train", "--out", str(ultra_run)]) == 2
+    assert "holds a `jaxmod ultra` run" in capsys.readouterr().err
+    # a new ULTRA run never appends to an earlier one
+    assert main(["ultra", "--out", str(ultra_run)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    # and a config of the other command is named as such
+    assert main(["train", "--config", str(ultra_run / "config.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "use `jaxmod ultra --config" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- one config
+def test_ultra_flags_come_from_the_config_fields_with_one_default_each():
+    from jaxmod.advice.modulation import ModulationConfig
+    from jaxmod.cli import build_parser
+    from jaxmod.ultra.config import UltraConfig
+
+    assert UltraConfig().modulation == ModulationConfig() and ModulationConfig().capacity == 32
+    assert ModulationConfig().kl_coef == 1.0
+    text = build_parser(["ultra", "--env", "brax/hopper"])._subparsers._group_actions[0].choices["ultra"].format_help()
+    assert "--capacity N          K advice slots per seed (default: 32)" in text
+    for flag in ("--num-envs", "--env-option", "--advisor-timeout", "--advisor-failure", "--kl-coef", "--mask-steps",
+                 "--eval-envs", "--sync-advice", "--overwrite", "--config", "--llm-url", "--replay"):
+        assert flag in text, flag
+    assert "the preset for brax/hopper" in text
+
+
+def test_ultra_config_from_flags_and_from_its_file(tmp_path, monkeypatch):
+    from jaxmod.cli import _ultra_config, build_parser
+    from jaxmod.ppo import default_config
+    from jaxmod.ultra.config import UltraConfig
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("ADVISOR_BASE_URL", raising=False)
+    argv = ["ultra", "--env", "brax/hopper", "--num-envs", "256", "--variant", "RA,RICE", "--capacity", "8",
+            "--env-option", "backend=spring", "--advisor-timeout", "5", "--chunks", "3"]
+    config = _ultra_config(build_parser(argv).parse_args(argv), argv)
+    assert config.ppo == default_config("brax/hopper", num_envs=256, env_options=(("backend", "spring"),))
+    assert config.variants == ("PPO", "RA", "RICE") and config.modulation.capacity == 8
+    assert config.advisor.spec == "scripted" and config.advisor.client_overrides() == {"timeout_s": 5.0}
+    assert config.schedule.chunks == 3
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    again = ["ultra", "--config", str(tmp_path / "config.json"), "--seeds", "2"]
+    rerun = _ultra_config(build_parser(again).parse_args(again), again)
+    assert rerun == UltraConfig.from_dict({**config.to_dict(), "seeds": 2})
+
+
+def test_train_reruns_from_its_config_file(tmp_path):
+    first = tmp_path / "first"
+    assert main(["train", "--total-steps", str(4 * 16 * 2), "--chunks", "1", "--quiet", "--out", str(first),
+                 *TINY_FLAGS]) == 0
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(first / "config.json"), "--quiet", "--out", str(again)]) == 0
+    assert json.loads((again / "config.json").read_text()) == json.loads((first / "config.json").read_text())
+    assert (read_metrics(first / "metrics.jsonl")["loss"] == read_metrics(again / "metrics.jsonl")["loss"]).all()
+
+
+# ---------------------------------------------------------------------------------------------- the advisor
+def _timed_cli(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    import os
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "jaxmod.cli", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+    return proc, time.monotonic() - t0
+
+
+def test_a_dead_unauthorised_or_misaddressed_advisor_stops_before_pretraining(tmp_path):
+    import socket
+
+    from tests.fault_server import FaultServer, echo_auth
+
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    canary = "sk-canary-dead-4c1d"
+    with FaultServer([echo_auth(401)], models_action=echo_auth(401)) as unauthorised, FaultServer([]) as served:
+        cases = [(closed, "connection refused"), (unauthorised.url, "key rejected"),
+                 (served.root, "did you mean")]  # 404: the URL lacks /v1
+        for url, words in cases:
+            out = tmp_path / "run"
+            proc, took = _timed_cli("ultra", "--advisor", url, "--out", str(out), env={"OPENAI_API_KEY": canary})
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
+            assert took < 10 and not out.exists() and canary not in proc.stdout + proc.stderr

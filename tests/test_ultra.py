@@ -15,7 +15,8 @@ import pytest
 
 from jaxmod.llm import Advisor, DelayedBackend, LocalBackend
 from jaxmod.ultra.async_advice import AdvisorThread
-from jaxmod.ultra.pipeline import UltraRun, UltraSettings
+from jaxmod.ultra.config import UltraConfig
+from jaxmod.ultra.pipeline import UltraRun
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -25,7 +26,7 @@ TINY = dict(seeds=2, pretrain_steps=4 * 128 * 4, refine_steps=4 * 128 * 6, chunk
 
 def test_end_to_end_through_the_http_advisor(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-written-123")
-    settings = UltraSettings(variants=("PPO", "RA"), **TINY)
+    settings = UltraConfig.flat(variants=("PPO", "RA"), **TINY)
     run = UltraRun(settings, tmp_path / "run")
     results = run.run()
     assert set(results) == {"PPO", "RA"}
@@ -36,7 +37,7 @@ def test_end_to_end_through_the_http_advisor(tmp_path, monkeypatch):
     assert st["valid"] > 0 and st["invalid"] == 0
     assert summary["modulation_choices"]["jaxmod_choices"]["restart_prob"] == 0.5
     table = (tmp_path / "run" / "critical_states.md").read_text().splitlines()
-    assert len(table) > 2 and "push_" in table[2]
+    assert len(table) > 2 and "push\\_" in table[2]  # Markdown-escaped
     transcript = (tmp_path / "run" / "transcript.jsonl").read_text().splitlines()
     assert transcript and all(json.loads(ln)["verdict"] for ln in transcript)
     assert (tmp_path / "run" / "ultra.png").exists()
@@ -110,7 +111,7 @@ def test_frozen_heap_freezes_only_for_its_block_and_keeps_a_callers_freeze():
 
 
 def test_refinement_does_not_stall_on_a_slow_advisor(tmp_path):
-    settings = UltraSettings(variants=("RA",), **{**TINY, "chunks": 6})
+    settings = UltraConfig.flat(variants=("RA",), **{**TINY, "chunks": 6})
     run = UltraRun(settings, tmp_path / "slow", advisor_factory=_slow_factory())
     results = run.run()
     chunks = results["RA"].chunk_metrics
@@ -122,24 +123,29 @@ def test_refinement_does_not_stall_on_a_slow_advisor(tmp_path):
 
 def test_a_synchronous_run_replays_exactly_from_its_transcript(tmp_path):
     base = dict(TINY, variants=("RA",), sync_advice=True)
-    first = UltraRun(UltraSettings(**base), tmp_path / "live").run()
+    first = UltraRun(UltraConfig.flat(**base), tmp_path / "live").run()
     transcript = tmp_path / "live" / "transcript.jsonl"
-    replayed = UltraRun(UltraSettings(**base, advisor=f"replay:{transcript}"), tmp_path / "replay").run()
+    replayed = UltraRun(UltraConfig.flat(**base, advisor=f"replay:{transcript}"), tmp_path / "replay").run()
     assert first["RA"].eval_returns == replayed["RA"].eval_returns
     live_rows = (tmp_path / "live" / "critical_states.md").read_text()
     assert live_rows == (tmp_path / "replay" / "critical_states.md").read_text()
+    assert live_rows.startswith("| variant | seed | episode |") and "| RA | 1 |" in live_rows
+    # every question is tagged, so replay serves exactly per (variant, round, seed, question)
+    tags = [json.loads(ln)["tags"] for ln in transcript.read_text().splitlines()]
+    assert {(t["variant"], t["seed"]) for t in tags} == {("RA", 0), ("RA", 1)}
+    assert {t["round"] for t in tags} == {0, 1, 2}
 
 
 def test_an_asynchronous_run_replays_exactly_from_its_run_folder(tmp_path):
     # normal priority: on a busy 2-core CPU an idle-priority advisor may answer only after this tiny run ends
-    live = UltraRun(UltraSettings(variants=("RA",), advisor_priority="normal", **{**TINY, "chunks": 6}),
+    live = UltraRun(UltraConfig.flat(variants=("RA",), advisor_priority="normal", **{**TINY, "chunks": 6}),
                     tmp_path / "live")
     live.advisor_factory = _slow_factory(live.transcript, delay_s=0.0)
     first = live.run()
     swaps = [c["swapped_advice"] for c in first["RA"].chunk_metrics]
     assert sum(swaps) > 0  # advice swapped in when it arrived: a timing no second run would meet by itself
-    settings = UltraSettings.replay_of(tmp_path / "live")
-    assert settings.advisor.startswith("replay:") and settings.chunks == 6
+    settings = UltraConfig.replay_of(tmp_path / "live")
+    assert settings.advisor.spec.startswith("replay:") and settings.schedule.chunks == 6
     again = UltraRun(settings, tmp_path / "replay").run()
     assert [c["swapped_advice"] for c in again["RA"].chunk_metrics] == swaps
     assert again["RA"].eval_returns == first["RA"].eval_returns
@@ -148,7 +154,7 @@ def test_an_asynchronous_run_replays_exactly_from_its_run_folder(tmp_path):
 
 
 def test_baselines_run_in_the_same_pipeline_without_an_advisor(tmp_path):
-    settings = UltraSettings(variants=("PPO", "StateMask-R", "RICE", "JSRL", "Random"), mask_steps=4 * 128 * 2,
+    settings = UltraConfig.flat(variants=("PPO", "StateMask-R", "RICE", "JSRL", "Random"), mask_steps=4 * 128 * 2,
                              **TINY)
     run = UltraRun(settings, tmp_path / "base")
     results = run.run()
@@ -185,3 +191,85 @@ def test_advice_items_carry_the_agents_own_action_as_the_rated_one():
         assert item.rated_action == ep.actions[item.step]
         np.testing.assert_array_equal(item.obs, ep.obs[item.step])
         np.testing.assert_array_equal(item.snapshot.obs, ep.obs[item.step])
+
+
+# ---------------------------------------------------------------------------------------------- config and advisor
+def test_the_config_is_checked_before_anything_runs(tmp_path):
+    from jaxmod.advice.arrays import AdviceBook
+    from jaxmod.advice.modulation import ModulationError
+    from jaxmod.envs import make_core
+    from jaxmod.ppo import default_config
+    from jaxmod.ppo.config import ConfigError
+    from jaxmod.ultra.pipeline import check_advice
+
+    with pytest.raises(ConfigError, match="ppo.env_id 'CartPole-v1' differs from env_id 'Acrobot-v1'"):
+        UltraConfig(env_id="Acrobot-v1", ppo=default_config("CartPole-v1"))
+    with pytest.raises(ConfigError, match="num_envs must be an integer, got 4.5"):
+        UltraConfig(ppo=default_config("CartPole-v1", num_envs=4.5))
+    with pytest.raises(ModulationError, match="match_radius must be a finite number"):
+        UltraConfig.flat(match_radius=float("nan"))
+    with pytest.raises(ConfigError, match="unknown knob"):
+        UltraConfig.flat(capacityy=3)
+    cartpole, acrobot = make_core("CartPole-v1"), make_core("Acrobot-v1")
+    check_advice(AdviceBook.stacked([AdviceBook(cartpole, 8)] * 2), cartpole, 8, 2)
+    with pytest.raises(ModulationError, match="capacity 16"):
+        check_advice(AdviceBook.stacked([AdviceBook(cartpole, 8)] * 2), cartpole, 16, 2)
+    with pytest.raises(ModulationError, match="does not fit CartPole-v1"):
+        check_advice(AdviceBook.stacked([AdviceBook(acrobot, 8)] * 2), cartpole, 8, 2)
+    config = UltraConfig.flat(capacity=8, **TINY)
+    assert UltraConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def _failing_factory():
+    from jaxmod.llm import ChatResult
+
+    class Down:
+        name = "down"
+
+        async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None):
+            return ChatResult(error="connection refused", kind="connect")
+
+    @contextlib.asynccontextmanager
+    async def factory():
+        yield Advisor(Down(), max_critical=2)
+
+    return factory
+
+
+def test_a_failing_advisor_stops_the_run_with_one_line(tmp_path):
+    from jaxmod.llm import AdvisorFailure
+
+    run = UltraRun(UltraConfig.flat(variants=("PPO", "RA"), **TINY), tmp_path / "down",
+                   advisor_factory=_failing_factory())
+    with pytest.raises(AdvisorFailure, match=r"the advisor failed \d+ of \d+ questions in RA round 0") as err:
+        run.run()
+    assert "\n" not in str(err.value) and "--advisor-failure continue" in str(err.value)
+
+
+def test_no_credential_reaches_any_file_or_output(tmp_path):
+    """`jaxmod ultra` against a loopback server that echoes the Authorization header back in its errors."""
+    import subprocess
+
+    from tests.fault_server import FaultServer, echo_auth, ok
+
+    canary = "sk-canary-XXXX-7f3a9c"
+    out = tmp_path / "run"
+    tiny = ["--seeds", "1", "--pretrain-steps", "512", "--refine-steps", "512", "--num-envs", "4", "--num-steps", "64",
+            "--num-minibatches", "2", "--update-epochs", "1", "--chunks", "2", "--collect-envs", "2",
+            "--collect-steps", "64", "--eval-envs", "2", "--eval-steps", "64", "--episodes-per-round", "1"]
+    with FaultServer([ok('{"ok": true}'), echo_auth(400)]) as srv:
+        proc = subprocess.run([sys.executable, "-m", "jaxmod.cli", "ultra", *tiny, "--variant", "RA", "--advisor",
+                               srv.url, "--advisor-failure", "continue", "--advisor-retries", "0", "--out", str(out)],
+                              capture_output=True, text=True, timeout=500,
+                              env={**os.environ, "OPENAI_API_KEY": canary, "JAXMOD_DEBUG": ""})
+        assert srv.headers and all(h["Authorization"] == f"Bearer {canary}" for h in srv.headers)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(f.name for f in out.rglob("*") if f.is_file())
+    assert written == ["config.json", "critical_states.md", "transcript.jsonl", "ultra.json", "ultra.png"]
+    transcript = (out / "transcript.jsonl").read_text()
+    assert "***" in transcript  # the echoed key was there, redacted
+    texts = [proc.stdout, proc.stderr] + [f.read_bytes().decode("utf-8", "replace") for f in out.rglob("*")
+                                          if f.is_file()]
+    assert sum(t.count(canary) for t in texts) == 0
+    summary = json.loads((out / "ultra.json").read_text())
+    assert summary["config"]["advisor"]["spec"] == srv.url and summary["config"]["advisor"]["model"] == "fault-model"

@@ -52,15 +52,17 @@ class ModulationError(ValueError):
 
 @dataclass(frozen=True)
 class ModulationConfig:
-    """Static switches and default values of ULTRA's refinement (default: ULTRA-RA)."""
+    """Static switches and default values of ULTRA's refinement (default: ULTRA-RA). These defaults are the
+    product's: `jaxmod ultra` and `jaxmod.ultra.UltraConfig` take theirs from here."""
 
-    capacity: int = 64  # K advice slots
+    capacity: int = 32  # K advice slots per seed
     override_action: bool = True  # ULTRA-A
     shape_reward: bool = True  # ULTRA-R
-    restart_prob: float = 0.5  # rho (jaxmod's choice: RICE-style mixed restarts)
-    match_radius: float = 0.0  # epsilon in normalised-observation distance; 0 disables matching
-    reward_scale: float = 1.0  # lambda
-    kl_coef: float = 0.0  # beta (jaxmod's extension, not in the paper)
+    restart_prob: float = 0.5  # rho: chance an episode restarts from a critical state (RICE-style mixed restarts)
+    match_radius: float = 0.0  # epsilon: live states this close to an advice state (in observation stds, or the
+    # advice states' spread for raw observations) are critical too; 0 disables matching
+    reward_scale: float = 1.0  # lambda: weight of the advisor's implicit reward (ULTRA-R)
+    kl_coef: float = 1.0  # beta: weight of KL(advice || policy) at critical steps (jaxmod's extension; 0: off)
     kl_target_std: float = 0.2  # std of the Gaussian target around a continuous suggestion
     kl_filter: bool = False  # KL only on advised steps whose advantage is positive (robustness to bad advice)
     verify_samples: int = 4  # advice verification: samples per group before a slot can be refuted (0: off)
@@ -70,6 +72,9 @@ class ModulationConfig:
     consensus_action_tol: float = 0.25  # continuous suggestions agree within this RMS share of the action range
 
     def __post_init__(self) -> None:
+        from jaxmod.config import check_fields
+
+        check_fields(self, ModulationError)  # ints are ints, floats finite (nan passes every comparison below)
         if not 1 <= self.capacity <= MAX_CAPACITY:
             raise ModulationError(f"capacity must lie in [1, {MAX_CAPACITY}]")
         if not 0.0 <= self.restart_prob <= 1.0:

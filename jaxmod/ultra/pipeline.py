@@ -18,116 +18,35 @@ import jax
 import numpy as np
 
 from jaxmod.advice.arrays import Advice, AdviceBook
-from jaxmod.advice.modulation import ModulationConfig, ModulationError
+from jaxmod.advice.modulation import ModulationError
 from jaxmod.llm import (
     Advisor,
-    ClientSettings,
     DelayedBackend,
     HTTPBackend,
     LLMClient,
     LocalBackend,
     NoisyBackend,
     Transcript,
+    advisor_spec,
+    markdown_table,
+    redact_url,
 )
 from jaxmod.llm.advisors import ChatBackend
-from jaxmod.methods import BASELINES, METHODS, MethodContext, method
+from jaxmod.methods import BASELINES, METHODS, method
 from jaxmod.parallel import seed_keys
-from jaxmod.ppo import PPOConfig, PPOLearner, default_config
+from jaxmod.ppo import PPOLearner
+from jaxmod.ppo.config import ConfigError
 from jaxmod.ultra.advise import CriticalRow
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import make_collector
+from jaxmod.ultra.config import UltraConfig, UltraSettings
 from jaxmod.ultra.heap import frozen_heap
 from jaxmod.ultra.refine import RefinementProgram, refine_chunks
 from jaxmod.ultra.rounds import AdviceRounds
 from jaxmod.ultra.schedule import AsyncSchedule, ReplaySchedule, Schedule, SyncSchedule
 
 BASELINE = "PPO"
-
-
-@dataclass(frozen=True)
-class UltraSettings:
-    """One ULTRA experiment. Step counts are env steps per seed."""
-
-    env_id: str = "CartPole-v1"
-    seeds: int = 5
-    seed: int = 0
-    pretrain_steps: int = 60_000  # a sub-optimal agent: stopped early
-    refine_steps: int = 100_000
-    refine_lr: float = 1e-4
-    chunks: int = 10  # refinement chunks: advice refreshes and evaluation points
-    variants: tuple[str, ...] = ("PPO", "A", "R", "RA")
-    advisor: str = "scripted"  # scripted | smollm2 | teacher:<ckpt> | replay:<transcript> | http(s)://host:port/v1
-    model: str = "default"  # model name for an HTTP advisor
-    noise: float = 0.0  # fraction of answers corrupted (NoisyAdvisor)
-    advisor_concurrency: int = 16  # questions in flight at once (HTTP advisors; the embedded smollm2 takes 1)
-    advisor_latency_s: float = 0.0  # added latency per answer (DelayedBackend): a stand-in for a slow remote LLM
-    advisor_priority: str = "normal"  # host-side advisor threads: "normal", or "idle" (Linux SCHED_IDLE: only CPU
-    # time training leaves; on a CPU-only machine training is then not slowed, but advice arrives later)
-    episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
-    max_critical: int = 2
-    capacity: int = 32
-    restart_prob: float = 0.5
-    reward_scale: float = 1.0
-    kl_coef: float = 1.0
-    match_radius: float = 0.0
-    kl_filter: bool = False
-    verify_samples: int = 4  # advice verification: samples per group before a slot can be refuted (0: off)
-    consensus_radius: float = 2.0  # advice consensus: out-voted slots stop acting (0: off)
-    collect_envs: int = 8
-    collect_steps: int = 256
-    eval_envs: int = 16
-    eval_steps: int = 600
-    ppo_overrides: tuple[tuple[str, Any], ...] = ()
-    sync_advice: bool = False  # wait for each advice round before the next chunk: reproducible (and replayable)
-    # runs at the cost of stalls; the default never waits
-    swap_schedule: str | None = None  # a run's ultra.json: swap advice in at exactly the chunks that run did
-    # (with advisor replay:<its transcript>, an asynchronous run replays exactly)
-    # baselines (jaxmod.baselines): RICE's mask net, its (p, lambda) (None = RICE Table 3 for the task), JSRL
-    mask_steps: int = 100_000  # env steps of mask-net training per seed
-    mask_alpha: float = 0.01
-    rice_p: float | None = None
-    rice_lambda: float | None = None
-    jsrl_steps: int = 0  # initial guide roll-in horizon; 0 = the agents' mean episode length
-    agents_dir: str | None = None  # save the pre-trained agents here and reuse them in later runs
-
-    def __post_init__(self) -> None:
-        for v in self.variants:
-            method(v)  # raises a one-line MethodError listing the valid names
-        if not 0.0 <= self.noise <= 1.0 or self.advisor_latency_s < 0 or self.advisor_concurrency < 1:
-            raise ModulationError("advisor noise must lie in [0, 1], advisor latency be >= 0 seconds and advisor "
-                                  "concurrency >= 1")
-        if self.advisor_priority not in ("idle", "normal"):
-            raise ModulationError(f"advisor priority must be 'idle' or 'normal', not {self.advisor_priority!r}")
-
-    @classmethod
-    def replay_of(cls, run_dir: Path) -> UltraSettings:
-        """Settings that re-run the finished run in `run_dir` exactly: its settings, its transcript as the
-        advisor (answers as recorded, noise included), and its advice swap schedule."""
-        run_dir = Path(run_dir)
-        summary_path = run_dir / "ultra.json"
-        if not summary_path.exists():
-            raise FileNotFoundError(f"no ultra.json in {run_dir}")
-        recorded = json.loads(summary_path.read_text())["settings"]
-        recorded["variants"] = tuple(recorded["variants"])
-        recorded["ppo_overrides"] = tuple(tuple(kv) for kv in recorded["ppo_overrides"])
-        return cls(**{**recorded, "advisor": f"replay:{run_dir / 'transcript.jsonl'}", "noise": 0.0,
-                      "swap_schedule": str(summary_path)})
-
-    def ppo_config(self, total_steps: int, **changes: Any) -> PPOConfig:
-        return default_config(self.env_id, total_timesteps=total_steps, **{**dict(self.ppo_overrides), **changes})
-
-    def modulation(self) -> ModulationConfig:
-        """ULTRA's knobs of this experiment (the A / R switches are set per variant by `jaxmod.methods`)."""
-        return ModulationConfig(capacity=self.capacity, restart_prob=self.restart_prob,
-                                reward_scale=self.reward_scale, kl_coef=self.kl_coef, match_radius=self.match_radius,
-                                kl_filter=self.kl_filter, verify_samples=self.verify_samples,
-                                verify_memory=max(64, self.verify_samples), consensus_radius=self.consensus_radius)
-
-    def modulator(self, variant: str, guide_steps: int = 1):
-        """`variant`'s modulator (`jaxmod.methods`), built from these settings."""
-        ctx = MethodContext(self.env_id, self.modulation(), self.jsrl_steps or guide_steps, self.rice_p,
-                            self.rice_lambda)
-        return method(variant).build(ctx)
+__all__ = ["BASELINE", "UltraConfig", "UltraRun", "UltraSettings", "VariantResult"]
 
 
 @dataclass
@@ -139,49 +58,80 @@ class VariantResult:
     chunk_metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _advisor_factory(settings: UltraSettings, transcript: Transcript | None) -> Callable:
+def _advisor_factory(config: UltraConfig, transcript: Transcript | None) -> Callable:
     """An async context manager factory yielding the configured `Advisor` (and its server if embedded)."""
+    a = config.advisor
+    deadline_s = a.deadline_s if a.deadline_s is not None else 300.0
 
     def wrap(backend: ChatBackend) -> ChatBackend:
         """The configured corruption and added latency around a live backend (not around a replay)."""
-        if settings.noise:
-            backend = NoisyBackend(backend, settings.noise, seed=settings.seed)
-        if settings.advisor_latency_s:
-            backend = DelayedBackend(backend, settings.advisor_latency_s)
+        if a.noise:
+            backend = NoisyBackend(backend, a.noise, seed=config.seed)
+        if a.latency_s:
+            backend = DelayedBackend(backend, a.latency_s)
         return backend
+
+    def local(backend: ChatBackend) -> Advisor:
+        return Advisor(backend, a.max_critical, transcript, deadline_s=deadline_s)
 
     @contextlib.asynccontextmanager
     async def factory():
-        spec = settings.advisor
-        server = None
-        if spec in ("scripted", "smollm2"):  # embedded: a real local HTTP server, in a child process
-            from jaxmod.llm.server import ServerProcess
-
-            server = ServerProcess(spec).start()
-            url, model = server.url, server.model
-        elif spec.startswith("replay:"):
+        spec = advisor_spec(a.spec, None)
+        if spec.startswith("replay:"):
             from jaxmod.llm import ReplayBackend
 
-            yield Advisor(ReplayBackend(spec.split(":", 1)[1]), settings.max_critical, transcript)
-            return
+            yield local(ReplayBackend(spec.split(":", 1)[1]))
         elif spec.startswith("teacher:"):
             from jaxmod.advice.teacher import TeacherBackend
 
-            yield Advisor(wrap(LocalBackend(TeacherBackend(spec.split(":", 1)[1]))), settings.max_critical, transcript)
-            return
+            yield local(wrap(LocalBackend(TeacherBackend(spec.split(":", 1)[1]))))
         else:
-            url, model = spec, settings.model
-        try:
-            limit = 1 if spec == "smollm2" else settings.advisor_concurrency
-            client_settings = ClientSettings(base_url=url, model=model, concurrency=limit,
-                                             max_tokens=160 if spec == "smollm2" else 512, timeout_s=120)
-            async with LLMClient(client_settings) as client:
-                yield Advisor(wrap(HTTPBackend(client)), settings.max_critical, transcript, concurrency=limit)
-        finally:
-            if server is not None:
-                server.stop()
+            async with _http_advisor(config, spec, wrap, transcript, deadline_s) as advisor:
+                yield advisor
 
     return factory
+
+
+@contextlib.asynccontextmanager
+async def _http_advisor(config: UltraConfig, spec: str, wrap: Callable, transcript: Transcript | None,
+                        deadline_s: float):
+    """An `Advisor` over HTTP: an embedded server (scripted, smollm2) in a child process, or the URL `spec`."""
+    a, server = config.advisor, None
+    if spec in ("scripted", "smollm2"):  # embedded: a real local HTTP server, in a child process
+        from jaxmod.llm.server import ServerProcess
+
+        server = ServerProcess(spec).start()
+        url, model = server.url, server.model
+    else:
+        url, model = spec, a.model
+    try:
+        limit = 1 if spec == "smollm2" else a.concurrency
+        client_settings = a.client_settings(base_url=url, model=model, concurrency=limit,
+                                            max_tokens=160 if spec == "smollm2" else 512,
+                                            timeout_s=120)
+        async with LLMClient(client_settings) as client:
+            yield Advisor(wrap(HTTPBackend(client)), a.max_critical, transcript, deadline_s=deadline_s,
+                          concurrency=limit)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def check_advice(advice: Advice, core: Any, capacity: int, seeds: int) -> None:
+    """Raise `ModulationError` (one line, before anything is traced) unless `advice` has the shapes the learner
+    was built for: `seeds` x `capacity` slots of `core`'s observations, snapshots and actions."""
+    expected = jax.eval_shape(lambda: Advice.empty(core, capacity))
+    got_cap = tuple(np.shape(advice.valid))
+    if got_cap != (seeds, capacity):
+        raise ModulationError(f"advice holds {got_cap[-1] if got_cap else 0} slots x {got_cap[0] if got_cap else 0} "
+                              f"seeds but the config asks for capacity {capacity} x {seeds} seeds: build the advice "
+                              "with the config's modulation.capacity (or set capacity to the advice's)")
+    mismatch = [f"{jax.tree_util.keystr(path)} {tuple(np.shape(x))} != {(seeds, *e.shape)}"
+                for (path, x), e in zip(jax.tree_util.tree_flatten_with_path(advice)[0], jax.tree.leaves(expected),
+                                        strict=False) if tuple(np.shape(x)) != (seeds, *e.shape)]
+    if mismatch or jax.tree.structure(advice) != jax.tree.structure(expected):
+        raise ModulationError(f"advice does not fit {core.env_id}: {'; '.join(mismatch[:3]) or 'other fields'} "
+                              "(advice from another env, or packed for other observation/action shapes)")
 
 
 def _with_normalisers(state, pre_env_state):
@@ -202,16 +152,25 @@ def _modulation_row(m: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 class UltraRun:
-    """Stages of one experiment; `run()` does them all. Each stage can be called alone."""
+    """Stages of one experiment; `run()` does them all. Each stage can be called alone.
 
-    def __init__(self, settings: UltraSettings, out: Path, log: Callable[[str], None] = lambda _: None,
+    `out` is the run's folder: it gets config.json now (the whole config, advisor resolved, credentials redacted)
+    and transcript.jsonl, ultra.json, ultra.png, critical_states.md as the run goes. A folder that holds an
+    earlier run is refused unless `overwrite`."""
+
+    def __init__(self, config: UltraConfig, out: Path, log: Callable[[str], None] = lambda _: None,
                  progress: Callable[[str, int, int], None] = lambda *_: None,
-                 advisor_factory: Callable | None = None) -> None:
-        self.s, self.out, self.log, self.progress = settings, Path(out), log, progress
+                 advisor_factory: Callable | None = None, overwrite: bool = False) -> None:
+        if config.advisor.spec is None:  # the run records which advisor it asked
+            config = dataclasses.replace(config, advisor=dataclasses.replace(config.advisor,
+                                                                             spec=advisor_spec(None, None)))
+        self.s, self.out, self.log, self.progress = config, Path(out), log, progress
         self.advisor_factory = advisor_factory
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.transcript = Transcript(self.out / "transcript.jsonl")
-        self.critical_rows: list[CriticalRow] = []
+        if (self.out / "ultra.json").exists() and not overwrite:
+            raise ConfigError(f"{self.out} already holds an ULTRA run; choose another output folder or overwrite it")
+        self.transcript = Transcript(self.out / "transcript.jsonl", overwrite=overwrite)
+        (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        self.critical_rows: list[tuple[str, int, CriticalRow]] = []  # (variant, seed, row)
         self.advice_stats: list[dict[str, Any]] = []
         self._recording: tuple[Any, float] | None = None  # the pre-trained agents' episodes, mean length
         self._explained: dict[str, Advice] = {}  # baselines' critical states, by explanation kind
@@ -255,7 +214,7 @@ class UltraRun:
         if self._recording is None:
             s = self.s
             learner = self.agent_learner
-            collect = make_collector(learner.env.replace_num_envs(s.collect_envs), learner.net, s.collect_steps)
+            collect = make_collector(learner.env.replace_num_envs(s.sizes.collect_envs), learner.net, s.sizes.collect_steps)
             rec = jax.jit(jax.vmap(collect))(pre_state.params, pre_state.env_state.obs_rms,
                                              seed_keys(s.seed + 3000, s.seeds))
             done = np.asarray(rec.terminated | rec.truncated)
@@ -277,8 +236,8 @@ class UltraRun:
             learner = self.agent_learner
             obs_rms = pre_state.env_state.obs_rms
             c = learner.config  # the agent's rollout shape; at least one update
-            mc = MaskConfig(alpha=s.mask_alpha, num_envs=c.num_envs, num_steps=c.num_steps,
-                            total_timesteps=max(s.mask_steps, c.num_envs * c.num_steps))
+            mc = MaskConfig(alpha=s.baselines.mask_alpha, num_envs=c.num_envs, num_steps=c.num_steps,
+                            total_timesteps=max(s.baselines.mask_steps, c.num_envs * c.num_steps))
             mask_net, train_mask = make_mask_trainer(learner.env, learner.net, mc)
             masks = jax.jit(jax.vmap(train_mask))(seed_keys(s.seed + 4000, s.seeds), pre_state.params, obs_rms)
             obs = jax.vmap(learner.env.observe)(obs_rms, rec.obs)
@@ -288,7 +247,7 @@ class UltraRun:
                      f"{float(np.mean(np.asarray(masks.episode_return)[:, -1])):.1f})")
         else:
             scores = jax.random.uniform(jax.random.PRNGKey(s.seed + 5000), rec.reward.shape)
-        self._explained[kind] = jax.jit(jax.vmap(lambda r, sc: critical_advice(r, sc, s.capacity)))(rec, scores)
+        self._explained[kind] = jax.jit(jax.vmap(lambda r, sc: critical_advice(r, sc, s.modulation.capacity)))(rec, scores)
         return self._explained[kind]
 
     # ------------------------------------------------------------------ stages 2-5 + refinement
@@ -314,32 +273,45 @@ class UltraRun:
 
     def schedule(self, variant: str) -> Schedule:
         """When `variant` swaps fresh advice in: a recorded run's chunks, every round, or whenever ready."""
-        if self.s.swap_schedule:
-            return ReplaySchedule.of_run(self.s.swap_schedule, variant)
-        return SyncSchedule() if self.s.sync_advice else AsyncSchedule()
+        if self.s.schedule.swap_schedule:
+            return ReplaySchedule.of_run(self.s.schedule.swap_schedule, variant)
+        return SyncSchedule() if self.s.schedule.sync_advice else AsyncSchedule()
+
+    def initial_advice(self, variant: str, pre_state, learner: PPOLearner, state, program: RefinementProgram,
+                       advisor: AdvisorThread | None) -> Advice | AdviceRounds:
+        """The advice `variant` starts from: none (all slots invalid), its baseline's explained critical states, or
+        (for an advisor's method) its advice rounds, the first round on the pre-trained agents' own episodes taken."""
+        s = self.s
+        source = method(variant).critical
+        if source in ("mask", "random"):
+            return self.explain(source, pre_state)
+        if source != "advisor":
+            return AdviceBook.stacked([AdviceBook(learner.env.core, s.modulation.capacity)] * s.seeds)
+        from jaxmod.llm import AdvisorStats
+
+        advisor.advisor.stats = AdvisorStats()  # per-variant accounting
+        rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.modulation.capacity,
+                              s.advisor.episodes_per_round, self.critical_rows.extend, variant,
+                              s.advisor.failure_policy(), self.log)
+        t0 = time.perf_counter()
+        rounds.hand_over(program.record(state, 0))
+        _, counts = rounds.take()
+        self.log(f"{variant}: initial advice {counts['packed']} packed, {counts['dropped']} dropped "
+                 f"in {time.perf_counter() - t0:.1f}s")
+        return rounds
 
     def _refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         s = self.s
-        source = method(variant).critical
         guide_steps = max(1, round(self.agent_episodes(pre_state)[1])) if variant in BASELINES else 1
         learner, state = self.refinement_start(variant, pre_state, guide_steps)
-        program = RefinementProgram.build(learner, s.chunks, self.refinement_keys, seed_keys(s.seed + 2000, s.seeds),
-                                          s.collect_envs, s.collect_steps, s.eval_envs, s.eval_steps)
-        rounds = None
-        advice = AdviceBook.stacked([AdviceBook(learner.env.core, s.capacity)] * s.seeds)  # no advice yet
-        if source in ("mask", "random"):
-            advice = self.explain(source, pre_state)
-        elif source == "advisor":  # initial advice on the pre-trained agents' own episodes
-            from jaxmod.llm import AdvisorStats
-
-            advisor.advisor.stats = AdvisorStats()  # per-variant accounting
-            rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.capacity, s.episodes_per_round,
-                                  self.critical_rows.extend)
-            t0 = time.perf_counter()
-            rounds.hand_over(program.record(state, 0))
-            advice, counts = rounds.take()
-            self.log(f"{variant}: initial advice {counts['packed']} packed, {counts['dropped']} dropped "
-                     f"in {time.perf_counter() - t0:.1f}s")
+        z = s.sizes
+        program = RefinementProgram.build(learner, s.schedule.chunks, self.refinement_keys,
+                                          seed_keys(s.seed + 2000, s.seeds), z.collect_envs, z.collect_steps,
+                                          z.eval_envs, z.eval_steps)
+        rounds, advice = None, self.initial_advice(variant, pre_state, learner, state, program, advisor)
+        if isinstance(advice, AdviceRounds):
+            rounds, advice = advice, advice.advice()
+        check_advice(advice, learner.env.core, s.modulation.capacity, s.seeds)
         program.compile(state, advice)  # before the clock starts: wall time compares refinement, not compilers
         result = VariantResult(variant)
         cfg, modulated = learner.config, not learner.modulator.identity
@@ -371,7 +343,7 @@ class UltraRun:
         results: dict[str, VariantResult] = {}
         needs_advisor = any(method(v).critical == "advisor" for v in self.s.variants)
         factory = self.advisor_factory or _advisor_factory(self.s, self.transcript)
-        ctx = AdvisorThread(factory, self.s.advisor_priority == "idle") if needs_advisor else contextlib.nullcontext()
+        ctx = AdvisorThread(factory, self.s.advisor.priority == "idle") if needs_advisor else contextlib.nullcontext()
         with ctx as advisor:
             for variant in self.s.variants:
                 results[variant] = self.refine(variant, pre, advisor)
@@ -387,18 +359,16 @@ class UltraRun:
 
         summary = {name: {"steps": r.steps, "eval_returns": r.eval_returns, "wall_s": r.wall_s,
                           "chunks": r.chunk_metrics} for name, r in results.items()}
-        summary["settings"] = dataclasses.asdict(self.s)
+        summary["config"] = self.s.to_dict()
         summary["advisor"] = self.advice_stats
-        summary["modulation_choices"] = self.s.modulation().choices()
+        summary["modulation_choices"] = self.s.modulation.choices()
         (self.out / "ultra.json").write_text(json.dumps(summary, indent=2, default=str))
-        with open(self.out / "critical_states.md", "w") as fh:
-            fh.write("| episode | step | length | return | state | agent action | why critical | suggested | "
-                     "implicit reward | advice reason | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-            for r in self.critical_rows:
-                cells = [r.episode, r.step, r.episode_length, f"{r.episode_return:.1f}", r.state, r.agent_action,
-                         r.why_critical, r.suggested_action,
-                         "-" if r.implicit_reward is None else f"{r.implicit_reward:+.2f}", r.advice_reason, r.verdict]
-                fh.write("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |\n")
+        columns = ("variant", "seed", "episode", "step", "length", "return", "state", "agent action", "why critical",
+                   "suggested", "implicit reward", "advice reason", "verdict")
+        rows = [(variant, seed, r.episode, r.step, r.episode_length, f"{r.episode_return:.1f}", r.state, r.agent_action,
+                 r.why_critical, r.suggested_action, "-" if r.implicit_reward is None else f"{r.implicit_reward:+.2f}",
+                 r.advice_reason, r.verdict) for variant, seed, r in self.critical_rows]
+        (self.out / "critical_states.md").write_text(markdown_table(columns, rows), encoding="utf-8")
         series = [(METHODS[n].label, np.array(r.steps), np.array(r.eval_returns)) for n, r in results.items()]
-        plot_curves(series, self.out / "ultra.png", title=f"Refinement on {self.s.env_id} ({self.s.advisor} advisor)",
+        plot_curves(series, self.out / "ultra.png", title=f"Refinement on {self.s.env_id} ({redact_url(self.s.advisor.spec or '')} advisor)",
                     xlabel="refinement env steps per seed", ylabel="evaluation return")

@@ -1,5 +1,7 @@
 """Advice rounds on the host: hand a recording's episodes to the advisor thread, and pack its answers into the
-per-seed advice books once they are there (`AdviceRounds`)."""
+per-seed advice books once they are there (`AdviceRounds`). Every question of a round is tagged with its variant,
+round and seed (`jaxmod.llm.tagged`), so a replay serves exactly the answer each got; each round's counts go to
+the advisor's failure policy (`jaxmod.llm.FailurePolicy`), which stops the run when the advisor stops advising."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import jax
 
 from jaxmod.advice.arrays import Advice, AdviceBook
 from jaxmod.envs.core import EnvCore
-from jaxmod.llm import Advisor
+from jaxmod.llm import Advisor, FailurePolicy, RoundCounts, tagged
 from jaxmod.ultra.advise import CriticalRow, advise_episodes
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import split_episodes
@@ -20,14 +22,18 @@ from jaxmod.ultra.collect import split_episodes
 
 class AdviceRounds:
     """One variant's advice rounds: at most one in flight. `books[i]` holds seed i's advice (capacity K); the
-    rows of the critical-state table go to `on_rows`. Every method runs on the training loop's thread."""
+    rows of the critical-state table go to `on_rows` as (variant, seed, row). `policy` judges each round's answers
+    (None: never stops); its warnings go to `warn`. Every method runs on the training loop's thread."""
 
     def __init__(self, advisor: AdvisorThread, core: EnvCore, seeds: int, capacity: int, episodes_per_round: int,
-                 on_rows: Callable[[list[CriticalRow]], None]) -> None:
+                 on_rows: Callable[[list[tuple[str, int, CriticalRow]]], None], variant: str = "",
+                 policy: FailurePolicy | None = None, warn: Callable[[str], None] = lambda _: None) -> None:
         self.advisor, self.core, self.seeds, self.episodes_per_round = advisor, core, seeds, episodes_per_round
         self.books = [AdviceBook(core, capacity) for _ in range(seeds)]
-        self.on_rows = on_rows
+        self.on_rows, self.variant, self.policy, self.warn = on_rows, variant, policy, warn
         self.pending: tuple[Any, float] | None = None  # (future of the round's answers, time it was handed over)
+        self.round = 0  # rounds handed over so far
+        self._before: Any = None  # the advisor's stats when the pending round was handed over
         self._uid = 0
 
     def advice(self) -> Advice:
@@ -45,11 +51,17 @@ class AdviceRounds:
             episodes = split_episodes(rec_i, self._uid, self.episodes_per_round)
             self._uid += len(episodes) + 1
             per_seed.append((rec_i, episodes))
-        core = self.core
+        core, tags = self.core, {"variant": self.variant, "round": self.round}
+
+        async def one(adv: Advisor, seed: int, rec: Any, eps: list) -> Any:
+            with tagged(**tags, seed=seed):  # replay serves each (variant, round, seed, question) its own answer
+                return await advise_episodes(adv, core, rec, eps)
 
         async def job(adv: Advisor):  # every seed's questions at once, up to the advisor's concurrency
-            return list(await asyncio.gather(*(advise_episodes(adv, core, rec, eps) for rec, eps in per_seed)))
+            return list(await asyncio.gather(*(one(adv, i, rec, eps) for i, (rec, eps) in enumerate(per_seed))))
 
+        self._before = self.advisor.advisor.stats.copy()
+        self.round += 1
         self.pending = (self.advisor.submit(job), time.perf_counter())
         return time.perf_counter() - t0
 
@@ -57,16 +69,22 @@ class AdviceRounds:
         return self.pending is not None and self.pending[0].done()
 
     def take(self) -> tuple[Advice, dict[str, Any]]:
-        """Wait for the pending round, pack its valid answers; returns the new advice and the swap's row facts."""
+        """Wait for the pending round, pack its valid answers; returns the new advice and the swap's row facts.
+        Raises `AdvisorFailure` (one line) when the failure policy stops the run."""
         future, started = self.pending
         outs = future.result()
         latency = time.perf_counter() - started
         self.pending = None
+        if self.policy is not None:
+            label = f"{self.variant} round {self.round - 1}".strip()  # as tagged
+            warning = self.policy.check(RoundCounts.between(self._before, self.advisor.advisor.stats), label)
+            if warning:
+                self.warn(warning)
         counts = {"packed": 0, "dropped": 0}
-        for book, (items, verdicts, rows) in zip(self.books, outs, strict=True):
+        for seed, (book, (items, verdicts, rows)) in enumerate(zip(self.books, outs, strict=True)):
             c = book.add_answers(items, verdicts)
             counts = {k: counts[k] + c[k] for k in counts}
-            self.on_rows(rows)
+            self.on_rows([(self.variant, seed, row) for row in rows])
         return self.advice(), {"swapped_advice": True, "advisor_latency_s": latency, **counts}
 
     def cancel(self) -> None:

@@ -1,0 +1,333 @@
+"""Configs as nested frozen dataclasses: field documentation, type and number checks, JSON round trips, and the
+command-line flags generated from the fields (one default per knob, the same in Python and on the command line).
+
+- `field_docs(cls)`: each field's documentation, read from the comment on (and under) its line in the source;
+- `check_fields(obj, error)`: every int field an int, every float field a finite number (raises `error`);
+- `to_dict(obj)` / `from_dict(cls, data)`: JSON-ready dicts of nested configs, unknown or mistyped keys refused;
+- `Flag` / `flags_of(cls)`: one command-line flag per leaf field of a nested config (flat names, `--kl-coef`);
+  `add_flags(group, flags, defaults)` adds them to an argparse group, their help the field docs with the default;
+- `TrainConfig`: what `jaxmod train` runs (the PPO config, seeds, chunks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import inspect
+import io
+import json
+import math
+import tokenize
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jaxmod.ppo.config import ConfigError, PPOConfig, default_config
+
+CONFIG_FILE = "config.json"
+
+
+# --------------------------------------------------------------------------- field documentation
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """`{field: doc}` from the comments of `cls`'s source: the comment ending a field's line, continued by comment
+    lines right under it (fields without one are left out). Empty when the source cannot be read."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code_lines.add(tok.start[0])
+    names = {f.name for f in dataclasses.fields(cls)}
+    docs: dict[str, str] = {}
+    for i, line in enumerate(source.splitlines(), start=1):
+        name = line.strip().split(":", 1)[0]
+        if name not in names or name in docs or i not in comments:
+            continue
+        parts, j = [comments[i]], i + 1
+        while j in comments and j not in code_lines:
+            parts.append(comments[j])
+            j += 1
+        docs[name] = " ".join(parts)
+    return docs
+
+
+# --------------------------------------------------------------------------- types and checks
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _optional(hint: Any) -> tuple[Any, bool]:
+    """(the type inside `X | None`, whether None is allowed)."""
+    args = typing.get_args(hint)
+    if (typing.get_origin(hint) in (typing.Union, types.UnionType)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else hint), True
+    return hint, False
+
+
+def check_value(name: str, hint: Any, value: Any, error: type[Exception] = ConfigError) -> Any:
+    """`value` checked against `hint` (int, float, bool, str, optional, tuples); lists become tuples. Raises
+    `error` with a message that says what to pass."""
+    inner, nullable = _optional(hint)
+    if value is None:
+        if nullable:
+            return None
+        raise error(f"{name} must be set (got None)")
+    if inner is bool:
+        if not isinstance(value, bool):
+            raise error(f"{name} must be true or false, got {value!r}")
+    elif inner is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise error(f"{name} must be an integer, got {value!r}")
+    elif inner is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise error(f"{name} must be a finite number, got {value!r}")
+    elif inner is str:
+        if not isinstance(value, str):
+            raise error(f"{name} must be a string, got {value!r}")
+    elif typing.get_origin(inner) is tuple:
+        if not isinstance(value, (tuple, list)):
+            raise error(f"{name} must be a list, got {value!r}")
+        args = typing.get_args(inner)
+        item = args[0] if len(args) == 2 and args[1] is Ellipsis else Any
+        value = tuple(check_value(f"{name}[{i}]", item, v, error) for i, v in enumerate(value))
+    return value
+
+
+def check_fields(obj: Any, error: type[Exception] = ConfigError) -> None:
+    """Every field of the dataclass `obj` of its declared kind: ints are ints (not 4.5, not True), floats finite
+    numbers (not nan or inf), booleans booleans, strings strings. Nested configs are checked by their own."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        hint = hints[f.name]
+        if not dataclasses.is_dataclass(_optional(hint)[0]):
+            check_value(f.name, hint, getattr(obj, f.name), error)
+
+
+def positive(obj: Any, names: tuple[str, ...], error: type[Exception] = ConfigError) -> None:
+    """Raise `error` unless every field in `names` is >= 1."""
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise error(f"{name} must be >= 1, got {getattr(obj, name)}")
+
+
+# --------------------------------------------------------------------------- JSON round trips
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A nested config as a JSON-ready dict (configs with their own `to_dict`, such as `PPOConfig`, use it)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = value.to_dict() if hasattr(value, "to_dict") else to_dict(value)
+        elif isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        out[f.name] = value
+    return out
+
+
+def from_dict(cls: type, data: dict[str, Any], error: type[Exception] = ConfigError, where: str = "") -> Any:
+    """The config of class `cls` in `data` (as `to_dict` wrote it; missing keys take their defaults). Unknown keys
+    and values of the wrong kind raise `error` naming the key."""
+    if not isinstance(data, dict):
+        raise error(f"{where or cls.__name__} must be a JSON object, got {data!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise error(f"unknown config key(s) {', '.join(where + k for k in unknown)}; valid: {', '.join(sorted(names))}")
+    hints = _hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        inner, _ = _optional(hints[name])
+        if dataclasses.is_dataclass(inner) and value is not None:
+            if inner is PPOConfig:
+                sub = {k: v for k, v in value.items() if k not in ("env_options", "hidden_sizes")}
+                from_dict_checked(PPOConfig, sub, error, f"{where}{name}.")
+                value = PPOConfig.from_dict(value)
+            else:
+                value = from_dict(inner, value, error, f"{where}{name}.")
+        elif inner is not Any and name != "env_options":
+            value = check_value(where + name, hints[name], value, error)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict_checked(cls: type, data: dict[str, Any], error: type[Exception], where: str) -> None:
+    """Check the plain fields in `data` against `cls`'s hints (before a foreign `from_dict` sees them)."""
+    hints = _hints(cls)
+    for name, value in data.items():
+        if name in hints:
+            check_value(where + name, hints[name], value, error)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object in a run's config.json (raises ConfigError with what to pass instead)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no config at {path}: pass a run's config.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds no config object")
+    return data
+
+
+# --------------------------------------------------------------------------- command-line flags
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag of a config field: `--flag` sets `path` (field names from the top config down)."""
+
+    flag: str
+    path: tuple[str, ...]
+    hint: Any
+    doc: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+
+def flags_of(cls: type, renames: dict[str, str] | None = None, skip: frozenset[str] = frozenset(),
+             prefix: tuple[str, ...] = ()) -> list[Flag]:
+    """One flag per leaf field of the nested config `cls`, named `--field-name` (or `renames[field]`), without
+    the section prefix; `skip` names fields (or sections) left out. Two leaves with one name raise."""
+    renames = renames or {}
+    out: list[Flag] = []
+    hints, docs = _hints(cls), field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        inner, _ = _optional(hints[f.name])
+        if dataclasses.is_dataclass(inner) and inner is not PPOConfig:
+            out.extend(flags_of(inner, renames, skip, prefix + (f.name,)))
+        elif not dataclasses.is_dataclass(inner):
+            out.append(Flag(renames.get(f.name, "--" + f.name.replace("_", "-")), prefix + (f.name,), hints[f.name],
+                            docs.get(f.name, "")))
+    seen: dict[str, Flag] = {}
+    for fl in out:
+        if fl.flag in seen:
+            raise ConfigError(f"{fl.flag} would set both {'.'.join(seen[fl.flag].path)} and {'.'.join(fl.path)}")
+        seen[fl.flag] = fl
+    return out
+
+
+def parse_int(text: str) -> int:
+    """An integer flag value; scientific notation of whole numbers (5e5) is accepted."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not math.isfinite(value) or not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(value)
+
+
+def parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def parse_tuple(item: Callable[[str], Any]) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        return tuple(item(x.strip()) for x in text.split(",") if x.strip())
+    return parse
+
+
+def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_optional(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "") else parse(text)
+    return parse_optional
+
+
+def _parser_of(hint: Any) -> tuple[Callable[[str], Any] | None, str]:
+    """(argparse `type`, metavar) for a field type; None for booleans."""
+    inner, nullable = _optional(hint)
+    if inner is bool:
+        return None, ""
+    if typing.get_origin(inner) is tuple:
+        item = typing.get_args(inner)[0]
+        parse, meta = parse_tuple(parse_int if item is int else str), "A,B"
+    else:
+        parse, meta = {int: (parse_int, "N"), float: (parse_float, "X")}.get(inner, (str, "TEXT"))
+    return (_none_or(parse) if nullable else parse), meta
+
+
+def show(value: Any) -> str:
+    """A default as a user would type it."""
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "(none)"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "unset" if value is None else str(value)
+
+
+def add_flags(group: Any, flags: list[Flag], defaults: dict[str, Any]) -> None:
+    """Add `flags` to an argparse group; values the user does not give stay absent from the namespace (so a
+    config file's values can stand); help is the field's doc and `defaults[dest]`."""
+    for fl in flags:
+        parse, meta = _parser_of(fl.hint)
+        text = f"{fl.doc} (default: {show(defaults.get(fl.dest))})".lstrip().replace("%", "%%")
+        if parse is None:
+            group.add_argument(fl.flag, dest=fl.dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=text)
+        else:
+            group.add_argument(fl.flag, dest=fl.dest, type=parse, default=argparse.SUPPRESS, metavar=meta, help=text)
+
+
+def given(args: argparse.Namespace, flags: list[Flag]) -> dict[tuple[str, ...], Any]:
+    """The values the user gave on the command line, by field path."""
+    return {fl.path: getattr(args, fl.dest) for fl in flags if hasattr(args, fl.dest)}
+
+
+def leaves(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for k, v in data.items():
+        if isinstance(v, dict) and k not in ("env_options",):
+            yield from leaves(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for k in path[:-1]:
+        data = data.setdefault(k, {})
+    data[path[-1]] = value
+
+
+# --------------------------------------------------------------------------- jaxmod train
+@dataclass(frozen=True)
+class TrainConfig:
+    """What `jaxmod train` runs: PPO on one env for many seeds in one jitted program."""
+
+    ppo: PPOConfig = PPOConfig()  # the learner (default: the preset of the env's family)
+    seeds: int = 1  # number of seeds trained in one program
+    seed: int = 0  # base seed
+    chunks: int = 20  # progress/checkpoint chunks
+    checkpoint_every: int = 5  # save a checkpoint every N chunks (and at the end)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_fields(self.ppo)
+        positive(self, ("seeds", "chunks", "checkpoint_every"))
+
+    @classmethod
+    def for_env(cls, env_id: str, ppo_overrides: dict[str, Any] | None = None, **fields: Any) -> TrainConfig:
+        """The config for `env_id`: its family's PPO preset with `ppo_overrides`, and `fields`."""
+        return cls(ppo=default_config(env_id, **(ppo_overrides or {})), **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"command": "train", **to_dict(self)}

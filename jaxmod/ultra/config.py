@@ -1,0 +1,287 @@
+"""`UltraConfig`: one ULTRA experiment as one nested frozen config, one default per knob.
+
+    UltraConfig
+      env_id, seeds, seed, pretrain_steps, refine_steps, refine_lr, variants, agents_dir
+      ppo: PPOConfig              the learner (default: the env family's preset, `jaxmod.ppo.default_config`)
+      modulation: ModulationConfig  ULTRA's knobs (jaxmod.advice.modulation; A/R switches are set per variant)
+      advisor: AdvisorConfig      who answers, its limits and failure policy
+      schedule: ScheduleConfig    refinement chunks and when advice is swapped in
+      baselines: BaselinesConfig  RICE / StateMask-R / JSRL knobs
+      sizes: SizesConfig          collection and evaluation sizes
+
+`jaxmod ultra`'s flags are generated from these fields (`jaxmod.config.flags_of`), their help from the comments
+below; `UltraConfig.flat(**knobs)` builds one from flat knob names (`capacity=16, chunks=3`), as on the command
+line. Every check runs in `__post_init__`, so Python users get the same one-line errors as the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jaxmod.advice.modulation import ModulationConfig, ModulationError
+from jaxmod.config import check_fields, flags_of, from_dict, positive, to_dict
+from jaxmod.llm import FailurePolicy, LLMConfigError
+from jaxmod.methods import MethodContext, method
+from jaxmod.ppo import PPOConfig, default_config
+from jaxmod.ppo.config import ConfigError
+
+ADVISOR_KINDS = "scripted, smollm2, teacher:<checkpoint>, replay:<transcript.jsonl> or an http(s) URL"
+# flag names that differ from the field names (kept from earlier versions of the command line)
+FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "latency_s": "--advisor-latency",
+              "priority": "--advisor-priority", "timeout_s": "--advisor-timeout", "deadline_s": "--advisor-deadline",
+              "max_tokens": "--advisor-max-tokens", "temperature": "--advisor-temperature",
+              "max_response_bytes": "--advisor-max-response-bytes", "retries": "--advisor-retries",
+              "failure": "--advisor-failure", "failure_rounds": "--advisor-failure-rounds", "env_id": "--env",
+              "variants": "--variant", "noise": "--noise", "model": "--model"}
+PER_VARIANT = frozenset({"override_action", "shape_reward", "ppo"})  # not knobs of a run: set per variant / own flags
+
+
+@dataclass(frozen=True)
+class AdvisorConfig:
+    """Who answers the advisor's questions, within which limits, and what happens when it stops answering."""
+
+    spec: str | None = None  # scripted | smollm2 | teacher:<checkpoint dir> | replay:<transcript> | an
+    # OpenAI-compatible URL (.../v1); unset: ADVISOR_BASE_URL / OPENAI_BASE_URL, else scripted
+    model: str | None = None  # model of an HTTP advisor (unset: OPENAI_MODEL, else the server's only model)
+    noise: float = 0.0  # fraction of advisor answers corrupted (robustness experiments)
+    concurrency: int = 16  # questions in flight at once for an HTTP advisor (match the server's parallel slots)
+    latency_s: float = 0.0  # seconds added to every answer (a stand-in for a slow remote LLM)
+    priority: str = "normal"  # CPU priority of the host-side advisor work: normal, or idle (Linux: only CPU time
+    # training leaves; on a CPU-only machine training is not slowed, but advice arrives later)
+    episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
+    max_critical: int = 2  # critical steps the advisor may name per episode
+    timeout_s: float | None = None  # seconds one attempt may take, connect to last byte (unset: 120)
+    deadline_s: float | None = None  # seconds one question may take with all its retries (unset: 300)
+    max_tokens: int | None = None  # max_tokens asked for per answer (unset: 512; SmolLM2 160)
+    temperature: float | None = None  # sampling temperature (unset: 0)
+    max_response_bytes: int | None = None  # largest response body read (unset: 4 MiB)
+    retries: int | None = None  # retries per question on timeouts, 429 and 5xx (unset: 4)
+    failure: str = "stop"  # when the advisor fails (most answers of a round, or no valid advice for N rounds):
+    # stop the run with an error, or continue without advice
+    failure_rounds: int = 3  # rounds in a row without one valid answer before the failure policy trips
+
+    def __post_init__(self) -> None:
+        check_fields(self, ModulationError)
+        if not 0.0 <= self.noise <= 1.0 or self.latency_s < 0 or self.concurrency < 1:
+            raise ModulationError("advisor noise must lie in [0, 1], advisor latency be >= 0 seconds and advisor "
+                                  "concurrency >= 1")
+        if self.priority not in ("idle", "normal"):
+            raise ModulationError(f"advisor priority must be 'idle' or 'normal', not {self.priority!r}")
+        if self.episodes_per_round < 1 or self.max_critical < 1:
+            raise ModulationError("episodes_per_round and max_critical must be >= 1 (the advisor needs something "
+                                  "to look at)")
+        if self.spec is not None and not (self.spec in ("scripted", "smollm2") or self.spec.startswith(
+                ("teacher:", "replay:", "http://", "https://"))):
+            raise ModulationError(f"unknown advisor {self.spec!r}: use {ADVISOR_KINDS}")
+        self.client_settings(base_url="http://127.0.0.1/v1")  # checks the limits (one-line LLMConfigError)
+        self.failure_policy()
+
+    @property
+    def is_http(self) -> bool:
+        return (self.spec or "").startswith(("http://", "https://"))
+
+    def client_overrides(self) -> dict[str, Any]:
+        """The `ClientSettings` fields this config sets (unset limits are left to the client's defaults)."""
+        names = {"timeout_s": "timeout_s", "deadline_s": "deadline_s", "max_tokens": "max_tokens",
+                 "temperature": "temperature", "max_response_bytes": "max_response_bytes", "retries": "max_retries"}
+        return {dst: getattr(self, src) for src, dst in names.items() if getattr(self, src) is not None}
+
+    def client_settings(self, **fields: Any):
+        from jaxmod.llm import ClientSettings
+
+        try:
+            return ClientSettings(**{**fields, **self.client_overrides()})
+        except LLMConfigError as err:
+            raise ModulationError(str(err)) from None
+
+    def failure_policy(self) -> FailurePolicy:
+        try:
+            return FailurePolicy(mode=self.failure, max_rounds_without_advice=self.failure_rounds)
+        except LLMConfigError as err:
+            raise ModulationError(str(err)) from None
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How refinement is cut into chunks and when fresh advice is swapped in."""
+
+    chunks: int = 10  # refinement chunks: advice refreshes and evaluation points
+    sync_advice: bool = False  # wait for each advice round before the next chunk: reproducible (and replayable
+    # with --advisor replay:<transcript>) at the cost of stalls; the default never waits
+    swap_schedule: str | None = None  # a run's ultra.json: swap advice in at exactly the chunks that run did
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        positive(self, ("chunks",))
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """The comparison methods' knobs (jaxmod.baselines)."""
+
+    mask_steps: int = 100_000  # RICE / StateMask-R: env steps of mask-net training per seed
+    mask_alpha: float = 0.01  # RICE / StateMask-R: the mask net's blinding bonus
+    rice_p: float | None = None  # RICE restart probability (unset: RICE Table 3 for the task)
+    rice_lambda: float | None = None  # RICE RND coefficient (unset: RICE Table 3 for the task)
+    jsrl_steps: int = 0  # JSRL initial roll-in horizon (0: the agents' mean episode length)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        positive(self, ("mask_steps",))
+        if self.jsrl_steps < 0 or self.mask_alpha < 0:
+            raise ConfigError("jsrl_steps and mask_alpha must be >= 0")
+        if self.rice_p is not None and not 0.0 <= self.rice_p <= 1.0:
+            raise ConfigError("rice_p must lie in [0, 1]")
+        if self.rice_lambda is not None and self.rice_lambda < 0:
+            raise ConfigError("rice_lambda must be >= 0")
+
+
+@dataclass(frozen=True)
+class SizesConfig:
+    """How many envs and steps collection (for the advisor and the baselines) and evaluation use, per seed."""
+
+    collect_envs: int = 8  # envs per seed recording episodes for the advisor
+    collect_steps: int = 256  # steps of each such recording
+    eval_envs: int = 16  # envs per seed in each evaluation
+    eval_steps: int = 600  # steps of each evaluation
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        positive(self, ("collect_envs", "collect_steps", "eval_envs", "eval_steps"))
+
+
+@dataclass(frozen=True)
+class UltraConfig:
+    """One ULTRA experiment. Step counts are env steps per seed."""
+
+    env_id: str = "CartPole-v1"  # env id: a gymnax id, brax/<name> or jaxmod/<name>
+    seeds: int = 5  # seeds refined side by side in one program
+    seed: int = 0  # base seed
+    pretrain_steps: int = 60_000  # env steps of the sub-optimal agents' PPO (stopped early)
+    refine_steps: int = 100_000  # env steps of refinement per method
+    refine_lr: float = 1e-4  # learning rate of refinement (constant)
+    variants: tuple[str, ...] = ("PPO", "A", "R", "RA")  # methods: ULTRA's A, R, RA, restart and the baselines
+    # StateMask-R, RICE, JSRL, Random (on the command line PPO fine-tuning always runs)
+    agents_dir: str | None = None  # save the pre-trained agents here and reuse them in later runs
+    ppo: PPOConfig | None = None  # the learner; unset: the env family's preset (jaxmod.ppo.default_config)
+    modulation: ModulationConfig = ModulationConfig()
+    advisor: AdvisorConfig = AdvisorConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    sizes: SizesConfig = SizesConfig()
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        object.__setattr__(self, "variants", tuple(self.variants))
+        if self.ppo is None:
+            object.__setattr__(self, "ppo", default_config(self.env_id))
+        elif self.ppo.env_id != self.env_id:
+            raise ConfigError(f"ppo.env_id {self.ppo.env_id!r} differs from env_id {self.env_id!r}: build ppo with "
+                              f"jaxmod.ppo.default_config({self.env_id!r}, ...)")
+        check_fields(self.ppo)
+        positive(self, ("seeds",))
+        if not self.variants:
+            raise ConfigError("variants is empty: name at least one method (e.g. PPO, RA)")
+        for v in self.variants:
+            method(v)  # raises a one-line MethodError listing the valid names
+        if self.refine_lr <= 0:
+            raise ConfigError("refine_lr must be > 0")
+        rollout = self.ppo.num_envs * self.ppo.num_steps
+        for name in ("pretrain_steps", "refine_steps"):
+            if getattr(self, name) < rollout:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be at least num_envs * num_steps ({rollout}) "
+                                  "so that one update runs: raise it or lower --num-envs / --num-steps")
+
+    # ------------------------------------------------------------------ building blocks of the run
+    def ppo_config(self, total_steps: int, **changes: Any) -> PPOConfig:
+        """The learner's config for `total_steps` env steps per seed, with `changes`."""
+        return self.ppo.replace(total_timesteps=total_steps, **changes)
+
+    def modulator(self, variant: str, guide_steps: int = 1):
+        """`variant`'s modulator (`jaxmod.methods`), built from this config."""
+        b = self.baselines
+        ctx = MethodContext(self.env_id, self.modulation, b.jsrl_steps or guide_steps, b.rice_p, b.rice_lambda)
+        return method(variant).build(ctx)
+
+    @property
+    def needs_advisor(self) -> bool:
+        return any(method(v).critical == "advisor" for v in self.variants)
+
+    # ------------------------------------------------------------------ flat knobs, JSON, replay
+    @classmethod
+    def flags(cls):
+        """The command line's flags: one per knob (`jaxmod.config.Flag`), PPO's fields apart."""
+        return flags_of(cls, FLAG_NAMES, PER_VARIANT)
+
+    @classmethod
+    def flat(cls, ppo_overrides: dict[str, Any] | tuple = (), **knobs: Any) -> UltraConfig:
+        """A config from flat knob names, as on the command line (`capacity=16, chunks=3, noise=0.1`; a knob is
+        named by its field or by its flag, e.g. `advisor_priority`), and PPO field overrides of the env's preset."""
+        paths = {}
+        for fl in cls.flags():
+            paths[fl.path[-1]] = paths[fl.dest] = fl.path
+        paths.update({old: paths[new] for old, new in LEGACY_NAMES.items()})
+        unknown = sorted(set(knobs) - set(paths))
+        if unknown:
+            raise ConfigError(f"unknown knob(s) {unknown}; valid: {', '.join(sorted(paths))}")
+        top: dict[str, Any] = {}
+        for name, value in knobs.items():
+            path = paths[name]
+            (top.setdefault(path[0], {}) if len(path) > 1 else top)[path[-1]] = value
+        for name, section in SECTIONS.items():
+            if name in top:
+                top[name] = section(**top[name])
+        return cls(**top, ppo=default_config(top.get("env_id", cls.env_id), **dict(ppo_overrides)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole config as JSON-ready data (the advisor's URL without credentials)."""
+        from jaxmod.llm import redact_url
+
+        d = {"command": "ultra", **to_dict(self)}
+        if self.advisor.spec is not None:
+            d["advisor"]["spec"] = redact_url(self.advisor.spec)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UltraConfig:
+        """The config `to_dict` wrote (a run's config.json, or ultra.json's "config")."""
+        data = dict(data)
+        command = data.pop("command", "ultra")
+        if command != "ultra":
+            raise ConfigError(f"this is the config of a `jaxmod {command}` run, not of `jaxmod ultra`")
+        return from_dict(cls, data)
+
+    @classmethod
+    def replay_of(cls, run_dir: Path) -> UltraConfig:
+        """A config that re-runs the finished run in `run_dir` exactly: its config, its transcript as the advisor
+        (answers as recorded, noise included), and its advice swap schedule."""
+        run_dir = Path(run_dir)
+        summary_path = run_dir / "ultra.json"
+        if not summary_path.exists():
+            raise FileNotFoundError(f"no ultra.json in {run_dir}")
+        summary = json.loads(summary_path.read_text())
+        if "config" in summary:
+            recorded = cls.from_dict(summary["config"])
+        else:  # a run of an earlier version: flat settings
+            flat = dict(summary["settings"])
+            recorded = cls.flat(ppo_overrides=[tuple(kv) for kv in flat.pop("ppo_overrides", ())], **flat)
+        advisor = dataclasses.replace(recorded.advisor, spec=f"replay:{run_dir / 'transcript.jsonl'}", noise=0.0)
+        schedule = dataclasses.replace(recorded.schedule, swap_schedule=str(summary_path))
+        return dataclasses.replace(recorded, advisor=advisor, schedule=schedule)
+
+
+SECTIONS: dict[str, type] = {"modulation": ModulationConfig, "advisor": AdvisorConfig, "schedule": ScheduleConfig,
+                             "baselines": BaselinesConfig, "sizes": SizesConfig}
+LEGACY_NAMES = {"advisor_latency_s": "latency_s"}  # flat names of earlier versions
+
+
+def UltraSettings(**knobs: Any) -> UltraConfig:  # the flat constructor of earlier versions
+    """`UltraConfig.flat(**knobs)`: earlier versions' flat keyword names still build a config."""
+    return UltraConfig.flat(**knobs)
+
+
+UltraSettings.replay_of = UltraConfig.replay_of  # type: ignore[attr-defined]
