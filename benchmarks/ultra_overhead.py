@@ -65,7 +65,7 @@ def end_to_end(run: UltraRun, pre, repeats: int) -> dict[str, object]:
     latency per answer."""
     walls: dict[str, list[float]] = {"PPO": [], "RA": []}
     stall, swaps, latency = [], [], []
-    with AdvisorThread(_advisor_factory(run.s, None), run.s.advisor_priority == "idle") as advisor:
+    with AdvisorThread(_advisor_factory(run.s, None), run.s.advisor.priority == "idle") as advisor:
         for _ in range(repeats):
             for variant in walls:
                 result = run.refine(variant, pre, advisor)
