@@ -418,8 +418,8 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 def _truncate_metrics(path: Path, updates_done: int) -> None:
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["update"] <= updates_done]
-    path.write_text("".join(ln + "\n" for ln in lines))
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["update"] <= updates_done]
+    path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
 
 
 def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
@@ -428,7 +428,7 @@ def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     run = Path(args.run)
     if not (run / METRICS_FILE).exists():
         raise CLIError(f"no {METRICS_FILE} in {run}")
-    config = json.loads((run / CONFIG_FILE).read_text()) if (run / CONFIG_FILE).exists() else {}
+    config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8")) if (run / CONFIG_FILE).exists() else {}
     env_id = config.get("ppo", config).get("env_id", run.name)  # nested since TrainConfig, flat before
     data = read_metrics(run / METRICS_FILE)
     png = plot_curves([(env_id, data["env_steps"][:, 0], data["episode_return"])],

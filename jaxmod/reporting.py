@@ -15,7 +15,7 @@ def append_metrics(path: str | Path, metrics: Mapping[str, np.ndarray], first_up
     """Append a chunk of metrics shaped (seeds, updates) as one JSON line per update."""
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
     num_updates = next(iter(arrays.values())).shape[1]
-    with open(path, "a") as fh:
+    with open(path, "a", encoding="utf-8") as fh:
         for i in range(num_updates):
             row = {"update": first_update + i + 1}
             for k, v in arrays.items():
@@ -29,7 +29,7 @@ def _plain(x: np.generic) -> float | int:
 
 def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
     """Load a metrics file back into arrays shaped (updates, seeds) (plus `update`: (updates,))."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{path} holds no metrics")
     out: dict[str, np.ndarray] = {"update": np.array([r["update"] for r in rows])}

@@ -104,3 +104,23 @@ def test_public_names_are_exported():
     for name in ("Advice", "AdviceBook", "ModulationConfig", "evaluate", "make_train", "PPOConfig", "chain",
                  "Modulator"):
         assert getattr(jaxmod, name) is not None
+
+
+def test_every_text_file_is_read_and_written_as_utf8():
+    """`open`, `Path.read_text` and `Path.write_text` in jaxmod always name their encoding: a non-UTF-8 locale
+    must not break an answer such as "θ ≈ 0.1 rad → push right" (binary modes need none)."""
+    missing = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name not in ("open", "read_text", "write_text"):
+                continue
+            modes = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
+            modes += [k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
+            if name == "open" and any("b" in str(m) for m in modes):
+                continue
+            if not any(k.arg == "encoding" for k in node.keywords):
+                missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert not missing, missing

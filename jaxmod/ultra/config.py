@@ -263,7 +263,7 @@ class UltraConfig:
         summary_path = run_dir / "ultra.json"
         if not summary_path.exists():
             raise FileNotFoundError(f"no ultra.json in {run_dir}")
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
         if "config" in summary:
             recorded = cls.from_dict(summary["config"])
         else:  # a run of an earlier version: flat settings

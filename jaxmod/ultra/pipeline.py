@@ -362,7 +362,7 @@ class UltraRun:
         summary["config"] = self.s.to_dict()
         summary["advisor"] = self.advice_stats
         summary["modulation_choices"] = self.s.modulation.choices()
-        (self.out / "ultra.json").write_text(json.dumps(summary, indent=2, default=str))
+        (self.out / "ultra.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
         columns = ("variant", "seed", "episode", "step", "length", "return", "state", "agent action", "why critical",
                    "suggested", "implicit reward", "advice reason", "verdict")
         rows = [(variant, seed, r.episode, r.step, r.episode_length, f"{r.episode_return:.1f}", r.state, r.agent_action,
