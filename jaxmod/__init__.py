@@ -20,6 +20,7 @@ _LAZY = {
     "chain": ("jaxmod.ppo.modulator", "chain"),
     "evaluate": ("jaxmod.ppo.acting", "evaluate"),
     "METHODS": ("jaxmod.methods", "METHODS"),
+    "UltraConfig": ("jaxmod.ultra.config", "UltraConfig"),
     "HyperParams": ("jaxmod.ppo", "HyperParams"),
     "PPOConfig": ("jaxmod.ppo", "PPOConfig"),
     "TrainOutput": ("jaxmod.ppo", "TrainOutput"),
