@@ -270,3 +270,43 @@ def test_a_dead_unauthorised_or_misaddressed_advisor_stops_before_pretraining(tm
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
             assert took < 10 and not out.exists() and canary not in proc.stdout + proc.stderr
+
+
+def test_plot_redraws_a_run_and_refuses_a_folder_without_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--env", "CartPole-v1", "--total-steps", str(4 * 16 * 2), "--out", str(out), "--chunks", "1",
+            "--quiet", *TINY_FLAGS]
+    assert main(args) == 0
+    (out / "curve.png").unlink()
+    capsys.readouterr()
+    assert main(["plot", str(out)]) == 0
+    assert (out / "curve.png").stat().st_size > 1000 and str(out / "curve.png") in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_serve_advisor_serves_until_interrupted():
+    """`jaxmod serve-advisor` as a user starts it: it prints its URL, answers /v1/models with its model, and ends
+    cleanly on Ctrl-C (SIGINT)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "jaxmod.cli", "serve-advisor", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/v1" in line and "scripted" in line
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+        assert [m["id"] for m in models["data"]]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=30)
+    err = proc.stderr.read()
+    assert rc in (0, 130) and "Traceback" not in err, err
