@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import jax
 import pytest
 
 from jaxmod.llm import Advisor, DelayedBackend, LocalBackend
@@ -273,3 +274,25 @@ def test_no_credential_reaches_any_file_or_output(tmp_path):
     assert sum(t.count(canary) for t in texts) == 0
     summary = json.loads((out / "ultra.json").read_text())
     assert summary["config"]["advisor"]["spec"] == srv.url and summary["config"]["advisor"]["model"] == "fault-model"
+
+
+def test_pre_trained_agents_are_saved_once_and_reused(tmp_path):
+    """With `agents_dir`, the first run saves its pre-trained agents and a later run with the same settings loads
+    them instead of training again (the same states, bit for bit); other settings train their own."""
+    import chex
+
+    logs: list[str] = []
+    first = UltraRun(UltraConfig.flat(variants=("PPO",), agents_dir=str(tmp_path / "agents"), **TINY),
+                     tmp_path / "a", log=logs.append)
+    saved = first.pretrain()
+    assert any("pretrained 2 sub-optimal agents" in m for m in logs) and len(list((tmp_path / "agents").iterdir())) == 1
+    logs.clear()
+    again = UltraRun(UltraConfig.flat(variants=("PPO",), agents_dir=str(tmp_path / "agents"), **TINY),
+                     tmp_path / "b", log=logs.append)
+    loaded = again.pretrain()
+    assert any("loaded 2 pre-trained agents" in m for m in logs)
+    chex.assert_trees_all_equal(jax.device_get(loaded), jax.device_get(saved))
+    other = UltraRun(UltraConfig.flat(variants=("PPO",), agents_dir=str(tmp_path / "agents"), **{**TINY, "seed": 1}),
+                     tmp_path / "c", log=logs.append)
+    other.pretrain()
+    assert len(list((tmp_path / "agents").iterdir())) == 2
