@@ -150,6 +150,7 @@ def test_failure_policy_stops_when_most_answers_fail():
 
 def test_failure_policy_stops_after_rounds_without_advice_and_continue_mode_warns():
     policy = FailurePolicy(max_rounds_without_advice=2)
+    assert policy.check(RoundCounts(4, 2, 2, 0)) is None  # a first round with usable advice
     assert policy.check(RoundCounts(4, 0, 4, 0)) is None
     assert policy.check(RoundCounts(0, 0, 0, 0)) is None  # nothing asked: no evidence either way
     with pytest.raises(AdvisorFailure, match="no valid advice for 2 advice round"):
@@ -158,6 +159,25 @@ def test_failure_policy_stops_after_rounds_without_advice_and_continue_mode_warn
     assert "continuing without advice" in warn.check(RoundCounts(4, 0, 4, 0))
     with pytest.raises(LLMConfigError):
         FailurePolicy(mode="ignore")
+
+
+def test_failure_policy_stops_when_the_first_round_brings_nothing_usable():
+    """An advisor that answers, but never validly (HTTP 200 with unparseable text), must not leave an ULTRA row
+    trained on no advice: the first round already stops the run."""
+    with pytest.raises(AdvisorFailure, match=r"none of the advisor's 32 answers in its first round \(A round 0\) "
+                                             r"was usable: 32 invalid and 0 failed"):
+        FailurePolicy().check(RoundCounts(32, 0, 32, 0, {"unparseable": 32}), "A round 0")
+
+
+def test_non_llm_servers_pass_the_preflight():
+    """`jaxmod serve-advisor --backend scripted` answers the preflight's test question, so `jaxmod ultra` can use
+    it by URL (its heuristics read only real questions)."""
+    from jaxmod.llm import ClientSettings, preflight
+    from jaxmod.llm.server import make_server
+
+    with make_server("scripted") as srv:
+        result = preflight(ClientSettings(base_url=srv.url))
+    assert result.model == "jaxmod-scripted"
 
 
 def test_round_counts_from_advisor_stats_feed_the_policy():

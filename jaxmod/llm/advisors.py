@@ -270,29 +270,34 @@ class Advisor:
             self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
             log.warning("advisor answer dropped (%s): %s", kind, verdict.reason)
         if self.transcript is not None:
-            record = {
-                "kind": kind, "backend": self.backend.name, "prompt_key": prompt_key(list(messages), schema),
-                "messages": list(messages), "schema_name": name, "content": result.content,
-                "finish_reason": result.finish_reason, "usage": result.usage, "model": result.model,
-                "latency_s": round(result.latency_s, 4), "attempts": result.attempts, "error": result.error,
-                "verdict": "valid" if not isinstance(verdict, Rejected) else f"rejected: {verdict.reason}",
-            }
-            if tags := current_tags():
-                record["tags"] = tags
-            if result.error is not None and result.kind:
-                record["error_kind"] = result.kind
-            if result.cached:
-                record["cached"] = True
-            if result.source != "content":
-                record["answer_source"] = result.source
-            if result.reasoning:
-                record["reasoning"] = result.reasoning[:MAX_REASONING_CHARS]
-            if getattr(verdict, "reward_clipped", False):
-                record["reward_clipped"] = {"answered": verdict.raw_reward, "used": verdict.reward}
-            if getattr(verdict, "dropped", 0):
-                record["items_dropped"] = verdict.dropped
-            self.transcript.append(record)
+            self.transcript.append(self._record(kind, messages, schema, name, result, verdict))
         return verdict
+
+    def _record(self, kind: str, messages: Messages, schema: dict[str, Any], name: str, result: ChatResult,
+                verdict: Identified | Advised | Rejected) -> dict[str, Any]:
+        """One transcript line: the question, the answer as received, how it was judged (and clipped)."""
+        record = {
+            "kind": kind, "backend": self.backend.name, "prompt_key": prompt_key(list(messages), schema),
+            "messages": list(messages), "schema_name": name, "content": result.content,
+            "finish_reason": result.finish_reason, "usage": result.usage, "model": result.model,
+            "latency_s": round(result.latency_s, 4), "attempts": result.attempts, "error": result.error,
+            "verdict": "valid" if not isinstance(verdict, Rejected) else f"rejected: {verdict.reason}",
+        }
+        if tags := current_tags():
+            record["tags"] = tags
+        if result.error is not None and result.kind:
+            record["error_kind"] = result.kind
+        if result.cached:
+            record["cached"] = True
+        if result.source != "content":
+            record["answer_source"] = result.source
+        if result.reasoning:
+            record["reasoning"] = result.reasoning[:MAX_REASONING_CHARS]
+        if getattr(verdict, "reward_clipped", False):
+            record["reward_clipped"] = {"answered": verdict.raw_reward, "used": verdict.reward}
+        if getattr(verdict, "dropped", 0):
+            record["items_dropped"] = verdict.dropped
+        return record
 
     def _semaphore(self) -> asyncio.Semaphore:
         """One limit per advisor and event loop, shared by concurrent `identify`/`advise` calls (several

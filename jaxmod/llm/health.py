@@ -2,8 +2,8 @@
 
 The refinement loop feeds one `RoundCounts` per advice round (`RoundCounts.between(before, advisor.stats)`) to a
 `FailurePolicy`. With `mode="stop"` (the default) the policy raises `AdvisorFailure` (one line, why and what to
-do) when most of a round's questions got no answer at all, or when no valid advice arrived for
-`max_rounds_without_advice` rounds in a row; with `mode="continue"` it returns the same line as a warning and
+do) when most of a round's questions got no answer at all, when the first round brought no valid answer (all
+invalid or failed), or when no valid advice arrived for `max_rounds_without_advice` rounds in a row; with `mode="continue"` it returns the same line as a warning and
 training goes on. Either way a run never passes silently for an ULTRA run when its advisor is down.
 """
 
@@ -54,8 +54,9 @@ class Decision:
 @dataclass
 class FailurePolicy:
     """Stop (or warn) when the advisor stops advising. `max_failed_fraction`: a round in which more than this
-    fraction of the questions got no answer trips the policy; `max_rounds_without_advice`: this many rounds in a
-    row without one valid answer trip it. Rounds with no questions (nothing to ask) count for neither."""
+    fraction of the questions got no answer trips the policy; so does a first round without one valid answer;
+    `max_rounds_without_advice`: this many rounds in a row without one valid answer trip it. Rounds with no
+    questions (nothing to ask) count for none of these."""
 
     mode: str = "stop"
     max_failed_fraction: float = 0.5
@@ -81,6 +82,10 @@ class FailurePolicy:
         self.rounds_without_advice = 0 if counts.valid > 0 else self.rounds_without_advice + 1
         if counts.failed > self.max_failed_fraction * counts.questions:
             reason = (f"the advisor failed {counts.failed} of {counts.questions} questions in {where}{why}")
+        elif self.rounds == 1 and counts.valid == 0:  # a first round with nothing usable: a refinement labelled with
+            # the advisor's name would train on no advice at all
+            reason = (f"none of the advisor's {counts.questions} answers in its first round ({where}) was usable: "
+                      f"{counts.invalid} invalid and {counts.failed} failed{why}")
         elif self.rounds_without_advice >= self.max_rounds_without_advice:
             reason = (f"no valid advice for {self.rounds_without_advice} advice round(s) in a row, up to {where}: "
                       f"{counts.invalid} invalid and {counts.failed} failed of {counts.questions}{why}")

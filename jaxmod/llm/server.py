@@ -201,12 +201,34 @@ async def _read_body(request, limits: ServerLimits) -> bytes:
     return b"".join(chunks)
 
 
+def _completion(model: str, content: str, usage: Any, stream: bool):
+    """An OpenAI chat-completion response with `content` (one JSON body, or SSE chunks when `stream`)."""
+    from starlette.responses import StreamingResponse
+
+    usage = dict(usage) if isinstance(usage, dict) else {}
+    finish = usage.pop("finish_reason", "stop")
+    ident, created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
+    counts = {k: int(usage.get(k, 0) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    if stream:
+        def events():
+            base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+            yield "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {
+                "role": "assistant", "content": content}, "finish_reason": None}]}) + "\n\n"
+            yield "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+                                         "usage": counts}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+    return _json(200, {"id": ident, "object": "chat.completion", "created": created, "model": model,
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                    "finish_reason": finish}], "usage": counts})
+
+
 def build_app(server: AdvisorServer):
     """The starlette app: routes, limits, and JSON errors for everything (no tracebacks to clients)."""
     import anyio
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
     limits = server.limits
@@ -243,23 +265,7 @@ def build_app(server: AdvisorServer):
         except Exception as err:  # report one line here, nothing of it to the client
             log.error("advisor backend failed: %s", one_line(f"{type(err).__name__}: {err}"))
             return _error(500, "the advisor backend failed on this request", "server_error")
-        usage = dict(usage) if isinstance(usage, dict) else {}
-        finish = usage.pop("finish_reason", "stop")
-        ident, created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
-        counts = {k: int(usage.get(k, 0) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-        if body.get("stream") is True:
-            def events():
-                base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": server.model}
-                yield "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {
-                    "role": "assistant", "content": content}, "finish_reason": None}]}) + "\n\n"
-                yield "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
-                                             "usage": counts}) + "\n\n"
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream")
-        return _json(200, {"id": ident, "object": "chat.completion", "created": created, "model": server.model,
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                        "finish_reason": finish}], "usage": counts})
+        return _completion(server.model, content, usage, body.get("stream") is True)
 
     async def not_found(request, exc):
         status = getattr(exc, "status_code", 404)
@@ -413,13 +419,28 @@ class AdvisorServer:
         self.stop()
 
 
+def _answers_ping(answer_fn: AnswerFn) -> AnswerFn:
+    """`answer_fn`, answering the preflight's test question itself (a question no heuristic or policy reads)."""
+    from jaxmod.llm.preflight import PING
+
+    def answer(messages, schema, body):
+        if list(messages) == PING:
+            return '{"ok": true}', {}
+        return answer_fn(messages, schema, body)
+
+    return answer
+
+
 def make_server(backend: str, host: str = "127.0.0.1", port: int = 0, threads: int = 1,
                 answer_fn: AnswerFn | None = None, limits: ServerLimits | None = None) -> AdvisorServer:
-    """An `AdvisorServer` for `scripted`, `smollm2`, or a given `answer_fn` (e.g. a teacher)."""
+    """An `AdvisorServer` for `scripted`, `smollm2`, or a given `answer_fn` (e.g. a teacher). The answerers that are
+    no language model (scripted, teacher) also answer the preflight's test question (`jaxmod.llm.preflight.PING`),
+    so `jaxmod ultra --advisor <this server's URL>` passes its check."""
     if answer_fn is not None:
-        return AdvisorServer(answer_fn, model=f"jaxmod-{backend}", host=host, port=port, limits=limits)
+        return AdvisorServer(_answers_ping(answer_fn), model=f"jaxmod-{backend}", host=host, port=port, limits=limits)
     if backend == "scripted":
-        return AdvisorServer(scripted_answer_fn(), model="jaxmod-scripted", host=host, port=port, limits=limits)
+        return AdvisorServer(_answers_ping(scripted_answer_fn()), model="jaxmod-scripted", host=host, port=port,
+                             limits=limits)
     if backend == "smollm2":
         return AdvisorServer(smollm2_answer_fn(threads=threads), model="SmolLM2-135M-Instruct", host=host, port=port,
                              limits=limits)
