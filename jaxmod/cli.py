@@ -534,6 +534,16 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     return 0
 
 
+def _advice_mark(valid: int | None, seeds: int) -> str:
+    """The results table's advice column: '-' for methods without an advisor; variants that ran on no advice, or on
+    less than one valid answer per seed, are marked so."""
+    if valid is None:
+        return "-"
+    if valid == 0:
+        return "0 (NO ADVICE)"
+    return f"{valid} (little advice)" if valid < seeds else str(valid)
+
+
 def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str, Any], out: Path) -> None:
     import numpy as np
     from rich.table import Table
@@ -541,12 +551,14 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
     from jaxmod.methods import METHODS
 
     table = Table(title=f"evaluation return after {config.refine_steps:,} refinement steps per seed")
-    for col in ("method", "start", "final mean", "final std", "wall s"):
+    for col in ("method", "start", "final mean", "final std", "wall s", "valid answers"):
         table.add_column(col, justify="right")
+    valid = {st["variant"]: st["valid"] for st in run.advice_stats}
     for name, r in results.items():
         final = np.array(r.eval_returns[-1])
         table.add_row(METHODS[name].label, f"{np.mean(r.eval_returns[0]):.1f}",
-                      f"{final.mean():.1f}", f"{final.std():.1f}", f"{r.wall_s:.1f}")
+                      f"{final.mean():.1f}", f"{final.std():.1f}", f"{r.wall_s:.1f}",
+                      _advice_mark(valid.get(name), config.seeds))
     console.print(table)
     for st in run.advice_stats:
         console.print(f"advisor ({st['variant']}): {st['valid']} valid, {st['invalid']} invalid, {st['failed']} failed "

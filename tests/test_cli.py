@@ -310,3 +310,12 @@ def test_serve_advisor_serves_until_interrupted():
         rc = proc.wait(timeout=30)
     err = proc.stderr.read()
     assert rc in (0, 130) and "Traceback" not in err, err
+
+
+def test_results_table_marks_variants_that_ran_on_little_or_no_advice():
+    from jaxmod.cli import _advice_mark
+
+    assert _advice_mark(None, 4) == "-"  # continued PPO and the baselines ask no advisor
+    assert _advice_mark(0, 4) == "0 (NO ADVICE)"
+    assert _advice_mark(3, 4) == "3 (little advice)"
+    assert _advice_mark(40, 4) == "40"
