@@ -71,7 +71,7 @@ def end_to_end(run: UltraRun, pre, repeats: int) -> dict[str, object]:
                 result = run.refine(variant, pre, advisor)
                 walls[variant].append(result.wall_s)
             st = run.advice_stats[-1]
-            stall.append(st["advice_overhead_frac"])
+            stall.append(st["stall_in_refinement_s"] / max(result.wall_s, 1e-9))  # waits inside the loop
             swaps.append(sum(bool(c["swapped_advice"]) for c in result.chunk_metrics))
             latency.append(st["latency_s"] / max(1, st["questions"]))
     ppo, ra = float(np.median(walls["PPO"])), float(np.median(walls["RA"]))

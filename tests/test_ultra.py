@@ -116,10 +116,15 @@ def test_refinement_does_not_stall_on_a_slow_advisor(tmp_path):
     run = UltraRun(settings, tmp_path / "slow", advisor_factory=_slow_factory())
     results = run.run()
     chunks = results["RA"].chunk_metrics
-    # with 0.5 s per answer (and one at a time), an advice round takes seconds: training must go on
-    # with the advice it has instead of waiting, so not every chunk swaps in new advice
-    assert len(chunks) == 6 and sum(c["swapped_advice"] for c in chunks) < 6
-    assert run.advice_stats[0]["advice_overhead_frac"] < 0.5
+    # with 0.5 s per answer (and one at a time), an advice round takes seconds: training must go on with the
+    # advice it has instead of waiting, so fewer than the 5 chunks after the first (the first can never swap:
+    # no round is handed over before it) swap in new advice, and the loop's own waiting stays small
+    assert len(chunks) == 6 and not chunks[0]["swapped_advice"]
+    assert sum(c["swapped_advice"] for c in chunks[1:]) < 5
+    st = run.advice_stats[0]
+    assert st["stall_in_refinement_s"] < 0.5 * results["RA"].wall_s
+    # the initial round is waited for before refinement starts, and reported as such
+    assert st["initial_advice_s"] > 0.5 and st["advice_overhead_s"] >= st["initial_advice_s"]
 
 
 def test_a_synchronous_run_replays_exactly_from_its_transcript(tmp_path):

@@ -35,6 +35,7 @@ class AdviceRounds:
         self.round = 0  # rounds handed over so far
         self._before: Any = None  # the advisor's stats when the pending round was handed over
         self._uid = 0
+        self.initial_s = 0.0  # seconds the refinement waited for the initial round (set by the pipeline)
 
     def advice(self) -> Advice:
         """Every seed's book stacked into one `Advice` with a leading seed axis, moved in one transfer."""
