@@ -276,17 +276,23 @@ def show(value: Any) -> str:
     return "unset" if value is None else str(value)
 
 
+# other names a flag answers to (the names the LLM-serving world uses for the advisor's limits)
+FLAG_ALIASES = {"--advisor-timeout": ("--llm-timeout",), "--advisor-deadline": ("--llm-deadline",),
+                "--advisor-max-tokens": ("--max-tokens",), "--advisor-temperature": ("--temperature",)}
+
+
 def add_flags(group: Any, flags: list[Flag], defaults: dict[str, Any]) -> None:
     """Add `flags` to an argparse group; values the user does not give stay absent from the namespace (so a
-    config file's values can stand); help is the field's doc and `defaults[dest]`."""
+    config file's values can stand); help is the field's doc and `defaults[dest]`; `FLAG_ALIASES` add names."""
     for fl in flags:
         parse, meta = _parser_of(fl.hint)
         text = f"{fl.doc} (default: {show(defaults.get(fl.dest))})".lstrip().replace("%", "%%")
+        names = (fl.flag, *FLAG_ALIASES.get(fl.flag, ()))
         if parse is None:
-            group.add_argument(fl.flag, dest=fl.dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            group.add_argument(*names, dest=fl.dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=text)
         else:
-            group.add_argument(fl.flag, dest=fl.dest, type=parse, default=argparse.SUPPRESS, metavar=meta, help=text)
+            group.add_argument(*names, dest=fl.dest, type=parse, default=argparse.SUPPRESS, metavar=meta, help=text)
 
 
 def given(args: argparse.Namespace, flags: list[Flag]) -> dict[tuple[str, ...], Any]:

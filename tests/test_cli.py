@@ -319,3 +319,14 @@ def test_results_table_marks_variants_that_ran_on_little_or_no_advice():
     assert _advice_mark(0, 4) == "0 (NO ADVICE)"
     assert _advice_mark(3, 4) == "3 (little advice)"
     assert _advice_mark(40, 4) == "40"
+
+
+def test_llm_limit_flags_answer_to_their_serving_names_too(monkeypatch):
+    from jaxmod.cli import _ultra_config, build_parser
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("ADVISOR_BASE_URL", raising=False)
+    argv = ["ultra", "--llm-timeout", "7", "--llm-deadline", "30", "--max-tokens", "96", "--temperature", "0.2"]
+    config = _ultra_config(build_parser(argv).parse_args(argv), argv)
+    assert config.advisor.client_overrides() == {"timeout_s": 7.0, "deadline_s": 30.0, "max_tokens": 96,
+                                                 "temperature": 0.2}
