@@ -186,14 +186,10 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def family_of(env_id: str) -> str:
-    """Which preset family an env id belongs to."""
-    if env_id.startswith("brax/"):
-        return "brax"
-    if env_id.endswith("-MinAtar"):
-        return "minatar"
-    if env_id.startswith("jaxmod/Pong"):
-        return "pong"
-    return "classic"
+    """Which preset family an env id belongs to: brax, minatar, pong, or classic (everything else)."""
+    from jaxmod.envs.describers import family_of as spelled_family
+
+    return spelled_family(env_id) or "classic"
 
 
 def default_config(env_id: str, **overrides: Any) -> PPOConfig:
