@@ -275,24 +275,22 @@ def test_jaxmod_llm_never_imports_jax():
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_cli_options_map_to_client_settings_and_policy():
-    import argparse
+def test_advisor_limits_map_to_client_settings_and_policy():
+    """The advisor's limits and failure policy as `jaxmod ultra` builds them (`AdvisorConfig`, whose fields are
+    the `--advisor-*` flags), and the advisor chosen from arguments and the environment."""
+    from jaxmod.llm import advisor_spec
+    from jaxmod.ultra.config import AdvisorConfig
 
-    from jaxmod.llm.options import add_advisor_options, advisor_spec, client_overrides, failure_policy
-
-    parser = argparse.ArgumentParser()
-    add_advisor_options(parser)
-    args = parser.parse_args(["--advisor-timeout", "2.5", "--advisor-deadline", "9", "--advisor-max-tokens", "64",
-                              "--advisor-temperature", "0.7", "--advisor-max-response-bytes", "4096",
-                              "--advisor-failure", "continue", "--advisor-failure-rounds", "5"])
-    over = client_overrides(args)
+    config = AdvisorConfig(timeout_s=2.5, deadline_s=9, max_tokens=64, temperature=0.7, max_response_bytes=4096,
+                           failure="continue", failure_rounds=5)
+    over = config.client_overrides()
     assert over == {"timeout_s": 2.5, "deadline_s": 9.0, "max_tokens": 64, "temperature": 0.7,
                     "max_response_bytes": 4096}
     s = ClientSettings(base_url="http://h/v1", **over)
     assert (s.timeout_s, s.deadline_s, s.max_tokens) == (2.5, 9.0, 64)
-    policy = failure_policy(args)
+    policy = config.failure_policy()
     assert (policy.mode, policy.max_rounds_without_advice) == ("continue", 5)
-    assert client_overrides(parser.parse_args([])) == {}
+    assert AdvisorConfig().client_overrides() == {}
     with pytest.raises(LLMConfigError):
         ClientSettings(base_url="http://h/v1", timeout_s=0)
     env = {"OPENAI_BASE_URL": "http://e:1/v1"}

@@ -13,7 +13,7 @@ from jaxmod.llm.advisors import (
 from jaxmod.llm.answers import Advised, CriticalStep, Identified, Rejected, validate_advice, validate_identify
 from jaxmod.llm.cache import ResponseCache
 from jaxmod.llm.client import ChatResult, ClientSettings, LLMClient
-from jaxmod.llm.endpoint import Endpoint, resolve_endpoint
+from jaxmod.llm.endpoint import Endpoint, advisor_spec, resolve_endpoint
 from jaxmod.llm.errors import (
     AdvisorError,
     AdvisorFailure,
@@ -24,14 +24,13 @@ from jaxmod.llm.errors import (
 )
 from jaxmod.llm.health import Decision, FailurePolicy, RoundCounts
 from jaxmod.llm.markdown import markdown_cell, markdown_table
-from jaxmod.llm.options import add_advisor_options, advisor_spec, client_overrides, failure_policy
 from jaxmod.llm.preflight import PreflightResult, apreflight, preflight
 from jaxmod.llm.prompts import EpisodeView, NumericContext, StateQuery, advice_messages, identify_messages
 from jaxmod.llm.secrets import RedactingFilter, redact, redact_url, register_secret
 from jaxmod.llm.transcript import Transcript, current_tags, tagged
 
 __all__ = [
-    "Advised", "Advisor", "add_advisor_options", "advisor_spec", "client_overrides", "failure_policy", "AdvisorError", "AdvisorFailure", "AdvisorStats", "AdvisorUnavailable",
+    "Advised", "Advisor", "advisor_spec", "AdvisorError", "AdvisorFailure", "AdvisorStats", "AdvisorUnavailable",
     "BackendUnavailable", "ChatResult", "ClientSettings", "CriticalStep", "Decision", "DelayedBackend", "Endpoint",
     "EpisodeView", "FailurePolicy", "HTTPBackend", "Identified", "LLMClient", "LLMConfigError", "LocalBackend",
     "NoisyBackend", "NumericContext", "PreflightResult", "RedactingFilter", "Rejected", "ReplayBackend", "ResponseCache", "RoundCounts",

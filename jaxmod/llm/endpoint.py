@@ -114,3 +114,15 @@ def resolve_endpoint(url_arg: str | None, model_arg: str | None = None, env: Map
             auth = None
     model = model_arg if model_arg not in UNSET_MODELS else _first(env, MODEL_VARS)[0]
     return Endpoint(base, model if model not in UNSET_MODELS else None, source or "argument", key, auth)
+
+
+def advisor_spec(advisor_arg: str | None, llm_url_arg: str | None = None, env: Mapping[str, str] | None = None,
+                 default: str = "scripted") -> str:
+    """Which advisor to use: `--llm-url`, else `--advisor`, else `ADVISOR_BASE_URL` / `OPENAI_BASE_URL` /
+    `OPENAI_API_BASE`, else `default`. (Give `--advisor` a default of None so an unset one can be told apart.)"""
+    env = os.environ if env is None else env
+    if llm_url_arg:
+        return llm_url_arg
+    if advisor_arg:
+        return advisor_arg
+    return next((env[v].strip() for v in URL_VARS if env.get(v, "").strip()), default)
