@@ -162,12 +162,18 @@ def _add_config_flags(parser: argparse.ArgumentParser, base: dict[str, Any], own
     add_flags(env_group, _ppo_flags(), _defaults(base, _ppo_flags()))
 
 
+def _run_parser(sub: Any, command: str, text: str, default_out: str) -> argparse.ArgumentParser:
+    """A run command's parser with the flags `train` and `ultra` share: `--config` and `--out`."""
+    parser = sub.add_parser(command, help=text)
+    parser.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                        help="start from a run's config.json (re-run it); other flags override it")
+    parser.add_argument("--out", default=None, help=f"run folder (default {default_out})")
+    return parser
+
+
 def _add_train(sub: Any, argv: Sequence[str]) -> None:
     base = _base("train", argv) if _command(argv) == "train" else _base_default("train")
-    train = sub.add_parser("train", help="train PPO on one env for many seeds in one jitted program")
-    train.add_argument("--config", default=None, metavar="CONFIG_JSON",
-                       help="start from a run's config.json (re-run it); other flags override it")
-    train.add_argument("--out", default=None, help="run folder (default runs/<env>-<time>)")
+    train = _run_parser(sub, "train", "train PPO on one env for many seeds in one jitted program", "runs/<env>-<time>")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     train.add_argument("--max-chunks", type=parse_int, default=None, metavar="N",
                        help="stop (with a checkpoint) after N chunks in this invocation; continue with --resume")
@@ -177,10 +183,8 @@ def _add_train(sub: Any, argv: Sequence[str]) -> None:
 
 def _add_ultra(sub: Any, argv: Sequence[str]) -> None:
     base = _base("ultra", argv) if _command(argv) == "ultra" else _base_default("ultra")
-    ultra = sub.add_parser("ultra", help="ULTRA: pretrain, ask the advisor, refine with A/R/RA vs continued PPO")
-    ultra.add_argument("--config", default=None, metavar="CONFIG_JSON",
-                       help="start from a run's config.json (re-run it); other flags override it")
-    ultra.add_argument("--out", default=None, help="run folder (default runs/ultra-<env>-<time>)")
+    ultra = _run_parser(sub, "ultra", "ULTRA: pretrain, ask the advisor, refine with A/R/RA vs continued PPO",
+                        "runs/ultra-<env>-<time>")
     ultra.add_argument("--overwrite", action="store_true", help="replace the run in --out (never appended to)")
     ultra.add_argument("--replay", default=None, metavar="RUN_DIR",
                        help="re-run a finished run exactly: its config, its transcript as the advisor and its "
