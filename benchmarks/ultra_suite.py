@@ -1,0 +1,274 @@
+"""Does advice help, on which task, with which advisor, and at what cost? Tasks x advisors x methods (fine-tuning,
+ULTRA-A, R, RA), every cell from the same pre-trained agents, >= 5 seeds (10 on classic control), reported as the
+IQM of the final evaluation return with a 95% bootstrap interval, and each method's paired gain over fine-tuning
+(`jaxmod.stats`).
+
+    python benchmarks/ultra_suite.py                                  # every task x advisor (CPU budget, hours)
+    python benchmarks/ultra_suite.py --tasks CartPole-v1,Acrobot-v1 --advisors teacher,random
+    python benchmarks/ultra_suite.py --accuracy CartPole-v1           # ULTRA's gain against advice accuracy
+
+Budgets (env steps per seed), seeds and every knob are per env family, the same for every task of a family; the
+methods run with jaxmod's defaults. The teacher advisor is a longer PPO run of the same task (`--agents`, reused).
+Advisors: `teacher`, `teacher30` (the teacher with 30% of its answers corrupted), `random`, `constant` (always the
+same action: a degenerate LLM), `scripted` (the hand-written heuristics, where they exist), `smollm2` (the real
+135M LLM, classic control only). Results go to `--out` (default benchmarks/results): ultra_suite.json (one record
+per cell, re-runs skip cells already there unless --redo), ultra_suite.md (the table) and ultra_suite.png; with
+--accuracy, ultra_accuracy.json / .png. A cell that fails (a non-finite seed, an advisor that stops the run) is
+recorded as failed with its message, never averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.paper_curves import ensure_teacher
+from jaxmod.llm.scripted import ScriptedBackend
+from jaxmod.ppo.config import family_of
+from jaxmod.stats import iqm_ci, iqm_difference_ci, verdict
+from jaxmod.ultra.pipeline import UltraRun, UltraSettings
+
+TASKS = ("CartPole-v1", "MountainCar-v0", "Pendulum-v1", "Asterix-MinAtar", "jaxmod/Pong-OnePoint", "brax/hopper")
+ADVISORS = ("teacher", "teacher30", "random", "constant", "scripted", "smollm2")
+METHODS = ("PPO", "A", "R", "RA")
+NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+# Per env family: seeds, budgets (env steps per seed) and run sizes. The teacher trains `teacher_x` times the
+# agents' pretraining budget.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "classic": dict(seeds=10, pretrain_steps=80_000, refine_steps=160_000, teacher_x=5, knobs={}),
+    "minatar": dict(seeds=5, pretrain_steps=300_000, refine_steps=300_000, teacher_x=5,
+                    knobs=dict(chunks=5, eval_envs=32, eval_steps=500)),
+    "pong": dict(seeds=5, pretrain_steps=200_000, refine_steps=300_000, teacher_x=5,
+                 knobs=dict(chunks=5, eval_envs=32, eval_steps=400)),
+    "brax": dict(seeds=5, pretrain_steps=600_000, refine_steps=300_000, teacher_x=8,
+                 knobs=dict(chunks=5, eval_envs=32, eval_steps=1000, collect_envs=16, collect_steps=1000,
+                            ppo_overrides=(("num_envs", 256),))),
+}
+
+
+def advisor_cells(env_id: str, wanted: tuple[str, ...]) -> list[str]:
+    """The advisors of `wanted` that apply to `env_id` (scripted where a heuristic exists, SmolLM2 on classic
+    control: its 4096-token context)."""
+    cells = []
+    for a in wanted:
+        if a == "scripted" and not ScriptedBackend().supports(env_id):
+            continue
+        if a == "smollm2" and family_of(env_id) != "classic":
+            continue
+        cells.append(a)
+    return cells
+
+
+def advisor_knobs(advisor: str, env_id: str, budget: dict[str, Any], agents: Path, log) -> dict[str, Any]:
+    """The run's advisor spec and noise for a suite advisor name."""
+    if advisor in ("teacher", "teacher30") or advisor.startswith("teacher@"):
+        spec = ensure_teacher(env_id, budget["pretrain_steps"] * budget["teacher_x"], agents, log,
+                              budget["knobs"].get("ppo_overrides", ()))
+        noise = 0.3 if advisor == "teacher30" else float(advisor.split("@")[1]) if "@" in advisor else 0.0
+        return dict(advisor=spec, noise=noise)
+    return dict(advisor=advisor)
+
+
+def run_cell(env_id: str, advisor: str, methods: tuple[str, ...], agents: Path, seeds: int | None, log,
+             scale: float = 1.0) -> dict:
+    """One (task, advisor) cell: every method from the same agents. Returns its record (failures included).
+    `scale` multiplies the family's budgets (a quick look; the record says so)."""
+    budget = dict(FAMILIES[family_of(env_id)])
+    budget.update(pretrain_steps=int(budget["pretrain_steps"] * scale), refine_steps=int(budget["refine_steps"] * scale))
+    record: dict[str, Any] = {"task": env_id, "advisor": advisor, "family": family_of(env_id), "scale": scale}
+    t0 = time.perf_counter()
+    try:
+        knobs = dict(env_id=env_id, variants=methods, agents_dir=str(agents), seeds=seeds or budget["seeds"],
+                     pretrain_steps=budget["pretrain_steps"], refine_steps=budget["refine_steps"], **budget["knobs"],
+                     **advisor_knobs(advisor, env_id, budget, agents, log))
+        with tempfile.TemporaryDirectory() as tmp:
+            run = UltraRun(UltraSettings(**knobs), Path(tmp), log=log)
+            results = run.run()
+            summary = json.loads((Path(tmp) / "ultra.json").read_text())
+    except Exception as e:  # noqa: BLE001 - a failed cell is a result of the suite, reported with its reason
+        record.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:300],
+                      traceback=traceback.format_exc()[-2000:], wall_s=time.perf_counter() - t0)
+        return record
+    record.update(status="ok", wall_s=time.perf_counter() - t0, methods={})
+    for name, r in results.items():
+        record["methods"][name] = {"start": np.asarray(r.eval_returns[0], float).tolist(),
+                                   "final": np.asarray(r.eval_returns[-1], float).tolist(), "refine_wall_s": r.wall_s}
+    record["advice"] = [{k: a.get(k) for k in ("variant", "questions", "valid", "invalid", "failed",
+                                               "advice_overhead_frac", "initial_advice_s")}
+                        for a in summary.get("advisor", [])]
+    return record
+
+
+def cell_stats(record: dict) -> dict[str, dict[str, Any]]:
+    """Per method: IQM [CI] of the final return, and the paired gain over fine-tuning with its verdict. A method
+    with a non-finite seed is reported as failed."""
+    out: dict[str, dict[str, Any]] = {}
+    base = record["methods"].get("PPO")
+    for name, m in record["methods"].items():
+        final = np.asarray(m["final"], float)
+        if not np.all(np.isfinite(final)):
+            out[name] = {"failed": f"{int(np.sum(~np.isfinite(final)))} non-finite seed(s)"}
+            continue
+        row: dict[str, Any] = {"iqm": iqm_ci(final).as_dict()}
+        if base is not None and name != "PPO" and np.all(np.isfinite(base["final"])):
+            gain = iqm_difference_ci(final, base["final"])
+            row.update(gain=gain.as_dict(), verdict=verdict(gain))
+        out[name] = row
+    return out
+
+
+def markdown(records: list[dict]) -> str:
+    lines = ["| task | advisor | start | fine-tune | ULTRA-A | ULTRA-R | ULTRA-RA | RA vs fine-tune | valid answers | "
+             "wall (RA / fine-tune) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for rec in records:
+        if rec["status"] != "ok":
+            lines.append(f"| {rec['task']} | {rec['advisor']} | FAILED: {rec['error']} |" + " |" * 7)
+            continue
+        st = cell_stats(rec)
+        start = iqm_ci(rec["methods"]["PPO"]["start"]) if "PPO" in rec["methods"] else None
+
+        def fmt(name: str, st: dict = st) -> str:
+            s = st.get(name)
+            if s is None:
+                return "-"
+            if "failed" in s:
+                return f"FAILED ({s['failed']})"
+            i = s["iqm"]
+            return f"{i['point']:.1f} [{i['low']:.1f}, {i['high']:.1f}]"
+
+        ra = st.get("RA", {})
+        gain = f"{ra['gain']['point']:+.1f} [{ra['gain']['low']:+.1f}, {ra['gain']['high']:+.1f}] **{ra['verdict']}**" \
+            if "gain" in ra else "-"
+        asked = [a for a in rec.get("advice", []) if a.get("questions")]
+        valid = f"{sum(a['valid'] for a in asked)}/{sum(a['questions'] for a in asked)}" if asked else "-"
+        walls = {n: m["refine_wall_s"] for n, m in rec["methods"].items()}
+        wall = f"{walls['RA'] / walls['PPO']:.2f}x" if "RA" in walls and walls.get("PPO") else "-"
+        lines.append(f"| {rec['task']} | {rec['advisor']} | {start.point if start else float('nan'):.1f} | "
+                     f"{fmt('PPO')} | {fmt('A')} | {fmt('R')} | {fmt('RA')} | {gain} | {valid} | {wall} |")
+    return "\n".join(lines)
+
+
+def figure(records: list[dict], path: Path) -> None:
+    """One panel per task: each advisor's gain of A / R / RA over fine-tuning (IQM difference, 95% CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        cells = [r for r in records if r["task"] == task and r["status"] == "ok"]
+        for j, name in enumerate(("A", "R", "RA")):
+            xs, ys, lo, hi = [], [], [], []
+            for i, rec in enumerate(cells):
+                s = cell_stats(rec).get(name, {})
+                if "gain" in s:
+                    xs.append(i + (j - 1) * 0.25)
+                    ys.append(s["gain"]["point"])
+                    lo.append(s["gain"]["point"] - s["gain"]["low"])
+                    hi.append(s["gain"]["high"] - s["gain"]["point"])
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, label=f"ULTRA-{name}")
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(cells)), [r["advisor"] for r in cells], rotation=30, ha="right")
+        ax.set_title(task, fontsize=10)
+    axes[0][0].set_ylabel("final return minus fine-tuning's (IQM, 95% CI)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def accuracy_figure(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for task in dict.fromkeys(r["task"] for r in records):
+        pts = []
+        for rec in (r for r in records if r["task"] == task and r["status"] == "ok"):
+            s = cell_stats(rec).get("RA", {})
+            if "gain" in s:
+                pts.append((1.0 - rec["noise"], s["gain"]))
+        pts.sort(key=lambda p: p[0])
+        ax.errorbar([p[0] for p in pts], [p[1]["point"] for p in pts],
+                    yerr=[[p[1]["point"] - p[1]["low"] for p in pts], [p[1]["high"] - p[1]["point"] for p in pts]],
+                    marker="o", capsize=3, label=task)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("share of the teacher's answers left uncorrupted")
+    ax.set_ylabel("ULTRA-RA minus fine-tuning (IQM, 95% CI)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"] if path.exists() else []
+
+
+def save(path: Path, records: list[dict]) -> None:
+    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cells": records}, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--advisors", default=",".join(ADVISORS))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", type=int, default=None, help="override the family's seeds (a quick look)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the family's budgets (a quick look)")
+    ap.add_argument("--accuracy", default=None, metavar="TASKS",
+                    help=f"instead: sweep the teacher's corruption over {NOISE_LEVELS} on these tasks")
+    ap.add_argument("--agents", default="runs/agents", help="saved pre-trained agents and teachers (reused)")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--redo", action="store_true", help="re-run cells already in the results")
+    args = ap.parse_args()
+    from jaxmod.cli import _enable_compile_cache
+
+    _enable_compile_cache()
+    out, agents = Path(args.out), Path(args.agents)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = tuple(args.methods.split(","))
+    if args.accuracy:
+        tasks, name = args.accuracy.split(","), "ultra_accuracy"
+        cells = [(t, f"teacher@{n:g}") for t in tasks for n in NOISE_LEVELS]
+    else:
+        tasks, name = args.tasks.split(","), "ultra_suite"
+        cells = [(t, a) for t in tasks for a in advisor_cells(t, tuple(args.advisors.split(",")))]
+    path = out / f"{name}.json"
+    records = load(path)
+    for task, advisor in cells:
+        if not args.redo and any(r["task"] == task and r["advisor"] == advisor for r in records):
+            continue
+        print(f"== {task} x {advisor}", flush=True)
+        rec = run_cell(task, advisor, methods, agents, args.seeds, lambda m: print("  " + m, flush=True),
+                       args.scale)
+        if "@" in advisor:
+            rec["noise"] = float(advisor.split("@")[1])
+        records = [r for r in records if (r["task"], r["advisor"]) != (task, advisor)] + [rec]
+        save(path, records)
+        print(f"   {rec['status']} in {rec['wall_s']:.0f}s" + (f": {rec['error']}" if rec["status"] != "ok" else ""))
+    records = [r for r in records if (r["task"], r["advisor"]) in set(cells)]
+    if args.accuracy:
+        accuracy_figure(records, out / f"{name}.png")
+    else:
+        table = markdown(records)
+        (out / f"{name}.md").write_text(table + "\n")
+        figure(records, out / f"{name}.png")
+        print(table)
+    print(f"wrote {path} and {out / name}.png")
+
+
+if __name__ == "__main__":
+    main()
