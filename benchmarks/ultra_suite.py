@@ -68,13 +68,15 @@ def advisor_cells(env_id: str, wanted: tuple[str, ...]) -> list[str]:
 
 
 def advisor_knobs(advisor: str, env_id: str, budget: dict[str, Any], agents: Path, log) -> dict[str, Any]:
-    """The run's advisor spec and noise for a suite advisor name."""
+    """The run's advisor spec, noise and reference for a suite advisor name: every advisor's answers are scored
+    against the task's teacher (`advisor.reference`: the agreement column and the accuracy curve's x axis)."""
+    teacher = ensure_teacher(env_id, budget["pretrain_steps"] * budget["teacher_x"], agents, log,
+                             budget["knobs"].get("ppo_overrides", ()))
+    knobs: dict[str, Any] = dict(advisor=advisor, reference=teacher.split(":", 1)[1])
     if advisor in ("teacher", "teacher30") or advisor.startswith("teacher@"):
-        spec = ensure_teacher(env_id, budget["pretrain_steps"] * budget["teacher_x"], agents, log,
-                              budget["knobs"].get("ppo_overrides", ()))
         noise = 0.3 if advisor == "teacher30" else float(advisor.split("@")[1]) if "@" in advisor else 0.0
-        return dict(advisor=spec, noise=noise)
-    return dict(advisor=advisor)
+        knobs.update(advisor=teacher, noise=noise)
+    return knobs
 
 
 def run_cell(env_id: str, advisor: str, methods: tuple[str, ...], agents: Path, seeds: int | None, log,
@@ -102,7 +104,8 @@ def run_cell(env_id: str, advisor: str, methods: tuple[str, ...], agents: Path, 
         record["methods"][name] = {"start": np.asarray(r.eval_returns[0], float).tolist(),
                                    "final": np.asarray(r.eval_returns[-1], float).tolist(), "refine_wall_s": r.wall_s}
     record["advice"] = [{k: a.get(k) for k in ("variant", "questions", "valid", "invalid", "failed",
-                                               "advice_overhead_frac", "initial_advice_s")}
+                                               "advice_overhead_frac", "initial_advice_s", "reference_agreement",
+                                               "reference_judged")}
                         for a in summary.get("advisor", [])]
     return record
 
@@ -125,12 +128,20 @@ def cell_stats(record: dict) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _agreement(record: dict) -> float | None:
+    """Share of the advisor's valid answers (all variants) that agree with the teacher's action, or None."""
+    judged = [(a["reference_agreement"], a["reference_judged"]) for a in record.get("advice", [])
+              if a.get("reference_judged")]
+    total = sum(n for _, n in judged)
+    return sum(p * n for p, n in judged) / total if total else None
+
+
 def markdown(records: list[dict]) -> str:
     lines = ["| task | advisor | start | fine-tune | ULTRA-A | ULTRA-R | ULTRA-RA | RA vs fine-tune | valid answers | "
-             "wall (RA / fine-tune) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "agrees with teacher | wall (RA / fine-tune) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
         if rec["status"] != "ok":
-            lines.append(f"| {rec['task']} | {rec['advisor']} | FAILED: {rec['error']} |" + " |" * 7)
+            lines.append(f"| {rec['task']} | {rec['advisor']} | FAILED: {rec['error']} |" + " |" * 8)
             continue
         st = cell_stats(rec)
         start = iqm_ci(rec["methods"]["PPO"]["start"]) if "PPO" in rec["methods"] else None
@@ -149,10 +160,12 @@ def markdown(records: list[dict]) -> str:
             if "gain" in ra else "-"
         asked = [a for a in rec.get("advice", []) if a.get("questions")]
         valid = f"{sum(a['valid'] for a in asked)}/{sum(a['questions'] for a in asked)}" if asked else "-"
+        agreement = _agreement(rec)
+        agrees = "-" if agreement is None else f"{agreement:.0%}"
         walls = {n: m["refine_wall_s"] for n, m in rec["methods"].items()}
         wall = f"{walls['RA'] / walls['PPO']:.2f}x" if "RA" in walls and walls.get("PPO") else "-"
         lines.append(f"| {rec['task']} | {rec['advisor']} | {start.point if start else float('nan'):.1f} | "
-                     f"{fmt('PPO')} | {fmt('A')} | {fmt('R')} | {fmt('RA')} | {gain} | {valid} | {wall} |")
+                     f"{fmt('PPO')} | {fmt('A')} | {fmt('R')} | {fmt('RA')} | {gain} | {valid} | {agrees} | {wall} |")
     return "\n".join(lines)
 
 
@@ -198,14 +211,15 @@ def accuracy_figure(records: list[dict], path: Path) -> None:
         pts = []
         for rec in (r for r in records if r["task"] == task and r["status"] == "ok"):
             s = cell_stats(rec).get("RA", {})
+            measured = _agreement(rec)
             if "gain" in s:
-                pts.append((1.0 - rec["noise"], s["gain"]))
+                pts.append((1.0 - rec["noise"] if measured is None else measured, s["gain"]))
         pts.sort(key=lambda p: p[0])
         ax.errorbar([p[0] for p in pts], [p[1]["point"] for p in pts],
                     yerr=[[p[1]["point"] - p[1]["low"] for p in pts], [p[1]["high"] - p[1]["point"] for p in pts]],
                     marker="o", capsize=3, label=task)
     ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set_xlabel("share of the teacher's answers left uncorrupted")
+    ax.set_xlabel("advice accuracy: answers agreeing with the teacher's action")
     ax.set_ylabel("ULTRA-RA minus fine-tuning (IQM, 95% CI)")
     ax.legend(fontsize=8)
     fig.tight_layout()

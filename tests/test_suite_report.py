@@ -23,7 +23,7 @@ def test_gain_verdicts_and_failures():
     table = markdown([_record([150.0, float("nan"), 170.0, 180.0, 190.0]),
                       {"task": "Pendulum-v1", "advisor": "random", "status": "failed", "error": "AdvisorFailure: x"}])
     assert "FAILED (1 non-finite seed(s))" in table and "FAILED: AdvisorFailure: x" in table
-    assert "9/10" in table and "1.50x" in table
+    assert "9/10" in table and "1.50x" in table and "| - |" in table
 
 
 def test_advisors_apply_where_they_exist():

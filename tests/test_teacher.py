@@ -171,3 +171,31 @@ def test_serve_advisor_refuses_an_image_teacher_before_listening(taught, capsys)
     assert main(["serve-advisor", "--backend", "teacher", "--teacher", str(t.folder), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "cannot be rebuilt" in err and f"--advisor teacher:{t.folder}" in err and "\n" == err[-1]
+
+
+@pytest.mark.parametrize("noise, agreement", [(0.0, 1.0), (1.0, 0.0)])
+def test_the_run_reports_the_advisors_agreement_with_a_reference(noise, agreement, taught, tmp_path):
+    """`jaxmod ultra --advisor-reference`: the teacher scored against itself agrees on every valid answer; with every
+    answer corrupted (the other of CartPole's two actions) on none."""
+    from jaxmod.cli import main
+
+    folder = taught("CartPole-v1").folder
+    out = tmp_path / "run"
+    assert main(["ultra", "--env", "CartPole-v1", "--variant", "RA", "--seeds", "1", "--pretrain-steps", "1024",
+                 "--refine-steps", "1024", "--chunks", "1", "--collect-envs", "4", "--collect-steps", "96",
+                 "--eval-envs", "2", "--eval-steps", "32", "--episodes-per-round", "3", "--noise", str(noise),
+                 "--advisor", f"teacher:{folder}", "--advisor-reference", str(folder), "--out", str(out)]) == 0
+    stats = json.loads((out / "ultra.json").read_text())["advisor"]
+    ra = next(s for s in stats if s["variant"] == "RA")
+    assert 0 < ra["reference_judged"] <= ra["valid"] and ra["reference_agreement"] == agreement
+
+
+def test_a_missing_or_foreign_teacher_is_refused_before_anything_runs(taught, tmp_path, capsys):
+    from jaxmod.cli import main
+
+    folder = taught("CartPole-v1").folder
+    for flags, says in ((["--advisor", f"teacher:{tmp_path / 'none'}"], "missing meta.json"),
+                        (["--advisor-reference", str(folder), "--env", "Acrobot-v1"], "trained on CartPole-v1")):
+        assert main(["ultra", "--out", str(tmp_path / "run"), *flags]) == 2
+        assert says in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()

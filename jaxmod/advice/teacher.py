@@ -34,6 +34,22 @@ from jaxmod.llm.scripted import ScriptedError
 from jaxmod.ppo.train import PPOLearner
 
 DEFAULT_MAX_CRITICAL = 3
+AGREE_TOLERANCE = 0.1  # continuous actions agree within this share of the action range (mean over dimensions)
+
+
+def check_teacher(checkpoint_dir: str | Path, env_id: str, what: str = "teacher") -> None:
+    """Raise `ModulationError` (one line, before anything runs) unless `checkpoint_dir` holds a saved policy of
+    `env_id` (or of its dense task, for a sparse variant). Reads only the checkpoint's meta.json."""
+    from jaxmod.advice.modulation import ModulationError
+
+    meta = Path(checkpoint_dir) / "meta.json"
+    if not meta.is_file():
+        raise ModulationError(f"no saved policy for the {what} at {checkpoint_dir} (missing meta.json): pass the "
+                              "checkpoint/ folder of a `jaxmod train --out DIR` run")
+    saved = json.loads(meta.read_text(encoding="utf-8")).get("config", {}).get("env_id", "")
+    if saved.removesuffix(SPARSE_SUFFIX) != env_id.removesuffix(SPARSE_SUFFIX):
+        raise ModulationError(f"the {what} at {checkpoint_dir} was trained on {saved}, not {env_id}: train one on "
+                              f"{env_id} with `jaxmod train --env {env_id} --out DIR`")
 
 
 class TeacherBackend:
@@ -117,6 +133,20 @@ class TeacherBackend:
             suggested = [float(x) for x in np.clip(head[0], np.asarray(space.low, np.float32),
                                                     np.asarray(space.high, np.float32))]
         return {"action": suggested, "reward": agree, "reason": "the teacher policy's greedy action"}
+
+    def agrees(self, obs: np.ndarray, actions: Any) -> np.ndarray:
+        """[n] bool: whether each suggested action agrees with this policy's greedy action at its raw observation
+        (obs [n, *obs_shape]; actions [n] ints or [n, A] floats): equal for discrete actions, within
+        `AGREE_TOLERANCE` of the action range (mean absolute difference over dimensions) for continuous ones.
+        An advisor's accuracy against a reference policy (issue 18, item 7; jaxmod's measure)."""
+        head, _ = self.head_and_value(obs)
+        space = self.env.action_space
+        if space.discrete:
+            return np.argmax(head, axis=-1) == np.asarray(actions).reshape(-1).astype(int)
+        low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+        greedy = np.clip(head, low, high)
+        diff = np.abs(np.asarray(actions, np.float32).reshape(greedy.shape) - greedy) / (high - low)
+        return np.mean(diff, axis=-1) <= AGREE_TOLERANCE
 
     # --------------------------------------------------------------- questions
     def _check_env(self, env_id: str) -> None:

@@ -36,7 +36,8 @@ FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "late
               "max_tokens": "--advisor-max-tokens", "temperature": "--advisor-temperature",
               "max_response_bytes": "--advisor-max-response-bytes", "retries": "--advisor-retries",
               "failure": "--advisor-failure", "failure_rounds": "--advisor-failure-rounds", "env_id": "--env",
-              "variants": "--variant", "noise": "--noise", "model": "--model"}
+              "variants": "--variant", "noise": "--noise", "model": "--model",
+              "reference": "--advisor-reference"}
 PER_VARIANT = frozenset({"override_action", "shape_reward", "ppo"})  # not knobs of a run: set per variant / own flags
 
 
@@ -63,6 +64,8 @@ class AdvisorConfig:
     failure: str = "stop"  # when the advisor fails (most answers of a round, or no valid advice for N rounds):
     # stop the run with an error, or continue without advice
     failure_rounds: int = 3  # rounds in a row without one valid answer before the failure policy trips
+    reference: str | None = None  # a teacher checkpoint dir to score the advisor's answers against: the run
+    # reports how often its suggested actions agree with that policy's on the critical states it judged
 
     def __post_init__(self) -> None:
         check_fields(self, ModulationError)

@@ -164,6 +164,13 @@ class UltraRun:
         if config.advisor.spec is None:  # the run records which advisor it asked
             config = dataclasses.replace(config, advisor=dataclasses.replace(config.advisor,
                                                                              spec=advisor_spec(None, None)))
+        from jaxmod.advice.teacher import check_teacher
+
+        spec = config.advisor.spec
+        if spec.startswith("teacher:") and config.needs_advisor:  # one line now, not after pretraining
+            check_teacher(spec.split(":", 1)[1], config.env_id)
+        if config.advisor.reference is not None:
+            check_teacher(config.advisor.reference, config.env_id, "advisor reference")
         self.s, self.out, self.log, self.progress = config, Path(out), log, progress
         self.advisor_factory = advisor_factory
         if (self.out / "ultra.json").exists() and not overwrite:
@@ -260,6 +267,15 @@ class UltraRun:
         state = jax.vmap(lambda k, p: learner.init(k, p))(self.refinement_keys, pre_state.params)
         return learner, jax.vmap(_with_normalisers)(state, pre_state.env_state)
 
+    @cached_property
+    def reference(self):
+        """The policy the advisor's answers are scored against (`advisor.reference`), or None."""
+        if self.s.advisor.reference is None:
+            return None
+        from jaxmod.advice.teacher import TeacherBackend
+
+        return TeacherBackend(self.s.advisor.reference)
+
     @property
     def refinement_keys(self) -> jax.Array:
         """(seeds,) keys of the refinement: the same for every variant (collection rounds fold them in)."""
@@ -292,7 +308,7 @@ class UltraRun:
         advisor.advisor.stats = AdvisorStats()  # per-variant accounting
         rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.modulation.capacity,
                               s.advisor.episodes_per_round, self.critical_rows.extend, variant,
-                              s.advisor.failure_policy(), self.log)
+                              s.advisor.failure_policy(), self.log, self.reference)
         t0 = time.perf_counter()
         rounds.hand_over(program.record(state, 0))
         _, counts = rounds.take()
@@ -336,7 +352,13 @@ class UltraRun:
             st = advisor.advisor.stats.as_dict()
             # the initial round is waited for before refinement starts: it counts as advice overhead too
             waited = loop.stall_s + rounds.initial_s
+            agree, judged = rounds.agreement
+            if self.reference is not None:
+                self.log(f"{variant}: the advisor agrees with the reference policy on {agree}/{judged} valid answers"
+                         + (f" ({agree / judged:.0%})" if judged else ""))
             self.advice_stats.append({"variant": variant, "advice_overhead_s": round(waited, 3),
+                                      "reference_agreement": agree / judged if judged else None,
+                                      "reference_judged": judged,
                                       "advice_overhead_frac": waited / max(result.wall_s + rounds.initial_s, 1e-9),
                                       "initial_advice_s": round(rounds.initial_s, 3),
                                       "stall_in_refinement_s": round(loop.stall_s, 3), **st})

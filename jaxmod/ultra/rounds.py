@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxmod.advice.arrays import Advice, AdviceBook
 from jaxmod.envs.core import EnvCore
-from jaxmod.llm import Advisor, FailurePolicy, RoundCounts, tagged
+from jaxmod.llm import Advised, Advisor, FailurePolicy, RoundCounts, tagged
 from jaxmod.ultra.advise import CriticalRow, advise_episodes
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import split_episodes
@@ -27,7 +28,8 @@ class AdviceRounds:
 
     def __init__(self, advisor: AdvisorThread, core: EnvCore, seeds: int, capacity: int, episodes_per_round: int,
                  on_rows: Callable[[list[tuple[str, int, CriticalRow]]], None], variant: str = "",
-                 policy: FailurePolicy | None = None, warn: Callable[[str], None] = lambda _: None) -> None:
+                 policy: FailurePolicy | None = None, warn: Callable[[str], None] = lambda _: None,
+                 reference: Any = None) -> None:
         self.advisor, self.core, self.seeds, self.episodes_per_round = advisor, core, seeds, episodes_per_round
         self.books = [AdviceBook(core, capacity) for _ in range(seeds)]
         self.on_rows, self.variant, self.policy, self.warn = on_rows, variant, policy, warn
@@ -36,6 +38,8 @@ class AdviceRounds:
         self._before: Any = None  # the advisor's stats when the pending round was handed over
         self._uid = 0
         self.initial_s = 0.0  # seconds the refinement waited for the initial round (set by the pipeline)
+        self.reference = reference  # a policy with `agrees(obs, actions)` (a TeacherBackend) to score answers by
+        self.agreement = [0, 0]  # valid answers that agree with the reference, valid answers judged
 
     def advice(self) -> Advice:
         """Every seed's book stacked into one `Advice` with a leading seed axis, moved in one transfer."""
@@ -83,10 +87,19 @@ class AdviceRounds:
                 self.warn(warning)
         counts = {"packed": 0, "dropped": 0}
         for seed, (book, (items, verdicts, rows)) in enumerate(zip(self.books, outs, strict=True)):
+            self._score(items, verdicts)
             c = book.add_answers(items, verdicts)
             counts = {k: counts[k] + c[k] for k in counts}
             self.on_rows([(self.variant, seed, row) for row in rows])
         return self.advice(), {"swapped_advice": True, "advisor_latency_s": latency, **counts}
+
+    def _score(self, items: list, verdicts: list) -> None:
+        """Count how many of a seed's valid answers agree with the reference policy at their exact states."""
+        valid = [(item, v) for item, v in zip(items, verdicts, strict=True) if isinstance(v, Advised)]
+        if self.reference is None or not valid:
+            return
+        agree = self.reference.agrees(np.stack([item.obs for item, _ in valid]), np.stack([v.action for _, v in valid]))
+        self.agreement = [self.agreement[0] + int(np.sum(agree)), self.agreement[1] + len(valid)]
 
     def cancel(self) -> None:
         if self.pending is not None:
