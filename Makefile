@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.local-llm
 
-.PHONY: demo test local-llm lint bench clean
+.PHONY: demo test test-slow local-llm lint bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(LLM_STAMP)
 	$(BIN)/python -m pytest -q
+
+# the minutes-long tests the default suite leaves out (kill-and-resume on brax and MinAtar)
+test-slow: $(LLM_STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check jaxmod tests benchmarks

@@ -66,9 +66,15 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     assert main(args[:4] + ["1"] + args[5:] + ["--resume"]) == 2
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "jaxmod/Pong-OnePoint",
+                                    pytest.param("Asterix-MinAtar", marks=pytest.mark.slow),
+                                    pytest.param("brax/hopper", marks=[pytest.mark.slow, pytest.mark.timeout(900)])])
+def test_resume_continues_exactly(tmp_path, env_id):
+    """Kill after one chunk, resume: the metrics equal the uninterrupted run's, for one env of every family."""
     total = str(4 * 16 * 6)
-    base = ["train", "--seeds", "2", "--total-steps", total, "--chunks", "3", "--quiet", *TINY_FLAGS]
+    brax = ["--env-option", "backend=positional", "--env-option", "episode_length=32"] if env_id == "brax/hopper" else []
+    base = ["train", "--env", env_id, "--seeds", "2", "--total-steps", total, "--chunks", "3", "--quiet", *TINY_FLAGS,
+            *brax]
     assert main(base + ["--out", str(tmp_path / "straight")]) == 0
     # an interrupted run: stops after one chunk, then resumes from its checkpoint
     part = tmp_path / "part"
