@@ -194,3 +194,25 @@ def test_sparse_brax_variant_pays_x_position_beyond_the_threshold():
 
     with pytest.raises(EnvOptionError, match="sparse"):
         make_core("brax/hopper", sparse_threshold=1.0)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Breakout-MinAtar"])
+def test_discrete_actions_are_checked_at_the_env_boundary(env_id):
+    """Eager use: an out-of-range or non-integer action is a one-line EnvError (before: CartPole's action 2 pushed
+    3x, Breakout took 9); compiled code clips into range, as continuous actions are clipped to their box."""
+    from jaxmod.envs.core import EnvError
+    from jaxmod.envs.registry import make, make_core
+
+    core = make_core(env_id)
+    n = core.action_space.num_actions
+    state = core.reset(jax.random.PRNGKey(0))
+    for bad, says in ((n, "out of range"), (-1, "out of range"), (0.5, "must be integers"), (True, "must be integers")):
+        with pytest.raises(EnvError, match=says):
+            core.step(jax.random.PRNGKey(1), state, bad)
+    env = make(env_id, num_envs=2)
+    st, _ = env.reset(jax.random.PRNGKey(0))
+    with pytest.raises(EnvError, match="out of range"):
+        env.step(jax.random.PRNGKey(1), st, jnp.array([0, n]))
+    step = jax.jit(lambda s, a: env.step(jax.random.PRNGKey(1), s, a))
+    clipped, legal = step(st, jnp.array([0, n + 3])), step(st, jnp.array([0, n - 1]))
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), clipped, legal))

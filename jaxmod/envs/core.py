@@ -62,6 +62,28 @@ class ActionSpace:
         )
 
 
+def checked_action(space: ActionSpace, action: Any) -> Any:
+    """A discrete action at the env boundary: integers only (a float or bool dtype raises `EnvError`, also while
+    tracing: dtypes are static); concrete values outside [0, num_actions) raise `EnvError` (eager use: a user's
+    or a script's mistake); traced values are clipped into range (the documented rule inside compiled code, as
+    continuous actions are clipped to their box; a policy's samples are always in range). Returns int32.
+    Continuous actions pass through (`VecEnv` clips them)."""
+    if not space.discrete:
+        return action
+    dtype = jnp.result_type(action)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise EnvError(f"discrete actions must be integers in [0, {space.num_actions}), got dtype {dtype}: pass "
+                       "integer actions (e.g. .astype(int))")
+    if not isinstance(action, jax.core.Tracer):
+        import numpy as np
+
+        a = np.asarray(action)
+        if a.size and (a.min() < 0 or a.max() >= space.num_actions):
+            raise EnvError(f"discrete action(s) {sorted(set(a[(a < 0) | (a >= space.num_actions)].tolist()))[:5]} "
+                           f"out of range: this env's actions are 0..{space.num_actions - 1}")
+    return jnp.clip(jnp.asarray(action, jnp.int32), 0, space.num_actions - 1)
+
+
 @struct.dataclass
 class CoreState:
     """A restorable snapshot of one environment: backend state, raw observation, step count.
@@ -94,8 +116,9 @@ class EnvCore:
         return self.reset_fn(key)
 
     def step(self, key: jax.Array, state: CoreState, action: jax.Array) -> tuple[CoreState, jax.Array, jax.Array]:
-        """One transition without auto-reset: (next state, reward, terminated)."""
-        return self.step_fn(key, state, action)
+        """One transition without auto-reset: (next state, reward, terminated). Discrete actions are checked
+        and cast (`checked_action`)."""
+        return self.step_fn(key, state, checked_action(self.action_space, action))
 
 
 def cast_like(tree: Any, like: Any) -> Any:
