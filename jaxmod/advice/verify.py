@@ -37,7 +37,7 @@ from flax import struct
 
 from jaxmod.advice.arrays import Advice
 from jaxmod.advice.slots import take_slot
-from jaxmod.ppo.losses import td_errors
+from jaxmod.ppo.losses import gae
 from jaxmod.ppo.modulator import Modulator
 
 REFUTE_Z = 2.0  # standard errors by which the advised mean must fall below the control mean
@@ -207,11 +207,15 @@ class Verification(Modulator):
                        "control_share": control, "control_share_matched": EXPLORE_SHARE, "advisor_off": trust.off}
 
     def weigh(self, aux, plan, traj, advantage, values, next_values, spec):
-        # one-step TD error under the environment's reward alone (the advice's own implicit reward must not vouch
-        # for it): low variance, and the critic's bias cancels between the two groups
-        td = td_errors(traj.reward, values, next_values, traj.terminated, plan["hparams"].gamma)
+        # GAE advantage under the environment's reward alone (the advice's own implicit reward must not vouch for
+        # it): what followed the step over the GAE horizon, not only the critic's view of the next state; the
+        # critic's bias at the step cancels between the two groups
+        hp = plan["hparams"]
+        env_advantage = gae(traj.reward, values, next_values, traj.terminated, traj.episode_done, hp.gamma,
+                            hp.gae_lambda)
         advised = advised_steps(plan, traj, spec)
-        trust = aux.record(traj.extras["slot"], advised, traj.extras["critical"] & ~advised, td, self.memory)
+        trust = aux.record(traj.extras["slot"], advised, traj.extras["critical"] & ~advised, env_advantage,
+                           self.memory)
         return trust, {}, {}
 
     def metrics(self, aux, plan, traj, spec):
