@@ -20,7 +20,8 @@ a whole (pooled over its slots and kept across advice rounds). From them, per sl
 - refutation: once both groups hold `min_samples` steps and the advised mean is below the control mean by more than
   `REFUTE_Z` standard errors (one-sided), the slot stops acting until the host replaces it;
 - the advisor switched off as a whole: once the pooled groups hold `ADVISOR_MIN_FACTOR * min_samples` steps each
-  and the advisor's pooled gap is below 0 by more than `REFUTE_Z` standard errors, every slot stops acting and
+  and the advisor's pooled gap is below 0 by more than `ADVISOR_REFUTE_Z` standard errors (stricter than a slot's
+  bound: the test is repeated after every rollout and its verdict is final), every slot stops acting and
   restarts from its states stop too, for the rest of the run (sticky; the run reports it).
 
 With continuous actions only ULTRA-A's overrides execute a suggestion exactly, so ULTRA-R alone gathers no evidence
@@ -41,7 +42,8 @@ from jaxmod.ppo.losses import gae
 from jaxmod.ppo.modulator import Modulator
 
 REFUTE_Z = 2.0  # standard errors by which the advised mean must fall below the control mean
-TRUST_Z_LO, TRUST_Z_HI = 2.0, 4.0  # posterior z-scores of a positive gap at which a slot's trust starts / is full
+TRUST_Z_LO, TRUST_Z_HI = 1.5, 3.5  # posterior z-scores of a positive gap at which a slot's trust starts / is full
+ADVISOR_REFUTE_Z = 3.0  # the advisor's pooled gap is tested after every rollout: a stricter bound than a slot's
 EXPLORE_SHARE = 0.5  # share of an untrusted slot's critical steps on which ULTRA-A executes its suggestion
 ADVISOR_MIN_FACTOR = 8  # the advisor as a whole is judged after this many times a slot's minimum samples per group
 ADVISED, CONTROL = 0, 1  # rows of the statistics
@@ -139,7 +141,7 @@ class AdviceTrust:
     def judge_advisor(self, min_samples: int) -> AdviceTrust:
         """Switch the advisor off (for good) once its pooled gap is significantly negative."""
         judged = jnp.all(self.pooled_count >= ADVISOR_MIN_FACTOR * max(1, min_samples))
-        return self.replace(off=self.off | (judged & (self.advisor_z() < -REFUTE_Z)))
+        return self.replace(off=self.off | (judged & (self.advisor_z() < -ADVISOR_REFUTE_Z)))
 
     def record(self, slot: jax.Array, advised: jax.Array, control: jax.Array, advantage: jax.Array,
                memory: int) -> AdviceTrust:
