@@ -16,7 +16,7 @@ from jaxmod.advice.consensus import consensus
 from jaxmod.advice.kl import advice_kl
 from jaxmod.advice.modulation import ModulationConfig, ModulationError
 from jaxmod.advice.restarts import CriticalStates, choose_restarts
-from jaxmod.advice.shaping import shaping_bonus
+from jaxmod.advice.shaping import ShapingAux, shaping_bonus
 from jaxmod.advice.slots import advice_spread
 from jaxmod.advice.verify import AdviceTrust, Verification, advised_steps
 from jaxmod.envs import make_core
@@ -211,7 +211,7 @@ def test_reward_shaping_only_on_critical_steps_that_take_the_rated_action():
     """The implicit reward rates one action (the agent's at the source step; here the suggestion, the
     default): critical steps that take it get lambda * weight * r_llm, other steps nothing."""
     advice = _toy_advice(action=0, reward=0.75, weight=0.8)
-    mod = ModulationConfig.variant("R", restart_prob=1.0, reward_scale=2.0)
+    mod = ModulationConfig.variant("R", restart_prob=1.0, reward_scale=2.0, verify_samples=0)  # every answer trusted
     _, _, traj = _toy_rollout(mod, advice, steps=32, num_envs=4)
     np.testing.assert_array_equal(traj.reward, traj.raw_reward)  # the env's reward stays the env's
     bonus, rated = traj.shaping, traj.critical & (traj.action == 0)
@@ -346,7 +346,7 @@ def test_kl_filter_drops_the_pull_where_advice_did_badly():
     kls = {}
     for kl_filter in (False, True):
         mod = ModulationConfig.variant("RA", restart_prob=1.0, reward_scale=100.0, kl_coef=1.0, capacity=2,
-                                       kl_filter=kl_filter)
+                                       kl_filter=kl_filter, verify_samples=0)
         out = jax.jit(make_train(cfg, mod.modulator()))(jax.random.PRNGKey(0), None, advice)
         assert float(out.metrics["critical_frac"].sum()) > 0
         kls[kl_filter] = float(out.metrics["advice_kl"].mean())
@@ -521,12 +521,13 @@ def test_step_codes_and_uniforms_from_bits_round_trip():
     assert abs(float(jnp.corrcoef(draws[1], draws[2])[0, 1])) < 0.05  # the two halves of one word are independent
 
 
-def _rollout_and_reward(learner: PPOLearner, advice: Advice, steps: int):
+def _rollout_and_reward(learner: PPOLearner, advice: Advice, steps: int, state=None):
     """A modulated rollout and the reward the learner's GAE then sees (`Modulator.reward`), through the learner's
-    own pieces; also GAE's advantages with and without the modulator's reward."""
+    own pieces; also GAE's advantages with and without the modulator's reward. `state`: the learner's (default a
+    fresh one)."""
     from jaxmod.ppo.losses import gae
 
-    state = learner.init(jax.random.PRNGKey(0))
+    state = learner.init(jax.random.PRNGKey(0)) if state is None else state
 
     def go(state, advice):
         plan = {**learner.digest(state, advice), "hparams": state.hparams}
@@ -543,16 +544,45 @@ def _rollout_and_reward(learner: PPOLearner, advice: Advice, steps: int):
     return jax.device_get(jax.jit(go)(state, advice))
 
 
-def test_implicit_reward_adds_to_the_normalised_env_reward():
-    """With reward normalisation the env's reward is scaled by the running return std; ULTRA-R's implicit reward
-    is added to it unscaled (lambda * weight * r_llm, the paper's units), on rated critical steps only."""
-    cfg = PPOConfig(env_id=TOY_ID, num_envs=4, num_steps=32, total_timesteps=4 * 32, num_minibatches=1,
-                    normalize_reward=True)
-    mod = ModulationConfig.variant("R", restart_prob=1.0, reward_scale=2.0, capacity=2).modulator()
-    traj, reward, _, (adv, adv_env), _, _ = _rollout_and_reward(PPOLearner(cfg, mod), _toy_advice(0, 0.75, 0.8), 32)
-    assert not np.allclose(traj.reward, traj.raw_reward)  # the env's reward is normalised
-    rated = traj.extras["critical"] & (traj.action == 0)
-    assert rated.any() and (~rated).any()
-    np.testing.assert_allclose((reward - traj.reward)[rated], 2.0 * 0.75 * 0.8, rtol=1e-6)
-    np.testing.assert_array_equal((reward - traj.reward)[~rated], 0.0)
-    assert (adv >= adv_env - 1e-5).all() and (adv > adv_env + 1e-3).any()  # a positive bonus raises advantages
+def test_the_same_lambda_has_the_same_effect_with_and_without_reward_normalisation():
+    """ULTRA-R's implicit reward is measured in the env's reward scale (the running RMS of its raw per-step reward)
+    and reaches the learner the way the env's reward does: divided by the return std where rewards are normalised.
+    From the same agent (params and normalisers, as refinement starts), the bonus relative to the env's reward is
+    the same with --normalize-reward on and off."""
+    env_cfg = dict(env_id="Pendulum-v1", num_envs=4, num_steps=32, total_timesteps=4 * 32 * 2, num_minibatches=1,
+                   env_options=(("max_steps_in_episode", 10),))
+    agent = jax.jit(make_train(PPOConfig(**env_cfg, normalize_reward=True)))(jax.random.PRNGKey(0)).state
+    core = make_core("Pendulum-v1")
+    book = AdviceBook(core, 2)
+    snap = _snapshot_cont(core)
+    book.add(AdviceItem(0, 1, snap.obs, snap, action=[1.0], reward=0.75, weight=0.8, rated_action=[0.0]))
+    runs = {}
+    for normalize in (False, True):
+        mod = ModulationConfig.variant("R", restart_prob=1.0, reward_scale=2.0, capacity=2, verify_samples=0)
+        learner = PPOLearner(PPOConfig(**env_cfg, normalize_reward=normalize), mod.modulator())
+        state = learner.init(jax.random.PRNGKey(1), agent.params)
+        state = state.replace(env_state=state.env_state.replace(return_rms=agent.env_state.return_rms))
+        runs[normalize] = (_rollout_and_reward(learner, book.to_advice(), 32, state), state)
+    (off, _), (on, state_on) = runs[False], runs[True]
+    traj_off, reward_off = off[:2]
+    traj_on, reward_on = on[:2]
+    np.testing.assert_array_equal(traj_on.action, traj_off.action)  # the same steps: only the rewards differ
+    raw = traj_off.raw_reward
+    unit = np.sqrt(np.mean(np.square(raw)))  # the RMS of the raw per-step reward
+    assert abs(unit - 1.0) > 0.1  # Pendulum's scale is not 1: the unit matters
+    np.testing.assert_allclose(reward_off - traj_off.reward, traj_off.extras["shaping"], atol=1e-5)  # added to GAE's
+    np.testing.assert_allclose(reward_on - traj_on.reward, traj_on.extras["shaping"], atol=1e-5)  # reward
+    bonus_off, bonus_on = traj_off.extras["shaping"], traj_on.extras["shaping"]
+    rated = np.abs(bonus_off) > 1e-3  # the kernel's tails aside
+    shaping_aux = next(a for a in off[5] if isinstance(a, ShapingAux))  # the unit kept in the train state
+    assert rated.any() and float(shaping_aux.unit()) == pytest.approx(unit, rel=1e-5)
+    np.testing.assert_allclose(traj_off.extras["shaping_raw"], traj_on.extras["shaping_raw"], rtol=1e-6)
+    assert float(np.max(bonus_off)) <= 2.0 * 0.75 * 0.8 * unit * (1 + 1e-5)  # lambda * weight * r_llm reward units
+    sigma = float(np.sqrt(state_on.env_state.return_rms.var + 1e-8))  # the normaliser's std at the rollout's start
+    assert abs(sigma - 1.0) > 0.1  # normalisation changes the env's reward as the learner sees it ...
+    np.testing.assert_allclose(bonus_on[rated] * sigma, bonus_off[rated], rtol=1e-5)  # ... and the bonus alike
+    # relative to the env's own reward the bonus is the same, up to the normaliser's drift in the rollout (< 10% here)
+    ratio_off = bonus_off[rated] / traj_off.reward[rated]
+    ratio_on = bonus_on[rated] / traj_on.reward[rated]
+    np.testing.assert_allclose(ratio_on, ratio_off, rtol=0.1)  # (the old definition: off by the factor sigma)
+

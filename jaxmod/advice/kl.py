@@ -1,6 +1,7 @@
 """A KL pull toward the advisor's suggestions at critical steps (`KLTarget`; jaxmod's extension of the paper).
 
-The loss adds `kl_coef * KL(target || pi)` averaged over the minibatch's critical steps: a one-hot target for
+The loss adds `kl_coef * trust * KL(target || pi)` averaged over the minibatch's critical steps (`trust`: the slot's
+trust weight in [0, 1] from verification, `jaxmod.advice.verify`; 1 without it): a one-hot target for
 discrete actions (= -log pi(a*)), a Gaussian of std `target_std` around the suggestion for continuous ones. With
 `filter`, only on critical steps that executed the suggestion with a positive GAE advantage, i.e. where following
 the advice turned out better than the critic expected (wrong advice then gets no pull).
@@ -51,10 +52,14 @@ class KLTarget(Modulator):
         critical = traj.extras["critical"]
         if self.filter:  # pull only where executing the suggestion beat the critic's expectation
             critical = critical & advised_steps(plan, traj, spec) & (advantage > 0)
-        suggested = take_slot(plan["advice"].action, traj.extras["slot"])
-        return aux, {"kl": critical.astype(jnp.float32)}, {"suggested": suggested}
+        slot = traj.extras["slot"]
+        suggested = take_slot(plan["advice"].action, slot)
+        # the pull scales with the slot's trust weight (verification's; 1 without it), averaged over all critical
+        # steps pulled: an unproven slot pulls nothing
+        trust = take_slot(plan.get("trust_weight", jnp.ones(plan["advice"].capacity)), slot)
+        return aux, {"kl": critical.astype(jnp.float32)}, {"suggested": suggested, "kl_trust": trust}
 
     def loss(self, aux, net, params, head, batch):
         kl = advice_kl(net, params, head, batch.fields["suggested"], self.target_std)
-        mean = jnp.sum(batch.masks["kl"] * kl)
+        mean = jnp.sum(batch.masks["kl"] * batch.fields["kl_trust"] * kl)
         return aux.kl_coef * mean, {"advice_kl": mean}

@@ -9,16 +9,19 @@ One code path, switched by a frozen config (the variants are presets):
   advice states themselves (so a small-valued feature such as MountainCar's velocity counts);
 - ULTRA-A (`override_action`): the suggested action is executed there (no policy gradient from it, see
   below);
-- ULTRA-R (`shape_reward`): the reward there gets `reward_scale * weight * r_llm` when the action taken is
-  the one the implicit reward rates (the agent's own at the source step);
+- ULTRA-R (`shape_reward`): the reward there gets `reward_scale * weight * trust * r_llm` when the action taken is
+  the one the implicit reward rates (the agent's own at the source step), in units of the running RMS of the env's
+  raw per-step reward (so the same lambda means the same with and without reward normalisation);
 - KL (`kl_coef` > 0): the loss adds `kl_coef * KL(target || pi)` on critical steps (one-hot target for
   discrete actions, a Gaussian of std `kl_target_std` around the suggestion for continuous ones); with
   `kl_filter`, only on critical steps that executed the suggestion with a positive GAE advantage, i.e. where
   following the advice turned out better than the critic expected (wrong advice then gets no pull);
-- verification (`verify_samples` > 0, on by default, `jaxmod.advice.verify`): a slot whose executed suggestion does
-  significantly worse than the policy's own actions at the same critical steps (ULTRA-A leaves a random
-  `verify_control` share of them to the policy as the control group) is switched off until the host
-  replaces it: robustness to bad advisors;
+- verification (`verify_samples` > 0, on by default, `jaxmod.advice.verify`): advice earns its influence. Each
+  slot's trust weight in [0, 1] (the evidence that its suggestion beats the policy's own action at the same
+  critical steps, pooled with the advisor's record) scales ULTRA-R's bonus and the KL pull, and ULTRA-A executes
+  an unproven slot's suggestion on half its critical steps, a proven one's on 1 - `verify_control`; a slot shown
+  to do worse is switched off until the host replaces it, and an advisor shown to do worse as a whole is switched
+  off for the rest of the run (no action, reward, KL or restarts: plain PPO), which the run reports;
 - consensus (`consensus_radius` > 0, on by default, `jaxmod.advice.consensus`): a slot whose suggestion most
   of the advice about nearby states contradicts stops acting the same way, judged from the advice alone.
 Imposed actions (ULTRA-A's override) train the critic and the KL term but give no policy gradient: they
@@ -61,12 +64,16 @@ class ModulationConfig:
     restart_prob: float = 0.5  # rho: chance an episode restarts from a critical state (RICE-style mixed restarts)
     match_radius: float = 0.0  # epsilon: live states this close to an advice state (in observation stds, or the
     # advice states' spread for raw observations) are critical too; 0 disables matching
-    reward_scale: float = 1.0  # lambda: weight of the advisor's implicit reward (ULTRA-R)
+    reward_scale: float = 1.0  # lambda: weight of the advisor's implicit reward (ULTRA-R), in units of the running
+    # RMS of the env's raw per-step reward (1: a critical step's bonus as large as a typical step's reward), the same
+    # with and without reward normalisation
     kl_coef: float = 1.0  # beta: weight of KL(advice || policy) at critical steps (jaxmod's extension; 0: off)
     kl_target_std: float = 0.2  # std of the Gaussian target around a continuous suggestion
     kl_filter: bool = False  # KL only on advised steps whose advantage is positive (robustness to bad advice)
-    verify_samples: int = 4  # advice verification: samples per group before a slot can be refuted (0: off)
-    verify_control: float = 0.25  # share of ULTRA-A's critical steps left to the policy (verification's control)
+    verify_samples: int = 4  # advice verification: samples per group before a slot can be refuted (0: off, every
+    # answer trusted in full); trust weights scale ULTRA-R, ULTRA-A and the KL pull with the evidence for the advice
+    verify_control: float = 0.25  # share of a trusted slot's ULTRA-A critical steps left to the policy
+    # (verification's control group; an unproven slot's: half)
     verify_memory: int = 64  # samples a slot's running mean remembers
     consensus_radius: float = 2.0  # advice out-voted by the advice within this many spreads stops acting (0: off)
     consensus_action_tol: float = 0.25  # continuous suggestions agree within this RMS share of the action range

@@ -78,7 +78,8 @@ class CriticalAux:
 class CriticalStates(Modulator):
     """Restarts from advice snapshots (probability `restart_prob` per reset) and critical steps (after a restart
     from a trusted slot; with `match_radius` > 0, also near a trusted advice state). Reads `plan["trusted"]`
-    ([K] bool, default the valid slots) and, for ULTRA-A's control group, `plan["control_share"]`; writes
+    ([K] bool, default the valid slots), for ULTRA-A's control group `plan["control_share"]` (a scalar, or [K] per
+    slot with `plan["control_share_matched"]`) and `plan["advisor_off"]` (no restarts once set); writes
     `traj.extras["slot"]` ([T, N] int32), `["critical"]` and `["restarted"]` ([T, N] bool) and the per-step
     codes `xs["critical_codes"]` ([T, N] int32, `unpack_step_codes`) other modulators may read."""
 
@@ -110,11 +111,13 @@ class CriticalStates(Modulator):
         # the sequential loop keeps only what must run step by step (a latency win on small batches)
         bits = jax.random.bits(ctx.key, (num_steps, env.num_envs, 2), jnp.uint32)
         u_use, u_slot, u_control = uniforms_from_bits(bits)
-        use, restart_slot = choose_restarts(u_use, u_slot, advice, aux.restart_prob)
-        control = u_control >= plan.get("control_share", 0.0)
+        # an advisor switched off as a whole (`Verification`) restarts nothing either
+        restart_prob = jnp.where(plan.get("advisor_off", False), 0.0, aux.restart_prob)
+        use, restart_slot = choose_restarts(u_use, u_slot, advice, restart_prob)
         # the slot whose first step is critical after each step's possible restart: all valid slots restart, only
         # trusted ones act (looked up here for all steps, so the loop carries slots that are trusted already)
         restart_critical = trusted_only(restart_slot)
+        control = u_control >= self.control_shares(plan, trusted_only(aux.pending), restart_critical)
         # the loop reads these per-step facts from one int32: each array a scan slices per step cost a CPU more than
         # the work it feeds (the control mask as its own array: +0.3 ms per MountainCar rollout of 2.2 ms)
         codes = pack_step_codes(restart_slot, restart_critical, control)
@@ -133,6 +136,18 @@ class CriticalStates(Modulator):
         carry = {**plan.get("carry", {}), "critical_slot": trusted_only(aux.pending)}  # trust may have changed
         return aux, {**plan, "xs": xs, "carry": carry, "trusted": trusted, "restart_use": use, "control": control,
                      "matcher": matcher, "advice": advice}
+
+    @staticmethod
+    def control_shares(plan, pending: jax.Array, restart_critical: jax.Array) -> jax.Array:
+        """The share of each step's critical step ULTRA-A leaves to the policy: `plan["control_share"]` as a scalar,
+        or per slot ([K]) for the slot that a restart at the step before makes critical (`pending` [N] at the first
+        step); steps that only matching makes critical use `plan["control_share_matched"]` (found live, their slot
+        is not known here)."""
+        share = plan.get("control_share", 0.0)
+        if jnp.ndim(share) == 0:
+            return share
+        before = jnp.concatenate([pending[None], restart_critical[:-1]], axis=0)
+        return jnp.where(before >= 0, take_slot(share, before), plan["control_share_matched"])
 
     def step(self, aux, plan, xs, s, spec):
         restart_slot, _, _ = unpack_step_codes(xs["critical_codes"])

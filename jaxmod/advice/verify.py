@@ -1,18 +1,31 @@
-"""Advice verification on the device: each advice slot is tested against what actually happened.
+"""Advice verification on the device: advice earns its influence from what actually happened (jaxmod's choice; the
+paper trusts every answer).
 
-Untrusted advice (a hallucinating LLM, a `NoisyAdvisor`) must not steer training. At a slot's critical
-steps there are two groups: steps that executed the slot's suggestion ("advised") and steps where the
-policy's own, different action ran ("control": the policy chose otherwise, or ULTRA-A left a random
-`verify_control` share of its critical steps to the policy). Both groups start from the same states, so
-the difference of their mean advantages, under the environment's own reward (no ULTRA-R shaping, no
-exploration bonus), estimates Q(s, a_advised) - Q(s, a_policy) free of the critic's bias at those
-states. Running moments per slot and group live in the train state; once both groups hold `min_samples`
-steps and the advised mean is below the control mean by more than two standard errors (one-sided, so
-noise refutes nothing where the reward says nothing yet), the slot is distrusted as a whole: its action,
-its implicit reward, its KL pull and its matching are switched off until the host replaces it. Restarts
-from its state continue: where the advisor saw a critical state is still worth practising from. With
-continuous actions only ULTRA-A's overrides execute a suggestion exactly, so ULTRA-R alone is never judged
-there. jaxmod's choice; the paper trusts every answer.
+Untrusted advice (a hallucinating LLM, a `NoisyAdvisor`, a degenerate "always the same action" answer) must not
+steer training. At a slot's critical steps there are two groups: steps that executed the slot's suggestion
+("advised") and steps where the policy's own, different action ran ("control": the policy chose otherwise, or
+ULTRA-A left a random share of its critical steps to the policy). Both groups start from the same states, so the
+difference of their mean one-step TD errors under the environment's own reward (no ULTRA-R shaping, no exploration
+bonus) estimates Q(s, a_advised) - Q(s, a_policy) free of the critic's bias at those states.
+
+Running moments live in the train state, per slot (forgotten when the host replaces the slot) and for the advisor as
+a whole (pooled over its slots and kept across advice rounds). From them, per slot:
+
+- trust weight in [0, 1] (`trust_weights`): the evidence that the slot's suggestion beats the policy's own action,
+  as the z-score of a normal posterior of its gap, the advisor's pooled gap (with its standard error) as the prior
+  and the slot's own samples as the likelihood; 0 up to `TRUST_Z_LO` standard errors, 1 from `TRUST_Z_HI`, linear
+  between. An unproven advisor's slots start at 0. ULTRA-R's implicit reward and the KL pull are multiplied by it,
+  and ULTRA-A executes the suggestion on a share of the slot's critical steps that grows from `EXPLORE_SHARE`
+  (untrusted: equal groups, the most evidence per visit) to 1 - `verify_control` (trusted);
+- refutation: once both groups hold `min_samples` steps and the advised mean is below the control mean by more than
+  `REFUTE_Z` standard errors (one-sided), the slot stops acting until the host replaces it;
+- the advisor switched off as a whole: once the pooled groups hold `ADVISOR_MIN_FACTOR * min_samples` steps each
+  and the advisor's pooled gap is below 0 by more than `ADVISOR_REFUTE_Z` standard errors (stricter than a slot's
+  bound: the test is repeated after every rollout and its verdict is final), every slot stops acting and
+  restarts from its states stop too, for the rest of the run (sticky; the run reports it).
+
+With continuous actions only ULTRA-A's overrides execute a suggestion exactly, so ULTRA-R alone gathers no evidence
+there and its slots keep trust 0.
 """
 
 from __future__ import annotations
@@ -25,51 +38,116 @@ from flax import struct
 
 from jaxmod.advice.arrays import Advice
 from jaxmod.advice.slots import take_slot
-from jaxmod.ppo.losses import td_errors
+from jaxmod.ppo.losses import gae
 from jaxmod.ppo.modulator import Modulator
 
 REFUTE_Z = 2.0  # standard errors by which the advised mean must fall below the control mean
+TRUST_Z_LO, TRUST_Z_HI = 1.5, 3.5  # posterior z-scores of a positive gap at which a slot's trust starts / is full
+ADVISOR_REFUTE_Z = 3.0  # the advisor's pooled gap is tested after every rollout: a stricter bound than a slot's
+EXPLORE_SHARE = 0.5  # share of an untrusted slot's critical steps on which ULTRA-A executes its suggestion
+ADVISOR_MIN_FACTOR = 8  # the advisor as a whole is judged after this many times a slot's minimum samples per group
 ADVISED, CONTROL = 0, 1  # rows of the statistics
+
+
+def _fold(count: jax.Array, mean: jax.Array, square: jax.Array, sums: jax.Array, memory: float
+          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Fold per-group sums [3, ...] (count, sum, sum of squares) into running moments capped at `memory` samples."""
+    n, total_adv, total_square = sums
+    old = jnp.minimum(count, jnp.maximum(memory - n, 0.0))  # older evidence gives way
+    total = jnp.maximum(old + n, 1.0)
+    seen = old + n > 0
+    mean = jnp.where(seen, (mean * old + total_adv) / total, mean)
+    square = jnp.where(seen, (square * old + total_square) / total, square)
+    return jnp.minimum(old + n, memory), mean, square
+
+
+def _variance(mean: jax.Array, square: jax.Array) -> jax.Array:
+    return jnp.maximum(square - jnp.square(mean), 0.0)
 
 
 @struct.dataclass
 class AdviceTrust:
-    """Per advice slot: which advice the statistics belong to, and running moments of the advantage of
-    its advised and control steps (rows ADVISED and CONTROL)."""
+    """Per advice slot: which advice the statistics belong to, and running moments of the TD error of its advised
+    and control steps (rows ADVISED and CONTROL); the same pooled over the advisor's slots and rounds (`pooled_*`,
+    (2,) float32), and whether the advisor has been switched off (`off`, bool scalar, sticky)."""
 
     episode: jax.Array  # (K,) int32 source episode of the advice these statistics describe
     step: jax.Array  # (K,) int32 source step
     count: jax.Array  # (2, K) float32 samples folded in (capped at the memory)
-    mean: jax.Array  # (2, K) float32 mean advantage
-    mean_square: jax.Array  # (2, K) float32 mean squared advantage
+    mean: jax.Array  # (2, K) float32 mean TD error
+    mean_square: jax.Array  # (2, K) float32 mean squared TD error
+    pooled_count: jax.Array  # (2,) float32, the advisor's slots together (capped at K times the memory)
+    pooled_mean: jax.Array  # (2,) float32
+    pooled_square: jax.Array  # (2,) float32
+    off: jax.Array  # bool scalar: the advisor's suggestions were shown to lose; nothing of it acts any more
 
     @staticmethod
     def create(capacity: int) -> AdviceTrust:
         zeros = jnp.zeros((2, capacity), jnp.float32)
+        pooled = jnp.zeros((2,), jnp.float32)
         return AdviceTrust(episode=jnp.full((capacity,), -1, jnp.int32), step=jnp.full((capacity,), -1, jnp.int32),
-                           count=zeros, mean=zeros, mean_square=zeros)
+                           count=zeros, mean=zeros, mean_square=zeros, pooled_count=pooled, pooled_mean=pooled,
+                           pooled_square=pooled, off=jnp.bool_(False))
 
     def follow(self, advice: Advice) -> AdviceTrust:
-        """Forget the statistics of slots whose advice the host replaced (identity = source episode, step)."""
+        """Forget the statistics of slots whose advice the host replaced (identity = source episode, step); the
+        advisor's pooled statistics stay."""
         same = (self.episode == advice.episode) & (self.step == advice.step) & advice.valid
-        return AdviceTrust(episode=advice.episode, step=advice.step, count=jnp.where(same, self.count, 0.0),
-                           mean=jnp.where(same, self.mean, 0.0), mean_square=jnp.where(same, self.mean_square, 0.0))
+        return self.replace(episode=advice.episode, step=advice.step, count=jnp.where(same, self.count, 0.0),
+                            mean=jnp.where(same, self.mean, 0.0), mean_square=jnp.where(same, self.mean_square, 0.0))
 
     def gap(self) -> tuple[jax.Array, jax.Array]:
-        """(K,) advised minus control mean advantage, and its standard error."""
-        var = jnp.maximum(self.mean_square - jnp.square(self.mean), 0.0) / jnp.maximum(self.count, 1.0)
+        """(K,) advised minus control mean TD error, and its standard error (from each slot's own samples)."""
+        var = _variance(self.mean, self.mean_square) / jnp.maximum(self.count, 1.0)
         return self.mean[ADVISED] - self.mean[CONTROL], jnp.sqrt(var[ADVISED] + var[CONTROL])
 
+    def advisor_gap(self) -> tuple[jax.Array, jax.Array]:
+        """Scalars: the advisor's pooled advised minus control mean TD error, and the precision (1 / variance) of
+        that estimate (0 while a group is empty)."""
+        var = _variance(self.pooled_mean, self.pooled_square)
+        n = self.pooled_count
+        spread = var[ADVISED] * n[CONTROL] + var[CONTROL] * n[ADVISED]
+        precision = jnp.where(jnp.all(n > 0), n[ADVISED] * n[CONTROL] / jnp.maximum(spread, 1e-12), 0.0)
+        return self.pooled_mean[ADVISED] - self.pooled_mean[CONTROL], precision
+
+    def advisor_z(self) -> jax.Array:
+        """Scalar z-score of the advisor's pooled gap (0 without samples in both groups)."""
+        gap, precision = self.advisor_gap()
+        return gap * jnp.sqrt(precision)
+
     def trusted(self, advice: Advice, min_samples: int) -> jax.Array:
-        """(K,) bool: valid slots not (yet) shown to do worse than the policy's own choices."""
+        """(K,) bool: valid slots not (yet) shown to do worse than the policy's own choices, of an advisor not
+        switched off."""
         gap, stderr = self.gap()
         judged = jnp.all(self.count >= min_samples, axis=0)
-        return advice.valid & ~(judged & (gap + REFUTE_Z * stderr < 0.0))
+        return advice.valid & ~(judged & (gap + REFUTE_Z * stderr < 0.0)) & ~self.off
+
+    def trust_weights(self) -> jax.Array:
+        """(K,) float32 in [0, 1]: how far the evidence shows each slot's suggestion beating the policy's own
+        action. The posterior of a slot's gap is normal, with the advisor's pooled gap as the prior (precision
+        `advisor_gap`) and the slot's own samples as the likelihood (their variance pooled over the advisor's
+        samples, steadier than a few samples' own); its z-score maps to [0, 1] between TRUST_Z_LO and TRUST_Z_HI."""
+        prior_gap, prior_precision = self.advisor_gap()
+        var = 0.5 * (_variance(self.pooled_mean[ADVISED], self.pooled_square[ADVISED])
+                     + _variance(self.pooled_mean[CONTROL], self.pooled_square[CONTROL]))
+        n_a, n_c = self.count[ADVISED], self.count[CONTROL]
+        n_eff = n_a * n_c / jnp.maximum(n_a + n_c, 1.0)  # the two-sample mean difference's effective size
+        slot_precision = n_eff / jnp.maximum(var, 1e-12)
+        slot_gap = self.mean[ADVISED] - self.mean[CONTROL]
+        precision = prior_precision + slot_precision
+        z = (prior_precision * prior_gap + slot_precision * slot_gap) / jnp.sqrt(jnp.maximum(precision, 1e-30))
+        return jnp.clip((z - TRUST_Z_LO) / (TRUST_Z_HI - TRUST_Z_LO), 0.0, 1.0)
+
+    def judge_advisor(self, min_samples: int) -> AdviceTrust:
+        """Switch the advisor off (for good) once its pooled gap is significantly negative."""
+        judged = jnp.all(self.pooled_count >= ADVISOR_MIN_FACTOR * max(1, min_samples))
+        return self.replace(off=self.off | (judged & (self.advisor_z() < -ADVISOR_REFUTE_Z)))
 
     def record(self, slot: jax.Array, advised: jax.Array, control: jax.Array, advantage: jax.Array,
                memory: int) -> AdviceTrust:
         """Fold in one rollout: `advantage` at the `advised` and the `control` steps of each `slot` (all (T, N)).
-        Counts are capped at `memory`, so the means track a changing policy like exponential averages."""
+        Counts are capped at `memory` per slot (K times that for the advisor's pooled counts), so the means track a
+        changing policy like exponential averages."""
         k = self.count.shape[1]
         advantage = advantage.reshape(-1)
         # per-slot sums of [1, A, A^2] over each group's steps as one small matrix product: a one-hot of the
@@ -79,19 +157,14 @@ class AdviceTrust:
         groups = jnp.stack([advised.reshape(-1), control.reshape(-1)], axis=1).astype(jnp.float32)
         masked = (groups[:, :, None] * moments[:, None, :]).reshape(advantage.shape[0], 6)
         sums = jnp.matmul(one_hot.T, masked, precision="highest").T.reshape(2, 3, k)
-
-        def fold(row: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-            n, total_adv, total_square = sums[row]
-            old = jnp.minimum(self.count[row], jnp.maximum(memory - n, 0.0))  # older evidence gives way
-            total = jnp.maximum(old + n, 1.0)
-            seen = old + n > 0
-            mean = jnp.where(seen, (self.mean[row] * old + total_adv) / total, self.mean[row])
-            square = jnp.where(seen, (self.mean_square[row] * old + total_square) / total, self.mean_square[row])
-            return jnp.minimum(old + n, float(memory)), mean, square
-
-        rows = [fold(ADVISED), fold(CONTROL)]
+        rows = [_fold(self.count[r], self.mean[r], self.mean_square[r], sums[r], float(memory))
+                for r in (ADVISED, CONTROL)]
         count, mean, square = (jnp.stack(parts) for parts in zip(*rows, strict=True))
-        return self.replace(count=count, mean=mean, mean_square=square)
+        pooled = [_fold(self.pooled_count[r], self.pooled_mean[r], self.pooled_square[r], sums[r].sum(axis=-1),
+                        float(memory * k)) for r in (ADVISED, CONTROL)]
+        p_count, p_mean, p_square = (jnp.stack(parts) for parts in zip(*pooled, strict=True))
+        return self.replace(count=count, mean=mean, mean_square=square, pooled_count=p_count, pooled_mean=p_mean,
+                            pooled_square=p_square)
 
 
 def advised_steps(plan, traj, spec) -> jax.Array:
@@ -105,10 +178,13 @@ def advised_steps(plan, traj, spec) -> jax.Array:
 
 @dataclass(frozen=True)
 class Verification(Modulator):
-    """Per-slot verification as a modulator: before each rollout the slots refuted so far stop acting
-    (`plan["trusted"]`, combined with `plan["agreed"]` from `Consensus`); after GAE each critical step's one-step
-    TD error under the env's own reward is folded into its slot's advised or control group. `control` is the
-    share of ULTRA-A's critical steps left to the policy (`plan["control_share"]`, read by `CriticalStates`)."""
+    """Per-slot verification as a modulator: before each rollout the slots refuted so far (and every slot, once the
+    advisor is switched off) stop acting (`plan["trusted"]`, combined with `plan["agreed"]` from `Consensus`), each
+    slot's trust weight goes to `plan["trust_weight"]` ([K] float32, read by `ImplicitReward` and `KLTarget`), the
+    share of each slot's critical steps ULTRA-A leaves to the policy to `plan["control_share"]` ([K] float32, read by
+    `CriticalStates`) and the advisor's switch to `plan["advisor_off"]`; after GAE each critical step's one-step TD
+    error under the env's own reward is folded into its slot's advised or control group. `control` is the share
+    left to the policy at a fully trusted slot."""
 
     capacity: int = 64
     samples: int = 4
@@ -124,19 +200,29 @@ class Verification(Modulator):
 
             raise ModulationError(f"verification was built for advice of capacity {self.capacity}, but the advice "
                                   f"has capacity {advice.capacity}: build the advice book with the config's capacity")
-        trust = aux.follow(advice)
+        trust = aux.follow(advice).judge_advisor(self.samples)
         verified = trust.trusted(advice, self.samples)
         trusted = verified & plan.get("agreed", advice.valid)
-        return trust, {**plan, "trusted": trusted, "verified": verified, "control_share": self.control}
+        weight = jnp.where(trusted, trust.trust_weights(), 0.0)
+        control = EXPLORE_SHARE + (self.control - EXPLORE_SHARE) * weight  # untrusted: equal groups
+        return trust, {**plan, "trusted": trusted, "verified": verified, "trust_weight": weight,
+                       "control_share": control, "control_share_matched": EXPLORE_SHARE, "advisor_off": trust.off}
 
     def weigh(self, aux, plan, traj, advantage, values, next_values, spec):
-        # one-step TD error under the environment's reward alone (the advice's own implicit reward must not vouch
-        # for it): low variance, and the critic's bias cancels between the two groups
-        td = td_errors(traj.reward, values, next_values, traj.terminated, plan["hparams"].gamma)
+        # GAE advantage under the environment's reward alone (the advice's own implicit reward must not vouch for
+        # it): what followed the step over the GAE horizon, not only the critic's view of the next state; the
+        # critic's bias at the step cancels between the two groups
+        hp = plan["hparams"]
+        env_advantage = gae(traj.reward, values, next_values, traj.terminated, traj.episode_done, hp.gamma,
+                            hp.gae_lambda)
         advised = advised_steps(plan, traj, spec)
-        trust = aux.record(traj.extras["slot"], advised, traj.extras["critical"] & ~advised, td, self.memory)
+        trust = aux.record(traj.extras["slot"], advised, traj.extras["critical"] & ~advised, env_advantage,
+                           self.memory)
         return trust, {}, {}
 
     def metrics(self, aux, plan, traj, spec):
         advice = plan["advice"]
-        return {"advice_refuted": (advice.valid & ~plan["verified"]).sum().astype(jnp.int32)}
+        valid = advice.valid.astype(jnp.float32)
+        return {"advice_refuted": (advice.valid & ~plan["verified"]).sum().astype(jnp.int32),
+                "advice_trust": jnp.sum(plan["trust_weight"] * valid) / jnp.maximum(valid.sum(), 1.0),
+                "advisor_z": aux.advisor_z(), "advisor_off": aux.off.astype(jnp.int32)}

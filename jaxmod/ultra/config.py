@@ -29,7 +29,9 @@ from jaxmod.methods import MethodContext, method
 from jaxmod.ppo import PPOConfig, default_config
 from jaxmod.ppo.config import ConfigError
 
-ADVISOR_KINDS = "scripted, smollm2, teacher:<checkpoint>, replay:<transcript.jsonl> or an http(s) URL"
+ADVISOR_KINDS = ("scripted, smollm2, teacher:<checkpoint>, replay:<transcript.jsonl>, random, constant or an http(s) "
+                 "URL")
+LOCAL_ADVISORS = ("scripted", "smollm2", "random", "constant")  # advisors named by one word
 # flag names that differ from the field names (kept from earlier versions of the command line)
 FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "latency_s": "--advisor-latency",
               "priority": "--advisor-priority", "timeout_s": "--advisor-timeout", "deadline_s": "--advisor-deadline",
@@ -45,8 +47,9 @@ PER_VARIANT = frozenset({"override_action", "shape_reward", "ppo"})  # not knobs
 class AdvisorConfig:
     """Who answers the advisor's questions, within which limits, and what happens when it stops answering."""
 
-    spec: str | None = None  # scripted | smollm2 | teacher:<checkpoint dir> | replay:<transcript> | an
-    # OpenAI-compatible URL (.../v1); unset: ADVISOR_BASE_URL / OPENAI_BASE_URL, else scripted
+    spec: str | None = None  # scripted | smollm2 | teacher:<checkpoint dir> | replay:<transcript> | random |
+    # constant (control advisors without task knowledge: random answers, or always the same) | an OpenAI-compatible
+    # URL (.../v1); unset: ADVISOR_BASE_URL / OPENAI_BASE_URL, else scripted
     model: str | None = None  # model of an HTTP advisor (unset: OPENAI_MODEL, else the server's only model)
     noise: float = 0.0  # fraction of advisor answers corrupted (robustness experiments)
     concurrency: int = 16  # questions in flight at once for an HTTP advisor (match the server's parallel slots)
@@ -77,7 +80,7 @@ class AdvisorConfig:
         if self.episodes_per_round < 1 or self.max_critical < 1:
             raise ModulationError("episodes_per_round and max_critical must be >= 1 (the advisor needs something "
                                   "to look at)")
-        if self.spec is not None and not (self.spec in ("scripted", "smollm2") or self.spec.startswith(
+        if self.spec is not None and not (self.spec in LOCAL_ADVISORS or self.spec.startswith(
                 ("teacher:", "replay:", "http://", "https://"))):
             raise ModulationError(f"unknown advisor {self.spec!r}: use {ADVISOR_KINDS}")
         self.client_settings(base_url="http://127.0.0.1/v1")  # checks the limits (one-line LLMConfigError)

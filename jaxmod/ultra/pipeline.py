@@ -56,6 +56,8 @@ class VariantResult:
     eval_returns: list[list[float]] = field(default_factory=list)  # per evaluation, per seed
     wall_s: float = 0.0
     chunk_metrics: list[dict[str, Any]] = field(default_factory=list)
+    # verification switched the advisor off as a whole: {"seeds": how many, "first_chunk": when}; None: it never did
+    advisor_switched_off: dict[str, int] | None = None
 
 
 def _advisor_factory(config: UltraConfig, transcript: Transcript | None) -> Callable:
@@ -81,6 +83,11 @@ def _advisor_factory(config: UltraConfig, transcript: Transcript | None) -> Call
             from jaxmod.llm import ReplayBackend
 
             yield local(ReplayBackend(spec.split(":", 1)[1]))
+        elif spec in ("random", "constant"):  # control advisors: no knowledge of the task, same validation path
+            from jaxmod.llm.control_advisors import CONTROL_ADVISORS
+
+            yield local(wrap(LocalBackend(CONTROL_ADVISORS[spec](config.seed) if spec == "random"
+                                          else CONTROL_ADVISORS[spec]())))
         elif spec.startswith("teacher:"):
             from jaxmod.advice.teacher import TeacherBackend
 
@@ -146,7 +153,12 @@ def _modulation_row(m: dict[str, np.ndarray]) -> dict[str, Any]:
     if "critical_frac" in m:
         row.update(critical_frac=float(np.mean(m["critical_frac"])), restarts=int(np.sum(m["restarts"])),
                    advice_valid=int(np.mean(m["advice_valid"][:, -1])))
-    row.update({k: float(np.mean(m[k][:, -1])) for k in ("advice_refuted", "advice_outvoted") if k in m})
+    row.update({k: float(np.mean(m[k][:, -1])) for k in ("advice_refuted", "advice_outvoted", "advice_trust",
+                                                          "advisor_z") if k in m})
+    if "advisor_off" in m:  # seeds whose advisor verification has switched off as a whole
+        row["advisor_off_seeds"] = int(np.sum(m["advisor_off"][:, -1]))
+    if "shaping" in m:
+        row["shaping"] = float(np.mean(m["shaping"]))
     row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
     return row
 
@@ -342,6 +354,7 @@ class UltraRun:
             row["eval_return"] = float(np.mean(mean))
             if modulated:
                 row.update(_modulation_row(jax.device_get(metrics)))
+                self._report_switch_off(result, row, s.seeds)
             result.chunk_metrics.append(row)
             self.progress(variant, min(done, cfg.num_updates), cfg.num_updates)
 
@@ -365,6 +378,19 @@ class UltraRun:
             rounds.cancel()
         return result
 
+    def _report_switch_off(self, result: VariantResult, row: dict[str, Any], seeds: int) -> None:
+        """Say so (once per variant, and again whenever more seeds follow) when verification switches the advisor
+        off as a whole, and record it in the result."""
+        off = row.get("advisor_off_seeds", 0)
+        before = result.advisor_switched_off["seeds"] if result.advisor_switched_off else 0
+        if off <= before:
+            return
+        first = result.advisor_switched_off["first_chunk"] if result.advisor_switched_off else row["chunk"]
+        result.advisor_switched_off = {"seeds": off, "first_chunk": first}
+        self.log(f"{result.name}: advisor switched off in {off}/{seeds} seeds by chunk {row['chunk']}: its "
+                 "suggestions did significantly worse than the policy's own actions; this variant continues as "
+                 "plain PPO there")
+
     def run(self) -> dict[str, VariantResult]:
         pre = self.pretrain()
         results: dict[str, VariantResult] = {}
@@ -385,7 +411,8 @@ class UltraRun:
         from jaxmod.reporting import plot_curves
 
         summary = {name: {"steps": r.steps, "eval_returns": r.eval_returns, "wall_s": r.wall_s,
-                          "chunks": r.chunk_metrics} for name, r in results.items()}
+                          "chunks": r.chunk_metrics, "advisor_switched_off": r.advisor_switched_off}
+                   for name, r in results.items()}
         summary["config"] = self.s.to_dict()
         summary["advisor"] = self.advice_stats
         summary["modulation_choices"] = self.s.modulation.choices()

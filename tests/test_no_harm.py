@@ -1,0 +1,151 @@
+"""Do no harm: advice earns its influence (trust weights, the advisor switched off as a whole), and the control
+advisors (random, constant) that measure it answer through the same validation as an LLM."""
+
+from __future__ import annotations
+
+import asyncio
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmod.advice.arrays import AdviceBook, AdviceItem
+from jaxmod.advice.restarts import CriticalStates
+from jaxmod.advice.verify import EXPLORE_SHARE, AdviceTrust, Verification
+from jaxmod.envs import make_core
+from jaxmod.llm import Advised, Advisor, LocalBackend
+from jaxmod.llm.control_advisors import ConstantAnswerer, RandomAnswerer
+from jaxmod.ppo import PPOConfig, PPOLearner
+from jaxmod.ultra.advise import advise_episodes
+from jaxmod.ultra.collect import make_collector, split_episodes
+from jaxmod.ultra.config import UltraConfig
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _episodes(env_id: str, steps: int):
+    learner = PPOLearner(PPOConfig(env_id=env_id, num_envs=2, num_steps=8, total_timesteps=16, num_minibatches=2))
+    state = learner.init(jax.random.PRNGKey(0))
+    rec = jax.device_get(make_collector(learner.env, learner.net, steps)(state.params, state.env_state.obs_rms,
+                                                                          jax.random.PRNGKey(1)))
+    return learner.env.core, rec, split_episodes(rec, 0, 2)
+
+
+def _ask(answerer, core, rec, episodes):
+    advisor = Advisor(LocalBackend(answerer), max_critical=2)
+    items, verdicts, _ = asyncio.run(advise_episodes(advisor, core, rec, episodes))
+    assert items and advisor.stats.invalid == advisor.stats.failed == 0, advisor.stats
+    assert all(isinstance(v, Advised) for v in verdicts)  # validated like an LLM's answers
+    return items, verdicts
+
+
+@pytest.mark.parametrize("env_id,steps", [("CartPole-v1", 128), ("Pendulum-v1", 210)])
+def test_control_advisors_answer_through_the_advisors_validation(env_id, steps):
+    core, rec, episodes = _episodes(env_id, steps)
+    space = core.action_space
+    items, verdicts = _ask(ConstantAnswerer(), core, rec, episodes)
+    assert sorted({it.step for it in items}) == [0, 1]  # the first steps of every episode
+    for v in verdicts:
+        assert v.reward == 1.0
+        if space.discrete:
+            assert v.action == space.num_actions - 1
+        else:
+            np.testing.assert_array_equal(v.action, np.asarray(space.high, np.float32))
+    first = _ask(RandomAnswerer(seed=3), core, rec, episodes)
+    again = _ask(RandomAnswerer(seed=3), core, rec, episodes)
+    other = _ask(RandomAnswerer(seed=4), core, rec, episodes)
+    key = lambda out: [(it.episode, it.step, str(v.action), v.reward) for it, v in zip(*out, strict=True)]  # noqa: E731
+    assert key(first) == key(again) and key(first) != key(other)  # seeded, a function of seed and question
+    rewards = [v.reward for v in first[1]]
+    assert all(-1.0 <= r <= 1.0 for r in rewards) and len(set(rewards)) > 1
+    for v in first[1]:
+        if not space.discrete:
+            a = np.asarray(v.action)
+            assert np.all(a >= np.asarray(space.low) - 1e-6) and np.all(a <= np.asarray(space.high) + 1e-6)
+
+
+def test_control_advisors_are_named_on_the_command_line():
+    for name in ("random", "constant"):
+        assert UltraConfig.flat(advisor=name).advisor.spec == name
+
+
+def _advice(n: int, capacity: int = 4):
+    core = make_core("CartPole-v1")
+    book = AdviceBook(core, capacity)
+    snap = jax.device_get(core.reset(jax.random.PRNGKey(0)))
+    for i in range(n):
+        book.add(AdviceItem(episode=i, step=0, obs=snap.obs, snapshot=snap, action=1, reward=0.5))
+    return book, snap
+
+
+def _record(trust: AdviceTrust, slot: int, advised: np.ndarray, control: np.ndarray) -> AdviceTrust:
+    """Fold in samples of one slot: `advised` and `control` values (one rollout, one env)."""
+    values = np.concatenate([advised, control]).astype(np.float32)[:, None]
+    slots = jnp.full(values.shape, slot, jnp.int32)
+    is_advised = jnp.asarray(np.arange(len(values)) < len(advised))[:, None]
+    return trust.record(slots, is_advised, ~is_advised, jnp.asarray(values), memory=64)
+
+
+def test_trust_starts_at_zero_and_grows_with_evidence_that_the_suggestion_wins():
+    book, _ = _advice(2)
+    advice = book.to_advice()
+    trust = AdviceTrust.create(4).follow(advice)
+    np.testing.assert_array_equal(trust.trust_weights(), 0.0)  # unproven: no influence
+    rng = np.random.default_rng(0)
+    weights = []
+    for _ in range(6):  # slot 0's suggestion beats the policy's action by one noise std per sample
+        trust = _record(trust, 0, rng.normal(1.0, 1.0, 4), rng.normal(0.0, 1.0, 4))
+        weights.append(np.asarray(trust.trust_weights()))
+    assert weights[0][0] < weights[-1][0] == 1.0
+    # slot 1 has no samples of its own: it inherits the advisor's pooled evidence (a proven advisor's new advice)
+    assert weights[-1][1] > 0.5 and weights[-1][2] == weights[-1][1]
+    assert not bool(trust.off) and bool(trust.trusted(advice, 4)[1])
+
+
+def test_an_advisor_whose_suggestions_keep_losing_is_switched_off_as_a_whole():
+    book, snap = _advice(2)
+    advice = book.to_advice()
+    trust = AdviceTrust.create(4).follow(advice)
+    rng = np.random.default_rng(1)
+    for round_ in range(12):
+        trust = _record(trust, round_ % 2, rng.normal(-1.0, 1.0, 4), rng.normal(0.0, 1.0, 4)).judge_advisor(4)
+    assert bool(trust.off)
+    np.testing.assert_array_equal(trust.trust_weights(), 0.0)
+    for i in range(2, 4):  # the advisor's next round: fresh slots, still switched off
+        book.add(AdviceItem(episode=10 + i, step=0, obs=snap.obs, snapshot=snap, action=0, reward=1.0))
+    renewed = trust.follow(book.to_advice())
+    assert bool(renewed.off) and not bool(renewed.trusted(book.to_advice(), 4).any())
+
+
+def test_noise_alone_neither_trusts_nor_switches_off():
+    book, _ = _advice(4)
+    trust = AdviceTrust.create(4).follow(book.to_advice())
+    rng = np.random.default_rng(2)
+    for round_ in range(40):
+        trust = _record(trust, round_ % 4, rng.normal(0.0, 1.0, 2), rng.normal(0.0, 1.0, 2)).judge_advisor(4)
+    assert not bool(trust.off) and float(np.max(trust.trust_weights())) < 0.5
+
+
+def test_ultra_a_executes_untrusted_suggestions_on_half_their_critical_steps_and_trusted_ones_more():
+    """Through the verification modulator's plan: the control share per slot follows its trust weight, and the
+    step after a restart uses the share of the slot it restarted from."""
+    verification = Verification(capacity=4, samples=4, control=0.25, memory=64)
+    book, _ = _advice(2)
+    advice = book.to_advice()
+    trust = AdviceTrust.create(4).follow(advice)
+    rng = np.random.default_rng(0)
+    for _ in range(10):  # slot 0 proven, slot 1 refuted
+        trust = _record(trust, 0, rng.normal(3.0, 1.0, 4), rng.normal(0.0, 1.0, 4))
+        trust = _record(trust, 1, rng.normal(-3.0, 1.0, 4), rng.normal(0.0, 1.0, 4))
+    _, plan = verification.prepare(trust, advice, {}, None, None)
+    share = np.asarray(plan["control_share"])
+    weight = np.asarray(plan["trust_weight"])
+    assert weight[0] > 0.5 and weight[1] == 0.0 and not bool(plan["trusted"][1])  # proven; refuted
+    np.testing.assert_allclose(share, EXPLORE_SHARE + (0.25 - EXPLORE_SHARE) * weight, rtol=1e-6)
+    assert 0.25 <= share[0] < share[1] == EXPLORE_SHARE
+    pending = jnp.array([0, -1], jnp.int32)
+    restart_critical = jnp.array([[1, -1], [-1, 0], [-1, -1]], jnp.int32)
+    per_step = np.asarray(CriticalStates.control_shares(plan, pending, restart_critical))
+    np.testing.assert_allclose(per_step, [[share[0], EXPLORE_SHARE], [share[1], EXPLORE_SHARE],
+                                          [EXPLORE_SHARE, share[0]]])
