@@ -5,7 +5,7 @@ Untrusted advice (a hallucinating LLM, a `NoisyAdvisor`, a degenerate "always th
 steer training. At a slot's critical steps there are two groups: steps that executed the slot's suggestion
 ("advised") and steps where the policy's own, different action ran ("control": the policy chose otherwise, or
 ULTRA-A left a random share of its critical steps to the policy). Both groups start from the same states, so the
-difference of their mean one-step TD errors under the environment's own reward (no ULTRA-R shaping, no exploration
+difference of their mean GAE advantages under the environment's own reward (no ULTRA-R shaping, no exploration
 bonus) estimates Q(s, a_advised) - Q(s, a_policy) free of the critic's bias at those states.
 
 Running moments live in the train state, per slot (forgotten when the host replaces the slot) and for the advisor as
@@ -67,15 +67,15 @@ def _variance(mean: jax.Array, square: jax.Array) -> jax.Array:
 
 @struct.dataclass
 class AdviceTrust:
-    """Per advice slot: which advice the statistics belong to, and running moments of the TD error of its advised
+    """Per advice slot: which advice the statistics belong to, and running moments of the advantage of its advised
     and control steps (rows ADVISED and CONTROL); the same pooled over the advisor's slots and rounds (`pooled_*`,
     (2,) float32), and whether the advisor has been switched off (`off`, bool scalar, sticky)."""
 
     episode: jax.Array  # (K,) int32 source episode of the advice these statistics describe
     step: jax.Array  # (K,) int32 source step
     count: jax.Array  # (2, K) float32 samples folded in (capped at the memory)
-    mean: jax.Array  # (2, K) float32 mean TD error
-    mean_square: jax.Array  # (2, K) float32 mean squared TD error
+    mean: jax.Array  # (2, K) float32 mean advantage
+    mean_square: jax.Array  # (2, K) float32 mean squared advantage
     pooled_count: jax.Array  # (2,) float32, the advisor's slots together (capped at K times the memory)
     pooled_mean: jax.Array  # (2,) float32
     pooled_square: jax.Array  # (2,) float32
@@ -97,12 +97,12 @@ class AdviceTrust:
                             mean=jnp.where(same, self.mean, 0.0), mean_square=jnp.where(same, self.mean_square, 0.0))
 
     def gap(self) -> tuple[jax.Array, jax.Array]:
-        """(K,) advised minus control mean TD error, and its standard error (from each slot's own samples)."""
+        """(K,) advised minus control mean advantage, and its standard error (from each slot's own samples)."""
         var = _variance(self.mean, self.mean_square) / jnp.maximum(self.count, 1.0)
         return self.mean[ADVISED] - self.mean[CONTROL], jnp.sqrt(var[ADVISED] + var[CONTROL])
 
     def advisor_gap(self) -> tuple[jax.Array, jax.Array]:
-        """Scalars: the advisor's pooled advised minus control mean TD error, and the precision (1 / variance) of
+        """Scalars: the advisor's pooled advised minus control mean advantage, and the precision (1 / variance) of
         that estimate (0 while a group is empty)."""
         var = _variance(self.pooled_mean, self.pooled_square)
         n = self.pooled_count
@@ -182,8 +182,8 @@ class Verification(Modulator):
     advisor is switched off) stop acting (`plan["trusted"]`, combined with `plan["agreed"]` from `Consensus`), each
     slot's trust weight goes to `plan["trust_weight"]` ([K] float32, read by `ImplicitReward` and `KLTarget`), the
     share of each slot's critical steps ULTRA-A leaves to the policy to `plan["control_share"]` ([K] float32, read by
-    `CriticalStates`) and the advisor's switch to `plan["advisor_off"]`; after GAE each critical step's one-step TD
-    error under the env's own reward is folded into its slot's advised or control group. `control` is the share
+    `CriticalStates`) and the advisor's switch to `plan["advisor_off"]`; after GAE each critical step's GAE advantage
+    under the env's own reward is folded into its slot's advised or control group. `control` is the share
     left to the policy at a fully trusted slot."""
 
     capacity: int = 64
