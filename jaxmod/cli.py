@@ -321,9 +321,19 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     _make_env(ppo)
     _enable_compile_cache()
     if args.resume:
-        ckpt = load_checkpoint(out / "checkpoint")
+        try:
+            ckpt = load_checkpoint(out / "checkpoint")
+        except FileNotFoundError as err:
+            raise CLIError(f"{err}: nothing to resume (start the run without --resume)") from None
+        except Exception as err:  # noqa: BLE001 - orbax raises many kinds for a truncated or corrupted file
+            raise CLIError(f"the checkpoint in {out / 'checkpoint'} is damaged and cannot be restored "
+                           f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
         if ckpt.num_seeds != config.seeds:
             raise CLIError(f"checkpoint in {out / 'checkpoint'} has {ckpt.num_seeds} seeds, not --seeds {config.seeds}")
+        changed = _changed_on_resume(args, ckpt.config, config.ppo)
+        if changed:
+            raise CLIError(f"--resume continues the saved run as configured, but {'; '.join(changed)}: drop those "
+                           "flags, or start a new run with another --out")
         config = dataclasses.replace(config, ppo=ckpt.config)
     elif (out / METRICS_FILE).exists():
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -420,10 +430,29 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
 
 def _truncate_metrics(path: Path, updates_done: int) -> None:
+    """Keep the metrics rows up to the checkpoint's update (a killed run may have written more, or cut its last
+    line mid-write: repaired, with a note)."""
+    from jaxmod.reporting import metrics_rows
+
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["update"] <= updates_done]
-    path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    try:
+        rows, cut = metrics_rows(path)
+    except ValueError as err:
+        raise CLIError(f"{err}; move it away to resume without the earlier metrics") from None
+    if cut:
+        print(f"note: {path}'s last line was cut mid-write (the run was killed while writing it); dropped",
+              file=sys.stderr)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["update"] <= updates_done), encoding="utf-8")
+
+
+def _changed_on_resume(args: argparse.Namespace, saved: Any, asked: Any) -> list[str]:
+    """The PPO settings given on the command line that differ from the resumed run's (`saved`), as flag texts."""
+    fields = [fl.path[-1] for fl in _ppo_flags() if hasattr(args, fl.dest)]
+    fields += [f for f, dest in (("total_timesteps", "total_timesteps"), ("env_id", "env"), ("env_options", "env_option"))
+               if hasattr(args, dest)]
+    return [f"{f}={getattr(asked, f)!r} (the run has {getattr(saved, f)!r})" for f in fields
+            if getattr(asked, f) != getattr(saved, f)]
 
 
 def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:

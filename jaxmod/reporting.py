@@ -27,9 +27,25 @@ def _plain(x: np.generic) -> float | int:
     return int(x) if np.issubdtype(np.asarray(x).dtype, np.integer) else float(x)
 
 
+def metrics_rows(path: str | Path) -> tuple[list[dict], bool]:
+    """The rows of a metrics file, and whether its last line was cut mid-write (a run killed while appending: that
+    line is left out). Raises `ValueError` naming the file and line if any other line is damaged."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                return rows, True
+            raise ValueError(f"{path}, line {i + 1}: not a JSON metrics row (the file is damaged)") from None
+    return rows, False
+
+
 def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
-    """Load a metrics file back into arrays shaped (updates, seeds) (plus `update`: (updates,))."""
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Load a metrics file back into arrays shaped (updates, seeds) (plus `update`: (updates,)); a last line cut
+    mid-write is left out (`metrics_rows`)."""
+    rows, _ = metrics_rows(path)
     if not rows:
         raise ValueError(f"{path} holds no metrics")
     out: dict[str, np.ndarray] = {"update": np.array([r["update"] for r in rows])}

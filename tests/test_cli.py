@@ -336,3 +336,28 @@ def test_llm_limit_flags_answer_to_their_serving_names_too(monkeypatch):
     config = _ultra_config(build_parser(argv).parse_args(argv), argv)
     assert config.advisor.client_overrides() == {"timeout_s": 7.0, "deadline_s": 30.0, "max_tokens": 96,
                                                  "temperature": 0.2}
+
+
+def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_checkpoints(tmp_path, capsys):
+    """A run killed mid-write: the cut last metrics line is dropped with a note and the run resumes; --resume with a
+    changed setting, or a damaged checkpoint, is one line and exit 2."""
+    out = tmp_path / "run"
+    base = ["train", "--seeds", "1", "--total-steps", str(4 * 16 * 4), "--chunks", "2", "--quiet", *TINY_FLAGS,
+            "--out", str(out)]
+    assert main(base + ["--max-chunks", "1"]) == 0
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:-25])  # the last row cut mid-write
+    capsys.readouterr()
+    assert main(base + ["--resume", "--lr", "0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lr=0.01 (the run has 0.00025)" in err[0]
+    assert main(base + ["--resume"]) == 0
+    assert "last line was cut mid-write" in capsys.readouterr().err
+    rows = read_metrics(metrics)["update"].tolist()
+    assert rows == [1, 3, 4]  # update 2's row was the cut one; the resumed chunk's rows follow
+    for f in (out / "checkpoint").rglob("*"):
+        if f.is_file() and f.name != "meta.json":
+            f.write_text("garbage")
+    assert main(base + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is damaged" in err[0]
