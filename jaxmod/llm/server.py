@@ -42,12 +42,16 @@ __all__ = ["AdvisorServer", "AnswerFn", "BackendUnavailable", "ServerLimits", "S
            "require_smollm2", "scripted_answer_fn", "smollm2_answer_fn", "smollm2_model_path"]
 
 
+SCRIPTED_CONTEXT_TOKENS = 1 << 20  # the scripted heuristic's "context window" at /props: none to speak of
+
+
 def scripted_answer_fn() -> AnswerFn:
     backend = ScriptedBackend()
 
     def answer(messages, schema, params):
         return backend.answer(messages), {}
 
+    answer.n_ctx = SCRIPTED_CONTEXT_TOKENS  # no model: what it reads is bounded by the request body alone
     return answer
 
 
@@ -443,6 +447,8 @@ def _answers_ping(answer_fn: AnswerFn) -> AnswerFn:
             return '{"ok": true}', {}
         return answer_fn(messages, schema, body)
 
+    if hasattr(answer_fn, "n_ctx"):
+        answer.n_ctx = answer_fn.n_ctx
     return answer
 
 

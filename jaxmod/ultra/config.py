@@ -36,7 +36,8 @@ FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "late
               "max_tokens": "--advisor-max-tokens", "temperature": "--advisor-temperature",
               "max_response_bytes": "--advisor-max-response-bytes", "retries": "--advisor-retries",
               "failure": "--advisor-failure", "failure_rounds": "--advisor-failure-rounds", "env_id": "--env",
-              "variants": "--variant", "noise": "--noise", "model": "--model"}
+              "variants": "--variant", "noise": "--noise", "model": "--model",
+              "context_tokens": "--advisor-context-tokens", "protocol": "--advice-protocol"}
 PER_VARIANT = frozenset({"override_action", "shape_reward", "ppo"})  # not knobs of a run: set per variant / own flags
 
 
@@ -53,7 +54,14 @@ class AdvisorConfig:
     priority: str = "normal"  # CPU priority of the host-side advisor work: normal, or idle (Linux: only CPU time
     # training leaves; on a CPU-only machine training is not slowed, but advice arrives later)
     episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
-    max_critical: int = 2  # critical steps the advisor may name per episode
+    max_critical: int = 2  # critical steps the advisor may name per episode (candidates protocol: the device's
+    # best-scored steps it is asked about per episode)
+    protocol: str = "candidates"  # how the advisor is asked: candidates (the device picks critical-state candidates
+    # from the agent's value drops and policy entropy; the advisor answers a short question at each, a multiple
+    # choice among the action names for discrete actions) or episodes (the paper's protocol: the advisor reads
+    # whole episodes, names their critical steps, then advises at each)
+    context_tokens: int | None = None  # the model's context window in tokens, prompt plus answer (unset: the
+    # server's where it tells, llama.cpp /props or vLLM max_model_len; else 4096); prompts are windowed to fit
     timeout_s: float | None = None  # seconds one attempt may take, connect to last byte (unset: 120)
     deadline_s: float | None = None  # seconds one question may take with all its retries (unset: 300)
     max_tokens: int | None = None  # max_tokens asked for per answer (unset: 512; SmolLM2 160)
@@ -74,6 +82,10 @@ class AdvisorConfig:
         if self.episodes_per_round < 1 or self.max_critical < 1:
             raise ModulationError("episodes_per_round and max_critical must be >= 1 (the advisor needs something "
                                   "to look at)")
+        if self.protocol not in ("candidates", "episodes"):
+            raise ModulationError(f"advice protocol must be 'candidates' or 'episodes', not {self.protocol!r}")
+        if self.context_tokens is not None and self.context_tokens < 512:
+            raise ModulationError("advisor context tokens must be >= 512 (a prompt and its answer must fit)")
         if self.spec is not None and not (self.spec in ("scripted", "smollm2") or self.spec.startswith(
                 ("teacher:", "replay:", "http://", "https://"))):
             raise ModulationError(f"unknown advisor {self.spec!r}: use {ADVISOR_KINDS}")
