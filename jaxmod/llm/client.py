@@ -11,8 +11,8 @@ Ollama, OpenAI) on `httpx.AsyncClient`. The server is untrusted: every limit hol
   honouring `retry-after-ms` / `Retry-After` up to a cap; no retry on other 4xx, nor on a 5xx that says the
   request itself is at fault (context overflow: llama-cpp-python answers it with a 500; invalid requests):
   kind "context" or "request";
-- the model's context window, where the server tells it (`context_tokens`: llama.cpp `/props`, vLLM
-  `max_model_len` in `/models`);
+- the model's context window, where the server tells it (`context_tokens`: llama.cpp `/props`, or vLLM's
+  `max_model_len` when the model list was fetched);
 - every answer shape (`jaxmod.llm.responses`): reasoning fields, content parts, streamed (SSE) bodies;
 - structured output through `response_format` json_schema, falling back to json_object + schema
   (llama-cpp-python) and then to prompt-only when a server rejects the format;
@@ -260,6 +260,7 @@ class LLMClient:
         self._model: str | None = self.endpoint.model
         self._model_error: ChatResult | None = None
         self._model_lock: asyncio.Lock | None = None
+        self._model_lens: dict[str, Any] = {}  # max_model_len by model id, from the model list (vLLM)
 
     async def __aenter__(self) -> LLMClient:
         s = self.settings
@@ -360,6 +361,8 @@ class LLMClient:
             data = json.loads(body)
             items = data["data"] if isinstance(data, dict) else data
             ids = [redact(str(m["id"] if isinstance(m, dict) else m)) for m in items]
+            self._model_lens = {i: m.get("max_model_len") for i, m in zip(ids, items, strict=True)
+                                if isinstance(m, dict) and m.get("max_model_len") is not None}
         except (ValueError, KeyError, TypeError, RecursionError):
             raise _Failed(ChatResult(error="malformed GET /models body (no data[].id)", status=status,
                                      kind="malformed")) from None
@@ -367,27 +370,22 @@ class LLMClient:
 
     async def context_tokens(self, timeout_s: float | None = None) -> int | None:
         """The model's context window in tokens, where the server tells it: llama.cpp's `GET /props`
-        (`default_generation_settings.n_ctx`, per slot; also jaxmod's embedded server) or vLLM's `max_model_len`
-        in `GET /models`. None when it does not (OpenAI, Ollama) or the answer is malformed; never raises."""
+        (`default_generation_settings.n_ctx`, per slot; also jaxmod's embedded server), else vLLM's `max_model_len`
+        from the model list when it was fetched (no model given). None when neither tells (OpenAI, Ollama) or the
+        answer is malformed; never raises."""
         root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
-        for url, read in ((f"{root}/props", _props_n_ctx), (f"{self.base_url}/models", self._models_max_len)):
-            try:
-                status, _, body = await self.request("GET", url, timeout_s=timeout_s)
-                if status >= 400:
-                    continue
-                n = read(json.loads(body))
-            except (_Failed, ValueError, RecursionError, TypeError, KeyError, AttributeError):
-                continue
-            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
-                return n
-        return None
-
-    def _models_max_len(self, data: Any) -> int | None:
-        items = data.get("data", []) if isinstance(data, dict) else []
-        lens = {m.get("id"): m.get("max_model_len") for m in items if isinstance(m, dict)}
-        if self._model in lens:
-            return lens[self._model]
-        return next(iter(lens.values())) if len(lens) == 1 else None
+        n = None
+        try:
+            status, _, body = await self.request("GET", f"{root}/props",
+                                                 timeout_s=timeout_s or min(self.settings.timeout_s, 10.0))
+            if status < 400:
+                n = _props_n_ctx(json.loads(body))
+        except (_Failed, ValueError, RecursionError):
+            n = None
+        if n is None and self._model_lens:  # the model list, if it was fetched (vLLM's max_model_len)
+            n = self._model_lens.get(self._model) if self._model in self._model_lens else \
+                next(iter(self._model_lens.values())) if len(self._model_lens) == 1 else None
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
     async def _ensure_model(self, deadline: float | None = None) -> ChatResult | None:
         """Discover the model once when none was given; the failure (a result) if that is impossible."""

@@ -7,8 +7,8 @@ Per recorded step t (a [T, N] recording of the current policy, normaliser statis
   dropped net of the reward, in the value function's units (the reward divided by the return normaliser's std when
   the learner normalises rewards); 0 where s_{t+1} is not recorded (a time-limit step, the window's last step);
 - entropy: the policy's entropy at s_t (its uncertainty).
-The score is the sum of both, each standardised over the recording's steps: high where things went worse than the
-agent expected, or where it hesitates.
+The score is surprise + ENTROPY_WEIGHT * entropy, each standardised over the recording's steps: high where things
+went worse than the agent expected, and (less) where it hesitates.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import numpy as np
 from jaxmod.envs import RunningMeanStd, VecEnv
 from jaxmod.ppo.acting import Recording
 from jaxmod.ppo.networks import ActorCritic, Params
+
+ENTROPY_WEIGHT = 0.5  # the entropy's weight beside the surprise's 1 (jaxmod's choice: a balanced pole, where
+# CartPole's policy hesitates most, is no crisis; the value drop leads, the hesitation breaks ties)
 
 __all__ = ["episode_scores", "make_scorer", "pick_candidates"]
 
@@ -44,7 +47,7 @@ def make_scorer(env: VecEnv, net: ActorCritic, gamma: float) -> Callable[..., ja
         known = jnp.logical_not(rec.truncated).at[-1].set(rec.terminated[-1])  # s_{t+1} recorded (or terminal)
         delta = reward + gamma * jnp.where(rec.terminated, 0.0, nxt) - value
         surprise = jnp.where(known, -delta, 0.0)
-        return (_standardise(surprise) + _standardise(entropy)).astype(jnp.float32)
+        return (_standardise(surprise) + ENTROPY_WEIGHT * _standardise(entropy)).astype(jnp.float32)
 
     return score
 
