@@ -37,6 +37,8 @@ class CriticalRow:
 
 
 PROTOCOLS = ("candidates", "episodes")
+CHOICE_CONTEXT_STEPS = 4  # recent steps shown with a multiple-choice question (jaxmod's choice: the state and its
+# trend; the rest of the prompt is the same for every question, which a server's prompt cache reuses)
 TABLE_CHARS = 6000  # the longest episode table sent (bytes of its rows), context permitting
 
 
@@ -158,9 +160,10 @@ async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episo
     items: list[AdviceItem] = []
     queries: list[StateQuery] = []
     whys: list[tuple[EpisodeRecord, int, str]] = []
+    steps = min(context_steps, CHOICE_CONTEXT_STEPS) if choice else context_steps
     for ep, step, why in picked:
         try:
-            query = state_query(describer, core, ep, step, context_steps, rows[ep.uid], budget, question)
+            query = state_query(describer, core, ep, step, steps, rows[ep.uid], budget, question)
         except PromptTooLong:
             advisor.stats.over_budget += 1
             continue

@@ -91,6 +91,10 @@ class AdviceRounds:
         return self.advice(), {"swapped_advice": True, "advisor_latency_s": latency, **counts}
 
     def cancel(self) -> None:
+        """Drop the pending round. The first round is left to finish in the background instead: its recording is
+        every variant's (the pre-trained agents, the same keys), so the next variant asks the same questions and
+        the advisor shares the answers in flight (`Advisor`) rather than asking again."""
         if self.pending is not None:
-            self.pending[0].cancel()
+            if self.round > 1:
+                self.pending[0].cancel()
             self.pending = None
