@@ -126,7 +126,7 @@ def test_refinement_does_not_stall_on_a_slow_advisor(tmp_path):
     # the first round is not waited for either: refinement starts at once on empty advice, the round's answers
     # (seconds away) swap in later, and the reported overhead is every wait of the loop, all inside its wall time
     assert st["initial_advice_s"] == 0.0 and st["advice_overhead_s"] == st["stall_in_refinement_s"]
-    assert st["advice_overhead_frac"] == pytest.approx(st["advice_overhead_s"] / results["RA"].wall_s)
+    assert abs(st["advice_overhead_frac"] * results["RA"].wall_s - st["advice_overhead_s"]) < 1e-3  # s rounded
     assert st["first_advice_chunk"] is None or st["first_advice_chunk"] >= 2
 
 
