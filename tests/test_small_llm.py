@@ -176,3 +176,13 @@ def test_windows_keep_the_focus_steps_and_the_end():
     assert len(shown) < n and shown == sorted(shown)
     _, plain = d.render_episode(obs, acts, rews, budget_chars=1500)
     assert plain[:3] == [0, 1, 2] and 50 not in plain  # without focus: the start and the latest steps
+
+
+@pytest.mark.parametrize("flag,message", [(["--advice-protocol", "foo"], "advice protocol must be"),
+                                          (["--advisor-context-tokens", "600"], "advisor context tokens must leave")])
+def test_bad_protocol_or_context_is_one_line_exit_2(flag, message, capsys, tmp_path):
+    from jaxmod.cli import main
+
+    code = main(["ultra", *flag, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]

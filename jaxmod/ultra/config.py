@@ -84,8 +84,10 @@ class AdvisorConfig:
                                   "to look at)")
         if self.protocol not in ("candidates", "episodes"):
             raise ModulationError(f"advice protocol must be 'candidates' or 'episodes', not {self.protocol!r}")
-        if self.context_tokens is not None and self.context_tokens < 512:
-            raise ModulationError("advisor context tokens must be >= 512 (a prompt and its answer must fit)")
+        if self.context_tokens is not None and self.context_tokens - (self.max_tokens or 512) < 256:
+            raise ModulationError("advisor context tokens must leave >= 256 tokens for the prompt after the answer's "
+                                  "max tokens (default 512): raise --advisor-context-tokens or lower "
+                                  "--advisor-max-tokens")
         if self.spec is not None and not (self.spec in ("scripted", "smollm2") or self.spec.startswith(
                 ("teacher:", "replay:", "http://", "https://"))):
             raise ModulationError(f"unknown advisor {self.spec!r}: use {ADVISOR_KINDS}")
