@@ -323,15 +323,15 @@ def test_episode_prompts_are_windowed_to_the_context(tmp_path):
     tokenizer-free upper bound), none overflows, and the advisor still answers."""
     from jaxmod.llm.budget import estimate_tokens
 
-    settings = UltraConfig.flat(variants=("RA",), protocol="episodes", advisor_context_tokens=2048,
+    settings = UltraConfig.flat(variants=("RA",), protocol="episodes", advisor_context_tokens=3072,
                                 **{**TINY, "collect_steps": 200})
     run = UltraRun(settings, tmp_path / "windowed")
     run.run()
     st = run.advice_stats[0]
-    assert st["context_tokens"] == 2048 and st["valid"] > 0 and st["over_budget"] == 0
+    assert st["context_tokens"] == 3072 and st["valid"] > 0 and st["over_budget"] == 0
     records = [json.loads(ln) for ln in (tmp_path / "windowed" / "transcript.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} == {"identify", "advise"}
-    assert max(estimate_tokens(r["messages"]) for r in records) <= 2048 - 512
+    assert max(estimate_tokens(r["messages"]) for r in records) <= 3072 - 512
     assert any("omitted" in r["messages"][1]["content"] for r in records if r["kind"] == "identify")
 
 

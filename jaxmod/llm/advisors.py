@@ -311,6 +311,15 @@ class Advisor:
             self._resolved = True
         return self._budget
 
+    def drop_over_budget(self, why: str) -> None:
+        """Count a question its asker could not fit into the prompt budget (not sent): a failed question."""
+        self.stats.questions += 1
+        self.stats.failed += 1
+        self.stats.over_budget += 1
+        key = "no answer (context)"
+        self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
+        log.warning("advisor question dropped: %s", why)
+
     def _memo_key(self, messages: Messages, schema: dict[str, Any] | None, numeric: NumericContext | None) -> str:
         key = prompt_key(list(messages), schema)
         if numeric is None:

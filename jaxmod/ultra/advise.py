@@ -151,8 +151,8 @@ async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episo
                 views.append(episode_views(describer, core, [ep], rows=rows, budget_tokens=budget,
                                            max_critical=advisor.max_critical, focus=best)[0])
                 kept.append(ep)
-            except PromptTooLong:
-                advisor.stats.over_budget += 1
+            except PromptTooLong as err:
+                advisor.drop_over_budget(str(err))
         idents = await advisor.identify(views)
         for ep, ident in zip(kept, idents, strict=True):
             if not isinstance(ident, Rejected):
@@ -164,8 +164,8 @@ async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episo
     for ep, step, why in picked:
         try:
             query = state_query(describer, core, ep, step, steps, rows[ep.uid], budget, question)
-        except PromptTooLong:
-            advisor.stats.over_budget += 1
+        except PromptTooLong as err:
+            advisor.drop_over_budget(str(err))
             continue
         queries.append(query)
         items.append(AdviceItem(episode=ep.uid, step=step, obs=ep.obs[step], snapshot=snapshot_at(rec, ep, step),
