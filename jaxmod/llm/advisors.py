@@ -277,7 +277,8 @@ class Advisor:
     known) less the answer's `max_tokens`; a question whose prompt may exceed it (`estimate_tokens`, an upper
     bound) is not sent but dropped and counted (`over_budget`). Identical questions (same messages, schema and exact
     numbers) are asked once per advisor, i.e. once per run: later askings, in flight or done, share the first
-    one's answer (`reused`), and are still judged, counted and written to the transcript under their own tags."""
+    one's answer (`reused`), and are still judged, counted and written to the transcript under their own tags
+    (a `ReplayBackend` shares nothing: it serves every asking its own recorded answer)."""
 
     def __init__(self, backend: ChatBackend, max_critical: int = 3, transcript: Transcript | None = None,
                  deadline_s: float | None = 300.0, concurrency: int = 8, context_tokens: int | None = None,
@@ -387,6 +388,8 @@ class Advisor:
                 result = ChatResult(error=f"prompt of up to {size} tokens exceeds the budget of {budget} (context "
                                           f"{self.context} less max_tokens {self.max_tokens}): not sent",
                                     kind="context")
+            elif isinstance(self.backend, ReplayBackend):  # a replay serves each asking its own record: share none
+                result = await complete()
             else:
                 result, reused = await self._shared(self._memo_key(messages, schema, numeric), complete)
         self.stats.questions += 1
