@@ -595,8 +595,10 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
     console.print(table)
     for st in run.advice_stats:
         console.print(f"advisor ({st['variant']}): {st['valid']} valid, {st['invalid']} invalid, {st['failed']} failed "
-                      f"answers; waited for advice {st['advice_overhead_s']:.1f} s ({st['advice_overhead_frac']:.1%} of "
-                      f"refinement wall time, the initial round's {st['initial_advice_s']:.1f} s included)")
+                      f"answers ({st['reused']} reused from an earlier variant, {st['over_budget']} over the context "
+                      f"budget); waited for advice {st['advice_overhead_s']:.1f} s ({st['advice_overhead_frac']:.1%} of "
+                      f"refinement wall time, every wait included); first advice before chunk "
+                      f"{st['first_advice_chunk'] or 'none'}")
     console.print(f"outputs: {out}/ultra.png, {out}/ultra.json, {out}/critical_states.md, {out}/transcript.jsonl, "
                   f"{out}/{CONFIG_FILE}")
 

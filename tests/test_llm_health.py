@@ -231,12 +231,12 @@ def test_replay_serves_every_tagged_answer_exactly(tmp_path):
         with FaultServer([ok(a) for a in answers]) as srv:
             from tests.test_llm_faults import pipeline_advisor
 
-            async with pipeline_advisor(srv.url, transcript=Transcript(path)) as adv:
-                out = []
-                for r in range(2):
+            transcript, out = Transcript(path), []
+            for r in range(2):  # one advisor per round: within one, the second asking would share the first's answer
+                async with pipeline_advisor(srv.url, transcript=transcript) as adv:
                     with tagged(variant="RA", round=r):
                         out += await adv.advise([q])
-                return out
+            return out
 
     recorded = asyncio.run(live())
     assert [v.action for v in recorded] == [0, 1]

@@ -54,3 +54,36 @@ def test_smollm2_server_end_to_end():
     else:
         assert advice.action in (0, 1) and -1.0 <= advice.reward <= 1.0
     assert client.stats.completion_tokens > 0  # a real model generated tokens
+
+
+@pytest.mark.skipif(not HAVE_LLM, reason="local-llm extra not installed")
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "MountainCar-v0"])
+def test_the_token_estimate_bounds_smollm2s_real_count(env_id):
+    """`estimate_tokens` never undercounts: the real tokenizer (SmolLM2's, ChatML template) on whole-episode and
+    multiple-choice prompts of real env tables counts fewer tokens than the bound."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from jaxmod.envs.registry import describer_of, make_core
+    from jaxmod.llm.budget import estimate_tokens
+    from jaxmod.llm.prompts import choice_messages, identify_messages
+    from jaxmod.llm.server import smollm2_model_path
+
+    llm = Llama(model_path=str(smollm2_model_path()), vocab_only=True, verbose=False)
+    core = make_core(env_id)
+    d = describer_of(core)
+    rng = np.random.default_rng(0)
+    n = 200
+    obs = rng.normal(size=(n, *core.obs_shape)) * 0.1
+    acts, rews = rng.integers(0, core.action_space.num_actions, n), -np.ones(n)
+    table, _ = d.render_episode(obs, acts, rews, budget_chars=20_000)
+    ident = identify_messages(EpisodeView(0, n, d.card.text(), table), 2)
+    query = StateQuery(0, 5, d.card.text(), table[:600], d.state_text(obs[5]), d.action_text(acts[5]), True,
+                       core.action_space.num_actions, action_names=tuple(d.card.action_names))
+    ratios = []
+    for msgs in (ident, choice_messages(query)):
+        chatml = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs)
+        real = len(llm.tokenize((chatml + "<|im_start|>assistant\n").encode(), add_bos=True, special=True))
+        assert real <= estimate_tokens(msgs)
+        ratios.append(real / estimate_tokens(msgs))
+    print(env_id, "real/estimate", [round(r, 2) for r in ratios])

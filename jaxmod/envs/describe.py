@@ -202,17 +202,34 @@ class Describer:
 
     def render_episode(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, *, episode_id: int = 0,
                        ended_by: str = "termination", budget_chars: int = 6000, head: int = 3,
-                       title: str | None = None, rows: list[str] | None = None) -> tuple[str, list[int]]:
+                       title: str | None = None, rows: list[str] | None = None,
+                       focus: Sequence[int] = ()) -> tuple[str, list[int]]:
         """Episode as a table (obs, actions, rewards as for `rows`); long episodes keep the first `head` steps and the
-        latest steps that fit `budget_chars` (characters), marking the gap with an omission line. Returns the text
-        and the step indices shown. `rows`: this episode's `rows`, if already rendered."""
+        latest steps that fit `budget_chars` (UTF-8 bytes of the rows), marking each gap with an omission line.
+        With `focus` (step indices, e.g. candidate critical steps) the rows kept are instead windows growing
+        around each focus step and around the last step, in turn, until the budget is spent. Returns the text and
+        the step indices shown. `rows`: this episode's `rows`, if already rendered."""
         n = len(actions)
         rows = self.rows(obs, actions, rewards) if rows is None else rows
         total = float(np.sum(rewards))
         shown = list(range(n))
-        width = max((len(r) for r in rows), default=20) + 1
-        max_rows = max(head + 5, budget_chars // width)
-        if n > max_rows:
+        width = max((len(r.encode("utf-8")) for r in rows), default=20) + 1
+        gap_width = len(OMITTED.format(n).encode("utf-8")) + 1
+        anchors = [t for t in dict.fromkeys(int(f) for f in focus) if 0 <= t < n]
+        max_rows = max(head + 5, budget_chars // width) if not anchors else \
+            max(1, (budget_chars - gap_width * (len(anchors) + 1)) // width)
+        if n > max_rows and anchors:
+            keep: set[int] = set()
+            ends = [*anchors, n - 1]
+            for r in range(n):
+                for a in ends:
+                    for t in ((a - r, a + r) if a != n - 1 else (a - r,)):
+                        if 0 <= t < n and len(keep) < max_rows:
+                            keep.add(t)
+                if len(keep) >= max_rows:
+                    break
+            shown = sorted(keep)
+        elif n > max_rows:
             tail = max_rows - head
             shown = list(range(head)) + list(range(n - tail, n))
         intro = title or (f"Episode {episode_id}: {n} steps, return {total:+.2f}, ended by {ended_by}. "

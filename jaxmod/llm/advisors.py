@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import logging
 import random
@@ -25,9 +26,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from jaxmod.llm.answers import Advised, Identified, Rejected, identify_schema, validate_advice, validate_identify
+import numpy as np
+
+from jaxmod.llm.answers import (
+    Advised,
+    Identified,
+    Rejected,
+    identify_schema,
+    validate_advice,
+    validate_choice,
+    validate_identify,
+)
+from jaxmod.llm.budget import DEFAULT_CONTEXT_TOKENS, estimate_tokens, prompt_budget
 from jaxmod.llm.client import Accept, ChatResult, LLMClient
-from jaxmod.llm.prompts import EpisodeView, Messages, NumericContext, StateQuery, advice_messages, identify_messages
+from jaxmod.llm.prompts import (
+    EpisodeView,
+    Messages,
+    NumericContext,
+    StateQuery,
+    advice_messages,
+    choice_messages,
+    identify_messages,
+)
 from jaxmod.llm.scripted import ScriptedBackend, ScriptedError
 from jaxmod.llm.secrets import RedactingFilter, one_line
 from jaxmod.llm.transcript import Transcript, current_tags, load_transcript, prompt_key, tags_key
@@ -72,6 +92,10 @@ class HTTPBackend:
     async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
         return await self.client.chat(messages, schema, name, deadline, accept=accept)  # HTTP carries text only
 
+    async def context_tokens(self) -> int | None:
+        """The server's context window in tokens, where it tells (`LLMClient.context_tokens`)."""
+        return await self.client.context_tokens()
+
 
 class LocalBackend:
     """An in-process `Answerer`, no HTTP: `ScriptedBackend` by default (it reads the text, as it would behind a
@@ -113,6 +137,12 @@ class ReplayBackend:
                     self.by_tags[(tags_key(rec["tags"]), rec["prompt_key"])].append(rec)
         self._served: dict[tuple[str, str], int] = defaultdict(int)
         self.reused = 0
+        self.context = next((rec["context_tokens"] for recs in self.by_prompt.values() for rec in recs
+                             if rec.get("context_tokens")), None)
+
+    async def context_tokens(self) -> int | None:
+        """The context window the recorded run used (its prompts were windowed to it); None: unlimited."""
+        return self.context
 
     def _next(self, key: tuple[str, str], records: list[dict[str, Any]]) -> dict[str, Any]:
         i = self._served[key]
@@ -177,6 +207,9 @@ class NoisyBackend:
         result.content = json.dumps(data)
         return result
 
+    async def context_tokens(self) -> int | None:
+        return await _context_of(self.inner)
+
 
 class DelayedBackend:
     """Another backend behind a fixed latency per answer (an `asyncio.sleep`, so answers still overlap up
@@ -195,6 +228,22 @@ class DelayedBackend:
         result.latency_s = time.monotonic() - t0
         return result
 
+    async def context_tokens(self) -> int | None:
+        return await _context_of(self.inner)
+
+
+UNLIMITED = object()  # a backend without a context window (an in-process answerer)
+
+
+async def _context_of(backend: ChatBackend) -> int | None | object:
+    """`backend`'s context window in tokens: its `context_tokens()` (None: it does not tell), or UNLIMITED for a
+    backend that has none (in-process answerers)."""
+    ask = getattr(backend, "context_tokens", None)
+    if ask is None:
+        return UNLIMITED
+    n = await ask()
+    return UNLIMITED if n is None and isinstance(backend, ReplayBackend) else n
+
 
 @dataclass
 class AdvisorStats:
@@ -205,6 +254,8 @@ class AdvisorStats:
     invalid: int = 0  # answers that came back but failed validation
     failed: int = 0  # no answer (server error, timeout, deadline)
     items_dropped: int = 0  # parts of valid answers dropped (out-of-range steps, duplicates)
+    reused: int = 0  # questions answered by an earlier asking of the same prompt in this run (not asked again)
+    over_budget: int = 0  # questions not sent: the prompt would not fit the context window (counted as failed)
     latency_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -219,17 +270,91 @@ class AdvisorStats:
 
 
 class Advisor:
-    """Asks a backend ULTRA's two questions; returns validated answers or `Rejected`, never raises."""
+    """Asks a backend ULTRA's questions; returns validated answers or `Rejected`, never raises.
+
+    Prompts fit the context: `prompt_budget()` is the backend's context window (the server's, where it tells; else
+    `context_tokens`, else `DEFAULT_CONTEXT_TOKENS`; the smaller of the server's and `context_tokens` when both are
+    known) less the answer's `max_tokens`; a question whose prompt may exceed it (`estimate_tokens`, an upper
+    bound) is not sent but dropped and counted (`over_budget`). Identical questions (same messages, schema and exact
+    numbers) are asked once per advisor, i.e. once per run: later askings, in flight or done, share the first
+    one's answer (`reused`), and are still judged, counted and written to the transcript under their own tags
+    (a `ReplayBackend` shares nothing: it serves every asking its own recorded answer)."""
 
     def __init__(self, backend: ChatBackend, max_critical: int = 3, transcript: Transcript | None = None,
-                 deadline_s: float | None = 300.0, concurrency: int = 8) -> None:
+                 deadline_s: float | None = 300.0, concurrency: int = 8, context_tokens: int | None = None,
+                 max_tokens: int = 512) -> None:
         self.backend = backend
         self.max_critical = max_critical
         self.transcript = transcript
         self.deadline_s = deadline_s
         self.stats = AdvisorStats()
+        self.context_tokens, self.max_tokens = context_tokens, max_tokens
+        self.context: int | None = None  # the context window in use, once `prompt_budget` resolved it
+        self._budget: Any = UNLIMITED  # placeholder until resolved
+        self._resolved = False
+        self._memo: dict[str, asyncio.Future] = {}
+        self._waiters: dict[str, int] = defaultdict(int)
         self._concurrency = concurrency
         self._limit: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+
+    async def prompt_budget(self) -> int | None:
+        """Tokens a prompt may take (the context window less `max_tokens`), or None for an answerer without a
+        context window (in-process, or a replay of a run that had none). Resolved once; raises ValueError (one
+        line) when the window leaves too little for a prompt."""
+        if not self._resolved:
+            told = await _context_of(self.backend)
+            if told is UNLIMITED and self.context_tokens is None:
+                self._budget = None
+            else:
+                known = [n for n in (None if told is UNLIMITED else told, self.context_tokens) if n is not None]
+                self.context = min(known) if known else DEFAULT_CONTEXT_TOKENS
+                self._budget = prompt_budget(self.context, self.max_tokens)
+            self._resolved = True
+        return self._budget
+
+    def drop_over_budget(self, why: str) -> None:
+        """Count a question its asker could not fit into the prompt budget (not sent): a failed question."""
+        self.stats.questions += 1
+        self.stats.failed += 1
+        self.stats.over_budget += 1
+        key = "no answer (context)"
+        self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
+        log.warning("advisor question dropped: %s", why)
+
+    def _memo_key(self, messages: Messages, schema: dict[str, Any] | None, numeric: NumericContext | None) -> str:
+        key = prompt_key(list(messages), schema)
+        if numeric is None:
+            return key
+        h = hashlib.sha256(key.encode())
+        for part in (numeric.env_id, numeric.step):
+            h.update(repr(part).encode())
+        for arr in (numeric.obs, numeric.actions):
+            a = np.ascontiguousarray(np.asarray(arr))
+            h.update(repr((a.dtype.str, a.shape)).encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+    async def _shared(self, key: str, make: Callable[[], Any]) -> tuple[ChatResult, bool]:
+        """The answer to the question `key`: the first asking's (done or in flight) if it brought an answer, else
+        a new asking (`make()`); and whether it was reused. A cancelled asker cancels the request only when no
+        other asker waits for it."""
+        task = self._memo.get(key)
+        reused = task is not None and not (task.done() and (task.cancelled() or task.exception() is not None
+                                                             or not task.result().ok))
+        if not reused:
+            task = asyncio.ensure_future(make())
+            self._memo[key] = task
+        self._waiters[key] += 1
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self._waiters[key] == 1 and not task.done():
+                task.cancel()
+                self._memo.pop(key, None)
+            raise
+        finally:
+            self._waiters[key] -= 1
+        return (copy.copy(result) if reused else result), reused
 
     async def _ask(self, kind: str, messages: Messages, schema: dict[str, Any], name: str, deadline: float | None,
                    validate: Callable[[str, str | None], Identified | Advised | Rejected],
@@ -245,11 +370,30 @@ class Advisor:
         def accept(text: str | None, finish_reason: str | None) -> bool:
             return not isinstance(judge(text, finish_reason), Rejected)
 
+        async def complete() -> ChatResult:
+            try:
+                return await self.backend.complete(messages, schema, name, deadline, accept, numeric=numeric)
+            except Exception as err:  # a backend bug must not reach training
+                return ChatResult(error=one_line(f"backend raised {type(err).__name__}: {err}"), kind="backend")
+
+        reused = False
         try:
-            result = await self.backend.complete(messages, schema, name, deadline, accept, numeric=numeric)
-        except Exception as err:  # a backend bug must not reach training
-            result = ChatResult(error=one_line(f"backend raised {type(err).__name__}: {err}"), kind="backend")
+            budget = await self.prompt_budget()
+        except ValueError as err:
+            budget, result = None, ChatResult(error=one_line(str(err)), kind="context")
+        else:
+            size = estimate_tokens(messages)
+            if budget is not None and size > budget:
+                self.stats.over_budget += 1
+                result = ChatResult(error=f"prompt of up to {size} tokens exceeds the budget of {budget} (context "
+                                          f"{self.context} less max_tokens {self.max_tokens}): not sent",
+                                    kind="context")
+            elif isinstance(self.backend, ReplayBackend):  # a replay serves each asking its own record: share none
+                result = await complete()
+            else:
+                result, reused = await self._shared(self._memo_key(messages, schema, numeric), complete)
         self.stats.questions += 1
+        self.stats.reused += int(reused)
         self.stats.latency_s += result.latency_s or (time.monotonic() - t0)
         self.stats.prompt_tokens += int(result.usage.get("prompt_tokens", 0) or 0)
         self.stats.completion_tokens += int(result.usage.get("completion_tokens", 0) or 0)
@@ -270,7 +414,12 @@ class Advisor:
             self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
             log.warning("advisor answer dropped (%s): %s", kind, verdict.reason)
         if self.transcript is not None:
-            self.transcript.append(self._record(kind, messages, schema, name, result, verdict))
+            record = self._record(kind, messages, schema, name, result, verdict)
+            if reused:
+                record["reused"] = True
+            if self.context is not None:  # the window its prompts were fitted to (a replay fits them the same)
+                record["context_tokens"] = self.context
+            self.transcript.append(record)
         return verdict
 
     def _record(self, kind: str, messages: Messages, schema: dict[str, Any], name: str, result: ChatResult,
@@ -327,6 +476,16 @@ class Advisor:
                                   deadline, lambda text, fr: validate_identify(text, v.length, self.max_critical, fr),
                                   v.numeric)
             for v in views)
+
+    async def judge(self, queries: Sequence[StateQuery]) -> list[Advised | Rejected]:
+        """The multiple-choice question at each (discrete-action) candidate state: one action name out of the
+        env's, the implicit reward derived from it (`validate_choice`)."""
+        deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
+        return await self._gather(
+            lambda q=q: self._ask("choose", choice_messages(q), q.choice_schema(), "choice", deadline,
+                                  lambda text, fr: validate_choice(text, q.action_names, q.agent_index, fr),
+                                  q.numeric)
+            for q in queries)
 
     async def advise(self, queries: Sequence[StateQuery]) -> list[Advised | Rejected]:
         """Action suggestion and implicit reward for each critical state."""

@@ -54,6 +54,13 @@ def advice_schema(discrete: bool, num_actions: int = 0, low: tuple[float, ...] =
     }
 
 
+def choice_schema(action_names: tuple[str, ...]) -> dict[str, Any]:
+    """JSON schema of a multiple-choice answer: one of the env's discrete action names (an enum, which constrained
+    decoding turns into a choice among a few token paths: what a small model can answer)."""
+    return {"type": "object", "properties": {"action": {"type": "string", "enum": list(action_names)}},
+            "required": ["action"], "additionalProperties": False}
+
+
 @dataclass(frozen=True)
 class CriticalStep:
     step: int
@@ -293,3 +300,30 @@ def validate_advice(text: str, discrete: bool, num_actions: int = 0, low: tuple[
     was_clipped = clipped != reward
     return Advised(action, clipped, _reason(data.get("reason")), reward_clipped=was_clipped,
                    raw_reward=reward if was_clipped else None)
+
+
+def validate_choice(text: str, action_names: tuple[str, ...], agent_action: int,
+                    finish_reason: str | None = "stop") -> Advised | Rejected:
+    """A multiple-choice answer: `action` one of `action_names` (case and surrounding space ignored) or, from an
+    in-process answerer that answers by index, an integer in range. The implicit reward is derived, not asked
+    (jaxmod's choice): +1 when the chosen action is the agent's own `agent_action` (the advisor endorses it), -1
+    otherwise."""
+    try:
+        data = extract_json(text)
+    except ValueError as err:
+        return Rejected(f"unparseable: {err}" + (" (finish_reason=length)" if finish_reason == "length" else ""))
+    if not isinstance(data, dict) or "action" not in data:
+        return Rejected("missing field action")
+    raw = data["action"]
+    if isinstance(raw, str):
+        names = [n.strip().lower() for n in action_names]
+        key = raw.strip().lower()
+        if key not in names:
+            return Rejected(f"action {_short(raw)} is not one of the choices")
+        action = names.index(key)
+    else:
+        value = _finite(raw)
+        if value is None or not value.is_integer() or not 0 <= int(value) < len(action_names):
+            return Rejected(f"action {_short(raw)} is not one of the choices")
+        action = int(value)
+    return Advised(action, 1.0 if action == int(agent_action) else -1.0, _reason(data.get("reason")))

@@ -8,7 +8,11 @@ Ollama, OpenAI) on `httpx.AsyncClient`. The server is untrusted: every limit hol
   trickling bytes is cut off), `deadline_s` bounds a whole request with its retries and backoff,
   `max_response_bytes` caps what is read (decompressed), and a batch deadline can shorten both;
 - retries with exponential backoff and jitter on connection errors, timeouts, 408/409/429/5xx,
-  honouring `retry-after-ms` / `Retry-After` up to a cap; no retry on other 4xx;
+  honouring `retry-after-ms` / `Retry-After` up to a cap; no retry on other 4xx, nor on a 5xx that says the
+  request itself is at fault (context overflow: llama-cpp-python answers it with a 500; invalid requests):
+  kind "context" or "request";
+- the model's context window, where the server tells it (`context_tokens`: llama.cpp `/props`, or vLLM's
+  `max_model_len` when the model list was fetched);
 - every answer shape (`jaxmod.llm.responses`): reasoning fields, content parts, streamed (SSE) bodies;
 - structured output through `response_format` json_schema, falling back to json_object + schema
   (llama-cpp-python) and then to prompt-only when a server rejects the format;
@@ -91,7 +95,8 @@ class ClientSettings:
 
 @dataclass
 class ChatResult:
-    """One chat completion (or why there is none). `kind` classifies a failure: connect, timeout, deadline, http,
+    """One chat completion (or why there is none). `kind` classifies a failure: connect, timeout, deadline, http, context
+    (prompt + max_tokens over the context window), request (a 5xx blaming the request),
     malformed, oversized, empty, model, format."""
 
     content: str | None = None
@@ -166,6 +171,28 @@ def _format_rejected(status: int, body: str) -> bool:
     return status in (400, 422, 500) and ("response_format" in text or "json_schema" in text or "schema" in text)
 
 
+CONTEXT_MARKERS = ("context window", "context length", "context_length", "exceed_context", "context size",
+                   "maximum context", "too many tokens", "prompt is too long", "input is too long")
+REQUEST_TYPES = ("invalid_request_error", "validation_error", "bad_request", "not_found_error")
+
+
+def classify_error(status: int, body: bytes) -> str:
+    """A failed request's kind: "context" (the prompt and max_tokens exceed the model's context, whatever the
+    status: llama-server 400 `exceed_context_size_error`, llama-cpp-python 500 "Requested tokens (4516) exceed
+    context window of 4096", OpenAI/vLLM 400 `context_length_exceeded`), "request" (a 5xx whose error type says the
+    request is at fault: retrying cannot help), else "http"."""
+    text = body[:4096].decode("utf-8", "replace").lower()
+    if any(m in text for m in CONTEXT_MARKERS):
+        return "context"
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return "http"
+    err = data.get("error") if isinstance(data, dict) else None
+    kind = str(err.get("type") or err.get("code") or "") if isinstance(err, dict) else ""
+    return "request" if status >= 500 and kind in REQUEST_TYPES else "http"
+
+
 def error_message(body: bytes) -> str:
     """A server's error body as one redacted line: `error.message` of a JSON error, else the text itself."""
     text = body[:4096].decode("utf-8", "replace")
@@ -192,6 +219,16 @@ def _refused(err: BaseException) -> bool:
             return True
         err, seen = err.__cause__ or err.__context__, seen + 1
     return False
+
+
+def _props_n_ctx(data: Any) -> int | None:
+    """n_ctx from llama.cpp's `/props` body (per slot), or None."""
+    if not isinstance(data, dict):
+        return None
+    settings = data.get("default_generation_settings")
+    if isinstance(settings, dict) and "n_ctx" in settings:
+        return settings["n_ctx"]
+    return data.get("n_ctx")
 
 
 class _Failed(Exception):
@@ -223,6 +260,7 @@ class LLMClient:
         self._model: str | None = self.endpoint.model
         self._model_error: ChatResult | None = None
         self._model_lock: asyncio.Lock | None = None
+        self._model_lens: dict[str, Any] = {}  # max_model_len by model id, from the model list (vLLM)
 
     async def __aenter__(self) -> LLMClient:
         s = self.settings
@@ -323,10 +361,31 @@ class LLMClient:
             data = json.loads(body)
             items = data["data"] if isinstance(data, dict) else data
             ids = [redact(str(m["id"] if isinstance(m, dict) else m)) for m in items]
+            self._model_lens = {i: m.get("max_model_len") for i, m in zip(ids, items, strict=True)
+                                if isinstance(m, dict) and m.get("max_model_len") is not None}
         except (ValueError, KeyError, TypeError, RecursionError):
             raise _Failed(ChatResult(error="malformed GET /models body (no data[].id)", status=status,
                                      kind="malformed")) from None
         return ids
+
+    async def context_tokens(self, timeout_s: float | None = None) -> int | None:
+        """The model's context window in tokens, where the server tells it: llama.cpp's `GET /props`
+        (`default_generation_settings.n_ctx`, per slot; also jaxmod's embedded server), else vLLM's `max_model_len`
+        from the model list when it was fetched (no model given). None when neither tells (OpenAI, Ollama) or the
+        answer is malformed; never raises."""
+        root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        n = None
+        try:
+            status, _, body = await self.request("GET", f"{root}/props",
+                                                 timeout_s=timeout_s or min(self.settings.timeout_s, 10.0))
+            if status < 400:
+                n = _props_n_ctx(json.loads(body))
+        except (_Failed, ValueError, RecursionError):
+            n = None
+        if n is None and self._model_lens:  # the model list, if it was fetched (vLLM's max_model_len)
+            n = self._model_lens.get(self._model) if self._model in self._model_lens else \
+                next(iter(self._model_lens.values())) if len(self._model_lens) == 1 else None
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
     async def _ensure_model(self, deadline: float | None = None) -> ChatResult | None:
         """Discover the model once when none was given; the failure (a result) if that is impossible."""
@@ -472,7 +531,10 @@ class LLMClient:
             if schema is not None and self.structured_mode != "prompt" and _format_rejected(status, message):
                 return ChatResult(error=f"HTTP {status}: response_format rejected", status=status, kind="format"), \
                     None, True
-            result = ChatResult(error=f"HTTP {status}: {message}", status=status, kind="http")
+            kind = classify_error(status, body)
+            result = ChatResult(error=f"HTTP {status}: {message}", status=status, kind=kind)
+            if kind != "http":  # the request itself is at fault: the same request fails again
+                return result, None, False
             should = headers.get("x-should-retry")
             if should == "false":
                 return result, None, False

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from jaxmod.llm.answers import advice_schema, identify_schema
+from jaxmod.llm.answers import advice_schema, choice_schema, identify_schema
 
 Messages = list[dict[str, str]]
 
@@ -32,6 +32,11 @@ ADVICE_INSTRUCTIONS = (
     "The state at step {t} was identified as critical. Reason about the environment's dynamics from the recent "
     "steps, then (1) propose the best action at step {t}, and (2) rate the agent's own action at step {t} with "
     "an implicit reward in [-1, 1] (-1 clearly harmful, 0 neutral, +1 clearly right), with a one-line reason.")
+
+
+CHOICE_INSTRUCTIONS = (
+    "The agent is about to act in the critical state below. Which action is best in this state? Think about where "
+    "each action leads next, then answer with exactly one of: {choices}.")
 
 
 class PromptError(ValueError):
@@ -81,9 +86,14 @@ class StateQuery:
     low: tuple[float, ...] = ()
     high: tuple[float, ...] = ()
     numeric: NumericContext | None = field(default=None, compare=False, repr=False)  # the episode, step = `step`
+    action_names: tuple[str, ...] = ()  # discrete actions' names, by index (the multiple-choice question's options)
+    agent_index: int = 0  # the agent's discrete action at `step`, by index (the choice's implicit reward)
 
     def schema(self) -> dict[str, Any]:
         return advice_schema(self.discrete, self.num_actions, self.low, self.high)
+
+    def choice_schema(self) -> dict[str, Any]:
+        return choice_schema(self.action_names)
 
 
 def _system(schema: dict[str, Any]) -> str:
@@ -117,6 +127,22 @@ def advice_messages(query: StateQuery) -> Messages:
         f"## Answer format\nJSON: {{\"action\": {action_fmt}, \"reward\": <number in [-1, 1]>, \"reason\": \"...\"}}",
     ])
     return [{"role": "system", "content": _system(query.schema())}, {"role": "user", "content": user}]
+
+
+def choice_messages(query: StateQuery) -> Messages:
+    """A multiple-choice question at one candidate state (discrete actions): which of the action names is best.
+    Laid out as an advice question (the same sections, so `read_question` reads it as one) with the variable parts
+    last, so a server's prompt cache reuses the shared prefix."""
+    choices = ", ".join(f'"{n}"' for n in query.action_names)
+    user = "\n\n".join([
+        "## Environment\n" + query.card,
+        "## Answer format\nJSON: {\"action\": <one of " + choices + ">}",
+        "## Task\n" + CHOICE_INSTRUCTIONS.format(choices=choices),
+        "## Recent steps\n" + query.context,
+        f"## Critical state (episode {query.episode_id}, step {query.step})\n{query.state_text}\n"
+        f"Agent's action: {query.agent_action}",
+    ])
+    return [{"role": "system", "content": _system(query.choice_schema())}, {"role": "user", "content": user}]
 
 
 # --------------------------------------------------------------------------- reading a question back

@@ -42,12 +42,16 @@ __all__ = ["AdvisorServer", "AnswerFn", "BackendUnavailable", "ServerLimits", "S
            "require_smollm2", "scripted_answer_fn", "smollm2_answer_fn", "smollm2_model_path"]
 
 
+SCRIPTED_CONTEXT_TOKENS = 1 << 20  # the scripted heuristic's "context window" at /props: none to speak of
+
+
 def scripted_answer_fn() -> AnswerFn:
     backend = ScriptedBackend()
 
     def answer(messages, schema, params):
         return backend.answer(messages), {}
 
+    answer.n_ctx = SCRIPTED_CONTEXT_TOKENS  # no model: what it reads is bounded by the request body alone
     return answer
 
 
@@ -80,14 +84,20 @@ def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096) -> AnswerFn:
 
     def answer(messages, schema, params):
         fmt = {"type": "json_object", "schema": schema} if schema else None
-        with lock:
-            out = llm.create_chat_completion(messages=messages, response_format=fmt,
-                                             temperature=float(params.get("temperature", 0.0)),
-                                             max_tokens=int(params.get("max_tokens", 256)),
-                                             seed=params.get("seed"))
+        try:
+            with lock:
+                out = llm.create_chat_completion(messages=messages, response_format=fmt,
+                                                 temperature=float(params.get("temperature", 0.0)),
+                                                 max_tokens=int(params.get("max_tokens", 256)),
+                                                 seed=params.get("seed"))
+        except ValueError as err:  # llama-cpp-python: "Requested tokens (4516) exceed context window of 4096"
+            if "context window" in str(err):
+                raise BadRequest(400, str(err), "exceed_context_size_error") from None  # as llama-server says it
+            raise
         choice = out["choices"][0]
         return choice["message"]["content"] or "", {**out.get("usage", {}), "finish_reason": choice["finish_reason"]}
 
+    answer.n_ctx = n_ctx  # served at /props, as llama-server does
     return answer
 
 
@@ -262,6 +272,8 @@ def build_app(server: AdvisorServer):
                                                             limiter=slots[0])
         except ScriptedError as err:
             return _error(400, str(err))
+        except BadRequest as err:
+            return _error(err.status, str(err), err.kind)
         except Exception as err:  # report one line here, nothing of it to the client
             log.error("advisor backend failed: %s", one_line(f"{type(err).__name__}: {err}"))
             return _error(500, "the advisor backend failed on this request", "server_error")
@@ -277,7 +289,14 @@ def build_app(server: AdvisorServer):
         log.error("advisor server error: %s", one_line(f"{type(exc).__name__}: {exc}"))
         return _error(500, "internal server error", "server_error", close=True)
 
+    async def props(request):  # llama-server's /props: the context window per slot, where the answerer has one
+        n_ctx = getattr(server.answer_fn, "n_ctx", None)
+        if n_ctx is None:
+            return await drained(request, lambda: _error(404, "no route GET /props", "not_found"))
+        return await drained(request, lambda: _json(200, {"default_generation_settings": {"n_ctx": n_ctx}}))
+
     routes = [Route(p, health, methods=["GET"]) for p in ("/health", "/v1/health")]
+    routes += [Route("/props", props, methods=["GET"])]
     routes += [Route("/v1/models", models, methods=["GET"]), Route("/v1/chat/completions", chat, methods=["POST"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: crashed})
 
@@ -428,6 +447,8 @@ def _answers_ping(answer_fn: AnswerFn) -> AnswerFn:
             return '{"ok": true}', {}
         return answer_fn(messages, schema, body)
 
+    if hasattr(answer_fn, "n_ctx"):
+        answer.n_ctx = answer_fn.n_ctx
     return answer
 
 

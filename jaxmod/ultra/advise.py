@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,9 @@ from jaxmod.envs.core import EnvCore
 from jaxmod.envs.describe import Describer
 from jaxmod.envs.registry import describer_of
 from jaxmod.llm import Advised, Advisor, EpisodeView, NumericContext, Rejected, StateQuery
+from jaxmod.llm.budget import PromptTooLong, estimate_tokens
+from jaxmod.llm.prompts import Messages, advice_messages, choice_messages, identify_messages
+from jaxmod.ultra.candidates import episode_scores, pick_candidates
 from jaxmod.ultra.collect import EpisodeRecord, Recording, snapshot_at
 
 
@@ -32,62 +36,149 @@ class CriticalRow:
     verdict: str
 
 
-def episode_views(describer: Describer, core: EnvCore, episodes: list[EpisodeRecord], budget_chars: int = 6000,
-                  rows: dict[int, list[str]] | None = None) -> list[EpisodeView]:
+PROTOCOLS = ("candidates", "episodes")
+CHOICE_CONTEXT_STEPS = 4  # recent steps shown with a multiple-choice question (jaxmod's choice: the state and its
+# trend; the rest of the prompt is the same for every question, which a server's prompt cache reuses)
+TABLE_CHARS = 6000  # the longest episode table sent (bytes of its rows), context permitting
+
+
+def _fit(render: Callable[[int], Any], messages: Callable[[Any], Messages], budget: int | None,
+         chars: int = TABLE_CHARS) -> Any:
+    """`render(chars)` with the largest table budget (at most `chars`) whose messages' `estimate_tokens` fit
+    `budget` tokens (None: no limit). Raises PromptTooLong when even a few rows do not fit."""
+    out = render(chars)
+    if budget is None:
+        return out
+    fixed = estimate_tokens(messages(render(0)))  # everything but the rows (render(0) keeps the fewest)
+    chars = min(chars, budget - fixed)
+    while chars > 0:
+        out = render(chars)
+        over = estimate_tokens(messages(out)) - budget
+        if over <= 0:
+            return out
+        chars -= max(over, 16)
+    raise PromptTooLong(f"the question alone takes {fixed} of the {budget} prompt tokens")
+
+
+def episode_views(describer: Describer, core: EnvCore, episodes: list[EpisodeRecord], budget_chars: int = TABLE_CHARS,
+                  rows: dict[int, list[str]] | None = None, budget_tokens: int | None = None, max_critical: int = 2,
+                  focus: dict[int, list[int]] | None = None) -> list[EpisodeView]:
     """The identification question's view of each episode (`rows`: their table rows by uid, if rendered), with the
-    episode's exact observations and actions as its numeric side channel."""
+    episode's exact observations and actions as its numeric side channel. With `budget_tokens` each view's table is
+    windowed until its question (`identify_messages(view, max_critical)`) fits; where the context (not
+    `budget_chars`) cuts an episode, the rows kept are windows around its `focus` steps (by uid: candidate critical
+    steps) and its end, else the episode's start and end."""
     views = []
     for ep in episodes:
-        table, _ = describer.render_episode(ep.obs, ep.actions, ep.rewards, episode_id=ep.uid, ended_by=ep.ended_by,
-                                            budget_chars=budget_chars, rows=None if rows is None else rows[ep.uid])
-        views.append(EpisodeView(ep.uid, ep.length, describer.card.text(), table,
-                                 numeric=NumericContext(core.env_id, ep.obs, ep.actions)))
+        def render(chars: int, ep: EpisodeRecord = ep) -> EpisodeView:
+            table, _ = describer.render_episode(ep.obs, ep.actions, ep.rewards, episode_id=ep.uid,
+                                                ended_by=ep.ended_by, budget_chars=chars,
+                                                rows=None if rows is None else rows[ep.uid],
+                                                focus=() if focus is None or chars >= budget_chars else
+                                                focus.get(ep.uid, ()))  # windows only when the context binds
+            return EpisodeView(ep.uid, ep.length, describer.card.text(), table,
+                               numeric=NumericContext(core.env_id, ep.obs, ep.actions))
+
+        views.append(_fit(render, lambda v: identify_messages(v, max_critical), budget_tokens, budget_chars))
     return views
 
 
 def state_query(describer: Describer, core: EnvCore, ep: EpisodeRecord, step: int, context_steps: int = 12,
-                rows: list[str] | None = None) -> StateQuery:
-    """The advice question at `step` of `ep`, with the `context_steps` steps up to it (`rows`: the episode's table
-    rows, if rendered) and the episode's exact numbers as its side channel."""
-    lo = max(0, step - context_steps + 1)
-    window = describer.rows(ep.obs[lo:step + 1], ep.actions[lo:step + 1], ep.rewards[lo:step + 1], first_step=lo) \
-        if rows is None else rows[lo:step + 1]
-    table, _ = describer.render_episode(ep.obs[lo:step + 1], ep.actions[lo:step + 1], ep.rewards[lo:step + 1],
-                                        title=f"Episode {ep.uid}, steps {lo}-{step} (of {ep.length}); ended by "
-                                              f"{ep.ended_by} with return {ep.ret:+.2f}.", rows=window)
+                rows: list[str] | None = None, budget_tokens: int | None = None,
+                question: Callable[[StateQuery], Messages] = advice_messages) -> StateQuery:
+    """The advice question at `step` of `ep`, with up to `context_steps` steps up to it (`rows`: the episode's table
+    rows, if rendered; fewer steps when `question(query)` would not fit `budget_tokens`) and the episode's exact
+    numbers as its side channel."""
     space = core.action_space
-    return StateQuery(ep.uid, step, describer.card.text(), table, describer.state_text(ep.obs[step]),
-                      describer.action_text(ep.actions[step]), space.discrete, space.num_actions, space.low, space.high,
-                      numeric=NumericContext(core.env_id, ep.obs, ep.actions, step))
+    names = tuple(describer.card.action_names) if space.discrete else ()
+    agent = int(np.asarray(ep.actions[step]).reshape(-1)[0]) if space.discrete else 0
+
+    first = max(0, step - context_steps + 1)
+    full = describer.rows(ep.obs[first:step + 1], ep.actions[first:step + 1], ep.rewards[first:step + 1],
+                          first_step=first) if rows is None else rows[first:step + 1]
+    width = max(len(r.encode("utf-8")) for r in full) + 1
+
+    def render(chars: int) -> StateQuery:
+        n = max(1, min(len(full), chars // width))  # the latest n steps up to `step`
+        lo = step - n + 1
+        window = full[len(full) - n:]
+        table, _ = describer.render_episode(ep.obs[lo:step + 1], ep.actions[lo:step + 1], ep.rewards[lo:step + 1],
+                                            title=f"Episode {ep.uid}, steps {lo}-{step} (of {ep.length}); ended by "
+                                                  f"{ep.ended_by} with return {ep.ret:+.2f}.", rows=window)
+        return StateQuery(ep.uid, step, describer.card.text(), table, describer.state_text(ep.obs[step]),
+                          describer.action_text(ep.actions[step]), space.discrete, space.num_actions, space.low,
+                          space.high, numeric=NumericContext(core.env_id, ep.obs, ep.actions, step),
+                          action_names=names, agent_index=agent)
+
+    return _fit(render, question, budget_tokens)
 
 
 async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episodes: list[EpisodeRecord],
-                          context_steps: int = 12) -> tuple[list[AdviceItem], list[Any], list[CriticalRow]]:
-    """Identify critical steps in `episodes`, ask for advice at each, and return packable items with
-    their verdicts (validated `Advised` or `Rejected`) and the report rows."""
+                          context_steps: int = 12, scores: np.ndarray | None = None, protocol: str = "episodes",
+                          ) -> tuple[list[AdviceItem], list[Any], list[CriticalRow]]:
+    """Critical steps of `episodes` and advice at each; returns packable items with their verdicts (validated
+    `Advised` or `Rejected`) and the report rows. `scores`: the recording's [T, N] candidate scores
+    (`jaxmod.ultra.candidates`).
+
+    protocol "episodes" (the paper's): the advisor reads each episode (windowed around its candidate steps when it
+    does not fit the context) and names its critical steps, then answers an advice question at each.
+    protocol "candidates" (jaxmod's extension; needs `scores`): the device's `advisor.max_critical` best-scored
+    steps of each episode are the critical steps, and the advisor answers one short question at each: a multiple
+    choice among the action names for discrete actions (`Advisor.judge`), the advice question otherwise. Every
+    prompt fits the advisor's `prompt_budget`; one that cannot is dropped and counted."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown advice protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
     describer = describer_of(core)
+    budget = await advisor.prompt_budget()
     rows = {ep.uid: describer.rows(ep.obs, ep.actions, ep.rewards) for ep in episodes}  # rendered once per episode
-    idents = await advisor.identify(episode_views(describer, core, episodes, rows=rows))
+    best = {} if scores is None else {
+        ep.uid: pick_candidates(sc, advisor.max_critical) for ep, sc in zip(episodes, episode_scores(scores, episodes),
+                                                                             strict=True)}
+    choice = protocol == "candidates" and core.action_space.discrete
+    question = choice_messages if choice else advice_messages
+    picked: list[tuple[EpisodeRecord, int, str]] = []  # (episode, step, why critical)
+    if protocol == "candidates":
+        if scores is None:
+            raise ValueError("the candidates protocol needs the recording's candidate scores")
+        ep_scores = dict(zip([ep.uid for ep in episodes], episode_scores(scores, episodes), strict=True))
+        for ep in episodes:
+            picked += [(ep, t, f"device candidate (score {float(ep_scores[ep.uid][t]):+.2f}: value drop net of "
+                               "reward + policy entropy, standardised)") for t in best[ep.uid]]
+    else:
+        kept, views = [], []
+        for ep in episodes:
+            try:
+                views.append(episode_views(describer, core, [ep], rows=rows, budget_tokens=budget,
+                                           max_critical=advisor.max_critical, focus=best)[0])
+                kept.append(ep)
+            except PromptTooLong as err:
+                advisor.drop_over_budget(str(err))
+        idents = await advisor.identify(views)
+        for ep, ident in zip(kept, idents, strict=True):
+            if not isinstance(ident, Rejected):
+                picked += [(ep, crit.step, crit.reason) for crit in ident.steps]
     items: list[AdviceItem] = []
     queries: list[StateQuery] = []
     whys: list[tuple[EpisodeRecord, int, str]] = []
-    for ep, ident in zip(episodes, idents, strict=True):
-        if isinstance(ident, Rejected):
+    steps = min(context_steps, CHOICE_CONTEXT_STEPS) if choice else context_steps
+    for ep, step, why in picked:
+        try:
+            query = state_query(describer, core, ep, step, steps, rows[ep.uid], budget, question)
+        except PromptTooLong as err:
+            advisor.drop_over_budget(str(err))
             continue
-        for crit in ident.steps:
-            queries.append(state_query(describer, core, ep, crit.step, context_steps, rows[ep.uid]))
-            items.append(AdviceItem(episode=ep.uid, step=crit.step, obs=ep.obs[crit.step],
-                                    snapshot=snapshot_at(rec, ep, crit.step), action=0, reward=0.0,
-                                    reason=crit.reason, rated_action=ep.actions[crit.step]))
-            whys.append((ep, crit.step, crit.reason))
-    verdicts = await advisor.advise(queries)
-    rows = []
+        queries.append(query)
+        items.append(AdviceItem(episode=ep.uid, step=step, obs=ep.obs[step], snapshot=snapshot_at(rec, ep, step),
+                                action=0, reward=0.0, reason=why, rated_action=ep.actions[step]))
+        whys.append((ep, step, why))
+    verdicts = await (advisor.judge(queries) if choice else advisor.advise(queries))
+    out_rows = []
     for (ep, step, why), query, verdict in zip(whys, queries, verdicts, strict=True):
         ok = isinstance(verdict, Advised)
-        rows.append(CriticalRow(
+        out_rows.append(CriticalRow(
             episode=ep.uid, step=step, episode_length=ep.length, episode_return=ep.ret, state=query.state_text,
             agent_action=query.agent_action, why_critical=why,
             suggested_action=describer.action_text(np.asarray(verdict.action)) if ok else "-",
             implicit_reward=verdict.reward if ok else None, advice_reason=verdict.reason if ok else "",
             verdict="valid" if ok else f"dropped: {verdict.reason}"))
-    return items, verdicts, rows
+    return items, verdicts, out_rows

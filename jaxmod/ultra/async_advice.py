@@ -51,8 +51,15 @@ class AdvisorThread:
         return asyncio.run_coroutine_threadsafe(job(self.advisor), self._loop)
 
     def close(self) -> None:
+        async def shutdown() -> None:  # jobs still running (a first round left to finish) end first, then the advisor
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stack.aclose()
+
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._stack.aclose(), self._loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 

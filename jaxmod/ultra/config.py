@@ -39,7 +39,8 @@ FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "late
               "max_response_bytes": "--advisor-max-response-bytes", "retries": "--advisor-retries",
               "failure": "--advisor-failure", "failure_rounds": "--advisor-failure-rounds", "env_id": "--env",
               "variants": "--variant", "noise": "--noise", "model": "--model",
-              "reference": "--advisor-reference"}
+              "reference": "--advisor-reference", "context_tokens": "--advisor-context-tokens",
+              "protocol": "--advice-protocol"}
 PER_VARIANT = frozenset({"override_action", "shape_reward", "ppo"})  # not knobs of a run: set per variant / own flags
 
 
@@ -57,7 +58,15 @@ class AdvisorConfig:
     priority: str = "normal"  # CPU priority of the host-side advisor work: normal, or idle (Linux: only CPU time
     # training leaves; on a CPU-only machine training is not slowed, but advice arrives later)
     episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
-    max_critical: int = 2  # critical steps the advisor may name per episode
+    max_critical: int = 2  # critical steps the advisor may name per episode (candidates protocol: the device's
+    # best-scored steps it is asked about per episode)
+    protocol: str = "auto"  # how the advisor is asked: candidates (the device picks critical-state candidates
+    # from the agent's value drops and policy entropy; the advisor answers a short question at each, a multiple
+    # choice among the action names for discrete actions), episodes (the paper's protocol: the advisor reads
+    # whole episodes, names their critical steps, then advises at each), or auto: candidates for an LLM (smollm2,
+    # a URL), episodes for the scripted, teacher and control advisors (programs that read whole episodes)
+    context_tokens: int | None = None  # the model's context window in tokens, prompt plus answer (unset: the
+    # server's where it tells, llama.cpp /props or vLLM max_model_len; else 4096); prompts are windowed to fit
     timeout_s: float | None = None  # seconds one attempt may take, connect to last byte (unset: 120)
     deadline_s: float | None = None  # seconds one question may take with all its retries (unset: 300)
     max_tokens: int | None = None  # max_tokens asked for per answer (unset: 512; SmolLM2 160)
@@ -80,11 +89,24 @@ class AdvisorConfig:
         if self.episodes_per_round < 1 or self.max_critical < 1:
             raise ModulationError("episodes_per_round and max_critical must be >= 1 (the advisor needs something "
                                   "to look at)")
+        if self.protocol not in ("auto", "candidates", "episodes"):
+            raise ModulationError(f"advice protocol must be 'auto', 'candidates' or 'episodes', not {self.protocol!r}")
+        if self.context_tokens is not None and self.context_tokens - (self.max_tokens or 512) < 256:
+            raise ModulationError("advisor context tokens must leave >= 256 tokens for the prompt after the answer's "
+                                  "max tokens (default 512): raise --advisor-context-tokens or lower "
+                                  "--advisor-max-tokens")
         if self.spec is not None and not (self.spec in LOCAL_ADVISORS or self.spec.startswith(
                 ("teacher:", "replay:", "http://", "https://"))):
             raise ModulationError(f"unknown advisor {self.spec!r}: use {ADVISOR_KINDS}")
         self.client_settings(base_url="http://127.0.0.1/v1")  # checks the limits (one-line LLMConfigError)
         self.failure_policy()
+
+    def resolved_protocol(self, spec: str) -> str:
+        """The protocol asked with advisor `spec`: `protocol`, or for 'auto' candidates for an LLM (smollm2, a URL)
+        and episodes for a program (scripted, teacher, random, constant; a replay answers as recorded)."""
+        if self.protocol != "auto":
+            return self.protocol
+        return "candidates" if spec == "smollm2" or spec.startswith(("http://", "https://")) else "episodes"
 
     @property
     def is_http(self) -> bool:

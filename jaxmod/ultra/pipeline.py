@@ -74,7 +74,8 @@ def _advisor_factory(config: UltraConfig, transcript: Transcript | None) -> Call
         return backend
 
     def local(backend: ChatBackend) -> Advisor:
-        return Advisor(backend, a.max_critical, transcript, deadline_s=deadline_s)
+        return Advisor(backend, a.max_critical, transcript, deadline_s=deadline_s, context_tokens=a.context_tokens,
+                       max_tokens=a.max_tokens or 512)
 
     @contextlib.asynccontextmanager
     async def factory():
@@ -118,7 +119,7 @@ async def _http_advisor(config: UltraConfig, spec: str, wrap: Callable, transcri
                                             timeout_s=120)
         async with LLMClient(client_settings) as client:
             yield Advisor(wrap(HTTPBackend(client)), a.max_critical, transcript, deadline_s=deadline_s,
-                          concurrency=limit)
+                          concurrency=limit, context_tokens=a.context_tokens, max_tokens=client_settings.max_tokens)
     finally:
         if server is not None:
             server.stop()
@@ -179,6 +180,9 @@ class UltraRun:
         from jaxmod.advice.teacher import check_teacher
 
         spec = config.advisor.spec
+        # the protocol recorded in config.json is the one asked (a replay, whose spec is its transcript, reads it)
+        config = dataclasses.replace(config, advisor=dataclasses.replace(
+            config.advisor, protocol=config.advisor.resolved_protocol(spec)))
         if spec.startswith("teacher:") and config.needs_advisor:  # one line now, not after pretraining
             check_teacher(spec.split(":", 1)[1], config.env_id)
         if config.advisor.reference is not None:
@@ -308,7 +312,9 @@ class UltraRun:
     def initial_advice(self, variant: str, pre_state, learner: PPOLearner, state, program: RefinementProgram,
                        advisor: AdvisorThread | None) -> Advice | AdviceRounds:
         """The advice `variant` starts from: none (all slots invalid), its baseline's explained critical states, or
-        (for an advisor's method) its advice rounds, the first round on the pre-trained agents' own episodes taken."""
+        (for an advisor's method) its advice rounds, with the first round, on the pre-trained agents' own episodes,
+        in flight: refinement starts at once on empty advice and swaps the round's answers in when the schedule
+        says (`refine_chunks`)."""
         s = self.s
         source = method(variant).critical
         if source in ("mask", "random"):
@@ -320,13 +326,9 @@ class UltraRun:
         advisor.advisor.stats = AdvisorStats()  # per-variant accounting
         rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.modulation.capacity,
                               s.advisor.episodes_per_round, self.critical_rows.extend, variant,
-                              s.advisor.failure_policy(), self.log, self.reference)
-        t0 = time.perf_counter()
+                              s.advisor.failure_policy(), self.log, protocol=s.advisor.protocol,
+                              reference=self.reference)
         rounds.hand_over(program.record(state, 0))
-        _, counts = rounds.take()
-        rounds.initial_s = time.perf_counter() - t0  # refinement waits for it: reported beside the stall
-        self.log(f"{variant}: initial advice {counts['packed']} packed, {counts['dropped']} dropped "
-                 f"in {rounds.initial_s:.1f}s")
         return rounds
 
     def _refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
@@ -363,18 +365,20 @@ class UltraRun:
         result.wall_s = loop.wall_s
         if rounds is not None:
             st = advisor.advisor.stats.as_dict()
-            # the initial round is waited for before refinement starts: it counts as advice overhead too
-            waited = loop.stall_s + rounds.initial_s
+            # every wait for the advisor happens inside the loop's wall time (the first round's too): the overhead
+            first = next((row["chunk"] for row in result.chunk_metrics if row.get("swapped_advice")), None)
             agree, judged = rounds.agreement
             if self.reference is not None:
                 self.log(f"{variant}: the advisor agrees with the reference policy on {agree}/{judged} valid answers"
                          + (f" ({agree / judged:.0%})" if judged else ""))
-            self.advice_stats.append({"variant": variant, "advice_overhead_s": round(waited, 3),
+            self.advice_stats.append({"variant": variant, "advice_overhead_s": round(loop.stall_s, 3),
+                                      "advice_overhead_frac": loop.stall_s / max(result.wall_s, 1e-9),
+                                      "initial_advice_s": round(loop.first_wait_s, 3),
+                                      "stall_in_refinement_s": round(loop.stall_s, 3),
+                                      "first_advice_chunk": first, "context_tokens": advisor.advisor.context,
+                                      "protocol": s.advisor.protocol,
                                       "reference_agreement": agree / judged if judged else None,
-                                      "reference_judged": judged,
-                                      "advice_overhead_frac": waited / max(result.wall_s + rounds.initial_s, 1e-9),
-                                      "initial_advice_s": round(rounds.initial_s, 3),
-                                      "stall_in_refinement_s": round(loop.stall_s, 3), **st})
+                                      "reference_judged": judged, **st})
             rounds.cancel()
         return result
 

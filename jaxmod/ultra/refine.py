@@ -20,6 +20,7 @@ import jax
 
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.acting import make_collector, make_evaluator
+from jaxmod.ultra.candidates import make_scorer
 from jaxmod.ultra.rounds import AdviceRounds
 from jaxmod.ultra.schedule import Schedule
 
@@ -32,7 +33,8 @@ def _fold(keys: jax.Array, i: int) -> jax.Array:
 class RefinementProgram:
     """One variant's compiled programs over S seeds. `run(state, advice)` -> (state, metrics [S, updates]);
     `evaluate(state, i)` -> [S] mean evaluation return (plain resets, normalisers frozen; i-th evaluation's keys);
-    `record(state, i)` -> the i-th round's recording of the current policies ([S, T, N] arrays)."""
+    `record(state, i)` -> the i-th round's recording of the current policies ([S, T, N] arrays) and its [S, T, N]
+    candidate scores (`jaxmod.ultra.candidates.make_scorer`)."""
 
     learner: PPOLearner
     chunk_updates: int
@@ -48,7 +50,14 @@ class RefinementProgram:
         chunk_updates = max(1, math.ceil(learner.config.num_updates / chunks))
         env, net = learner.env, learner.net
         run = jax.jit(jax.vmap(lambda st, adv: learner.run(st, chunk_updates, adv)))
-        collect = jax.jit(jax.vmap(make_collector(env.replace_num_envs(collect_envs), net, collect_steps)))
+        collector = make_collector(env.replace_num_envs(collect_envs), net, collect_steps)
+        scorer = make_scorer(env, net, learner.config.gamma)
+
+        def collect_and_score(params, obs_rms, return_rms, key):
+            rec = collector(params, obs_rms, key)
+            return rec, scorer(params, obs_rms, return_rms, rec)
+
+        collect = jax.jit(jax.vmap(collect_and_score))
         evaluate = jax.jit(jax.vmap(make_evaluator(env.replace_num_envs(eval_envs), net, eval_steps)))
         return cls(learner, chunk_updates, keys, eval_keys, run, evaluate, collect)
 
@@ -65,14 +74,15 @@ class RefinementProgram:
         return self.evaluate_fn(state.params, state.env_state.obs_rms, keys)[0]
 
     def record(self, state: Any, i: int) -> Any:
-        return self.record_fn(state.params, state.env_state.obs_rms, _fold(self.keys, i))
+        return self.record_fn(state.params, state.env_state.obs_rms, state.env_state.return_rms, _fold(self.keys, i))
 
 
 @dataclass
 class LoopResult:
     state: Any
     wall_s: float
-    stall_s: float  # host time the loop spent on advice while the device could have been fed
+    stall_s: float  # host time the loop spent on advice while the device could have been fed (every wait)
+    first_wait_s: float = 0.0  # of which waiting for the first round before the first chunk (a waiting schedule)
 
 
 def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: AdviceRounds | None,
@@ -88,6 +98,12 @@ def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: A
     stall = 0.0
     unread: tuple = (program.evaluate(state, 0), 0, None, None)
     swap, recorded = no_swap, None  # recorded: episodes collected after the previous chunk, handed over now
+    first_wait = 0.0
+    if rounds is not None and rounds.pending is not None and schedule.waits_before(1):  # the first round, if due
+        t0 = time.perf_counter()
+        advice, swap = rounds.take()
+        first_wait = time.perf_counter() - t0
+        stall += first_wait
     while done < total:
         state, metrics = program.run(state, advice)
         done += program.chunk_updates
@@ -113,4 +129,4 @@ def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: A
                 stall += time.perf_counter() - t0
     read(*unread)
     jax.block_until_ready(state)
-    return LoopResult(state=state, wall_s=time.perf_counter() - wall0, stall_s=stall)
+    return LoopResult(state=state, wall_s=time.perf_counter() - wall0, stall_s=stall, first_wait_s=first_wait)

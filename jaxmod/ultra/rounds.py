@@ -29,15 +29,15 @@ class AdviceRounds:
     def __init__(self, advisor: AdvisorThread, core: EnvCore, seeds: int, capacity: int, episodes_per_round: int,
                  on_rows: Callable[[list[tuple[str, int, CriticalRow]]], None], variant: str = "",
                  policy: FailurePolicy | None = None, warn: Callable[[str], None] = lambda _: None,
-                 reference: Any = None) -> None:
+                 protocol: str = "episodes", reference: Any = None) -> None:
         self.advisor, self.core, self.seeds, self.episodes_per_round = advisor, core, seeds, episodes_per_round
+        self.protocol = protocol
         self.books = [AdviceBook(core, capacity) for _ in range(seeds)]
         self.on_rows, self.variant, self.policy, self.warn = on_rows, variant, policy, warn
         self.pending: tuple[Any, float] | None = None  # (future of the round's answers, time it was handed over)
         self.round = 0  # rounds handed over so far
         self._before: Any = None  # the advisor's stats when the pending round was handed over
         self._uid = 0
-        self.initial_s = 0.0  # seconds the refinement waited for the initial round (set by the pipeline)
         self.reference = reference  # a policy with `agrees(obs, actions)` (a TeacherBackend) to score answers by
         self.agreement = [0, 0]  # valid answers that agree with the reference, valid answers judged
 
@@ -45,25 +45,26 @@ class AdviceRounds:
         """Every seed's book stacked into one `Advice` with a leading seed axis, moved in one transfer."""
         return AdviceBook.stacked(self.books)
 
-    def hand_over(self, recording: Any) -> float:
-        """Split a (seeds, T, N) recording into episodes and start the round; returns the host seconds spent (the
-        device waits for nothing here but the recording's transfer, which is counted too)."""
-        recording = jax.device_get(recording)  # waits for the collection (device work)
+    def hand_over(self, recorded: Any) -> float:
+        """Split a (seeds, T, N) recording into episodes (unfinished ones too when too few completed) and start the
+        round; `recorded` is `RefinementProgram.record`'s (recording, candidate scores). Returns the host seconds
+        spent (the device waits for nothing here but the recording's transfer, which is counted too)."""
+        recording, scores = jax.device_get(recorded)  # waits for the collection (device work)
         t0 = time.perf_counter()
         per_seed = []
         for i in range(self.seeds):
             rec_i = jax.tree.map(lambda x, i=i: x[i], recording)
-            episodes = split_episodes(rec_i, self._uid, self.episodes_per_round)
+            episodes = split_episodes(rec_i, self._uid, self.episodes_per_round, unfinished=True)
             self._uid += len(episodes) + 1
-            per_seed.append((rec_i, episodes))
-        core, tags = self.core, {"variant": self.variant, "round": self.round}
+            per_seed.append((rec_i, episodes, scores[i]))
+        core, tags, protocol = self.core, {"variant": self.variant, "round": self.round}, self.protocol
 
-        async def one(adv: Advisor, seed: int, rec: Any, eps: list) -> Any:
+        async def one(adv: Advisor, seed: int, rec: Any, eps: list, sc: Any) -> Any:
             with tagged(**tags, seed=seed):  # replay serves each (variant, round, seed, question) its own answer
-                return await advise_episodes(adv, core, rec, eps)
+                return await advise_episodes(adv, core, rec, eps, scores=sc, protocol=protocol)
 
         async def job(adv: Advisor):  # every seed's questions at once, up to the advisor's concurrency
-            return list(await asyncio.gather(*(one(adv, i, rec, eps) for i, (rec, eps) in enumerate(per_seed))))
+            return list(await asyncio.gather(*(one(adv, i, *seed) for i, seed in enumerate(per_seed))))
 
         self._before = self.advisor.advisor.stats.copy()
         self.round += 1
@@ -102,6 +103,10 @@ class AdviceRounds:
         self.agreement = [self.agreement[0] + int(np.sum(agree)), self.agreement[1] + len(valid)]
 
     def cancel(self) -> None:
+        """Drop the pending round. The first round is left to finish in the background instead: its recording is
+        every variant's (the pre-trained agents, the same keys), so the next variant asks the same questions and
+        the advisor shares the answers in flight (`Advisor`) rather than asking again."""
         if self.pending is not None:
-            self.pending[0].cancel()
+            if self.round > 1:
+                self.pending[0].cancel()
             self.pending = None
