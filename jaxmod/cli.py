@@ -168,7 +168,20 @@ def _run_parser(sub: Any, command: str, text: str, default_out: str) -> argparse
     parser.add_argument("--config", default=None, metavar="CONFIG_JSON",
                         help="start from a run's config.json (re-run it); other flags override it")
     parser.add_argument("--out", default=None, help=f"run folder (default {default_out})")
+    parser.add_argument("--wandb", default=None, metavar="PROJECT",
+                        help="also log to this Weights & Biases project (needs `pip install wandb`); TensorBoard "
+                             "event files are always written to <out>/tb")
     return parser
+
+
+def _check_wandb(args: argparse.Namespace) -> None:
+    """--wandb needs the optional wandb package: say so before anything runs."""
+    if getattr(args, "wandb", None):
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise CLIError("--wandb needs the wandb package: pip install wandb (then `wandb login`), or leave "
+                           "--wandb out (TensorBoard event files are written to <out>/tb either way)")
 
 
 def _add_train(sub: Any, argv: Sequence[str]) -> None:
@@ -312,6 +325,7 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     from jaxmod.reporting import METRICS_FILE
 
     config = _train_config(args, argv)
+    _check_wandb(args)
     if args.max_chunks is not None and args.max_chunks < 1:
         raise CLIError("--max-chunks must be >= 1 (leave it out to run to the end)")
     ppo = config.ppo
@@ -364,6 +378,7 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
 
     from jaxmod.checkpoint import save_checkpoint
     from jaxmod.reporting import METRICS_FILE, append_metrics
+    from jaxmod.tracking import Tracker
 
     cfg, ppo = run.config, run.config.ppo
     runner, total = run.runner, ppo.num_updates
@@ -373,7 +388,8 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     chunks_done = 0
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("updates"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=args.quiet, transient=False) as progress:
+    with Progress(*columns, console=console, disable=args.quiet, transient=False) as progress, \
+            Tracker(run.out, cfg.to_dict(), args.wandb) as tracker:
         task = progress.add_task("compiling", total=total, completed=run.done)
         while run.done < total and (args.max_chunks is None or chunks_done < args.max_chunks):
             n = min(chunk, total - run.done)
@@ -388,6 +404,7 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
             dt = time.perf_counter() - t0
             run.run_s += dt
             append_metrics(run.out / METRICS_FILE, metrics, run.done)
+            tracker.ppo_metrics(metrics, np.asarray(metrics["env_steps"])[0])
             run.done += n
             run.steps_run += n * steps_per_update
             chunks_done += 1

@@ -57,6 +57,13 @@ def test_train_writes_outputs_and_resumes(tmp_path):
         assert (out / name).exists(), name
     data = read_metrics(out / "metrics.jsonl")
     assert data["episode_return"].shape == (6, 2)
+    # TensorBoard shows the same curve: the event files hold every update's mean over seeds at its env steps
+    from jaxmod.tracking import read_events
+
+    events = read_events(out)
+    assert [s for s, _ in events["charts/episode_return"]] == data["env_steps"][:, 0].astype(int).tolist()
+    assert [v for _, v in events["charts/episode_return"]] == pytest.approx(data["episode_return"].mean(axis=1))
+    assert {"losses/value_loss", "losses/actor_loss", "losses/entropy"} <= set(events)
     written = json.loads((out / "config.json").read_text())
     assert written["command"] == "train" and written["ppo"]["num_envs"] == 4 and written["seeds"] == 2
     # refuses to overwrite, resumes cleanly (nothing left to do), and --resume needs matching seeds
@@ -336,6 +343,16 @@ def test_llm_limit_flags_answer_to_their_serving_names_too(monkeypatch):
     config = _ultra_config(build_parser(argv).parse_args(argv), argv)
     assert config.advisor.client_overrides() == {"timeout_s": 7.0, "deadline_s": 30.0, "max_tokens": 96,
                                                  "temperature": 0.2}
+
+
+def test_wandb_without_the_package_is_one_line(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    assert main(["train", "--wandb", "proj", "--out", str(tmp_path / "w"), *TINY_FLAGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install wandb" in err[0] and not (tmp_path / "w").exists()
 
 
 def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_checkpoints(tmp_path, capsys):

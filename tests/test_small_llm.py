@@ -5,7 +5,6 @@ episodes that outlast the recording window still asked about."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import numpy as np
 import pytest
