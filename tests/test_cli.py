@@ -378,3 +378,35 @@ def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_
     assert main(base + ["--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is damaged" in err[0]
+
+
+def test_eval_reports_each_seed_and_the_iqm(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--seeds", "2", "--total-steps", str(4 * 16 * 2), "--quiet", *TINY_FLAGS,
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--episodes", "6"]) == 0
+    text = capsys.readouterr().out
+    assert "6 episodes per seed" in text and "IQM" in text and "over seeds' means" in text
+    assert main(["eval", str(tmp_path / "none")]) == 2
+    assert main(["eval", str(out), "--episodes", "0"]) == 2
+
+
+def test_episode_evaluator_returns_each_envs_first_episode():
+    """The evaluator's [N] returns equal the first episode's summed reward per env in a recording of the same
+    policy, keys and envs (an independent count)."""
+    import jax
+    import numpy as np
+
+    from jaxmod.ppo import PPOLearner, default_config
+    from jaxmod.ppo.acting import make_collector, make_episode_evaluator
+
+    learner = PPOLearner(default_config("CartPole-v1", num_envs=5))
+    state = learner.init(jax.random.PRNGKey(0))
+    env, key = learner.env, jax.random.PRNGKey(7)
+    got = np.asarray(make_episode_evaluator(env, learner.net)(state.params, state.env_state.obs_rms, key))
+    rec = make_collector(env, learner.net, env.core.max_steps)(state.params, state.env_state.obs_rms, key)
+    done = np.asarray(rec.terminated | rec.truncated)
+    first = done.argmax(axis=0)
+    expected = [np.asarray(rec.reward)[: first[i] + 1, i].sum() for i in range(5)]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)

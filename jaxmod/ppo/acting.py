@@ -79,6 +79,32 @@ def make_evaluator(env: VecEnv, net: ActorCritic, num_steps: int, deterministic:
     return jax.jit(evaluate)
 
 
+def make_episode_evaluator(env: VecEnv, net: ActorCritic, deterministic: bool = False) -> Callable[..., jax.Array]:
+    """A jitted `returns(params, obs_rms, key) -> [N] float32`: the undiscounted return of each env's first episode
+    from a plain reset (N = `env.num_envs` episodes, none favoured for being short; an episode ends by the time
+    limit at the latest, so `max_steps` steps hold all of them), normalisers frozen."""
+    env = dataclasses.replace(env, update_stats=False)
+
+    def returns(params: Params, obs_rms: RunningMeanStd, key: jax.Array) -> jax.Array:
+        k_reset, k_roll = jax.random.split(key)
+        state, _ = env.reset(k_reset)
+        state = state.replace(obs_rms=obs_rms)
+
+        def policy(obs, k):
+            head = net.policy_head(params, obs)
+            return (net.mode(head) if deterministic else net.sample(params, head, k)[0]), None
+
+        def record(state, obs, action, _, res):
+            return res.episode_done, state.episode_return + res.raw_reward
+
+        _, _, (done, ret) = generate_unroll(env, policy, state, env.observe(obs_rms, state.core.obs), k_roll,
+                                            env.core.max_steps, record)
+        first = jnp.argmax(done, axis=0)  # [N] step of each env's first episode end
+        return ret[first, jnp.arange(env.num_envs)]
+
+    return jax.jit(returns)
+
+
 def evaluate(config, params: Params, obs_rms: RunningMeanStd | None = None, key: jax.Array | None = None,
              num_envs: int = 16, num_steps: int | None = None, deterministic: bool = False) -> dict[str, float]:
     """Evaluate a policy of `config` (a `PPOConfig`) with plain resets: no advice, no restarts, normalisers frozen.
