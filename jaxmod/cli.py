@@ -394,7 +394,7 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("updates"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=args.quiet, transient=False) as progress, \
-            Tracker(run.out, cfg.to_dict(), args.wandb) as tracker:
+            Tracker(run.out, cfg.to_dict(), args.wandb, fresh=not args.resume) as tracker:
         task = progress.add_task("compiling", total=total, completed=run.done)
         while run.done < total and (args.max_chunks is None or chunks_done < args.max_chunks):
             n = min(chunk, total - run.done)
@@ -563,6 +563,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.methods import METHODS
 
     config = _ultra_config(args, argv)
+    _check_wandb(args)
     out = _ultra_out(args, config)
     config = _check_advisor(config)
     _make_env(config.ppo)
@@ -573,8 +574,11 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     console = Console()
     console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds, variants {', '.join(config.variants)}"
                   f", advisor {redact_url(a.spec)}{f' with {a.noise:.0%} noise' if a.noise else ''} -> {out}")
+    from jaxmod.tracking import Tracker
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("updates"),
-                  TimeElapsedColumn(), console=console) as progress:
+                  TimeElapsedColumn(), console=console) as progress, \
+            Tracker(out, config.to_dict(), getattr(args, "wandb", None)) as tracker:
         tasks: dict[str, Any] = {}
 
         def on_progress(variant: str, done: int, total: int) -> None:
@@ -583,7 +587,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             progress.update(tasks[variant], completed=done)
 
         run = UltraRun(config, out, log=lambda msg: progress.console.print(msg, markup=False), progress=on_progress,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, tracker=tracker)
         results = run.run()
     _print_ultra_results(console, config, run, results, out)
     return 0

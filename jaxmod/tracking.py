@@ -29,27 +29,40 @@ def tag_of(name: str) -> str:
 
 
 class Tracker:
-    """Writes scalars to `<run>/tb/` (TensorBoard) and, when `wandb_project` is set, to a W&B run.
-    `close()` flushes both (also a context manager)."""
+    """Writes scalars to `<run>/tb/` (TensorBoard) and, when `wandb_project` is set, to a W&B run. Nothing is
+    created before the first scalar (a run refused by a later check leaves no folder); with `fresh`, event files of
+    an earlier run in the folder are replaced (a resumed run appends). `close()` flushes (also a context manager)."""
 
     def __init__(self, run_dir: str | Path, config: Mapping[str, Any] | None = None,
-                 wandb_project: str | None = None) -> None:
+                 wandb_project: str | None = None, fresh: bool = True) -> None:
+        if wandb_project:
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise TrackingError("--wandb needs the wandb package: pip install wandb (then `wandb login`)")
+        self.run_dir, self.dir, self.fresh = Path(run_dir), Path(run_dir) / EVENTS_DIR, fresh
+        self.config, self.wandb_project = dict(config or {}), wandb_project
+        self.writer: Any = None
+        self.wandb: Any = None
+
+    def _open(self) -> None:
         from tensorboardX import SummaryWriter
 
-        self.dir = Path(run_dir) / EVENTS_DIR
+        if self.fresh and self.dir.exists():
+            import shutil
+
+            shutil.rmtree(self.dir)
         self.writer = SummaryWriter(logdir=str(self.dir), flush_secs=30)
-        self.wandb = None
-        if wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                self.writer.close()
-                raise TrackingError("--wandb needs the wandb package: pip install wandb (then `wandb login`)") from None
-            self.wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=dict(config or {}),
-                                    name=Path(run_dir).name)
+        if self.wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(project=self.wandb_project, dir=str(self.run_dir), config=self.config,
+                                    name=self.run_dir.name)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         """Log `{tag: value}` at `step` (env steps per seed); non-finite values are logged as they are."""
+        if self.writer is None:
+            self._open()
         for tag, value in values.items():
             self.writer.add_scalar(tag, float(value), int(step))
         if self.wandb is not None:
@@ -62,7 +75,8 @@ class Tracker:
             self.scalars({prefix + tag_of(k): v[:, i].mean() for k, v in arrays.items()}, int(step))
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
 

@@ -199,3 +199,22 @@ def test_a_missing_or_foreign_teacher_is_refused_before_anything_runs(taught, tm
         assert main(["ultra", "--out", str(tmp_path / "run"), *flags]) == 2
         assert says in capsys.readouterr().err
         assert not (tmp_path / "run").exists()
+
+
+def test_ultra_writes_tensorboard_events(taught, tmp_path):
+    """`jaxmod ultra` logs each method's evaluation per chunk (eval/<method>/return) and its advice numbers."""
+    from jaxmod.cli import main
+    from jaxmod.tracking import read_events
+
+    out = tmp_path / "run"
+    folder = taught("CartPole-v1").folder
+    assert main(["ultra", "--env", "CartPole-v1", "--variant", "PPO,RA", "--seeds", "1", "--pretrain-steps", "1024",
+                 "--refine-steps", "1024", "--chunks", "2", "--collect-envs", "4", "--collect-steps", "96",
+                 "--eval-envs", "2", "--eval-steps", "32", "--episodes-per-round", "2",
+                 "--advisor", f"teacher:{folder}", "--out", str(out)]) == 0
+    events = read_events(out)
+    summary = json.loads((out / "ultra.json").read_text())
+    for method in ("PPO", "RA"):
+        assert [v for _, v in events[f"eval/{method}/return"]] == pytest.approx(
+            [c["eval_return"] for c in summary[method]["chunks"]])
+    assert "advice/RA/critical_frac" in events

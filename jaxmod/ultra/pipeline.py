@@ -173,7 +173,7 @@ class UltraRun:
 
     def __init__(self, config: UltraConfig, out: Path, log: Callable[[str], None] = lambda _: None,
                  progress: Callable[[str, int, int], None] = lambda *_: None,
-                 advisor_factory: Callable | None = None, overwrite: bool = False) -> None:
+                 advisor_factory: Callable | None = None, overwrite: bool = False, tracker: Any = None) -> None:
         if config.advisor.spec is None:  # the run records which advisor it asked
             config = dataclasses.replace(config, advisor=dataclasses.replace(config.advisor,
                                                                              spec=advisor_spec(None, None)))
@@ -189,6 +189,7 @@ class UltraRun:
             check_teacher(config.advisor.reference, config.env_id, "advisor reference")
         self.s, self.out, self.log, self.progress = config, Path(out), log, progress
         self.advisor_factory = advisor_factory
+        self.tracker = tracker  # a `jaxmod.tracking.Tracker` (or anything with `scalars(values, step)`), or None
         if (self.out / "ultra.json").exists() and not overwrite:
             raise ConfigError(f"{self.out} already holds an ULTRA run; choose another output folder or overwrite it")
         self.transcript = Transcript(self.out / "transcript.jsonl", overwrite=overwrite)
@@ -358,6 +359,11 @@ class UltraRun:
                 row.update(_modulation_row(jax.device_get(metrics)))
                 self._report_switch_off(result, row, s.seeds)
             result.chunk_metrics.append(row)
+            if self.tracker is not None:  # eval/<method>/return and the chunk's numbers as advice/<method>/<name>
+                self.tracker.scalars({f"eval/{variant}/return": row["eval_return"], **{
+                    f"advice/{variant}/{k}": v for k, v in row.items()
+                    if k not in ("eval_return", "chunk") and isinstance(v, (int, float)) and not isinstance(v, bool)}},
+                    result.steps[-1])
             self.progress(variant, min(done, cfg.num_updates), cfg.num_updates)
 
         no_swap: dict[str, Any] = {"swapped_advice": False, **({"advisor_latency_s": None} if modulated else {})}
