@@ -184,6 +184,7 @@ def test_the_run_reports_the_advisors_agreement_with_a_reference(noise, agreemen
     assert main(["ultra", "--env", "CartPole-v1", "--variant", "RA", "--seeds", "1", "--pretrain-steps", "1024",
                  "--refine-steps", "1024", "--chunks", "1", "--collect-envs", "4", "--collect-steps", "96",
                  "--eval-envs", "2", "--eval-steps", "32", "--episodes-per-round", "3", "--noise", str(noise),
+                 "--sync-advice",
                  "--advisor", f"teacher:{folder}", "--advisor-reference", str(folder), "--out", str(out)]) == 0
     stats = json.loads((out / "ultra.json").read_text())["advisor"]
     ra = next(s for s in stats if s["variant"] == "RA")

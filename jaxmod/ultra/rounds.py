@@ -6,6 +6,7 @@ the advisor's failure policy (`jaxmod.llm.FailurePolicy`), which stops the run w
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ class AdviceRounds:
         self._uid = 0
         self.reference = reference  # a policy with `agrees(obs, actions)` (a TeacherBackend) to score answers by
         self.agreement = [0, 0]  # valid answers that agree with the reference, valid answers judged
+        self._lock = threading.Lock()
 
     def advice(self) -> Advice:
         """Every seed's book stacked into one `Advice` with a leading seed axis, moved in one transfer."""
@@ -69,6 +71,8 @@ class AdviceRounds:
         self._before = self.advisor.advisor.stats.copy()
         self.round += 1
         self.pending = (self.advisor.submit(job), time.perf_counter())
+        if self.reference is not None:  # every answer that comes back is scored, swapped in or not
+            self.pending[0].add_done_callback(self._scored)
         return time.perf_counter() - t0
 
     def ready(self) -> bool:
@@ -88,19 +92,23 @@ class AdviceRounds:
                 self.warn(warning)
         counts = {"packed": 0, "dropped": 0}
         for seed, (book, (items, verdicts, rows)) in enumerate(zip(self.books, outs, strict=True)):
-            self._score(items, verdicts)
             c = book.add_answers(items, verdicts)
             counts = {k: counts[k] + c[k] for k in counts}
             self.on_rows([(self.variant, seed, row) for row in rows])
         return self.advice(), {"swapped_advice": True, "advisor_latency_s": latency, **counts}
 
-    def _score(self, items: list, verdicts: list) -> None:
-        """Count how many of a seed's valid answers agree with the reference policy at their exact states."""
-        valid = [(item, v) for item, v in zip(items, verdicts, strict=True) if isinstance(v, Advised)]
-        if self.reference is None or not valid:
+    def _scored(self, future: Any) -> None:
+        """Count how many of a finished round's valid answers agree with the reference policy at their exact states
+        (runs on the advisor's thread when the round's answers are in)."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        valid = [(item, v) for items, verdicts, _ in future.result()
+                 for item, v in zip(items, verdicts, strict=True) if isinstance(v, Advised)]
+        if not valid:
             return
         agree = self.reference.agrees(np.stack([item.obs for item, _ in valid]), np.stack([v.action for _, v in valid]))
-        self.agreement = [self.agreement[0] + int(np.sum(agree)), self.agreement[1] + len(valid)]
+        with self._lock:
+            self.agreement = [self.agreement[0] + int(np.sum(agree)), self.agreement[1] + len(valid)]
 
     def cancel(self) -> None:
         """Drop the pending round. The first round is left to finish in the background instead: its recording is
