@@ -66,22 +66,11 @@ def _env_option(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-PPO_DOCS = {  # PPOConfig's fields without a comment of their own
-    "update_epochs": "epochs over each rollout", "num_minibatches": "minibatches per epoch",
-    "lr": "learning rate (Adam)", "gamma": "discount", "gae_lambda": "GAE lambda", "clip_eps": "PPO clip range",
-    "ent_coef": "entropy bonus coefficient", "vf_coef": "value loss coefficient",
-    "max_grad_norm": "global gradient norm clip", "clip_value_loss": "clip the value loss like the policy's",
-    "hidden_sizes": "widths of the MLP layers", "activation": "tanh, relu, gelu or silu",
-    "normalize_obs": "normalise observations with running statistics",
-    "normalize_reward": "scale rewards by a running return std", "prng_impl": "threefry2x32 or philox4x32",
-}
-
 
 def _ppo_flags() -> list[Flag]:
     from jaxmod.ppo.config import PPOConfig
 
-    return [dataclasses.replace(fl, path=("ppo", *fl.path), doc=PPO_DOCS.get(fl.path[-1], fl.doc))
-            for fl in flags_of(PPOConfig, skip=PPO_SKIP)]
+    return [dataclasses.replace(fl, path=("ppo", *fl.path)) for fl in flags_of(PPOConfig, skip=PPO_SKIP)]
 
 
 def _train_flags() -> list[Flag]:

@@ -37,26 +37,26 @@ class PPOConfig:
     num_envs: int = 4  # parallel envs per seed
     num_steps: int = 128  # rollout length per update
     total_timesteps: int = 500_000  # env steps per seed
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    lr: float = 2.5e-4
+    update_epochs: int = 4  # epochs over each rollout
+    num_minibatches: int = 4  # minibatches per epoch
+    lr: float = 2.5e-4  # learning rate (Adam)
     anneal_lr: bool = True  # linear decay of lr to 0 over training
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    clip_value_loss: bool = True
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 0.95  # GAE lambda
+    clip_eps: float = 0.2  # PPO clip range
+    ent_coef: float = 0.01  # entropy bonus coefficient
+    vf_coef: float = 0.5  # value loss coefficient
+    max_grad_norm: float = 0.5  # global gradient norm clip
+    clip_value_loss: bool = True  # clip the value loss like the policy's
+    hidden_sizes: tuple[int, ...] = (64, 64)  # widths of the MLP layers
+    activation: str = "tanh"  # tanh, relu, gelu or silu
     torso: str = "mlp"  # "cnn" puts a small conv torso before the MLP (image observations such as Pong's pixels)
-    normalize_obs: bool = False
-    normalize_reward: bool = False
+    normalize_obs: bool = False  # normalise observations with running statistics
+    normalize_reward: bool = False  # scale rewards by a running return std
     clip_actions: bool = True  # clip continuous actions to the env bounds before stepping
     log_std_init: float = 0.0  # initial log std of the Gaussian head
     unroll: int = 1  # lax.scan unroll of the rollout loop (run time vs compile time)
-    prng_impl: str = "threefry2x32"  # PRNG inside the training loop (see PRNG_IMPLS)
+    prng_impl: str = "threefry2x32"  # PRNG inside the training loop: threefry2x32 or philox4x32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "total_timesteps", int(self.total_timesteps))
