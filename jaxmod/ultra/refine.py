@@ -17,11 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.acting import make_collector, make_evaluator
+from jaxmod.reporting import PARAMS_FINITE
 from jaxmod.ultra.rounds import AdviceRounds
 from jaxmod.ultra.schedule import Schedule
+
+
+def params_finite(params: Any) -> jax.Array:
+    """bool scalar: every parameter is finite (one reduction per chunk, inside the chunk's program)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
 
 
 def _fold(keys: jax.Array, i: int) -> jax.Array:
@@ -30,7 +37,8 @@ def _fold(keys: jax.Array, i: int) -> jax.Array:
 
 @dataclass
 class RefinementProgram:
-    """One variant's compiled programs over S seeds. `run(state, advice)` -> (state, metrics [S, updates]);
+    """One variant's compiled programs over S seeds. `run(state, advice)` -> (state, metrics [S, updates], plus
+    `PARAMS_FINITE` [S] bool: each seed's parameters are finite after the chunk);
     `evaluate(state, i)` -> [S] mean evaluation return (plain resets, normalisers frozen; i-th evaluation's keys);
     `record(state, i)` -> the i-th round's recording of the current policies ([S, T, N] arrays)."""
 
@@ -47,7 +55,11 @@ class RefinementProgram:
               collect_steps: int, eval_envs: int, eval_steps: int) -> RefinementProgram:
         chunk_updates = max(1, math.ceil(learner.config.num_updates / chunks))
         env, net = learner.env, learner.net
-        run = jax.jit(jax.vmap(lambda st, adv: learner.run(st, chunk_updates, adv)))
+        def run_chunk(st, adv):
+            st, metrics = learner.run(st, chunk_updates, adv)
+            return st, {**metrics, PARAMS_FINITE: params_finite(st.params)}
+
+        run = jax.jit(jax.vmap(run_chunk))
         collect = jax.jit(jax.vmap(make_collector(env.replace_num_envs(collect_envs), net, collect_steps)))
         evaluate = jax.jit(jax.vmap(make_evaluator(env.replace_num_envs(eval_envs), net, eval_steps)))
         return cls(learner, chunk_updates, keys, eval_keys, run, evaluate, collect)
