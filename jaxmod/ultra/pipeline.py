@@ -339,14 +339,17 @@ class UltraRun:
         def read(mean, done: int, row: dict[str, Any] | None, metrics) -> None:
             """Record an evaluation (and its chunk's row); called while the device runs the next chunk. Stops the run
             (`NonFiniteError`) at a non-finite loss, parameter or return, from values the host reads anyway."""
-            mean = np.asarray(mean)
-            result.steps.append(min(done, cfg.num_updates) * cfg.batch_size)
-            result.eval_returns.append(mean.tolist())
+            mean = np.asarray(mean)  # the chunk is done: its evaluation ran after it
             if row is None:  # the evaluation before refinement
                 check_finite({"eval_return": mean}, label, "before refinement", hint)
+            else:  # a stopped run's results end at the last chunk that was finite
+                metrics = jax.device_get(metrics)
+                check_finite({**metrics, "eval_return": mean}, label, f"refinement chunk {row['chunk']}/{chunks}",
+                             hint)
+            result.steps.append(min(done, cfg.num_updates) * cfg.batch_size)
+            result.eval_returns.append(mean.tolist())
+            if row is None:
                 return
-            metrics = jax.device_get(metrics)  # the chunk is done: its evaluation (read above) ran after it
-            check_finite({**metrics, "eval_return": mean}, label, f"refinement chunk {row['chunk']}/{chunks}", hint)
             row["eval_return"] = float(np.mean(mean))
             if modulated:
                 row.update(_modulation_row(metrics))
