@@ -343,7 +343,6 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     """Train in chunks with a progress bar, appending metrics and saving checkpoints; stops (`NonFiniteError`) at the
     first chunk with a non-finite loss, return or parameter."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from rich.progress import (
         BarColumn,
@@ -357,8 +356,9 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     from jaxmod.checkpoint import save_checkpoint
     from jaxmod.reporting import METRICS_FILE, PARAMS_FINITE, append_metrics, check_finite
 
-    finite_params = jax.jit(jax.vmap(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                                                                  for x in jax.tree.leaves(p)]))))
+    from jaxmod.ppo.train import params_finite
+
+    finite_params = jax.jit(jax.vmap(params_finite))
 
     cfg, ppo = run.config, run.config.ppo
     runner, total = run.runner, ppo.num_updates

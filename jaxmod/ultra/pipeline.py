@@ -37,13 +37,14 @@ from jaxmod.methods import BASELINES, METHODS, method
 from jaxmod.parallel import seed_keys
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.config import ConfigError
+from jaxmod.ppo.train import params_finite
 from jaxmod.reporting import PARAMS_FINITE, NonFiniteError, check_finite, json_safe, seed_summary
 from jaxmod.ultra.advise import CriticalRow
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import make_collector
 from jaxmod.ultra.config import UltraConfig, UltraSettings
 from jaxmod.ultra.heap import frozen_heap
-from jaxmod.ultra.refine import RefinementProgram, params_finite, refine_chunks
+from jaxmod.ultra.refine import RefinementProgram, refine_chunks
 from jaxmod.ultra.rounds import AdviceRounds
 from jaxmod.ultra.schedule import AsyncSchedule, ReplaySchedule, Schedule, SyncSchedule
 

@@ -17,18 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.acting import make_collector, make_evaluator
+from jaxmod.ppo.train import params_finite
 from jaxmod.reporting import PARAMS_FINITE
 from jaxmod.ultra.rounds import AdviceRounds
 from jaxmod.ultra.schedule import Schedule
-
-
-def params_finite(params: Any) -> jax.Array:
-    """bool scalar: every parameter is finite (one reduction per chunk, inside the chunk's program)."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
 
 
 def _fold(keys: jax.Array, i: int) -> jax.Array:
@@ -55,7 +50,8 @@ class RefinementProgram:
               collect_steps: int, eval_envs: int, eval_steps: int) -> RefinementProgram:
         chunk_updates = max(1, math.ceil(learner.config.num_updates / chunks))
         env, net = learner.env, learner.net
-        def run_chunk(st, adv):
+
+        def run_chunk(st, adv):  # the parameters' check: one reduction per chunk, inside the chunk's program
             st, metrics = learner.run(st, chunk_updates, adv)
             return st, {**metrics, PARAMS_FINITE: params_finite(st.params)}
 
