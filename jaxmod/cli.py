@@ -354,9 +354,8 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     )
 
     from jaxmod.checkpoint import save_checkpoint
-    from jaxmod.reporting import METRICS_FILE, PARAMS_FINITE, append_metrics, check_finite
-
     from jaxmod.ppo.train import params_finite
+    from jaxmod.reporting import METRICS_FILE, PARAMS_FINITE, append_metrics, check_finite
 
     finite_params = jax.jit(jax.vmap(params_finite))
 
