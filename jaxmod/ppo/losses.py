@@ -85,8 +85,9 @@ class Batch:
     fields: dict[str, jax.Array] = struct.field(default_factory=dict)
 
 
-LOG_RATIO_LIMIT = 20.0  # |log pi/pi_old| bound of the surrogate (ratio up to ~5e8): exp() never overflows; PPO's
-# clip gives a ratio beyond 1 +- clip_eps no gradient anyway, so the bound changes no healthy update (jaxmod's choice)
+LOG_RATIO_LIMIT = 20.0  # |log pi/pi_old| bound of the surrogate (ratio up to ~5e8): exp() never overflows. PPO's clip
+# gives a ratio beyond 1 +- clip_eps no gradient in the clipped direction anyway; every method's regression updates
+# (tests/test_regression.py) are bit for bit the same with it (jaxmod's choice)
 
 
 def weighted_sum(weight: jax.Array, value: jax.Array) -> jax.Array:
