@@ -164,3 +164,28 @@ def test_summaries_name_non_finite_seeds_instead_of_averaging(tmp_path):
     assert "NON-FINITE (seed 0 of 2)" in text and "4.0" in text and "nan" not in text.lower()
     plot_curves([("A", np.array([0, 1]), np.array(results["A"].eval_returns))], tmp_path / "c.png", title="t")
     assert (tmp_path / "c.png").exists()
+
+
+def test_a_snapshot_that_ends_at_once_is_followed_by_a_fresh_reset():
+    """Restarts cannot chain: with restart probability 1 and an advice state that terminates at its first step
+    (the toy walk at 2.5 with suggested action 1 reaches 3), an env that restarted there and ended at once resets
+    fresh, so restarts stay at most every other episode end instead of every step."""
+    from tests.conftest import TOY_ID
+    from tests.test_modulation import modulated_rollout
+
+    core = make_core(TOY_ID)
+    book = AdviceBook(core, 2)
+    snap = jax.device_get(core.reset(jax.random.PRNGKey(0)))
+    snap = snap.replace(inner=np.float32(2.5), obs=np.array([2.5], np.float32), time=np.int32(1))
+    book.add(AdviceItem(episode=5, step=1, obs=snap.obs, snapshot=snap, action=1, reward=0.5))
+    cfg = PPOConfig(env_id=TOY_ID, num_envs=3, num_steps=24, total_timesteps=3 * 24, num_minibatches=1)
+    mod = ModulationConfig.variant("A", restart_prob=1.0, capacity=2, verify_samples=0, consensus_radius=0)
+    learner = PPOLearner(cfg, mod.modulator())
+    state = learner.init(jax.random.PRNGKey(0))
+    traj = modulated_rollout(learner, state, book.to_advice(), jax.random.PRNGKey(1), 24)
+    restarted = np.asarray(traj.restarted)
+    assert restarted.any() and traj.critical.any()
+    ends_at_once = restarted[:-1] & np.asarray(traj.episode_done)[1:]  # restarted, and that episode's step ended it
+    assert ends_at_once.any()  # the advice state terminates at once ...
+    assert not (ends_at_once & restarted[1:]).any()  # ... and is never restarted from again right away
+    assert restarted.sum() < np.asarray(traj.episode_done).sum()
