@@ -20,7 +20,8 @@ One behaviour changed since (issue 18, restarts cannot chain): an env whose epis
 net) state and ended at its first step resets fresh instead of restarting from advice again. The learner set has
 no such step and stays bit for bit; in the end-to-end CartPole set the scripted advisor's critical states often
 end at once (ULTRA-A's first chunk: 86 restarts before, 64 after), so A, R, RA and StateMask-R were re-recorded
-with it; PPO, JSRL, RICE and Random came out bit for bit the same. In the (untested) Pong set, StateMask-R (restart
+with it, and so was Random, whose evaluation returns stayed the same but whose RND bonus in chunk 2 did not
+(0.42098 -> 0.42127); PPO, JSRL and RICE came out bit for bit the same. In the (untested) Pong set, StateMask-R (restart
 probability 1: 246 restarts in its first chunk before, 151 after) and RICE's restart counts changed, and were
 re-recorded too; every other Pong entry came out the same."""
 
