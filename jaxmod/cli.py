@@ -358,7 +358,8 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
 
 
 def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
-    """Train in chunks with a progress bar, appending metrics and saving checkpoints."""
+    """Train in chunks with a progress bar, appending metrics and saving checkpoints; stops (`NonFiniteError`) at the
+    first chunk with a non-finite loss, return or parameter."""
     import jax
     import numpy as np
     from rich.progress import (
@@ -371,8 +372,11 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     )
 
     from jaxmod.checkpoint import save_checkpoint
-    from jaxmod.reporting import METRICS_FILE, append_metrics
+    from jaxmod.ppo.train import params_finite
+    from jaxmod.reporting import METRICS_FILE, PARAMS_FINITE, append_metrics, check_finite
     from jaxmod.tracking import Tracker
+
+    finite_params = jax.jit(jax.vmap(params_finite))
 
     cfg, ppo = run.config, run.config.ppo
     runner, total = run.runner, ppo.num_updates
@@ -396,6 +400,10 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
             run.state, metrics = compiled[n](run.state)
             metrics = jax.device_get(metrics)
             dt = time.perf_counter() - t0
+            check_finite({**metrics, PARAMS_FINITE: finite_params(run.state.params)}, "PPO training",
+                         f"chunk {chunks_done + 1} (updates {run.done + 1}-{run.done + n} of {total})",
+                         f"the run stops before writing this chunk (a checkpoint saved before it is finite); a smaller --lr "
+                         f"(now {ppo.lr:g}) may help")
             run.run_s += dt
             append_metrics(run.out / METRICS_FILE, metrics, run.done)
             tracker.ppo_metrics(metrics, np.asarray(metrics["env_steps"])[0])
@@ -593,19 +601,18 @@ def _advice_mark(valid: int | None, seeds: int) -> str:
 
 
 def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str, Any], out: Path) -> None:
-    import numpy as np
     from rich.table import Table
 
     from jaxmod.methods import METHODS
+    from jaxmod.reporting import seed_summary
 
     table = Table(title=f"evaluation return after {config.refine_steps:,} refinement steps per seed")
     for col in ("method", "start", "final mean", "final std", "wall s", "valid answers"):
         table.add_column(col, justify="right")
     valid = {st["variant"]: st["valid"] for st in run.advice_stats}
-    for name, r in results.items():
-        final = np.array(r.eval_returns[-1])
-        table.add_row(METHODS[name].label, f"{np.mean(r.eval_returns[0]):.1f}",
-                      f"{final.mean():.1f}", f"{final.std():.1f}", f"{r.wall_s:.1f}",
+    for name, r in results.items():  # a seed with a non-finite return is named, never averaged
+        start, final = seed_summary(r.eval_returns[0]), seed_summary(r.eval_returns[-1])
+        table.add_row(METHODS[name].label, start.cell()[0], *final.cell(), f"{r.wall_s:.1f}",
                       _advice_mark(valid.get(name), config.seeds))
     console.print(table)
     for st in run.advice_stats:
@@ -715,6 +722,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     return 0
 
 
+EXIT_NON_FINITE = 3  # exit status of a run stopped by a non-finite loss, parameter or return (2: bad input)
 COMMANDS = {"train": cmd_train, "plot": cmd_plot, "eval": cmd_eval, "serve-advisor": cmd_serve_advisor, "ultra": cmd_ultra}
 
 
@@ -725,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxmod.llm.server import BackendUnavailable
     from jaxmod.methods import MethodError
     from jaxmod.ppo.config import ConfigError
+    from jaxmod.reporting import NonFiniteError
 
     argv = _negative_values(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -737,6 +746,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"jaxmod: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteError as err:  # a run that went NaN / inf: one line (which method, seed, chunk and value)
+        if os.environ.get("JAXMOD_DEBUG"):
+            raise
+        print(f"jaxmod: error: {err}", file=sys.stderr)
+        return EXIT_NON_FINITE
     except KeyboardInterrupt:
         print("jaxmod: interrupted", file=sys.stderr)
         return 130

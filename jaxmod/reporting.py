@@ -1,10 +1,15 @@
-"""Run outputs: per-update metrics as JSONL (one line per update, one value per seed) and curve PNGs."""
+"""Run outputs: per-update metrics as JSONL (one line per update, one value per seed) and curve PNGs; the check
+that stops a run at its first non-finite loss, parameter or return (`NonFiniteError`), and per-seed summaries that
+never average a non-finite seed away (`seed_summary`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +25,7 @@ def append_metrics(path: str | Path, metrics: Mapping[str, np.ndarray], first_up
             row = {"update": first_update + i + 1}
             for k, v in arrays.items():
                 row[k] = [_plain(x) for x in v[:, i]]
-            fh.write(json.dumps(row) + "\n")
+            fh.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
 
 
 def _plain(x: np.generic) -> float | int:
@@ -42,6 +47,136 @@ def metrics_rows(path: str | Path) -> tuple[list[dict], bool]:
     return rows, False
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None (JSON null): `json.dumps` would write NaN / Infinity,
+    which is not JSON and which other readers reject."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------- non-finite values
+PARAMS_FINITE = "params_finite"  # the per-seed [S] bool a chunk program adds to its metrics: all parameters finite
+# the names a stop message gives a metric, in the order they are reported (the first non-finite one of a seed)
+NAMES = {PARAMS_FINITE: "parameters", "actor_loss": "policy loss", "value_loss": "value loss",
+         "advice_kl": "advice KL loss", "entropy": "policy entropy", "loss": "loss", "approx_kl": "approximate KL",
+         "episode_return": "training return", "rollout_reward": "rollout reward", "eval_return": "evaluation return"}
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, parameter or return of a run became non-finite (NaN or inf): the run stops. The message is one line
+    that names the method, the seed and the chunk, which value, and what to try."""
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """The first non-finite value of a chunk: seed index, metric name, update index within the chunk (None for a
+    per-seed value such as the parameters or the evaluation return) and the value; `others`: other bad seeds."""
+
+    seed: int
+    metric: str
+    update: int | None
+    value: float
+    others: tuple[int, ...] = ()
+
+    def describe(self, span: str = "of the chunk") -> str:
+        what = NAMES.get(self.metric, self.metric)
+        if self.metric == PARAMS_FINITE:
+            text = "non-finite parameters"
+        else:
+            text = f"non-finite {what} ({self.value})"
+        if self.update is not None:
+            text += f" at update {self.update + 1}" + (f" {span}" if span else "")
+        if self.others:
+            text += f" (also seed{'s' if len(self.others) > 1 else ''} {', '.join(map(str, self.others))})"
+        return text
+
+
+def first_non_finite(values: Mapping[str, Any]) -> NonFinite | None:
+    """The first non-finite value among `values` (name -> array with a leading seed axis S: [S] per seed, or
+    [S, updates] per update; `PARAMS_FINITE` is a [S] bool of finite parameters), or None. Seeds are searched in
+    order; within the first bad seed the earliest update of a per-update metric (ties: the `NAMES` order, then by
+    name), else the parameters, else a per-seed value. Integer and boolean metrics (counts) are never non-finite."""
+    arrays = {k: np.asarray(v) for k, v in values.items()}
+    rank = {k: i for i, k in enumerate(NAMES)}
+    order = sorted(arrays, key=lambda k: (rank.get(k, len(rank)), k))
+    found: list[NonFinite] = []
+    n = max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
+    for seed in range(n):
+        candidates: list[tuple[tuple[int, int], NonFinite]] = []
+        for j, name in enumerate(order):
+            a = arrays[name]
+            if a.ndim == 0:
+                continue
+            row = a[seed]
+            if name == PARAMS_FINITE:
+                if not bool(np.all(row)):
+                    candidates.append(((1, j), NonFinite(seed, name, None, math.nan)))
+                continue
+            if not np.issubdtype(row.dtype, np.floating):
+                continue
+            bad = ~np.isfinite(row.reshape(-1))
+            if bad.any():
+                i = int(np.argmax(bad))
+                value = float(row.reshape(-1)[i])
+                if row.ndim:
+                    candidates.append(((0, i * len(order) + j), NonFinite(seed, name, i, value)))
+                else:
+                    candidates.append(((2, j), NonFinite(seed, name, None, value)))
+        if candidates:
+            found.append(min(candidates, key=lambda c: c[0])[1])
+    if not found:
+        return None
+    first = found[0]
+    return NonFinite(first.seed, first.metric, first.update, first.value, tuple(f.seed for f in found[1:]))
+
+
+def check_finite(values: Mapping[str, Any], method: str, stage: str, hint: str, span: str = "of the chunk") -> None:
+    """Raise `NonFiniteError` if any of `values` (see `first_non_finite`) is non-finite, with one line naming
+    `method`, the seed, `stage`, the value and `hint`, e.g. "ULTRA-RA, seed 2, refinement chunk 7/8: non-finite
+    policy loss (nan) at update 3 of the chunk; <hint>". `span` follows an update index."""
+    bad = first_non_finite(values)
+    if bad is None:
+        return
+    raise NonFiniteError(f"{method}, seed {bad.seed}{f', {stage}' if stage else ''}: {bad.describe(span)}; {hint}")
+
+
+# ----------------------------------------------------------------------------------------------- summaries
+@dataclass(frozen=True)
+class SeedSummary:
+    """Mean and std over seeds of one final value, or none of them where a seed is non-finite: `non_finite` lists
+    those seeds (indices), and `mean` / `std` are None then (a plain mean would be NaN, and a mean of the finite
+    seeds would hide the failure)."""
+
+    mean: float | None
+    std: float | None
+    seeds: int
+    non_finite: tuple[int, ...]
+
+    def cell(self, fmt: str = ".1f") -> tuple[str, str]:
+        """(mean, std) as table cells; a non-finite summary shows which seeds instead."""
+        if self.mean is None:
+            return f"NON-FINITE (seed{'s' if len(self.non_finite) > 1 else ''} " \
+                   f"{', '.join(map(str, self.non_finite))} of {self.seeds})", "-"
+        return format(self.mean, fmt), format(self.std, fmt)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "seeds": self.seeds, "non_finite_seeds": list(self.non_finite)}
+
+
+def seed_summary(values: Sequence[float] | np.ndarray) -> SeedSummary:
+    """Summary of per-seed values ([S]): mean and std if all are finite, else which seeds are not."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    bad = tuple(int(i) for i in np.nonzero(~np.isfinite(x))[0])
+    if bad or not len(x):
+        return SeedSummary(None, None, len(x), bad)
+    return SeedSummary(float(x.mean()), float(x.std()), len(x), ())
+
+
 def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
     """Load a metrics file back into arrays shaped (updates, seeds) (plus `update`: (updates,)); a last line cut
     mid-write is left out (`metrics_rows`)."""
@@ -57,13 +192,21 @@ def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
 
 def plot_curves(series: Iterable[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str,
                 xlabel: str = "env steps per seed", ylabel: str = "episode return") -> Path:
-    """Plot mean and min..max / +-std band over seeds for each (label, x (updates,), y (updates, seeds))."""
+    """Plot mean and +-std band over seeds for each (label, x (updates,), y (updates, seeds)). Seeds with a
+    non-finite value are left out of the curve and named in its label ("seed 1 NON-FINITE, left out")."""
     from matplotlib.figure import Figure  # no pyplot: never touches the user's backend (notebooks)
 
     fig = Figure(figsize=(7, 4.2), dpi=120)
     ax = fig.subplots()
     for label, x, y in series:
         y = np.atleast_2d(np.asarray(y, dtype=np.float64).T).T
+        bad = [int(i) for i in np.nonzero(~np.all(np.isfinite(y), axis=0))[0]]
+        if bad:
+            label = f"{label}, seed{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} NON-FINITE, left out"
+            y = np.delete(y, bad, axis=1)
+            if not y.shape[1]:
+                ax.plot([], [], label=label)
+                continue
         mean, std = y.mean(axis=1), y.std(axis=1)
         n = y.shape[1]
         ax.plot(x, mean, label=f"{label} (mean of {n} seed{'s' if n > 1 else ''})")

@@ -64,6 +64,12 @@ class AdviceItem:
     rated_action: int | Sequence[float] | None = None  # what the implicit reward rates; None: the suggestion
 
 
+def finite_state(item: AdviceItem) -> bool:
+    """Whether the item's observation and every floating leaf of its snapshot are finite (host-side numpy)."""
+    leaves = [item.obs, *jax.tree.leaves(item.snapshot)]
+    return all(np.all(np.isfinite(x)) for x in map(np.asarray, leaves) if np.issubdtype(x.dtype, np.inexact))
+
+
 class AdviceBook:
     """Host-side table of advice: dedupes on (episode, step), replaces the oldest when full, and
     exports `Advice` arrays of fixed capacity."""
@@ -123,13 +129,14 @@ class AdviceBook:
         return np.asarray(action, np.float32).reshape(space.shape)
 
     def add_answers(self, items: Sequence[AdviceItem | None], verdicts: Sequence[Any]) -> dict[str, int]:
-        """Pack the items whose verdict is a validated `Advised`; anything else (a `Rejected`, None, an
-        exception) is counted and never enters the arrays."""
+        """Pack the items whose verdict is a validated `Advised` and whose recorded state is finite; anything else
+        (a `Rejected`, None, an exception, a state with a NaN or inf: restarting from it would poison the env and
+        the observation normaliser) is counted and never enters the arrays."""
         from jaxmod.llm.answers import Advised
 
         counts = {"packed": 0, "dropped": 0}
         for item, verdict in zip(items, verdicts, strict=True):
-            if item is None or not isinstance(verdict, Advised):
+            if item is None or not isinstance(verdict, Advised) or not finite_state(item):
                 counts["dropped"] += 1
                 continue
             self.add(AdviceItem(item.episode, item.step, item.obs, item.snapshot, verdict.action, verdict.reward,

@@ -18,6 +18,7 @@ from flax import struct
 from jaxmod.advice.slots import take_slot
 from jaxmod.advice.verify import advised_steps
 from jaxmod.ppo import distributions as D
+from jaxmod.ppo.losses import weighted_sum
 from jaxmod.ppo.modulator import Modulator
 
 
@@ -61,5 +62,5 @@ class KLTarget(Modulator):
 
     def loss(self, aux, net, params, head, batch):
         kl = advice_kl(net, params, head, batch.fields["suggested"], self.target_std)
-        mean = jnp.sum(batch.masks["kl"] * batch.fields["kl_trust"] * kl)
+        mean = weighted_sum(batch.masks["kl"] * batch.fields["kl_trust"], kl)
         return aux.kl_coef * mean, {"advice_kl": mean}

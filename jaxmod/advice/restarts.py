@@ -67,9 +67,11 @@ def choose_restarts(u_use: jax.Array, u_slot: jax.Array, advice: Advice, restart
 @struct.dataclass
 class CriticalAux:
     """`CriticalStates`' state: each env's pending critical slot ([N] int32: set by a restart, read by the next
-    step; -1 none) and the traced knobs (float32 scalars), so sweeps share one compile."""
+    step; -1 none), whether its episode just began from an advice snapshot ([N] bool: a restart that ends at its
+    first step is followed by a fresh reset), and the traced knobs (float32 scalars), so sweeps share one compile."""
 
     pending: jax.Array
+    just_restarted: jax.Array
     restart_prob: jax.Array
     match_radius: jax.Array
 
@@ -92,6 +94,7 @@ class CriticalStates(Modulator):
 
     def init(self, key, spec, params):
         return CriticalAux(pending=jnp.full((spec.env.num_envs,), -1, jnp.int32),
+                           just_restarted=jnp.zeros((spec.env.num_envs,), jnp.bool_),
                            restart_prob=jnp.float32(self.restart_prob), match_radius=jnp.float32(self.match_radius))
 
     def digest(self, aux, advice, plan, spec):
@@ -133,8 +136,9 @@ class CriticalStates(Modulator):
             matcher = Matcher.create(advice, trusted, ctx.env_state.obs_rms if env.normalize_obs else None,
                                      plan.get("spread"), aux.match_radius)
         xs = {**plan.get("xs", {}), "critical_codes": codes, "critical_snapshot": snapshots}
-        carry = {**plan.get("carry", {}), "critical_slot": trusted_only(aux.pending)}  # trust may have changed
-        return aux, {**plan, "xs": xs, "carry": carry, "trusted": trusted, "restart_use": use, "control": control,
+        carry = {**plan.get("carry", {}), "critical_slot": trusted_only(aux.pending),  # trust may have changed
+                 "just_restarted": aux.just_restarted}
+        return aux, {**plan, "xs": xs, "carry": carry, "trusted": trusted, "control": control,
                      "matcher": matcher, "advice": advice}
 
     @staticmethod
@@ -158,24 +162,37 @@ class CriticalStates(Modulator):
         if snapshot is None:
             snapshot = take_slot(plan["advice"].snapshot, restart_slot)
         # RESTARTS: finished envs restart from the advice snapshot drawn for this step (slot -1: a fresh reset)
-        reset = select_envs(restart_slot >= 0, snapshot, s.reset)
+        reset = select_envs(_restarts(restart_slot, s.carry), snapshot, s.reset)
         return s.replace(reset=reset, extras={**s.extras, "slot": slot})
 
     def after_step(self, aux, plan, xs, s, done, spec):
-        _, restart_critical, _ = unpack_step_codes(xs["critical_codes"])
-        return s.replace(carry={**s.carry, "critical_slot": jnp.where(done, restart_critical, -1)})
+        restart_slot, restart_critical, _ = unpack_step_codes(xs["critical_codes"])
+        restarted = done & _restarts(restart_slot, s.carry)
+        return s.replace(carry={**s.carry, "critical_slot": jnp.where(restarted, restart_critical, -1),
+                                "just_restarted": restarted},
+                         extras={**s.extras, "restarted": restarted})
 
     def finish(self, aux, plan, traj, spec):
         # per-step facts that follow from the trajectory, computed on the whole [T, N] batch (outside the
         # sequential loop, each is one op per rollout instead of one per step)
         critical = traj.extras["slot"] >= 0
-        extras = {**traj.extras, "critical": critical, "restarted": traj.episode_done & plan["restart_use"]}
-        return aux.replace(pending=plan["carry"]["critical_slot"]), traj.replace(extras=extras)
+        extras = {**traj.extras, "critical": critical}
+        carry = plan["carry"]
+        return (aux.replace(pending=carry["critical_slot"], just_restarted=carry["just_restarted"]),
+                traj.replace(extras=extras))
 
     def metrics(self, aux, plan, traj, spec):
         return {"critical_frac": traj.extras["critical"].mean(),
                 "restarts": traj.extras["restarted"].sum().astype(jnp.int32),
                 "advice_valid": plan["advice"].valid.sum().astype(jnp.int32)}
+
+
+def _restarts(restart_slot: jax.Array, carry: dict[str, jax.Array]) -> jax.Array:
+    """[N] bool: envs that restart from advice if their episode ends at this step: those that drew a slot, unless
+    their episode began from an advice snapshot at the previous step. A snapshot whose episode ends at its first
+    step (a state that terminates at once) is then followed by a fresh reset, not by another restart: restarts
+    cannot chain from step to step, so they stay a share of the episodes the agent plays (jaxmod's choice)."""
+    return (restart_slot >= 0) & ~carry["just_restarted"]
 
 
 def executes_suggestion(slot: jax.Array, control: jax.Array) -> jax.Array:

@@ -85,6 +85,20 @@ class Batch:
     fields: dict[str, jax.Array] = struct.field(default_factory=dict)
 
 
+LOG_RATIO_LIMIT = 20.0  # |log pi/pi_old| bound of the surrogate (ratio up to ~5e8): exp() never overflows. PPO's clip
+# gives a ratio beyond 1 +- clip_eps no gradient in the clipped direction anyway; every method's regression updates
+# (tests/test_regression.py) are bit for bit the same with it (jaxmod's choice)
+
+
+def weighted_sum(weight: jax.Array, value: jax.Array) -> jax.Array:
+    """sum(weight * value) over the samples whose weight is > 0 (`weight`, `value`: [B] float32; scalar float32).
+    With `jnp.where`, not a product alone: 0 * inf is NaN, so a masked-out sample's value (a loss term at a step the
+    mask excludes) never reaches the sum, whatever it is. Its gradient gets a 0 cotangent there, which stays 0 only
+    where the value's own derivative is finite: bound the inputs first where it may not be (as `ppo_loss` does
+    with an imposed action's log-ratio)."""
+    return jnp.sum(jnp.where(weight > 0, weight * value, 0.0))
+
+
 def mask_weights(mask: jax.Array) -> jax.Array:
     """0/1 masks (leading axes ..., sample) as weights summing to 1 over the last axis (all 0 where none is set)."""
     return mask / jnp.maximum(1.0, jnp.sum(mask, axis=-1, keepdims=True))
@@ -100,20 +114,28 @@ def ppo_loss(
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Clipped surrogate + vf_coef * (clipped) value loss - ent_coef * entropy, advantages normalised per
     minibatch (PureJaxRL / Brax `losses.py`), scalar float32. With `batch.masks["policy"]` (weights, see `Batch`)
-    the surrogate averages over those samples only: an imposed action has no behaviour probability to correct
-    with, so its policy gradient would be biased. `extra(params, head, batch) -> (term or None, info)` adds a
+    the surrogate, `approx_kl` and `clip_frac` average over those samples only: an imposed action has no behaviour
+    probability to correct with, so its policy gradient would be biased, and its log-ratio is set to 0 (continuous
+    actions far from the policy's mean have log-ratios whose exp() overflows). Every log-ratio is bounded by
+    +-`LOG_RATIO_LIMIT`. `extra(params, head, batch) -> (term or None, info)` adds a
     modulator's term (e.g. a KL pull toward advice). Returns (loss, info of scalar metrics)."""
     head = net.policy_head(params, batch.obs)
     log_prob = net.log_prob(params, head, batch.action)
     log_ratio = log_prob - batch.log_prob
+    policy_weight = batch.masks.get("policy")
+    if policy_weight is not None:
+        # an imposed action has no behaviour probability: its log-ratio means nothing and can be huge (a continuous
+        # action 50 stds from the policy's mean has a log-prob near -1250, which moves by hundreds per SGD step), and
+        # exp() of it is inf, which a 0 weight turns into NaN in the loss and its gradient
+        log_ratio = jnp.where(policy_weight > 0, log_ratio, 0.0)
+    log_ratio = jnp.clip(log_ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     ratio = jnp.exp(log_ratio)
     adv = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - hp.clip_eps, 1.0 + hp.clip_eps) * adv)
-    policy_weight = batch.masks.get("policy")
     if policy_weight is None:
         actor_loss = -surrogate.mean()
     else:
-        actor_loss = -jnp.sum(policy_weight * surrogate)
+        actor_loss = -weighted_sum(policy_weight, surrogate)
 
     value = net.value(params, batch.obs)
     value_err = jnp.square(value - batch.target)
@@ -121,6 +143,10 @@ def ppo_loss(
         clipped = batch.value + jnp.clip(value - batch.value, -hp.clip_eps, hp.clip_eps)
         value_err = jnp.maximum(value_err, jnp.square(clipped - batch.target))
     value_loss = 0.5 * value_err.mean()
+
+    def sample_mean(x: jax.Array) -> jax.Array:
+        """Mean over the policy's own samples (the surrogate's): imposed actions say nothing of the policy's step."""
+        return x.mean() if policy_weight is None else weighted_sum(policy_weight, x)
 
     entropy = net.entropy(params, head).mean()
     total = actor_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
@@ -134,7 +160,7 @@ def ppo_loss(
         "actor_loss": actor_loss,
         "value_loss": value_loss,
         "entropy": entropy,
-        "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
-        "clip_frac": jnp.mean((jnp.abs(ratio - 1.0) > hp.clip_eps).astype(jnp.float32)),
+        "approx_kl": sample_mean((ratio - 1.0) - log_ratio),
+        "clip_frac": sample_mean((jnp.abs(ratio - 1.0) > hp.clip_eps).astype(jnp.float32)),
     }
     return total, info

@@ -61,6 +61,11 @@ class TrainOutput:
     metrics: Metrics
 
 
+def params_finite(params: Params) -> jax.Array:
+    """bool scalar: every parameter is finite (NaN or inf nowhere); vmap it over a seed axis."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+
+
 def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransformation:
     """Grad-norm clipping + Adam with (optionally) linearly annealed lr; built inside the trace so
     `hp` may be traced (vmapped sweeps)."""

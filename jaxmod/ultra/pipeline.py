@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from jaxmod.methods import BASELINES, METHODS, method
 from jaxmod.parallel import seed_keys
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.config import ConfigError
+from jaxmod.ppo.train import params_finite
+from jaxmod.reporting import PARAMS_FINITE, NonFiniteError, check_finite, json_safe, seed_summary
 from jaxmod.ultra.advise import CriticalRow
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import make_collector
@@ -142,6 +145,11 @@ def check_advice(advice: Advice, core: Any, capacity: int, seeds: int) -> None:
                               "(advice from another env, or packed for other observation/action shapes)")
 
 
+def _params_finite(params) -> np.ndarray:
+    """[S] bool: each seed's parameters (leading seed axis) are finite."""
+    return np.asarray(jax.device_get(jax.jit(jax.vmap(params_finite))(params)))
+
+
 def _with_normalisers(state, pre_env_state):
     return state.replace(env_state=state.env_state.replace(obs_rms=pre_env_state.obs_rms,
                                                            return_rms=pre_env_state.return_rms))
@@ -219,12 +227,20 @@ class UltraRun:
             if (saved / "meta.json").exists():
                 ckpt = load_checkpoint(saved)
                 if ckpt.config == cfg and ckpt.num_seeds == self.s.seeds:
+                    check_finite({PARAMS_FINITE: _params_finite(ckpt.state.params)}, "PPO pretraining", "",
+                                 f"the pre-trained agents saved in {saved} are unusable: delete that folder")
                     self.log(f"loaded {self.s.seeds} pre-trained agents from {saved}")
                     return ckpt.state
         t0 = time.perf_counter()
-        state, metrics = jax.jit(jax.vmap(lambda k: learner.run(learner.init(k), cfg.num_updates)))(
-            seed_keys(self.s.seed, self.s.seeds))
-        jax.block_until_ready(state)
+
+        def pretrain_one(key):
+            st, met = learner.run(learner.init(key), cfg.num_updates)
+            return st, {**met, PARAMS_FINITE: params_finite(st.params)}
+
+        state, metrics = jax.jit(jax.vmap(pretrain_one))(seed_keys(self.s.seed, self.s.seeds))
+        check_finite(jax.device_get(metrics), "PPO pretraining", "", f"the run stops; a smaller --lr (now "
+                     f"{cfg.lr:g}) or fewer --pretrain-steps may help", span=f"of {cfg.num_updates}")
+        metrics.pop(PARAMS_FINITE)
         self.log(f"pretrained {self.s.seeds} sub-optimal agents in {time.perf_counter() - t0:.1f}s "
                  f"(training return {np.asarray(metrics['episode_return'])[:, -1].mean():.1f})")
         if saved is not None:
@@ -347,16 +363,28 @@ class UltraRun:
         program.compile(state, advice)  # before the clock starts: wall time compares refinement, not compilers
         result = VariantResult(variant)
         cfg, modulated = learner.config, not learner.modulator.identity
+        label = METHODS[variant].label
+        chunks = math.ceil(cfg.num_updates / program.chunk_updates)
+        hint = (f"the run stops (finished methods' results are in {self.out / 'ultra.json'}); a smaller --refine-lr "
+                f"(now {s.refine_lr:g}){' or --kl-coef' if modulated and s.modulation.uses_kl else ''} may help")
 
         def read(mean, done: int, row: dict[str, Any] | None, metrics) -> None:
-            """Record an evaluation (and its chunk's row); called while the device runs the next chunk."""
-            result.steps.append(min(done, cfg.num_updates) * cfg.batch_size)
-            result.eval_returns.append(np.asarray(mean).tolist())
+            """Record an evaluation (and its chunk's row); called while the device runs the next chunk. Stops the run
+            (`NonFiniteError`) at a non-finite loss, parameter or return, from values the host reads anyway."""
+            mean = np.asarray(mean)  # the chunk is done: its evaluation ran after it
             if row is None:  # the evaluation before refinement
+                check_finite({"eval_return": mean}, label, "before refinement", hint)
+            else:  # a stopped run's results end at the last chunk that was finite
+                metrics = jax.device_get(metrics)
+                check_finite({**metrics, "eval_return": mean}, label, f"refinement chunk {row['chunk']}/{chunks}",
+                             hint)
+            result.steps.append(min(done, cfg.num_updates) * cfg.batch_size)
+            result.eval_returns.append(mean.tolist())
+            if row is None:
                 return
             row["eval_return"] = float(np.mean(mean))
             if modulated:
-                row.update(_modulation_row(jax.device_get(metrics)))
+                row.update(_modulation_row(metrics))
                 self._report_switch_off(result, row, s.seeds)
             result.chunk_metrics.append(row)
             if self.tracker is not None:  # eval/<method>/return and the chunk's numbers as advice/<method>/<name>
@@ -367,7 +395,13 @@ class UltraRun:
             self.progress(variant, min(done, cfg.num_updates), cfg.num_updates)
 
         no_swap: dict[str, Any] = {"swapped_advice": False, **({"advisor_latency_s": None} if modulated else {})}
-        loop = refine_chunks(program, state, advice, rounds, self.schedule(variant), read, no_swap)
+        try:
+            loop = refine_chunks(program, state, advice, rounds, self.schedule(variant), read, no_swap)
+        except NonFiniteError as err:
+            if rounds is not None:
+                rounds.cancel()
+            err.result = result  # what the variant did up to the stop, for the run's summary
+            raise
         result.wall_s = loop.wall_s
         if rounds is not None:
             st = advisor.advisor.stats.as_dict()
@@ -409,24 +443,36 @@ class UltraRun:
         ctx = AdvisorThread(factory, self.s.advisor.priority == "idle") if needs_advisor else contextlib.nullcontext()
         with ctx as advisor:
             for variant in self.s.variants:
-                results[variant] = self.refine(variant, pre, advisor)
+                try:
+                    results[variant] = self.refine(variant, pre, advisor)
+                except NonFiniteError as err:  # the summary keeps what ran, and says why the run stopped
+                    results[variant] = err.result
+                    self.write(results, stopped=str(err))
+                    raise
                 r = results[variant]
-                self.log(f"{variant}: eval return {np.mean(r.eval_returns[0]):.1f} -> "
-                         f"{np.mean(r.eval_returns[-1]):.1f} (+- {np.std(r.eval_returns[-1]):.1f}) in {r.wall_s:.1f}s")
+                start, final = seed_summary(r.eval_returns[0]).cell(), seed_summary(r.eval_returns[-1]).cell()
+                self.log(f"{variant}: eval return {start[0]} -> {final[0]} (+- {final[1]}) in {r.wall_s:.1f}s")
         self.write(results)
         return results
 
     # ------------------------------------------------------------------ outputs
-    def write(self, results: dict[str, VariantResult]) -> None:
+    def write(self, results: dict[str, VariantResult], stopped: str | None = None) -> None:
+        """The run's outputs. `final` per method summarises its last evaluation over seeds (no mean where a seed is
+        non-finite: `non_finite_seeds` names them); non-finite values are written as null; `stopped`: why the run
+        stopped early (its last method's results go up to there)."""
         from jaxmod.reporting import plot_curves
 
-        summary = {name: {"steps": r.steps, "eval_returns": r.eval_returns, "wall_s": r.wall_s,
-                          "chunks": r.chunk_metrics, "advisor_switched_off": r.advisor_switched_off}
+        summary: dict[str, Any] = {name: {"steps": r.steps, "eval_returns": r.eval_returns, "wall_s": r.wall_s,
+                                          "final": seed_summary(r.eval_returns[-1] if r.eval_returns else []).as_dict(),
+                                          "chunks": r.chunk_metrics, "advisor_switched_off": r.advisor_switched_off}
                    for name, r in results.items()}
         summary["config"] = self.s.to_dict()
         summary["advisor"] = self.advice_stats
         summary["modulation_choices"] = self.s.modulation.choices()
-        (self.out / "ultra.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        if stopped is not None:
+            summary["stopped"] = stopped
+        text = json.dumps(json_safe(json.loads(json.dumps(summary, default=str))), indent=2, allow_nan=False)
+        (self.out / "ultra.json").write_text(text, encoding="utf-8")
         columns = ("variant", "seed", "episode", "step", "length", "return", "state", "agent action", "why critical",
                    "suggested", "implicit reward", "advice reason", "verdict")
         rows = [(variant, seed, r.episode, r.step, r.episode_length, f"{r.episode_return:.1f}", r.state, r.agent_action,

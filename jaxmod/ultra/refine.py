@@ -20,6 +20,8 @@ import jax
 
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.acting import make_collector, make_evaluator
+from jaxmod.ppo.train import params_finite
+from jaxmod.reporting import PARAMS_FINITE
 from jaxmod.ultra.candidates import make_scorer
 from jaxmod.ultra.rounds import AdviceRounds
 from jaxmod.ultra.schedule import Schedule
@@ -31,7 +33,8 @@ def _fold(keys: jax.Array, i: int) -> jax.Array:
 
 @dataclass
 class RefinementProgram:
-    """One variant's compiled programs over S seeds. `run(state, advice)` -> (state, metrics [S, updates]);
+    """One variant's compiled programs over S seeds. `run(state, advice)` -> (state, metrics [S, updates], plus
+    `PARAMS_FINITE` [S] bool: each seed's parameters are finite after the chunk);
     `evaluate(state, i)` -> [S] mean evaluation return (plain resets, normalisers frozen; i-th evaluation's keys);
     `record(state, i)` -> the i-th round's recording of the current policies ([S, T, N] arrays) and its [S, T, N]
     candidate scores (`jaxmod.ultra.candidates.make_scorer`)."""
@@ -49,7 +52,12 @@ class RefinementProgram:
               collect_steps: int, eval_envs: int, eval_steps: int) -> RefinementProgram:
         chunk_updates = max(1, math.ceil(learner.config.num_updates / chunks))
         env, net = learner.env, learner.net
-        run = jax.jit(jax.vmap(lambda st, adv: learner.run(st, chunk_updates, adv)))
+
+        def run_chunk(st, adv):  # the parameters' check: one reduction per chunk, inside the chunk's program
+            st, metrics = learner.run(st, chunk_updates, adv)
+            return st, {**metrics, PARAMS_FINITE: params_finite(st.params)}
+
+        run = jax.jit(jax.vmap(run_chunk))
         collector = make_collector(env.replace_num_envs(collect_envs), net, collect_steps)
         scorer = make_scorer(env, net, learner.config.gamma)
 
