@@ -154,12 +154,21 @@ def test_nothing_tells_users_to_install_jaxmod_by_name():
     assert not offenders, f"these tell users to `pip install jaxmod` by name (another project's): {offenders}"
 
 
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation but - and _ dropped, spaces as -."""
+    heads = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
 def test_doc_links_resolve():
     for page in MANUALS:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)]*))?\)", page.read_text(encoding="utf-8")):
             if target.startswith(("http://", "https://")):
                 continue
-            assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to missing {target}"
+            dest = page.parent / target if target else page
+            assert dest.exists(), f"{page.relative_to(ROOT)} links to missing {target}"
+            if anchor and dest.suffix == ".md":
+                assert anchor in _anchors(dest), f"{page.relative_to(ROOT)} links to {target}#{anchor}: no such heading"
 
 
 @pytest.mark.slow
