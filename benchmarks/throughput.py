@@ -96,6 +96,7 @@ def measure(row: Row, repeats: int) -> dict:
 
 def measure_reference(seeds: int, repeats: int) -> dict:
     """The PureJaxRL-style reference (benchmarks/reference_ppo.py) on the same machine."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python benchmarks/throughput.py`
     from benchmarks.reference_ppo import make_reference_train
 
     train = make_reference_train()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import traceback
@@ -29,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.paper_curves import ensure_teacher
-from jaxmod.llm.scripted import ScriptedBackend
-from jaxmod.ppo.config import family_of
-from jaxmod.stats import iqm_ci, iqm_difference_ci, verdict
-from jaxmod.ultra.pipeline import UltraRun, UltraSettings
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/ultra_suite.py` from anywhere
+from benchmarks.paper_curves import ensure_teacher  # noqa: E402
+from jaxmod.llm.scripted import ScriptedBackend  # noqa: E402
+from jaxmod.ppo.config import family_of  # noqa: E402
+from jaxmod.stats import iqm_ci, iqm_difference_ci, verdict  # noqa: E402
+from jaxmod.ultra.pipeline import UltraRun, UltraSettings  # noqa: E402
 
 TASKS = ("CartPole-v1", "MountainCar-v0", "Pendulum-v1", "Asterix-MinAtar", "jaxmod/Pong-OnePoint", "brax/hopper")
 ADVISORS = ("teacher", "teacher30", "random", "constant", "scripted", "smollm2")

@@ -129,7 +129,7 @@ def test_missing_local_llm_is_one_line_before_any_training(tmp_path, capsys, mon
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
     code = main(["ultra", "--advisor", "smollm2", "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "pip install 'jaxmod[local-llm]'" in err[0]
+    assert code == 2 and len(err) == 1 and "pip install -e '.[local-llm]'" in err[0] and "make local-llm" in err[0]
     assert not (tmp_path / "s").exists()
 
 

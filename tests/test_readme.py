@@ -1,0 +1,183 @@
+"""Every command in the README and docs/ is checked: each `jaxmod ...` line of a ```bash block parses with the product's
+own parser (and `train` / `ultra` lines build their config, as the command would, before anything compiles); each
+`python benchmarks/...` line names a script that exists and whose parser accepts the line's flags (run with
+`--help` appended: argparse checks the flags given before it, then prints the help and exits 0). The README's
+Python example runs end to end at a tiny budget (slow: it compiles four programs).
+
+Nothing here may tell users to install `jaxmod` by name: that name on the package registry is another project's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxmod import cli
+from jaxmod.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+MANUALS = [README, *DOCS]
+
+
+def _blocks(path: Path, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
+
+
+def _commands(path: Path, program: tuple[str, ...]) -> list[list[str]]:
+    """The argv of every command in `path`'s bash blocks that starts with `program` (comments dropped; a line may
+    chain commands with &&)."""
+    out = []
+    for block in _blocks(path, "bash"):
+        for line in block.splitlines():
+            for part in line.split("&&"):
+                if part.split()[:1] != [program[0]]:
+                    continue
+                argv = shlex.split(part, comments=True)
+                if tuple(argv[:len(program)]) == program:
+                    out.append(argv[len(program):])
+    return out
+
+
+def _jaxmod_lines() -> list[tuple[str, list[str]]]:
+    return [(f"{p.relative_to(ROOT)}: jaxmod {' '.join(a)}", a) for p in MANUALS for a in _commands(p, ("jaxmod",))]
+
+
+def _benchmark_lines() -> list[tuple[str, list[str]]]:
+    lines = []
+    for p in MANUALS:
+        for argv in _commands(p, ("python",)):
+            if argv and argv[0].startswith("benchmarks/"):
+                lines.append((f"{p.relative_to(ROOT)}: python {' '.join(argv)}", argv))
+            elif argv[:2] and argv[0] == "-m" and argv[1].startswith("benchmarks."):
+                lines.append((f"{p.relative_to(ROOT)}: python {' '.join(argv)}",
+                              [argv[1].replace(".", "/") + ".py", *argv[2:]]))
+    return lines
+
+
+def test_the_manuals_have_commands_and_the_readme_is_short():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines: move detail into docs/"
+    readme_cmds = {a[0] for a in _commands(README, ("jaxmod",))}
+    assert {"train", "eval", "plot", "ultra", "serve-advisor"} <= readme_cmds
+    assert _commands(README, ("python",)), "the README names no benchmark command"
+    assert {"make demo", "make test"} <= {" ".join(shlex.split(ln, comments=True))
+                                          for b in _blocks(README, "bash")[:1] for ln in b.splitlines()}
+
+
+def _with_config_file(argv: list[str], tmp_path: Path) -> list[str]:
+    """A placeholder `--config runs/X/config.json` replaced by a real config file of the same command."""
+    if "--config" not in argv:
+        return argv
+    from jaxmod.ultra.config import UltraConfig
+
+    command = argv[0]
+    data = UltraConfig().to_dict() if command == "ultra" else TrainConfig().to_dict()
+    path = tmp_path / f"{command}-config.json"
+    path.write_text(json.dumps({**data, "command": command}), encoding="utf-8")
+    i = argv.index("--config")
+    return [*argv[:i + 1], str(path), *argv[i + 2:]]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where,argv", _jaxmod_lines(), ids=[w for w, _ in _jaxmod_lines()])
+def test_jaxmod_command_parses(where, argv, tmp_path, monkeypatch):
+    for var in ("ADVISOR_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE"):
+        monkeypatch.delenv(var, raising=False)
+    argv = cli._negative_values(_with_config_file(argv, tmp_path))
+    try:
+        args = cli.build_parser(argv).parse_args(argv)
+    except SystemExit as err:
+        pytest.fail(f"{where}: the parser refused it (exit {err.code})")
+    if args.command == "train":
+        cli._train_config(args, argv)
+    elif args.command == "ultra" and not args.replay:
+        cli._ultra_config(args, argv)
+
+
+DRIVER = """
+import contextlib, io, json, os, runpy, sys
+script, lines = sys.argv[1], json.loads(sys.argv[2])
+sys.path[0] = os.path.dirname(os.path.abspath(script))  # as `python benchmarks/X.py` has it (not the cwd)
+codes = []
+for args in lines:
+    sys.argv = [script, *args, "--help"]
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+        codes.append(["returned without --help exiting", ""])
+    except SystemExit as err:
+        codes.append([err.code or 0, out.getvalue()[:200]])
+print(json.dumps(codes))
+"""
+
+
+def _by_script() -> dict[str, list[tuple[str, list[str]]]]:
+    scripts: dict[str, list[tuple[str, list[str]]]] = {}
+    for where, argv in _benchmark_lines():
+        scripts.setdefault(argv[0], []).append((where, argv[1:]))
+    return scripts
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("script", sorted(_by_script()))
+def test_benchmark_commands_exist_and_accept_their_flags(script):
+    """One process per script (jax imports once): each documented line's flags, then --help (exit 0, a usage)."""
+    lines = _by_script()[script]
+    assert (ROOT / script).is_file(), f"{lines[0][0]}: no {script}"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a user runs it: the repository not on the path
+    run = subprocess.run([sys.executable, "-c", DRIVER, script, json.dumps([a for _, a in lines])], cwd=ROOT,
+                         capture_output=True, text=True, timeout=110, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    codes = json.loads(run.stdout.strip().splitlines()[-1])
+    for (where, _), (code, out) in zip(lines, codes, strict=True):
+        assert code == 0 and "usage:" in out, f"{where}: exit {code}\n{run.stderr[-2000:]}"
+
+
+NAMED_INSTALL = re.compile(r"""pip3?\s+install\s+(?:-\S+\s+)*["']?jaxmod(?:\[[^\]]*\])?["']?(?!\s*@)(?:\s|$|[`"'])""")
+
+
+def test_nothing_tells_users_to_install_jaxmod_by_name():
+    assert NAMED_INSTALL.search("pip install jaxmod") and NAMED_INSTALL.search("pip install -U 'jaxmod[dev]'")
+    assert not NAMED_INSTALL.search('pip install "jaxmod @ git+https://example.org/x"')
+    texts = [*MANUALS, *(ROOT / "jaxmod").rglob("*.py"), ROOT / "Makefile"]
+    offenders = [str(p.relative_to(ROOT)) for p in texts if NAMED_INSTALL.search(p.read_text(encoding="utf-8"))]
+    assert not offenders, f"these tell users to `pip install jaxmod` by name (another project's): {offenders}"
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation but - and _ dropped, spaces as -."""
+    heads = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_doc_links_resolve():
+    for page in MANUALS:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)]*))?\)", page.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://")):
+                continue
+            dest = page.parent / target if target else page
+            assert dest.exists(), f"{page.relative_to(ROOT)} links to missing {target}"
+            if anchor and dest.suffix == ".md":
+                assert anchor in _anchors(dest), f"{page.relative_to(ROOT)} links to {target}#{anchor}: no such heading"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_readme_python_example_runs():
+    (code,) = [b for b in _blocks(README, "python") if "jaxmod.make_train" in b]
+    small = code.replace("total_timesteps=100_000", "total_timesteps=2_048").replace(
+        "jax.random.split(jax.random.PRNGKey(0), 8)", "jax.random.split(jax.random.PRNGKey(0), 2)")
+    assert small != code, "the README's example changed: update the budget this test shrinks"
+    ns: dict = {}
+    exec(compile(small, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+    assert ns["refined"].state.params is not None
