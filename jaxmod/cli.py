@@ -387,7 +387,8 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("updates"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=args.quiet, transient=False) as progress, \
-            Tracker(run.out, cfg.to_dict(), args.wandb, fresh=not args.resume) as tracker:
+            Tracker(run.out, cfg.to_dict(), args.wandb, fresh=not args.resume,
+                    purge_step=(run.done + 1) * ppo.batch_size if args.resume else None) as tracker:
         task = progress.add_task("compiling", total=total, completed=run.done)
         while run.done < total and (args.max_chunks is None or chunks_done < args.max_chunks):
             n = min(chunk, total - run.done)
@@ -562,8 +563,8 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     config = _ultra_config(args, argv)
     _check_wandb(args)
     out = _ultra_out(args, config)
+    _make_env(config.ppo)  # an unknown env id is named as such, before the advisor is asked whether it knows it
     config = _check_advisor(config)
-    _make_env(config.ppo)
     from jaxmod.ultra.pipeline import UltraRun
 
     _enable_compile_cache()

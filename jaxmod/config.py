@@ -121,6 +121,15 @@ def positive(obj: Any, names: tuple[str, ...], error: type[Exception] = ConfigEr
             raise error(f"{name} must be >= 1, got {getattr(obj, name)}")
 
 
+MAX_SEED = 2**31 - 10_001  # base seeds; runs derive keys at offsets up to +10_000 and jax keys take 32-bit seeds
+
+
+def check_seed(obj: Any, error: type[Exception] = ConfigError) -> None:
+    """Raise `error` unless `obj.seed` is an integer in [0, MAX_SEED]."""
+    if not 0 <= obj.seed <= MAX_SEED:
+        raise error(f"seed must lie in [0, {MAX_SEED}], got {obj.seed}")
+
+
 # --------------------------------------------------------------------------- JSON round trips
 def to_dict(obj: Any) -> dict[str, Any]:
     """A nested config as a JSON-ready dict (configs with their own `to_dict`, such as `PPOConfig`, use it)."""
@@ -329,6 +338,7 @@ class TrainConfig:
         check_fields(self)
         check_fields(self.ppo)
         positive(self, ("seeds", "chunks", "checkpoint_every"))
+        check_seed(self)
 
     @classmethod
     def for_env(cls, env_id: str, ppo_overrides: dict[str, Any] | None = None, **fields: Any) -> TrainConfig:

@@ -34,7 +34,7 @@ class Tracker:
     an earlier run in the folder are replaced (a resumed run appends). `close()` flushes (also a context manager)."""
 
     def __init__(self, run_dir: str | Path, config: Mapping[str, Any] | None = None,
-                 wandb_project: str | None = None, fresh: bool = True) -> None:
+                 wandb_project: str | None = None, fresh: bool = True, purge_step: int | None = None) -> None:
         if wandb_project:
             import importlib.util
 
@@ -42,6 +42,7 @@ class Tracker:
                 raise TrackingError("--wandb needs the wandb package: pip install wandb (then `wandb login`)")
         self.run_dir, self.dir, self.fresh = Path(run_dir), Path(run_dir) / EVENTS_DIR, fresh
         self.config, self.wandb_project = dict(config or {}), wandb_project
+        self.purge_step = purge_step  # a resumed run: events at or after this step (a killed run's) are hidden
         self.writer: Any = None
         self.wandb: Any = None
 
@@ -52,7 +53,7 @@ class Tracker:
             import shutil
 
             shutil.rmtree(self.dir)
-        self.writer = SummaryWriter(logdir=str(self.dir), flush_secs=30)
+        self.writer = SummaryWriter(logdir=str(self.dir), flush_secs=30, purge_step=self.purge_step)
         if self.wandb_project:
             import wandb
 
@@ -73,6 +74,12 @@ class Tracker:
         arrays = {k: np.asarray(v, np.float64) for k, v in metrics.items() if np.ndim(v) == 2}
         for i, step in enumerate(np.asarray(env_steps).reshape(-1)):
             self.scalars({prefix + tag_of(k): v[:, i].mean() for k, v in arrays.items()}, int(step))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered (after each chunk: a killed run's event files end where its metrics do)."""
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -88,8 +95,9 @@ class Tracker:
 
 
 def read_events(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """The scalars of a run's event files, `{tag: [(step, value), ...]}` (what TensorBoard shows; for tests and
-    scripts). Reads with tensorboardX's own protobufs: no TensorFlow needed."""
+    """The scalars of a run's event files, `{tag: [(step, value), ...]}` (what TensorBoard shows, a resumed run's
+    purge applied: values at or after a restart's purge step written before it are dropped; for tests and scripts).
+    Reads with tensorboardX's own protobufs: no TensorFlow needed."""
     import struct
 
     from tensorboardX.proto import event_pb2
@@ -104,6 +112,8 @@ def read_events(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
             pos += 12 + length + 4  # length, its crc, the record, its crc
             event = event_pb2.Event()
             event.ParseFromString(record)
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                out = {tag: [(s, v) for s, v in vals if s < event.step] for tag, vals in out.items()}
             for v in event.summary.value:
                 out.setdefault(v.tag, []).append((event.step, v.simple_value))
     return out

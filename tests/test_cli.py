@@ -147,6 +147,10 @@ def test_missing_local_llm_is_one_line_before_any_training(tmp_path, capsys, mon
     (["ultra", "--chunks", "0"], "chunks must be >= 1"),
     (["ultra", "--advisor-failure", "maybe"], "advisor failure policy must be one of stop, continue"),
     (["train", "--env-option", "max_steps_in_episode=abc"], "rejects --env-option max_steps_in_episode='abc'"),
+    (["train", "--seed", "99999999999999999999"], "seed must lie in [0, "),
+    (["ultra", "--seed", "-1"], "seed must lie in [0, "),
+    (["ultra", "--advisor", "replay:/nonexistent.jsonl"], "no transcript to replay at /nonexistent.jsonl"),
+    (["ultra", "--env", "Nope-v0"], "unknown env id 'Nope-v0'"),
 ])
 def test_bad_numbers_are_one_line_before_anything_is_written(tmp_path, capsys, argv, words):
     out = tmp_path / "run"

@@ -195,6 +195,9 @@ class UltraRun:
             check_teacher(spec.split(":", 1)[1], config.env_id)
         if config.advisor.reference is not None:
             check_teacher(config.advisor.reference, config.env_id, "advisor reference")
+        if spec.startswith("replay:") and config.needs_advisor and not Path(spec.split(":", 1)[1]).is_file():
+            raise ConfigError(f"no transcript to replay at {spec.split(':', 1)[1]}: pass a run's transcript.jsonl "
+                              "(or replay the whole run with jaxmod ultra --replay RUN_DIR)")
         self.s, self.out, self.log, self.progress = config, Path(out), log, progress
         self.advisor_factory = advisor_factory
         self.tracker = tracker  # a `jaxmod.tracking.Tracker` (or anything with `scalars(values, step)`), or None
