@@ -238,16 +238,17 @@ def save(path: Path, records: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--advisors", default=",".join(ADVISORS))
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    ap.add_argument("--tasks", default=",".join(TASKS), help="comma list of env ids (default: %(default)s)")
+    ap.add_argument("--advisors", default=",".join(ADVISORS),
+                    help=f"comma list of {', '.join(ADVISORS)}; each runs where it applies (default: all)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma list (default: %(default)s)")
     ap.add_argument("--seeds", type=int, default=None, help="override the family's seeds (a quick look)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the family's budgets (a quick look)")
     ap.add_argument("--accuracy", default=None, metavar="TASKS",
                     help=f"instead: sweep the teacher's corruption over {NOISE_LEVELS} on these tasks")
     ap.add_argument("--agents", default="runs/agents", help="saved pre-trained agents and teachers (reused)")
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--out", default="benchmarks/results", help="results folder (default: %(default)s)")
     ap.add_argument("--redo", action="store_true", help="re-run cells already in the results")
     args = ap.parse_args()
     from jaxmod.cli import _enable_compile_cache
