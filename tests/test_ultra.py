@@ -28,9 +28,13 @@ TINY = dict(seeds=2, pretrain_steps=4 * 128 * 4, refine_steps=4 * 128 * 6, chunk
 def test_end_to_end_through_the_http_advisor(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-written-123")
     settings = UltraConfig.flat(variants=("PPO", "RA"), **TINY)
-    run = UltraRun(settings, tmp_path / "run")
+    logs: list[str] = []
+    run = UltraRun(settings, tmp_path / "run", log=logs.append)
     results = run.run()
     assert set(results) == {"PPO", "RA"}
+    # the run says so exactly when ULTRA-R's trust-scaled bonus never acted
+    shaped = [c["shaping"] for c in results["RA"].chunk_metrics]
+    assert any("RA: the implicit reward never acted" in m for m in logs) == (not any(shaped))
     for r in results.values():
         assert len(r.steps) == 4 and len(r.eval_returns[-1]) == 2
     summary = json.loads((tmp_path / "run" / "ultra.json").read_text())

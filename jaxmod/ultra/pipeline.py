@@ -423,6 +423,11 @@ class UltraRun:
                                       "reference_agreement": agree / judged if judged else None,
                                       "reference_judged": judged, **st})
             rounds.cancel()
+        shaped = [row["shaping"] for row in result.chunk_metrics if "shaping" in row]
+        if shaped and not any(shaped):  # ULTRA-R's bonus scales with trust, which no slot earned here
+            self.log(f"{variant}: the implicit reward never acted (no advice slot earned trust: advice must beat the "
+                     "policy's own actions at its critical states first; a longer refinement or more advice gathers "
+                     "that evidence), so its reward was the env's alone")
         return result
 
     def _report_switch_off(self, result: VariantResult, row: dict[str, Any], seeds: int) -> None:
