@@ -73,7 +73,8 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     assert main(args[:4] + ["1"] + args[5:] + ["--resume"]) == 2
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "jaxmod/Pong-OnePoint",
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1",
+                                    pytest.param("jaxmod/Pong-OnePoint", marks=pytest.mark.slow),
                                     pytest.param("Asterix-MinAtar", marks=pytest.mark.slow),
                                     pytest.param("brax/hopper", marks=[pytest.mark.slow, pytest.mark.timeout(900)])])
 def test_resume_continues_exactly(tmp_path, env_id):
