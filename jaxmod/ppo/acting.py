@@ -27,26 +27,32 @@ class Recording:
     truncated: jax.Array
 
 
+def _plain_unroll(env: VecEnv, net: ActorCritic, params: Params, obs_rms: RunningMeanStd, key: jax.Array,
+                  num_steps: int, record: Callable, deterministic: bool = False):
+    """`generate_unroll` of the policy (its mode with `deterministic`, else samples) from fresh resets of `env`
+    (statistics frozen by the caller), normalisers at `obs_rms`; returns what `record` gathered per step."""
+    k_reset, k_roll = jax.random.split(key)
+    state, _ = env.reset(k_reset)
+    state = state.replace(obs_rms=obs_rms)
+
+    def policy(obs, k):
+        head = net.policy_head(params, obs)
+        return (net.mode(head) if deterministic else net.sample(params, head, k)[0]), None
+
+    return generate_unroll(env, policy, state, env.observe(obs_rms, state.core.obs), k_roll, num_steps, record)[2]
+
+
 def make_collector(env: VecEnv, net: ActorCritic, num_steps: int) -> Callable[..., Recording]:
     """A jitted `collect(params, obs_rms, key) -> Recording` that runs the stochastic policy from fresh
     resets for `num_steps` steps in `env.num_envs` envs, normalisers frozen at `obs_rms` (`generate_unroll`)."""
     env = dataclasses.replace(env, update_stats=False)
 
     def collect(params: Params, obs_rms: RunningMeanStd, key: jax.Array) -> Recording:
-        k_reset, k_roll = jax.random.split(key)
-        state, _ = env.reset(k_reset)
-        state = state.replace(obs_rms=obs_rms)
-
-        def policy(obs, k):
-            return net.sample(params, net.policy_head(params, obs), k)[0], None
-
         def record(state, obs, action, _, res):
             return Recording(core=state.core, obs=state.core.obs, action=action, reward=res.raw_reward,
                              terminated=res.terminated, truncated=res.truncated)
 
-        _, _, rec = generate_unroll(env, policy, state, env.observe(obs_rms, state.core.obs), k_roll, num_steps,
-                                    record)
-        return rec
+        return _plain_unroll(env, net, params, obs_rms, key, num_steps, record)
 
     return jax.jit(collect)
 
@@ -58,20 +64,11 @@ def make_evaluator(env: VecEnv, net: ActorCritic, num_steps: int, deterministic:
     env = dataclasses.replace(env, update_stats=False)
 
     def evaluate(params: Params, obs_rms: RunningMeanStd, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        k_reset, k_roll = jax.random.split(key)
-        state, _ = env.reset(k_reset)
-        state = state.replace(obs_rms=obs_rms)
-
-        def policy(obs, k):
-            head = net.policy_head(params, obs)
-            return (net.mode(head) if deterministic else net.sample(params, head, k)[0]), None
-
         def record(state, obs, action, _, res):  # the return of each episode that ends at this step, summed
             finished = res.episode_done
             return jnp.sum(jnp.where(finished, state.episode_return + res.raw_reward, 0.0)), jnp.sum(finished)
 
-        _, _, (totals, counts) = generate_unroll(env, policy, state, env.observe(obs_rms, state.core.obs), k_roll,
-                                                 num_steps, record)
+        totals, counts = _plain_unroll(env, net, params, obs_rms, key, num_steps, record, deterministic)
         # accumulated in step order, as a running sum is (the same float rounding)
         total = jax.lax.scan(lambda acc, x: (acc + x, None), jnp.float32(0), totals)[0]
         return total / jnp.maximum(jnp.sum(counts), 1), jnp.sum(counts)
@@ -86,19 +83,10 @@ def make_episode_evaluator(env: VecEnv, net: ActorCritic, deterministic: bool = 
     env = dataclasses.replace(env, update_stats=False)
 
     def returns(params: Params, obs_rms: RunningMeanStd, key: jax.Array) -> jax.Array:
-        k_reset, k_roll = jax.random.split(key)
-        state, _ = env.reset(k_reset)
-        state = state.replace(obs_rms=obs_rms)
-
-        def policy(obs, k):
-            head = net.policy_head(params, obs)
-            return (net.mode(head) if deterministic else net.sample(params, head, k)[0]), None
-
         def record(state, obs, action, _, res):
             return res.episode_done, state.episode_return + res.raw_reward
 
-        _, _, (done, ret) = generate_unroll(env, policy, state, env.observe(obs_rms, state.core.obs), k_roll,
-                                            env.core.max_steps, record)
+        done, ret = _plain_unroll(env, net, params, obs_rms, key, env.core.max_steps, record, deterministic)
         first = jnp.argmax(done, axis=0)  # [N] step of each env's first episode end
         return ret[first, jnp.arange(env.num_envs)]
 
