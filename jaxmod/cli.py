@@ -165,12 +165,13 @@ def _run_parser(sub: Any, command: str, text: str, default_out: str) -> argparse
 
 def _check_wandb(args: argparse.Namespace) -> None:
     """--wandb needs the optional wandb package: say so before anything runs."""
-    if getattr(args, "wandb", None):
-        import importlib.util
+    from jaxmod.tracking import TrackingError, check_wandb
 
-        if importlib.util.find_spec("wandb") is None:
-            raise CLIError("--wandb needs the wandb package: pip install wandb (then `wandb login`), or leave "
-                           "--wandb out (TensorBoard event files are written to <out>/tb either way)")
+    try:
+        check_wandb(getattr(args, "wandb", None))
+    except TrackingError as err:
+        raise CLIError(f"{err}, or leave --wandb out (TensorBoard event files are written to <out>/tb either "
+                       "way)") from None
 
 
 def _add_train(sub: Any, argv: Sequence[str]) -> None:
@@ -314,7 +315,6 @@ class _TrainRun:
 
 def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     """Check everything, then resume or start: the config, the run folder and the initial state."""
-    from jaxmod.checkpoint import load_checkpoint
     from jaxmod.parallel import MultiSeed, seed_keys
     from jaxmod.reporting import METRICS_FILE
 
@@ -329,13 +329,7 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     _make_env(ppo)
     _enable_compile_cache()
     if args.resume:
-        try:
-            ckpt = load_checkpoint(out / "checkpoint")
-        except FileNotFoundError as err:
-            raise CLIError(f"{err}: nothing to resume (start the run without --resume)") from None
-        except Exception as err:  # noqa: BLE001 - orbax raises many kinds for a truncated or corrupted file
-            raise CLIError(f"the checkpoint in {out / 'checkpoint'} is damaged and cannot be restored "
-                           f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
+        ckpt = _restore(out / "checkpoint", "nothing to resume (start the run without --resume)")
         if ckpt.num_seeds != config.seeds:
             raise CLIError(f"checkpoint in {out / 'checkpoint'} has {ckpt.num_seeds} seeds, not --seeds {config.seeds}")
         changed = _changed_on_resume(args, ckpt.config, config.ppo)
@@ -372,11 +366,9 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     )
 
     from jaxmod.checkpoint import save_checkpoint
-    from jaxmod.ppo.train import params_finite
+    from jaxmod.ppo.train import seeds_params_finite
     from jaxmod.reporting import METRICS_FILE, PARAMS_FINITE, append_metrics, check_finite
     from jaxmod.tracking import Tracker
-
-    finite_params = jax.jit(jax.vmap(params_finite))
 
     cfg, ppo = run.config, run.config.ppo
     runner, total = run.runner, ppo.num_updates
@@ -401,7 +393,7 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
             run.state, metrics = compiled[n](run.state)
             metrics = jax.device_get(metrics)
             dt = time.perf_counter() - t0
-            check_finite({**metrics, PARAMS_FINITE: finite_params(run.state.params)}, "PPO training",
+            check_finite({**metrics, PARAMS_FINITE: seeds_params_finite(run.state.params)}, "PPO training",
                          f"chunk {chunks_done + 1} (updates {run.done + 1}-{run.done + n} of {total})",
                          f"the run stops before writing this chunk (a checkpoint saved before it is finite); a smaller --lr "
                          f"(now {ppo.lr:g}) may help")
@@ -447,6 +439,20 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     console.print(f"metrics: {out / METRICS_FILE}\ncheckpoint: {out / 'checkpoint'}\ncurve: {png}\n"
                   f"config: {out / CONFIG_FILE}")
     return 0
+
+
+def _restore(where: Path, missing_hint: str):
+    """`load_checkpoint(where)`, its failures as one line: a missing checkpoint (with `missing_hint`), or a damaged
+    one (orbax raises many kinds for a truncated or corrupted file)."""
+    from jaxmod.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(where)
+    except FileNotFoundError as err:
+        raise CLIError(f"{err}: {missing_hint}") from None
+    except Exception as err:  # noqa: BLE001
+        raise CLIError(f"the checkpoint in {where} is damaged and cannot be restored "
+                       f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
 
 
 def _truncate_metrics(path: Path, updates_done: int) -> None:
@@ -684,7 +690,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from jaxmod.checkpoint import META_FILE, load_checkpoint
+    from jaxmod.checkpoint import META_FILE
     from jaxmod.ppo.acting import make_episode_evaluator
     from jaxmod.ppo.train import PPOLearner
     from jaxmod.stats import iqm_ci
@@ -695,10 +701,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     where = run / "checkpoint" if (run / "checkpoint" / META_FILE).exists() else run
     if not (where / META_FILE).exists():
         raise CLIError(f"no checkpoint in {run} (nor in {run / 'checkpoint'}): pass a `jaxmod train --out` folder")
-    try:
-        ckpt = load_checkpoint(where)
-    except Exception as err:  # noqa: BLE001 - orbax raises many kinds for a damaged file
-        raise CLIError(f"the checkpoint in {where} cannot be restored ({type(err).__name__})") from None
+    ckpt = _restore(where, "pass a `jaxmod train --out` folder")
     learner = PPOLearner(ckpt.config)
     returns = make_episode_evaluator(learner.env.replace_num_envs(args.episodes), learner.net, args.deterministic)
     state, key = ckpt.state, jax.random.PRNGKey(args.seed)

@@ -28,6 +28,15 @@ def tag_of(name: str) -> str:
     return f"charts/{name}" if name in CHARTS else f"losses/{name}"
 
 
+def check_wandb(project: str | None) -> None:
+    """Raise `TrackingError` when a W&B `project` is asked for but the optional wandb package is missing."""
+    if project:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise TrackingError("--wandb needs the wandb package: pip install wandb (then `wandb login`)")
+
+
 class Tracker:
     """Writes scalars to `<run>/tb/` (TensorBoard) and, when `wandb_project` is set, to a W&B run. Nothing is
     created before the first scalar (a run refused by a later check leaves no folder); with `fresh`, event files of
@@ -35,11 +44,7 @@ class Tracker:
 
     def __init__(self, run_dir: str | Path, config: Mapping[str, Any] | None = None,
                  wandb_project: str | None = None, fresh: bool = True, purge_step: int | None = None) -> None:
-        if wandb_project:
-            import importlib.util
-
-            if importlib.util.find_spec("wandb") is None:
-                raise TrackingError("--wandb needs the wandb package: pip install wandb (then `wandb login`)")
+        check_wandb(wandb_project)
         self.run_dir, self.dir, self.fresh = Path(run_dir), Path(run_dir) / EVENTS_DIR, fresh
         self.config, self.wandb_project = dict(config or {}), wandb_project
         self.purge_step = purge_step  # a resumed run: events at or after this step (a killed run's) are hidden

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmod.checkpoint import load_checkpoint
+from jaxmod.checkpoint import META_FILE, load_checkpoint
 from jaxmod.envs.describe import DescriberError
 from jaxmod.envs.registry import describer_of
 from jaxmod.envs.sparse import SPARSE_SUFFIX
@@ -42,7 +42,7 @@ def check_teacher(checkpoint_dir: str | Path, env_id: str, what: str = "teacher"
     `env_id` (or of its dense task, for a sparse variant). Reads only the checkpoint's meta.json."""
     from jaxmod.advice.modulation import ModulationError
 
-    meta = Path(checkpoint_dir) / "meta.json"
+    meta = Path(checkpoint_dir) / META_FILE
     if not meta.is_file():
         raise ModulationError(f"no saved policy for the {what} at {checkpoint_dir} (missing meta.json): pass the "
                               "checkpoint/ folder of a `jaxmod train --out DIR` run")

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
@@ -64,6 +65,14 @@ class TrainOutput:
 def params_finite(params: Params) -> jax.Array:
     """bool scalar: every parameter is finite (NaN or inf nowhere); vmap it over a seed axis."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+
+
+_SEEDS_PARAMS_FINITE = jax.jit(jax.vmap(params_finite))
+
+
+def seeds_params_finite(params: Params) -> np.ndarray:
+    """[S] bool on the host: each seed's parameters (a leading seed axis) are all finite (`params_finite`)."""
+    return np.asarray(jax.device_get(_SEEDS_PARAMS_FINITE(params)))
 
 
 def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransformation:

@@ -37,7 +37,7 @@ from jaxmod.methods import BASELINES, METHODS, method
 from jaxmod.parallel import seed_keys
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.config import ConfigError
-from jaxmod.ppo.train import params_finite
+from jaxmod.ppo.train import params_finite, seeds_params_finite
 from jaxmod.reporting import PARAMS_FINITE, NonFiniteError, check_finite, json_safe, seed_summary
 from jaxmod.ultra.advise import CriticalRow
 from jaxmod.ultra.async_advice import AdvisorThread
@@ -145,11 +145,6 @@ def check_advice(advice: Advice, core: Any, capacity: int, seeds: int) -> None:
                               "(advice from another env, or packed for other observation/action shapes)")
 
 
-def _params_finite(params) -> np.ndarray:
-    """[S] bool: each seed's parameters (leading seed axis) are finite."""
-    return np.asarray(jax.device_get(jax.jit(jax.vmap(params_finite))(params)))
-
-
 def _with_normalisers(state, pre_env_state):
     return state.replace(env_state=state.env_state.replace(obs_rms=pre_env_state.obs_rms,
                                                            return_rms=pre_env_state.return_rms))
@@ -230,7 +225,7 @@ class UltraRun:
             if (saved / "meta.json").exists():
                 ckpt = load_checkpoint(saved)
                 if ckpt.config == cfg and ckpt.num_seeds == self.s.seeds:
-                    check_finite({PARAMS_FINITE: _params_finite(ckpt.state.params)}, "PPO pretraining", "",
+                    check_finite({PARAMS_FINITE: seeds_params_finite(ckpt.state.params)}, "PPO pretraining", "",
                                  f"the pre-trained agents saved in {saved} are unusable: delete that folder")
                     self.log(f"loaded {self.s.seeds} pre-trained agents from {saved}")
                     return ckpt.state
