@@ -408,7 +408,7 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
                 f"{n * steps_per_update / dt / 1e3:9.1f}k steps/s"))
             if chunks_done % cfg.checkpoint_every == 0 or run.done >= total or chunks_done == args.max_chunks:
                 save_checkpoint(run.out / "checkpoint", run.state, ppo, num_seeds=cfg.seeds,
-                                meta={"updates_done": run.done})
+                                meta={"updates_done": run.done}, keep=cfg.keep_checkpoints)
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
@@ -443,13 +443,15 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
 def _restore(where: Path, missing_hint: str):
     """`load_checkpoint(where)`, its failures as one line: a missing checkpoint (with `missing_hint`), or a damaged
-    one (orbax raises many kinds for a truncated or corrupted file)."""
-    from jaxmod.checkpoint import load_checkpoint
+    one (naming the file); a damaged newest checkpoint falling back to an earlier one is a warning line."""
+    from jaxmod.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        return load_checkpoint(where)
+        return load_checkpoint(where, warn=lambda text: print(f"jaxmod: warning: {text}", file=sys.stderr))
     except FileNotFoundError as err:
         raise CLIError(f"{err}: {missing_hint}") from None
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
     except Exception as err:  # noqa: BLE001
         raise CLIError(f"the checkpoint in {where} is damaged and cannot be restored "
                        f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
@@ -690,7 +692,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from jaxmod.checkpoint import META_FILE
+    from jaxmod.checkpoint import has_checkpoint
     from jaxmod.ppo.acting import make_episode_evaluator
     from jaxmod.ppo.train import PPOLearner
     from jaxmod.stats import iqm_ci
@@ -698,8 +700,8 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.episodes < 1:
         raise CLIError("--episodes must be >= 1")
     run = Path(args.run)
-    where = run / "checkpoint" if (run / "checkpoint" / META_FILE).exists() else run
-    if not (where / META_FILE).exists():
+    where = run / "checkpoint" if has_checkpoint(run / "checkpoint") else run
+    if not has_checkpoint(where):
         raise CLIError(f"no checkpoint in {run} (nor in {run / 'checkpoint'}): pass a `jaxmod train --out` folder")
     ckpt = _restore(where, "pass a `jaxmod train --out` folder")
     learner = PPOLearner(ckpt.config)

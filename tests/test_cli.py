@@ -53,7 +53,7 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     args = ["train", "--env", "CartPole-v1", "--seeds", "2", "--total-steps", str(4 * 16 * 6), "--out", str(out),
             "--chunks", "3", "--checkpoint-every", "1", "--quiet", *TINY_FLAGS]
     assert main(args) == 0
-    for name in ("metrics.jsonl", "config.json", "curve.png", "checkpoint/meta.json"):
+    for name in ("metrics.jsonl", "config.json", "curve.png", "checkpoint/6/digest.json"):
         assert (out / name).exists(), name
     data = read_metrics(out / "metrics.jsonl")
     assert data["episode_return"].shape == (6, 2)
