@@ -177,7 +177,7 @@ def _check_wandb(args: argparse.Namespace) -> None:
 def _add_train(sub: Any, argv: Sequence[str]) -> None:
     base = _base("train", argv) if _command(argv) == "train" else _base_default("train")
     train = _run_parser(sub, "train", "train PPO on one env for many seeds in one jitted program", "runs/<env>-<time>")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    train.add_argument("--resume", action="store_true", help=RESUME_HELP)
     train.add_argument("--max-chunks", type=parse_int, default=None, metavar="N",
                        help="stop (with a checkpoint) after N chunks in this invocation; continue with --resume")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -322,23 +322,22 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     _check_wandb(args)
     if args.max_chunks is not None and args.max_chunks < 1:
         raise CLIError("--max-chunks must be >= 1 (leave it out to run to the end)")
-    ppo = config.ppo
-    out = Path(args.out or f"runs/{ppo.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or f"runs/{config.ppo.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_out(out)
     _refuse_other_run(out, "train")
-    _make_env(ppo)
+    if args.resume:
+        config = _resume_config(args, out)
+    elif (out / METRICS_FILE).exists():
+        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    _make_env(config.ppo)
     _enable_compile_cache()
     if args.resume:
         ckpt = _restore(out / "checkpoint", "nothing to resume (start the run without --resume)")
-        if ckpt.num_seeds != config.seeds:
-            raise CLIError(f"checkpoint in {out / 'checkpoint'} has {ckpt.num_seeds} seeds, not --seeds {config.seeds}")
-        changed = _changed_on_resume(args, ckpt.config, config.ppo)
-        if changed:
-            raise CLIError(f"--resume continues the saved run as configured, but {'; '.join(changed)}: drop those "
-                           "flags, or start a new run with another --out")
-        config = dataclasses.replace(config, ppo=ckpt.config)
-    elif (out / METRICS_FILE).exists():
-        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if ckpt.num_seeds != config.seeds or ckpt.config != config.ppo:
+            raise CLIError(f"the checkpoint in {out / 'checkpoint'} is not of the run in {out / CONFIG_FILE} "
+                           f"({ckpt.num_seeds} seed(s) of {ckpt.config.env_id}): resume the folder it came from")
+        print(f"note: resuming {out} from update {int(ckpt.state.update_step.reshape(-1)[0])} with every setting "
+              f"from its {CONFIG_FILE}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     runner = MultiSeed(config.ppo, config.seeds)
@@ -474,13 +473,59 @@ def _truncate_metrics(path: Path, updates_done: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["update"] <= updates_done), encoding="utf-8")
 
 
-def _changed_on_resume(args: argparse.Namespace, saved: Any, asked: Any) -> list[str]:
-    """The PPO settings given on the command line that differ from the resumed run's (`saved`), as flag texts."""
-    fields = [fl.path[-1] for fl in _ppo_flags() if hasattr(args, fl.dest)]
-    fields += [f for f, dest in (("total_timesteps", "total_timesteps"), ("env_id", "env"), ("env_options", "env_option"))
-               if hasattr(args, dest)]
-    return [f"{f}={getattr(asked, f)!r} (the run has {getattr(saved, f)!r})" for f in fields
-            if getattr(asked, f) != getattr(saved, f)]
+RESUME_HELP = ("continue the run in --out from its newest intact checkpoint, with every setting from its "
+               "config.json: flags that shape the run (--seeds, --seed, --chunks, --total-steps, --env, --env-option, "
+               "any PPO flag, ...) may be left out, and one given with another value than the run's is refused "
+               "(only --max-chunks, --quiet and --wandb may change)")
+
+
+def _resume_config(args: argparse.Namespace, out: Path) -> TrainConfig:
+    """The config `--resume` continues with: the run's own config.json. A flag given with another value than the
+    run's is refused in one line naming the flag and both values (`RESUME_HELP`)."""
+    from jaxmod.checkpoint import CheckpointError, read_meta
+    from jaxmod.config import ConfigError
+
+    if args.config:
+        raise CLIError(f"--resume takes every setting from {out / CONFIG_FILE}; leave --config out")
+    if not (out / CONFIG_FILE).is_file():
+        raise CLIError(f"nothing to resume in {out} (no {CONFIG_FILE}): start the run without --resume")
+    try:
+        data = read_config_file(out / CONFIG_FILE)
+        data.pop("command", None)
+        if "ppo" not in data and "num_envs" in data:  # a train run of an earlier version: seeds in its checkpoint
+            data = {"ppo": data, "seeds": read_meta(out / "checkpoint")["num_seeds"] or 1}
+        saved = from_dict(TrainConfig, data)
+    except (ConfigError, CheckpointError, FileNotFoundError, KeyError, TypeError) as err:
+        raise CLIError(f"cannot resume {out}: {err}") from None
+    saved_dict = saved.to_dict()
+    asked = _nested(args, saved_dict, _train_flags())
+    changed = []
+    for fl in _train_flags() + _ppo_flags():
+        if hasattr(args, fl.dest):
+            was, now = _at(saved_dict, fl.path), _at(asked, fl.path)
+            if was != now:
+                changed.append(f"{fl.flag} {_text(now)} (the run has {_text(was)})")
+    for flag, key, value in (("--env", "env_id", getattr(args, "env", None)),
+                             ("--total-steps", "total_timesteps", getattr(args, "total_timesteps", None)),
+                             ("--env-option", "env_options", asked["ppo"]["env_options"])):
+        if value is not None and value != saved_dict["ppo"][key]:
+            changed.append(f"{flag} {_text(value)} (the run has {_text(saved_dict['ppo'][key])})")
+    if changed:
+        raise CLIError(f"--resume continues {out} as it was configured, but {'; '.join(changed)}: drop those flags "
+                       "(the run's values are used), or start a new run with another --out")
+    return saved
+
+
+def _at(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for k in path:
+        data = data.get(k) if isinstance(data, dict) else None
+    return data
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "(none)"
+    return show(tuple(value) if isinstance(value, list) else value)
 
 
 def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:

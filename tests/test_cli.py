@@ -94,6 +94,32 @@ def test_resume_continues_exactly(tmp_path, env_id):
     assert (straight["loss"] == resumed["loss"]).all()
 
 
+def test_resume_takes_the_runs_settings_and_falls_back_from_a_damaged_newest_checkpoint(tmp_path, capsys):
+    """Killed after two chunks with a checkpoint after each, the newest one then damaged (a bit flipped in its array
+    data): `train --out X --resume` with no other flag takes every setting from the run, says which checkpoint file
+    is damaged, continues from the previous checkpoint and ends equal to the uninterrupted run."""
+    base = ["train", "--env", "CartPole-v1", "--seeds", "2", "--total-steps", str(4 * 16 * 6), "--chunks", "3",
+            "--quiet", *TINY_FLAGS]
+    assert main(base + ["--out", str(tmp_path / "straight")]) == 0
+    part = tmp_path / "part"
+    assert main(base + ["--out", str(part), "--max-chunks", "2", "--checkpoint-every", "1"]) == 0
+    assert sorted(p.name for p in (part / "checkpoint").iterdir()) == ["2", "4"]
+    data = max((p for p in (part / "checkpoint" / "4" / "state").rglob("*") if p.is_file() and "/d/" in str(p)),
+               key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    data.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(["train", "--out", str(part), "--resume", "--chunks", "3"]) == 0  # a flag with the run's value is fine
+    err = capsys.readouterr().err
+    assert f"jaxmod: warning: {data} is damaged" in err and "restored the checkpoint of update 2 instead" in err
+    assert "with every setting from its config.json" in err
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    resumed = read_metrics(part / "metrics.jsonl")
+    assert resumed["update"].tolist() == list(range(1, 7))
+    assert (straight["loss"] == resumed["loss"]).all() and (straight["episode_return"] == resumed["episode_return"]).all()
+
+
 def test_ultra_replay_of_a_missing_run_is_one_line(tmp_path, capsys):
     code = main(["ultra", "--replay", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -372,7 +398,7 @@ def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_
     capsys.readouterr()
     assert main(base + ["--resume", "--lr", "0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "lr=0.01 (the run has 0.00025)" in err[0]
+    assert len(err) == 1 and "--lr 0.01 (the run has 0.00025)" in err[0]
     assert main(base + ["--resume"]) == 0
     assert "last line was cut mid-write" in capsys.readouterr().err
     rows = read_metrics(metrics)["update"].tolist()
