@@ -287,11 +287,11 @@ def _refuse_other_run(out: Path, command: str) -> None:
 
 
 def _enable_compile_cache() -> None:
-    import jax
+    """The persistent compile cache ($JAXMOD_CACHE_DIR, default ~/.cache/jaxmod/xla); entries that fail to load
+    are replaced (`jaxmod.compile_cache`)."""
+    from jaxmod import compile_cache
 
-    cache = os.environ.get("JAXMOD_CACHE_DIR", str(Path.home() / ".cache" / "jaxmod" / "xla"))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compile_cache.enable(os.environ.get("JAXMOD_CACHE_DIR", str(Path.home() / ".cache" / "jaxmod" / "xla")))
 
 
 # --------------------------------------------------------------------------- jaxmod train
