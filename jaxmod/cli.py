@@ -532,11 +532,20 @@ def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.reporting import METRICS_FILE, plot_curves, read_metrics
 
     run = Path(args.run)
-    if not (run / METRICS_FILE).exists():
+    if not (run / METRICS_FILE).is_file():
         raise CLIError(f"no {METRICS_FILE} in {run}")
-    config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8")) if (run / CONFIG_FILE).exists() else {}
-    env_id = config.get("ppo", config).get("env_id", run.name)  # nested since TrainConfig, flat before
-    data = read_metrics(run / METRICS_FILE)
+    config: Any = {}
+    if (run / CONFIG_FILE).exists():
+        try:
+            config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise CLIError(f"cannot read {run / CONFIG_FILE}: {err}") from None
+    node = config.get("ppo", config) if isinstance(config, dict) else {}  # nested since TrainConfig, flat before
+    env_id = node.get("env_id", run.name) if isinstance(node, dict) else run.name
+    try:
+        data = read_metrics(run / METRICS_FILE)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise CLIError(f"cannot plot {run}: {err}") from None
     png = plot_curves([(env_id, data["env_steps"][:, 0], data["episode_return"])],
                       run / "curve.png", title=f"PPO on {env_id}")
     print(png)
@@ -682,13 +691,21 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
 def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.llm.server import BackendUnavailable, make_server
 
+    if not 0 <= args.port <= 65535:
+        raise CLIError(f"--port must lie in [0, 65535] (0: any free port), got {args.port}")
+    if args.threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {args.threads}")
     answer_fn = None
     if args.backend == "teacher":
         if not args.teacher:
             raise CLIError("--backend teacher needs --teacher CHECKPOINT_DIR (a run's checkpoint/ folder)")
         from jaxmod.advice.teacher import TeacherBackend
+        from jaxmod.checkpoint import CheckpointError
 
-        teacher = TeacherBackend(args.teacher)
+        try:
+            teacher = TeacherBackend(args.teacher)
+        except CheckpointError as err:
+            raise CLIError(f"--teacher {args.teacher}: {err}") from None
         if not teacher.describer.invertible:
             raise CLIError(f"over HTTP the teacher sees only the prompt text, from which {teacher.env_id}'s observations "
                            f"cannot be rebuilt; use it in-process: jaxmod ultra --advisor teacher:{args.teacher}")
@@ -742,8 +759,12 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.ppo.train import PPOLearner
     from jaxmod.stats import iqm_ci
 
+    from jaxmod.config import MAX_SEED
+
     if args.episodes < 1:
         raise CLIError("--episodes must be >= 1")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise CLIError(f"--seed must lie in [0, {MAX_SEED}], got {args.seed}")
     run = Path(args.run)
     where = run / "checkpoint" if has_checkpoint(run / "checkpoint") else run
     if not has_checkpoint(where):
