@@ -755,11 +755,10 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.table import Table
 
     from jaxmod.checkpoint import has_checkpoint
+    from jaxmod.config import MAX_SEED
     from jaxmod.ppo.acting import make_episode_evaluator
     from jaxmod.ppo.train import PPOLearner
     from jaxmod.stats import iqm_ci
-
-    from jaxmod.config import MAX_SEED
 
     if args.episodes < 1:
         raise CLIError("--episodes must be >= 1")

@@ -79,7 +79,7 @@ def _toy_states():
     cfg = PPOConfig(env_id=TOY_ID, num_envs=2, num_steps=4, total_timesteps=2 * 4 * 6, num_minibatches=1)
     state = PPOLearner(cfg).init(jax.random.PRNGKey(0))
     states = {s: state.replace(update_step=jax.numpy.asarray(s, state.update_step.dtype),
-                               params=jax.tree.map(lambda x: x + s, state.params)) for s in (2, 4, 6)}
+                               params=jax.tree.map(lambda x, s=s: x + s, state.params)) for s in (2, 4, 6)}
     return cfg, states
 
 
