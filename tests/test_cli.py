@@ -310,10 +310,12 @@ def test_a_dead_unauthorised_or_misaddressed_advisor_stops_before_pretraining(tm
                  (served.root, "did you mean")]  # 404: the URL lacks /v1
         for url, words in cases:
             out = tmp_path / "run"
-            proc, took = _timed_cli("ultra", "--advisor", url, "--out", str(out), env={"OPENAI_API_KEY": canary})
+            proc, _ = _timed_cli("ultra", "--advisor", url, "--out", str(out), env={"OPENAI_API_KEY": canary})
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
-            assert took < 10 and not out.exists() and canary not in proc.stdout + proc.stderr
+            # stopped before pretraining: nothing written, no agent trained (no timing: CI machines vary)
+            assert not out.exists() and "pretrained" not in proc.stdout + proc.stderr
+            assert canary not in proc.stdout + proc.stderr
 
 
 def test_plot_redraws_a_run_and_refuses_a_folder_without_one(tmp_path, capsys):
