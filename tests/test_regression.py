@@ -23,7 +23,15 @@ end at once (ULTRA-A's first chunk: 86 restarts before, 64 after), so A, R, RA a
 with it, and so was Random, whose evaluation returns stayed the same but whose RND bonus in chunk 2 did not
 (0.42098 -> 0.42127); PPO, JSRL and RICE came out bit for bit the same. In the (untested) Pong set, StateMask-R (restart
 probability 1: 246 restarts in its first chunk before, 151 after) and RICE's restart counts changed, and were
-re-recorded too; every other Pong entry came out the same."""
+re-recorded too; every other Pong entry came out the same.
+
+One implementation changed since (issue 17, one PPO): RICE's mask net trains with `PPOLearner` on a keep/blind
+wrapped env (`jaxmod.baselines.explain.KeepBlindEnv`) instead of a hand-written copy of the PPO update. The update
+is the same (GAE, the clipped loss, `optimise`), but the learner splits its keys its own way (init, per update,
+per step), so the mask nets, the critical states they pick and everything downstream of them differ: StateMask-R
+and RICE (the two methods that use the mask) were re-recorded on both sets (CartPole-v1 final evaluation, seed 0
+/ 1: StateMask-R 49.1 / 46.1 -> 48.1 / 39.9, RICE 44.5 / 47.5 -> 43.8 / 43.6); every other method and the whole
+learner set came out bit for bit the same."""
 
 from __future__ import annotations
 

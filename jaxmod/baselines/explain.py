@@ -1,10 +1,11 @@
 """Explanations that find critical states without an LLM: RICE's StateMask-style mask network, and random.
 
 The mask network (RICE Alg. 1, a simplified StateMask) is a binary policy over "keep the agent's action"
-(0) and "blind it" (1, a uniformly random action instead), trained with our PPO to maximise the return
-plus alpha per blinded step. A step's importance is P(keep | s): where blinding would cost return the
-mask learns to keep. Everything is a pure function of (key, agent params, normaliser), so mask nets for
-many seeds train in one vmapped program.
+(0) and "blind it" (1, a uniformly random action instead), trained with jaxmod's own `PPOLearner` on a
+keep/blind wrapped env (`KeepBlindEnv`: the frozen agent acts inside the env's step) to maximise the return
+plus alpha per blinded step. A step's importance is P(keep | s): where blinding would cost return the mask
+learns to keep. Everything is a pure function of (key, agent params, normaliser), so mask nets for many seeds
+train in one vmapped program.
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jax.flatten_util import ravel_pytree
 
 from jaxmod.advice.arrays import Advice
 from jaxmod.envs import ActionSpace, RunningMeanStd, VecEnv
+from jaxmod.envs.core import CoreState
+from jaxmod.envs.vec_env import StepResult, VecEnvState
 from jaxmod.ppo.acting import Recording
 from jaxmod.ppo.config import PPOConfig
-from jaxmod.ppo.losses import Batch, gae
 from jaxmod.ppo.networks import ActorCritic, Params
-from jaxmod.ppo.train import make_optimizer, optimise
+from jaxmod.ppo.train import PPOLearner, TrainState
 
 KEEP_BLIND = ActionSpace(discrete=True, num_actions=2)
 
@@ -55,58 +56,113 @@ class MaskResult:
 
 
 def random_actions(key: jax.Array, space: ActionSpace, n: int) -> jax.Array:
+    """[n] int32 uniform discrete actions, or [n, *shape] float32 uniform in the box's bounds."""
     if space.discrete:
         return jax.random.randint(key, (n,), 0, space.num_actions)
     return jax.random.uniform(key, (n,) + space.shape, minval=jnp.asarray(space.low), maxval=jnp.asarray(space.high))
 
 
+@struct.dataclass
+class KeepBlindState:
+    """The keep/blind env's state: the wrapped envs' (`inner`, leading axis N), the frozen agent's policy
+    inputs `agent_obs` [N, *obs_shape] and parameters `agent` (one copy, not per env), and `blinded`, int32
+    blinded steps so far (all envs)."""
+
+    inner: VecEnvState
+    agent_obs: jax.Array
+    agent: Params
+    blinded: jax.Array
+
+    @property
+    def last_return(self) -> jax.Array:
+        return self.inner.last_return  # [N] the masked agent's last episode return (the env's own reward)
+
+    @property
+    def last_length(self) -> jax.Array:
+        return self.inner.last_length
+
+    @property
+    def obs_rms(self) -> RunningMeanStd:
+        return self.inner.obs_rms
+
+
+@dataclass(frozen=True)
+class KeepBlindEnv:
+    """`inner` seen by a mask net (RICE Alg. 1): action 0 keeps the frozen agent's greedy action, 1 blinds it (a
+    uniformly random action instead); the learning reward is the env's raw reward plus `alpha` per blinded step.
+    The agent's observation normaliser is frozen (`inner.update_stats` is False) at what `attach` gives it, and
+    the mask net sees the same normalised observations as the agent. Has `VecEnv`'s interface for `PPOLearner`."""
+
+    inner: VecEnv
+    agent_net: ActorCritic
+    alpha: float
+
+    @property
+    def core(self):
+        return self.inner.core
+
+    @property
+    def num_envs(self) -> int:
+        return self.inner.num_envs
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return self.inner.obs_shape
+
+    @property
+    def action_space(self) -> ActionSpace:
+        return KEEP_BLIND
+
+    def fresh_cores(self, key: jax.Array) -> CoreState:
+        return self.inner.fresh_cores(key)
+
+    def reset(self, key: jax.Array) -> tuple[KeepBlindState, jax.Array]:
+        """Start the envs with no agent attached (zero parameters): `attach` the agent before stepping."""
+        inner, obs = self.inner.reset(key)
+        agent = jax.tree.map(jnp.zeros_like, self.agent_net.init(jax.random.PRNGKey(0)))
+        return KeepBlindState(inner=inner, agent_obs=obs, agent=agent, blinded=jnp.int32(0)), obs
+
+    def attach(self, state: TrainState, agent: Params, obs_rms: RunningMeanStd) -> TrainState:
+        """A mask learner's fresh `state` with the frozen agent's parameters and observation normaliser."""
+        inner = state.env_state.inner.replace(obs_rms=obs_rms)
+        obs = self.inner.observe(obs_rms, inner.core.obs)
+        return state.replace(env_state=state.env_state.replace(inner=inner, agent_obs=obs, agent=agent), obs=obs)
+
+    def step(self, key: jax.Array, state: KeepBlindState, blind: jax.Array, reset_cores: CoreState | None = None
+             ) -> tuple[KeepBlindState, StepResult]:
+        """Step every env with the agent's action or, where `blind` [N] is 1, a random one."""
+        k_rand, k_env = jax.random.split(key)
+        agent_action = self.agent_net.mode(self.agent_net.policy_head(state.agent, state.agent_obs))
+        wide = blind.reshape(blind.shape + (1,) * (agent_action.ndim - 1))
+        random = random_actions(k_rand, self.inner.action_space, self.num_envs)
+        inner, res = self.inner.step(k_env, state.inner, jnp.where(wide == 1, random, agent_action), reset_cores)
+        res = res.replace(reward=res.raw_reward + self.alpha * blind.astype(jnp.float32))
+        blinded = state.blinded + jnp.sum(blind).astype(jnp.int32)
+        return KeepBlindState(inner=inner, agent_obs=res.obs, agent=state.agent, blinded=blinded), res
+
+
 def make_mask_trainer(env: VecEnv, agent_net: ActorCritic, mc: MaskConfig
                       ) -> tuple[ActorCritic, Callable[[jax.Array, Params, RunningMeanStd], MaskResult]]:
     """(mask net, `train_mask(key, agent_params, obs_rms) -> MaskResult`); the agent acts greedily and is
-    frozen, its observation normaliser fixed at `obs_rms`."""
+    frozen, its observation normaliser fixed at `obs_rms`. The mask net is `PPOLearner`'s actor-critic on a
+    `KeepBlindEnv` over `mc.num_envs` copies of `env` (no reward normalisation)."""
     cfg = mc.ppo(env.core.env_id)
-    env = dataclasses.replace(env, num_envs=mc.num_envs, update_stats=False, normalize_reward=False)
-    mask_net = ActorCritic(env.obs_shape, KEEP_BLIND, mc.hidden_sizes, "tanh")
-    space = env.action_space
-    hp = cfg.hparams()
+    inner = dataclasses.replace(env, num_envs=mc.num_envs, update_stats=False, normalize_reward=False)
+    learner = PPOLearner(cfg, vec_env=KeepBlindEnv(inner, agent_net, mc.alpha))
 
     def train_mask(key: jax.Array, agent_params: Params, obs_rms: RunningMeanStd) -> MaskResult:
-        k_init, k_env, k_loop = jax.random.split(key, 3)
-        params = mask_net.init(k_init)
-        opt_state = make_optimizer(cfg, hp).init(ravel_pytree(params)[0])
-        env_state, _ = env.reset(k_env)
-        env_state = env_state.replace(obs_rms=obs_rms)
+        state = learner.env.attach(learner.init(key), agent_params, obs_rms)
 
-        def update(carry, key):
-            params, opt_state, env_state = carry
-            k_roll, k_perm = jax.random.split(key)
+        def update(state, _):
+            before = state.env_state.blinded
+            state, metrics = learner.update(state)
+            blind_frac = (state.env_state.blinded - before).astype(jnp.float32) / cfg.batch_size
+            return state, (blind_frac, metrics["episode_return"])
 
-            def step(env_state, k):
-                k_mask, k_rand, k_env = jax.random.split(k, 3)
-                obs = env.observe(obs_rms, env_state.core.obs)
-                agent_action = agent_net.mode(agent_net.policy_head(agent_params, obs))
-                blind, log_prob = mask_net.sample(params, mask_net.policy_head(params, obs), k_mask)
-                wide = blind.reshape(blind.shape + (1,) * (agent_action.ndim - 1))
-                executed = jnp.where(wide == 1, random_actions(k_rand, space, env.num_envs), agent_action)
-                env_state, res = env.step(k_env, env_state, executed)
-                reward = res.raw_reward + mc.alpha * blind.astype(jnp.float32)
-                return env_state, (obs, blind, log_prob, reward, res.terminated, res.episode_done, res.final_obs)
+        state, (blind_frac, ret) = jax.lax.scan(update, state, None, length=cfg.num_updates)
+        return MaskResult(params=state.params, blind_frac=blind_frac, episode_return=ret)
 
-            env_state, (obs, blind, log_prob, reward, term, done, final_obs) = jax.lax.scan(
-                step, env_state, jax.random.split(k_roll, cfg.num_steps))
-            values = mask_net.value(params, obs)
-            advantages = gae(reward, values, mask_net.value(params, final_obs), term, done, hp.gamma, hp.gae_lambda)
-            batch = Batch(obs=obs, action=blind, log_prob=log_prob, value=values, advantage=advantages,
-                          target=advantages + values)
-            batch = jax.tree.map(lambda x: x.reshape((cfg.batch_size,) + x.shape[2:]), batch)
-            params, opt_state, _ = optimise(cfg, mask_net, hp, params, opt_state, batch, k_perm)
-            return (params, opt_state, env_state), (blind.mean(), env_state.last_return.mean())
-
-        (params, _, _), (blind_frac, ret) = jax.lax.scan(update, (params, opt_state, env_state),
-                                                         jax.random.split(k_loop, cfg.num_updates))
-        return MaskResult(params=params, blind_frac=blind_frac, episode_return=ret)
-
-    return mask_net, train_mask
+    return learner.net, train_mask
 
 
 def mask_importance(mask_net: ActorCritic, mask_params: Params, obs: jax.Array) -> jax.Array:

@@ -124,14 +124,22 @@ class PPOLearner:
 
     config: PPOConfig
     modulator: Modulator = Identity()
+    vec_env: Any = None  # the env to learn in; None: `make(config.env_id, ...)` from the config's env fields
 
     def __post_init__(self) -> None:
         # build (and validate) the env and network now: built lazily inside a jit trace, an env that computes
         # constants when constructed (brax loads its model with jnp ops) would keep leaked tracers
+        if self.vec_env is not None and self.vec_env.num_envs != self.config.num_envs:
+            raise ConfigError(f"the env steps {self.vec_env.num_envs} envs but num_envs={self.config.num_envs}: "
+                              "give the config the env's number of envs")
         _ = self.env, self.net
 
     @cached_property
     def env(self) -> VecEnv:
+        """The vectorised env: `vec_env` if given (any object with `VecEnv`'s reset/step/fresh_cores interface,
+        e.g. a wrapper whose actions mean something else), else the config's env id and env fields."""
+        if self.vec_env is not None:
+            return self.vec_env
         c = self.config
         return make(c.env_id, num_envs=c.num_envs, normalize_obs=c.normalize_obs,
                     normalize_reward=c.normalize_reward, reward_gamma=c.gamma, clip_actions=c.clip_actions,
