@@ -34,8 +34,9 @@ import numpy as np
 
 from jaxmod.envs.core import CoreState, EnvCore, EnvError
 
-__all__ = ["FPS", "MAX_FRAMES", "Drawer", "RenderError", "Rendered", "check_render", "drawer_for", "episode_frames",
-           "headless_gl", "record_episode", "register_drawer", "render_episode", "write_gif"]
+__all__ = ["FPS", "MAX_FRAMES", "Drawer", "Episode", "EpisodeRenderer", "RenderError", "Rendered", "check_path",
+           "check_render", "drawer_for", "episode_frames", "headless_gl", "register_drawer", "render_episode",
+           "write_gif"]
 
 FPS = 30  # frames per second of the GIF (jaxmod's choice: one env step per frame, any env)
 MAX_FRAMES = 600  # longer episodes are drawn every k-th step, k = ceil(steps / MAX_FRAMES) (jaxmod's choice)
@@ -77,9 +78,9 @@ def headless_gl() -> None:
         os.environ.setdefault("MUJOCO_GL", "egl")
 
 
-def check_render(core: EnvCore, path: str | Path) -> Drawer:
-    """`core`'s drawer, after checking that it can draw here and that `path` is a writable .gif path (before anything
-    is compiled). Raises `RenderError` (one line: what to do)."""
+def check_path(path: str | Path) -> Path:
+    """`path` as a Path, if it can take a GIF: it ends in .gif, is no folder, and the nearest existing folder above
+    it is writable. Raises `RenderError` (one line: what to do)."""
     path = Path(path)
     if path.suffix.lower() != ".gif":
         raise RenderError(f"--render writes an animated GIF: give a path ending in .gif, not {path.name!r}")
@@ -90,6 +91,13 @@ def check_render(core: EnvCore, path: str | Path) -> Drawer:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise RenderError(f"--render {path}: cannot write in {parent}: choose a folder you can write to")
+    return path
+
+
+def check_render(core: EnvCore, path: str | Path) -> Drawer:
+    """`core`'s drawer, after checking that it can draw here (its `check`) and that `path` can take a GIF
+    (`check_path`); for command lines, before anything is compiled. Raises `RenderError` (one line: what to do)."""
+    check_path(path)
     drawer = drawer_for(core)
     check = getattr(drawer, "check", None)
     if check is not None:
@@ -107,25 +115,45 @@ class Episode:
     episode_return: float
 
 
-def record_episode(env: Any, net: Any, params: Any, obs_rms: Any = None, key: Any = None,
-                   deterministic: bool = False) -> Episode:
-    """The first episode of the policy (`params` of `net`) in `env` (a `VecEnv`) from a plain reset, normalisers
-    frozen at `obs_rms` (None: the identity, only for envs that do not normalise observations), `key` (default
-    PRNGKey(0)) drawing the reset and the actions; its mode action with `deterministic`."""
-    import jax
+class EpisodeRenderer:
+    """Renders policies of one env and network: `renderer(params, path, obs_rms, key) -> Rendered`. The recorder
+    (`make_episode_recorder`) compiles at the first call and serves every later policy of the same shapes (e.g. one
+    agent before and after refinement). `env`: a `VecEnv`; `net`: its `ActorCritic`; `deterministic`: the policy's
+    mode action instead of samples. Raises `RenderError` when the env cannot be drawn here (checked now)."""
 
-    from jaxmod.envs import RunningMeanStd
-    from jaxmod.ppo.acting import make_episode_recorder
+    def __init__(self, env: Any, net: Any, deterministic: bool = False) -> None:
+        from jaxmod.ppo.acting import make_episode_recorder
 
-    if obs_rms is None:
-        if env.normalize_obs:
-            raise ValueError("this env normalises observations: pass the trained state's env_state.obs_rms")
-        obs_rms = RunningMeanStd.create(env.obs_shape)
-    core, done, reward = jax.device_get(make_episode_recorder(env, net, deterministic)(
-        params, obs_rms, jax.random.PRNGKey(0) if key is None else key))
-    steps = int(np.argmax(done)) + 1  # the time limit ends the first episode within max_steps at the latest
-    states = jax.tree.map(lambda x: np.asarray(x[:steps]), core)
-    return Episode(states=states, steps=steps, episode_return=float(np.sum(reward[:steps], dtype=np.float64)))
+        check = getattr(drawer_for(env.core), "check", None)
+        if check is not None:
+            check(env.core)
+        self.env = env
+        self.recorder = make_episode_recorder(env, net, deterministic)
+
+    def record(self, params: Any, obs_rms: Any = None, key: Any = None) -> Episode:
+        """The first episode of the policy `params` from a plain reset, normalisers frozen at `obs_rms` (None: the
+        identity, only for envs that do not normalise observations); `key` (default PRNGKey(0)) draws the reset and
+        the actions."""
+        import jax
+
+        from jaxmod.envs import RunningMeanStd
+
+        if obs_rms is None:
+            if self.env.normalize_obs:
+                raise ValueError("this env normalises observations: pass the trained state's env_state.obs_rms")
+            obs_rms = RunningMeanStd.create(self.env.obs_shape)
+        core, done, reward = jax.device_get(self.recorder(params, obs_rms, jax.random.PRNGKey(0) if key is None
+                                                          else key))
+        steps = int(np.argmax(done)) + 1  # the time limit ends the first episode within max_steps at the latest
+        states = jax.tree.map(lambda x: np.asarray(x[:steps]), core)
+        return Episode(states=states, steps=steps, episode_return=float(np.sum(reward[:steps], dtype=np.float64)))
+
+    def __call__(self, params: Any, path: str | Path, obs_rms: Any = None, key: Any = None) -> Rendered:
+        """Record the policy's first episode (`record`) and write it to `path` (a .gif; folders are made)."""
+        check_path(path)
+        episode = self.record(params, obs_rms, key)
+        frames = episode_frames(self.env.core, episode.states)
+        return Rendered(write_gif(frames, path), len(frames), episode.steps, episode.episode_return)
 
 
 def episode_frames(core: EnvCore, states: CoreState, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
@@ -170,15 +198,14 @@ class Rendered:
 
 def render_episode(env: Any, net: Any, params: Any, path: str | Path, obs_rms: Any = None, key: Any = None,
                    deterministic: bool = False) -> Rendered:
-    """Record the policy's first episode in `env` (`record_episode`) and write it to `path` (.gif).
+    """Record the policy's first episode in `env` from a plain reset and write it to `path` (.gif); see
+    `EpisodeRenderer` (use one to render several policies of the same env and network with one compile).
 
     Example: `learner = PPOLearner(config); out = make_train(config)(key); render_episode(learner.env, learner.net,
     out.state.params, "episode.gif", out.state.env_state.obs_rms)`. Raises `RenderError` when the env cannot be drawn
-    here (checked before the recorder compiles)."""
-    check_render(env.core, path)
-    episode = record_episode(env, net, params, obs_rms, key, deterministic)
-    frames = episode_frames(env.core, episode.states)
-    return Rendered(write_gif(frames, path), len(frames), episode.steps, episode.episode_return)
+    here or `path` is not a writable .gif path (checked before the recorder compiles)."""
+    check_path(path)
+    return EpisodeRenderer(env, net, deterministic)(params, path, obs_rms, key)
 
 
 # --------------------------------------------------------------------------- matplotlib drawers

@@ -203,10 +203,12 @@ class UltraRun:
         self.s, self.out, self.log, self.progress = config, Path(out), log, progress
         self.warn = log if warn is None else warn
         self.render_dir = None if render_dir is None else Path(render_dir)
-        if self.render_dir is not None:
-            from jaxmod.render import check_render
+        self._renderer = None
+        if self.render_dir is not None:  # one recorder for every policy of the run (the same env and network)
+            from jaxmod.render import EpisodeRenderer, check_path
 
-            check_render(self.agent_learner.env.core, self.render_dir / "pretrained.gif")
+            check_path(self.render_dir / "pretrained.gif")
+            self._renderer = EpisodeRenderer(self.agent_learner.env, self.agent_learner.net)
         self.advisor_factory = advisor_factory
         self.tracker = tracker  # a `jaxmod.tracking.Tracker` (or anything with `scalars(values, step)`), or None
         if (self.out / "ultra.json").exists() and not overwrite:
@@ -414,7 +416,7 @@ class UltraRun:
             err.result = result  # what the variant did up to the stop, for the run's summary
             raise
         result.wall_s = loop.wall_s
-        self.render(f"{variant}.gif", learner, loop.state)
+        self.render(f"{variant}.gif", loop.state)
         if rounds is not None:
             st = advisor.advisor.stats.as_dict()
             # every wait for the advisor happens inside the loop's wall time (the first round's too): the overhead
@@ -452,20 +454,19 @@ class UltraRun:
                  "suggestions did significantly worse than the policy's own actions; this variant continues as "
                  "plain PPO there")
 
-    def render(self, name: str, learner: PPOLearner, state) -> None:
-        """With `render_dir`: one episode of the first seed's policy in `state` (seeds batched) to render_dir/name."""
-        if self.render_dir is None:
+    def render(self, name: str, state) -> None:
+        """With `render_dir`: one episode of the first seed's policy in `state` (a train state, seeds batched) to
+        render_dir/name, from the run's render key (the same reset and action draws for every policy)."""
+        if self._renderer is None:
             return
-        from jaxmod.render import render_episode
-
         first = jax.tree.map(lambda x: x[0], state)
-        r = render_episode(learner.env, learner.net, first.params, self.render_dir / name, first.env_state.obs_rms,
+        r = self._renderer(first.params, self.render_dir / name, first.env_state.obs_rms,
                            jax.random.PRNGKey(self.s.seed + 6000))
         self.log(f"rendered seed 0's episode (return {r.episode_return:.1f}, {r.steps} steps) to {r.path}")
 
     def run(self) -> dict[str, VariantResult]:
         pre = self.pretrain()
-        self.render("pretrained.gif", self.agent_learner, pre)
+        self.render("pretrained.gif", pre)
         results: dict[str, VariantResult] = {}
         needs_advisor = any(method(v).critical == "advisor" for v in self.s.variants)
         factory = self.advisor_factory or _advisor_factory(self.s, self.transcript)
