@@ -123,7 +123,8 @@ def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
 
         data = UltraConfig().to_dict() if command == "ultra" else TrainConfig().to_dict()
         data["ppo"]["env_id"] = None
-    env = _peek(argv, "--env") or _peek(argv, "--env-id") or data.get("env_id") or data["ppo"]["env_id"] or DEFAULT_ENV
+    env = (_peek(argv, "--env") or _peek(argv, "--env-id") or data.get("env_id") or data["ppo"]["env_id"]
+           or DEFAULT_ENV)
     if data["ppo"]["env_id"] != env:
         data["ppo"] = default_config(env).to_dict()
     data["ppo"]["env_id"] = env
@@ -141,8 +142,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, base: dict[str, Any], own
     env_group.add_argument("--env", "--env-id", dest="env", default=argparse.SUPPRESS,
                            help=f"env id: a gymnax id, brax/<name> or jaxmod/<name> (default: {env})")
     if with_total_steps:
-        env_group.add_argument("--total-steps", "--total-timesteps", dest="total_timesteps", type=parse_int, default=argparse.SUPPRESS,
-                               metavar="N", help="env steps per seed, e.g. 5e5 (default: "
+        env_group.add_argument("--total-steps", "--total-timesteps", dest="total_timesteps", type=parse_int,
+                               default=argparse.SUPPRESS, metavar="N", help="env steps per seed, e.g. 5e5 (default: "
                                                  f"{show(base['ppo']['total_timesteps'])})")
     env_group.add_argument("--env-option", action="append", type=_env_option, default=argparse.SUPPRESS,
                            metavar="KEY=VALUE", help="backend option, e.g. backend=spring or max_steps_in_episode=200 "

@@ -282,7 +282,7 @@ def _acrobot(core: EnvCore, states: CoreState) -> list[np.ndarray]:
         r = l1 + l2 + 0.2
         ax.set_xlim(-r * SIZE[0] / SIZE[1], r * SIZE[0] / SIZE[1])
         ax.set_ylim(-r, r)
-        ax.axhline(l1, color="0.6", ls="--", lw=1)  # the tip must rise above this line (one link above the pivot)
+        ax.axhline(1.0, color="0.6", ls="--", lw=1)  # goal: the tip above height 1 (-cos a1 - cos(a1 + a2) > 1)
         (links,) = ax.plot([], [], "-o", color="#3b6fc8", lw=4, ms=5, mfc="black")
         tick = _clock(ax, states.time)
 

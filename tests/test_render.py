@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import re
@@ -119,18 +120,23 @@ def test_unknown_env_without_drawer_is_one_line_before_anything_runs(tmp_path, c
 
 
 def test_ultra_quiet_renders_before_and_after_refinement(tmp_path, capsys):
+    """--quiet: stdout holds the final table only; warnings (here: whether ULTRA-R's implicit reward never acted)
+    go to stderr. --render: seed 0's episode before refinement and after each method."""
     out, gifs = tmp_path / "run", tmp_path / "gifs"
     tiny = ["--seeds", "1", "--pretrain-steps", "512", "--refine-steps", "512", "--num-envs", "4", "--num-steps",
             "64", "--num-minibatches", "2", "--update-epochs", "1", "--chunks", "2", "--eval-envs", "2",
-            "--eval-steps", "64"]
-    assert main(["ultra", "--env", "CartPole-v1", "--variant", "PPO", *tiny, "--quiet", "--render", str(gifs),
-                 "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "evaluation return after 512 refinement steps" in printed
-    for chatter in ("jaxmod ultra", "pretrained", "rendered", "outputs:", "eval return"):
-        assert chatter not in printed, chatter
-    assert sorted(p.name for p in gifs.iterdir()) == ["PPO.gif", "pretrained.gif"]
-    for name in ("PPO.gif", "pretrained.gif"):
+            "--eval-steps", "64", "--collect-envs", "2", "--collect-steps", "64", "--episodes-per-round", "1"]
+    assert main(["ultra", "--env", "CartPole-v1", "--variant", "R", "--advisor", "scripted", *tiny, "--quiet",
+                 "--render", str(gifs), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "evaluation return after 512 refinement steps" in captured.out
+    for chatter in ("jaxmod ultra", "pretrained", "rendered", "outputs:", "eval return", "advisor (R)", "warning"):
+        assert chatter not in captured.out, chatter
+    shaped = [c["shaping"] for c in json.loads((out / "ultra.json").read_text())["R"]["chunks"]]
+    warned = "jaxmod: warning: R: the implicit reward never acted" in captured.err
+    assert warned == (not any(shaped))
+    assert sorted(p.name for p in gifs.iterdir()) == ["PPO.gif", "R.gif", "pretrained.gif"]
+    for name in ("PPO.gif", "R.gif", "pretrained.gif"):
         assert _gif(gifs / name)[0] > 1
 
 
@@ -158,12 +164,12 @@ def test_each_built_in_drawer_draws_the_state(env_id):
     assert any(not np.array_equal(frames[0], f) for f in frames[1:])
 
 
-def _brax_subprocess(args: list[str], gl: str | None) -> subprocess.CompletedProcess:
+def _brax_subprocess(args: list[str], gl: str | None, timeout: int = 380) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
     if gl is not None:
         env["MUJOCO_GL"] = gl
-    return subprocess.run([sys.executable, "-m", "jaxmod.cli", *args], capture_output=True, text=True, timeout=380,
-                          env=env)
+    return subprocess.run([sys.executable, "-m", "jaxmod.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 def test_brax_without_opengl_is_one_line_before_anything_runs(tmp_path):
@@ -177,15 +183,17 @@ def test_brax_without_opengl_is_one_line_before_anything_runs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_eval_renders_a_brax_episode(tmp_path):
     """A tiny brax run, evaluated and rendered with MuJoCo's renderer (EGL on a headless machine: the CLI picks it
     when MUJOCO_GL is unset). Minutes on a CPU: brax compiles three programs."""
     run, gif = tmp_path / "brax", tmp_path / "brax.gif"
     tiny = ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "1"]
     proc = _brax_subprocess(["train", "--env", "brax/inverted_pendulum", "--env-option", "episode_length=50",
-                             "--seeds", "1", "--total-steps", "64", "--quiet", *tiny, "--out", str(run)], gl=None)
+                             "--seeds", "1", "--total-steps", "64", "--quiet", *tiny, "--out", str(run)], gl=None,
+                            timeout=700)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = _brax_subprocess(["eval", str(run), "--episodes", "2", "--render", str(gif)], gl=None)
+    proc = _brax_subprocess(["eval", str(run), "--episodes", "2", "--render", str(gif)], gl=None, timeout=700)
     assert proc.returncode == 0, proc.stderr[-2000:]
     frames, size = _gif(gif)
     assert frames > 1 and size == render.SIZE
