@@ -63,13 +63,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 def ensure_teacher(env_id: str, steps: int, agents: Path, log, overrides: tuple = ()) -> str:
     """A saved stronger PPO agent for `env_id`'s dense task (sparse variants share it): the advisor spec.
     It trains with the agents' config `overrides` (same backend and network) for `steps` env steps."""
-    from jaxmod.checkpoint import save_checkpoint
+    from jaxmod.checkpoint import has_checkpoint, save_checkpoint
     from jaxmod.ppo import PPOLearner, default_config
 
     dense = env_id.removesuffix(SPARSE_SUFFIX)
     tag = f"-{hashlib.sha1(repr(tuple(overrides)).encode()).hexdigest()[:8]}" if overrides else ""
     where = agents / f"teacher-{dense.replace('/', '_')}-{steps}{tag}"
-    if not (where / "meta.json").exists():
+    if not has_checkpoint(where):
         import jax
 
         cfg = default_config(dense, **{**dict(overrides), "total_timesteps": steps})

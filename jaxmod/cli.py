@@ -178,7 +178,7 @@ def _check_wandb(args: argparse.Namespace) -> None:
 def _add_train(sub: Any, argv: Sequence[str]) -> None:
     base = _base("train", argv) if _command(argv) == "train" else _base_default("train")
     train = _run_parser(sub, "train", "train PPO on one env for many seeds in one jitted program", "runs/<env>-<time>")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out (default: off)")
+    train.add_argument("--resume", action="store_true", help=f"{RESUME_HELP} (default: off)")
     train.add_argument("--max-chunks", type=parse_int, default=None, metavar="N",
                        help="stop (with a checkpoint) after N chunks in this invocation; continue with --resume "
                             "(default: all chunks)")
@@ -320,11 +320,11 @@ def _refuse_other_run(out: Path, command: str) -> None:
 
 
 def _enable_compile_cache() -> None:
-    import jax
+    """The persistent compile cache ($JAXMOD_CACHE_DIR, default ~/.cache/jaxmod/xla); entries that fail to load
+    are replaced (`jaxmod.compile_cache`)."""
+    from jaxmod import compile_cache
 
-    cache = os.environ.get("JAXMOD_CACHE_DIR", str(Path.home() / ".cache" / "jaxmod" / "xla"))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compile_cache.enable(os.environ.get("JAXMOD_CACHE_DIR", str(Path.home() / ".cache" / "jaxmod" / "xla")))
 
 
 # --------------------------------------------------------------------------- jaxmod train
@@ -355,23 +355,22 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     _check_wandb(args)
     if args.max_chunks is not None and args.max_chunks < 1:
         raise CLIError("--max-chunks must be >= 1 (leave it out to run to the end)")
-    ppo = config.ppo
-    out = Path(args.out or f"runs/{ppo.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or f"runs/{config.ppo.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_out(out)
     _refuse_other_run(out, "train")
-    _make_env(ppo)
+    if args.resume:
+        config = _resume_config(args, out)
+    elif (out / METRICS_FILE).exists():
+        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    _make_env(config.ppo)
     _enable_compile_cache()
     if args.resume:
         ckpt = _restore(out / "checkpoint", "nothing to resume (start the run without --resume)")
-        if ckpt.num_seeds != config.seeds:
-            raise CLIError(f"checkpoint in {out / 'checkpoint'} has {ckpt.num_seeds} seeds, not --seeds {config.seeds}")
-        changed = _changed_on_resume(args, ckpt.config, config.ppo)
-        if changed:
-            raise CLIError(f"--resume continues the saved run as configured, but {'; '.join(changed)}: drop those "
-                           "flags, or start a new run with another --out")
-        config = dataclasses.replace(config, ppo=ckpt.config)
-    elif (out / METRICS_FILE).exists():
-        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if ckpt.num_seeds != config.seeds or ckpt.config != config.ppo:
+            raise CLIError(f"the checkpoint in {out / 'checkpoint'} is not of the run in {out / CONFIG_FILE} "
+                           f"({ckpt.num_seeds} seed(s) of {ckpt.config.env_id}): resume the folder it came from")
+        print(f"note: resuming {out} from update {int(ckpt.state.update_step.reshape(-1)[0])} with every setting "
+              f"from its {CONFIG_FILE}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     runner = MultiSeed(config.ppo, config.seeds)
@@ -441,7 +440,7 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
                 f"{n * steps_per_update / dt / 1e3:9.1f}k steps/s"))
             if chunks_done % cfg.checkpoint_every == 0 or run.done >= total or chunks_done == args.max_chunks:
                 save_checkpoint(run.out / "checkpoint", run.state, ppo, num_seeds=cfg.seeds,
-                                meta={"updates_done": run.done})
+                                meta={"updates_done": run.done}, keep=cfg.keep_checkpoints)
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
@@ -478,13 +477,15 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
 def _restore(where: Path, missing_hint: str):
     """`load_checkpoint(where)`, its failures as one line: a missing checkpoint (with `missing_hint`), or a damaged
-    one (orbax raises many kinds for a truncated or corrupted file)."""
-    from jaxmod.checkpoint import load_checkpoint
+    one (naming the file); a damaged newest checkpoint falling back to an earlier one is a warning line."""
+    from jaxmod.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        return load_checkpoint(where)
+        return load_checkpoint(where, warn=lambda text: print(f"jaxmod: warning: {text}", file=sys.stderr))
     except FileNotFoundError as err:
         raise CLIError(f"{err}: {missing_hint}") from None
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
     except Exception as err:  # noqa: BLE001
         raise CLIError(f"the checkpoint in {where} is damaged and cannot be restored "
                        f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
@@ -507,24 +508,79 @@ def _truncate_metrics(path: Path, updates_done: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["update"] <= updates_done), encoding="utf-8")
 
 
-def _changed_on_resume(args: argparse.Namespace, saved: Any, asked: Any) -> list[str]:
-    """The PPO settings given on the command line that differ from the resumed run's (`saved`), as flag texts."""
-    fields = [fl.path[-1] for fl in _ppo_flags() if hasattr(args, fl.dest)]
-    fields += [f for f, dest in (("total_timesteps", "total_timesteps"), ("env_id", "env"), ("env_options", "env_option"))
-               if hasattr(args, dest)]
-    return [f"{f}={getattr(asked, f)!r} (the run has {getattr(saved, f)!r})" for f in fields
-            if getattr(asked, f) != getattr(saved, f)]
+RESUME_HELP = ("continue the run in --out from its newest intact checkpoint, with every setting from its "
+               "config.json: flags that shape the run (--seeds, --seed, --chunks, --total-steps, --env, --env-option, "
+               "any PPO flag, ...) may be left out, and one given with another value than the run's is refused "
+               "(only --max-chunks, --quiet and --wandb may change)")
+
+
+def _resume_config(args: argparse.Namespace, out: Path) -> TrainConfig:
+    """The config `--resume` continues with: the run's own config.json. A flag given with another value than the
+    run's is refused in one line naming the flag and both values (`RESUME_HELP`)."""
+    from jaxmod.checkpoint import CheckpointError, read_meta
+    from jaxmod.config import ConfigError
+
+    if args.config:
+        raise CLIError(f"--resume takes every setting from {out / CONFIG_FILE}; leave --config out")
+    if not (out / CONFIG_FILE).is_file():
+        raise CLIError(f"nothing to resume in {out} (no {CONFIG_FILE}): start the run without --resume")
+    try:
+        data = read_config_file(out / CONFIG_FILE)
+        data.pop("command", None)
+        if "ppo" not in data and "num_envs" in data:  # a train run of an earlier version: seeds in its checkpoint
+            data = {"ppo": data, "seeds": read_meta(out / "checkpoint")["num_seeds"] or 1}
+        saved = from_dict(TrainConfig, data)
+    except (ConfigError, CheckpointError, FileNotFoundError, KeyError, TypeError) as err:
+        raise CLIError(f"cannot resume {out}: {err}") from None
+    saved_dict = saved.to_dict()
+    asked = _nested(args, saved_dict, _train_flags())
+    changed = []
+    for fl in _train_flags() + _ppo_flags():
+        if hasattr(args, fl.dest):
+            was, now = _at(saved_dict, fl.path), _at(asked, fl.path)
+            if was != now:
+                changed.append(f"{fl.flag} {_text(now)} (the run has {_text(was)})")
+    for flag, key, value in (("--env", "env_id", getattr(args, "env", None)),
+                             ("--total-steps", "total_timesteps", getattr(args, "total_timesteps", None)),
+                             ("--env-option", "env_options", asked["ppo"]["env_options"])):
+        if value is not None and value != saved_dict["ppo"][key]:
+            changed.append(f"{flag} {_text(value)} (the run has {_text(saved_dict['ppo'][key])})")
+    if changed:
+        raise CLIError(f"--resume continues {out} as it was configured, but {'; '.join(changed)}: drop those flags "
+                       "(the run's values are used), or start a new run with another --out")
+    return saved
+
+
+def _at(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for k in path:
+        data = data.get(k) if isinstance(data, dict) else None
+    return data
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "(none)"
+    return show(tuple(value) if isinstance(value, list) else value)
 
 
 def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.reporting import METRICS_FILE, plot_curves, read_metrics
 
     run = Path(args.run)
-    if not (run / METRICS_FILE).exists():
+    if not (run / METRICS_FILE).is_file():
         raise CLIError(f"no {METRICS_FILE} in {run}")
-    config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8")) if (run / CONFIG_FILE).exists() else {}
-    env_id = config.get("ppo", config).get("env_id", run.name)  # nested since TrainConfig, flat before
-    data = read_metrics(run / METRICS_FILE)
+    config: Any = {}
+    if (run / CONFIG_FILE).exists():
+        try:
+            config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise CLIError(f"cannot read {run / CONFIG_FILE}: {err}") from None
+    node = config.get("ppo", config) if isinstance(config, dict) else {}  # nested since TrainConfig, flat before
+    env_id = node.get("env_id", run.name) if isinstance(node, dict) else run.name
+    try:
+        data = read_metrics(run / METRICS_FILE)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise CLIError(f"cannot plot {run}: {err}") from None
     png = plot_curves([(env_id, data["env_steps"][:, 0], data["episode_return"])],
                       run / "curve.png", title=f"PPO on {env_id}")
     print(png)
@@ -694,13 +750,21 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
 def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.llm.server import BackendUnavailable, make_server
 
+    if not 0 <= args.port <= 65535:
+        raise CLIError(f"--port must lie in [0, 65535] (0: any free port), got {args.port}")
+    if args.threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {args.threads}")
     answer_fn = None
     if args.backend == "teacher":
         if not args.teacher:
             raise CLIError("--backend teacher needs --teacher CHECKPOINT_DIR (a run's checkpoint/ folder)")
         from jaxmod.advice.teacher import TeacherBackend
+        from jaxmod.checkpoint import CheckpointError
 
-        teacher = TeacherBackend(args.teacher)
+        try:
+            teacher = TeacherBackend(args.teacher)
+        except CheckpointError as err:
+            raise CLIError(f"--teacher {args.teacher}: {err}") from None
         if not teacher.describer.invertible:
             raise CLIError(f"over HTTP the teacher sees only the prompt text, from which {teacher.env_id}'s observations "
                            f"cannot be rebuilt; use it in-process: jaxmod ultra --advisor teacher:{args.teacher}")
@@ -749,20 +813,23 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from jaxmod.checkpoint import META_FILE
+    from jaxmod.checkpoint import has_checkpoint
+    from jaxmod.config import MAX_SEED
     from jaxmod.ppo.acting import make_episode_evaluator
     from jaxmod.ppo.train import PPOLearner
     from jaxmod.stats import iqm_ci
 
     if args.episodes < 1:
         raise CLIError("--episodes must be >= 1")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise CLIError(f"--seed must lie in [0, {MAX_SEED}], got {args.seed}")
     if args.render:
         from jaxmod.render import headless_gl
 
         headless_gl()  # before brax imports mujoco
     run = Path(args.run)
-    where = run / "checkpoint" if (run / "checkpoint" / META_FILE).exists() else run
-    if not (where / META_FILE).exists():
+    where = run / "checkpoint" if has_checkpoint(run / "checkpoint") else run
+    if not has_checkpoint(where):
         raise CLIError(f"no checkpoint in {run} (nor in {run / 'checkpoint'}): pass a `jaxmod train --out` folder")
     ckpt = _restore(where, "pass a `jaxmod train --out` folder")
     learner = PPOLearner(ckpt.config)

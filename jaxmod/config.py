@@ -29,6 +29,7 @@ from typing import Any
 from jaxmod.ppo.config import ConfigError, PPOConfig, default_config
 
 CONFIG_FILE = "config.json"
+KEEP_CHECKPOINTS = 2  # checkpoints kept per folder: the newest, and one to fall back to if it is damaged
 
 
 # --------------------------------------------------------------------------- field documentation
@@ -333,11 +334,13 @@ class TrainConfig:
     seed: int = 0  # base seed
     chunks: int = 20  # progress/checkpoint chunks
     checkpoint_every: int = 5  # save a checkpoint every N chunks (and at the end)
+    keep_checkpoints: int = KEEP_CHECKPOINTS  # checkpoints kept in <out>/checkpoint: the newest and the ones a
+    # damaged newest falls back to (jaxmod's choice)
 
     def __post_init__(self) -> None:
         check_fields(self)
         check_fields(self.ppo)
-        positive(self, ("seeds", "chunks", "checkpoint_every"))
+        positive(self, ("seeds", "chunks", "checkpoint_every", "keep_checkpoints"))
         check_seed(self)
 
     @classmethod

@@ -53,7 +53,7 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     args = ["train", "--env", "CartPole-v1", "--seeds", "2", "--total-steps", str(4 * 16 * 6), "--out", str(out),
             "--chunks", "3", "--checkpoint-every", "1", "--quiet", *TINY_FLAGS]
     assert main(args) == 0
-    for name in ("metrics.jsonl", "config.json", "curve.png", "checkpoint/meta.json"):
+    for name in ("metrics.jsonl", "config.json", "curve.png", "checkpoint/6/digest.json"):
         assert (out / name).exists(), name
     data = read_metrics(out / "metrics.jsonl")
     assert data["episode_return"].shape == (6, 2)
@@ -92,6 +92,32 @@ def test_resume_continues_exactly(tmp_path, env_id):
     straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     resumed = read_metrics(part / "metrics.jsonl")
     assert (straight["loss"] == resumed["loss"]).all()
+
+
+def test_resume_takes_the_runs_settings_and_falls_back_from_a_damaged_newest_checkpoint(tmp_path, capsys):
+    """Killed after two chunks with a checkpoint after each, the newest one then damaged (a bit flipped in its array
+    data): `train --out X --resume` with no other flag takes every setting from the run, says which checkpoint file
+    is damaged, continues from the previous checkpoint and ends equal to the uninterrupted run."""
+    base = ["train", "--env", "CartPole-v1", "--seeds", "2", "--total-steps", str(4 * 16 * 6), "--chunks", "3",
+            "--quiet", *TINY_FLAGS]
+    assert main(base + ["--out", str(tmp_path / "straight")]) == 0
+    part = tmp_path / "part"
+    assert main(base + ["--out", str(part), "--max-chunks", "2", "--checkpoint-every", "1"]) == 0
+    assert sorted(p.name for p in (part / "checkpoint").iterdir()) == ["2", "4"]
+    data = max((p for p in (part / "checkpoint" / "4" / "state").rglob("*") if p.is_file() and "/d/" in str(p)),
+               key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    data.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(["train", "--out", str(part), "--resume", "--chunks", "3"]) == 0  # a flag with the run's value is fine
+    err = capsys.readouterr().err
+    assert f"jaxmod: warning: {data} is damaged" in err and "restored the checkpoint of update 2 instead" in err
+    assert "with every setting from its config.json" in err
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    resumed = read_metrics(part / "metrics.jsonl")
+    assert resumed["update"].tolist() == list(range(1, 7))
+    assert (straight["loss"] == resumed["loss"]).all() and (straight["episode_return"] == resumed["episode_return"]).all()
 
 
 def test_ultra_replay_of_a_missing_run_is_one_line(tmp_path, capsys):
@@ -284,10 +310,12 @@ def test_a_dead_unauthorised_or_misaddressed_advisor_stops_before_pretraining(tm
                  (served.root, "did you mean")]  # 404: the URL lacks /v1
         for url, words in cases:
             out = tmp_path / "run"
-            proc, took = _timed_cli("ultra", "--advisor", url, "--out", str(out), env={"OPENAI_API_KEY": canary})
+            proc, _ = _timed_cli("ultra", "--advisor", url, "--out", str(out), env={"OPENAI_API_KEY": canary})
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
-            assert took < 10 and not out.exists() and canary not in proc.stdout + proc.stderr
+            # stopped before pretraining: nothing written, no agent trained (no timing: CI machines vary)
+            assert not out.exists() and "pretrained" not in proc.stdout + proc.stderr
+            assert canary not in proc.stdout + proc.stderr
 
 
 def test_plot_redraws_a_run_and_refuses_a_folder_without_one(tmp_path, capsys):
@@ -372,7 +400,7 @@ def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_
     capsys.readouterr()
     assert main(base + ["--resume", "--lr", "0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "lr=0.01 (the run has 0.00025)" in err[0]
+    assert len(err) == 1 and "--lr 0.01 (the run has 0.00025)" in err[0]
     assert main(base + ["--resume"]) == 0
     assert "last line was cut mid-write" in capsys.readouterr().err
     rows = read_metrics(metrics)["update"].tolist()

@@ -195,7 +195,7 @@ def test_a_missing_or_foreign_teacher_is_refused_before_anything_runs(taught, tm
     from jaxmod.cli import main
 
     folder = taught("CartPole-v1").folder
-    for flags, says in ((["--advisor", f"teacher:{tmp_path / 'none'}"], "missing meta.json"),
+    for flags, says in ((["--advisor", f"teacher:{tmp_path / 'none'}"], "no checkpoint there"),
                         (["--advisor-reference", str(folder), "--env", "Acrobot-v1"], "trained on CartPole-v1")):
         assert main(["ultra", "--out", str(tmp_path / "run"), *flags]) == 2
         assert says in capsys.readouterr().err

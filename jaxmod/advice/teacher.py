@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmod.checkpoint import META_FILE, load_checkpoint
+from jaxmod.checkpoint import CheckpointError, load_checkpoint, read_meta
 from jaxmod.envs.describe import DescriberError
 from jaxmod.envs.registry import describer_of
 from jaxmod.envs.sparse import SPARSE_SUFFIX
@@ -39,14 +39,17 @@ AGREE_TOLERANCE = 0.1  # continuous actions agree within this share of the actio
 
 def check_teacher(checkpoint_dir: str | Path, env_id: str, what: str = "teacher") -> None:
     """Raise `ModulationError` (one line, before anything runs) unless `checkpoint_dir` holds a saved policy of
-    `env_id` (or of its dense task, for a sparse variant). Reads only the checkpoint's meta.json."""
+    `env_id` (or of its dense task, for a sparse variant). Reads only the checkpoint's metadata."""
     from jaxmod.advice.modulation import ModulationError
 
-    meta = Path(checkpoint_dir) / META_FILE
-    if not meta.is_file():
-        raise ModulationError(f"no saved policy for the {what} at {checkpoint_dir} (missing meta.json): pass the "
-                              "checkpoint/ folder of a `jaxmod train --out DIR` run")
-    saved = json.loads(meta.read_text(encoding="utf-8")).get("config", {}).get("env_id", "")
+    try:
+        record = read_meta(checkpoint_dir)
+    except FileNotFoundError:
+        raise ModulationError(f"no saved policy for the {what} at {checkpoint_dir} (no checkpoint there): pass the "
+                              "checkpoint/ folder of a `jaxmod train --out DIR` run") from None
+    except CheckpointError as err:
+        raise ModulationError(f"the {what} at {checkpoint_dir} cannot be read: {err}") from None
+    saved = record.get("config", {}).get("env_id", "")
     if saved.removesuffix(SPARSE_SUFFIX) != env_id.removesuffix(SPARSE_SUFFIX):
         raise ModulationError(f"the {what} at {checkpoint_dir} was trained on {saved}, not {env_id}: train one on "
                               f"{env_id} with `jaxmod train --env {env_id} --out DIR`")

@@ -84,6 +84,8 @@ class PPOConfig:
             raise ConfigError("gamma and gae_lambda must lie in [0, 1]")
         if self.lr <= 0 or self.clip_eps <= 0 or self.max_grad_norm <= 0:
             raise ConfigError("lr, clip_eps and max_grad_norm must be > 0")
+        if self.vf_coef < 0 or self.ent_coef < 0:
+            raise ConfigError(f"vf_coef and ent_coef must be >= 0, got {self.vf_coef:g} and {self.ent_coef:g}")
         if self.prng_impl not in PRNG_IMPLS:
             raise ConfigError(f"prng_impl must be one of {', '.join(PRNG_IMPLS)}, got {self.prng_impl!r}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:

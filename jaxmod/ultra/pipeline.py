@@ -233,13 +233,17 @@ class UltraRun:
         cfg = learner.config
         saved = None
         if self.s.agents_dir:
-            from jaxmod.checkpoint import load_checkpoint, save_checkpoint
+            from jaxmod.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
 
             tag = f"{cfg.env_id.replace('/', '_')}-{self.s.pretrain_steps}steps-{self.s.seeds}x{self.s.seed}"
             saved = Path(self.s.agents_dir) / tag
-            if (saved / "meta.json").exists():
-                ckpt = load_checkpoint(saved)
-                if ckpt.config == cfg and ckpt.num_seeds == self.s.seeds:
+            ckpt = None
+            if has_checkpoint(saved):
+                try:
+                    ckpt = load_checkpoint(saved, warn=self.log)
+                except CheckpointError as err:
+                    self.log(f"{err}; pretraining the agents again")
+                if ckpt is not None and ckpt.config == cfg and ckpt.num_seeds == self.s.seeds:
                     check_finite({PARAMS_FINITE: seeds_params_finite(ckpt.state.params)}, "PPO pretraining", "",
                                  f"the pre-trained agents saved in {saved} are unusable: delete that folder")
                     self.log(f"loaded {self.s.seeds} pre-trained agents from {saved}")
