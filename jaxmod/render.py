@@ -213,7 +213,7 @@ def _mpl_frames(n: int, setup: Callable[[Any], tuple[Callable[[int], None], list
                 ) -> list[np.ndarray]:
     """`n` frames of one figure: `setup(ax)` draws the static scene and returns `(update, artists)`, where
     `update(i)` moves `artists` to state i. The static scene is drawn once; each frame redraws only `artists`
-    (blitting: about 10x faster than a full draw)."""
+    (blitting)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
