@@ -123,7 +123,8 @@ def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
 
         data = UltraConfig().to_dict() if command == "ultra" else TrainConfig().to_dict()
         data["ppo"]["env_id"] = None
-    env = _peek(argv, "--env") or data.get("env_id") or data["ppo"]["env_id"] or DEFAULT_ENV
+    env = (_peek(argv, "--env") or _peek(argv, "--env-id") or data.get("env_id") or data["ppo"]["env_id"]
+           or DEFAULT_ENV)
     if data["ppo"]["env_id"] != env:
         data["ppo"] = default_config(env).to_dict()
     data["ppo"]["env_id"] = env
@@ -138,11 +139,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, base: dict[str, Any], own
     env = base["ppo"]["env_id"]
     add_flags(parser.add_argument_group(title), own, _defaults(base, own))
     env_group = parser.add_argument_group(f"env and PPO config (defaults: the preset for {env}; --env changes them)")
-    env_group.add_argument("--env", dest="env", default=argparse.SUPPRESS,
+    env_group.add_argument("--env", "--env-id", dest="env", default=argparse.SUPPRESS,
                            help=f"env id: a gymnax id, brax/<name> or jaxmod/<name> (default: {env})")
     if with_total_steps:
-        env_group.add_argument("--total-steps", dest="total_timesteps", type=parse_int, default=argparse.SUPPRESS,
-                               metavar="N", help="env steps per seed, e.g. 5e5 (default: "
+        env_group.add_argument("--total-steps", "--total-timesteps", dest="total_timesteps", type=parse_int,
+                               default=argparse.SUPPRESS, metavar="N", help="env steps per seed, e.g. 5e5 (default: "
                                                  f"{show(base['ppo']['total_timesteps'])})")
     env_group.add_argument("--env-option", action="append", type=_env_option, default=argparse.SUPPRESS,
                            metavar="KEY=VALUE", help="backend option, e.g. backend=spring or max_steps_in_episode=200 "
@@ -155,11 +156,11 @@ def _run_parser(sub: Any, command: str, text: str, default_out: str) -> argparse
     """A run command's parser with the flags `train` and `ultra` share: `--config` and `--out`."""
     parser = sub.add_parser(command, help=text)
     parser.add_argument("--config", default=None, metavar="CONFIG_JSON",
-                        help="start from a run's config.json (re-run it); other flags override it")
-    parser.add_argument("--out", default=None, help=f"run folder (default {default_out})")
+                        help="start from a run's config.json (re-run it); other flags override it (default: none)")
+    parser.add_argument("--out", default=None, help=f"run folder (default: {default_out})")
     parser.add_argument("--wandb", default=None, metavar="PROJECT",
                         help="also log to this Weights & Biases project (needs `pip install wandb`); TensorBoard "
-                             "event files are always written to <out>/tb")
+                             "event files are always written to <out>/tb (default: off)")
     return parser
 
 
@@ -177,10 +178,13 @@ def _check_wandb(args: argparse.Namespace) -> None:
 def _add_train(sub: Any, argv: Sequence[str]) -> None:
     base = _base("train", argv) if _command(argv) == "train" else _base_default("train")
     train = _run_parser(sub, "train", "train PPO on one env for many seeds in one jitted program", "runs/<env>-<time>")
-    train.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    train.add_argument("--resume", action="store_true", help=f"{RESUME_HELP} (default: off)")
     train.add_argument("--max-chunks", type=parse_int, default=None, metavar="N",
-                       help="stop (with a checkpoint) after N chunks in this invocation; continue with --resume")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+                       help="stop (with a checkpoint) after N chunks in this invocation; continue with --resume "
+                            "(default: all chunks)")
+    train.add_argument("--quiet", action="store_true",
+                       help="print only warnings, errors and the final table: no header, progress bar or paths "
+                            "(default: off)")
     _add_config_flags(train, base, _train_flags(), "run", with_total_steps=True)
 
 
@@ -188,11 +192,18 @@ def _add_ultra(sub: Any, argv: Sequence[str]) -> None:
     base = _base("ultra", argv) if _command(argv) == "ultra" else _base_default("ultra")
     ultra = _run_parser(sub, "ultra", "ULTRA: pretrain, ask the advisor, refine with A/R/RA vs continued PPO",
                         "runs/ultra-<env>-<time>")
-    ultra.add_argument("--overwrite", action="store_true", help="replace the run in --out (never appended to)")
+    ultra.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (never appended to) (default: off)")
     ultra.add_argument("--replay", default=None, metavar="RUN_DIR",
                        help="re-run a finished run exactly: its config, its transcript as the advisor and its "
-                            "advice swap schedule (other flags except --out and --overwrite are ignored)")
-    ultra.add_argument("--llm-url", default=None, help="same as --advisor <url>")
+                            "advice swap schedule (other flags except --out, --overwrite, --quiet and --render are "
+                            "ignored) (default: none)")
+    ultra.add_argument("--llm-url", default=None, help="same as --advisor <url> (default: none)")
+    ultra.add_argument("--quiet", action="store_true",
+                       help="print only warnings, errors and the final table (default: off)")
+    ultra.add_argument("--render", default=None, metavar="DIR",
+                       help="write one episode of seed 0 as GIFs to DIR: pretrained.gif before refinement and "
+                            "<method>.gif after each method (default: none)")
     flags = [fl for fl in _ultra_flags() if fl.flag != "--env"]
     _add_config_flags(ultra, base, flags, "ULTRA config (jaxmod.ultra.UltraConfig)", with_total_steps=False)
 
@@ -205,28 +216,50 @@ def _base_default(command: str) -> dict[str, Any]:
     return _base(command, [])
 
 
+def version() -> str:
+    """The installed package's version (its metadata), else `jaxmod.__version__` (a source tree on the path)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("jaxmod")
+    except PackageNotFoundError:
+        import jaxmod
+
+        return jaxmod.__version__
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The whole command line; `argv` sets the defaults shown (the PPO preset of its --env, its --config)."""
     parser = Parser(prog="jaxmod", description="JAX-native LLM-guided RL (ULTRA) on a jitted PPO.")
+    parser.add_argument("--version", action="version", version=f"jaxmod {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub, argv)
 
     serve = sub.add_parser("serve-advisor", help="serve an advisor behind a local OpenAI-compatible API")
     serve.add_argument("--backend", choices=("scripted", "smollm2", "teacher"), default="scripted",
-                       help="scripted heuristics (not an LLM), the SmolLM2-135M LLM, or a teacher checkpoint")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=parse_int, default=8080)
-    serve.add_argument("--threads", type=parse_int, default=1, help="CPU threads for the local LLM (default 1)")
-    serve.add_argument("--teacher", default=None, help="checkpoint folder of the teacher policy (--backend teacher)")
+                       help="scripted heuristics (not an LLM), the SmolLM2-135M LLM, or a teacher checkpoint "
+                            "(default: %(default)s)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=parse_int, default=8080, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--threads", type=parse_int, default=1,
+                       help="CPU threads for the local LLM (default: %(default)s)")
+    serve.add_argument("--teacher", default=None,
+                       help="checkpoint folder of the teacher policy (--backend teacher) (default: none)")
 
     _add_ultra(sub, argv)
     plot = sub.add_parser("plot", help="redraw the learning curve of a run folder")
     plot.add_argument("run", help="run folder with metrics.jsonl")
     ev = sub.add_parser("eval", help="evaluate a saved policy with plain resets: per seed, and IQM with a 95%% CI")
     ev.add_argument("run", help="a run folder with checkpoint/ (jaxmod train --out), or a checkpoint folder")
-    ev.add_argument("--episodes", type=parse_int, default=32, metavar="N", help="episodes per seed (default 32)")
-    ev.add_argument("--deterministic", action="store_true", help="the policy's mode action instead of samples")
-    ev.add_argument("--seed", type=parse_int, default=0, metavar="N", help="evaluation seed (default 0)")
+    ev.add_argument("--episodes", type=parse_int, default=32, metavar="N",
+                    help="episodes per seed (default: %(default)s)")
+    ev.add_argument("--deterministic", action="store_true",
+                    help="the policy's mode action instead of samples (default: off)")
+    ev.add_argument("--seed", type=parse_int, default=0, metavar="N", help="evaluation seed (default: %(default)s)")
+    ev.add_argument("--render", default=None, metavar="OUT_GIF",
+                    help="also write one episode of seed 0's policy (a plain reset; --deterministic applies) as an "
+                         "animated GIF (default: none)")
     return parser
 
 
@@ -243,12 +276,12 @@ def _nested(args: argparse.Namespace, base: dict[str, Any], flags: list[Flag]) -
     return data
 
 
-def _make_env(ppo: Any) -> None:
+def _make_env(ppo: Any) -> Any:
     """Build the env once: unknown ids and bad options fail here, before any compile, as one line."""
     from jaxmod.envs import EnvError, make_core
 
     try:
-        make_core(ppo.env_id, **ppo.env_kwargs)
+        return make_core(ppo.env_id, **ppo.env_kwargs)
     except EnvError:
         raise
     except (TypeError, ValueError) as err:
@@ -420,9 +453,10 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     run = _train_setup(args, argv)
     ppo, seeds, out = run.config.ppo, run.config.seeds, run.out
     console = Console(stderr=False, quiet=False)
-    console.print(f"[bold]jaxmod train[/] {ppo.env_id}: {seeds} seed(s) x {ppo.total_timesteps:,} steps "
-                  f"({ppo.num_updates} updates of {ppo.num_envs} envs x {ppo.num_steps} steps) on "
-                  f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {out}")
+    if not args.quiet:
+        console.print(f"[bold]jaxmod train[/] {ppo.env_id}: {seeds} seed(s) x {ppo.total_timesteps:,} steps "
+                      f"({ppo.num_updates} updates of {ppo.num_envs} envs x {ppo.num_steps} steps) on "
+                      f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {out}")
     _train_loop(run, args, console)
     data = read_metrics(out / METRICS_FILE)
     png = plot_curves([(ppo.env_id, data["env_steps"][:, 0], data["episode_return"])], out / "curve.png",
@@ -435,8 +469,9 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     table.add_row(ppo.env_id, str(seeds), f"{final.mean():.2f} +- {final.std():.2f}",
                   f"{run.compile_s:.1f}", f"{run.run_s:.1f}", sps)
     console.print(table)
-    console.print(f"metrics: {out / METRICS_FILE}\ncheckpoint: {out / 'checkpoint'}\ncurve: {png}\n"
-                  f"config: {out / CONFIG_FILE}")
+    if not args.quiet:
+        console.print(f"metrics: {out / METRICS_FILE}\ncheckpoint: {out / 'checkpoint'}\ncurve: {png}\n"
+                      f"config: {out / CONFIG_FILE}")
     return 0
 
 
@@ -572,7 +607,7 @@ def _ultra_config(args: argparse.Namespace, argv: Sequence[str]):
     return UltraConfig.from_dict(data)
 
 
-def _check_advisor(config):
+def _check_advisor(config, quiet: bool = False):
     """Fail before pretraining when the advisor cannot work: the local LLM missing, no scripted heuristic for the
     env, or an HTTP advisor that is not there, rejects the key or does not serve the model (preflight). Returns
     the config with the model the server will be asked for."""
@@ -597,7 +632,8 @@ def _check_advisor(config):
     if config.advisor.is_http:
         settings = config.advisor.client_settings(base_url=spec, model=config.advisor.model)
         result = preflight(settings, timeout_s=min(20.0, settings.timeout_s))  # AdvisorUnavailable: one line
-        print(result.describe(), flush=True)
+        if not quiet:
+            print(result.describe(), flush=True)
         config = dataclasses.replace(config, advisor=dataclasses.replace(config.advisor, model=result.model))
     return config
 
@@ -625,19 +661,29 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     config = _ultra_config(args, argv)
     _check_wandb(args)
     out = _ultra_out(args, config)
-    _make_env(config.ppo)  # an unknown env id is named as such, before the advisor is asked whether it knows it
-    config = _check_advisor(config)
+    if args.render:
+        from jaxmod.render import headless_gl
+
+        headless_gl()  # before brax imports mujoco
+    core = _make_env(config.ppo)  # an unknown env id is named as such, before the advisor is asked whether it knows it
+    if args.render:
+        from jaxmod.render import check_render
+
+        check_render(core, Path(args.render) / "pretrained.gif")
+    config = _check_advisor(config, quiet=args.quiet)
     from jaxmod.ultra.pipeline import UltraRun
 
     _enable_compile_cache()
     a = config.advisor
     console = Console()
-    console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds, variants {', '.join(config.variants)}"
-                  f", advisor {redact_url(a.spec)}{f' with {a.noise:.0%} noise' if a.noise else ''} -> {out}")
+    if not args.quiet:
+        console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds, variants "
+                      f"{', '.join(config.variants)}, advisor {redact_url(a.spec)}"
+                      f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {out}")
     from jaxmod.tracking import Tracker
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("updates"),
-                  TimeElapsedColumn(), console=console) as progress, \
+                  TimeElapsedColumn(), console=console, disable=args.quiet) as progress, \
             Tracker(out, config.to_dict(), getattr(args, "wandb", None)) as tracker:
         tasks: dict[str, Any] = {}
 
@@ -646,10 +692,20 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                 tasks[variant] = progress.add_task(f"refine {METHODS[variant].label:16s}", total=total)
             progress.update(tasks[variant], completed=done)
 
-        run = UltraRun(config, out, log=lambda msg: progress.console.print(msg, markup=False), progress=on_progress,
-                       overwrite=args.overwrite, tracker=tracker)
+        def say(msg: str) -> None:
+            progress.console.print(msg, markup=False)
+
+        def warn(msg: str) -> None:
+            if args.quiet:
+                print(f"jaxmod: warning: {msg}", file=sys.stderr, flush=True)
+            else:
+                say(msg)
+
+        run = UltraRun(config, out, log=(lambda _: None) if args.quiet else say, progress=on_progress,
+                       overwrite=args.overwrite, tracker=tracker, warn=warn,
+                       render_dir=Path(args.render) if args.render else None)
         results = run.run()
-    _print_ultra_results(console, config, run, results, out)
+    _print_ultra_results(console, config, run, results, out, args.quiet)
     return 0
 
 
@@ -663,7 +719,8 @@ def _advice_mark(valid: int | None, seeds: int) -> str:
     return f"{valid} (little advice)" if valid < seeds else str(valid)
 
 
-def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str, Any], out: Path) -> None:
+def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str, Any], out: Path,
+                         quiet: bool = False) -> None:
     from rich.table import Table
 
     from jaxmod.methods import METHODS
@@ -678,6 +735,8 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
         table.add_row(METHODS[name].label, start.cell()[0], *final.cell(), f"{r.wall_s:.1f}",
                       _advice_mark(valid.get(name), config.seeds))
     console.print(table)
+    if quiet:
+        return
     for st in run.advice_stats:
         console.print(f"advisor ({st['variant']}): {st['valid']} valid, {st['invalid']} invalid, {st['failed']} failed "
                       f"answers ({st['reused']} reused from an earlier variant, {st['over_budget']} over the context "
@@ -764,12 +823,20 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         raise CLIError("--episodes must be >= 1")
     if not 0 <= args.seed <= MAX_SEED:
         raise CLIError(f"--seed must lie in [0, {MAX_SEED}], got {args.seed}")
+    if args.render:
+        from jaxmod.render import headless_gl
+
+        headless_gl()  # before brax imports mujoco
     run = Path(args.run)
     where = run / "checkpoint" if has_checkpoint(run / "checkpoint") else run
     if not has_checkpoint(where):
         raise CLIError(f"no checkpoint in {run} (nor in {run / 'checkpoint'}): pass a `jaxmod train --out` folder")
     ckpt = _restore(where, "pass a `jaxmod train --out` folder")
     learner = PPOLearner(ckpt.config)
+    if args.render:
+        from jaxmod.render import check_render
+
+        check_render(learner.env.core, args.render)  # no drawer, no OpenGL, a bad path: one line, before compiling
     returns = make_episode_evaluator(learner.env.replace_num_envs(args.episodes), learner.net, args.deterministic)
     state, key = ckpt.state, jax.random.PRNGKey(args.seed)
     if ckpt.num_seeds is None:
@@ -790,6 +857,14 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     overall = iqm_ci(per_seed.mean(axis=1)) if len(per_seed) > 1 else iqm_ci(per_seed[0])
     over = "seeds' means" if len(per_seed) > 1 else "episodes"
     console.print(f"IQM {overall} (95% bootstrap CI over {over}); mean {per_seed.mean():.2f}")
+    if args.render:
+        from jaxmod.render import render_episode
+
+        first = state if ckpt.num_seeds is None else jax.tree.map(lambda x: x[0], state)
+        r = render_episode(learner.env, learner.net, first.params, args.render, first.env_state.obs_rms, key,
+                           args.deterministic)
+        console.print(f"episode of seed 0 (return {r.episode_return:.2f}, {r.steps} steps, {r.frames} frames) -> "
+                      f"{r.path}", soft_wrap=True, markup=False)
     return 0
 
 

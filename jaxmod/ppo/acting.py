@@ -93,6 +93,24 @@ def make_episode_evaluator(env: VecEnv, net: ActorCritic, deterministic: bool = 
     return jax.jit(returns)
 
 
+def make_episode_recorder(env: VecEnv, net: ActorCritic, deterministic: bool = False) -> Callable[..., tuple]:
+    """A jitted `record(params, obs_rms, key) -> (core, done, reward)`: one env from a plain reset for
+    `env.core.max_steps` steps (its first episode ends within them: the time limit at the latest), normalisers
+    frozen at `obs_rms`. `core` is the `CoreState` before each step with leading axis [T] (what a renderer draws),
+    `done` [T] bool marks the step that ends an episode, `reward` [T] float32 the env's own reward per step; steps
+    after the first episode belong to the next one (`jaxmod.render` keeps the first)."""
+    env = dataclasses.replace(env, update_stats=False).replace_num_envs(1)
+
+    def record_one(params: Params, obs_rms: RunningMeanStd, key: jax.Array) -> tuple:
+        def record(state, obs, action, _, res):
+            return state.core, res.episode_done, res.raw_reward
+
+        out = _plain_unroll(env, net, params, obs_rms, key, env.core.max_steps, record, deterministic)
+        return jax.tree.map(lambda x: x[:, 0], out)  # [T, 1, ...] -> [T, ...]
+
+    return jax.jit(record_one)
+
+
 def evaluate(config, params: Params, obs_rms: RunningMeanStd | None = None, key: jax.Array | None = None,
              num_envs: int = 16, num_steps: int | None = None, deterministic: bool = False) -> dict[str, float]:
     """Evaluate a policy of `config` (a `PPOConfig`) with plain resets: no advice, no restarts, normalisers frozen.

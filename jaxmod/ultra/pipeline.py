@@ -172,11 +172,18 @@ class UltraRun:
 
     `out` is the run's folder: it gets config.json now (the whole config, advisor resolved, credentials redacted)
     and transcript.jsonl, ultra.json, ultra.png, critical_states.md as the run goes. A folder that holds an
-    earlier run is refused unless `overwrite`."""
+    earlier run is refused unless `overwrite`.
+
+    `log` gets progress messages, `warn` the ones that say something went differently than asked (advice rounds'
+    failures, an advisor switched off, an implicit reward that never acted; default: `log`). `render_dir`: write
+    one episode of the first seed's policy there as GIFs (`jaxmod.render`): pretrained.gif before refinement (the
+    same agent for every method) and <method>.gif after each method's refinement, all from the same reset and
+    action key; an env without a drawer raises `RenderError` here, before anything runs."""
 
     def __init__(self, config: UltraConfig, out: Path, log: Callable[[str], None] = lambda _: None,
                  progress: Callable[[str, int, int], None] = lambda *_: None,
-                 advisor_factory: Callable | None = None, overwrite: bool = False, tracker: Any = None) -> None:
+                 advisor_factory: Callable | None = None, overwrite: bool = False, tracker: Any = None,
+                 warn: Callable[[str], None] | None = None, render_dir: Path | None = None) -> None:
         if config.advisor.spec is None:  # the run records which advisor it asked
             config = dataclasses.replace(config, advisor=dataclasses.replace(config.advisor,
                                                                              spec=advisor_spec(None, None)))
@@ -194,6 +201,14 @@ class UltraRun:
             raise ConfigError(f"no transcript to replay at {spec.split(':', 1)[1]}: pass a run's transcript.jsonl "
                               "(or replay the whole run with jaxmod ultra --replay RUN_DIR)")
         self.s, self.out, self.log, self.progress = config, Path(out), log, progress
+        self.warn = log if warn is None else warn
+        self.render_dir = None if render_dir is None else Path(render_dir)
+        self._renderer = None
+        if self.render_dir is not None:  # one recorder for every policy of the run (the same env and network)
+            from jaxmod.render import EpisodeRenderer, check_path
+
+            check_path(self.render_dir / "pretrained.gif")
+            self._renderer = EpisodeRenderer(self.agent_learner.env, self.agent_learner.net)
         self.advisor_factory = advisor_factory
         self.tracker = tracker  # a `jaxmod.tracking.Tracker` (or anything with `scalars(values, step)`), or None
         if (self.out / "ultra.json").exists() and not overwrite:
@@ -345,7 +360,7 @@ class UltraRun:
         advisor.advisor.stats = AdvisorStats()  # per-variant accounting
         rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.modulation.capacity,
                               s.advisor.episodes_per_round, self.critical_rows.extend, variant,
-                              s.advisor.failure_policy(), self.log, protocol=s.advisor.protocol,
+                              s.advisor.failure_policy(), self.warn, protocol=s.advisor.protocol,
                               reference=self.reference)
         rounds.hand_over(program.record(state, 0))
         return rounds
@@ -405,6 +420,7 @@ class UltraRun:
             err.result = result  # what the variant did up to the stop, for the run's summary
             raise
         result.wall_s = loop.wall_s
+        self.render(f"{variant}.gif", loop.state)
         if rounds is not None:
             st = advisor.advisor.stats.as_dict()
             # every wait for the advisor happens inside the loop's wall time (the first round's too): the overhead
@@ -424,7 +440,7 @@ class UltraRun:
             rounds.cancel()
         shaped = [row["shaping"] for row in result.chunk_metrics if "shaping" in row]
         if shaped and not any(shaped):  # ULTRA-R's bonus scales with trust, which no slot earned here
-            self.log(f"{variant}: the implicit reward never acted (no advice slot earned trust: advice must beat the "
+            self.warn(f"{variant}: the implicit reward never acted (no advice slot earned trust: advice must beat the "
                      "policy's own actions at its critical states first; a longer refinement or more advice gathers "
                      "that evidence), so its reward was the env's alone")
         return result
@@ -438,12 +454,23 @@ class UltraRun:
             return
         first = result.advisor_switched_off["first_chunk"] if result.advisor_switched_off else row["chunk"]
         result.advisor_switched_off = {"seeds": off, "first_chunk": first}
-        self.log(f"{result.name}: advisor switched off in {off}/{seeds} seeds by chunk {row['chunk']}: its "
+        self.warn(f"{result.name}: advisor switched off in {off}/{seeds} seeds by chunk {row['chunk']}: its "
                  "suggestions did significantly worse than the policy's own actions; this variant continues as "
                  "plain PPO there")
 
+    def render(self, name: str, state) -> None:
+        """With `render_dir`: one episode of the first seed's policy in `state` (a train state, seeds batched) to
+        render_dir/name, from the run's render key (the same reset and action draws for every policy)."""
+        if self._renderer is None:
+            return
+        first = jax.tree.map(lambda x: x[0], state)
+        r = self._renderer(first.params, self.render_dir / name, first.env_state.obs_rms,
+                           jax.random.PRNGKey(self.s.seed + 6000))
+        self.log(f"rendered seed 0's episode (return {r.episode_return:.1f}, {r.steps} steps) to {r.path}")
+
     def run(self) -> dict[str, VariantResult]:
         pre = self.pretrain()
+        self.render("pretrained.gif", pre)
         results: dict[str, VariantResult] = {}
         needs_advisor = any(method(v).critical == "advisor" for v in self.s.variants)
         factory = self.advisor_factory or _advisor_factory(self.s, self.transcript)
