@@ -64,9 +64,22 @@ class Checkpoint:
     step: int | None = None
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's warning that a manager opened to read is read only: jaxmod opens one on purpose to load."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+
+
 def _manager(directory: Path, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, read_only=read_only,
-                                           create=not read_only, cleanup_tmp_directories=not read_only)
+    # a reading manager is given the read-only values orbax would otherwise warn that it sets itself
+    options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, enable_async_checkpointing=False,
+                                           read_only=read_only, create=not read_only,
+                                           cleanup_tmp_directories=not read_only,
+                                           save_interval_steps=0 if read_only else 1)
     return ocp.CheckpointManager(directory, options=options, item_names=(STATE_DIR, META_ITEM))
 
 
