@@ -51,13 +51,16 @@ def brax_available() -> bool:
 def brax_envs() -> Any:
     """`brax.envs`, imported on first use. Raises `BraxMissingError` (one line naming the extra) without brax.
 
-    The import is quiet about two known harmless messages, and only those: the "Failed to import warp" lines that
-    mujoco's MJX prints when NVIDIA warp is not installed (other printed lines pass through), and brax's
-    "Brax System, piplines and environments are not actively being maintained" UserWarning on every env build
-    (a warnings filter on that message from brax.io.mjcf; every other warning is shown as usual)."""
+    The import is quiet about known harmless messages, and only those: the "Failed to import warp" lines that
+    mujoco's MJX prints when NVIDIA warp is not installed (other printed lines pass through), brax's "Brax System,
+    piplines and environments are not actively being maintained" UserWarning on every env build, its use of a
+    deprecated mujoco field (`ncon`) and jaxopt's "no longer maintained" notice (warnings filters on those
+    messages; every other warning is shown as usual)."""
     warnings.filterwarnings("ignore", message="Brax System, piplines and environments", category=UserWarning,
                             module="brax")
     warnings.filterwarnings("ignore", message="JAXopt is no longer maintained", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="Accessing `ncon` directly from `Data` is deprecated",
+                            category=DeprecationWarning, module="brax")
     if "brax.envs" in sys.modules:
         return sys.modules["brax.envs"]
     printed = io.StringIO()
