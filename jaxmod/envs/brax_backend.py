@@ -26,7 +26,7 @@ DEFAULT_BRAX_BACKEND = "positional"  # fastest step on CPU and GPU among the sta
 DEFAULT_EPISODE_LENGTH = 1000
 
 
-# never `pip install jaxmod`: that name on the package registry belongs to an unrelated project
+# install from the repository only: the name jaxmod on the package registry belongs to an unrelated project
 BRAX_INSTALL = "pip install -e '.[brax]' in a jaxmod clone, or pip install 'jaxmod[brax] @ git+REPOSITORY_URL'"
 # what mujoco's MJX prints (to stdout) when the optional NVIDIA warp package is absent: noise for a brax user
 _WARP_NOISE = ("Failed to import warp:", "Failed to import mujoco_warp:")
