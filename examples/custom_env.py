@@ -9,7 +9,7 @@ while heat leaks to the outdoors. Any such object (or a brax `Env`) works the sa
 
 Without a describer the env still runs; its prompts then show x0, x1, ... and a warning says how to write one.
 
-Run it:  python examples/custom_env.py --out runs/thermostat      (about a minute on a laptop CPU)
+Run it:  python examples/custom_env.py --out runs/thermostat      (2 min of CPU time; mostly compiling)
 It trains PPO on several seeds in one program, saves seed 0 as a teacher, then runs ULTRA (PPO fine-tuning vs
 ULTRA-RA) from briefly pre-trained agents with that teacher as the advisor (no LLM, no network), and prints each
 method's final evaluation return (IQM and 95% bootstrap interval over seeds).
