@@ -51,7 +51,7 @@ def test_a_curve_gets_an_iqm_and_a_band_at_every_point():
     assert mid == pytest.approx([iqm(row) for row in y]) and mid.shape == low.shape == high.shape == (6,)
     assert np.all(low <= mid) and np.all(mid <= high) and (low[2], high[2]) == (7.0, 7.0) and np.all(low[3:] < high[3:])
     again = iqm_ci_curve(y)
-    assert all(np.array_equal(a, b) for a, b in zip(again, (mid, low, high)))
+    assert all(np.array_equal(a, b) for a, b in zip(again, (mid, low, high), strict=True))
     one = iqm_ci_curve(y[:, :1])  # one seed: no interval to speak of
     assert np.array_equal(one[1], one[0]) and np.array_equal(one[2], one[0])
     with pytest.raises(ValueError, match="not finite"):
