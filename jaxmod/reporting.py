@@ -148,33 +148,75 @@ def check_finite(values: Mapping[str, Any], method: str, stage: str, hint: str, 
 # ----------------------------------------------------------------------------------------------- summaries
 @dataclass(frozen=True)
 class SeedSummary:
-    """Mean and std over seeds of one final value, or none of them where a seed is non-finite: `non_finite` lists
-    those seeds (indices), and `mean` / `std` are None then (a plain mean would be NaN, and a mean of the finite
+    """Over seeds, one final value: its IQM with a 95% percentile-bootstrap interval (`jaxmod.stats.iqm_ci`; the
+    statistic jaxmod reports), mean and std; or none of them where a seed is non-finite: `non_finite` lists those
+    seeds (indices), and `mean` / `std` / `iqm` are None then (a plain mean would be NaN, and a mean of the finite
     seeds would hide the failure)."""
 
     mean: float | None
     std: float | None
     seeds: int
     non_finite: tuple[int, ...]
+    iqm: Any = None  # jaxmod.stats.Interval, or None
+
+    def failed(self) -> str:
+        return f"NON-FINITE (seed{'s' if len(self.non_finite) > 1 else ''} " \
+               f"{', '.join(map(str, self.non_finite))} of {self.seeds})"
 
     def cell(self, fmt: str = ".1f") -> tuple[str, str]:
         """(mean, std) as table cells; a non-finite summary shows which seeds instead."""
         if self.mean is None:
-            return f"NON-FINITE (seed{'s' if len(self.non_finite) > 1 else ''} " \
-                   f"{', '.join(map(str, self.non_finite))} of {self.seeds})", "-"
+            return self.failed(), "-"
         return format(self.mean, fmt), format(self.std, fmt)
 
+    def iqm_cell(self, fmt: str = ".1f") -> str:
+        """'IQM [low, high]' as a table cell; a non-finite summary shows which seeds instead."""
+        if self.iqm is None:
+            return self.failed() if self.non_finite else "-"
+        i = self.iqm
+        return f"{i.point:{fmt}} [{i.low:{fmt}}, {i.high:{fmt}}]"
+
     def as_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "seeds": self.seeds, "non_finite_seeds": list(self.non_finite)}
+        """mean, std, seeds, non_finite_seeds, and iqm with its 95% interval ci95 = [low, high] (None when a seed
+        is non-finite)."""
+        i = self.iqm
+        return {"mean": self.mean, "std": self.std, "seeds": self.seeds, "non_finite_seeds": list(self.non_finite),
+                "iqm": None if i is None else i.point, "ci95": None if i is None else [i.low, i.high]}
 
 
 def seed_summary(values: Sequence[float] | np.ndarray) -> SeedSummary:
-    """Summary of per-seed values ([S]): mean and std if all are finite, else which seeds are not."""
+    """Summary of per-seed values ([S]): IQM with its 95% bootstrap interval, mean and std if all are finite, else
+    which seeds are not."""
+    from jaxmod.stats import iqm_ci
+
     x = np.asarray(values, dtype=np.float64).reshape(-1)
     bad = tuple(int(i) for i in np.nonzero(~np.isfinite(x))[0])
     if bad or not len(x):
         return SeedSummary(None, None, len(x), bad)
-    return SeedSummary(float(x.mean()), float(x.std()), len(x), ())
+    return SeedSummary(float(x.mean()), float(x.std()), len(x), (), iqm_ci(x))
+
+
+# envs whose evaluation return is +1 for a won game and -1 for a lost one (jaxmod's one-point Pong): their tables
+# and plots report the win rate, (return + 1) / 2, instead (jaxmod's choice, as the paper reports Pong)
+WIN_RATE_ENVS = ("jaxmod/Pong-OnePoint",)
+
+
+def win_rate(returns: Any) -> np.ndarray:
+    """Win rate of one-point games from their returns (+1 won, -1 lost), same shape: (return + 1) / 2."""
+    return (np.asarray(returns, dtype=np.float64) + 1.0) / 2.0
+
+
+def gain_summary(values: Sequence[float], baseline: Sequence[float]) -> dict[str, Any] | None:
+    """A method's gain over `baseline` on the same seeds (seed i of both refined the same agent): IQM difference
+    with its paired 95% bootstrap interval and verdict ('better' / 'worse' / 'same', `jaxmod.stats.verdict`), as
+    {"iqm", "ci95", "verdict"}; None if either has a non-finite seed or they differ in seeds."""
+    from jaxmod.stats import iqm_difference_ci, verdict
+
+    a, b = np.asarray(values, np.float64).reshape(-1), np.asarray(baseline, np.float64).reshape(-1)
+    if not a.size or a.size != b.size or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return None
+    d = iqm_difference_ci(a, b)
+    return {"iqm": d.point, "ci95": [d.low, d.high], "verdict": verdict(d)}
 
 
 def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
@@ -192,11 +234,15 @@ def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
 
 def plot_curves(series: Iterable[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str,
                 xlabel: str = "env steps per seed", ylabel: str = "episode return") -> Path:
-    """Plot mean and +-std band over seeds for each (label, x (updates,), y (updates, seeds)). Seeds with a
-    non-finite value are left out of the curve and named in its label ("seed 1 NON-FINITE, left out")."""
+    """Plot, for each (label, x [T], y [T, S] over S seeds), the IQM over seeds with its 95% percentile-bootstrap
+    band (`jaxmod.stats.iqm_ci_curve`); the legend sits outside the axes, right of them, so it never hides a curve.
+    Seeds with a non-finite value are left out of the curve and named in its label ("seed 1 NON-FINITE, left
+    out")."""
     from matplotlib.figure import Figure  # no pyplot: never touches the user's backend (notebooks)
 
-    fig = Figure(figsize=(7, 4.2), dpi=120)
+    from jaxmod.stats import iqm_ci_curve
+
+    fig = Figure(figsize=(9, 4.2), dpi=120)
     ax = fig.subplots()
     for label, x, y in series:
         y = np.atleast_2d(np.asarray(y, dtype=np.float64).T).T
@@ -207,17 +253,17 @@ def plot_curves(series: Iterable[tuple[str, np.ndarray, np.ndarray]], path: str 
             if not y.shape[1]:
                 ax.plot([], [], label=label)
                 continue
-        mean, std = y.mean(axis=1), y.std(axis=1)
         n = y.shape[1]
-        ax.plot(x, mean, label=f"{label} (mean of {n} seed{'s' if n > 1 else ''})")
+        mid, low, high = iqm_ci_curve(y)
+        line, = ax.plot(x, mid, label=f"{label} (IQM of {n} seed{'s' if n > 1 else ''}"
+                                      f"{', 95% CI' if n > 1 else ''})")
         if n > 1:
-            ax.fill_between(x, mean - std, mean + std, alpha=0.25, label=f"{label} +-1 std")
+            ax.fill_between(x, low, high, alpha=0.2, color=line.get_color(), linewidth=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
     path = Path(path)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     return path

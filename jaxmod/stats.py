@@ -69,6 +69,27 @@ def iqm_ci(x, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: 
     return _interval(float(iqm(x)), (x,), lambda s, axis: iqm(s, axis=axis), False, confidence, resamples, seed)
 
 
+def iqm_ci_curve(y, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A learning curve's IQM over seeds and its percentile-bootstrap interval at every point: `y` is [T, S] (T
+    points, S seeds, finite); returns (iqm, low, high), each [T] float64, in `y`'s units. One bootstrap for all
+    points (seeds resampled independently per point, as `iqm_ci` does for one); with one seed, or where all
+    seeds agree, the interval is the point. Raises `ValueError` on an empty or non-finite `y`."""
+    y = np.asarray(y, np.float64)
+    if y.ndim != 2 or y.size == 0:
+        raise ValueError(f"iqm_ci_curve: y must be [points, seeds] and non-empty, got shape {y.shape}")
+    _finite(y, "iqm_ci_curve")
+    point = iqm(y, axis=-1)
+    if y.shape[1] < 2:
+        return point, point.copy(), point.copy()
+    res = stats.bootstrap((y,), lambda s, axis: iqm(s, axis=axis), axis=-1, vectorized=True,
+                          confidence_level=confidence, n_resamples=resamples, method="percentile",
+                          rng=np.random.default_rng(seed))
+    low, high = (np.asarray(b, np.float64) for b in res.confidence_interval)
+    flat = np.ptp(y, axis=-1) == 0  # nothing to resample there: the interval is the point
+    return point, np.where(flat, point, low), np.where(flat, point, high)
+
+
 def iqm_difference_ci(a, b, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0) -> Interval:
     """IQM(a) - IQM(b) for two methods run on the same seeds (`a[i]`, `b[i]` refine the same agent), with a paired
     bootstrap interval (seeds resampled jointly). Raises `ValueError` on empty, non-finite or unequal inputs."""

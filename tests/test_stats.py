@@ -39,3 +39,85 @@ def test_a_failed_run_is_never_averaged_away():
         iqm_ci([1.0, 2.0, float("nan"), 4.0])
     with pytest.raises(ValueError, match="differ in number"):
         iqm_difference_ci([1.0, 2.0], [1.0])
+
+
+def test_a_curve_gets_an_iqm_and_a_band_at_every_point():
+    from jaxmod.stats import iqm_ci_curve
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(0.0, 1.0, size=(6, 5)) + np.arange(6)[:, None]
+    y[2] = 7.0  # every seed agrees at point 2
+    mid, low, high = iqm_ci_curve(y)
+    assert mid == pytest.approx([iqm(row) for row in y]) and mid.shape == low.shape == high.shape == (6,)
+    assert np.all(low <= mid) and np.all(mid <= high) and (low[2], high[2]) == (7.0, 7.0) and np.all(low[3:] < high[3:])
+    again = iqm_ci_curve(y)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (mid, low, high), strict=True))
+    one = iqm_ci_curve(y[:, :1])  # one seed: no interval to speak of
+    assert np.array_equal(one[1], one[0]) and np.array_equal(one[2], one[0])
+    with pytest.raises(ValueError, match="not finite"):
+        iqm_ci_curve(np.array([[1.0, np.nan]]))
+
+
+def _results(seeds: int = 5):
+    from jaxmod.ultra.pipeline import VariantResult
+
+    base = [0.0, -0.4, 0.2, 0.4, -0.2][:seeds]
+    return {"PPO": VariantResult("PPO", [0, 10], [[-1.0] * seeds, base]),
+            "RA": VariantResult("RA", [0, 10], [[-1.0] * seeds, [b + 0.5 for b in base]])}
+
+
+def test_an_ultra_run_reports_iqm_intervals_gains_and_pongs_win_rate(tmp_path, monkeypatch):
+    """ultra.json (its existing keys kept), the ultra.png curves and the CLI's table report IQM with 95% bootstrap
+    intervals and the paired gain over fine-tuning; one-point Pong adds its win rate, and its plot shows it."""
+    import json
+
+    from rich.console import Console
+
+    from jaxmod import reporting
+    from jaxmod.cli import _print_ultra_results
+    from jaxmod.ultra.config import UltraConfig
+    from jaxmod.ultra.pipeline import UltraRun
+
+    plotted = []
+    real_plot = reporting.plot_curves
+    monkeypatch.setattr(reporting, "plot_curves", lambda series, path, **kw: plotted.append((list(series), kw))
+                        or real_plot(series, path, **kw))
+    config = UltraConfig.flat(env_id="jaxmod/Pong-OnePoint", seeds=5, variants=("PPO", "RA"))
+    run = UltraRun(config, tmp_path / "run")
+    run.write(_results())
+    summary = json.loads((tmp_path / "run" / "ultra.json").read_text())
+    final, ra = summary["PPO"]["final"], summary["RA"]
+    assert {"mean", "std", "seeds", "non_finite_seeds", "iqm", "ci95"} <= set(final)
+    assert final["iqm"] == pytest.approx(0.0) and final["ci95"][0] < 0.0 < final["ci95"][1]
+    assert ra["gain_vs_ppo"]["iqm"] == pytest.approx(0.5) and ra["gain_vs_ppo"]["verdict"] == "better"
+    assert ra["final_win_rate"]["iqm"] == pytest.approx(0.75) and "gain_vs_ppo" not in summary["PPO"]
+    series, kw = plotted[-1]
+    assert kw["ylabel"].startswith("evaluation win rate") and series[1][2][-1] == pytest.approx([0.75, 0.55, 0.85,
+                                                                                                  0.95, 0.65])
+    assert (tmp_path / "run" / "ultra.png").stat().st_size > 0
+
+    console = Console(record=True, width=250)
+    _print_ultra_results(console, config, run, _results(), tmp_path)
+    text = console.export_text()
+    assert "final IQM [95% CI]" in text and "gain vs fine-tune" in text
+    assert f"0.5 [{ra['final']['ci95'][0]:.1f}, {ra['final']['ci95'][1]:.1f}]" in text and "+0.5 [" in text
+    assert "better" in text
+
+
+def test_plots_have_their_legend_outside_the_curves(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from jaxmod.reporting import plot_curves
+
+    saved = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: saved.append(self) or real(self, *a, **k))
+    y = np.random.default_rng(0).normal(size=(4, 3))
+    plot_curves([("PPO", np.arange(4), y), ("ULTRA-RA", np.arange(4), y + 1)], tmp_path / "c.png", title="t")
+    fig = saved[-1]
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # right of the axes: it hides no curve
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["PPO (IQM of 3 seeds, 95% CI)",
+                                                                    "ULTRA-RA (IQM of 3 seeds, 95% CI)"]

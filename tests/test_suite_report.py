@@ -29,3 +29,35 @@ def test_gain_verdicts_and_failures():
 def test_advisors_apply_where_they_exist():
     assert advisor_cells("CartPole-v1", ("teacher", "scripted", "smollm2")) == ["teacher", "scripted", "smollm2"]
     assert advisor_cells("Asterix-MinAtar", ("teacher", "scripted", "smollm2")) == ["teacher"]
+
+
+def test_paper_curves_and_ultra_gain_tables_report_iqm_intervals():
+    """benchmarks/paper_curves.py: IQM [95% CI] per method and task, Pong as win rate; benchmarks/ultra_gain.py:
+    IQM [95% CI] and the paired gain over continued PPO with its verdict."""
+    import numpy as np
+
+    from benchmarks import paper_curves, ultra_gain
+    from jaxmod.reporting import gain_summary, seed_summary
+    from jaxmod.ultra.pipeline import VariantResult
+
+    pong = {"PPO": VariantResult("PPO", [0, 1], [[-1.0] * 4, [-1.0, 1.0, 1.0, -1.0]]),
+            "RA": VariantResult("RA", [0, 1], [[-1.0] * 4, [1.0, 1.0, 1.0, -1.0]])}
+    hopper = {"PPO": VariantResult("PPO", [0, 1], [[10.0] * 4, [100.0, 110.0, 120.0, 130.0]]),
+              "RA": VariantResult("RA", [0, 1], [[10.0] * 4, [100.0, float("nan"), 120.0, 130.0]])}
+    rows = paper_curves.summarise(paper_curves.PONG, pong) + paper_curves.summarise("brax/hopper", hopper)
+    assert rows[0]["win_rate_iqm"] == pytest.approx(0.5) and rows[1]["win_rate_iqm"] == pytest.approx(1.0)
+    assert rows[2]["final_iqm"] == pytest.approx(115.0) and rows[3]["final_iqm"] is None
+    table = paper_curves.markdown(rows, "cpu")
+    assert "IQM [95% bootstrap CI]" in table and "win rate" in table
+    rate = seed_summary([0.0, 1.0, 1.0, 0.0]).iqm
+    assert f"| PPO fine-tune | {rate.point:.2f} [{rate.low:.2f}, {rate.high:.2f}] | 115.0 [" in table
+    assert "| ULTRA-RA | 1.00 [" in table and "NON-FINITE |" in table
+    assert "| (agent before refinement, IQM) | 0.00 | 10.0 |" in table
+
+    base, ra = np.array([100.0, 110.0, 120.0, 130.0, 140.0]), np.array([151.0, 160.0, 170.0, 180.0, 190.0])
+    cells = [dict(env="CartPole-v1", noise=0.0, variant=v, start=50.0, final_cell=seed_summary(f).iqm_cell(),
+                  gain_vs_ppo=None if v == "PPO" else gain_summary(f, base), wall_vs_ppo=1.0, advice_overhead_frac=0.0)
+             for v, f in (("PPO", base), ("RA", ra))]
+    table = ultra_gain.markdown(cells)
+    assert "| ULTRA-RA | 50.0 | 170.0 [" in table and "| +50.0 [" in table and "better |" in table
+    assert "| PPO fine-tune | 50.0 | 120.0 [" in table and "| - |" in table

@@ -15,7 +15,7 @@ RICE_DEFAULT = (0.5, 0.01)  # tasks RICE did not tune: its most common values
 
 def rice_values(env_id: str) -> tuple[float, float]:
     """(p, lambda) for `env_id`: RICE's Table 3 for its MuJoCo tasks, else its common values."""
-    from jaxmod.envs.brax_backend import SPARSE_SUFFIX
+    from jaxmod.envs.sparse import SPARSE_SUFFIX
 
     task = env_id.removeprefix("brax/").removesuffix(SPARSE_SUFFIX)
     return RICE_TABLE3.get(task, RICE_DEFAULT)

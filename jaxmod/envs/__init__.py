@@ -1,4 +1,5 @@
-"""Environments: gymnax, brax and jaxmod's own, behind one batched wrapper stack; describers for prompts.
+"""Environments: gymnax, brax (the optional `brax` extra), jaxmod's own and yours (`register_env`), behind one batched
+wrapper stack; describers for prompts (`register_describer`).
 
 Attributes load lazily, so the numpy-only describers (`jaxmod.envs.describe`, `jaxmod.envs.describers`) import
 without jax (the text side, `jaxmod.llm`, reads prompts with them).
@@ -15,9 +16,11 @@ _LAZY = {
     "RunningMeanStd": "jaxmod.envs.normalize",
     "UnknownEnvError": "jaxmod.envs.registry", "list_env_ids": "jaxmod.envs.registry", "make": "jaxmod.envs.registry",
     "make_core": "jaxmod.envs.registry", "register": "jaxmod.envs.registry", "describer_of": "jaxmod.envs.registry",
+    "register_env": "jaxmod.envs.registry", "registered_family": "jaxmod.envs.registry",
+    "BraxMissingError": "jaxmod.envs.brax_backend",
     "StepResult": "jaxmod.envs.vec_env", "VecEnv": "jaxmod.envs.vec_env", "VecEnvState": "jaxmod.envs.vec_env",
     "Describer": "jaxmod.envs.describe", "DescriberError": "jaxmod.envs.describe", "EnvCard": "jaxmod.envs.describe",
-    "Feature": "jaxmod.envs.describe", "describer_for": "jaxmod.envs.describers",
+    "Feature": "jaxmod.envs.describe", "raw_feature": "jaxmod.envs.describe", "describer_for": "jaxmod.envs.describers",
     "register_describer": "jaxmod.envs.describers", "GenericDescriberWarning": "jaxmod.envs.describers",
 }
 

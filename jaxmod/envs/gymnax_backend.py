@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxmod.envs.core import ActionSpace, CoreState, EnvCore, EnvOptionError, cast_like
+from jaxmod.envs.core import ActionSpace, CoreState, EnvCore, EnvError, EnvOptionError, cast_like
 
 
 def gymnax_ids() -> list[str]:
@@ -18,10 +18,14 @@ def gymnax_ids() -> list[str]:
 
 
 def _action_space(space: Any) -> ActionSpace:
+    """A gymnax `Discrete` (or any space with an integer `n`) or `Box` (any space with `low`, `high`, `shape`)."""
     from gymnax.environments import spaces
 
-    if isinstance(space, spaces.Discrete):
+    if isinstance(space, spaces.Discrete) or (hasattr(space, "n") and not hasattr(space, "low")):
         return ActionSpace(discrete=True, num_actions=int(space.n))
+    if not all(hasattr(space, a) for a in ("low", "high", "shape")):
+        raise EnvError(f"unsupported action space {type(space).__name__}: give the env a gymnax spaces.Discrete(n) "
+                       "or spaces.Box(low, high, shape) action_space(params)")
     low = jnp.broadcast_to(jnp.asarray(space.low, jnp.float32), space.shape)
     high = jnp.broadcast_to(jnp.asarray(space.high, jnp.float32), space.shape)
     return ActionSpace(
@@ -41,20 +45,40 @@ def make_gymnax(env_id: str, **options: Any) -> EnvCore:
     return wrap_gymnax(env_id, env, params, family, **options)
 
 
-def wrap_gymnax(env_id: str, env: Any, params: Any, family: str, **options: Any) -> EnvCore:
-    """Adapt any gymnax-API environment object (gymnax's or jaxmod's own, e.g. Pong) to `EnvCore`."""
+def is_gymnax_env(env: Any) -> bool:
+    """Whether `env` follows the gymnax API: `reset(key, params)`, `step(key, state, action, params)`,
+    `default_params`, `action_space(params)`, `observation_space(params)`."""
+    return all(hasattr(env, a) for a in ("reset", "step", "default_params", "action_space", "observation_space"))
+
+
+def wrap_gymnax(env_id: str, env: Any, params: Any, family: str, max_steps: int | None = None,
+                **options: Any) -> EnvCore:
+    """Adapt any gymnax-API environment object (gymnax's, jaxmod's own such as Pong, or a user's) to `EnvCore`.
+
+    The env's `reset_env` / `step_env` (gymnax's transitions without auto-reset) are used where it has them, else
+    its `reset` / `step` (jaxmod resets an episode itself on termination or time limit, so an env's own auto-reset
+    is never reached by the learner). `params` is the env's params (`default_params`); `options` replace fields of
+    it. Episodes are cut at `max_steps` (default: `params.max_steps_in_episode`; one of them is required)."""
     if options:
-        unknown = sorted(set(options) - set(params.__dataclass_fields__))
+        fields = getattr(params, "__dataclass_fields__", {})
+        unknown = sorted(set(options) - set(fields))
         if unknown:
-            valid = ", ".join(sorted(params.__dataclass_fields__))
+            valid = ", ".join(sorted(fields)) or "none"
             raise EnvOptionError(f"unknown option(s) {unknown} for {env_id}; valid options: {valid}")
         params = params.replace(**options)
 
     action_space = _action_space(env.action_space(params))
-    max_steps = int(params.max_steps_in_episode)
+    if max_steps is None:
+        if not hasattr(params, "max_steps_in_episode"):
+            raise EnvError(f"{env_id}: how long is an episode? give its params a max_steps_in_episode field, or pass "
+                           "max_steps=... when registering it")
+        max_steps = params.max_steps_in_episode
+    max_steps = int(max_steps)
+    reset_env = getattr(env, "reset_env", env.reset)
+    step_env = getattr(env, "step_env", env.step)
 
     def reset_fn(key: jax.Array) -> CoreState:
-        obs, inner = env.reset_env(key, params)
+        obs, inner = reset_env(key, params)
         return CoreState(inner=inner, obs=jnp.asarray(obs, jnp.float32), time=jnp.int32(0))
 
     # Reset and step states can differ in weak types; fix the step state's dtypes once.
@@ -63,14 +87,14 @@ def wrap_gymnax(env_id: str, env: Any, params: Any, family: str, **options: Any)
     probe_action = jax.ShapeDtypeStruct((), jnp.int32) if action_space.discrete else jax.ShapeDtypeStruct(
         action_space.shape, jnp.float32
     )
-    stepped = jax.eval_shape(lambda k, s, a: env.step_env(k, s.inner, a, params)[1], probe_key, probe, probe_action)
+    stepped = jax.eval_shape(lambda k, s, a: step_env(k, s.inner, a, params)[1], probe_key, probe, probe_action)
 
     def reset_typed(key: jax.Array) -> CoreState:
         state = reset_fn(key)
         return state.replace(inner=cast_like(state.inner, stepped))
 
     def step_fn(key: jax.Array, state: CoreState, action: jax.Array) -> tuple[CoreState, jax.Array, jax.Array]:
-        obs, inner, reward, terminated, _ = env.step_env(key, state.inner, action, params)
+        obs, inner, reward, terminated, _ = step_env(key, state.inner, action, params)
         inner = cast_like(inner, stepped)
         nxt = CoreState(inner=inner, obs=jnp.asarray(obs, jnp.float32), time=state.time + 1)
         return nxt, jnp.asarray(reward, jnp.float32), jnp.asarray(terminated, jnp.bool_)

@@ -1,5 +1,9 @@
-"""`make(env_id)`: one entry point for gymnax ids, `brax/<name>` ids and jaxmod's own envs; `register` adds an env,
-`register_describer` (from `jaxmod.envs.describers`, numpy only) its describer for prompts."""
+"""`make(env)`: one entry point for gymnax ids, `brax/<name>` ids, jaxmod's own envs, registered envs, and env
+instances (gymnax-API or brax `Env`); `register_env` adds an env under an id (so configs, the CLI and ULTRA can name
+it), `register_describer` (from `jaxmod.envs.describers`, numpy only) its describer for prompts.
+
+brax is optional (the `brax` extra): nothing here imports it, and a `brax/<name>` id without it is one
+`BraxMissingError` line naming the extra. A complete example: examples/custom_env.py."""
 
 from __future__ import annotations
 
@@ -7,18 +11,21 @@ import difflib
 from collections.abc import Callable
 from typing import Any
 
+from jaxmod.envs.brax_backend import BraxMissingError, brax_available, is_brax_env, wrap_brax
 from jaxmod.envs.core import EnvCore, EnvError
 from jaxmod.envs.describe import Describer
 from jaxmod.envs.describers import describer_for, register_describer
 from jaxmod.envs.vec_env import VecEnv
 
-__all__ = ["UnknownEnvError", "describer_for", "describer_of", "list_env_ids", "make", "make_core", "register",
-           "register_describer"]
+__all__ = ["BraxMissingError", "UnknownEnvError", "describer_for", "describer_of", "list_env_ids", "make", "make_core",
+           "register", "register_describer", "register_env", "registered_family"]
 
 BRAX_PREFIX = "brax/"
 
-# jaxmod's own JAX environments register here: id -> factory(**options) -> EnvCore
+# jaxmod's own JAX environments and users' register here: id -> factory(**options) -> EnvCore
 _OWN_ENVS: dict[str, Callable[..., EnvCore]] = {}
+_FAMILIES: dict[str, str] = {}  # id -> the family an instance was registered with
+CUSTOM_FAMILY = "custom"  # the family of a registered env instance unless told otherwise (jaxmod's choice)
 
 
 class UnknownEnvError(EnvError):
@@ -26,8 +33,66 @@ class UnknownEnvError(EnvError):
 
 
 def register(env_id: str, factory: Callable[..., EnvCore]) -> None:
-    """Add a jaxmod-native environment factory under `env_id`."""
+    """Add an `EnvCore` factory (`factory(**options) -> EnvCore`) under `env_id` (what `register_env` does with a
+    factory)."""
     _OWN_ENVS[env_id] = factory
+
+
+def register_env(env_id: str, env: Any, *, family: str = CUSTOM_FAMILY, max_steps: int | None = None) -> None:
+    """Make `env` available as `env_id` to `make`, `jaxmod.default_config` / `make_train`, ULTRA (`UltraRun`) and
+    checkpoints. A later registration under the same id replaces the earlier one.
+
+    env: a gymnax-API env instance (`reset(key, params)`, `step(key, state, action, params)`, `default_params`,
+    `action_space(params)`, `observation_space(params)`; gymnax's `reset_env` / `step_env` are used where present),
+    a brax `Env` instance, an `EnvCore`, or a factory `(**options) -> EnvCore`. Options given to `make` (or
+    `--env-option` on the CLI) replace fields of a gymnax env's params.
+    family: the env's family (`EnvCore.family`): it selects the describer registered for the family, if any, and
+    where it is one of jaxmod's preset families (classic, minatar, brax, pong) the PPO preset; default 'custom'
+    (the classic-control preset, and the generic describer unless `register_describer` names one for `env_id`).
+    max_steps: the episode length; default `default_params.max_steps_in_episode` for a gymnax env, 1000 for brax.
+
+    Raises TypeError for anything else, `EnvError` if `env_id` is a `brax/` id or empty."""
+    if not isinstance(env_id, str) or not env_id or env_id.startswith(BRAX_PREFIX):
+        raise EnvError(f"register_env needs a non-empty id outside {BRAX_PREFIX!r} (brax's own tasks), got {env_id!r}")
+    if isinstance(env, EnvCore):
+        core = env
+
+        def factory(**options: Any) -> EnvCore:
+            if options:
+                raise EnvError(f"{env_id} is a fixed EnvCore: it takes no options (got {sorted(options)})")
+            return core
+    elif _is_instance(env):
+        def factory(**options: Any) -> EnvCore:
+            return _wrap(env_id, env, family, max_steps, **options)
+    elif callable(env):
+        factory = env
+    else:
+        raise TypeError(f"register_env({env_id!r}, ...) needs a gymnax-API env, a brax Env, an EnvCore or a factory "
+                        f"(**options) -> EnvCore; got {type(env).__name__}")
+    _OWN_ENVS[env_id] = factory
+    _FAMILIES[env_id] = family
+
+
+def registered_family(env_id: str) -> str | None:
+    """The family `env_id` was registered with by `register_env`, if it was."""
+    return _FAMILIES.get(env_id)
+
+
+def _is_instance(env: Any) -> bool:
+    from jaxmod.envs.gymnax_backend import is_gymnax_env
+
+    return not isinstance(env, str) and (is_brax_env(env) or is_gymnax_env(env))
+
+
+def _wrap(env_id: str, env: Any, family: str, max_steps: int | None, **options: Any) -> EnvCore:
+    """An env instance as `EnvCore` under `env_id`."""
+    if is_brax_env(env):
+        if options:
+            raise EnvError(f"{env_id} is a brax Env instance: build it with its options instead of passing {sorted(options)}")
+        return wrap_brax(env_id, env, 1000 if max_steps is None else int(max_steps), family=family)
+    from jaxmod.envs.gymnax_backend import wrap_gymnax
+
+    return wrap_gymnax(env_id, env, env.default_params, family, max_steps=max_steps, **options)
 
 
 def describer_of(core: EnvCore) -> Describer:
@@ -39,15 +104,26 @@ def describer_of(core: EnvCore) -> Describer:
 
 
 def list_env_ids() -> list[str]:
-    """Every id `make` accepts."""
+    """Every id `make` accepts (brax's only where brax is installed)."""
     from jaxmod.envs.brax_backend import brax_names
     from jaxmod.envs.gymnax_backend import gymnax_ids
 
-    return gymnax_ids() + [BRAX_PREFIX + n for n in brax_names()] + sorted(_OWN_ENVS)
+    brax = [BRAX_PREFIX + n for n in brax_names()] if brax_available() else []
+    return gymnax_ids() + brax + sorted(_OWN_ENVS)
 
 
-def make_core(env_id: str, **options: Any) -> EnvCore:
-    """The unbatched `EnvCore` for `env_id`; `options` are backend options (e.g. backend='spring')."""
+def make_core(env: Any, **options: Any) -> EnvCore:
+    """The unbatched `EnvCore` for `env`: an env id, or an env instance (gymnax-API or brax `Env`, see
+    `register_env`; its id is its `name` attribute or its class name, its family 'custom'). `options` are backend
+    options (e.g. backend='spring' for brax, params fields for gymnax). Raises `UnknownEnvError` for an unknown id,
+    `BraxMissingError` for a brax id without brax installed."""
+    if not isinstance(env, str):
+        if not _is_instance(env):
+            raise TypeError(f"make needs an env id or a gymnax-API / brax env instance, got {type(env).__name__}")
+        name = getattr(env, "name", None)
+        return _wrap(name if isinstance(name, str) and name else type(env).__name__, env, CUSTOM_FAMILY, None,
+                     **options)
+    env_id = env
     if env_id in _OWN_ENVS:
         return _OWN_ENVS[env_id](**options)
     if env_id.startswith(BRAX_PREFIX):
@@ -65,7 +141,7 @@ def make_core(env_id: str, **options: Any) -> EnvCore:
 
 
 def make(
-    env_id: str,
+    env_id: Any,
     *,
     num_envs: int = 1,
     normalize_obs: bool = False,
@@ -74,7 +150,8 @@ def make(
     clip_actions: bool = True,
     **options: Any,
 ) -> VecEnv:
-    """A batch of `num_envs` copies of `env_id` behind the shared wrapper stack (see `VecEnv`)."""
+    """A batch of `num_envs` copies of `env_id` (an id or an env instance, see `make_core`) behind the shared wrapper
+    stack (see `VecEnv`)."""
     if num_envs < 1:
         raise EnvError(f"num_envs must be >= 1, got {num_envs}")
     return VecEnv(

@@ -188,10 +188,13 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def family_of(env_id: str) -> str:
-    """Which preset family an env id belongs to: brax, minatar, pong, or classic (everything else)."""
+    """Which preset family an env id belongs to: brax, minatar, pong, or classic (everything else); an env added by
+    `jaxmod.envs.register_env` with one of those families belongs to it."""
     from jaxmod.envs.describers import family_of as spelled_family
+    from jaxmod.envs.registry import registered_family
 
-    return spelled_family(env_id) or "classic"
+    registered = registered_family(env_id)
+    return registered if registered in PRESETS else spelled_family(env_id) or "classic"
 
 
 def default_config(env_id: str, **overrides: Any) -> PPOConfig:

@@ -38,7 +38,16 @@ from jaxmod.parallel import seed_keys
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.config import ConfigError
 from jaxmod.ppo.train import params_finite, seeds_params_finite
-from jaxmod.reporting import PARAMS_FINITE, NonFiniteError, check_finite, json_safe, seed_summary
+from jaxmod.reporting import (
+    PARAMS_FINITE,
+    WIN_RATE_ENVS,
+    NonFiniteError,
+    check_finite,
+    gain_summary,
+    json_safe,
+    seed_summary,
+    win_rate,
+)
 from jaxmod.ultra.advise import CriticalRow
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import make_collector
@@ -484,22 +493,32 @@ class UltraRun:
                     self.write(results, stopped=str(err))
                     raise
                 r = results[variant]
-                start, final = seed_summary(r.eval_returns[0]).cell(), seed_summary(r.eval_returns[-1]).cell()
-                self.log(f"{variant}: eval return {start[0]} -> {final[0]} (+- {final[1]}) in {r.wall_s:.1f}s")
+                start, final = seed_summary(r.eval_returns[0]), seed_summary(r.eval_returns[-1])
+                self.log(f"{variant}: eval return IQM {start.iqm_cell()} -> {final.iqm_cell()} (95% CIs over "
+                         f"{final.seeds} seeds) in {r.wall_s:.1f}s")
         self.write(results)
         return results
 
     # ------------------------------------------------------------------ outputs
     def write(self, results: dict[str, VariantResult], stopped: str | None = None) -> None:
-        """The run's outputs. `final` per method summarises its last evaluation over seeds (no mean where a seed is
-        non-finite: `non_finite_seeds` names them); non-finite values are written as null; `stopped`: why the run
-        stopped early (its last method's results go up to there)."""
+        """The run's outputs. `final` per method summarises its last evaluation over seeds (IQM with its 95%
+        bootstrap interval `ci95`, mean, std; none of them where a seed is non-finite: `non_finite_seeds` names them);
+        `gain_vs_ppo` per method: its paired IQM gain over continued PPO from the same agents with `ci95` and
+        `verdict` (null where a seed is non-finite); `final_win_rate` the same as `final` in win rate for one-point
+        Pong (`WIN_RATE_ENVS`). Non-finite values are written as null; `stopped`: why the run stopped early (its
+        last method's results go up to there). ultra.png: IQM curves with 95% bands (win rate for one-point Pong)."""
         from jaxmod.reporting import plot_curves
 
+        last = {name: r.eval_returns[-1] if r.eval_returns else [] for name, r in results.items()}
         summary: dict[str, Any] = {name: {"steps": r.steps, "eval_returns": r.eval_returns, "wall_s": r.wall_s,
-                                          "final": seed_summary(r.eval_returns[-1] if r.eval_returns else []).as_dict(),
+                                          "final": seed_summary(last[name]).as_dict(),
                                           "chunks": r.chunk_metrics, "advisor_switched_off": r.advisor_switched_off}
                    for name, r in results.items()}
+        for name in summary:  # the paired gain over continued PPO from the same agents (IQM difference, 95% CI)
+            if name != BASELINE and BASELINE in last:
+                summary[name]["gain_vs_ppo"] = gain_summary(last[name], last[BASELINE])
+            if self.s.env_id in WIN_RATE_ENVS:
+                summary[name]["final_win_rate"] = seed_summary(win_rate(last[name])).as_dict()
         summary["config"] = self.s.to_dict()
         summary["advisor"] = self.advice_stats
         summary["modulation_choices"] = self.s.modulation.choices()
@@ -513,6 +532,9 @@ class UltraRun:
                  r.why_critical, r.suggested_action, "-" if r.implicit_reward is None else f"{r.implicit_reward:+.2f}",
                  r.advice_reason, r.verdict) for variant, seed, r in self.critical_rows]
         (self.out / "critical_states.md").write_text(markdown_table(columns, rows), encoding="utf-8")
-        series = [(METHODS[n].label, np.array(r.steps), np.array(r.eval_returns)) for n, r in results.items()]
+        rate = self.s.env_id in WIN_RATE_ENVS  # one-point games: the win rate, as their tables report
+        series = [(METHODS[n].label, np.array(r.steps), win_rate(r.eval_returns) if rate else np.array(r.eval_returns))
+                  for n, r in results.items()]
         plot_curves(series, self.out / "ultra.png", title=f"Refinement on {self.s.env_id} ({redact_url(self.s.advisor.spec or '')} advisor)",
-                    xlabel="refinement env steps per seed", ylabel="evaluation return")
+                    xlabel="refinement env steps per seed",
+                    ylabel="evaluation win rate, (return + 1) / 2" if rate else "evaluation return")

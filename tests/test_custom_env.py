@@ -1,0 +1,189 @@
+"""Your own env: a gymnax-API object (not one of gymnax's, no gymnax base class) and a brax `Env` instance through
+`jaxmod.envs.make` and `register_env`; `jaxmod.make_train` and ULTRA (`UltraRun`) on a registered env with its own
+describer; the generic describer and its warning for an env without one; and examples/custom_env.py's main path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+from gymnax.environments import spaces
+
+import jaxmod
+from jaxmod.envs import (
+    Describer,
+    EnvCard,
+    EnvError,
+    EnvOptionError,
+    GenericDescriberWarning,
+    describer_of,
+    make,
+    make_core,
+    raw_feature,
+    register_describer,
+    register_env,
+)
+
+pytestmark = pytest.mark.timeout(600)
+ROOT = Path(__file__).resolve().parent.parent
+CORRIDOR = "jaxmod-test/Corridor-v0"
+
+
+@struct.dataclass
+class CorridorState:
+    position: jax.Array  # m
+    time: jax.Array
+
+
+@struct.dataclass
+class CorridorParams:
+    length_m: float = 4.0
+    max_steps_in_episode: int = 12
+
+
+class Corridor:
+    """A walk along a corridor: observation (position m, distance to the door m); action 0 stays, 1 steps 1 m
+    forward; reward -0.1 per step, +1 at the door (which ends the episode). Plain gymnax API: `reset` / `step`
+    only (no `reset_env` / `step_env`, no gymnax base class)."""
+
+    name = CORRIDOR
+
+    @property
+    def default_params(self) -> CorridorParams:
+        return CorridorParams()
+
+    def reset(self, key, params):
+        state = CorridorState(position=jax.random.uniform(key, (), maxval=1.0), time=jnp.int32(0))
+        return self._obs(state, params), state
+
+    def step(self, key, state, action, params):
+        position = state.position + action.astype(jnp.float32)
+        state = CorridorState(position=position, time=state.time + 1)
+        done = position >= params.length_m
+        reward = jnp.where(done, 1.0, -0.1)
+        return self._obs(state, params), state, reward, done, {}
+
+    @staticmethod
+    def _obs(state, params):
+        return jnp.stack([state.position, params.length_m - state.position])
+
+    def action_space(self, params=None):
+        return spaces.Discrete(2)
+
+    def observation_space(self, params=None):
+        return spaces.Box(-10.0, 10.0, (2,), jnp.float32)
+
+
+def corridor_describer() -> Describer:
+    card = EnvCard(CORRIDOR, goal="reach the door at the corridor's end", termination="at the door, or 12 steps",
+                   reward="-0.1 per step, +1 at the door", action_names=("stay", "forward"))
+    return Describer(card, (raw_feature("position", "m", 0), raw_feature("distance_to_door", "m", 1)),
+                     obs_shape=(2,))
+
+
+@pytest.fixture
+def clean_registries(monkeypatch):
+    """Registrations made by a test are undone after it."""
+    from jaxmod.envs import describers, registry
+
+    monkeypatch.setattr(registry, "_OWN_ENVS", dict(registry._OWN_ENVS))
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+    monkeypatch.setattr(describers, "_DESCRIBERS", dict(describers._DESCRIBERS))
+
+
+def test_make_takes_a_gymnax_api_instance_and_register_env_names_it(clean_registries):
+    env = make(Corridor(), num_envs=3)
+    assert env.core.env_id == CORRIDOR and env.core.family == "custom" and env.obs_shape == (2,)
+    assert env.action_space.discrete and env.action_space.num_actions == 2 and env.core.max_steps == 12
+    state, obs = env.reset(jax.random.PRNGKey(0))
+    assert obs.shape == (3, 2)
+    for _ in range(5):  # always forward: every copy reaches the door at step 4 or 5 and auto-resets
+        state, result = env.step(jax.random.PRNGKey(1), state, jnp.ones(3, jnp.int32))
+    assert result.obs.shape == (3, 2)
+
+    register_env(CORRIDOR, Corridor())
+    assert make(CORRIDOR, num_envs=2).core.max_steps == 12
+    short = make_core(CORRIDOR, max_steps_in_episode=5, length_m=2.0)  # options replace the params' fields
+    assert short.max_steps == 5
+    _, reward, done = short.step(jax.random.PRNGKey(0), short.reset(jax.random.PRNGKey(0)), jnp.int32(1))
+    assert float(reward) == pytest.approx(-0.1) and not bool(done)
+    with pytest.raises(EnvOptionError, match="valid options: length_m, max_steps_in_episode"):
+        make_core(CORRIDOR, friction=1.0)
+    with pytest.raises(TypeError, match="gymnax-API env, a brax Env"):
+        register_env("Nothing-v0", 42)
+    with pytest.raises(EnvError, match="outside 'brax/'"):
+        register_env("brax/mine", Corridor())
+    with pytest.raises(TypeError, match="env id or a gymnax-API"):
+        make(object())
+
+
+def test_an_env_without_a_describer_gets_a_generic_one_and_a_warning_that_says_how(clean_registries):
+    register_env(CORRIDOR, Corridor())
+    core = make_core(CORRIDOR)
+    with pytest.warns(GenericDescriberWarning, match=rf"register_describer\('{CORRIDOR}'"):
+        generic = describer_of(core)
+    assert [f.name for f in generic.features] == ["x0", "x1"]
+    register_describer(CORRIDOR, corridor_describer())
+    named = describer_of(core)
+    assert [f.header for f in named.features] == ["position[m]", "distance_to_door[m]"]
+
+
+def test_a_registered_env_trains_with_make_train_and_refines_with_ultra(clean_registries, tmp_path):
+    from jaxmod.ultra.config import UltraConfig
+    from jaxmod.ultra.pipeline import UltraRun
+
+    register_env(CORRIDOR, Corridor())
+    register_describer(CORRIDOR, corridor_describer())
+    config = jaxmod.default_config(CORRIDOR, num_envs=4, num_steps=16, total_timesteps=4 * 16 * 8,
+                                   hidden_sizes=(16,))
+    out = jax.jit(jaxmod.make_train(config))(jax.random.PRNGKey(0))
+    returns = np.asarray(out.metrics["episode_return"])
+    assert returns.shape == (8,) and np.isfinite(returns).all()
+
+    settings = UltraConfig.flat(dict(num_envs=4, num_steps=16, hidden_sizes=(16,)), env_id=CORRIDOR, seeds=2,
+                                pretrain_steps=128, refine_steps=128, chunks=2, variants=("RA",), advisor="random",
+                                collect_envs=4, collect_steps=48, eval_envs=4, eval_steps=48, episodes_per_round=2,
+                                sync_advice=True)
+    results = UltraRun(settings, tmp_path / "run").run()
+    assert len(results["RA"].eval_returns) == 3 and np.isfinite(results["RA"].eval_returns).all()
+    asked = (tmp_path / "run" / "transcript.jsonl").read_text()
+    assert "position[m]" in asked and "distance_to_door[m]" in asked  # the prompts use its describer
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["env_id"] == CORRIDOR
+
+
+def test_make_takes_a_brax_env_instance_and_its_family_picks_the_preset(clean_registries):
+    pytest.importorskip("brax")
+    from jaxmod.envs.brax_backend import brax_envs
+
+    pendulum = brax_envs().get_environment("inverted_pendulum", backend="positional")
+    core = make_core(pendulum)
+    assert core.obs_shape == (4,) and not core.action_space.discrete and core.action_space.shape == (1,)
+    assert core.family == "custom" and core.max_steps == 1000
+    register_env("jaxmod-test/MyPendulum", pendulum, family="brax", max_steps=200)
+    assert make_core("jaxmod-test/MyPendulum").max_steps == 200
+    assert jaxmod.default_config("jaxmod-test/MyPendulum").num_envs == jaxmod.default_config("brax/hopper").num_envs
+    with pytest.raises(EnvError, match="build it with its options"):
+        make_core("jaxmod-test/MyPendulum", backend="spring")
+
+
+def test_the_custom_env_example_runs(clean_registries, tmp_path, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("custom_env_example", ROOT / "examples" / "custom_env.py")
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, example)  # its dataclasses look their module up
+    spec.loader.exec_module(example)
+    with pytest.raises(SystemExit):  # a bad method is one line, before anything compiles
+        example.main(["--out", str(tmp_path / "bad"), "--variants", "XYZ"])
+    assert "unknown method" in capsys.readouterr().err.lower() and not (tmp_path / "bad").exists()
+    assert example.main(["--out", str(tmp_path / "ex"), "--seeds", "2", "--teacher-steps", "1024",
+                         "--pretrain-steps", "512", "--refine-steps", "1024", "--variants", "RA"]) == 0
+    printed = capsys.readouterr().out
+    assert "RA: final evaluation return, IQM [95% CI] over 2 seeds:" in printed
+    asked = (tmp_path / "ex" / "ultra" / "transcript.jsonl").read_text()
+    assert "room_temperature[degC]" in asked and "heater_full" in asked
