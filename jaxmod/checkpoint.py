@@ -4,8 +4,8 @@ A checkpoint folder is an `orbax.checkpoint.CheckpointManager` directory: one su
 state's update count), each holding two items, `state/` (`args.StandardSave`) and `meta/` (`args.JsonSave`: config,
 number of seeds, free-form metadata), plus `digest.json` (jaxmod's choice: the SHA-256 of every file of the step, as
 orbax checks none of them: a bit flipped in an array's data file restores silently to other numbers). The manager
-keeps the last `keep` steps (`CheckpointManagerOptions(max_to_keep=keep)`) and writes each step atomically (into a
-temporary folder, renamed when complete). Restoring rebuilds the exact pytree structure from the config, so a resumed
+writes each step atomically (into a temporary folder, renamed when complete); jaxmod keeps the newest `keep` steps,
+deleting older ones only after the new step is complete and digested (a kill at any moment leaves a restorable step). Restoring rebuilds the exact pytree structure from the config, so a resumed
 run continues bit-for-bit where the saved one stopped.
 
 `load_checkpoint` takes the newest step whose files match their digests and restore; a damaged step (a file
@@ -126,15 +126,17 @@ def save_checkpoint(directory: str | Path, state: TrainState, config: PPOConfig,
     host = jax.device_get(state)
     step = int(np.asarray(host.update_step).reshape(-1)[0])
     record = {"config": config.to_dict(), "num_seeds": num_seeds, "meta": meta or {}}
-    with _manager(directory, keep) as manager:
+    with _manager(directory) as manager:  # no automatic rotation: older steps go only once this one is digested
         for old in manager.all_steps():
             if old >= step:
                 manager.delete(old)
         manager.save(step, args=ocp.args.Composite(**{STATE_DIR: ocp.args.StandardSave(host),
                                                        META_ITEM: ocp.args.JsonSave(record)}))
         manager.wait_until_finished()
-    step_dir = directory / str(step)
-    _write_atomically(step_dir / DIGEST_FILE, json.dumps(_digest(step_dir), indent=1, sort_keys=True))
+        step_dir = directory / str(step)
+        _write_atomically(step_dir / DIGEST_FILE, json.dumps(_digest(step_dir), indent=1, sort_keys=True))
+        for old in sorted(manager.all_steps())[:-keep]:  # a kill before this line leaves one step too many, never 0
+            manager.delete(old)
     if _is_legacy(directory):  # an earlier jaxmod's checkpoint, now superseded
         (directory / META_FILE).unlink()
         shutil.rmtree(directory / STATE_DIR, ignore_errors=True)

@@ -48,7 +48,12 @@ class CLIError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (what is wrong, and where the help is)."""
+    """argparse whose usage errors are one line (what is wrong, and where the help is), and no abbreviated flags
+    (`--conf` taken for `--config` would be parsed but never read: flags are peeked at before parsing)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -109,6 +114,8 @@ def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
     PPO preset of --env's family when --env names another env than the file."""
     from jaxmod.ppo.config import default_config
 
+    if "" in (_peek(argv, "--env"), _peek(argv, "--env-id")):
+        raise CLIError("--env is empty: name an env id or leave the flag out")
     if path := _peek(argv, "--config"):
         data = read_config_file(path)
         if data.get("command", command) != command:
@@ -118,6 +125,7 @@ def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
             data = {"ppo": data}
         if not isinstance(data.get("ppo"), dict):
             raise CLIError(f"{path} is not the config.json of a jaxmod train or ultra run")
+        data = _with_defaults(command, data, path)
     else:
         from jaxmod.ultra.config import UltraConfig
 
@@ -132,6 +140,30 @@ def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
         data["env_id"] = env
     data.pop("command", None)
     return data
+
+
+def _with_defaults(command: str, data: dict[str, Any], path: str) -> dict[str, Any]:
+    """A config file's settings over the defaults (a file may leave any key out), its types checked at once."""
+    from jaxmod.config import from_dict
+    from jaxmod.ppo.config import ConfigError, default_config
+    from jaxmod.ultra.config import UltraConfig
+
+    cls = UltraConfig if command == "ultra" else TrainConfig
+    env = data.get("env_id") or data["ppo"].get("env_id") or DEFAULT_ENV
+    if not isinstance(env, str):
+        raise CLIError(f"{path}: env_id must be an env id string, got {env!r}")
+    try:
+        ppo = {**default_config(env).to_dict(), **data["ppo"]}
+    except Exception as err:  # noqa: BLE001 (an unknown env id: its own one-line message)
+        raise CLIError(f"{path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    merged = {**cls().to_dict(), **data, "ppo": ppo}
+    if command == "ultra":
+        merged["env_id"] = env
+    try:
+        from_dict(cls, {k: v for k, v in merged.items() if k != "command"})
+    except (ConfigError, ValueError, TypeError) as err:
+        raise CLIError(f"{path}: {err}") from None
+    return merged
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, base: dict[str, Any], own: list[Flag], title: str,
@@ -284,20 +316,34 @@ def _make_env(ppo: Any) -> Any:
         return make_core(ppo.env_id, **ppo.env_kwargs)
     except EnvError:
         raise
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         opts = ", ".join(f"{k}={v!r}" for k, v in ppo.env_options)
         raise CLIError(f"{ppo.env_id} rejects --env-option {opts}: {err} (give numbers as numbers)") from None
 
 
+def _check_named(args: argparse.Namespace) -> None:
+    """`--out ''` and `--env ''` name nothing: refused, not read as 'the default'."""
+    for flag in ("out", "env"):
+        if getattr(args, flag, None) == "":
+            raise CLIError(f"--{flag} is empty: name {'a run folder' if flag == 'out' else 'an env id'} or leave the "
+                           "flag out")
+
+
 def _check_out(out: Path) -> None:
-    """Refuse an --out that is a file, lies under a file, or cannot be written (before anything is compiled)."""
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file, not a folder: choose a folder")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
+    """Refuse an --out that is empty, a file, a broken link, lies under a file, or cannot be written (before anything
+    is compiled)."""
+    try:
+        if out.is_symlink() and not out.exists():
+            raise CLIError(f"--out {str(out)!r} is a link to nothing ({os.readlink(out)!r}): choose a folder")
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"--out {str(out)!r} is a file, not a folder: choose a folder")
+        parent = out
+        while not parent.exists():
+            parent = parent.parent
+    except OSError as err:  # a name too long for the file system, ...
+        raise CLIError(f"--out {str(out)[:80]!r}...: {err.strerror}: choose a shorter or other folder name") from None
     if not parent.is_dir():
-        raise CLIError(f"--out {out} lies under the file {parent}: choose a folder")
+        raise CLIError(f"--out {str(out)!r} lies under the file {str(parent)!r}: choose a folder")
     try:  # os.access says yes to root everywhere: try it (read-only file systems, /proc)
         tempfile.TemporaryDirectory(dir=parent, prefix=".jaxmod-probe-").cleanup()
     except OSError as err:
@@ -355,6 +401,7 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     _check_wandb(args)
     if args.max_chunks is not None and args.max_chunks < 1:
         raise CLIError("--max-chunks must be >= 1 (leave it out to run to the end)")
+    _check_named(args)
     out = Path(args.out or f"runs/{config.ppo.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_out(out)
     _refuse_other_run(out, "train")
@@ -364,8 +411,11 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     _make_env(config.ppo)
     _enable_compile_cache()
-    if args.resume:
-        ckpt = _restore(out / "checkpoint", "nothing to resume (start the run without --resume)")
+    ckpt = _restore(out / "checkpoint", None) if args.resume else None
+    if args.resume and ckpt is None:  # stopped before its first checkpoint was complete: nothing to lose
+        print(f"note: {out} stopped before its first checkpoint was complete: starting it again from update 0 with "
+              f"every setting from its {CONFIG_FILE}", file=sys.stderr)
+    elif args.resume:
         if ckpt.num_seeds != config.seeds or ckpt.config != config.ppo:
             raise CLIError(f"the checkpoint in {out / 'checkpoint'} is not of the run in {out / CONFIG_FILE} "
                            f"({ckpt.num_seeds} seed(s) of {ckpt.config.env_id}): resume the folder it came from")
@@ -374,7 +424,7 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     runner = MultiSeed(config.ppo, config.seeds)
-    state = ckpt.state if args.resume else runner.init(seed_keys(config.seed, config.seeds))
+    state = ckpt.state if ckpt is not None else runner.init(seed_keys(config.seed, config.seeds))
     import numpy as np
 
     done = int(np.asarray(state.update_step).reshape(-1)[0])
@@ -475,14 +525,17 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     return 0
 
 
-def _restore(where: Path, missing_hint: str):
-    """`load_checkpoint(where)`, its failures as one line: a missing checkpoint (with `missing_hint`), or a damaged
-    one (naming the file); a damaged newest checkpoint falling back to an earlier one is a warning line."""
+def _restore(where: Path, missing_hint: str | None):
+    """`load_checkpoint(where)`, its failures as one line: a missing checkpoint (with `missing_hint`; None: return
+    None instead), or a damaged one (naming the file); a damaged newest checkpoint falling back to an earlier one is
+    a warning line."""
     from jaxmod.checkpoint import CheckpointError, load_checkpoint
 
     try:
         return load_checkpoint(where, warn=lambda text: print(f"jaxmod: warning: {text}", file=sys.stderr))
     except FileNotFoundError as err:
+        if missing_hint is None:
+            return None
         raise CLIError(f"{err}: {missing_hint}") from None
     except CheckpointError as err:
         raise CLIError(str(err)) from None
@@ -640,6 +693,7 @@ def _check_advisor(config, quiet: bool = False):
 
 def _ultra_out(args: argparse.Namespace, config) -> Path:
     """The run folder: checked, and refused when it holds a run (unless --overwrite) or a `train` run."""
+    _check_named(args)
     out = Path(args.out or f"runs/ultra-{config.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_out(out)
     _refuse_other_run(out, "ultra")

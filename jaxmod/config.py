@@ -123,6 +123,15 @@ def positive(obj: Any, names: tuple[str, ...], error: type[Exception] = ConfigEr
 
 
 MAX_SEED = 2**31 - 10_001  # base seeds; runs derive keys at offsets up to +10_000 and jax keys take 32-bit seeds
+MAX_SEEDS = 10_000  # seeds side by side in one program (each holds its own envs, networks and optimiser)
+MAX_STEPS = 2**31 - 1  # env steps per seed: the learner counts updates and env steps in int32
+
+
+def at_most(obj: Any, names: tuple[str, ...], bound: int, why: str, error: type[Exception] = ConfigError) -> None:
+    """Raise `error` unless every field in `names` is <= `bound` (`why`: the reason, for the message)."""
+    for name in names:
+        if getattr(obj, name) > bound:
+            raise error(f"{name} must be at most {bound:,} ({why}), got {getattr(obj, name):,}")
 
 
 def check_seed(obj: Any, error: type[Exception] = ConfigError) -> None:
@@ -160,6 +169,9 @@ def from_dict(cls: type, data: dict[str, Any], error: type[Exception] = ConfigEr
         inner, _ = _optional(hints[name])
         if dataclasses.is_dataclass(inner) and value is not None:
             if inner is PPOConfig:
+                if not isinstance(value, dict):
+                    raise error(f"{where}{name} must be a JSON object, got {value!r}")
+                _check_env_options_and_layers(value, error, f"{where}{name}.")
                 sub = {k: v for k, v in value.items() if k not in ("env_options", "hidden_sizes")}
                 from_dict_checked(PPOConfig, sub, error, f"{where}{name}.")
                 value = PPOConfig.from_dict(value)
@@ -169,6 +181,19 @@ def from_dict(cls: type, data: dict[str, Any], error: type[Exception] = ConfigEr
             value = check_value(where + name, hints[name], value, error)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_env_options_and_layers(ppo: dict[str, Any], error: type[Exception], where: str) -> None:
+    """A PPO config's `env_options` is a JSON object of scalar options, its `hidden_sizes` a list of integers."""
+    options = ppo.get("env_options", {})
+    if not isinstance(options, dict) or not all(
+            isinstance(v, (str, int, float, bool)) or v is None for v in options.values()):
+        raise error(f"{where}env_options must be a JSON object of option: value (e.g. {{\"backend\": \"spring\"}}), "
+                    f"got {options!r}")
+    layers = ppo.get("hidden_sizes", [64])
+    if not isinstance(layers, (list, tuple)) or not all(
+            isinstance(h, int) and not isinstance(h, bool) for h in layers):
+        raise error(f"{where}hidden_sizes must be a list of integer widths (e.g. [64, 64]), got {layers!r}")
 
 
 def from_dict_checked(cls: type, data: dict[str, Any], error: type[Exception], where: str) -> None:
@@ -341,6 +366,7 @@ class TrainConfig:
         check_fields(self)
         check_fields(self.ppo)
         positive(self, ("seeds", "chunks", "checkpoint_every", "keep_checkpoints"))
+        at_most(self, ("seeds",), MAX_SEEDS, "seeds run side by side in one program")
         check_seed(self)
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -92,6 +93,27 @@ def test_resume_continues_exactly(tmp_path, env_id):
     straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     resumed = read_metrics(part / "metrics.jsonl")
     assert (straight["loss"] == resumed["loss"]).all()
+
+
+def test_a_partial_config_file_takes_defaults_and_a_run_stopped_before_its_first_checkpoint_starts_again(
+        tmp_path, capsys):
+    """A config file may leave keys out (they take their defaults). A run killed before its first checkpoint was
+    complete (config and metrics written, no checkpoint) is neither stuck nor silently half-resumed: `--resume`
+    starts it again from update 0 with a note, and it ends equal to the uninterrupted run."""
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"seeds": 2, "chunks": 3, "ppo": {"num_envs": 4, "num_steps": 16,
+                                                                     "num_minibatches": 2, "update_epochs": 2,
+                                                                     "total_timesteps": 4 * 16 * 6}}))
+    assert main(["train", "--config", str(partial), "--out", str(tmp_path / "straight"), "--quiet"]) == 0
+    part = tmp_path / "part"
+    assert main(["train", "--config", str(partial), "--out", str(part), "--quiet", "--max-chunks", "1"]) == 0
+    shutil.rmtree(part / "checkpoint")  # as if killed while its first checkpoint was being written
+    capsys.readouterr()
+    assert main(["train", "--out", str(part), "--resume", "--quiet"]) == 0
+    assert "starting it again from update 0" in capsys.readouterr().err
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    resumed = read_metrics(part / "metrics.jsonl")
+    assert straight["loss"].shape == (6, 2) and (straight["loss"] == resumed["loss"]).all()  # [updates, seeds]
 
 
 def test_resume_takes_the_runs_settings_and_falls_back_from_a_damaged_newest_checkpoint(tmp_path, capsys):

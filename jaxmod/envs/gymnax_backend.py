@@ -42,7 +42,7 @@ def make_gymnax(env_id: str, **options: Any) -> EnvCore:
 
     env, params = gymnax.make(env_id)
     family = "minatar" if env_id.endswith("-MinAtar") else "classic" if "-v" in env_id else "gymnax"
-    return wrap_gymnax(env_id, env, params, family, **options)
+    return wrap_gymnax(env_id, env, params, family, options=options)
 
 
 def is_gymnax_env(env: Any) -> bool:
@@ -52,13 +52,14 @@ def is_gymnax_env(env: Any) -> bool:
 
 
 def wrap_gymnax(env_id: str, env: Any, params: Any, family: str, max_steps: int | None = None,
-                **options: Any) -> EnvCore:
+                options: dict[str, Any] | None = None) -> EnvCore:
     """Adapt any gymnax-API environment object (gymnax's, jaxmod's own such as Pong, or a user's) to `EnvCore`.
 
     The env's `reset_env` / `step_env` (gymnax's transitions without auto-reset) are used where it has them, else
     its `reset` / `step` (jaxmod resets an episode itself on termination or time limit, so an env's own auto-reset
     is never reached by the learner). `params` is the env's params (`default_params`); `options` replace fields of
-    it. Episodes are cut at `max_steps` (default: `params.max_steps_in_episode`; one of them is required)."""
+    it (the user's `--env-option`s: `max_steps` is not one of them). Episodes are cut at `max_steps` (default:
+    `params.max_steps_in_episode`; one of them is required)."""
     if options:
         fields = getattr(params, "__dataclass_fields__", {})
         unknown = sorted(set(options) - set(fields))
@@ -73,6 +74,9 @@ def wrap_gymnax(env_id: str, env: Any, params: Any, family: str, max_steps: int 
             raise EnvError(f"{env_id}: how long is an episode? give its params a max_steps_in_episode field, or pass "
                            "max_steps=... when registering it")
         max_steps = params.max_steps_in_episode
+    if (isinstance(max_steps, bool) or not isinstance(max_steps, (int, float)) or not 1 <= max_steps < 2**31
+            or max_steps != int(max_steps)):
+        raise EnvOptionError(f"{env_id}: an episode must last a whole number of steps in [1, 2^31), got {max_steps!r}")
     max_steps = int(max_steps)
     reset_env = getattr(env, "reset_env", env.reset)
     step_env = getattr(env, "step_env", env.step)

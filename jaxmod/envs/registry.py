@@ -92,7 +92,7 @@ def _wrap(env_id: str, env: Any, family: str, max_steps: int | None, **options: 
         return wrap_brax(env_id, env, 1000 if max_steps is None else int(max_steps), family=family)
     from jaxmod.envs.gymnax_backend import wrap_gymnax
 
-    return wrap_gymnax(env_id, env, env.default_params, family, max_steps=max_steps, **options)
+    return wrap_gymnax(env_id, env, env.default_params, family, max_steps=max_steps, options=options)
 
 
 def describer_of(core: EnvCore) -> Describer:
@@ -170,7 +170,7 @@ def _pong(one_point: bool) -> Callable[..., EnvCore]:
         from jaxmod.envs.pong import Pong
 
         env = Pong(obs_type=obs_type, one_point=one_point)
-        return wrap_gymnax(PONG_ONE_POINT if one_point else PONG, env, env.default_params, "pong", **options)
+        return wrap_gymnax(PONG_ONE_POINT if one_point else PONG, env, env.default_params, "pong", options=options)
 
     return factory
 

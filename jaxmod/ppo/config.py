@@ -66,6 +66,9 @@ class PPOConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.total_timesteps > 2**31 - 1:  # (jaxmod.config.MAX_STEPS; ppo/ imports only envs/)
+            raise ConfigError(f"total_timesteps must be at most {2**31 - 1:,} per seed (the learner counts env steps "
+                              f"in int32), got {self.total_timesteps:,}")
         if self.total_timesteps < self.num_envs * self.num_steps:
             raise ConfigError(
                 f"total_timesteps ({self.total_timesteps}) must be at least num_envs * num_steps "

@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from jaxmod.advice.modulation import ModulationConfig, ModulationError
-from jaxmod.config import check_fields, check_seed, flags_of, from_dict, positive, to_dict
+from jaxmod.config import (
+    MAX_SEEDS,
+    MAX_STEPS,
+    at_most,
+    check_fields,
+    check_seed,
+    flags_of,
+    from_dict,
+    positive,
+    to_dict,
+)
 from jaxmod.llm import FailurePolicy, LLMConfigError
 from jaxmod.methods import MethodContext, method
 from jaxmod.ppo import PPOConfig, default_config
@@ -212,6 +222,8 @@ class UltraConfig:
                               f"jaxmod.ppo.default_config({self.env_id!r}, ...)")
         check_fields(self.ppo)
         positive(self, ("seeds",))
+        at_most(self, ("seeds",), MAX_SEEDS, "seeds run side by side in one program")
+        at_most(self, ("pretrain_steps", "refine_steps"), MAX_STEPS, "the learner counts env steps in int32")
         check_seed(self)
         if not self.variants:
             raise ConfigError("variants is empty: name at least one method (e.g. PPO, RA)")
