@@ -195,7 +195,7 @@ def test_missing_local_llm_is_one_line_before_any_training(tmp_path, capsys, mon
     (["ultra", "--episodes-per-round", "0"], "episodes_per_round and max_critical must be >= 1"),
     (["ultra", "--chunks", "0"], "chunks must be >= 1"),
     (["ultra", "--advisor-failure", "maybe"], "advisor failure policy must be one of stop, continue"),
-    (["train", "--env-option", "max_steps_in_episode=abc"], "rejects --env-option max_steps_in_episode='abc'"),
+    (["train", "--env-option", "max_steps_in_episode=abc"], "whole number of steps in [1, 2^31), got 'abc'"),
     (["train", "--seed", "99999999999999999999"], "seed must lie in [0, "),
     (["ultra", "--seed", "-1"], "seed must lie in [0, "),
     (["ultra", "--advisor", "replay:/nonexistent.jsonl"], "no transcript to replay at /nonexistent.jsonl"),
