@@ -111,7 +111,7 @@ async def _http_advisor(config: UltraConfig, spec: str, wrap: Callable, transcri
     if spec in ("scripted", "smollm2"):  # embedded: a real local HTTP server, in a child process
         from jaxmod.llm.server import ServerProcess
 
-        server = ServerProcess(spec).start()
+        server = ServerProcess(spec, logprobs=a.logprobs > 0).start()
         url, model = server.url, server.model
     else:
         url, model = spec, a.model
@@ -122,7 +122,8 @@ async def _http_advisor(config: UltraConfig, spec: str, wrap: Callable, transcri
                                             timeout_s=120)
         async with LLMClient(client_settings) as client:
             yield Advisor(wrap(HTTPBackend(client)), a.max_critical, transcript, deadline_s=deadline_s,
-                          concurrency=limit, context_tokens=a.context_tokens, max_tokens=client_settings.max_tokens)
+                          concurrency=limit, context_tokens=a.context_tokens, max_tokens=client_settings.max_tokens,
+                          top_logprobs=a.logprobs)
     finally:
         if server is not None:
             server.stop()
@@ -285,7 +286,10 @@ class UltraRun:
                      f"{float(np.mean(np.asarray(masks.episode_return)[:, -1])):.1f})")
         else:
             scores = jax.random.uniform(jax.random.PRNGKey(s.seed + 5000), rec.reward.shape)
-        self._explained[kind] = jax.jit(jax.vmap(lambda r, sc: critical_advice(r, sc, s.modulation.capacity)))(rec, scores)
+        space = self.agent_learner.env.action_space
+        width = space.num_actions if space.discrete else 0
+        self._explained[kind] = jax.jit(jax.vmap(lambda r, sc: critical_advice(r, sc, s.modulation.capacity, width)))(
+            rec, scores)
         return self._explained[kind]
 
     # ------------------------------------------------------------------ stages 2-5 + refinement
