@@ -51,6 +51,17 @@ def test_the_distribution_is_the_softmax_where_the_options_part():
                                                    ("stay", "up", "down"), 1), softmax(-2.5, -0.2, -1.9), rtol=1e-9)
 
 
+def test_what_follows_the_name_does_not_count_against_it():
+    """SmolLM2's own answer (recorded): it wanted to go on with '",' (another field), the schema closed with '"}';
+    that token says nothing about the options, and the alternatives' later tokens are not known either."""
+    smol = [_entry('{"', -5.99), _entry("action", -2.06), _entry('":', -0.15), _entry(' "', -3.42),
+            _entry("push", -0.02, [("push", -0.02), ("pull", -6.49)]), _entry("_", -0.0, [("_", -0.0), ("-", -9.15)]),
+            _entry("left", -0.168, [("left", -0.168), ("right", -1.89), ("up", -7.9)]),
+            _entry('"}', -2.217, [('",', -0.22), ('"}', -2.217)])]
+    dist = choice_distribution('{"action": "push_left"}', parse_token_logprobs(smol), NAMES, 0)
+    np.testing.assert_allclose(dist, softmax(-0.168, -1.89), rtol=1e-9)
+
+
 @pytest.mark.parametrize("tokens,why", [
     (None, "no logprobs"),
     (answer_tokens()[:-1], "do not spell"),  # partial: the last token is missing

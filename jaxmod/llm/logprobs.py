@@ -12,7 +12,8 @@ the answer `{"action": "<name>"}` spells one option; every other option `c` shar
 and departs from it at one token position. Its log-probability is the chosen tokens' log-probabilities before that
 position plus the log-probability of the alternatives listed there that spell `c`'s next characters (log-sum-exp
 over several such tokens), its later tokens taken as certain (a server returns nothing about them: jaxmod's
-choice); the chosen option's is the sum over its own tokens (closing quote included). The distribution is the
+choice); the chosen option's is the sum over the tokens that spell it (a token that spells only what follows the
+name, such as the closing quote, is left out, as the alternatives' are). The distribution is the
 softmax of those log-probabilities over the options. It is None (the caller falls back to the one-hot target and
 counts why) when the tokens do not spell the answer, or any option is missing from the listed alternatives.
 """
@@ -111,7 +112,7 @@ def choice_distribution(content: str, tokens: tuple[TokenLogprob, ...] | None, n
         raise NoDistribution("the answer's option is not found in its tokens")
     end = found + len(want) + 1  # the closing quote included: an option that is a prefix of another departs there
     scores: dict[int, float] = {}
-    cum, start = 0.0, 0
+    cum, mine_total, start = 0.0, 0.0, 0
     for tok in tokens:
         stop = start + len(tok.token)
         if stop <= found:
@@ -132,11 +133,13 @@ def choice_distribution(content: str, tokens: tuple[TokenLogprob, ...] | None, n
                 raise NoDistribution(f"option {names[i]!r} is not among the listed alternatives")
             scores[i] = cum + _logsumexp(alts)
         cum += tok.logprob
+        if start < end - 1:  # a token that spells part of the chosen name (not only what follows it)
+            mine_total = cum
         start = stop
     missing = [names[i] for i in range(len(names)) if i != chosen and i not in scores]
     if missing:
         raise NoDistribution(f"option {missing[0]!r} never departs from the answer in its tokens")
-    scores[chosen] = cum
+    scores[chosen] = mine_total
     top = max(scores.values())
     weights = [math.exp(scores[i] - top) for i in range(len(names))]
     total = sum(weights)

@@ -105,7 +105,8 @@ def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096, logprobs: bool = Fals
         choice = out["choices"][0]
         meta = {**out.get("usage", {}), "finish_reason": choice["finish_reason"]}
         if wanted and choice.get("logprobs"):
-            meta["logprobs"] = choice["logprobs"]  # OpenAI's shape: {"content": [{token, logprob, top_logprobs}]}
+            # OpenAI's shape ({"content": [{token, logprob, top_logprobs}]}), llama.cpp's numpy floats as JSON numbers
+            meta["logprobs"] = json.loads(json.dumps(choice["logprobs"], default=float))
         return choice["message"]["content"] or "", meta
 
     answer.n_ctx = n_ctx  # served at /props, as llama-server does
