@@ -88,9 +88,9 @@ def _record(trust: AdviceTrust, slot: int, advised: np.ndarray, control: np.ndar
 
 
 def test_trust_starts_at_zero_and_grows_with_evidence_that_the_suggestion_wins():
-    book, _ = _advice(4)
+    book, _ = _advice(5, capacity=5)
     advice = book.to_advice()
-    trust = AdviceTrust.create(4).follow(advice)
+    trust = AdviceTrust.create(5).follow(advice)
     np.testing.assert_array_equal(trust.trust_weights(), 0.0)  # unproven: no influence
     rng = np.random.default_rng(0)
     weights = []
@@ -100,12 +100,12 @@ def test_trust_starts_at_zero_and_grows_with_evidence_that_the_suggestion_wins()
     assert weights[0][0] < weights[-1][0] == 1.0
     # one winning slot proves that slot, not the advisor: a slot without samples of its own gets nothing yet
     assert weights[-1][1] == 0.0
-    for slot in (1, 2):  # two more of the advisor's slots win: its new advice is expected to win too
+    for slot in (1, 2, 3):  # more of the advisor's slots win: its new advice is expected to win too
         for _ in range(6):
             trust = _record(trust, slot, rng.normal(1.0, 1.0, 4), rng.normal(0.0, 1.0, 4))
     weights = np.asarray(trust.trust_weights())
-    assert weights[3] > 0.5, weights
-    assert not bool(trust.off) and bool(trust.trusted(advice)[3])
+    assert weights[4] > 0.5, weights
+    assert not bool(trust.off) and bool(trust.trusted(advice)[4])
 
 
 def test_a_random_advisor_lends_no_trust_to_its_new_slots_and_its_right_answers_earn_their_own():
@@ -143,17 +143,27 @@ def test_an_advisor_whose_suggestions_keep_losing_is_switched_off_as_a_whole():
 
 def test_retired_slots_stay_in_the_advisors_record():
     """A replaced slot's evidence leaves the slot but not the advisor: its new advice inherits it."""
-    book, snap = _advice(3)
-    trust = AdviceTrust.create(4).follow(book.to_advice())
+    book, snap = _advice(4, capacity=5)
+    trust = AdviceTrust.create(5).follow(book.to_advice())
     rng = np.random.default_rng(4)
     for _ in range(6):
-        for slot in range(3):
+        for slot in range(4):
             trust = _record(trust, slot, rng.normal(1.0, 1.0, 4), rng.normal(0.0, 1.0, 4))
-    for i in range(4):  # a new round replaces every slot
+    for i in range(5):  # a new round replaces every slot
         book.add(AdviceItem(episode=20 + i, step=0, obs=snap.obs, snapshot=snap, action=0, reward=1.0))
     renewed = trust.follow(book.to_advice())
-    assert float(renewed.retired[0]) == 3.0 and np.all(np.asarray(renewed.count) == 0.0)
+    assert float(renewed.retired[0]) == 4.0 and np.all(np.asarray(renewed.count) == 0.0)
     assert np.all(np.asarray(renewed.trust_weights()) > 0.5)
+
+
+def test_a_few_slots_that_agree_by_chance_do_not_judge_the_advisor():
+    """Two judged slots with nearly equal gaps: their spread is ~0, but the advisor is not judged on two slots."""
+    book, _ = _advice(3)
+    trust = AdviceTrust.create(4).follow(book.to_advice())
+    for slot in (0, 1):
+        trust = _record(trust, slot, np.array([1.0, -1.0, 1.0, -1.0]) - 2.0, np.array([1.0, -1.0, 1.0, -1.0]))
+    assert float(trust.advisor_record()[0]) == 2.0 and float(trust.advisor_z()) == 0.0
+    assert float(trust.trust_weights()[2]) == 0.0
 
 
 def test_noise_alone_neither_trusts_nor_switches_off():

@@ -50,6 +50,7 @@ TRUST_Z_LO, TRUST_Z_HI = 1.5, 3.5  # posterior z-scores of a positive gap at whi
 ADVISOR_REFUTE_Z = 3.0  # the advisor's pooled gap is tested after every rollout: a stricter bound than a slot's
 EXPLORE_SHARE = 0.5  # share of an untrusted slot's critical steps on which ULTRA-A executes its suggestion
 ADVISOR_MIN_SLOTS = 8  # the advisor as a whole is judged once this many of its slots are judged
+PRIOR_MIN_SLOTS = 4  # judged slots before the advisor's record says anything (a prior for new slots, its z)
 SLOT_MEMORY = 4  # the advisor's record keeps the last SLOT_MEMORY x K retired judged slots
 ADVISED, CONTROL = 0, 1  # rows of the statistics
 
@@ -146,9 +147,10 @@ class AdviceTrust:
 
     def advisor_record(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """Scalars over the advisor's judged slots (retired and current): how many (m), their mean gap, the squared
-        standard error of that mean (the slots' spread over m; inf below 2 slots) and the spread of the slots' true
+        standard error of that mean (the slots' spread, at least their sampling variance, over m) and the spread of the slots' true
         gaps (tau^2: their gaps' variance less the sampling variance, >= 0). Slots are the units, each counted once
-        (a random effects model: jaxmod's choice)."""
+        (a random effects model: jaxmod's choice); below PRIOR_MIN_SLOTS judged slots the standard error is inf (the
+        advisor is not judged yet: two slots that happen to agree gave z = -36 on CartPole-v1)."""
         judged = self.judged()
         gap, var = self.slot_gaps()
         cur = judged.sum().astype(jnp.float32)
@@ -159,13 +161,14 @@ class AdviceTrust:
         square = (count * r_square + jnp.sum(jnp.where(judged, gap * gap, 0.0))) / total
         sampling = (count * r_var + jnp.sum(jnp.where(judged, var, 0.0))) / total
         spread = jnp.maximum(square - mean * mean, 0.0) * total / jnp.maximum(m - 1.0, 1.0)  # sample variance
-        se2 = jnp.where(m >= 2, spread / total, jnp.inf)
+        # the gaps scatter at least by their sampling noise: a few slots that agree by chance prove no more
+        se2 = jnp.where(m >= PRIOR_MIN_SLOTS, jnp.maximum(spread, sampling) / total, jnp.inf)
         return m, mean, se2, jnp.maximum(spread - sampling, 0.0)
 
     def advisor_z(self) -> jax.Array:
-        """Scalar: the advisor's mean slot gap over its standard error (0 below 2 judged slots)."""
+        """Scalar: the advisor's mean slot gap over its standard error (0 below PRIOR_MIN_SLOTS judged slots)."""
         m, mean, se2, _ = self.advisor_record()
-        return jnp.where(m >= 2, mean / jnp.sqrt(jnp.maximum(se2, 1e-30)), 0.0)
+        return jnp.where(m >= PRIOR_MIN_SLOTS, mean / jnp.sqrt(jnp.maximum(se2, 1e-30)), 0.0)
 
     def trusted(self, advice: Advice, min_samples: int | None = None) -> jax.Array:
         """(K,) bool: valid slots not (yet) shown to do worse than the policy's own choices, of an advisor not
@@ -182,7 +185,7 @@ class AdviceTrust:
         [0, 1] between TRUST_Z_LO and TRUST_Z_HI. An advisor whose slots win consistently lends a new slot trust
         before it has samples; one whose slots scatter around 0 (a random advisor) lends none."""
         m, prior_gap, se2, tau2 = self.advisor_record()
-        prior_precision = jnp.where(m >= 2, 1.0 / jnp.maximum(tau2 + se2, 1e-12), 0.0)
+        prior_precision = jnp.where(m >= PRIOR_MIN_SLOTS, 1.0 / jnp.maximum(tau2 + se2, 1e-12), 0.0)
         slot_gap, var = self.slot_gaps()
         slot_precision = jnp.where(jnp.isfinite(var), 1.0 / jnp.maximum(var, 1e-12), 0.0)
         precision = prior_precision + slot_precision
