@@ -76,9 +76,9 @@ def _advisor_factory(config: UltraConfig, transcript: Transcript | None) -> Call
             backend = DelayedBackend(backend, a.latency_s)
         return backend
 
-    def local(backend: ChatBackend) -> Advisor:
+    def local(backend: ChatBackend, top_logprobs: int = 0) -> Advisor:
         return Advisor(backend, a.max_critical, transcript, deadline_s=deadline_s, context_tokens=a.context_tokens,
-                       max_tokens=a.max_tokens or 512)
+                       max_tokens=a.max_tokens or 512, top_logprobs=top_logprobs)
 
     @contextlib.asynccontextmanager
     async def factory():
@@ -86,7 +86,7 @@ def _advisor_factory(config: UltraConfig, transcript: Transcript | None) -> Call
         if spec.startswith("replay:"):
             from jaxmod.llm import ReplayBackend
 
-            yield local(ReplayBackend(spec.split(":", 1)[1]))
+            yield local(ReplayBackend(spec.split(":", 1)[1]), a.logprobs)  # recorded log-probabilities: same targets
         elif spec in ("random", "constant"):  # control advisors: no knowledge of the task, same validation path
             from jaxmod.llm.control_advisors import CONTROL_ADVISORS
 
