@@ -162,6 +162,8 @@ def _modulation_row(m: dict[str, np.ndarray]) -> dict[str, Any]:
                                                           "advisor_z") if k in m})
     if "advisor_off" in m:  # seeds whose advisor verification has switched off as a whole
         row["advisor_off_seeds"] = int(np.sum(m["advisor_off"][:, -1]))
+    if "advice_executed" in m:  # ULTRA-A: suggestions executed in the chunk, all seeds together
+        row["advice_executed"] = int(np.sum(m["advice_executed"]))
     if "shaping" in m:
         row["shaping"] = float(np.mean(m["shaping"]))
     row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
