@@ -23,7 +23,16 @@ end at once (ULTRA-A's first chunk: 86 restarts before, 64 after), so A, R, RA a
 with it, and so was Random, whose evaluation returns stayed the same but whose RND bonus in chunk 2 did not
 (0.42098 -> 0.42127); PPO, JSRL and RICE came out bit for bit the same. In the (untested) Pong set, StateMask-R (restart
 probability 1: 246 restarts in its first chunk before, 151 after) and RICE's restart counts changed, and were
-re-recorded too; every other Pong entry came out the same."""
+re-recorded too; every other Pong entry came out the same.
+
+One behaviour changed since (issue 18, ULTRA-A must do no harm with bad advice): verification judges the advisor by
+its slots, each counted once, instead of by its samples pooled over slots (a random advisor's pooled z reached 2.5
+on Acrobot-v1, its new slots inherited trust and the KL pull toward random actions collapsed 2 of 5 ULTRA-A seeds).
+The trust weights of ULTRA's A, R, RA (and the advisor switch-off, which 'restart' also reads) come out different,
+so their entries were re-recorded, and A and RA log a new metric, `advice_executed`. PPO and every baseline
+(StateMask-R, RICE, JSRL, Random) came out bit for bit the same. The Pong set (untested) was not re-recorded:
+its A, R, RA entries are stale. Advice gained a field (`target`: an LLM's distribution over the actions, zeros
+for every advisor here), which changes no number: the KL term keeps the one-hot where the row is zero."""
 
 from __future__ import annotations
 
