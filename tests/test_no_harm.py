@@ -88,9 +88,9 @@ def _record(trust: AdviceTrust, slot: int, advised: np.ndarray, control: np.ndar
 
 
 def test_trust_starts_at_zero_and_grows_with_evidence_that_the_suggestion_wins():
-    book, _ = _advice(2)
+    book, _ = _advice(5, capacity=5)
     advice = book.to_advice()
-    trust = AdviceTrust.create(4).follow(advice)
+    trust = AdviceTrust.create(5).follow(advice)
     np.testing.assert_array_equal(trust.trust_weights(), 0.0)  # unproven: no influence
     rng = np.random.default_rng(0)
     weights = []
@@ -98,24 +98,72 @@ def test_trust_starts_at_zero_and_grows_with_evidence_that_the_suggestion_wins()
         trust = _record(trust, 0, rng.normal(1.0, 1.0, 4), rng.normal(0.0, 1.0, 4))
         weights.append(np.asarray(trust.trust_weights()))
     assert weights[0][0] < weights[-1][0] == 1.0
-    # slot 1 has no samples of its own: it inherits the advisor's pooled evidence (a proven advisor's new advice)
-    assert weights[-1][1] > 0.5 and weights[-1][2] == weights[-1][1]
-    assert not bool(trust.off) and bool(trust.trusted(advice, 4)[1])
+    # one winning slot proves that slot, not the advisor: a slot without samples of its own gets nothing yet
+    assert weights[-1][1] == 0.0
+    for slot in (1, 2, 3):  # more of the advisor's slots win: its new advice is expected to win too
+        for _ in range(6):
+            trust = _record(trust, slot, rng.normal(1.0, 1.0, 4), rng.normal(0.0, 1.0, 4))
+    weights = np.asarray(trust.trust_weights())
+    assert weights[4] > 0.5, weights
+    assert not bool(trust.off) and bool(trust.trusted(advice)[4])
+
+
+def test_a_random_advisor_lends_no_trust_to_its_new_slots_and_its_right_answers_earn_their_own():
+    """A random advisor is right at some states and wrong at others: each slot's samples share its state's gap.
+    Pooled as independent samples its few slots' average would look certain; slot by slot it is not."""
+    book, _ = _advice(12, capacity=12)
+    advice = book.to_advice()
+    trust = AdviceTrust.create(12).follow(advice)
+    rng = np.random.default_rng(3)
+    truth = np.array([1.0, -1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0])  # slot 11: no samples
+    for _ in range(8):  # 32 samples per group and slot: every slot's own gap is clear
+        for slot, gap in enumerate(truth):
+            trust = _record(trust, slot, rng.normal(gap, 1.0, 4), rng.normal(0.0, 1.0, 4)).judge_advisor()
+    weights = np.asarray(trust.trust_weights())
+    assert weights[11] == 0.0 and abs(float(trust.advisor_z())) < 1.5 and not bool(trust.off)
+    assert np.all(weights[:11][truth > 0] > 0.4) and np.all(weights[:11][truth < 0] == 0.0)  # own evidence
+    refuted = ~np.asarray(trust.trusted(advice))
+    assert np.array_equal(refuted[:11], truth < 0)  # the wrong ones stop acting
 
 
 def test_an_advisor_whose_suggestions_keep_losing_is_switched_off_as_a_whole():
-    book, snap = _advice(2)
+    book, snap = _advice(10, capacity=12)
     advice = book.to_advice()
-    trust = AdviceTrust.create(4).follow(advice)
+    trust = AdviceTrust.create(12).follow(advice)
     rng = np.random.default_rng(1)
-    for round_ in range(12):
-        trust = _record(trust, round_ % 2, rng.normal(-1.0, 1.0, 4), rng.normal(0.0, 1.0, 4)).judge_advisor(4)
+    for round_ in range(30):
+        trust = _record(trust, round_ % 10, rng.normal(-1.0, 1.0, 4), rng.normal(0.0, 1.0, 4)).judge_advisor()
     assert bool(trust.off)
     np.testing.assert_array_equal(trust.trust_weights(), 0.0)
-    for i in range(2, 4):  # the advisor's next round: fresh slots, still switched off
+    for i in range(10, 12):  # the advisor's next round: fresh slots, still switched off
         book.add(AdviceItem(episode=10 + i, step=0, obs=snap.obs, snapshot=snap, action=0, reward=1.0))
     renewed = trust.follow(book.to_advice())
-    assert bool(renewed.off) and not bool(renewed.trusted(book.to_advice(), 4).any())
+    assert bool(renewed.off) and not bool(renewed.trusted(book.to_advice()).any())
+
+
+def test_retired_slots_stay_in_the_advisors_record():
+    """A replaced slot's evidence leaves the slot but not the advisor: its new advice inherits it."""
+    book, snap = _advice(4, capacity=5)
+    trust = AdviceTrust.create(5).follow(book.to_advice())
+    rng = np.random.default_rng(4)
+    for _ in range(6):
+        for slot in range(4):
+            trust = _record(trust, slot, rng.normal(1.0, 1.0, 4), rng.normal(0.0, 1.0, 4))
+    for i in range(5):  # a new round replaces every slot
+        book.add(AdviceItem(episode=20 + i, step=0, obs=snap.obs, snapshot=snap, action=0, reward=1.0))
+    renewed = trust.follow(book.to_advice())
+    assert int(np.isfinite(np.asarray(renewed.retired_var)).sum()) == 4 and np.all(np.asarray(renewed.count) == 0.0)
+    assert np.all(np.asarray(renewed.trust_weights()) > 0.5)
+
+
+def test_a_few_slots_that_agree_by_chance_do_not_judge_the_advisor():
+    """Two slots with nearly equal gaps: their spread is ~0, but the advisor is not judged on two slots."""
+    book, _ = _advice(3)
+    trust = AdviceTrust.create(4).follow(book.to_advice())
+    for slot in (0, 1):
+        trust = _record(trust, slot, np.array([1.0, -1.0, 1.0, -1.0]) - 2.0, np.array([1.0, -1.0, 1.0, -1.0]))
+    assert float(trust.advisor_record()[0]) == 2.0 and float(trust.advisor_z()) == 0.0
+    assert float(trust.trust_weights()[2]) == 0.0
 
 
 def test_noise_alone_neither_trusts_nor_switches_off():
@@ -123,7 +171,7 @@ def test_noise_alone_neither_trusts_nor_switches_off():
     trust = AdviceTrust.create(4).follow(book.to_advice())
     rng = np.random.default_rng(2)
     for round_ in range(40):
-        trust = _record(trust, round_ % 4, rng.normal(0.0, 1.0, 2), rng.normal(0.0, 1.0, 2)).judge_advisor(4)
+        trust = _record(trust, round_ % 4, rng.normal(0.0, 1.0, 2), rng.normal(0.0, 1.0, 2)).judge_advisor()
     assert not bool(trust.off) and float(np.max(trust.trust_weights())) < 0.5
 
 

@@ -31,7 +31,18 @@ is the same (GAE, the clipped loss, `optimise`), but the learner splits its keys
 per step), so the mask nets, the critical states they pick and everything downstream of them differ: StateMask-R
 and RICE (the two methods that use the mask) were re-recorded on both sets (CartPole-v1 final evaluation, seed 0
 / 1: StateMask-R 49.1 / 46.1 -> 48.1 / 39.9, RICE 44.5 / 47.5 -> 43.8 / 43.6); every other method and the whole
-learner set came out bit for bit the same."""
+learner set came out bit for bit the same.
+
+One behaviour changed since (issue 18, ULTRA-A must do no harm with bad advice): verification judges the advisor by
+its slots (a random effects meta-analysis, each slot one unit) instead of by its samples pooled over slots (a random
+advisor's pooled z reached 2.5 on Acrobot-v1, its new slots inherited trust and the KL pull toward random actions
+collapsed 2 of 5 ULTRA-A seeds). In the learner set every parameter of every method came out bit for bit the same;
+A, R, RA and restart report a different `advisor_z` (its definition changed) and A, RA a new metric,
+`advice_executed` (the suggestions ULTRA-A executed): those entries were re-recorded. In the end-to-end CartPole
+set the trust weights differ over 2 chunks, so A, R and RA's returns and rows changed and were re-recorded; PPO,
+StateMask-R, RICE, JSRL and Random came out bit for bit the same. The Pong set (untested) was not re-recorded: its
+A, R, RA entries are stale. Advice gained a field (`target`: an LLM's distribution over the actions, zeros for every
+advisor here), which changes no number: the KL term keeps the one-hot where the row is zero."""
 
 from __future__ import annotations
 

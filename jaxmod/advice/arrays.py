@@ -28,6 +28,9 @@ class Advice:
     reward: jax.Array  # (K,) implicit reward in [-1, 1]
     rated_action: jax.Array  # (K,) or (K, A): the action the implicit reward rates (the agent's, at the source step)
     weight: jax.Array  # (K,) confidence weight in [0, 1]
+    target: jax.Array  # (K, num_actions) float32 for discrete actions: the advisor's distribution over the actions
+    # (from an LLM's token log-probabilities, `jaxmod.llm.logprobs`), a row of zeros where it gave none (the KL target
+    # is then the one-hot of `action`); (K, 0) for continuous actions
     valid: jax.Array  # (K,) bool
     episode: jax.Array  # (K,) int32 source episode id (traceability)
     step: jax.Array  # (K,) int32 source step within that episode
@@ -43,8 +46,10 @@ class Advice:
         snapshot = jax.tree.map(lambda s: jnp.zeros((capacity,) + s.shape, s.dtype), snap)
         space = core.action_space
         action = jnp.zeros((capacity,), jnp.int32) if space.discrete else jnp.zeros((capacity,) + space.shape, jnp.float32)
+        target = jnp.zeros((capacity, space.num_actions if space.discrete else 0), jnp.float32)
         return Advice(obs=jnp.zeros((capacity,) + core.obs_shape, jnp.float32), snapshot=snapshot, action=action,
                       rated_action=action, reward=jnp.zeros((capacity,), jnp.float32), weight=jnp.zeros((capacity,), jnp.float32),
+                      target=target,
                       valid=jnp.zeros((capacity,), jnp.bool_), episode=jnp.full((capacity,), -1, jnp.int32),
                       step=jnp.full((capacity,), -1, jnp.int32))
 
@@ -62,6 +67,7 @@ class AdviceItem:
     weight: float = 1.0
     reason: str = ""
     rated_action: int | Sequence[float] | None = None  # what the implicit reward rates; None: the suggestion
+    target: Sequence[float] | None = None  # discrete: the advisor's distribution over the actions; None: one-hot
 
 
 def finite_state(item: AdviceItem) -> bool:
@@ -114,6 +120,12 @@ class AdviceBook:
         a.rated_action[slot] = rated
         a.reward[slot] = float(np.clip(item.reward, -1.0, 1.0))
         a.weight[slot] = float(np.clip(item.weight, 0.0, 1.0))
+        a.target[slot] = 0.0
+        if item.target is not None and a.target.shape[1]:
+            dist = np.asarray(item.target, np.float64).reshape(-1)
+            if dist.shape == (a.target.shape[1],) and np.all(np.isfinite(dist)) and np.all(dist >= 0) \
+                    and dist.sum() > 0:  # else: the one-hot target
+                a.target[slot] = dist / dist.sum()
         a.valid[slot] = True
         a.episode[slot] = key[0]
         a.step[slot] = key[1]
@@ -139,8 +151,10 @@ class AdviceBook:
             if item is None or not isinstance(verdict, Advised) or not finite_state(item):
                 counts["dropped"] += 1
                 continue
+            # an LLM's confidence in its multiple choice (the chosen action's probability) weighs the advice
             self.add(AdviceItem(item.episode, item.step, item.obs, item.snapshot, verdict.action, verdict.reward,
-                                item.weight, verdict.reason, item.rated_action))
+                                item.weight * verdict.confidence, verdict.reason, item.rated_action,
+                                verdict.distribution))
             counts["packed"] += 1
         return counts
 

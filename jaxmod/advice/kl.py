@@ -1,8 +1,10 @@
 """A KL pull toward the advisor's suggestions at critical steps (`KLTarget`; jaxmod's extension of the paper).
 
 The loss adds `kl_coef * trust * KL(target || pi)` averaged over the minibatch's critical steps (`trust`: the slot's
-trust weight in [0, 1] from verification, `jaxmod.advice.verify`; 1 without it): a one-hot target for
-discrete actions (= -log pi(a*)), a Gaussian of std `target_std` around the suggestion for continuous ones. With
+trust weight in [0, 1] from verification, `jaxmod.advice.verify`; 1 without it): for discrete actions the advisor's
+distribution over the actions where it gave one (`Advice.target`: an LLM's probabilities of its multiple-choice
+options, read from token log-probabilities by `jaxmod.llm.logprobs`; jaxmod's extension) and otherwise a one-hot
+target (= -log pi(a*)); a Gaussian of std `target_std` around the suggestion for continuous ones. With
 `filter`, only on critical steps that executed the suggestion with a positive GAE advantage, i.e. where following
 the advice turned out better than the critic expected (wrong advice then gets no pull).
 """
@@ -22,12 +24,21 @@ from jaxmod.ppo.losses import weighted_sum
 from jaxmod.ppo.modulator import Modulator
 
 
-def advice_kl(net, params, head: jax.Array, suggested: jax.Array, target_std: float) -> jax.Array:
-    """KL(target || pi) per sample ([B] float32): a one-hot target (= -log pi(a*)) for discrete actions
-    (`suggested` [B] int32), a Gaussian of std `target_std` around `suggested` ([B, A] float32) for continuous
-    ones. `head`: the policy head's output for the samples (logits, or the Gaussian's mean)."""
+def advice_kl(net, params, head: jax.Array, suggested: jax.Array, target_std: float,
+              target: jax.Array | None = None) -> jax.Array:
+    """KL(target || pi) per sample ([B] float32). Discrete actions: the advisor's distribution `target` ([B, A]
+    float32) where its row is nonzero (an LLM's probabilities over the actions), else the one-hot of `suggested`
+    ([B] int32; KL = -log pi(a*)). Continuous ones: a Gaussian of std `target_std` around `suggested` ([B, A]
+    float32). `head`: the policy head's output for the samples (logits, or the Gaussian's mean)."""
     if net.action_space.discrete:
-        return -D.categorical_log_prob(head, suggested)
+        one_hot = -D.categorical_log_prob(head, suggested)
+        if target is None or target.shape[-1] != head.shape[-1]:
+            return one_hot
+        log_pi = jax.nn.log_softmax(head, axis=-1)
+        positive = target > 0
+        soft = jnp.sum(jnp.where(positive, target * (jnp.log(jnp.where(positive, target, 1.0)) - log_pi), 0.0),
+                       axis=-1)
+        return jnp.where(jnp.sum(target, axis=-1) > 0, soft, one_hot)
     log_std = jnp.broadcast_to(params["log_std"], head.shape)
     return D.gaussian_kl(suggested, jnp.full_like(head, jnp.log(target_std)), head, log_std)
 
@@ -55,12 +66,16 @@ class KLTarget(Modulator):
             critical = critical & advised_steps(plan, traj, spec) & (advantage > 0)
         slot = traj.extras["slot"]
         suggested = take_slot(plan["advice"].action, slot)
+        target = take_slot(plan["advice"].target, slot)  # [T, N, A]: zeros where the target is the one-hot
         # the pull scales with the slot's trust weight (verification's; 1 without it), averaged over all critical
         # steps pulled: an unproven slot pulls nothing
         trust = take_slot(plan.get("trust_weight", jnp.ones(plan["advice"].capacity)), slot)
-        return aux, {"kl": critical.astype(jnp.float32)}, {"suggested": suggested, "kl_trust": trust}
+        fields = {"suggested": suggested, "kl_trust": trust}
+        if target.shape[-1]:  # discrete actions (a static shape)
+            fields["kl_target"] = target
+        return aux, {"kl": critical.astype(jnp.float32)}, fields
 
     def loss(self, aux, net, params, head, batch):
-        kl = advice_kl(net, params, head, batch.fields["suggested"], self.target_std)
+        kl = advice_kl(net, params, head, batch.fields["suggested"], self.target_std, batch.fields.get("kl_target"))
         mean = weighted_sum(batch.masks["kl"] * batch.fields["kl_trust"], kl)
         return aux.kl_coef * mean, {"advice_kl": mean}

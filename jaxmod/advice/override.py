@@ -22,7 +22,8 @@ from jaxmod.ppo.rollout import where_envs
 
 @dataclass(frozen=True)
 class ActionOverride(Modulator):
-    """Writes `traj.extras["forced"]` ([T, N] bool: the action was imposed) and `masks["policy"]` (the others)."""
+    """Writes `traj.extras["forced"]` ([T, N] bool: the action was imposed) and `masks["policy"]` (the others);
+    metric `advice_executed`: the suggestions it executed in the rollout (int32)."""
 
     def step(self, aux, plan, xs, s, spec):
         slot = s.extras["slot"]
@@ -37,3 +38,6 @@ class ActionOverride(Modulator):
 
     def weigh(self, aux, plan, traj, advantage, values, next_values, spec):
         return aux, {"policy": (~traj.extras["forced"]).astype(jnp.float32)}, {}
+
+    def metrics(self, aux, plan, traj, spec):
+        return {"advice_executed": traj.extras["forced"].sum().astype(jnp.int32)}

@@ -170,10 +170,11 @@ def mask_importance(mask_net: ActorCritic, mask_params: Params, obs: jax.Array) 
     return jax.nn.softmax(mask_net.policy_head(mask_params, obs), axis=-1)[..., 0]
 
 
-def critical_advice(rec: Recording, scores: jax.Array, capacity: int) -> Advice:
+def critical_advice(rec: Recording, scores: jax.Array, capacity: int, num_actions: int = 0) -> Advice:
     """The most important step of every episode in a (T, N) recording (RICE: one critical state per
     trajectory), the `capacity` highest-scoring of them packed as restart advice (the agent's own
-    action, no implicit reward). Fixed shapes: jittable and vmappable."""
+    action, no implicit reward, no distribution over the `num_actions` discrete actions: 0 for continuous ones).
+    Fixed shapes: jittable and vmappable."""
     done = jnp.logical_or(rec.terminated, rec.truncated)
     t_len, n_envs = done.shape
     episode = jnp.cumsum(done, axis=0) - done  # episode index within each env at each step
@@ -188,6 +189,7 @@ def critical_advice(rec: Recording, scores: jax.Array, capacity: int) -> Advice:
     pick = lambda x: x[t_idx, n_idx]  # noqa: E731
     return Advice(obs=pick(rec.obs), snapshot=jax.tree.map(pick, rec.core), action=pick(rec.action),
                   rated_action=pick(rec.action),
-                  reward=jnp.zeros((capacity,), jnp.float32), weight=valid.astype(jnp.float32), valid=valid,
+                  reward=jnp.zeros((capacity,), jnp.float32), weight=valid.astype(jnp.float32),
+                  target=jnp.zeros((capacity, num_actions), jnp.float32), valid=valid,
                   episode=pick(episode).astype(jnp.int32) * n_envs + n_idx.astype(jnp.int32),
                   step=pick(rec.core.time).astype(jnp.int32))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ from jaxmod.llm.answers import (
 )
 from jaxmod.llm.budget import DEFAULT_CONTEXT_TOKENS, estimate_tokens, prompt_budget
 from jaxmod.llm.client import Accept, ChatResult, LLMClient
+from jaxmod.llm.logprobs import NoDistribution, choice_distribution, parse_token_logprobs, to_json
 from jaxmod.llm.prompts import (
     EpisodeView,
     Messages,
@@ -60,13 +62,14 @@ MAX_REASONING_CHARS = 20_000  # reasoning kept per transcript record
 class ChatBackend(Protocol):
     """Anything that answers chat messages. `accept(content, finish_reason)` is the asker's validator: a backend
     with a cache stores only answers it accepts (wrappers pass it on). `numeric`: the question's exact numbers,
-    which a backend may use (in-process answerers) or ignore (anything that only sends text)."""
+    which a backend may use (in-process answerers) or ignore (anything that only sends text). `top_logprobs` > 0:
+    the answer's token log-probabilities are wanted (`ChatResult.logprobs`; a backend without them returns None)."""
 
     name: str
 
     async def complete(self, messages: Messages, schema: dict[str, Any] | None, name: str,
                        deadline: float | None, accept: Accept | None = None, *,
-                       numeric: NumericContext | None = None) -> ChatResult: ...
+                       numeric: NumericContext | None = None, top_logprobs: int = 0) -> ChatResult: ...
 
 
 class Answerer(Protocol):
@@ -89,8 +92,10 @@ class HTTPBackend:
     def name(self) -> str:  # the URL carries no credentials; the model may be discovered on the first request
         return f"http:{self.client.base_url}:{self.client.model or 'auto'}"
 
-    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
-        return await self.client.chat(messages, schema, name, deadline, accept=accept)  # HTTP carries text only
+    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None,
+                       top_logprobs=0) -> ChatResult:
+        return await self.client.chat(messages, schema, name, deadline, accept=accept,  # HTTP carries text only
+                                      top_logprobs=top_logprobs)
 
     async def context_tokens(self) -> int | None:
         """The server's context window in tokens, where it tells (`LLMClient.context_tokens`)."""
@@ -105,8 +110,9 @@ class LocalBackend:
         self.answerer = answerer if answerer is not None else ScriptedBackend()
         self.name = self.answerer.name
 
-    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
-        t0 = time.monotonic()
+    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None,
+                       top_logprobs=0) -> ChatResult:
+        t0 = time.monotonic()  # an answerer, not a language model: no token log-probabilities
         answer_numeric = getattr(self.answerer, "answer_numeric", None)
         try:
             if numeric is not None and answer_numeric is not None:
@@ -152,7 +158,8 @@ class ReplayBackend:
             return records[-1]
         return records[i]
 
-    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
+    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None,
+                       top_logprobs=0) -> ChatResult:
         pkey = prompt_key(list(messages), schema)
         tkey = tags_key(current_tags())
         if tkey and (tkey, pkey) in self.by_tags:
@@ -163,7 +170,7 @@ class ReplayBackend:
             return ChatResult(error="replay: question not in transcript", kind="replay")
         return ChatResult(content=rec.get("content"), finish_reason=rec.get("finish_reason"),
                           usage=rec.get("usage") or {}, model=rec.get("model"), error=rec.get("error"), attempts=1,
-                          kind=rec.get("error_kind"))
+                          kind=rec.get("error_kind"), logprobs=parse_token_logprobs(rec.get("logprobs")))
 
 
 class NoisyBackend:
@@ -179,9 +186,11 @@ class NoisyBackend:
         self.name = f"noisy({fraction:g}):{inner.name}"
         self.corrupted = 0
 
-    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
+    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None,
+                       top_logprobs=0) -> ChatResult:
         # the cache sees true answers
-        result = await self.inner.complete(messages, schema, name, deadline, accept, numeric=numeric)
+        result = await self.inner.complete(messages, schema, name, deadline, accept, numeric=numeric,
+                                           top_logprobs=top_logprobs)
         rng = random.Random(f"{self.seed}:{prompt_key(list(messages), schema)}")
         if not result.ok or rng.random() >= self.fraction:
             return result
@@ -205,6 +214,7 @@ class NoisyBackend:
         if "reward" in data and isinstance(data["reward"], (int, float)):
             data["reward"] = -data["reward"] if data["reward"] != 0 else rng.choice([-1.0, 1.0])
         result.content = json.dumps(data)
+        result.logprobs = None  # they were the true answer's
         return result
 
     async def context_tokens(self) -> int | None:
@@ -221,10 +231,12 @@ class DelayedBackend:
         self.inner, self.delay_s = inner, delay_s
         self.name = f"delayed({delay_s:g}s):{inner.name}"
 
-    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None) -> ChatResult:
+    async def complete(self, messages, schema, name, deadline, accept=None, *, numeric=None,
+                       top_logprobs=0) -> ChatResult:
         t0 = time.monotonic()
         await asyncio.sleep(self.delay_s)
-        result = await self.inner.complete(messages, schema, name, deadline, accept, numeric=numeric)
+        result = await self.inner.complete(messages, schema, name, deadline, accept, numeric=numeric,
+                                           top_logprobs=top_logprobs)
         result.latency_s = time.monotonic() - t0
         return result
 
@@ -256,6 +268,8 @@ class AdvisorStats:
     items_dropped: int = 0  # parts of valid answers dropped (out-of-range steps, duplicates)
     reused: int = 0  # questions answered by an earlier asking of the same prompt in this run (not asked again)
     over_budget: int = 0  # questions not sent: the prompt would not fit the context window (counted as failed)
+    soft_targets: int = 0  # valid multiple-choice answers whose token log-probabilities gave a distribution
+    soft_fallbacks: dict[str, int] = field(default_factory=dict)  # valid ones that fell back to one-hot, by why
     latency_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -267,6 +281,17 @@ class AdvisorStats:
     def copy(self) -> AdvisorStats:
         """A snapshot (to count one round: `RoundCounts.between(before, advisor.stats)`)."""
         return copy.deepcopy(self)
+
+
+def with_distribution(verdict: Advised, result: ChatResult, names: tuple[str, ...]) -> Advised:
+    """A valid multiple-choice answer with the LLM's distribution over the options (`names`) read from its token
+    log-probabilities, and its confidence (the chosen option's probability), or, where they give none (missing,
+    partial, not spelling the answer), the answer as it was with `soft_fallback` saying why (one-hot target)."""
+    try:
+        dist = choice_distribution(result.content or "", result.logprobs, names, int(verdict.action))
+    except NoDistribution as err:
+        return dataclasses.replace(verdict, soft_fallback=str(err))
+    return dataclasses.replace(verdict, distribution=dist, confidence=dist[int(verdict.action)])
 
 
 class Advisor:
@@ -282,8 +307,9 @@ class Advisor:
 
     def __init__(self, backend: ChatBackend, max_critical: int = 3, transcript: Transcript | None = None,
                  deadline_s: float | None = 300.0, concurrency: int = 8, context_tokens: int | None = None,
-                 max_tokens: int = 512) -> None:
+                 max_tokens: int = 512, top_logprobs: int = 0) -> None:
         self.backend = backend
+        self.top_logprobs = top_logprobs  # > 0: multiple-choice answers ask for token log-probabilities
         self.max_critical = max_critical
         self.transcript = transcript
         self.deadline_s = deadline_s
@@ -358,8 +384,12 @@ class Advisor:
 
     async def _ask(self, kind: str, messages: Messages, schema: dict[str, Any], name: str, deadline: float | None,
                    validate: Callable[[str, str | None], Identified | Advised | Rejected],
-                   numeric: NumericContext | None = None) -> Identified | Advised | Rejected:
+                   numeric: NumericContext | None = None,
+                   soft: Callable[[Advised, ChatResult], Advised] | None = None) -> Identified | Advised | Rejected:
+        """One question: asked (or shared), judged, counted and logged. `soft`, for multiple-choice questions asked
+        with token log-probabilities: a valid answer's distribution over the options (`with_distribution`)."""
         t0 = time.monotonic()
+        top_logprobs = self.top_logprobs if soft is not None else 0
 
         def judge(text: str | None, finish_reason: str | None) -> Identified | Advised | Rejected:
             try:
@@ -372,7 +402,8 @@ class Advisor:
 
         async def complete() -> ChatResult:
             try:
-                return await self.backend.complete(messages, schema, name, deadline, accept, numeric=numeric)
+                extra = {"top_logprobs": top_logprobs} if top_logprobs > 0 else {}  # backends without it still work
+                return await self.backend.complete(messages, schema, name, deadline, accept, numeric=numeric, **extra)
             except Exception as err:  # a backend bug must not reach training
                 return ChatResult(error=one_line(f"backend raised {type(err).__name__}: {err}"), kind="backend")
 
@@ -407,6 +438,13 @@ class Advisor:
             else:
                 self.stats.valid += 1
                 self.stats.items_dropped += getattr(verdict, "dropped", 0)
+                if top_logprobs > 0:
+                    verdict = soft(verdict, result)
+                    if verdict.distribution is not None:
+                        self.stats.soft_targets += 1
+                    else:
+                        why = verdict.soft_fallback or "no logprobs"
+                        self.stats.soft_fallbacks[why] = self.stats.soft_fallbacks.get(why, 0) + 1
         if isinstance(verdict, Rejected):
             key = verdict.reason.split(":")[0][:60]
             if key == "no answer" and result.kind:
@@ -442,6 +480,12 @@ class Advisor:
             record["answer_source"] = result.source
         if result.reasoning:
             record["reasoning"] = result.reasoning[:MAX_REASONING_CHARS]
+        if result.logprobs:
+            record["logprobs"] = to_json(result.logprobs)
+        if getattr(verdict, "distribution", None) is not None:
+            record["soft_target"] = [round(p, 6) for p in verdict.distribution]
+        elif getattr(verdict, "soft_fallback", None):
+            record["soft_target"] = f"one-hot: {verdict.soft_fallback}"
         if getattr(verdict, "reward_clipped", False):
             record["reward_clipped"] = {"answered": verdict.raw_reward, "used": verdict.reward}
         if getattr(verdict, "dropped", 0):
@@ -484,7 +528,7 @@ class Advisor:
         return await self._gather(
             lambda q=q: self._ask("choose", choice_messages(q), q.choice_schema(), "choice", deadline,
                                   lambda text, fr: validate_choice(text, q.action_names, q.agent_index, fr),
-                                  q.numeric)
+                                  q.numeric, lambda v, r, q=q: with_distribution(v, r, q.action_names))
             for q in queries)
 
     async def advise(self, queries: Sequence[StateQuery]) -> list[Advised | Rejected]:

@@ -84,6 +84,10 @@ class Advised:
     reason: str
     reward_clipped: bool = False
     raw_reward: float | None = None  # the reward as answered, when it was clipped
+    distribution: tuple[float, ...] | None = None  # a multiple choice's probabilities over the discrete actions, from
+    # the LLM's token log-probabilities (`jaxmod.llm.logprobs`); None: the one-hot of `action`
+    confidence: float = 1.0  # the chosen action's probability under `distribution` (1 without one): the advice weight
+    soft_fallback: str | None = None  # why a multiple choice asked with log-probabilities has no distribution
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ import httpx
 from jaxmod.llm.cache import ResponseCache, request_key
 from jaxmod.llm.endpoint import Endpoint, resolve_endpoint
 from jaxmod.llm.errors import LLMConfigError
+from jaxmod.llm.logprobs import TokenLogprob, parse_token_logprobs, to_json
 from jaxmod.llm.responses import MalformedResponse, parse_body
 from jaxmod.llm.secrets import one_line, redact
 
@@ -112,6 +113,7 @@ class ChatResult:
     reasoning: str | None = None
     source: str = "content"
     streamed: bool = False
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the answer's tokens with their log-probabilities, if returned
 
     @property
     def ok(self) -> bool:
@@ -411,12 +413,14 @@ class LLMClient:
 
     # ------------------------------------------------------------------ request building
     def _payload(self, messages: Sequence[dict[str, str]], schema: dict[str, Any] | None, name: str,
-                 max_tokens: int | None = None) -> dict[str, Any]:
+                 max_tokens: int | None = None, top_logprobs: int = 0) -> dict[str, Any]:
         s = self.settings
         body: dict[str, Any] = {"model": self._model, "messages": list(messages), "temperature": s.temperature,
                                 "top_p": s.top_p, "max_tokens": max_tokens or s.max_tokens, "stream": False}
         if s.seed is not None:
             body["seed"] = s.seed
+        if top_logprobs > 0:  # OpenAI's chat-completion fields (vLLM, llama.cpp's server, llama-cpp-python too)
+            body.update(logprobs=True, top_logprobs=int(top_logprobs))
         mode = self.structured_mode
         if schema is not None and mode == "json_schema":
             body["response_format"] = {"type": "json_schema",
@@ -425,19 +429,25 @@ class LLMClient:
             body["response_format"] = {"type": "json_object", "schema": schema}
         return body
 
-    def cache_key(self, messages: Sequence[dict[str, str]], schema: dict[str, Any] | None) -> str:
+    def cache_key(self, messages: Sequence[dict[str, str]], schema: dict[str, Any] | None,
+                  top_logprobs: int = 0) -> str:
         s = self.settings
-        return request_key({"backend": self.base_url, "model": self._model, "messages": list(messages),
-                            "temperature": s.temperature, "top_p": s.top_p, "seed": s.seed,
-                            "max_tokens": s.max_tokens, "schema": schema, "n": 1})
+        request = {"backend": self.base_url, "model": self._model, "messages": list(messages),
+                   "temperature": s.temperature, "top_p": s.top_p, "seed": s.seed, "max_tokens": s.max_tokens,
+                   "schema": schema, "n": 1}
+        if top_logprobs > 0:
+            request["top_logprobs"] = int(top_logprobs)
+        return request_key(request)
 
     # ------------------------------------------------------------------ one request
     async def chat(self, messages: Sequence[dict[str, str]], schema: dict[str, Any] | None = None,
                    name: str = "answer", deadline: float | None = None, accept: Accept | None = None,
-                   max_tokens: int | None = None) -> ChatResult:
+                   max_tokens: int | None = None, top_logprobs: int = 0) -> ChatResult:
         """One completion, returned by `deadline` (a `time.monotonic()` instant) or `deadline_s` from now, whichever
         is first. `accept(content, finish_reason)` is the caller's validator: only answers it accepts (and that
-        finished with "stop") are cached, and a cached answer it refuses is asked for again."""
+        finished with "stop") are cached, and a cached answer it refuses is asked for again. `top_logprobs` > 0 asks
+        for the answer's token log-probabilities with that many alternatives per token (`ChatResult.logprobs`, None
+        where the server returns none)."""
         if not self._clients or self._idle is None:
             raise RuntimeError("use LLMClient inside 'async with'")
         self.stats.requests += 1
@@ -450,14 +460,15 @@ class LLMClient:
             self.stats.failed += 1
             return ChatResult(error=failure.error, kind=failure.kind, status=failure.status,
                               latency_s=time.monotonic() - start)
-        key = self.cache_key(messages, schema) if self.cache is not None else None
+        key = self.cache_key(messages, schema, top_logprobs) if self.cache is not None else None
         if key is not None:
             hit = self.cache.get(key)
             if hit is not None and (accept is None or accept(hit["content"], hit.get("finish_reason"))):
                 self.stats.cache_hits += 1
                 self.stats.completed += 1
                 return ChatResult(content=hit["content"], finish_reason=hit.get("finish_reason"),
-                                  usage=hit.get("usage", {}), model=hit.get("model"), cached=True)
+                                  usage=hit.get("usage", {}), model=hit.get("model"), cached=True,
+                                  logprobs=parse_token_logprobs(hit.get("logprobs")))
             if hit is not None:
                 self.stats.cache_rejected += 1
         try:  # waiting for a free connection counts against the deadline too
@@ -468,7 +479,8 @@ class LLMClient:
             return ChatResult(error="deadline passed while waiting for a free connection", kind="deadline",
                               latency_s=time.monotonic() - start)
         try:
-            result = await self._with_retries(client, messages, schema, name, deadline, start, max_tokens)
+            result = await self._with_retries(client, messages, schema, name, deadline, start, max_tokens,
+                                              top_logprobs)
         finally:
             self._idle.put_nowait(client)
         if result.ok:
@@ -479,14 +491,15 @@ class LLMClient:
             if key is not None and accept is not None and result.finish_reason == "stop" \
                     and accept(result.content, result.finish_reason):
                 self.cache.put(key, {"content": result.content, "finish_reason": result.finish_reason,
-                                     "usage": result.usage, "model": result.model})
+                                     "usage": result.usage, "model": result.model,
+                                     **({"logprobs": to_json(result.logprobs)} if result.logprobs else {})})
                 self.stats.cache_stores += 1
         else:
             self.stats.failed += 1
         return result
 
     async def _with_retries(self, client: httpx.AsyncClient, messages, schema, name, deadline, start,
-                            max_tokens) -> ChatResult:
+                            max_tokens, top_logprobs: int = 0) -> ChatResult:
         s = self.settings
         attempt = 0
         last = ChatResult(error="not attempted", kind="deadline")
@@ -498,7 +511,8 @@ class LLMClient:
                 return last
             attempt += 1
             timeout = s.timeout_s if remaining is None else min(s.timeout_s, remaining)
-            last, wait, fallback = await self._attempt(client, messages, schema, name, timeout, max_tokens)
+            last, wait, fallback = await self._attempt(client, messages, schema, name, timeout, max_tokens,
+                                                       top_logprobs)
             last.attempts = attempt
             last.latency_s = time.monotonic() - start
             if last.ok:
@@ -518,10 +532,10 @@ class LLMClient:
             self.stats.retries += 1
             await self._sleep(wait)
 
-    async def _attempt(self, client: httpx.AsyncClient, messages, schema, name, timeout, max_tokens
-                       ) -> tuple[ChatResult, float | None, bool]:
+    async def _attempt(self, client: httpx.AsyncClient, messages, schema, name, timeout, max_tokens,
+                       top_logprobs: int = 0) -> tuple[ChatResult, float | None, bool]:
         """(result, wait, fallback): wait None = do not retry, -1 = retry with backoff, > 0 = server's hint."""
-        payload = self._payload(messages, schema, name, max_tokens)
+        payload = self._payload(messages, schema, name, max_tokens, top_logprobs)
         try:
             status, headers, body = await self._exchange(client, "POST", self._completions_url, payload, timeout)
         except _Failed as failed:
@@ -550,7 +564,7 @@ class LLMClient:
                             finish_reason=done.finish_reason, usage=done.usage,
                             model=redact(done.model) if done.model else None, status=status,
                             reasoning=redact(done.reasoning) if done.reasoning else None, source=done.source,
-                            streamed=done.streamed)
+                            streamed=done.streamed, logprobs=done.logprobs)
         if done.content is None:
             result.error, result.kind = "no answer text (content and reasoning are empty)", "empty"
         return result, None, False

@@ -4,7 +4,9 @@
 - `content: null` (or blank) with the answer in `reasoning_content` (vLLM, DeepSeek) or `reasoning` (vLLM >= 0.10,
   Ollama): the final answer is taken from the reasoning, the last JSON object in it (drafts come first);
 - a stream of server-sent events (`data: {...}` chunks with `choices[0].delta`, ending with `data: [DONE]`), from
-  servers that stream whatever `stream` says: the chunks are assembled.
+  servers that stream whatever `stream` says: the chunks are assembled;
+- token log-probabilities (`choices[0].logprobs.content`, asked with `logprobs: true`) where present, checked by
+  `jaxmod.llm.logprobs.parse_token_logprobs` (malformed ones are dropped, never an error).
 Nothing here does I/O; malformed bodies raise `MalformedResponse` with a one-line reason.
 """
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jaxmod.llm.answers import extract_last_json, strip_reasoning
+from jaxmod.llm.logprobs import TokenLogprob, parse_token_logprobs
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 
@@ -34,6 +37,7 @@ class Completion:
     usage: dict[str, int] = field(default_factory=dict)
     model: str | None = None
     streamed: bool = False
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the answer's tokens, where the server returned them (checked)
 
 
 def _text(value: Any) -> str | None:
@@ -100,13 +104,14 @@ def parse_json_body(data: Any) -> Completion:
     finish = choice.get("finish_reason")
     return _finish(content, reasoning, finish_reason=finish if isinstance(finish, str) else None,
                    usage=_usage(data.get("usage")), model=data.get("model") if isinstance(data.get("model"), str)
-                   else None)
+                   else None, logprobs=parse_token_logprobs(choice.get("logprobs")))
 
 
 def parse_sse_body(body: str) -> Completion:
     """A streamed completion: `data:` events of `chat.completion.chunk` objects, assembled."""
     content: list[str] = []
     reasoning: list[str] = []
+    tokens: list = []  # `logprobs.content` entries of every chunk, in order
     finish: str | None = None
     usage: dict[str, int] = {}
     model: str | None = None
@@ -140,6 +145,10 @@ def parse_sse_body(body: str) -> Completion:
                     if (t := _text(delta.get(f))) is not None:
                         reasoning.append(t)
                         break
+            lp = choice.get("logprobs")
+            lp = lp.get("content") if isinstance(lp, dict) else None
+            if isinstance(lp, list):
+                tokens.extend(lp)
             if isinstance(choice.get("finish_reason"), str):
                 finish = choice["finish_reason"]
     if not seen_choice:
@@ -147,7 +156,7 @@ def parse_sse_body(body: str) -> Completion:
     if not done and finish is None:
         raise MalformedResponse("streamed response ended early (no finish_reason and no [DONE])")
     completion = _finish("".join(content) if content else None, "".join(reasoning) or None, finish_reason=finish,
-                         usage=usage, model=model)
+                         usage=usage, model=model, logprobs=parse_token_logprobs(tokens))
     completion.streamed = True
     return completion
 

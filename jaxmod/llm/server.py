@@ -75,29 +75,39 @@ def require_smollm2() -> Path:
     return smollm2_model_path()
 
 
-def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096) -> AnswerFn:
-    """A real LLM: SmolLM2-135M-Instruct, constrained to the request's JSON schema."""
+def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096, logprobs: bool = False) -> AnswerFn:
+    """A real LLM: SmolLM2-135M-Instruct, constrained to the request's JSON schema. With `logprobs` it keeps the
+    logits of every token (llama-cpp-python's `logits_all`: about n_ctx x 49k floats more memory, ~800 MB at 4096)
+    and answers requests with `logprobs: true` with the tokens' log-probabilities (`top_logprobs` alternatives per
+    token, from the model's distribution before the schema's grammar narrows it)."""
     try:
         from llama_cpp import Llama
     except ImportError:
         raise BackendUnavailable("SmolLM2 needs llama-cpp-python (the local-llm extra): " + LOCAL_LLM_HINT) from None
-    llm = Llama(model_path=str(smollm2_model_path()), n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0)
+    llm = Llama(model_path=str(smollm2_model_path()), n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0,
+                logits_all=logprobs)
     lock = threading.Lock()  # llama.cpp contexts are not thread-safe
 
     def answer(messages, schema, params):
         fmt = {"type": "json_object", "schema": schema} if schema else None
+        wanted = logprobs and params.get("logprobs") is True
+        extra = {"logprobs": True, "top_logprobs": int(params.get("top_logprobs") or 0)} if wanted else {}
         try:
             with lock:
                 out = llm.create_chat_completion(messages=messages, response_format=fmt,
                                                  temperature=float(params.get("temperature", 0.0)),
                                                  max_tokens=int(params.get("max_tokens", 256)),
-                                                 seed=params.get("seed"))
+                                                 seed=params.get("seed"), **extra)
         except ValueError as err:  # llama-cpp-python: "Requested tokens (4516) exceed context window of 4096"
             if "context window" in str(err):
                 raise BadRequest(400, str(err), "exceed_context_size_error") from None  # as llama-server says it
             raise
         choice = out["choices"][0]
-        return choice["message"]["content"] or "", {**out.get("usage", {}), "finish_reason": choice["finish_reason"]}
+        meta = {**out.get("usage", {}), "finish_reason": choice["finish_reason"]}
+        if wanted and choice.get("logprobs"):
+            # OpenAI's shape ({"content": [{token, logprob, top_logprobs}]}), llama.cpp's numpy floats as JSON numbers
+            meta["logprobs"] = json.loads(json.dumps(choice["logprobs"], default=float))
+        return choice["message"]["content"] or "", meta
 
     answer.n_ctx = n_ctx  # served at /props, as llama-server does
     return answer
@@ -158,6 +168,11 @@ def parse_chat_request(data: bytes) -> tuple[list[dict[str, str]], dict[str, Any
             raise BadRequest(400, "response_format.json_schema.schema must be a JSON schema object")
         if fmt["type"] == "json_object" and fmt.get("schema") is not None and not isinstance(fmt["schema"], dict):
             raise BadRequest(400, "response_format.schema must be a JSON schema object")
+    if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
+        raise BadRequest(400, "logprobs must be true or false")
+    top = body.get("top_logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20):
+        raise BadRequest(400, "top_logprobs must be an integer in [0, 20]")
     for name, kind in (("max_tokens", int), ("temperature", (int, float)), ("top_p", (int, float)),
                        ("seed", int)):
         value = body.get(name)
@@ -219,13 +234,15 @@ def _completion(model: str, content: str, usage: Any, stream: bool):
 
     usage = dict(usage) if isinstance(usage, dict) else {}
     finish = usage.pop("finish_reason", "stop")
+    logprobs = usage.pop("logprobs", None)  # the answerer's token log-probabilities, where it gave them
+    extra = {"logprobs": logprobs} if logprobs is not None else {}
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
     counts = {k: int(usage.get(k, 0) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
     if stream:
         def events():
             base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
             yield "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {
-                "role": "assistant", "content": content}, "finish_reason": None}]}) + "\n\n"
+                "role": "assistant", "content": content}, "finish_reason": None, **extra}]}) + "\n\n"
             yield "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
                                          "usage": counts}) + "\n\n"
             yield "data: [DONE]\n\n"
@@ -233,7 +250,7 @@ def _completion(model: str, content: str, usage: Any, stream: bool):
         return StreamingResponse(events(), media_type="text/event-stream")
     return _json(200, {"id": ident, "object": "chat.completion", "created": created, "model": model,
                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                    "finish_reason": finish}], "usage": counts})
+                                    "finish_reason": finish, **extra}], "usage": counts})
 
 
 def build_app(server: AdvisorServer):
@@ -455,17 +472,20 @@ def _answers_ping(answer_fn: AnswerFn) -> AnswerFn:
 
 
 def make_server(backend: str, host: str = "127.0.0.1", port: int = 0, threads: int = 1,
-                answer_fn: AnswerFn | None = None, limits: ServerLimits | None = None) -> AdvisorServer:
+                answer_fn: AnswerFn | None = None, limits: ServerLimits | None = None,
+                logprobs: bool = False) -> AdvisorServer:
     """An `AdvisorServer` for `scripted`, `smollm2`, or a given `answer_fn` (e.g. a teacher). The answerers that are
     no language model (scripted, teacher) also answer the preflight's test question (`jaxmod.llm.preflight.PING`),
-    so `jaxmod ultra --advisor <this server's URL>` passes its check."""
+    so `jaxmod ultra --advisor <this server's URL>` passes its check. `logprobs`: SmolLM2 returns token
+    log-probabilities where a request asks (`smollm2_answer_fn`); the others have none to give."""
     if answer_fn is not None:
         return AdvisorServer(_answers_ping(answer_fn), model=f"jaxmod-{backend}", host=host, port=port, limits=limits)
     if backend == "scripted":
         return AdvisorServer(_answers_ping(scripted_answer_fn()), model="jaxmod-scripted", host=host, port=port,
                              limits=limits)
     if backend == "smollm2":
-        return AdvisorServer(smollm2_answer_fn(threads=threads), model="SmolLM2-135M-Instruct", host=host, port=port,
+        return AdvisorServer(smollm2_answer_fn(threads=threads, logprobs=logprobs), model="SmolLM2-135M-Instruct",
+                             host=host, port=port,
                              limits=limits)
     raise ValueError(f"unknown advisor backend {backend!r}; choose scripted, smollm2 or teacher")
 
@@ -475,8 +495,9 @@ class ServerProcess:
     `model` say where; `stop()` (or the parent's exit, which closes the child's stdin) ends it. The child
     inherits the calling thread's CPU scheduling class, so an idle-priority advisor thread gets an idle server."""
 
-    def __init__(self, backend: str, threads: int = 1, start_timeout_s: float = 120.0) -> None:
+    def __init__(self, backend: str, threads: int = 1, start_timeout_s: float = 120.0, logprobs: bool = False) -> None:
         self.backend, self.threads, self.start_timeout_s = backend, threads, start_timeout_s
+        self.logprobs = logprobs  # SmolLM2: keep every token's logits, to return log-probabilities
         self.url = self.model = ""
         self._proc: subprocess.Popen[str] | None = None
 
@@ -485,7 +506,7 @@ class ServerProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
                                                            if p)}
         self._proc = subprocess.Popen([sys.executable, "-m", "jaxmod.llm.server", "--backend", self.backend,
-                                       "--threads", str(self.threads)],
+                                       "--threads", str(self.threads), *(["--logprobs"] if self.logprobs else [])],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: lines.put(self._proc.stdout.readline()), daemon=True).start()
@@ -538,9 +559,10 @@ def _serve_child(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="an advisor server for a parent jaxmod process")
     ap.add_argument("--backend", default="scripted")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--logprobs", action="store_true", help="SmolLM2: return token log-probabilities when asked")
     args = ap.parse_args(argv)
     try:
-        server = make_server(args.backend, threads=args.threads)
+        server = make_server(args.backend, threads=args.threads, logprobs=args.logprobs)
     except (BackendUnavailable, ValueError, OSError) as err:
         print(json.dumps({"error": str(err)}), flush=True)
         return 2

@@ -50,7 +50,7 @@ FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "late
               "failure": "--advisor-failure", "failure_rounds": "--advisor-failure-rounds", "env_id": "--env",
               "variants": "--variant", "noise": "--noise", "model": "--model",
               "reference": "--advisor-reference", "context_tokens": "--advisor-context-tokens",
-              "protocol": "--advice-protocol"}
+              "protocol": "--advice-protocol", "logprobs": "--advisor-logprobs"}
 PER_VARIANT = frozenset({"override_action", "shape_reward", "ppo"})  # not knobs of a run: set per variant / own flags
 
 
@@ -75,6 +75,10 @@ class AdvisorConfig:
     # choice among the action names for discrete actions), episodes (the paper's protocol: the advisor reads
     # whole episodes, names their critical steps, then advises at each), or auto: candidates for an LLM (smollm2,
     # a URL), episodes for the scripted, teacher and control advisors (programs that read whole episodes)
+    logprobs: int = 20  # multiple-choice questions (candidates protocol) ask an HTTP advisor for its answer's token
+    # log-probabilities with this many alternatives per token (OpenAI's top_logprobs, at most 20): the LLM's
+    # distribution over the actions becomes the KL target and its confidence the advice weight; answers without
+    # usable log-probabilities keep the one-hot target (counted). 0: off (the one-hot target for every answer)
     context_tokens: int | None = None  # the model's context window in tokens, prompt plus answer (unset: the
     # server's where it tells, llama.cpp /props or vLLM max_model_len; else 4096); prompts are windowed to fit
     timeout_s: float | None = None  # seconds one attempt may take, connect to last byte (unset: 120)
@@ -99,6 +103,8 @@ class AdvisorConfig:
         if self.episodes_per_round < 1 or self.max_critical < 1:
             raise ModulationError("episodes_per_round and max_critical must be >= 1 (the advisor needs something "
                                   "to look at)")
+        if not 0 <= self.logprobs <= 20:
+            raise ModulationError("advisor logprobs must lie in [0, 20] (alternatives per token; 0: off)")
         if self.protocol not in ("auto", "candidates", "episodes"):
             raise ModulationError(f"advice protocol must be 'auto', 'candidates' or 'episodes', not {self.protocol!r}")
         if self.context_tokens is not None and self.context_tokens - (self.max_tokens or 512) < 256:

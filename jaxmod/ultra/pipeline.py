@@ -85,9 +85,9 @@ def _advisor_factory(config: UltraConfig, transcript: Transcript | None) -> Call
             backend = DelayedBackend(backend, a.latency_s)
         return backend
 
-    def local(backend: ChatBackend) -> Advisor:
+    def local(backend: ChatBackend, top_logprobs: int = 0) -> Advisor:
         return Advisor(backend, a.max_critical, transcript, deadline_s=deadline_s, context_tokens=a.context_tokens,
-                       max_tokens=a.max_tokens or 512)
+                       max_tokens=a.max_tokens or 512, top_logprobs=top_logprobs)
 
     @contextlib.asynccontextmanager
     async def factory():
@@ -95,7 +95,7 @@ def _advisor_factory(config: UltraConfig, transcript: Transcript | None) -> Call
         if spec.startswith("replay:"):
             from jaxmod.llm import ReplayBackend
 
-            yield local(ReplayBackend(spec.split(":", 1)[1]))
+            yield local(ReplayBackend(spec.split(":", 1)[1]), a.logprobs)  # recorded log-probabilities: same targets
         elif spec in ("random", "constant"):  # control advisors: no knowledge of the task, same validation path
             from jaxmod.llm.control_advisors import CONTROL_ADVISORS
 
@@ -120,7 +120,7 @@ async def _http_advisor(config: UltraConfig, spec: str, wrap: Callable, transcri
     if spec in ("scripted", "smollm2"):  # embedded: a real local HTTP server, in a child process
         from jaxmod.llm.server import ServerProcess
 
-        server = ServerProcess(spec).start()
+        server = ServerProcess(spec, logprobs=a.logprobs > 0).start()
         url, model = server.url, server.model
     else:
         url, model = spec, a.model
@@ -131,7 +131,8 @@ async def _http_advisor(config: UltraConfig, spec: str, wrap: Callable, transcri
                                             timeout_s=120)
         async with LLMClient(client_settings) as client:
             yield Advisor(wrap(HTTPBackend(client)), a.max_critical, transcript, deadline_s=deadline_s,
-                          concurrency=limit, context_tokens=a.context_tokens, max_tokens=client_settings.max_tokens)
+                          concurrency=limit, context_tokens=a.context_tokens, max_tokens=client_settings.max_tokens,
+                          top_logprobs=a.logprobs)
     finally:
         if server is not None:
             server.stop()
@@ -170,6 +171,8 @@ def _modulation_row(m: dict[str, np.ndarray]) -> dict[str, Any]:
                                                           "advisor_z") if k in m})
     if "advisor_off" in m:  # seeds whose advisor verification has switched off as a whole
         row["advisor_off_seeds"] = int(np.sum(m["advisor_off"][:, -1]))
+    if "advice_executed" in m:  # ULTRA-A: suggestions executed in the chunk, all seeds together
+        row["advice_executed"] = int(np.sum(m["advice_executed"]))
     if "shaping" in m:
         row["shaping"] = float(np.mean(m["shaping"]))
     row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
@@ -313,7 +316,10 @@ class UltraRun:
                      f"{float(np.mean(np.asarray(masks.episode_return)[:, -1])):.1f})")
         else:
             scores = jax.random.uniform(jax.random.PRNGKey(s.seed + 5000), rec.reward.shape)
-        self._explained[kind] = jax.jit(jax.vmap(lambda r, sc: critical_advice(r, sc, s.modulation.capacity)))(rec, scores)
+        space = self.agent_learner.env.action_space
+        width = space.num_actions if space.discrete else 0
+        self._explained[kind] = jax.jit(jax.vmap(lambda r, sc: critical_advice(r, sc, s.modulation.capacity, width)))(
+            rec, scores)
         return self._explained[kind]
 
     # ------------------------------------------------------------------ stages 2-5 + refinement
