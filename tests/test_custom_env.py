@@ -173,6 +173,7 @@ def test_make_takes_a_brax_env_instance_and_its_family_picks_the_preset(clean_re
         make_core("jaxmod-test/MyPendulum", backend="spring")
 
 
+@pytest.mark.slow  # ~2-3 CPU minutes of compiles; the registered-env test above covers make_train and ultra
 def test_the_custom_env_example_runs(clean_registries, tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("custom_env_example", ROOT / "examples" / "custom_env.py")
     example = importlib.util.module_from_spec(spec)
