@@ -34,11 +34,8 @@ def _files(*pairs: tuple[str, str]) -> Setup:
     return setup
 
 
-def _train_config(**changes) -> str:
-    from jaxmod.config import TrainConfig
-
-    data = TrainConfig.for_env("CartPole-v1", {"num_envs": 4, "num_steps": 16, "num_minibatches": 2},
-                               seeds=2, chunks=3).to_dict()
+def _changed(data: dict, changes: dict) -> str:
+    """`data` as JSON with `changes` applied ("ppo.lr": value sets data["ppo"]["lr"])."""
     for key, value in changes.items():
         node = data
         *path, last = key.split(".")
@@ -46,19 +43,19 @@ def _train_config(**changes) -> str:
             node = node[k]
         node[last] = value
     return json.dumps(data)
+
+
+def _train_config(**changes) -> str:
+    from jaxmod.config import TrainConfig
+
+    return _changed(TrainConfig.for_env("CartPole-v1", {"num_envs": 4, "num_steps": 16, "num_minibatches": 2},
+                                        seeds=2, chunks=3).to_dict(), changes)
 
 
 def _ultra_config(**changes) -> str:
     from jaxmod.ultra.config import UltraConfig
 
-    data = UltraConfig().to_dict()
-    for key, value in changes.items():
-        node = data
-        *path, last = key.split(".")
-        for k in path:
-            node = node[k]
-        node[last] = value
-    return json.dumps(data)
+    return _changed(UltraConfig().to_dict(), changes)
 
 
 TRAIN_RUN = _files(("run/config.json", _train_config()), ("run/metrics.jsonl", ""))
