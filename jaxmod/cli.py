@@ -322,11 +322,9 @@ def _make_env(ppo: Any) -> Any:
 
 
 def _check_named(args: argparse.Namespace) -> None:
-    """`--out ''` and `--env ''` name nothing: refused, not read as 'the default'."""
-    for flag in ("out", "env"):
-        if getattr(args, flag, None) == "":
-            raise CLIError(f"--{flag} is empty: name {'a run folder' if flag == 'out' else 'an env id'} or leave the "
-                           "flag out")
+    """`--out ''` names nothing: refused, not read as 'the default' (`--env ''` is refused by `_base`)."""
+    if args.out == "":
+        raise CLIError("--out is empty: name a run folder or leave the flag out")
 
 
 def _check_out(out: Path) -> None:
