@@ -23,7 +23,12 @@ end at once (ULTRA-A's first chunk: 86 restarts before, 64 after), so A, R, RA a
 with it, and so was Random, whose evaluation returns stayed the same but whose RND bonus in chunk 2 did not
 (0.42098 -> 0.42127); PPO, JSRL and RICE came out bit for bit the same. In the (untested) Pong set, StateMask-R (restart
 probability 1: 246 restarts in its first chunk before, 151 after) and RICE's restart counts changed, and were
-re-recorded too; every other Pong entry came out the same."""
+re-recorded too; every other Pong entry came out the same.
+
+Counts added since (issue 19, ULTRA at MuJoCo scale), beside unchanged numbers: ULTRA-A's modulator reports the share
+of steps that executed a suggestion (`advised_frac`, methods A and RA), and a run's chunk rows count critical-state
+visits and advised steps (`critical_steps`, `advised_steps`, derived from `critical_frac` and `advised_frac`). They
+are checked here to be consistent with what was recorded, and left out of the bit-for-bit comparison."""
 
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ NOT_MEASURED = {"advice_outvoted", "advice_refuted"}
 DROPPED = {"StateMask-R": NOT_MEASURED, "RICE": NOT_MEASURED, "Random": NOT_MEASURED,
            "JSRL": NOT_MEASURED | {"critical_frac", "restarts", "advice_valid"}}
 REDEFINED = {"A": {"approx_kl", "clip_frac"}, "RA": {"approx_kl", "clip_frac"}}  # policy samples only (issue 18)
+ADDED = {"A": {"advised_frac"}, "RA": {"advised_frac"}}  # new metrics (issue 19)
+ADDED_ROW = {"critical_steps", "advised_steps"}  # new chunk-row counts (issue 19)
 
 
 @pytest.fixture(scope="module", params=learner_set.ENVS)
@@ -53,6 +60,8 @@ def test_learner_updates_are_bit_identical(learner_setup, name):
     env_id, setup = learner_setup
     recorded = json.loads(learner_set.DATA.read_text(encoding="utf-8"))[env_id][name]
     got = learner_set.run_method(env_id, name, setup)
+    added = {k: got.pop(k) for k in ADDED.get(name, set())}
+    assert all(0.0 <= v <= got["critical_frac"] for v in added.values())  # advised steps are critical steps
     dropped = DROPPED.get(name, set())
     assert set(got) == set(recorded) - dropped
     same = set(got) - REDEFINED.get(name, set())
@@ -69,4 +78,9 @@ def test_cartpole_ultra_and_baselines_end_to_end_are_bit_identical():
         assert got[name]["steps"] == rec["steps"], name
         assert got[name]["eval_returns"] == rec["eval_returns"], name
         drop = DROPPED.get(name, set())
-        assert got[name]["chunks"] == [{k: v for k, v in row.items() if k not in drop} for row in rec["chunks"]], name
+        for row in got[name]["chunks"]:
+            if "critical_frac" in row:
+                assert row["critical_steps"] > 0 if row["critical_frac"] > 0 else row["critical_steps"] == 0, name
+                assert 0 <= row.get("advised_steps", 0) <= row["critical_steps"], name
+        rows = [{k: v for k, v in row.items() if k not in ADDED_ROW} for row in got[name]["chunks"]]
+        assert rows == [{k: v for k, v in row.items() if k not in drop} for row in rec["chunks"]], name

@@ -195,6 +195,10 @@ class UltraConfig:
     variants: tuple[str, ...] = ("PPO", "A", "R", "RA")  # methods: ULTRA's A, R, RA, restart and the baselines
     # StateMask-R, RICE, JSRL, Random (on the command line PPO fine-tuning always runs)
     agents_dir: str | None = None  # save the pre-trained agents here and reuse them in later runs
+    share_programs: bool = False  # every method but PPO fine-tuning runs through one compiled program (the union
+    # of the methods' pieces, each method's values as data: one compile instead of one per method; numbers equal
+    # the per-method programs' up to floating-point rounding, and each method also computes the pieces it switches
+    # off); evaluation and advisor recordings share one program per run either way
     ppo: PPOConfig | None = None  # the learner; unset: the env family's preset (jaxmod.ppo.default_config)
     modulation: ModulationConfig = ModulationConfig()
     advisor: AdvisorConfig = AdvisorConfig()
@@ -231,10 +235,21 @@ class UltraConfig:
         return self.ppo.replace(total_timesteps=total_steps, **changes)
 
     def modulator(self, variant: str, guide_steps: int = 1):
-        """`variant`'s modulator (`jaxmod.methods`), built from this config."""
+        """`variant`'s modulator (`jaxmod.methods`), built from this config: with `share_programs`, as a member of
+        `program_group(variant)` (`jaxmod.methods.shared_modulator`)."""
+        from jaxmod.methods import shared_modulator
+
         b = self.baselines
         ctx = MethodContext(self.env_id, self.modulation, b.jsrl_steps or guide_steps, b.rice_p, b.rice_lambda)
-        return method(variant).build(ctx)
+        group = self.program_group(variant)
+        return method(variant).build(ctx) if len(group) < 2 else shared_modulator(group, variant, ctx)
+
+    def program_group(self, variant: str) -> tuple[str, ...]:
+        """The methods whose refinement runs through `variant`'s compiled program: with `share_programs`, every
+        method of the run but PPO fine-tuning (plain PPO's own, cheaper program); else `variant` alone."""
+        if not self.share_programs or variant == "PPO":
+            return (variant,)
+        return tuple(v for v in self.variants if v != "PPO")
 
     @property
     def needs_advisor(self) -> bool:
