@@ -54,7 +54,7 @@ def test_registry_refuses_a_taken_name_and_lists_the_valid_ones():
 
 
 # ---------------------------------------------------------------- one compiled program for a group of methods
-GROUP = ("A", "R", "RA", "StateMask-R", "RICE", "JSRL", "Random")
+GROUP = ("PPO", "A", "R", "RA", "StateMask-R", "RICE", "JSRL", "Random")  # share_programs="all"
 
 
 def _shared_learner(name: str, setup, group=GROUP):
@@ -77,7 +77,7 @@ def cartpole_setup():
     return rl.agent_and_advice("CartPole-v1")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_a_program_group_lowers_to_one_program(cartpole_setup):
     """Every member of a group has the same program: its values are data (what makes the group compile once)."""
     _, state, advice = cartpole_setup
@@ -93,7 +93,18 @@ def test_a_program_group_lowers_to_one_program(cartpole_setup):
     assert len({tuple(v.tolist()) for v in flat.values()}) == len(GROUP) - 1  # RICE and Random: the same pieces
 
 
-@pytest.mark.timeout(300)
+def test_a_bad_share_programs_value_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "jaxmod.cli", "ultra", "--share-programs", "some", "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "off, methods, all" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("name", ["A", "RICE", "JSRL"])
 def test_a_group_member_refines_as_its_own_chain(cartpole_setup, name):
     """A member of the shared program computes its own method: 3 updates from the regression set's agent and advice
