@@ -85,7 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                        match_radius=1.5,
                        ppo_overrides=(("num_envs", 256), ("num_minibatches", 4),
                                       ("env_options", (("backend", "spring"),)))),
-        "mujoco": dict(pretrain_steps=307_200, refine_steps=153_600),  # 120 and 60 updates of 256 envs x 10 steps
+        "mujoco": dict(pretrain_steps=256_000, refine_steps=128_000),  # 100 and 50 updates of 256 envs x 10 steps
         "teacher_steps": 2_048_000,  # 2 chunks of 100 updates x 1024 envs x 10 steps; doubled while below 1.5x
         "teacher_max_steps": 8_192_000,
         "teacher_envs": 1024,
@@ -340,21 +340,23 @@ def markdown(rows: list[dict[str, Any]], device: str) -> str:
 
 # Quiet-machine component costs of the cpu-mujoco preset on the 2-core CPU (issue 19's measurements and
 # benchmarks/mujoco_throughput.py; a busy machine's wall times are upper bounds): env steps per second of 5 vmapped
-# seeds x 256 envs on the spring backend while training, per task, and seconds per compiled brax program.
+# seeds x 256 envs on the spring backend while training, per task, and seconds per compiled brax program: a program
+# that trains (PPO's SGD, the mask net's) 40-55 s cold, one that only steps the policy (evaluation, recordings)
+# assumed half that, and any of them 9-21 s from the persistent compilation cache (a repeated run).
 QUIET_STEPS_PER_S = {"hopper": 33_000, "walker2d": 25_000, "halfcheetah": 25_000}
-QUIET_COMPILE_S = 50.0  # a brax program compiled cold (40-55 s measured; 9-21 s from the persistent cache)
+COMPILE_S = {"train": 50.0, "light": 25.0, "cached": 15.0}
 SHARED_OVERHEAD = 1.3  # run time of a method in the shared program over its own (computes the pieces it switches off)
 EVAL_SPEEDUP = 2.0  # evaluation and recording steps (no SGD) against training steps
 
 
 def budget(preset: dict[str, Any], tasks: list[str], methods: tuple[str, ...],
-           rates: dict[str, float] | None = None, compile_s: float = QUIET_COMPILE_S) -> dict[str, Any]:
+           rates: dict[str, float] | None = None, cached: bool = False) -> dict[str, Any]:
     """The preset's projected wall seconds per task on a quiet machine, from component costs: env steps / rate for
     pretraining, the teacher's first rung (dense tasks only: sparse variants share it), the mask nets, refinement
-    (every method, the shared program's overhead on all but fine-tuning), evaluations and advisor recordings, plus
-    compiled programs x `compile_s`. Returns the arithmetic per task and the total."""
+    (every method, the shared program's overhead included), evaluations and advisor recordings, plus each compiled
+    program's `COMPILE_S` (`cached`: all from the persistent cache). Returns the arithmetic per task and the total."""
     rates = rates or QUIET_STEPS_PER_S
-    out: dict[str, Any] = {"tasks": {}, "total_s": 0.0}
+    out: dict[str, Any] = {"tasks": {}, "total_s": 0.0, "cached": cached}
     dense_done: set[str] = set()
     for env_id in tasks:
         kw = knobs_for(preset, env_id)
@@ -363,22 +365,23 @@ def budget(preset: dict[str, Any], tasks: list[str], methods: tuple[str, ...],
         seeds, chunks = kw["seeds"], kw["chunks"]
         advisor = [m for m in methods if METHODS[m].critical == "advisor"]
         masked = [m for m in methods if METHODS[m].critical == "mask"]
+        share = kw.get("share_programs", "off")
         steps = {"pretrain": seeds * kw["pretrain_steps"],
                  "teacher": 0 if base in dense_done else preset["teacher_steps"],
                  "mask": seeds * kw["mask_steps"] if masked else 0,
-                 "refine": seeds * kw["refine_steps"] * len(methods) * (SHARED_OVERHEAD if kw.get(
-                     "share_programs", "off") != "off" else 1.0),
-                 "evaluate": len(methods) * (chunks + 1) * seeds * kw["eval_envs"] * kw["eval_steps"] / EVAL_SPEEDUP,
+                 "refine": seeds * kw["refine_steps"] * len(methods) * (SHARED_OVERHEAD if share != "off" else 1.0),
+                 "evaluate": (len(methods) * (chunks + 1) + 2) * seeds * kw["eval_envs"] * kw["eval_steps"]
+                 / EVAL_SPEEDUP,  # + the agents' and the teacher's evaluation
                  "record": (len(advisor) * chunks + 1) * seeds * kw["collect_envs"] * kw["collect_steps"]
                  / EVAL_SPEEDUP}
+        # compiled brax programs by kind (the teacher's evaluation is the refinement's evaluation program)
+        programs = {"train": 1 + (steps["teacher"] > 0) + bool(masked)
+                    + {"all": 1, "methods": 1 + ("PPO" in methods)}.get(share, len(methods)),
+                    "light": 2 + bool(advisor)}  # agents' recording, evaluation, advisor recording
         dense_done.add(base)
-        share = kw.get("share_programs", "off")
-        # compiled brax programs (the teacher's evaluation is the refinement's evaluation program: a cache hit)
-        programs = {"pretrain": 1, "teacher": 1 if steps["teacher"] else 0, "agents' recording": 1,
-                    "mask net": 1 if masked else 0, "advisor recording": 1 if advisor else 0, "evaluation": 1,
-                    "refinement": {"all": 1, "methods": 1 + ("PPO" in methods)}.get(share, len(methods))}
         seconds = {k: v / rate for k, v in steps.items()}
-        seconds["compile"] = sum(programs.values()) * compile_s
+        seconds["compile"] = (sum(programs.values()) * COMPILE_S["cached"] if cached else
+                              sum(n * COMPILE_S[k] for k, n in programs.items()))
         total = sum(seconds.values())
         out["tasks"][env_id] = {"rate": rate, "steps": steps, "programs": programs, "seconds": seconds,
                                 "total_s": total}
@@ -387,12 +390,14 @@ def budget(preset: dict[str, Any], tasks: list[str], methods: tuple[str, ...],
 
 
 def budget_text(b: dict[str, Any]) -> str:
-    lines = ["| task | env steps/s | " + " | ".join(next(iter(b["tasks"].values()))["seconds"]) + " | total s |",
-             "|---|---|" + "---|" * (len(next(iter(b["tasks"].values()))["seconds"]) + 1)]
+    first = next(iter(b["tasks"].values()))
+    lines = ["| task | env steps/s | " + " | ".join(f"{k} s" for k in first["seconds"]) + " | total s |",
+             "|---|---|" + "---|" * (len(first["seconds"]) + 1)]
     for task, t in b["tasks"].items():
         lines.append(f"| {task} | {t['rate']:,} | " + " | ".join(f"{v:.0f}" for v in t["seconds"].values())
                      + f" | {t['total_s']:.0f} |")
-    lines.append(f"\nProjected total: {b['total_s']:.0f} s ({b['total_s'] / 60:.1f} min) on a quiet machine.")
+    cache = "every program from the persistent compilation cache" if b["cached"] else "a cold compilation cache"
+    lines.append(f"\nProjected total: {b['total_s']:.0f} s ({b['total_s'] / 60:.1f} min) on a quiet machine, {cache}.")
     return "\n".join(lines)
 
 
@@ -413,7 +418,8 @@ def main() -> None:
         ap.error(f"unknown task(s) or method(s) {unknown}: tasks are {PONG} or brax/<name>, methods "
                  f"{', '.join(METHODS)}")
     if args.budget:
-        print(budget_text(budget(preset, tasks, methods)))
+        print(budget_text(budget(preset, tasks, methods)) + "\n\n" + budget_text(budget(preset, tasks, methods,
+                                                                                      cached=True)))
         return
     import jax
 

@@ -134,7 +134,9 @@ def shared_modulator(names: tuple[str, ...], name: str, ctx: MethodContext) -> M
     if judged and (m.votes or m.verifies) and not all(p.judged for p in every):
         parts.append(JudgeGate(me.judged))
     if judged or any(p.restart_prob > 0 for p in every):
-        parts.append(CriticalStates(me.restart_prob, m.match_radius if judged else 0.0))
+        # only judged advice (ULTRA's) is matched: the others' critical steps stay the steps after their restarts
+        parts.append(CriticalStates(me.restart_prob, m.match_radius if me.judged else 0.0,
+                                    matches=judged and m.matching))
     if any(p.override for p in every):
         parts.append(ActionOverride(switch=me.override))
     if any(p.reward_scale > 0 for p in every):

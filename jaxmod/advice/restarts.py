@@ -87,10 +87,12 @@ class CriticalStates(Modulator):
 
     restart_prob: float = 0.5
     match_radius: float = 0.0  # in normalised-observation std units, or the advice states' spread for raw ones
+    matches: bool | None = None  # whether the program matches at all (None: match_radius > 0); with True and a
+    # radius of 0 only states identical to an advice state match (a program shared with methods that match)
 
     @property
     def matching(self) -> bool:
-        return self.match_radius > 0
+        return self.match_radius > 0 if self.matches is None else self.matches
 
     def init(self, key, spec, params):
         return CriticalAux(pending=jnp.full((spec.env.num_envs,), -1, jnp.int32),
