@@ -413,9 +413,11 @@ def main() -> None:
     preset = PRESETS[args.preset]
     tasks = args.tasks.split(",") if args.tasks else list(preset["tasks"])
     methods = tuple(m.strip() for m in args.methods.split(","))
-    unknown = [t for t in tasks if t != PONG and not t.startswith("brax/")] + [m for m in methods if m not in METHODS]
+    from jaxmod.envs.registry import list_env_ids
+
+    unknown = [t for t in tasks if t not in list_env_ids()] + [m for m in methods if m not in METHODS]
     if unknown:
-        ap.error(f"unknown task(s) or method(s) {unknown}: tasks are {PONG} or brax/<name>, methods "
+        ap.error(f"unknown task(s) or method(s) {unknown}: tasks are env ids (jaxmod.envs.registry.list_env_ids), methods "
                  f"{', '.join(METHODS)}")
     if args.budget:
         print(budget_text(budget(preset, tasks, methods)) + "\n\n" + budget_text(budget(preset, tasks, methods,
