@@ -377,7 +377,7 @@ class UltraRun:
         # before the clock starts: wall time compares refinement, not compilers
         result.compile_s = program.compile(state, advice)
         self._programs[s.program_group(variant)] = program
-        self.log(f"{variant}: compiled in {result.compile_s:.1f}s" if result.compile_s >= 0.05 else
+        self.log(f"{variant}: compiled in {result.compile_s:.1f}s" if result.compile_s > 0 else
                  f"{variant}: runs through the program compiled for {', '.join(s.program_group(variant))}")
         cfg, modulated = learner.config, not learner.modulator.identity
         label = METHODS[variant].label
