@@ -5,12 +5,19 @@ same refinement steps, on Pong (win rate) and the MuJoCo set (dense and RICE's s
     python benchmarks/paper_curves.py --preset gpu      # all tasks, 5 seeds: the full run (one GPU)
     python benchmarks/paper_curves.py --preset gpu --tasks brax/hopper,brax/hopper-sparse
     python benchmarks/paper_curves.py --preset smoke    # one sparse MuJoCo task, toy budgets: the gpu path on a CPU
+    python benchmarks/paper_curves.py --preset cpu-mujoco   # 5 MuJoCo tasks x 8 methods x 5 seeds on a 2-core CPU
+    python benchmarks/paper_curves.py --preset cpu-mujoco --budget   # its budget arithmetic, nothing run
 
 Per task: pre-trained agents are saved under --agents and reused; the MuJoCo teacher advisor (a longer
-PPO run on the dense task) is saved there too. Seeds run vmapped in one program per method. Writes, under
---out: one folder per task (curves PNG: IQM over seeds with 95% bootstrap bands, win rate for Pong; ultra.json,
-critical states, transcript), `paper_curves.md` (final IQM [95% bootstrap CI] over seeds per method and task,
-`jaxmod.stats`; Pong as win rate) and `paper_curves.json` (also the mean and std).
+PPO run on the dense task; sparse variants share it) is saved there too, trained further (doubling its steps, up
+to the preset's cap) until it scores at least `TEACHER_RATIO` times the agents' evaluation return on the task,
+else the run says so loudly and records it. Seeds run vmapped; with `share_programs="all"` (the MuJoCo presets)
+every method, fine-tuning included, runs through one compiled program per task (`jaxmod.methods.shared_modulator`).
+Writes, under --out: one folder per task (curves PNG, ultra.json, critical states, transcript),
+`paper_curves.md` (final IQM [95% bootstrap CI] per method
+and task, each method's paired change over fine-tuning beside the direction of RICE's Table 1, the teachers'
+and agents' returns, compile and run seconds per task, ULTRA's critical visits / restarts / advised steps per
+chunk) and `paper_curves.json`.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -27,12 +36,27 @@ import numpy as np
 from jaxmod.envs.sparse import SPARSE_SUFFIX
 from jaxmod.methods import METHODS
 from jaxmod.reporting import WIN_RATE_ENVS, seed_summary, win_rate
+from jaxmod.stats import iqm_ci, iqm_difference_ci, verdict
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
 ALL_METHODS = ("PPO", "A", "R", "RA", "StateMask-R", "RICE", "JSRL", "Random")
 MUJOCO = ("brax/hopper", "brax/walker2d", "brax/halfcheetah", "brax/reacher",
           "brax/hopper-sparse", "brax/walker2d-sparse", "brax/halfcheetah-sparse")
 PONG = "jaxmod/Pong-OnePoint"
+
+CPU_MUJOCO = ("brax/hopper", "brax/walker2d", "brax/halfcheetah", "brax/hopper-sparse", "brax/walker2d-sparse")
+TEACHER_RATIO = 1.5  # a teacher's evaluation return must be at least this many times the agents' (same evaluation)
+
+# RICE (ICML 2024) Table 1: each baseline's final reward minus PPO fine-tuning's (mean of 3 seeds), dense MuJoCo.
+# Sparse tasks: RICE's Fig. 2 shows RICE above fine-tuning (no values); ULTRA's paper has no MuJoCo values.
+RICE_TABLE1_CHANGE = {
+    "hopper": {"JSRL": 3635.08 - 3638.75, "StateMask-R": 3652.06 - 3638.75, "RICE": 3663.91 - 3638.75,
+               "Random": 3648.98 - 3638.75},
+    "walker2d": {"JSRL": 3963.57 - 3965.63, "StateMask-R": 3966.96 - 3965.63, "RICE": 3982.79 - 3965.63,
+                 "Random": 3969.64 - 3965.63},
+    "halfcheetah": {"JSRL": 2128.04 - 2133.31, "StateMask-R": 2085.28 - 2133.31, "RICE": 2138.89 - 2133.31,
+                    "Random": 2132.01 - 2133.31},
+}
 
 # Per preset: shared settings, then per-task overrides. Step counts are env steps per seed.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -48,65 +72,186 @@ PRESETS: dict[str, dict[str, Any]] = {
         "common": dict(seeds=2, chunks=2, eval_envs=4, eval_steps=50, collect_envs=4, collect_steps=100,
                        episodes_per_round=2, mask_steps=64 * 10 * 2,
                        ppo_overrides=(("num_envs", 64), ("num_minibatches", 4), ("env_options", (("backend", "spring"),)))),
-        "mujoco": dict(pretrain_steps=64 * 10 * 4, refine_steps=64 * 10 * 4),
+        "mujoco": dict(pretrain_steps=64 * 10 * 4, refine_steps=64 * 10 * 4, share_programs="all"),
         "teacher_steps": 64 * 10 * 8,
+        "teacher_max_steps": 64 * 10 * 8,
+    },
+    # the paper's MuJoCo comparison on a 2-core CPU in <= 60 minutes (budget: `--budget`, measurements:
+    # benchmarks/mujoco_throughput.py). spring: the fastest brax backend on this CPU (issue 19: 3 seeds x 256 envs
+    # 33.2k env steps/s against positional's 21.1k). Every brax task gets the same knobs.
+    "cpu-mujoco": {
+        "tasks": CPU_MUJOCO,
+        "common": dict(seeds=5, chunks=4, eval_envs=16, eval_steps=1000, collect_envs=8, collect_steps=1000,
+                       episodes_per_round=4, mask_steps=40_000, share_programs="all", sync_advice=True,
+                       match_radius=1.5,
+                       ppo_overrides=(("num_envs", 256), ("num_minibatches", 4),
+                                      ("env_options", (("backend", "spring"),)))),
+        "mujoco": dict(pretrain_steps=256_000, refine_steps=128_000),  # 100 and 50 updates of 256 envs x 10 steps
+        "teacher_steps": 2_048_000,  # 2 chunks of 100 updates x 1024 envs x 10 steps; doubled while below 1.5x
+        "teacher_max_steps": 8_192_000,
+        "teacher_envs": 1024,
     },
     "gpu": {
         "tasks": (PONG, *MUJOCO),
         "common": dict(seeds=5, chunks=10, eval_envs=128, eval_steps=1000, collect_envs=16, collect_steps=1000,
                        episodes_per_round=8, mask_steps=1_000_000),
         PONG: dict(pretrain_steps=300_000, refine_steps=2_000_000, eval_steps=600),
-        "mujoco": dict(pretrain_steps=3_000_000, refine_steps=5_000_000, refine_lr=1e-4),
+        "mujoco": dict(pretrain_steps=3_000_000, refine_steps=5_000_000, refine_lr=1e-4, share_programs="all"),
         "teacher_steps": 30_000_000,
+        "teacher_max_steps": 60_000_000,
     },
 }
 
 
-def ensure_teacher(env_id: str, steps: int, agents: Path, log, overrides: tuple = ()) -> str:
+def teacher_dir(env_id: str, steps: int, agents: Path, overrides: tuple = ()) -> Path:
+    """Where `ensure_teacher` keeps `env_id`'s dense-task teacher after `steps` env steps."""
+    dense = env_id.removesuffix(SPARSE_SUFFIX)
+    tag = f"-{hashlib.sha1(repr(tuple(overrides)).encode()).hexdigest()[:8]}" if overrides else ""
+    return agents / f"teacher-{dense.replace('/', '_')}-{steps}{tag}"
+
+
+TEACHER_CHUNK_UPDATES = 100  # the teacher trains in chunks of this many updates: one program for every rung
+
+
+def ensure_teacher(env_id: str, steps: int, agents: Path, log, overrides: tuple = (),
+                   from_steps: int = 0) -> str:
     """A saved stronger PPO agent for `env_id`'s dense task (sparse variants share it): the advisor spec.
-    It trains with the agents' config `overrides` (same backend and network) for `steps` env steps."""
-    from jaxmod.checkpoint import has_checkpoint, save_checkpoint
+    It trains with the agents' config `overrides` (same backend and network) for `steps` env steps, continuing the
+    saved teacher of `from_steps` steps where one is given (the learning rate is constant on brax), in chunks of
+    `TEACHER_CHUNK_UPDATES` updates (one compiled program, whatever the steps)."""
+    from jaxmod.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
     from jaxmod.ppo import PPOLearner, default_config
 
     dense = env_id.removesuffix(SPARSE_SUFFIX)
-    tag = f"-{hashlib.sha1(repr(tuple(overrides)).encode()).hexdigest()[:8]}" if overrides else ""
-    where = agents / f"teacher-{dense.replace('/', '_')}-{steps}{tag}"
+    where = teacher_dir(env_id, steps, agents, overrides)
     if not has_checkpoint(where):
         import jax
 
         cfg = default_config(dense, **{**dict(overrides), "total_timesteps": steps})
         learner = PPOLearner(cfg)
         t0 = time.perf_counter()
-        state, metrics = jax.jit(lambda k: learner.run(learner.init(k), cfg.num_updates))(jax.random.PRNGKey(123))
-        log(f"teacher for {dense}: {steps:,} steps in {time.perf_counter() - t0:.0f}s, "
-            f"training return {float(metrics['episode_return'][-1]):.1f}")
+        state = (load_checkpoint(teacher_dir(env_id, from_steps, agents, overrides)).state if from_steps
+                 else jax.jit(learner.init)(jax.random.PRNGKey(123)))
+        chunk = jax.jit(lambda s: learner.run(s, TEACHER_CHUNK_UPDATES))
+        done, metrics = int(state.update_step), None
+        while done < cfg.num_updates:
+            n = min(TEACHER_CHUNK_UPDATES, cfg.num_updates - done)  # a shorter last chunk compiles its own program
+            state, metrics = (chunk if n == TEACHER_CHUNK_UPDATES else jax.jit(lambda s, n=n: learner.run(s, n)))(state)
+            done += n
+        ret = float(metrics["episode_return"][-1]) if metrics is not None else float("nan")
+        log(f"teacher for {dense}: {steps - from_steps:,} steps in {time.perf_counter() - t0:.0f}s "
+            f"({steps:,} in all), training return {ret:.1f}")
         save_checkpoint(where, state, cfg)
     return f"teacher:{where}"
 
 
-def settings_for(preset: dict[str, Any], env_id: str, agents: Path, methods: tuple[str, ...], log) -> UltraSettings:
+def evaluate_agents(run: UltraRun, pre_state, teacher: str) -> tuple[list[float], float]:
+    """The pre-trained agents' evaluation returns ([seeds]) and the teacher's (mean over the same evaluation keys),
+    both on the run's task with plain resets and the run's evaluation sizes: what `TEACHER_RATIO` compares."""
+    import jax
+
+    from jaxmod.checkpoint import load_checkpoint
+    from jaxmod.parallel import seed_keys
+    from jaxmod.ppo.acting import make_evaluator
+
+    s, learner = run.s, run.agent_learner
+    evaluate = jax.jit(jax.vmap(make_evaluator(learner.env.replace_num_envs(s.sizes.eval_envs), learner.net,
+                                               s.sizes.eval_steps)))
+    keys = seed_keys(s.seed + 2000, s.seeds)  # the refinement's first evaluation's keys
+    agents = np.asarray(evaluate(pre_state.params, pre_state.env_state.obs_rms, keys)[0])
+    t = load_checkpoint(teacher.split(":", 1)[1]).state
+    tile = lambda x: jax.numpy.broadcast_to(x, (s.seeds, *np.shape(x)))  # noqa: E731 - the teacher on every key
+    mean = np.asarray(evaluate(jax.tree.map(tile, t.params), jax.tree.map(tile, t.env_state.obs_rms), keys)[0])
+    return agents.tolist(), float(mean.mean())
+
+
+def strong_teacher(env_id: str, preset: dict[str, Any], kw: dict[str, Any], run: UltraRun, agents: Path, log
+                   ) -> tuple[str, dict[str, Any]]:
+    """The task's teacher, trained further (its steps doubled, up to the preset's `teacher_max_steps`) until its
+    evaluation return is at least `TEACHER_RATIO` times the agents' mean; says so loudly when the cap is reached
+    first. Returns the advisor spec and the record (both returns, the steps, whether the ratio was met)."""
+    overrides = tuple(kw.get("ppo_overrides", ()))
+    teacher_overrides = overrides + ((("num_envs", preset["teacher_envs"]),) if "teacher_envs" in preset else ())
+    steps, cap = preset["teacher_steps"] or kw["pretrain_steps"] * 4, preset.get("teacher_max_steps", 0)
+    pre = run.pretrain()
+    prev = 0
+    while True:
+        spec = ensure_teacher(env_id, steps, agents, log, teacher_overrides, from_steps=prev)
+        agent_returns, teacher_return = evaluate_agents(run, pre, spec)
+        need = TEACHER_RATIO * float(np.mean(agent_returns))
+        ok = teacher_return >= need
+        if ok or steps * 2 > max(cap, steps):
+            break
+        log(f"teacher for {env_id}: return {teacher_return:.1f} after {steps:,} steps is below {TEACHER_RATIO}x the "
+            f"agents' {np.mean(agent_returns):.1f}: training it further")
+        prev, steps = steps, steps * 2
+    if not ok:
+        log(f"WARNING: the teacher for {env_id} ({teacher_return:.1f} after {steps:,} steps) is below {TEACHER_RATIO}x "
+            f"the agents' return ({np.mean(agent_returns):.1f}); advice may not help. Raise teacher_max_steps.")
+    record = {"teacher_return": teacher_return, "agents_return": float(np.mean(agent_returns)),
+              "agents_returns": agent_returns, "teacher_steps": steps, "teacher_ratio_met": bool(ok),
+              "ratio": teacher_return / max(abs(float(np.mean(agent_returns))), 1e-9)}
+    return spec, record
+
+
+def knobs_for(preset: dict[str, Any], env_id: str) -> dict[str, Any]:
     family = "mujoco" if env_id.startswith("brax/") else env_id
-    kw = {**preset["common"], **preset.get(family, {})}
+    return {**preset["common"], **preset.get(family, {})}
+
+
+def run_task(preset: dict[str, Any], env_id: str, agents: Path, methods: tuple[str, ...], out: Path, log
+             ) -> tuple[dict, dict[str, Any]]:
+    """One task: its teacher made strong enough (MuJoCo), then every method. Returns the methods' results and the
+    task's record (teacher, times)."""
+    t0 = time.perf_counter()
+    kw = knobs_for(preset, env_id)
+    folder = out / env_id.replace("/", "_")
+    record: dict[str, Any] = {"task": env_id}
     if env_id == PONG:
-        advisor = "scripted"
+        settings = UltraSettings(env_id=env_id, variants=methods, advisor="scripted", agents_dir=str(agents), **kw)
+        run = UltraRun(settings, folder, log=log, overwrite=True)
     else:
-        advisor = ensure_teacher(env_id, preset["teacher_steps"] or kw["pretrain_steps"] * 4, agents, log,
-                                 kw.get("ppo_overrides", ()))
-    return UltraSettings(env_id=env_id, variants=methods, advisor=advisor, agents_dir=str(agents), **kw)
+        needs = any(METHODS[m].critical == "advisor" for m in methods)
+        # the agents first (a teacher spec is needed to build the run: a placeholder rung, replaced below)
+        settings = UltraSettings(env_id=env_id, variants=("PPO",), agents_dir=str(agents), **kw)
+        probe = UltraRun(settings, folder, log=log, overwrite=True)
+        t1 = time.perf_counter()
+        spec, teacher = strong_teacher(env_id, preset, kw, probe, agents, log) if needs else (None, {})
+        record.update(teacher, teacher_s=time.perf_counter() - t1)
+        settings = UltraSettings(env_id=env_id, variants=methods, agents_dir=str(agents), advisor=spec or "random",
+                                 **kw)
+        run = UltraRun(settings, folder, log=log, overwrite=True)
+    results = run.run()
+    record.update(wall_s=time.perf_counter() - t0, compile_s=sum(r.compile_s for r in results.values()),
+                  refine_s=sum(r.wall_s for r in results.values()))
+    return results, record
+
+
+ADVICE_COUNTS = ("critical_steps", "restarts", "advice_executed")
 
 
 def summarise(env_id: str, results: dict) -> list[dict[str, Any]]:
-    """Per method: start and final evaluation over seeds (IQM, 95% CI, mean, std), and for one-point Pong the same
-    as win rate (return +1 win / -1 loss, so win rate = (return + 1) / 2)."""
+    """One row per method: final mean (std) and IQM [95% CI] over seeds, the paired IQM change over fine-tuning
+    (PPO) with its verdict, compile and run seconds, the curve, and per chunk the advice counts (critical-state
+    visits, restarts, advised steps; summed over seeds). A non-finite seed makes the row `failed`."""
     rows = []
+    base = results.get("PPO")
     for name, r in results.items():
-        final = np.array(r.eval_returns[-1])
-        summary = seed_summary(final).as_dict()
+        final = np.array(r.eval_returns[-1], float)
         row = {"task": env_id, "method": name, "label": METHODS[name].label, "start": float(np.mean(r.eval_returns[0])),
-               "start_iqm": seed_summary(r.eval_returns[0]).as_dict()["iqm"],
-               "final_mean": float(final.mean()), "final_std": float(final.std()), "final_iqm": summary["iqm"],
-               "final_ci95": summary["ci95"], "wall_s": r.wall_s}
-        if env_id in WIN_RATE_ENVS:
+               "final_mean": float(final.mean()), "final_std": float(final.std()), "final": final.tolist(),
+               "wall_s": r.wall_s, "compile_s": r.compile_s, "steps": r.steps, "curve": np.mean(
+                   np.asarray(r.eval_returns, float), axis=1).tolist(),
+               "advice_per_chunk": [{k: c[k] for k in ADVICE_COUNTS if k in c} for c in r.chunk_metrics]}
+        if not np.all(np.isfinite(final)):
+            row["failed"] = f"{int(np.sum(~np.isfinite(final)))} non-finite seed(s)"
+        else:
+            row["iqm"] = iqm_ci(final).as_dict()
+            if base is not None and name != "PPO" and np.all(np.isfinite(base.eval_returns[-1])):
+                gain = iqm_difference_ci(final, np.asarray(base.eval_returns[-1], float))
+                row.update(gain=gain.as_dict(), verdict=verdict(gain))
+        row["start_iqm"] = seed_summary(r.eval_returns[0]).as_dict()["iqm"]
+        if env_id in WIN_RATE_ENVS:  # one-point games: return +1 win / -1 loss, so win rate = (return + 1) / 2
             rate, start = seed_summary(win_rate(final)).as_dict(), seed_summary(win_rate(r.eval_returns[0])).as_dict()
             row.update(win_rate_mean=rate["mean"], win_rate_std=rate["std"], win_rate_iqm=rate["iqm"],
                        win_rate_ci95=rate["ci95"], start_win_rate_iqm=start["iqm"])
@@ -114,10 +259,59 @@ def summarise(env_id: str, results: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(point: float | None, ci: list[float] | None, fmt: str) -> str:
-    if point is None:
-        return "NON-FINITE"
-    return f"{point:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+def rice_direction(task: str, method: str) -> str:
+    """The sign of `method`'s change over fine-tuning in RICE's Table 1 (dense tasks), or where RICE shows it."""
+    base = task.removeprefix("brax/")
+    if base.endswith(SPARSE_SUFFIX):
+        return "up (Fig. 2)" if method == "RICE" else "-"
+    change = RICE_TABLE1_CHANGE.get(base, {}).get(method)
+    if change is None:
+        return "-"
+    return f"{'up' if change > 0 else 'down'} ({change:+.1f})"
+
+
+def comparison(rows: list[dict[str, Any]]) -> str:
+    """Per task and method: the paired IQM change over fine-tuning [95% CI] and its verdict, beside the direction
+    of RICE's Table 1 (absolute returns differ: brax physics is not gym MuJoCo v3)."""
+    lines = ["| task | method | change over fine-tuning (IQM [95% CI]) | verdict | RICE Table 1 |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["method"] == "PPO":
+            continue
+        if "gain" in r:
+            g = r["gain"]
+            cell, word = f"{g['point']:+.1f} [{g['low']:+.1f}, {g['high']:+.1f}]", r["verdict"]
+        else:
+            cell, word = r.get("failed", "-"), "-"
+        lines.append(f"| {r['task']} | {r['label']} | {cell} | {word} | {rice_direction(r['task'], r['method'])} |")
+    return "\n".join(lines)
+
+
+def task_table(records: list[dict[str, Any]]) -> str:
+    """Per task: teacher and agents' evaluation returns, teacher steps, and the time spent."""
+    lines = ["| task | agents' return | teacher's return | ratio | teacher steps | teacher s | compile s | "
+             "refine s | task wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if "teacher_return" in r:
+            flag = "" if r["teacher_ratio_met"] else " (below 1.5x)"
+            t = (f"{r['agents_return']:.1f} | {r['teacher_return']:.1f} | {r['ratio']:.2f}{flag} | "
+                 f"{r['teacher_steps']:,} | {r['teacher_s']:.0f}")
+        else:
+            t = "- | - | - | - | -"
+        lines.append(f"| {r['task']} | {t} | {r['compile_s']:.0f} | {r['refine_s']:.0f} | {r['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def advice_table(rows: list[dict[str, Any]]) -> str:
+    """ULTRA's action at MuJoCo scale: per task and advisor method, per chunk, critical-state visits / restarts /
+    advised steps (summed over seeds)."""
+    lines = ["| task | method | per chunk: critical visits / restarts / advised steps |", "|---|---|---|"]
+    for r in rows:
+        if METHODS[r["method"]].critical == "none" or not r["advice_per_chunk"]:
+            continue
+        cells = ", ".join(f"{c.get('critical_steps', 0)}/{c.get('restarts', 0)}/{c.get('advice_executed', '-')}"
+                          for c in r["advice_per_chunk"])
+        lines.append(f"| {r['task']} | {r['label']} | {cells} |")
+    return "\n".join(lines)
 
 
 def markdown(rows: list[dict[str, Any]], device: str) -> str:
@@ -132,10 +326,14 @@ def markdown(rows: list[dict[str, Any]], device: str) -> str:
             r = cell.get((t, m))
             if r is None:
                 vals.append("-")
-            elif "win_rate_iqm" in r:
-                vals.append(_cell(r["win_rate_iqm"], r["win_rate_ci95"], ".2f"))
+            elif r.get("win_rate_iqm") is not None:
+                lo, hi = r["win_rate_ci95"]
+                vals.append(f"{r['win_rate_iqm']:.2f} [{lo:.2f}, {hi:.2f}]")
+            elif "iqm" in r:
+                i = r["iqm"]
+                vals.append(f"{i['point']:.1f} [{i['low']:.1f}, {i['high']:.1f}]")
             else:
-                vals.append(_cell(r["final_iqm"], r["final_ci95"], ".1f"))
+                vals.append(r.get("failed", "-"))
         lines.append(f"| {METHODS[m].label} | " + " | ".join(vals) + " |")
     def start(t: str) -> str:  # the same agents start every method: the first method's start IQM
         r = next(r for r in rows if r["task"] == t)
@@ -146,6 +344,70 @@ def markdown(rows: list[dict[str, Any]], device: str) -> str:
     return "\n".join(lines)
 
 
+# Quiet-machine component costs of the cpu-mujoco preset on the 2-core CPU (issue 19's measurements and
+# benchmarks/mujoco_throughput.py; a busy machine's wall times are upper bounds): env steps per second of 5 vmapped
+# seeds x 256 envs on the spring backend while training, per task, and seconds per compiled brax program: a program
+# that trains (PPO's SGD, the mask net's) 40-55 s cold, one that only steps the policy (evaluation, recordings)
+# assumed half that, and any of them 9-21 s from the persistent compilation cache (a repeated run).
+QUIET_STEPS_PER_S = {"hopper": 33_000, "walker2d": 27_000, "halfcheetah": 10_000}  # walker2d, halfcheetah: hopper x their
+# measured CPU-second cost ratio (benchmarks/results/mujoco_throughput_2026-11-30_*: 6,836 and 2,579 against 8,237)
+COMPILE_S = {"train": 50.0, "light": 25.0, "cached": 15.0}
+SHARED_OVERHEAD = 1.3  # run time of a method in the shared program over its own (computes the pieces it switches off)
+EVAL_SPEEDUP = 2.0  # evaluation and recording steps (no SGD) against training steps
+
+
+def budget(preset: dict[str, Any], tasks: list[str], methods: tuple[str, ...],
+           rates: dict[str, float] | None = None, cached: bool = False) -> dict[str, Any]:
+    """The preset's projected wall seconds per task on a quiet machine, from component costs: env steps / rate for
+    pretraining, the teacher's first rung (dense tasks only: sparse variants share it), the mask nets, refinement
+    (every method, the shared program's overhead included), evaluations and advisor recordings, plus each compiled
+    program's `COMPILE_S` (`cached`: all from the persistent cache). Returns the arithmetic per task and the total."""
+    rates = rates or QUIET_STEPS_PER_S
+    out: dict[str, Any] = {"tasks": {}, "total_s": 0.0, "cached": cached}
+    dense_done: set[str] = set()
+    for env_id in tasks:
+        kw = knobs_for(preset, env_id)
+        base = env_id.removeprefix("brax/").removesuffix(SPARSE_SUFFIX)
+        rate = rates.get(base, min(rates.values()))
+        seeds, chunks = kw["seeds"], kw["chunks"]
+        advisor = [m for m in methods if METHODS[m].critical == "advisor"]
+        masked = [m for m in methods if METHODS[m].critical == "mask"]
+        share = kw.get("share_programs", "off")
+        steps = {"pretrain": seeds * kw["pretrain_steps"],
+                 "teacher": 0 if base in dense_done else preset["teacher_steps"],
+                 "mask": seeds * kw["mask_steps"] if masked else 0,
+                 "refine": seeds * kw["refine_steps"] * len(methods) * (SHARED_OVERHEAD if share != "off" else 1.0),
+                 "evaluate": (len(methods) * (chunks + 1) + 2) * seeds * kw["eval_envs"] * kw["eval_steps"]
+                 / EVAL_SPEEDUP,  # + the agents' and the teacher's evaluation
+                 "record": (len(advisor) * chunks + 1) * seeds * kw["collect_envs"] * kw["collect_steps"]
+                 / EVAL_SPEEDUP}
+        # compiled brax programs by kind (the teacher's evaluation is the refinement's evaluation program)
+        programs = {"train": 1 + (steps["teacher"] > 0) + bool(masked)
+                    + {"all": 1, "methods": 1 + ("PPO" in methods)}.get(share, len(methods)),
+                    "light": 2 + bool(advisor)}  # agents' recording, evaluation, advisor recording
+        dense_done.add(base)
+        seconds = {k: v / rate for k, v in steps.items()}
+        seconds["compile"] = (sum(programs.values()) * COMPILE_S["cached"] if cached else
+                              sum(n * COMPILE_S[k] for k, n in programs.items()))
+        total = sum(seconds.values())
+        out["tasks"][env_id] = {"rate": rate, "steps": steps, "programs": programs, "seconds": seconds,
+                                "total_s": total}
+        out["total_s"] += total
+    return out
+
+
+def budget_text(b: dict[str, Any]) -> str:
+    first = next(iter(b["tasks"].values()))
+    lines = ["| task | env steps/s | " + " | ".join(f"{k} s" for k in first["seconds"]) + " | total s |",
+             "|---|---|" + "---|" * (len(first["seconds"]) + 1)]
+    for task, t in b["tasks"].items():
+        lines.append(f"| {task} | {t['rate']:,} | " + " | ".join(f"{v:.0f}" for v in t["seconds"].values())
+                     + f" | {t['total_s']:.0f} |")
+    cache = "every program from the persistent compilation cache" if b["cached"] else "a cold compilation cache"
+    lines.append(f"\nProjected total: {b['total_s']:.0f} s ({b['total_s'] / 60:.1f} min) on a quiet machine, {cache}.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -153,36 +415,58 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(ALL_METHODS))
     ap.add_argument("--out", default=None, help="default runs/paper_curves-<preset>")
     ap.add_argument("--agents", default="runs/agents", help="saved pre-trained agents and teachers")
+    ap.add_argument("--budget", action="store_true", help="print the preset's projected wall time and exit")
     args = ap.parse_args()
+    preset = PRESETS[args.preset]
+    tasks = args.tasks.split(",") if args.tasks else list(preset["tasks"])
+    methods = tuple(m.strip() for m in args.methods.split(","))
+    from jaxmod.envs.registry import list_env_ids
+
+    unknown = [t for t in tasks if t not in list_env_ids()] + [m for m in methods if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown task(s) or method(s) {unknown}: tasks are env ids (jaxmod.envs.registry.list_env_ids), methods "
+                 f"{', '.join(METHODS)}")
+    if args.budget:
+        print(budget_text(budget(preset, tasks, methods)) + "\n\n" + budget_text(budget(preset, tasks, methods,
+                                                                                      cached=True)))
+        return
     import jax
 
     from jaxmod.cli import _enable_compile_cache
 
     _enable_compile_cache()  # a repeated run (or a re-run task) skips recompiling its programs
 
-    preset = PRESETS[args.preset]
-    tasks = args.tasks.split(",") if args.tasks else list(preset["tasks"])
-    methods = tuple(m.strip() for m in args.methods.split(","))
     out = Path(args.out or f"runs/paper_curves-{args.preset}")
     agents = Path(args.agents)
     out.mkdir(parents=True, exist_ok=True)
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, " \
              f"{time.strftime('%Y-%m-%d')}"
     rows: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     t_all = time.perf_counter()
+    load0 = os.getloadavg()[0]
+
+    def log(msg: str) -> None:  # wall and CPU seconds (all threads) so far: a busy machine inflates the first only
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        print(f"[{time.perf_counter() - t_all:6.0f}s cpu {r.ru_utime + r.ru_stime:6.0f}s load "
+              f"{os.getloadavg()[0]:4.1f}] {msg}", flush=True)
+
     for env_id in tasks:
-        t0 = time.perf_counter()
-        settings = settings_for(preset, env_id, agents, methods, print)
-        run = UltraRun(settings, out / env_id.replace("/", "_"), log=print)
-        rows.extend(summarise(env_id, run.run()))
-        print(f"{env_id}: all methods in {time.perf_counter() - t0:.0f}s", flush=True)
-    table = markdown(rows, device)
+        results, record = run_task(preset, env_id, agents, methods, out, log)
+        rows.extend(summarise(env_id, results))
+        records.append(record)
+        log(f"{env_id}: all methods in {record['wall_s']:.0f}s (compile {record['compile_s']:.0f}s, refinement "
+            f"{record['refine_s']:.0f}s)")
     total = time.perf_counter() - t_all
-    (out / "paper_curves.md").write_text(table + f"\n\nTotal wall time {total:.0f}s.\n")
+    load = f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2-core CPU: above 2 is shared)"
+    table = "\n\n".join([markdown(rows, device), "Change over fine-tuning (paired over seeds):", comparison(rows),
+                          "Teachers, agents and time per task:", task_table(records),
+                          "ULTRA at MuJoCo scale:", advice_table(rows)])
+    (out / "paper_curves.md").write_text(table + f"\n\nTotal wall time {total:.0f}s; {load}.\n")
     (out / "paper_curves.json").write_text(json.dumps({"device": device, "preset": args.preset, "total_s": total,
-                                                       "rows": rows}, indent=2))
+                                                       "load": load, "tasks": records, "rows": rows}, indent=2))
     print(table)
-    print(f"total {total:.0f}s; wrote {out}/paper_curves.md, {out}/paper_curves.json and per-task curves")
+    print(f"total {total:.0f}s ({load}); wrote {out}/paper_curves.md, {out}/paper_curves.json and per-task curves")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Every refinement method by name: a plot label, where its critical states come from, and its modulator.
 
 All methods run the same jitted learner (`PPOLearner`) from the same sub-optimal agents for the same steps; only
-the modulator differs. Labels follow RICE (ICML 2024), whose Table 1 columns the baselines are; see
+the modulator differs. Each method also states its pieces as values (`Pieces`): `shared_modulator` builds, for a
+group of methods, the union of their pieces with one method's values as traced data, so the whole group runs
+through one compiled program (a brax program compiles in 40-55 s on a 2-core CPU; jaxmod's choice). Labels follow RICE (ICML 2024), whose Table 1 columns the baselines are; see
 `../shared/paper.md` sections 5-6. Adding a method is one file (its modulator) plus one `register` line here:
 
     register(Method("MyMethod", "My method", "advisor", "what it does", lambda ctx: my_module.modulator(ctx)))
@@ -12,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jaxmod.advice.modulation import ModulationConfig
+from jaxmod.advice.modulation import VARIANT_SWITCHES, ModulationConfig
 from jaxmod.baselines import jsrl, rice, statemask
-from jaxmod.ppo.modulator import Identity, Modulator
+from jaxmod.ppo.modulator import Identity, Modulator, chain
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,22 @@ class Method:
     critical: str
     about: str
     build: Callable[[MethodContext], Modulator]
+    pieces: Callable[[MethodContext], Pieces] | None = None  # its values in a shared program (None: none)
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A method as values of the union chain `shared_modulator` builds (0 / False: the piece does nothing for it):
+    ULTRA's judged advice (consensus and verification bind), the restart probability from critical states, ULTRA-A's
+    override, ULTRA-R's reward scale lambda, the KL coefficient, RICE's RND coefficient and JSRL's roll-in horizon."""
+
+    judged: bool = False
+    restart_prob: float = 0.0
+    override: bool = False
+    reward_scale: float = 0.0
+    kl_coef: float = 0.0
+    rnd_coef: float = 0.0
+    guide_steps: int = 0
 
 
 class MethodError(ValueError):
@@ -66,19 +84,88 @@ def _ultra(variant: str) -> Callable[[MethodContext], Modulator]:
     return lambda ctx: ctx.modulation.with_variant(variant).modulator()
 
 
+def _ultra_pieces(variant: str) -> Callable[[MethodContext], Pieces]:
+    override, shape = VARIANT_SWITCHES[variant]
+
+    def pieces(ctx: MethodContext) -> Pieces:
+        m = ctx.modulation
+        return Pieces(judged=True, restart_prob=m.restart_prob, override=override,
+                      reward_scale=m.reward_scale if shape else 0.0, kl_coef=m.kl_coef)
+    return pieces
+
+
+def _rice_pieces(ctx: MethodContext) -> Pieces:
+    p, lam = rice.rice_values(ctx.env_id)
+    return Pieces(restart_prob=p if ctx.rice_p is None else ctx.rice_p, rnd_coef=lam if ctx.rice_lambda is None
+                  else ctx.rice_lambda)
+
+
+def shared_modulator(names: tuple[str, ...], name: str, ctx: MethodContext) -> Modulator:
+    """Method `name`'s modulator as a member of the group `names`: the union of the group's pieces (`Pieces`), in
+    one order, with `name`'s values as traced data. Every member's chain has the same static structure, so their
+    `PPOLearner.run` programs are the same program (tests/test_methods.py compares their lowered text): the group
+    compiles once. A member's numbers equal its own chain's up to floating-point rounding (e.g. ULTRA-A's policy
+    mask is all ones for a member without the override, where its own chain averages without one) and it computes
+    the pieces it switches off (JSRL's guide action, RICE's RND predictor), which costs run time instead of compiles.
+    jaxmod's choice."""
+    from jaxmod.advice.consensus import Consensus
+    from jaxmod.advice.kl import KLTarget
+    from jaxmod.advice.override import ActionOverride
+    from jaxmod.advice.restarts import CriticalStates
+    from jaxmod.advice.shaping import ImplicitReward
+    from jaxmod.advice.verify import JudgeGate, Verification
+    from jaxmod.baselines.rnd import RNDBonus
+
+    if name not in names:
+        raise MethodError(f"method {name!r} is not in the group {', '.join(names)}")
+    group = [method(n) for n in names]
+    missing = [m.name for m in group if m.pieces is None]
+    if missing:
+        raise MethodError(f"method(s) {', '.join(missing)} cannot share a program (no pieces)")
+    every = [m.pieces(ctx) for m in group]
+    me = method(name).pieces(ctx)
+    m = ctx.modulation
+    judged = any(p.judged for p in every)
+    parts: list[Modulator] = []
+    if judged and m.votes:
+        parts.append(Consensus(m.consensus_radius, m.consensus_action_tol))
+    if judged and m.verifies:
+        parts.append(Verification(m.capacity, m.verify_samples, m.verify_control, m.verify_memory))
+    if judged and (m.votes or m.verifies) and not all(p.judged for p in every):
+        parts.append(JudgeGate(me.judged))
+    if judged or any(p.restart_prob > 0 for p in every):
+        # only judged advice (ULTRA's) is matched: the others' critical steps stay the steps after their restarts
+        parts.append(CriticalStates(me.restart_prob, m.match_radius if me.judged else 0.0,
+                                    matches=judged and m.matching))
+    if any(p.override for p in every):
+        parts.append(ActionOverride(switch=me.override))
+    if any(p.reward_scale > 0 for p in every):
+        parts.append(ImplicitReward(me.reward_scale, m.kl_target_std))
+    if any(p.kl_coef > 0 for p in every):
+        parts.append(KLTarget(me.kl_coef, m.kl_target_std, m.kl_filter))
+    if any(p.rnd_coef > 0 for p in every):
+        parts.append(RNDBonus(coef=me.rnd_coef))
+    if any(p.guide_steps > 0 for p in every):
+        parts.append(jsrl.GuideRollIn(me.guide_steps))
+    return chain(*parts)
+
+
 register(Method("PPO", "PPO fine-tune", "none", "continued PPO from the agent at the refinement learning rate",
-                lambda ctx: Identity()))
-register(Method("A", "ULTRA-A", "advisor", "advisor's action executed at critical states", _ultra("A")))
-register(Method("R", "ULTRA-R", "advisor", "advisor's implicit reward added at critical states", _ultra("R")))
-register(Method("RA", "ULTRA-RA", "advisor", "both", _ultra("RA")))
+                lambda ctx: Identity(), lambda ctx: Pieces()))
+register(Method("A", "ULTRA-A", "advisor", "advisor's action executed at critical states", _ultra("A"),
+                _ultra_pieces("A")))
+register(Method("R", "ULTRA-R", "advisor", "advisor's implicit reward added at critical states", _ultra("R"),
+                _ultra_pieces("R")))
+register(Method("RA", "ULTRA-RA", "advisor", "both", _ultra("RA"), _ultra_pieces("RA")))
 register(Method("restart", "ULTRA restarts only", "advisor", "mixed restarts from the advisor's critical states",
-                _ultra("restart")))
+                _ultra("restart"), _ultra_pieces("restart")))
 register(Method("StateMask-R", "StateMask-R", "mask", "always restart from the mask net's critical states",
-                lambda ctx: statemask.modulator()))
+                lambda ctx: statemask.modulator(), lambda ctx: Pieces(restart_prob=1.0)))
 register(Method("RICE", "RICE", "mask", "mixed restarts from mask-net critical states (p) + RND bonus (lambda)",
-                lambda ctx: rice.modulator(ctx.env_id, ctx.rice_p, ctx.rice_lambda)))
+                lambda ctx: rice.modulator(ctx.env_id, ctx.rice_p, ctx.rice_lambda), _rice_pieces))
 register(Method("JSRL", "JSRL", "none", "the frozen agent rolls in for h steps per episode, h shrinking to 0",
-                lambda ctx: jsrl.GuideRollIn(max(1, ctx.guide_steps))))
+                lambda ctx: jsrl.GuideRollIn(max(1, ctx.guide_steps)),
+                lambda ctx: Pieces(guide_steps=max(1, ctx.guide_steps))))
 register(Method("Random", "Random critical", "random", "RICE with uniformly random critical states (ablation)",
-                lambda ctx: rice.modulator(ctx.env_id, ctx.rice_p, ctx.rice_lambda)))
+                lambda ctx: rice.modulator(ctx.env_id, ctx.rice_p, ctx.rice_lambda), _rice_pieces))
 BASELINES = ("StateMask-R", "RICE", "JSRL", "Random")

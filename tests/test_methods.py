@@ -51,3 +51,74 @@ def test_registry_refuses_a_taken_name_and_lists_the_valid_ones():
         methods.register(methods.METHODS["RICE"])
     with pytest.raises(methods.MethodError, match="choose from PPO, A, R, RA"):
         methods.method("SAC")
+
+
+# ---------------------------------------------------------------- one compiled program for a group of methods
+GROUP = ("PPO", "A", "R", "RA", "StateMask-R", "RICE", "JSRL", "Random")  # share_programs="all"
+
+
+def _shared_learner(name: str, setup, group=GROUP):
+    """`name`'s learner as a member of `group`, with the regression set's config and ULTRA knobs."""
+    from jaxmod.advice.modulation import ModulationConfig
+    from jaxmod.ppo import PPOLearner
+
+    cfg, _, _ = setup
+    rcfg = cfg.replace(total_timesteps=cfg.batch_size * 10, lr=1e-4, anneal_lr=False)
+    ultra = ModulationConfig(capacity=16, kl_coef=1.0, match_radius=0.5, verify_samples=1, verify_memory=64,
+                             consensus_radius=2.0)  # tests/regression_learner.py's
+    return PPOLearner(rcfg, methods.shared_modulator(group, name, methods.MethodContext("CartPole-v1", ultra,
+                                                                                        guide_steps=10)))
+
+
+@pytest.fixture(scope="module")
+def cartpole_setup():
+    from tests import regression_learner as rl
+
+    return rl.agent_and_advice("CartPole-v1")
+
+
+@pytest.mark.timeout(900)
+def test_a_program_group_lowers_to_one_program(cartpole_setup):
+    """Every member of a group has the same program: its values are data (what makes the group compile once)."""
+    _, state, advice = cartpole_setup
+    texts = {}
+    for name in GROUP:
+        learner = _shared_learner(name, cartpole_setup)
+        start = learner.init(jax.random.PRNGKey(3), state.params)  # the method's values: data of the state
+        texts[name] = jax.jit(lambda s, a, learner=learner: learner.run(s, 2, a)).lower(start, advice).as_text()
+    assert all(t == texts["A"] for t in texts.values()), [n for n, t in texts.items() if t != texts["A"]]
+    # and the values differ: a group whose members all had the same values would pass the line above trivially
+    inits = {n: _shared_learner(n, cartpole_setup).init(jax.random.PRNGKey(3), state.params).aux for n in GROUP}
+    flat = {n: np.concatenate([np.ravel(x) for x in jax.tree.leaves(a) if np.ndim(x) == 0]) for n, a in inits.items()}
+    assert len({tuple(v.tolist()) for v in flat.values()}) == len(GROUP) - 1  # RICE and Random: the same pieces
+
+
+def test_a_bad_share_programs_value_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "jaxmod.cli", "ultra", "--share-programs", "some", "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "off, methods, all" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", ["A", "RICE", "JSRL"])
+def test_a_group_member_refines_as_its_own_chain(cartpole_setup, name):
+    """A member of the shared program computes its own method: 3 updates from the regression set's agent and advice
+    give the parameters and metrics of its own chain, to floating-point rounding (pieces switched off add zeros;
+    a policy mask of ones averages in another order)."""
+    from tests import regression_learner as rl
+
+    _, state, advice = cartpole_setup
+    own = rl.run_method("CartPole-v1", name, cartpole_setup)
+    learner = _shared_learner(name, cartpole_setup)
+    st, metrics = jax.jit(lambda k, p: learner.run(learner.init(k, p), rl.UPDATES, advice))(jax.random.PRNGKey(3),
+                                                                                             state.params)
+    shared = rl.digest(st.params, metrics)
+    for key in ("param_sum", "param_sq", "value_loss", "entropy", "episode_return", "restarts", "guided_frac",
+                "rnd_bonus", "critical_frac"):
+        if key in own:
+            assert shared[key] == pytest.approx(own[key], rel=1e-4, abs=1e-5), key

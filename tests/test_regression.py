@@ -42,7 +42,13 @@ A, R, RA and restart report a different `advisor_z` (its definition changed) and
 set the trust weights differ over 2 chunks, so A, R and RA's returns and rows changed and were re-recorded; PPO,
 StateMask-R, RICE, JSRL and Random came out bit for bit the same. The Pong set (untested) was not re-recorded: its
 A, R, RA entries are stale. Advice gained a field (`target`: an LLM's distribution over the actions, zeros for every
-advisor here), which changes no number: the KL term keeps the one-hot where the row is zero."""
+advisor here), which changes no number: the KL term keeps the one-hot where the row is zero.
+
+A count added since (issue 19, ULTRA at MuJoCo scale), beside unchanged numbers: a run's chunk rows count
+critical-state visits (`critical_steps`, derived from `critical_frac`). It is checked here to be consistent with what
+was recorded (and with `advice_executed`: executed suggestions are critical steps), and left out of the bit-for-bit
+comparison. Methods now share one compiled program per run (`share_programs`); every recorded number came out the
+same through it."""
 
 from __future__ import annotations
 
@@ -60,6 +66,7 @@ NOT_MEASURED = {"advice_outvoted", "advice_refuted"}
 DROPPED = {"StateMask-R": NOT_MEASURED, "RICE": NOT_MEASURED, "Random": NOT_MEASURED,
            "JSRL": NOT_MEASURED | {"critical_frac", "restarts", "advice_valid"}}
 REDEFINED = {"A": {"approx_kl", "clip_frac"}, "RA": {"approx_kl", "clip_frac"}}  # policy samples only (issue 18)
+ADDED_ROW = {"critical_steps"}  # new chunk-row count (issue 19)
 
 
 @pytest.fixture(scope="module", params=learner_set.ENVS)
@@ -88,4 +95,9 @@ def test_cartpole_ultra_and_baselines_end_to_end_are_bit_identical():
         assert got[name]["steps"] == rec["steps"], name
         assert got[name]["eval_returns"] == rec["eval_returns"], name
         drop = DROPPED.get(name, set())
-        assert got[name]["chunks"] == [{k: v for k, v in row.items() if k not in drop} for row in rec["chunks"]], name
+        for row in got[name]["chunks"]:
+            if "critical_frac" in row:
+                assert row["critical_steps"] > 0 if row["critical_frac"] > 0 else row["critical_steps"] == 0, name
+                assert 0 <= row.get("advice_executed", 0) <= row["critical_steps"], name
+        rows = [{k: v for k, v in row.items() if k not in ADDED_ROW} for row in got[name]["chunks"]]
+        assert rows == [{k: v for k, v in row.items() if k not in drop} for row in rec["chunks"]], name

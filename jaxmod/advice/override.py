@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
+from flax import struct
 
 from jaxmod.advice.restarts import executes_suggestion, unpack_step_codes
 from jaxmod.advice.slots import take_slot
@@ -20,20 +22,36 @@ from jaxmod.ppo.modulator import Modulator
 from jaxmod.ppo.rollout import where_envs
 
 
+@struct.dataclass
+class OverrideAux:
+    on: jax.Array  # bool scalar: whether suggestions are executed (traced, so methods with and without share a program)
+
+
 @dataclass(frozen=True)
 class ActionOverride(Modulator):
     """Writes `traj.extras["forced"]` ([T, N] bool: the action was imposed) and `masks["policy"]` (the others);
-    metric `advice_executed`: the suggestions it executed in the rollout (int32)."""
+    metric `advice_executed`: the suggestions it executed in the rollout (int32). `switch` (None: always on) makes
+    the override a traced on/off value (`OverrideAux`), so that methods with and without ULTRA-A share one compiled
+    program (`jaxmod.methods.shared_modulator`)."""
+
+    switch: bool | None = None
+
+    def init(self, key, spec, params):
+        return () if self.switch is None else OverrideAux(on=jnp.bool_(self.switch))
+
+    def _executes(self, aux, slot, control):
+        executes = executes_suggestion(slot, control)
+        return executes if self.switch is None else executes & aux.on
 
     def step(self, aux, plan, xs, s, spec):
         slot = s.extras["slot"]
         _, _, control = unpack_step_codes(xs["critical_codes"])
-        executes = executes_suggestion(slot, control)
+        executes = self._executes(aux, slot, control)
         action = where_envs(executes, take_slot(plan["advice"].action, slot), s.action)
         return s.replace(action=action)
 
     def finish(self, aux, plan, traj, spec):
-        forced = executes_suggestion(traj.extras["slot"], plan["control"])
+        forced = self._executes(aux, traj.extras["slot"], plan["control"])
         return aux, traj.replace(extras={**traj.extras, "forced": forced})
 
     def weigh(self, aux, plan, traj, advantage, values, next_values, spec):

@@ -87,10 +87,12 @@ class CriticalStates(Modulator):
 
     restart_prob: float = 0.5
     match_radius: float = 0.0  # in normalised-observation std units, or the advice states' spread for raw ones
+    matches: bool | None = None  # whether the program matches at all (None: match_radius > 0); with True, a
+    # radius of 0 (traced) matches nothing: a method that does not match in a program shared with methods that do
 
     @property
     def matching(self) -> bool:
-        return self.match_radius > 0
+        return self.match_radius > 0 if self.matches is None else self.matches
 
     def init(self, key, spec, params):
         return CriticalAux(pending=jnp.full((spec.env.num_envs,), -1, jnp.int32),
@@ -156,8 +158,9 @@ class CriticalStates(Modulator):
     def step(self, aux, plan, xs, s, spec):
         restart_slot, _, _ = unpack_step_codes(xs["critical_codes"])
         slot = s.carry["critical_slot"]  # CRITICAL STEPS: right after a restart from trusted advice, or near it
-        if plan["matcher"] is not None:
-            slot = jnp.where(slot >= 0, slot, plan["matcher"].match(s.obs))
+        if plan["matcher"] is not None:  # a radius of 0 matches nothing (a program shared with methods that match)
+            matched = jnp.where(aux.match_radius > 0, plan["matcher"].match(s.obs), -1)
+            slot = jnp.where(slot >= 0, slot, matched)
         snapshot = xs["critical_snapshot"]
         if snapshot is None:
             snapshot = take_slot(plan["advice"].snapshot, restart_slot)

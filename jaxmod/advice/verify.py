@@ -291,3 +291,25 @@ class Verification(Modulator):
         return {"advice_refuted": (advice.valid & ~plan["verified"]).sum().astype(jnp.int32),
                 "advice_trust": jnp.sum(plan["trust_weight"] * valid) / jnp.maximum(valid.sum(), 1.0),
                 "advisor_z": aux.advisor_z(), "advisor_off": aux.off.astype(jnp.int32)}
+
+
+@struct.dataclass
+class GateAux:
+    on: jax.Array  # bool scalar: the advice is judged (traced: judged and unjudged methods share one program)
+
+
+@dataclass(frozen=True)
+class JudgeGate(Modulator):
+    """Whether `Consensus` and `Verification` (earlier in the chain) judge this method's advice: with `on` False
+    (traced) their verdicts are dropped, every valid slot is trusted and the advisor is never switched off, as in a
+    chain without them (the baselines' mask-net or random critical states are not an advisor's answers). Lets
+    ULTRA's methods and the baselines share one compiled program (`jaxmod.methods.shared_modulator`)."""
+
+    on: bool = True
+
+    def init(self, key, spec, params):
+        return GateAux(on=jnp.bool_(self.on))
+
+    def prepare(self, aux, advice, plan, ctx, spec):
+        return aux, {**plan, "trusted": jnp.where(aux.on, plan["trusted"], advice.valid),
+                     "advisor_off": plan.get("advisor_off", False) & aux.on}

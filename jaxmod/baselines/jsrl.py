@@ -22,6 +22,7 @@ from jaxmod.ppo.rollout import where_envs
 @struct.dataclass
 class GuideAux:
     guide: dict  # the frozen guide policy's params (the actor-critic's pytree)
+    steps: jax.Array  # float32 scalar: the initial roll-in horizon h (traced: horizons share one program; 0: off)
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,11 @@ class GuideRollIn(Modulator):
     guide_steps: int = 1
 
     def init(self, key, spec, params):
-        return GuideAux(guide=params)
+        return GuideAux(guide=params, steps=jnp.float32(self.guide_steps))
 
     def prepare(self, aux, advice, plan, ctx, spec):
         frac = 1.0 - ctx.update_step.astype(jnp.float32) / spec.config.num_updates
-        return aux, {**plan, "guide_horizon": jnp.ceil(self.guide_steps * frac).astype(jnp.int32)}
+        return aux, {**plan, "guide_horizon": jnp.ceil(aux.steps * frac).astype(jnp.int32)}
 
     def step(self, aux, plan, xs, s, spec):
         net = spec.net

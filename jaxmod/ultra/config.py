@@ -51,6 +51,7 @@ FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "late
               "variants": "--variant", "noise": "--noise", "model": "--model",
               "reference": "--advisor-reference", "context_tokens": "--advisor-context-tokens",
               "protocol": "--advice-protocol", "logprobs": "--advisor-logprobs"}
+SHARE_PROGRAMS = ("off", "methods", "all")  # `UltraConfig.share_programs`
 PER_VARIANT = frozenset({"override_action", "shape_reward", "ppo"})  # not knobs of a run: set per variant / own flags
 
 
@@ -211,6 +212,11 @@ class UltraConfig:
     variants: tuple[str, ...] = ("PPO", "A", "R", "RA")  # methods: ULTRA's A, R, RA, restart and the baselines
     # StateMask-R, RICE, JSRL, Random (on the command line PPO fine-tuning always runs)
     agents_dir: str | None = None  # save the pre-trained agents here and reuse them in later runs
+    share_programs: str = "off"  # methods that share one compiled program (the union of their pieces, each
+    # method's values as data: one compile instead of one per method; each method's numbers equal its own
+    # program's up to floating-point rounding, and it also computes the pieces it switches off): off, methods
+    # (every method but PPO fine-tuning, which keeps plain PPO's program) or all; evaluation and advisor recordings
+    # share one program per run either way
     ppo: PPOConfig | None = None  # the learner; unset: the env family's preset (jaxmod.ppo.default_config)
     modulation: ModulationConfig = ModulationConfig()
     advisor: AdvisorConfig = AdvisorConfig()
@@ -237,6 +243,8 @@ class UltraConfig:
             method(v)  # raises a one-line MethodError listing the valid names
         if self.refine_lr <= 0:
             raise ConfigError("refine_lr must be > 0")
+        if self.share_programs not in SHARE_PROGRAMS:
+            raise ConfigError(f"share_programs must be one of {', '.join(SHARE_PROGRAMS)}, not {self.share_programs!r}")
         rollout = self.ppo.num_envs * self.ppo.num_steps
         for name in ("pretrain_steps", "refine_steps"):
             if getattr(self, name) < rollout:
@@ -249,10 +257,24 @@ class UltraConfig:
         return self.ppo.replace(total_timesteps=total_steps, **changes)
 
     def modulator(self, variant: str, guide_steps: int = 1):
-        """`variant`'s modulator (`jaxmod.methods`), built from this config."""
+        """`variant`'s modulator (`jaxmod.methods`), built from this config: with `share_programs`, as a member of
+        `program_group(variant)` (`jaxmod.methods.shared_modulator`)."""
+        from jaxmod.methods import shared_modulator
+
         b = self.baselines
         ctx = MethodContext(self.env_id, self.modulation, b.jsrl_steps or guide_steps, b.rice_p, b.rice_lambda)
-        return method(variant).build(ctx)
+        group = self.program_group(variant)
+        return method(variant).build(ctx) if len(group) < 2 else shared_modulator(group, variant, ctx)
+
+    def program_group(self, variant: str) -> tuple[str, ...]:
+        """The methods whose refinement runs through `variant`'s compiled program: `share_programs` 'all': every
+        method of the run; 'methods': all but PPO fine-tuning (which keeps plain PPO's program); 'off': `variant`
+        alone."""
+        if self.share_programs == "all":
+            return self.variants
+        if self.share_programs == "off" or variant == "PPO":
+            return (variant,)
+        return tuple(v for v in self.variants if v != "PPO")
 
     @property
     def needs_advisor(self) -> bool:

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxmod.advice.arrays import Advice, AdviceBook
-from jaxmod.advice.modulation import ModulationError
+from jaxmod.advice.modulation import VARIANT_SWITCHES, ModulationError
 from jaxmod.llm import (
     Advisor,
     DelayedBackend,
@@ -67,6 +67,7 @@ class VariantResult:
     steps: list[int] = field(default_factory=list)  # env steps per seed at each evaluation
     eval_returns: list[list[float]] = field(default_factory=list)  # per evaluation, per seed
     wall_s: float = 0.0
+    compile_s: float = 0.0  # seconds compiling its programs before refinement (0: all shared with an earlier method)
     chunk_metrics: list[dict[str, Any]] = field(default_factory=list)
     # verification switched the advisor off as a whole: {"seeds": how many, "first_chunk": when}; None: it never did
     advisor_switched_off: dict[str, int] | None = None
@@ -160,13 +161,16 @@ def _with_normalisers(state, pre_env_state):
                                                            return_rms=pre_env_state.return_rms))
 
 
-def _modulation_row(m: dict[str, np.ndarray]) -> dict[str, Any]:
+def _modulation_row(m: dict[str, np.ndarray], batch_size: int) -> dict[str, Any]:
     """A chunk's modulation metrics (arrays of (seeds, updates)) as one row of the run summary: those the
-    method's modulators report."""
+    method's modulators report. Counts (`critical_steps`: critical-state visits, `restarts`, `advice_executed`:
+    steps that executed a suggestion) are summed over the chunk's updates and seeds; `batch_size`: env steps per
+    update."""
     row: dict[str, Any] = {}
     if "critical_frac" in m:
         row.update(critical_frac=float(np.mean(m["critical_frac"])), restarts=int(np.sum(m["restarts"])),
-                   advice_valid=int(np.mean(m["advice_valid"][:, -1])))
+                   advice_valid=int(np.mean(m["advice_valid"][:, -1])),
+                   critical_steps=int(round(float(np.sum(m["critical_frac"])) * batch_size)))
     row.update({k: float(np.mean(m[k][:, -1])) for k in ("advice_refuted", "advice_outvoted", "advice_trust",
                                                           "advisor_z") if k in m})
     if "advisor_off" in m:  # seeds whose advisor verification has switched off as a whole
@@ -231,6 +235,7 @@ class UltraRun:
         self.advice_stats: list[dict[str, Any]] = []
         self._recording: tuple[Any, float] | None = None  # the pre-trained agents' episodes, mean length
         self._explained: dict[str, Advice] = {}  # baselines' critical states, by explanation kind
+        self._programs: dict[tuple[str, ...], RefinementProgram] = {}  # compiled, by program group
 
     # ------------------------------------------------------------------ stage 1: pretrain
     @cached_property
@@ -352,6 +357,18 @@ class UltraRun:
         with frozen_heap():  # the advisor's allocations must not make the collector rescan the whole heap
             return self._refine(variant, pre_state, advisor)
 
+    def program(self, variant: str, learner: PPOLearner) -> RefinementProgram:
+        """`variant`'s refinement programs: its group's (`UltraConfig.program_group`) where an earlier method of the
+        group built them, else new ones that reuse the run's evaluation and recording programs."""
+        s = self.s
+        shared = self._programs.get(s.program_group(variant))
+        if shared is not None:
+            return shared.share(learner)
+        z = s.sizes
+        return RefinementProgram.build(learner, s.schedule.chunks, self.refinement_keys,
+                                       seed_keys(s.seed + 2000, s.seeds), z.collect_envs, z.collect_steps,
+                                       z.eval_envs, z.eval_steps, like=next(iter(self._programs.values()), None))
+
     def schedule(self, variant: str) -> Schedule:
         """When `variant` swaps fresh advice in: a recorded run's chunks, every round, or whenever ready."""
         if self.s.schedule.swap_schedule:
@@ -384,16 +401,17 @@ class UltraRun:
         s = self.s
         guide_steps = max(1, round(self.agent_episodes(pre_state)[1])) if variant in BASELINES else 1
         learner, state = self.refinement_start(variant, pre_state, guide_steps)
-        z = s.sizes
-        program = RefinementProgram.build(learner, s.schedule.chunks, self.refinement_keys,
-                                          seed_keys(s.seed + 2000, s.seeds), z.collect_envs, z.collect_steps,
-                                          z.eval_envs, z.eval_steps)
+        program = self.program(variant, learner)
         rounds, advice = None, self.initial_advice(variant, pre_state, learner, state, program, advisor)
         if isinstance(advice, AdviceRounds):
             rounds, advice = advice, advice.advice()
         check_advice(advice, learner.env.core, s.modulation.capacity, s.seeds)
-        program.compile(state, advice)  # before the clock starts: wall time compares refinement, not compilers
         result = VariantResult(variant)
+        # before the clock starts: wall time compares refinement, not compilers
+        result.compile_s = program.compile(state, advice)
+        self._programs[s.program_group(variant)] = program
+        self.log(f"{variant}: compiled in {result.compile_s:.1f}s" if result.compile_s > 0 else
+                 f"{variant}: runs through the program compiled for {', '.join(s.program_group(variant))}")
         cfg, modulated = learner.config, not learner.modulator.identity
         label = METHODS[variant].label
         chunks = math.ceil(cfg.num_updates / program.chunk_updates)
@@ -416,7 +434,7 @@ class UltraRun:
                 return
             row["eval_return"] = float(np.mean(mean))
             if modulated:
-                row.update(_modulation_row(metrics))
+                row.update(_modulation_row(metrics, cfg.batch_size))
                 self._report_switch_off(result, row, s.seeds)
             result.chunk_metrics.append(row)
             if self.tracker is not None:  # eval/<method>/return and the chunk's numbers as advice/<method>/<name>
@@ -454,7 +472,8 @@ class UltraRun:
                                       "reference_judged": judged, **st})
             rounds.cancel()
         shaped = [row["shaping"] for row in result.chunk_metrics if "shaping" in row]
-        if shaped and not any(shaped):  # ULTRA-R's bonus scales with trust, which no slot earned here
+        shapes = variant in VARIANT_SWITCHES and VARIANT_SWITCHES[variant][1]  # a method with ULTRA-R
+        if shapes and shaped and not any(shaped):  # ULTRA-R's bonus scales with trust, which no slot earned here
             self.warn(f"{variant}: the implicit reward never acted (no advice slot earned trust: advice must beat the "
                      "policy's own actions at its critical states first; a longer refinement or more advice gathers "
                      "that evidence), so its reward was the env's alone")
@@ -517,7 +536,7 @@ class UltraRun:
 
         last = {name: r.eval_returns[-1] if r.eval_returns else [] for name, r in results.items()}
         summary: dict[str, Any] = {name: {"steps": r.steps, "eval_returns": r.eval_returns, "wall_s": r.wall_s,
-                                          "final": seed_summary(last[name]).as_dict(),
+                                          "compile_s": r.compile_s, "final": seed_summary(last[name]).as_dict(),
                                           "chunks": r.chunk_metrics, "advisor_switched_off": r.advisor_switched_off}
                    for name, r in results.items()}
         for name in summary:  # the paired gain over continued PPO from the same agents (IQM difference, 95% CI)

@@ -46,10 +46,15 @@ class RefinementProgram:
     run_fn: Callable
     evaluate_fn: Callable
     record_fn: Callable
+    run_compiled: bool = False
+    evaluate_compiled: bool = False
 
     @classmethod
     def build(cls, learner: PPOLearner, chunks: int, keys: jax.Array, eval_keys: jax.Array, collect_envs: int,
-              collect_steps: int, eval_envs: int, eval_steps: int) -> RefinementProgram:
+              collect_steps: int, eval_envs: int, eval_steps: int,
+              like: RefinementProgram | None = None) -> RefinementProgram:
+        """`like`: a program of the same run (same env, network and sizes) whose evaluation and recording programs
+        this one reuses (compiled once per run, not once per method)."""
         chunk_updates = max(1, math.ceil(learner.config.num_updates / chunks))
         env, net = learner.env, learner.net
 
@@ -65,14 +70,32 @@ class RefinementProgram:
             rec = collector(params, obs_rms, key)
             return rec, scorer(params, obs_rms, return_rms, rec)
 
+        if like is not None:
+            return cls(learner, chunk_updates, keys, eval_keys, run, like.evaluate_fn, like.record_fn,
+                       evaluate_compiled=like.evaluate_compiled)
         collect = jax.jit(jax.vmap(collect_and_score))
         evaluate = jax.jit(jax.vmap(make_evaluator(env.replace_num_envs(eval_envs), net, eval_steps)))
         return cls(learner, chunk_updates, keys, eval_keys, run, evaluate, collect)
 
-    def compile(self, state: Any, advice: Any) -> None:
-        """Compile `run` and `evaluate` for these shapes now (so wall time measures refinement, not compilers)."""
-        self.run_fn = self.run_fn.lower(state, advice).compile()
-        self.evaluate_fn = self.evaluate_fn.lower(state.params, state.env_state.obs_rms, self.eval_keys).compile()
+    def share(self, learner: PPOLearner) -> RefinementProgram:
+        """This program for another member of its program group (`jaxmod.methods.shared_modulator`): the same
+        compiled programs, `learner` for the member's own config and modulator."""
+        return RefinementProgram(learner, self.chunk_updates, self.keys, self.eval_keys, self.run_fn,
+                                 self.evaluate_fn, self.record_fn, self.run_compiled, self.evaluate_compiled)
+
+    def compile(self, state: Any, advice: Any) -> float:
+        """Compile `run` and `evaluate` for these shapes now, unless compiled already (so wall time measures
+        refinement, not compilers); returns the seconds spent compiling."""
+        if self.run_compiled and self.evaluate_compiled:
+            return 0.0
+        t0 = time.perf_counter()
+        if not self.run_compiled:
+            self.run_fn = self.run_fn.lower(state, advice).compile()
+            self.run_compiled = True
+        if not self.evaluate_compiled:
+            self.evaluate_fn = self.evaluate_fn.lower(state.params, state.env_state.obs_rms, self.eval_keys).compile()
+            self.evaluate_compiled = True
+        return time.perf_counter() - t0
 
     def run(self, state: Any, advice: Any) -> tuple[Any, Any]:
         return self.run_fn(state, advice)
