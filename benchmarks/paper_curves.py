@@ -81,12 +81,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 33.2k env steps/s against positional's 21.1k). Every brax task gets the same knobs.
     "cpu-mujoco": {
         "tasks": CPU_MUJOCO,
-        "common": dict(seeds=5, chunks=4, eval_envs=16, eval_steps=1000, collect_envs=8, collect_steps=1000,
+        "common": dict(seeds=5, chunks=4, eval_envs=8, eval_steps=1000, collect_envs=8, collect_steps=1000,
                        episodes_per_round=4, mask_steps=40_000, share_programs="all", sync_advice=True,
                        match_radius=1.5,
                        ppo_overrides=(("num_envs", 256), ("num_minibatches", 4),
                                       ("env_options", (("backend", "spring"),)))),
-        "mujoco": dict(pretrain_steps=256_000, refine_steps=128_000),  # 100 and 50 updates of 256 envs x 10 steps
+        "mujoco": dict(pretrain_steps=256_000, refine_steps=102_400),  # 100 and 40 updates of 256 envs x 10 steps
         "teacher_steps": 2_048_000,  # 2 chunks of 100 updates x 1024 envs x 10 steps; doubled while below 1.5x
         "teacher_max_steps": 8_192_000,
         "teacher_envs": 1024,
