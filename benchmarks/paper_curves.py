@@ -58,6 +58,11 @@ RICE_TABLE1_CHANGE = {
                     "Random": 2132.01 - 2133.31},
 }
 
+def _brax_overrides(backend: str, num_envs: int = 64) -> tuple:
+    """PPO overrides of the CPU MuJoCo preset: `num_envs` per seed, minibatches of 320 env steps, `backend`."""
+    return (("num_envs", num_envs), ("num_minibatches", 2), ("env_options", (("backend", backend),)))
+
+
 # Per preset: shared settings, then per-task overrides. Step counts are env steps per seed.
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
@@ -77,19 +82,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_max_steps": 64 * 10 * 8,
     },
     # the paper's MuJoCo comparison on a 2-core CPU in <= 60 minutes (budget: `--budget`, measurements:
-    # benchmarks/mujoco_throughput.py). spring: the fastest brax backend on this CPU (issue 19: 3 seeds x 256 envs
-    # 33.2k env steps/s against positional's 21.1k). Every brax task gets the same knobs.
+    # benchmarks/mujoco_throughput.py and benchmarks/results/cpu_mujoco_design_2026-11-30.md). 64 envs per seed: on
+    # this CPU 5 seeds x 64 envs step about as fast as 5 x 256 (8.9k against 9.5k env steps/s, brax/hopper,
+    # positional) and PPO learns ~4x more per env step (hopper: ~1000 after 128k steps, against ~500 after 256k
+    # with 256 envs). Backends by measurement: positional for hopper and walker2d (on spring, hopper stalls at
+    # ~350-420 for 1.5M steps; positional reaches ~1000 by 400k), spring for halfcheetah (3,347 env steps per CPU
+    # second against positional's 1,350: brax steps its cheetah 16 frames on both; generalized 949).
     "cpu-mujoco": {
         "tasks": CPU_MUJOCO,
         "common": dict(seeds=5, chunks=4, eval_envs=8, eval_steps=1000, collect_envs=8, collect_steps=1000,
-                       episodes_per_round=4, mask_steps=40_000, share_programs="all", sync_advice=True,
-                       match_radius=1.5,
-                       ppo_overrides=(("num_envs", 256), ("num_minibatches", 4),
-                                      ("env_options", (("backend", "spring"),)))),
-        "mujoco": dict(pretrain_steps=256_000, refine_steps=102_400),  # 100 and 40 updates of 256 envs x 10 steps
-        "teacher_steps": 2_048_000,  # 2 chunks of 100 updates x 1024 envs x 10 steps; doubled while below 1.5x
-        "teacher_max_steps": 8_192_000,
-        "teacher_envs": 1024,
+                       episodes_per_round=4, mask_steps=25_600, share_programs="all", sync_advice=True,
+                       match_radius=1.5, ppo_overrides=_brax_overrides("positional")),
+        "mujoco": dict(pretrain_steps=64_000, refine_steps=25_600),  # 100 and 40 updates of 64 envs x 10 steps
+        "brax/halfcheetah": dict(ppo_overrides=_brax_overrides("spring")),
+        "brax/halfcheetah-sparse": dict(ppo_overrides=_brax_overrides("spring")),
+        "teacher_steps": 256_000,  # 400 updates of the agents' 64 envs; doubled while below 1.5x the agents
+        "teacher_max_steps": 1_024_000,
     },
     "gpu": {
         "tasks": (PONG, *MUJOCO),
@@ -196,7 +204,7 @@ def strong_teacher(env_id: str, preset: dict[str, Any], kw: dict[str, Any], run:
 
 def knobs_for(preset: dict[str, Any], env_id: str) -> dict[str, Any]:
     family = "mujoco" if env_id.startswith("brax/") else env_id
-    return {**preset["common"], **preset.get(family, {})}
+    return {**preset["common"], **preset.get(family, {}), **preset.get(env_id, {})}  # task's own keys last
 
 
 def run_task(preset: dict[str, Any], env_id: str, agents: Path, methods: tuple[str, ...], out: Path, log
@@ -345,12 +353,12 @@ def markdown(rows: list[dict[str, Any]], device: str) -> str:
 
 
 # Quiet-machine component costs of the cpu-mujoco preset on the 2-core CPU (issue 19's measurements and
-# benchmarks/mujoco_throughput.py; a busy machine's wall times are upper bounds): env steps per second of 5 vmapped
-# seeds x 256 envs on the spring backend while training, per task, and seconds per compiled brax program: a program
+# benchmarks/mujoco_throughput.py; a busy machine's wall times are upper bounds): env steps per second while training
+# (1.8 cores x the env steps per CPU second measured with 5 seeds x 256 envs at load 16-23, each task on the preset's
+# backend: benchmarks/results/cpu_mujoco_design_2026-11-30.md), and seconds per compiled brax program: a program
 # that trains (PPO's SGD, the mask net's) 40-55 s cold, one that only steps the policy (evaluation, recordings)
 # assumed half that, and any of them 9-21 s from the persistent compilation cache (a repeated run).
-QUIET_STEPS_PER_S = {"hopper": 33_000, "walker2d": 27_000, "halfcheetah": 10_000}  # walker2d, halfcheetah: hopper x their
-# measured CPU-second cost ratio (benchmarks/results/mujoco_throughput_2026-11-30_*: 6,836 and 2,579 against 8,237)
+QUIET_STEPS_PER_S = {"hopper": 12_500, "walker2d": 9_600, "halfcheetah": 6_000}
 COMPILE_S = {"train": 50.0, "light": 25.0, "cached": 15.0}
 SHARED_OVERHEAD = 1.3  # run time of a method in the shared program over its own (computes the pieces it switches off)
 EVAL_SPEEDUP = 2.0  # evaluation and recording steps (no SGD) against training steps
