@@ -47,6 +47,12 @@ PONG = "jaxmod/Pong-OnePoint"
 CPU_MUJOCO = ("brax/hopper", "brax/walker2d", "brax/halfcheetah", "brax/hopper-sparse", "brax/walker2d-sparse")
 TEACHER_RATIO = 1.5  # a teacher's evaluation return must be at least this many times the agents' (same evaluation)
 
+
+def teacher_bar(agents_return: float) -> float:
+    """The return a teacher must reach: `TEACHER_RATIO` times the agents' where that is positive, and in general the
+    agents' plus (TEACHER_RATIO - 1) times its magnitude (agents at -100 need a teacher at -50, not -150)."""
+    return agents_return + (TEACHER_RATIO - 1.0) * abs(agents_return)
+
 # RICE (ICML 2024) Table 1: each baseline's final reward minus PPO fine-tuning's (mean of 3 seeds), dense MuJoCo.
 # Sparse tasks: RICE's Fig. 2 shows RICE above fine-tuning (no values); ULTRA's paper has no MuJoCo values.
 RICE_TABLE1_CHANGE = {
@@ -93,7 +99,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "common": dict(seeds=5, chunks=4, eval_envs=8, eval_steps=1000, collect_envs=8, collect_steps=1000,
                        episodes_per_round=4, mask_steps=25_600, share_programs="all", sync_advice=True,
                        match_radius=1.5, ppo_overrides=_brax_overrides("positional")),
-        "mujoco": dict(pretrain_steps=64_000, refine_steps=25_600),  # 100 and 40 updates of 64 envs x 10 steps
+        "mujoco": dict(pretrain_steps=16_000, refine_steps=25_600),  # 25 and 40 updates of 64 envs x 10 steps
         "brax/halfcheetah": dict(ppo_overrides=_brax_overrides("spring")),
         "brax/halfcheetah-sparse": dict(ppo_overrides=_brax_overrides("spring")),
         "teacher_steps": 256_000,  # 400 updates of the agents' 64 envs; doubled while below 1.5x the agents
@@ -186,7 +192,7 @@ def strong_teacher(env_id: str, preset: dict[str, Any], kw: dict[str, Any], run:
     while True:
         spec = ensure_teacher(env_id, steps, agents, log, teacher_overrides, from_steps=prev)
         agent_returns, teacher_return = evaluate_agents(run, pre, spec)
-        need = TEACHER_RATIO * float(np.mean(agent_returns))
+        need = teacher_bar(float(np.mean(agent_returns)))
         ok = teacher_return >= need
         if ok or steps * 2 > max(cap, steps):
             break

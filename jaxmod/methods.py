@@ -136,7 +136,7 @@ def shared_modulator(names: tuple[str, ...], name: str, ctx: MethodContext) -> M
     if judged or any(p.restart_prob > 0 for p in every):
         # only judged advice (ULTRA's) is matched: the others' critical steps stay the steps after their restarts
         parts.append(CriticalStates(me.restart_prob, m.match_radius if me.judged else 0.0,
-                                    matches=judged and m.matching))
+                                    matches=judged and m.matching, cut_prob=m.restart_cut))
     if any(p.override for p in every):
         parts.append(ActionOverride(switch=me.override))
     if any(p.reward_scale > 0 for p in every):

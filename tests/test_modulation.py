@@ -586,3 +586,32 @@ def test_the_same_lambda_has_the_same_effect_with_and_without_reward_normalisati
     ratio_on = bonus_on[rated] / traj_on.reward[rated]
     np.testing.assert_allclose(ratio_on, ratio_off, rtol=0.1)  # (the old definition: off by the factor sigma)
 
+
+
+def test_restart_cut_truncates_episodes_mid_way_to_restart_from_advice():
+    """`restart_cut`: an env that drew a restart is cut mid-episode (truncated, never terminated: the learner
+    bootstraps it) and restarts from the snapshot at once; unset, only the env family's default cuts (none for this
+    toy family, brax 0.02: `CUT_PROB`), so the rollout is the one without the knob."""
+    from jaxmod.advice.restarts import CUT_PROB
+
+    advice = _toy_advice(action=0)
+    never = _toy_rollout(ModulationConfig.variant("restart", restart_prob=1.0), advice, steps=12)[2]
+    zero = _toy_rollout(ModulationConfig.variant("restart", restart_prob=1.0, restart_cut=0.0), advice, steps=12)[2]
+    cut = _toy_rollout(ModulationConfig.variant("restart", restart_prob=1.0, restart_cut=1.0), advice, steps=12)[2]
+    for a, b in zip(jax.tree.leaves(vars(never)), jax.tree.leaves(vars(zero)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # with cuts, envs restart mid-episode: more restarts, truncations before the time limit (4 steps; the snapshot
+    # starts at step 1, so its episode cannot reach the limit in two steps)
+    assert cut.restarted.sum() > never.restarted.sum() and cut.truncated.sum() > never.truncated.sum()
+    assert not (cut.truncated & cut.terminated).any()
+    restarted_at = [(t, n) for t, n in np.argwhere(cut.restarted) if t + 1 < cut.obs.shape[0]]
+    assert restarted_at and all(cut.obs[t + 1, n, 0] == 2.0 for t, n in restarted_at)  # the snapshot, exactly
+    assert not any(cut.truncated[t + 1, n] for t, n in restarted_at)  # a restart's first step is never cut
+    # a cut step bootstraps from where the step led (position + action), not from the restart's snapshot
+    t, n = np.nonzero(cut.truncated)
+    np.testing.assert_array_equal(np.asarray(cut.final_obs)[t, n, 0], cut.obs[t, n, 0] + cut.action[t, n].astype(np.float32))
+    spec = types.SimpleNamespace(env=types.SimpleNamespace(core=types.SimpleNamespace(family="brax")))
+    assert CriticalStates().cut_for(spec) == CUT_PROB["brax"] > 0
+    assert CriticalStates(cut_prob=0.0).cut_for(spec) == 0.0
+    with pytest.raises(ModulationError, match="restart_cut"):
+        ModulationConfig(restart_cut=1.5)

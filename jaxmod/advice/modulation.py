@@ -62,6 +62,8 @@ class ModulationConfig:
     override_action: bool = True  # ULTRA-A
     shape_reward: bool = True  # ULTRA-R
     restart_prob: float = 0.5  # rho: chance an episode restarts from a critical state (RICE-style mixed restarts)
+    restart_cut: float | None = None  # per-step chance that an env which drew a restart is cut mid-episode to take
+    # it (a truncation, bootstrapped); unset: the env family's (`jaxmod.advice.restarts.CUT_PROB`: brax 0.02, else 0)
     match_radius: float = 0.0  # epsilon: live states this close to an advice state (in observation stds, or the
     # advice states' spread for raw observations) are critical too; 0 disables matching
     reward_scale: float = 1.0  # lambda: weight of the advisor's implicit reward (ULTRA-R), in units of the running
@@ -86,6 +88,8 @@ class ModulationConfig:
             raise ModulationError(f"capacity must lie in [1, {MAX_CAPACITY}]")
         if not 0.0 <= self.restart_prob <= 1.0:
             raise ModulationError("restart_prob must lie in [0, 1]")
+        if self.restart_cut is not None and not 0.0 <= self.restart_cut <= 1.0:
+            raise ModulationError("restart_cut must lie in [0, 1] (or be unset: the env family's)")
         if self.match_radius < 0 or self.kl_coef < 0 or self.kl_target_std <= 0:
             raise ModulationError("match_radius and kl_coef must be >= 0, kl_target_std > 0")
         if self.verify_samples < 0 or self.verify_memory < max(1, self.verify_samples):
@@ -137,7 +141,7 @@ class ModulationConfig:
             parts.append(Consensus(self.consensus_radius, self.consensus_action_tol))
         if self.verifies:
             parts.append(Verification(self.capacity, self.verify_samples, self.verify_control, self.verify_memory))
-        parts.append(CriticalStates(self.restart_prob, self.match_radius))
+        parts.append(CriticalStates(self.restart_prob, self.match_radius, cut_prob=self.restart_cut))
         if self.override_action:
             parts.append(ActionOverride())
         if self.shape_reward:
@@ -151,7 +155,8 @@ class ModulationConfig:
         return {
             "paper": {"override_action (ULTRA-A)": self.override_action,
                       "shape_reward (ULTRA-R)": self.shape_reward, "reward_scale": self.reward_scale},
-            "jaxmod_choices": {"restart_prob": self.restart_prob, "match_radius": self.match_radius,
+            "jaxmod_choices": {"restart_prob": self.restart_prob, "restart_cut": self.restart_cut,
+                               "match_radius": self.match_radius,
                                "kl_coef": self.kl_coef, "kl_target_std": self.kl_target_std,
                                "kl_filter": self.kl_filter, "verify_samples": self.verify_samples,
                                "verify_control": self.verify_control, "verify_memory": self.verify_memory,

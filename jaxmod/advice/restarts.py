@@ -2,6 +2,9 @@
 
 On auto-reset, with probability `restart_prob` an env restarts exactly from a random valid advice snapshot
 instead of the env's own initial distribution (a mixed initial distribution, as in RICE, ICML 2024, Alg. 2).
+Where episodes outlast a refinement's rollouts (brax: 1000 steps against rollouts of 10), an env that drew a restart
+is also cut mid-episode with probability `cut_prob` per step (a truncation: the learner bootstraps the cut
+episode's value), so that restarts happen at all: `CUT_PROB` per env family (jaxmod's choice).
 The step right after a restart from a trusted slot is critical for that slot, and with `match_radius` > 0 so is
 any live state within that distance of a trusted advice state (`jaxmod.advice.matching`). Every critical step
 carries its slot in `traj.extras["slot"]` ([T, N] int32, -1 elsewhere), which the other ULTRA modulators read
@@ -27,6 +30,9 @@ from jaxmod.ppo.modulator import Modulator
 
 SLOT_BITS = (MAX_CAPACITY + 1).bit_length()  # 15; step codes: bits 0-14 the restart slot + 1, 15-29 the critical
 # slot after it + 1, bit 30 verification's control flag
+# per-step chance that an env which drew a restart is cut mid-episode, per env family (others: 0, restarts at episode
+# ends only). brax: with rho = 0.5, about one restart per env per 100 steps (a chunk of 10 updates x 10 steps)
+CUT_PROB = {"brax": 0.02}
 PREGATHER_BYTES = 16 << 20  # restart snapshots up to this size (all steps, all envs) are gathered before the loop
 
 
@@ -74,6 +80,7 @@ class CriticalAux:
     just_restarted: jax.Array
     restart_prob: jax.Array
     match_radius: jax.Array
+    cut_prob: jax.Array
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,13 @@ class CriticalStates(Modulator):
     match_radius: float = 0.0  # in normalised-observation std units, or the advice states' spread for raw ones
     matches: bool | None = None  # whether the program matches at all (None: match_radius > 0); with True, a
     # radius of 0 (traced) matches nothing: a method that does not match in a program shared with methods that do
+    cut_prob: float | None = None  # per-step mid-episode restart chance; None: the env family's (`CUT_PROB`)
+
+    def cut_for(self, spec) -> float:
+        """The per-step cut probability on `spec`'s env: `cut_prob`, or its family's default."""
+        if self.cut_prob is not None:
+            return self.cut_prob
+        return CUT_PROB.get(getattr(getattr(spec.env, "core", None), "family", None), 0.0)
 
     @property
     def matching(self) -> bool:
@@ -97,7 +111,8 @@ class CriticalStates(Modulator):
     def init(self, key, spec, params):
         return CriticalAux(pending=jnp.full((spec.env.num_envs,), -1, jnp.int32),
                            just_restarted=jnp.zeros((spec.env.num_envs,), jnp.bool_),
-                           restart_prob=jnp.float32(self.restart_prob), match_radius=jnp.float32(self.match_radius))
+                           restart_prob=jnp.float32(self.restart_prob), match_radius=jnp.float32(self.match_radius),
+                           cut_prob=jnp.float32(self.cut_for(spec)))
 
     def digest(self, aux, advice, plan, spec):
         if self.matching and not spec.env.normalize_obs and "spread" not in plan:
@@ -126,6 +141,9 @@ class CriticalStates(Modulator):
         # the loop reads these per-step facts from one int32: each array a scan slices per step cost a CPU more than
         # the work it feeds (the control mask as its own array: +0.3 ms per MountainCar rollout of 2.2 ms)
         codes = pack_step_codes(restart_slot, restart_critical, control)
+        cuts = None  # cut draws only where cuts can happen (a static fact): other programs draw what they did
+        if self.cut_for(spec) > 0:
+            cuts = jax.random.uniform(jax.random.fold_in(ctx.key, 7), (num_steps, env.num_envs)) < aux.cut_prob
         # the restart snapshots of every step, gathered at once where they are small (classic control: a few
         # floats per env; a physics state is not copied T times): a gather per snapshot field per step is
         # most of what restarts cost a CPU
@@ -137,7 +155,7 @@ class CriticalStates(Modulator):
         if self.matching:
             matcher = Matcher.create(advice, trusted, ctx.env_state.obs_rms if env.normalize_obs else None,
                                      plan.get("spread"), aux.match_radius)
-        xs = {**plan.get("xs", {}), "critical_codes": codes, "critical_snapshot": snapshots}
+        xs = {**plan.get("xs", {}), "critical_codes": codes, "critical_snapshot": snapshots, "critical_cut": cuts}
         carry = {**plan.get("carry", {}), "critical_slot": trusted_only(aux.pending),  # trust may have changed
                  "just_restarted": aux.just_restarted}
         return aux, {**plan, "xs": xs, "carry": carry, "trusted": trusted, "control": control,
@@ -165,8 +183,10 @@ class CriticalStates(Modulator):
         if snapshot is None:
             snapshot = take_slot(plan["advice"].snapshot, restart_slot)
         # RESTARTS: finished envs restart from the advice snapshot drawn for this step (slot -1: a fresh reset)
-        reset = select_envs(_restarts(restart_slot, s.carry), snapshot, s.reset)
-        return s.replace(reset=reset, extras={**s.extras, "slot": slot})
+        restarts = _restarts(restart_slot, s.carry)
+        reset = select_envs(restarts, snapshot, s.reset)
+        cut = s.cut if xs["critical_cut"] is None else s.cut | (xs["critical_cut"] & restarts)  # mid-episode
+        return s.replace(reset=reset, cut=cut, extras={**s.extras, "slot": slot})
 
     def after_step(self, aux, plan, xs, s, done, spec):
         restart_slot, restart_critical, _ = unpack_step_codes(xs["critical_codes"])

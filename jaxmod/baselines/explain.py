@@ -128,14 +128,15 @@ class KeepBlindEnv:
         obs = self.inner.observe(obs_rms, inner.core.obs)
         return state.replace(env_state=state.env_state.replace(inner=inner, agent_obs=obs, agent=agent), obs=obs)
 
-    def step(self, key: jax.Array, state: KeepBlindState, blind: jax.Array, reset_cores: CoreState | None = None
-             ) -> tuple[KeepBlindState, StepResult]:
+    def step(self, key: jax.Array, state: KeepBlindState, blind: jax.Array, reset_cores: CoreState | None = None,
+             cut: jax.Array | None = None) -> tuple[KeepBlindState, StepResult]:
         """Step every env with the agent's action or, where `blind` [N] is 1, a random one."""
         k_rand, k_env = jax.random.split(key)
         agent_action = self.agent_net.mode(self.agent_net.policy_head(state.agent, state.agent_obs))
         wide = blind.reshape(blind.shape + (1,) * (agent_action.ndim - 1))
         random = random_actions(k_rand, self.inner.action_space, self.num_envs)
-        inner, res = self.inner.step(k_env, state.inner, jnp.where(wide == 1, random, agent_action), reset_cores)
+        inner, res = self.inner.step(k_env, state.inner, jnp.where(wide == 1, random, agent_action), reset_cores,
+                                     cut)
         res = res.replace(reward=res.raw_reward + self.alpha * blind.astype(jnp.float32))
         blinded = state.blinded + jnp.sum(blind).astype(jnp.int32)
         return KeepBlindState(inner=inner, agent_obs=res.obs, agent=state.agent, blinded=blinded), res

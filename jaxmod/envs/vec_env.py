@@ -116,15 +116,19 @@ class VecEnv:
         state: VecEnvState,
         action: jax.Array,
         reset_cores: CoreState | None = None,
+        cut: jax.Array | None = None,
     ) -> tuple[VecEnvState, StepResult]:
-        """Step all envs; finished ones restart from `reset_cores` (fresh random resets if None)."""
+        """Step all envs; finished ones restart from `reset_cores` (fresh random resets if None). `cut` ([N] bool,
+        optional): episodes to end at this step as a time limit would (truncated, not terminated: learners bootstrap
+        from `final_obs`), so that their env restarts mid-episode (restart distributions on long episodes)."""
         step_key, reset_key = jax.random.split(key)
         space = self.core.action_space
         if not space.discrete and self.clip_actions:
             action = jnp.clip(action, jnp.asarray(space.low), jnp.asarray(space.high))
         action = checked_action(space, action)  # discrete: integers in range (eager: an error; traced: clipped)
         nxt, reward, terminated = jax.vmap(self.core.step)(jax.random.split(step_key, self.num_envs), state.core, action)
-        truncated = jnp.logical_and(nxt.time >= self.core.max_steps, jnp.logical_not(terminated))
+        limit = nxt.time >= self.core.max_steps if cut is None else (nxt.time >= self.core.max_steps) | cut
+        truncated = jnp.logical_and(limit, jnp.logical_not(terminated))
         done = jnp.logical_or(terminated, truncated)
 
         if reset_cores is None:

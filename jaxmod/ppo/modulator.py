@@ -9,7 +9,7 @@ never branches on who implements them:
 | `init(key, spec, params) -> aux` | once, at `PPOLearner.init` | its state (traced knobs, nets, statistics) |
 | `digest(aux, advice, plan) -> plan` | once per `PPOLearner.run` call | facts of the advice alone |
 | `prepare(aux, advice, plan, ctx) -> (aux, plan)` | per rollout, before the step loop | per-step inputs (`plan["xs"]`), the loop's per-env carry (`plan["carry"]`) |
-| `step(aux, plan, xs, s) -> s` | per env step, before the env steps | override `s.action`, set `s.reset` |
+| `step(aux, plan, xs, s) -> s` | per env step, before the env steps | override `s.action`, set `s.reset`, `s.cut` |
 | `after_step(aux, plan, xs, s, done) -> s` | per env step, after it | update `s.carry` |
 | `finish(aux, plan, traj) -> (aux, traj)` | per rollout, after the loop | add `traj.extras`, keep the final carry |
 | `reward(aux, plan, traj, reward, key) -> (aux, reward, metrics)` | before GAE | reward deltas (shaping, bonuses) |
@@ -70,6 +70,8 @@ class StepState:
     - `key`: the step's action key (hooks derive theirs with `jax.random.fold_in`);
     - `reset`: the batched `CoreState` each env restarts from if its episode ends at this step (fresh initial
       states unless a hook substitutes snapshots);
+    - `cut`: [N] bool, episodes a hook ends at this step as a time limit would (truncated: bootstrapped), so that
+      the env restarts from `reset` mid-episode (all False unless a hook sets it);
     - `carry`: per-env state carried from step to step (dict of [N, ...] arrays; starts as `plan["carry"]`, and
       `finish` sees the last step's in `plan["carry"]`, to keep in aux for the next rollout);
     - `extras`: per-step outputs, stacked to [T, N, ...] into `Trajectory.extras`."""
@@ -79,6 +81,7 @@ class StepState:
     action: jax.Array
     key: jax.Array
     reset: Any
+    cut: jax.Array
     carry: dict[str, jax.Array]
     extras: dict[str, jax.Array]
 
@@ -103,8 +106,9 @@ class Modulator:
         return aux, plan
 
     def step(self, aux: Any, plan: Plan, xs: dict[str, Any], s: StepState, spec: LearnerSpec) -> StepState:
-        """Per env step, inside the scan, before the env steps: may replace `s.action` (what runs and trains) and
-        `s.reset` (what finished envs restart from), and add [N, ...] `s.extras`."""
+        """Per env step, inside the scan, before the env steps: may replace `s.action` (what runs and trains),
+        `s.reset` (what finished envs restart from) and `s.cut` (episodes to truncate now), and add [N, ...]
+        `s.extras`."""
         return s
 
     def after_step(self, aux: Any, plan: Plan, xs: dict[str, Any], s: StepState, done: jax.Array,

@@ -134,11 +134,11 @@ def collect_modulated(
         head = net.policy_head(params, obs)
         action, _ = net.sample(params, head, act_key)  # the log-prob is taken once, of what is executed
         fresh = reset_cores if reset_cores is not None else env.fresh_cores(reset_key)
-        s = StepState(obs=obs, time=env_state.core.time, action=action, key=act_key, reset=fresh, carry=carry,
-                      extras={})
+        s = StepState(obs=obs, time=env_state.core.time, action=action, key=act_key, reset=fresh,
+                      cut=jnp.zeros(env.num_envs, jnp.bool_), carry=carry, extras={})
         s = modulator.step(aux, plan, xs, s, spec)
         log_prob = net.log_prob(params, head, s.action)
-        env_state, res = env.step(env_key, env_state, s.action, s.reset)
+        env_state, res = env.step(env_key, env_state, s.action, s.reset, s.cut)
         s = modulator.after_step(aux, plan, xs, s, res.episode_done, spec)
         tr = Trajectory(obs=obs, action=s.action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
                         terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
