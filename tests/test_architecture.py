@@ -124,3 +124,19 @@ def test_every_text_file_is_read_and_written_as_utf8():
             if not any(k.arg == "encoding" for k in node.keywords):
                 missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
     assert not missing, missing
+
+
+MAX_FUNCTION_LINES = 60  # small functions with one job each (the design's style rule), docstring included
+
+
+def test_every_function_is_at_most_sixty_lines():
+    """No function or method in `jaxmod/` is longer than `MAX_FUNCTION_LINES` lines, from its `def` to its last
+    line (nested functions count inside their parent too)."""
+    long = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these into functions of one job each:\n" + "\n".join(long)

@@ -51,6 +51,33 @@ def is_gymnax_env(env: Any) -> bool:
     return all(hasattr(env, a) for a in ("reset", "step", "default_params", "action_space", "observation_space"))
 
 
+def _with_options(env_id: str, params: Any, options: dict[str, Any] | None) -> Any:
+    """`params` with the user's `options` replacing its fields; an unknown option is an `EnvOptionError` naming the
+    valid ones."""
+    if not options:
+        return params
+    fields = getattr(params, "__dataclass_fields__", {})
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        valid = ", ".join(sorted(fields)) or "none"
+        raise EnvOptionError(f"unknown option(s) {unknown} for {env_id}; valid options: {valid}")
+    return params.replace(**options)
+
+
+def _episode_limit(env_id: str, params: Any, max_steps: int | None) -> int:
+    """Steps after which an episode is cut: `max_steps`, else `params.max_steps_in_episode`; a whole number in
+    [1, 2^31) (int32 step counters), else an `EnvOptionError`."""
+    if max_steps is None:
+        if not hasattr(params, "max_steps_in_episode"):
+            raise EnvError(f"{env_id}: how long is an episode? give its params a max_steps_in_episode field, or pass "
+                           "max_steps=... when registering it")
+        max_steps = params.max_steps_in_episode
+    if (isinstance(max_steps, bool) or not isinstance(max_steps, (int, float)) or not 1 <= max_steps < 2**31
+            or max_steps != int(max_steps)):
+        raise EnvOptionError(f"{env_id}: an episode must last a whole number of steps in [1, 2^31), got {max_steps!r}")
+    return int(max_steps)
+
+
 def wrap_gymnax(env_id: str, env: Any, params: Any, family: str, max_steps: int | None = None,
                 options: dict[str, Any] | None = None) -> EnvCore:
     """Adapt any gymnax-API environment object (gymnax's, jaxmod's own such as Pong, or a user's) to `EnvCore`.
@@ -60,24 +87,9 @@ def wrap_gymnax(env_id: str, env: Any, params: Any, family: str, max_steps: int 
     is never reached by the learner). `params` is the env's params (`default_params`); `options` replace fields of
     it (the user's `--env-option`s: `max_steps` is not one of them). Episodes are cut at `max_steps` (default:
     `params.max_steps_in_episode`; one of them is required)."""
-    if options:
-        fields = getattr(params, "__dataclass_fields__", {})
-        unknown = sorted(set(options) - set(fields))
-        if unknown:
-            valid = ", ".join(sorted(fields)) or "none"
-            raise EnvOptionError(f"unknown option(s) {unknown} for {env_id}; valid options: {valid}")
-        params = params.replace(**options)
-
+    params = _with_options(env_id, params, options)
     action_space = _action_space(env.action_space(params))
-    if max_steps is None:
-        if not hasattr(params, "max_steps_in_episode"):
-            raise EnvError(f"{env_id}: how long is an episode? give its params a max_steps_in_episode field, or pass "
-                           "max_steps=... when registering it")
-        max_steps = params.max_steps_in_episode
-    if (isinstance(max_steps, bool) or not isinstance(max_steps, (int, float)) or not 1 <= max_steps < 2**31
-            or max_steps != int(max_steps)):
-        raise EnvOptionError(f"{env_id}: an episode must last a whole number of steps in [1, 2^31), got {max_steps!r}")
-    max_steps = int(max_steps)
+    max_steps = _episode_limit(env_id, params, max_steps)
     reset_env = getattr(env, "reset_env", env.reset)
     step_env = getattr(env, "step_env", env.step)
 
