@@ -122,7 +122,8 @@ class VecEnv:
         space = self.core.action_space
         if not space.discrete and self.clip_actions:
             action = jnp.clip(action, jnp.asarray(space.low), jnp.asarray(space.high))
-        action = checked_action(space, action)  # discrete: integers in range (eager: an error; traced: clipped)
+        action = checked_action(space, action, (self.num_envs,))  # discrete: [N] integers in range (eager: an error;
+        # traced: clipped)
         nxt, reward, terminated = jax.vmap(self.core.step)(jax.random.split(step_key, self.num_envs), state.core, action)
         truncated = jnp.logical_and(nxt.time >= self.core.max_steps, jnp.logical_not(terminated))
         done = jnp.logical_or(terminated, truncated)
