@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from jaxmod.config import KEEP_CHECKPOINTS
 from jaxmod.ppo.config import PPOConfig
 from jaxmod.ppo.modulator import Identity, Modulator
 from jaxmod.ppo.train import PPOLearner, TrainState
+from jaxmod.reporting import write_atomically
 
 STATE_DIR = "state"  # the train state's item (and, in an earlier jaxmod's folder, its orbax folder)
 META_ITEM = "meta"  # the JSON item: {"config", "num_seeds", "meta"}
@@ -88,15 +88,6 @@ def _digest(step_dir: Path) -> dict[str, str]:
             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != DIGEST_FILE}
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _is_legacy(directory: Path) -> bool:
     return (directory / META_FILE).is_file()
 
@@ -134,7 +125,7 @@ def save_checkpoint(directory: str | Path, state: TrainState, config: PPOConfig,
                                                        META_ITEM: ocp.args.JsonSave(record)}))
         manager.wait_until_finished()
         step_dir = directory / str(step)
-        _write_atomically(step_dir / DIGEST_FILE, json.dumps(_digest(step_dir), indent=1, sort_keys=True))
+        write_atomically(step_dir / DIGEST_FILE, json.dumps(_digest(step_dir), indent=1, sort_keys=True))
         for old in sorted(manager.all_steps())[:-keep]:  # a kill before this line leaves one step too many, never 0
             manager.delete(old)
     if _is_legacy(directory):  # an earlier jaxmod's checkpoint, now superseded

@@ -420,7 +420,9 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
         print(f"note: resuming {out} from update {int(ckpt.state.update_step.reshape(-1)[0])} with every setting "
               f"from its {CONFIG_FILE}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    from jaxmod.reporting import write_atomically
+
+    write_atomically(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")  # resume
     runner = MultiSeed(config.ppo, config.seeds)
     state = ckpt.state if ckpt is not None else runner.init(seed_keys(config.seed, config.seeds))
     import numpy as np
@@ -545,7 +547,7 @@ def _restore(where: Path, missing_hint: str | None):
 def _truncate_metrics(path: Path, updates_done: int) -> None:
     """Keep the metrics rows up to the checkpoint's update (a killed run may have written more, or cut its last
     line mid-write: repaired, with a note)."""
-    from jaxmod.reporting import metrics_rows
+    from jaxmod.reporting import metrics_rows, write_atomically
 
     if not path.exists():
         return
@@ -556,7 +558,7 @@ def _truncate_metrics(path: Path, updates_done: int) -> None:
     if cut:
         print(f"note: {path}'s last line was cut mid-write (the run was killed while writing it); dropped",
               file=sys.stderr)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["update"] <= updates_done), encoding="utf-8")
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows if r["update"] <= updates_done))
 
 
 RESUME_HELP = ("continue the run in --out from its newest intact checkpoint, with every setting from its "

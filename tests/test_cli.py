@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -410,9 +412,11 @@ def test_wandb_without_the_package_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "pip install wandb" in err[0] and not (tmp_path / "w").exists()
 
 
-def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_checkpoints(tmp_path, capsys):
-    """A run killed mid-write: the cut last metrics line is dropped with a note and the run resumes; --resume with a
-    changed setting, or a damaged checkpoint, is one line and exit 2."""
+def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_checkpoints(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """A run killed mid-write: the cut last metrics line is dropped with a note and the run resumes (a kill during
+    that rewrite leaves the file as it was); --resume with a changed setting, or a damaged checkpoint, is one line
+    and exit 2."""
     out = tmp_path / "run"
     base = ["train", "--seeds", "1", "--total-steps", str(4 * 16 * 4), "--chunks", "2", "--quiet", *TINY_FLAGS,
             "--out", str(out)]
@@ -423,6 +427,19 @@ def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_
     assert main(base + ["--resume", "--lr", "0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--lr 0.01 (the run has 0.00025)" in err[0]
+    cut, config = metrics.read_bytes(), (out / "config.json").read_bytes()
+    real_replace = os.replace
+
+    def killed_before_the_rename(src, dst):  # a kill while the resume rewrites metrics.jsonl
+        if Path(dst).name == "metrics.jsonl":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_rename)
+    assert main(base + ["--resume"]) == 130
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert metrics.read_bytes() == cut and (out / "config.json").read_bytes() == config  # rewrites are atomic
+    capsys.readouterr()
     assert main(base + ["--resume"]) == 0
     assert "last line was cut mid-write" in capsys.readouterr().err
     rows = read_metrics(metrics)["update"].tolist()
