@@ -365,10 +365,14 @@ def _refuse_other_run(out: Path, command: str) -> None:
 
 def _enable_compile_cache() -> None:
     """The persistent compile cache ($JAXMOD_CACHE_DIR, default ~/.cache/jaxmod/xla); entries that fail to load
-    are replaced (`jaxmod.compile_cache`)."""
+    are replaced (`jaxmod.compile_cache`). A folder that cannot hold it (a file, under a file, not writable) is one
+    warning line naming it, and the run goes on without the cache (it only saves compile time)."""
     from jaxmod import compile_cache
 
-    compile_cache.enable(os.environ.get("JAXMOD_CACHE_DIR", str(Path.home() / ".cache" / "jaxmod" / "xla")))
+    given = os.environ.get("JAXMOD_CACHE_DIR")
+    compile_cache.enable(given or str(Path.home() / ".cache" / "jaxmod" / "xla"),
+                         name="JAXMOD_CACHE_DIR" if given else "the compile cache folder",
+                         warn=lambda text: print(f"jaxmod: warning: {text}", file=sys.stderr, flush=True))
 
 
 # --------------------------------------------------------------------------- jaxmod train
