@@ -17,12 +17,14 @@ into that folder writes the new layout and removes the old files).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from jaxmod.config import KEEP_CHECKPOINTS
 from jaxmod.ppo.config import PPOConfig
 from jaxmod.ppo.modulator import Identity, Modulator
 from jaxmod.ppo.train import PPOLearner, TrainState
+from jaxmod.reporting import write_atomically
 
 STATE_DIR = "state"  # the train state's item (and, in an earlier jaxmod's folder, its orbax folder)
 META_ITEM = "meta"  # the JSON item: {"config", "num_seeds", "meta"}
@@ -64,14 +67,52 @@ class Checkpoint:
     step: int | None = None
 
 
-class _ReadOnlyNotice(logging.Filter):
-    """Drops orbax's warning that a manager opened to read is read only: jaxmod opens one on purpose to load."""
+class _OrbaxRecords(logging.Filter):
+    """orbax logs through absl's logger, also for what jaxmod handles itself (a read-only manager opened to load, a
+    damaged `_CHECKPOINT_METADATA` it parses on opening a folder): printed, those lines break the CLI's one-line
+    errors and warnings. jaxmod reports every checkpoint failure itself, in one line naming the file (the digest,
+    `CheckpointError`), so orbax's records are routed to the `jaxmod.checkpoint.orbax` logger at DEBUG (shown only
+    when logging is configured at DEBUG) instead of printed (jaxmod's choice)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Given directory is read only")
+        if "/orbax/" not in record.pathname.replace("\\", "/"):
+            return True
+        _orbax_log.debug("%s: %s", record.levelname, record.getMessage(), exc_info=record.exc_info)
+        return False
 
 
-logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+_orbax_log = logging.getLogger("jaxmod.checkpoint.orbax")
+logging.getLogger("absl").addFilter(_OrbaxRecords())
+
+
+@contextlib.contextmanager
+def _interrupts_after_the_save() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives during a save until the save is complete, then deliver it to the handler
+    that was there (Python's: KeyboardInterrupt) (jaxmod's choice): orbax catches BaseException in places (its
+    manager's `wait_until_finished` logs and drops it) and a save interrupted half-way leaves its threads writing, so
+    an interrupt is honoured only between saves, with the step complete and digested. A second SIGINT during the same
+    save raises KeyboardInterrupt at once. Outside the main thread (no signal handlers there) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, None):
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+        if len(pending) > 1:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        signal.raise_signal(signal.SIGINT)  # the held interrupt, now that the save is complete
 
 
 def _manager(directory: Path, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
@@ -86,15 +127,6 @@ def _manager(directory: Path, keep: int | None = None, read_only: bool = False) 
 def _digest(step_dir: Path) -> dict[str, str]:
     return {str(p.relative_to(step_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != DIGEST_FILE}
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _is_legacy(directory: Path) -> bool:
@@ -119,27 +151,29 @@ def save_checkpoint(directory: str | Path, state: TrainState, config: PPOConfig,
     """Write `state` (batched over `num_seeds` seeds, or a single run if None) to `directory` as the step of its
     update count, keeping the newest `keep` steps. A step already there at or after that count (a killed run's
     future, when a resumed run passes it again) is replaced. A refinement state (ULTRA or a baseline) is restored by
-    passing its modulator to `load_checkpoint`."""
+    passing its modulator to `load_checkpoint`. A Ctrl-C during the save is honoured once the save is complete
+    (`_interrupts_after_the_save`)."""
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
     directory = Path(directory).absolute()
     host = jax.device_get(state)
     step = int(np.asarray(host.update_step).reshape(-1)[0])
     record = {"config": config.to_dict(), "num_seeds": num_seeds, "meta": meta or {}}
-    with _manager(directory) as manager:  # no automatic rotation: older steps go only once this one is digested
-        for old in manager.all_steps():
-            if old >= step:
+    with _interrupts_after_the_save():
+        with _manager(directory) as manager:  # no automatic rotation: older steps go only once this one is digested
+            for old in manager.all_steps():
+                if old >= step:
+                    manager.delete(old)
+            manager.save(step, args=ocp.args.Composite(**{STATE_DIR: ocp.args.StandardSave(host),
+                                                           META_ITEM: ocp.args.JsonSave(record)}))
+            manager.wait_until_finished()
+            step_dir = directory / str(step)
+            write_atomically(step_dir / DIGEST_FILE, json.dumps(_digest(step_dir), indent=1, sort_keys=True))
+            for old in sorted(manager.all_steps())[:-keep]:  # a kill before this line leaves one step too many, never 0
                 manager.delete(old)
-        manager.save(step, args=ocp.args.Composite(**{STATE_DIR: ocp.args.StandardSave(host),
-                                                       META_ITEM: ocp.args.JsonSave(record)}))
-        manager.wait_until_finished()
-        step_dir = directory / str(step)
-        _write_atomically(step_dir / DIGEST_FILE, json.dumps(_digest(step_dir), indent=1, sort_keys=True))
-        for old in sorted(manager.all_steps())[:-keep]:  # a kill before this line leaves one step too many, never 0
-            manager.delete(old)
-    if _is_legacy(directory):  # an earlier jaxmod's checkpoint, now superseded
-        (directory / META_FILE).unlink()
-        shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
+        if _is_legacy(directory):  # an earlier jaxmod's checkpoint, now superseded
+            (directory / META_FILE).unlink()
+            shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
     return directory
 
 

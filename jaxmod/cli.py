@@ -47,6 +47,18 @@ class CLIError(Exception):
     """A user mistake on the command line; printed as one line."""
 
 
+def _p(path: Any) -> str:
+    """A path for a one-line message: as it is, or quoted (repr) when it holds a newline or another unprintable
+    character."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _one_line(text: str) -> str:
+    """`text` with every unprintable character (a newline in a path, ...) escaped: an error message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (what is wrong, and where the help is), and no abbreviated flags
     (`--conf` taken for `--config` would be parsed but never read: flags are peeked at before parsing)."""
@@ -118,13 +130,16 @@ def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
         raise CLIError("--env is empty: name an env id or leave the flag out")
     if path := _peek(argv, "--config"):
         data = read_config_file(path)
+        if data.get("command", command) not in ("train", "ultra"):
+            raise CLIError(f"{_p(path)} is not a jaxmod config (its \"command\" is {data['command']!r}, not train or "
+                           "ultra)")
         if data.get("command", command) != command:
-            raise CLIError(f"{path} is the config of a `jaxmod {data['command']}` run; use `jaxmod {data['command']} "
-                           f"--config {path}`")
+            raise CLIError(f"{_p(path)} is the config of a `jaxmod {data['command']}` run; use "
+                           f"`jaxmod {data['command']} --config {_p(path)}`")
         if "ppo" not in data and command == "train" and "num_envs" in data:  # a train run of an earlier version
             data = {"ppo": data}
         if not isinstance(data.get("ppo"), dict):
-            raise CLIError(f"{path} is not the config.json of a jaxmod train or ultra run")
+            raise CLIError(f"{_p(path)} is not the config.json of a jaxmod train or ultra run")
         data = _with_defaults(command, data, path)
     else:
         from jaxmod.ultra.config import UltraConfig
@@ -151,18 +166,18 @@ def _with_defaults(command: str, data: dict[str, Any], path: str) -> dict[str, A
     cls = UltraConfig if command == "ultra" else TrainConfig
     env = data.get("env_id") or data["ppo"].get("env_id") or DEFAULT_ENV
     if not isinstance(env, str):
-        raise CLIError(f"{path}: env_id must be an env id string, got {env!r}")
+        raise CLIError(f"{_p(path)}: env_id must be an env id string, got {env!r}")
     try:
         ppo = {**default_config(env).to_dict(), **data["ppo"]}
     except Exception as err:  # noqa: BLE001 (an unknown env id: its own one-line message)
-        raise CLIError(f"{path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise CLIError(f"{_p(path)}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     merged = {**cls().to_dict(), **data, "ppo": ppo}
     if command == "ultra":
         merged["env_id"] = env
     try:
         from_dict(cls, {k: v for k, v in merged.items() if k != "command"})
     except (ConfigError, ValueError, TypeError) as err:
-        raise CLIError(f"{path}: {err}") from None
+        raise CLIError(f"{_p(path)}: {err}") from None
     return merged
 
 
@@ -275,9 +290,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=parse_int, default=8080, help="port to listen on (default: %(default)s)")
     serve.add_argument("--threads", type=parse_int, default=1,
-                       help="CPU threads for the local LLM (default: %(default)s)")
+                       help="CPU threads for the local LLM, at most this machine's cores (default: %(default)s)")
     serve.add_argument("--teacher", default=None,
-                       help="checkpoint folder of the teacher policy (--backend teacher) (default: none)")
+                       help="the teacher policy (--backend teacher): a `jaxmod train --out` folder or its checkpoint/ "
+                            "folder (default: none)")
 
     _add_ultra(sub, argv)
     plot = sub.add_parser("plot", help="redraw the learning curve of a run folder")
@@ -285,7 +301,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a saved policy with plain resets: per seed, and IQM with a 95%% CI")
     ev.add_argument("run", help="a run folder with checkpoint/ (jaxmod train --out), or a checkpoint folder")
     ev.add_argument("--episodes", type=parse_int, default=32, metavar="N",
-                    help="episodes per seed (default: %(default)s)")
+                    help=f"episodes per seed, at most {MAX_EPISODES:,} (default: %(default)s)")
     ev.add_argument("--deterministic", action="store_true",
                     help="the policy's mode action instead of samples (default: off)")
     ev.add_argument("--seed", type=parse_int, default=0, metavar="N", help="evaluation seed (default: %(default)s)")
@@ -308,17 +324,34 @@ def _nested(args: argparse.Namespace, base: dict[str, Any], flags: list[Flag]) -
     return data
 
 
-def _make_env(ppo: Any) -> Any:
-    """Build the env once: unknown ids and bad options fail here, before any compile, as one line."""
+def _make_env(ppo: Any, args: argparse.Namespace | None = None, config_file: Any = None) -> Any:
+    """Build the env once: unknown ids and bad options fail here, before any compile, as one line naming where each
+    option came from (--env-option, or the env_options of `config_file`: --config's, or the run's on --resume)."""
     from jaxmod.envs import EnvError, make_core
+    from jaxmod.envs.core import EnvOptionError
 
     try:
         return make_core(ppo.env_id, **ppo.env_kwargs)
+    except EnvOptionError as err:
+        raise CLIError(f"{_options_source(ppo, args, config_file)}: {err}") from None
     except EnvError:
         raise
     except (TypeError, ValueError, OverflowError) as err:
-        opts = ", ".join(f"{k}={v!r}" for k, v in ppo.env_options)
-        raise CLIError(f"{ppo.env_id} rejects --env-option {opts}: {err} (give numbers as numbers)") from None
+        raise CLIError(f"{ppo.env_id} rejects {_options_source(ppo, args, config_file)}: {err} (give numbers as "
+                       "numbers)") from None
+
+
+def _options_source(ppo: Any, args: argparse.Namespace | None, config_file: Any) -> str:
+    """The env options of `ppo` as the user gave them: `--env-option k=v` for flags, `env_options {...} in FILE` for
+    those of a config file."""
+    flagged = dict(getattr(args, "env_option", None) or [])
+    opts = dict(ppo.env_options)
+    parts = [f"--env-option {k}={v!r}" for k, v in opts.items() if k in flagged]
+    rest = {k: v for k, v in opts.items() if k not in flagged}
+    if rest:
+        parts.append(f"env_options {json.dumps(rest)} in {_p(config_file)}" if config_file is not None else
+                     ", ".join(f"--env-option {k}={v!r}" for k, v in rest.items()))
+    return " and ".join(parts) or "its default options"
 
 
 def _check_named(args: argparse.Namespace) -> None:
@@ -345,7 +378,7 @@ def _check_out(out: Path) -> None:
     try:  # os.access says yes to root everywhere: try it (read-only file systems, /proc)
         tempfile.TemporaryDirectory(dir=parent, prefix=".jaxmod-probe-").cleanup()
     except OSError as err:
-        raise CLIError(f"--out {out}: cannot write in {parent} ({err.strerror}): choose a folder you can write "
+        raise CLIError(f"--out {_p(out)}: cannot write in {_p(parent)} ({err.strerror}): choose a folder you can write "
                        "to") from None
 
 
@@ -360,15 +393,19 @@ def _refuse_other_run(out: Path, command: str) -> None:
         except (ValueError, AttributeError, OSError):
             recorded = None
     if recorded == other or any((out / m).exists() for m in marks[other]):
-        raise CLIError(f"{out} holds a `jaxmod {other}` run; choose another --out")
+        raise CLIError(f"{_p(out)} holds a `jaxmod {other}` run; choose another --out")
 
 
 def _enable_compile_cache() -> None:
     """The persistent compile cache ($JAXMOD_CACHE_DIR, default ~/.cache/jaxmod/xla); entries that fail to load
-    are replaced (`jaxmod.compile_cache`)."""
+    are replaced (`jaxmod.compile_cache`). A folder that cannot hold it (a file, under a file, not writable) is one
+    warning line naming it, and the run goes on without the cache (it only saves compile time)."""
     from jaxmod import compile_cache
 
-    compile_cache.enable(os.environ.get("JAXMOD_CACHE_DIR", str(Path.home() / ".cache" / "jaxmod" / "xla")))
+    given = os.environ.get("JAXMOD_CACHE_DIR")
+    compile_cache.enable(given or str(Path.home() / ".cache" / "jaxmod" / "xla"),
+                         name="JAXMOD_CACHE_DIR" if given else "the compile cache folder",
+                         warn=lambda text: print(f"jaxmod: warning: {_one_line(text)}", file=sys.stderr, flush=True))
 
 
 # --------------------------------------------------------------------------- jaxmod train
@@ -406,21 +443,23 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     if args.resume:
         config = _resume_config(args, out)
     elif (out / METRICS_FILE).exists():
-        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    _make_env(config.ppo)
+        raise CLIError(f"{_p(out)} already holds a run; pass --resume to continue it or choose another --out")
+    _make_env(config.ppo, args, out / CONFIG_FILE if args.resume else args.config)
     _enable_compile_cache()
     ckpt = _restore(out / "checkpoint", None) if args.resume else None
     if args.resume and ckpt is None:  # stopped before its first checkpoint was complete: nothing to lose
-        print(f"note: {out} stopped before its first checkpoint was complete: starting it again from update 0 with "
+        print(f"note: {_p(out)} stopped before its first checkpoint was complete: starting it again from update 0 with "
               f"every setting from its {CONFIG_FILE}", file=sys.stderr)
     elif args.resume:
         if ckpt.num_seeds != config.seeds or ckpt.config != config.ppo:
-            raise CLIError(f"the checkpoint in {out / 'checkpoint'} is not of the run in {out / CONFIG_FILE} "
+            raise CLIError(f"the checkpoint in {_p(out / 'checkpoint')} is not of the run in {_p(out / CONFIG_FILE)} "
                            f"({ckpt.num_seeds} seed(s) of {ckpt.config.env_id}): resume the folder it came from")
-        print(f"note: resuming {out} from update {int(ckpt.state.update_step.reshape(-1)[0])} with every setting "
+        print(f"note: resuming {_p(out)} from update {int(ckpt.state.update_step.reshape(-1)[0])} with every setting "
               f"from its {CONFIG_FILE}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    from jaxmod.reporting import write_atomically
+
+    write_atomically(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")  # resume
     runner = MultiSeed(config.ppo, config.seeds)
     state = ckpt.state if ckpt is not None else runner.init(seed_keys(config.seed, config.seeds))
     import numpy as np
@@ -504,7 +543,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if not args.quiet:
         console.print(f"[bold]jaxmod train[/] {ppo.env_id}: {seeds} seed(s) x {ppo.total_timesteps:,} steps "
                       f"({ppo.num_updates} updates of {ppo.num_envs} envs x {ppo.num_steps} steps) on "
-                      f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {out}")
+                      f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {_p(out)}")
     _train_loop(run, args, console)
     data = read_metrics(out / METRICS_FILE)
     png = plot_curves([(ppo.env_id, data["env_steps"][:, 0], data["episode_return"])], out / "curve.png",
@@ -518,8 +557,8 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                   f"{run.compile_s:.1f}", f"{run.run_s:.1f}", sps)
     console.print(table)
     if not args.quiet:
-        console.print(f"metrics: {out / METRICS_FILE}\ncheckpoint: {out / 'checkpoint'}\ncurve: {png}\n"
-                      f"config: {out / CONFIG_FILE}")
+        console.print(f"metrics: {_p(out / METRICS_FILE)}\ncheckpoint: {_p(out / 'checkpoint')}\ncurve: {png}\n"
+                      f"config: {_p(out / CONFIG_FILE)}")
     return 0
 
 
@@ -530,7 +569,7 @@ def _restore(where: Path, missing_hint: str | None):
     from jaxmod.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        return load_checkpoint(where, warn=lambda text: print(f"jaxmod: warning: {text}", file=sys.stderr))
+        return load_checkpoint(where, warn=lambda text: print(f"jaxmod: warning: {_one_line(text)}", file=sys.stderr))
     except FileNotFoundError as err:
         if missing_hint is None:
             return None
@@ -538,14 +577,14 @@ def _restore(where: Path, missing_hint: str | None):
     except CheckpointError as err:
         raise CLIError(str(err)) from None
     except Exception as err:  # noqa: BLE001
-        raise CLIError(f"the checkpoint in {where} is damaged and cannot be restored "
+        raise CLIError(f"the checkpoint in {_p(where)} is damaged and cannot be restored "
                        f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
 
 
 def _truncate_metrics(path: Path, updates_done: int) -> None:
     """Keep the metrics rows up to the checkpoint's update (a killed run may have written more, or cut its last
     line mid-write: repaired, with a note)."""
-    from jaxmod.reporting import metrics_rows
+    from jaxmod.reporting import metrics_rows, write_atomically
 
     if not path.exists():
         return
@@ -554,9 +593,13 @@ def _truncate_metrics(path: Path, updates_done: int) -> None:
     except ValueError as err:
         raise CLIError(f"{err}; move it away to resume without the earlier metrics") from None
     if cut:
-        print(f"note: {path}'s last line was cut mid-write (the run was killed while writing it); dropped",
-              file=sys.stderr)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["update"] <= updates_done), encoding="utf-8")
+        _cut_note(path)
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows if r["update"] <= updates_done))
+
+
+def _cut_note(path: Path) -> None:
+    print(f"note: {_p(path)}'s last line was cut mid-write (the run was killed while writing it); dropped",
+          file=sys.stderr)
 
 
 RESUME_HELP = ("continue the run in --out from its newest intact checkpoint, with every setting from its "
@@ -572,9 +615,9 @@ def _resume_config(args: argparse.Namespace, out: Path) -> TrainConfig:
     from jaxmod.config import ConfigError
 
     if args.config:
-        raise CLIError(f"--resume takes every setting from {out / CONFIG_FILE}; leave --config out")
+        raise CLIError(f"--resume takes every setting from {_p(out / CONFIG_FILE)}; leave --config out")
     if not (out / CONFIG_FILE).is_file():
-        raise CLIError(f"nothing to resume in {out} (no {CONFIG_FILE}): start the run without --resume")
+        raise CLIError(f"nothing to resume in {_p(out)} (no {CONFIG_FILE}): start the run without --resume")
     try:
         data = read_config_file(out / CONFIG_FILE)
         data.pop("command", None)
@@ -582,7 +625,7 @@ def _resume_config(args: argparse.Namespace, out: Path) -> TrainConfig:
             data = {"ppo": data, "seeds": read_meta(out / "checkpoint")["num_seeds"] or 1}
         saved = from_dict(TrainConfig, data)
     except (ConfigError, CheckpointError, FileNotFoundError, KeyError, TypeError) as err:
-        raise CLIError(f"cannot resume {out}: {err}") from None
+        raise CLIError(f"cannot resume {_p(out)}: {err}") from None
     saved_dict = saved.to_dict()
     asked = _nested(args, saved_dict, _train_flags())
     changed = []
@@ -597,7 +640,7 @@ def _resume_config(args: argparse.Namespace, out: Path) -> TrainConfig:
         if value is not None and value != saved_dict["ppo"][key]:
             changed.append(f"{flag} {_text(value)} (the run has {_text(saved_dict['ppo'][key])})")
     if changed:
-        raise CLIError(f"--resume continues {out} as it was configured, but {'; '.join(changed)}: drop those flags "
+        raise CLIError(f"--resume continues {_p(out)} as it was configured, but {'; '.join(changed)}: drop those flags "
                        "(the run's values are used), or start a new run with another --out")
     return saved
 
@@ -615,27 +658,45 @@ def _text(value: Any) -> str:
 
 
 def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    from jaxmod.reporting import METRICS_FILE, plot_curves, read_metrics
+    from jaxmod.reporting import METRICS_FILE, plot_curves
 
     run = Path(args.run)
     if not (run / METRICS_FILE).is_file():
-        raise CLIError(f"no {METRICS_FILE} in {run}")
+        raise CLIError(f"no {METRICS_FILE} in {_p(run)}")
     config: Any = {}
     if (run / CONFIG_FILE).exists():
         try:
             config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise CLIError(f"cannot read {run / CONFIG_FILE}: {err}") from None
+            raise CLIError(f"cannot read {_p(run / CONFIG_FILE)}: {err}") from None
     node = config.get("ppo", config) if isinstance(config, dict) else {}  # nested since TrainConfig, flat before
     env_id = node.get("env_id", run.name) if isinstance(node, dict) else run.name
+    steps, returns = _curve(run / METRICS_FILE)
     try:
-        data = read_metrics(run / METRICS_FILE)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        raise CLIError(f"cannot plot {run}: {err}") from None
-    png = plot_curves([(env_id, data["env_steps"][:, 0], data["episode_return"])],
-                      run / "curve.png", title=f"PPO on {env_id}")
-    print(png)
+        png = plot_curves([(env_id, steps, returns)], run / "curve.png", title=f"PPO on {env_id}")
+    except OSError as err:  # curve.png a folder, the run folder read-only, ...
+        raise CLIError(f"cannot write {_p(run / 'curve.png')}: {err.strerror or type(err).__name__}") from None
+    print(_p(png))
     return 0
+
+
+def _curve(path: Path) -> tuple[Any, Any]:
+    """A metrics file's curve: env steps [T] (seed 0's) and episode returns [T, S]; a last line cut mid-write is
+    dropped with the note --resume gives; any other damage is one line."""
+    from jaxmod.reporting import metrics_rows, read_metrics
+
+    try:
+        _, cut = metrics_rows(path)
+        data = read_metrics(path)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise CLIError(f"cannot plot {_p(path.parent)}: {err}") from None
+    if cut:
+        _cut_note(path)
+    steps, returns = data.get("env_steps"), data.get("episode_return")
+    if steps is None or returns is None or steps.ndim != 2 or returns.ndim != 2 or not steps.shape[1]:
+        raise CLIError(f"cannot plot {_p(path.parent)}: the rows of {_p(path)} need env_steps and episode_return "
+                       "as lists of one value per seed (the rows `jaxmod train` writes)")
+    return steps[:, 0], returns
 
 
 # --------------------------------------------------------------------------- jaxmod ultra
@@ -650,8 +711,11 @@ def _ultra_config(args: argparse.Namespace, argv: Sequence[str]):
         try:
             return UltraConfig.replay_of(Path(args.replay))
         except (FileNotFoundError, KeyError, TypeError, ValueError) as err:
-            raise CLIError(f"cannot replay {args.replay}: {err}") from None
+            raise CLIError(f"cannot replay {_p(args.replay)}: {err}") from None
     data = _nested(args, _base("ultra", argv), _ultra_flags())
+    if hasattr(args, "variant") and not args.variant:
+        raise CLIError("--variant is empty: no variant given; name the methods to run, e.g. --variant A,R,RA (PPO "
+                       "fine-tuning always runs as the reference)")
     if hasattr(args, "variant"):  # continued PPO always runs first, as the reference
         data["variants"] = [BASELINE, *(v for v in args.variant if v != BASELINE)]
     data["advisor"]["spec"] = advisor_spec(getattr(args, "advisor", None) or data["advisor"]["spec"], args.llm_url)
@@ -696,7 +760,7 @@ def _ultra_out(args: argparse.Namespace, config) -> Path:
     _check_out(out)
     _refuse_other_run(out, "ultra")
     if not args.overwrite and any((out / m).exists() for m in ("ultra.json", "transcript.jsonl", CONFIG_FILE)):
-        raise CLIError(f"{out} already holds an ULTRA run (a new run never appends to one); choose another --out "
+        raise CLIError(f"{_p(out)} already holds an ULTRA run (a new run never appends to one); choose another --out "
                        "or pass --overwrite")
     if args.replay and Path(args.replay).resolve() == out.resolve():
         raise CLIError("--out must differ from the --replay run folder (its transcript is the advisor)")
@@ -717,7 +781,8 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         from jaxmod.render import headless_gl
 
         headless_gl()  # before brax imports mujoco
-    core = _make_env(config.ppo)  # an unknown env id is named as such, before the advisor is asked whether it knows it
+    # an unknown env id is named as such, before the advisor is asked whether it knows it
+    core = _make_env(config.ppo, args, args.config or (Path(args.replay) / CONFIG_FILE if args.replay else None))
     if args.render:
         from jaxmod.render import check_render
 
@@ -731,7 +796,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if not args.quiet:
         console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds, variants "
                       f"{', '.join(config.variants)}, advisor {redact_url(a.spec)}"
-                      f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {out}")
+                      f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {_p(out)}")
     from jaxmod.tracking import Tracker
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("updates"),
@@ -749,7 +814,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
         def warn(msg: str) -> None:
             if args.quiet:
-                print(f"jaxmod: warning: {msg}", file=sys.stderr, flush=True)
+                print(f"jaxmod: warning: {_one_line(msg)}", file=sys.stderr, flush=True)
             else:
                 say(msg)
 
@@ -803,8 +868,8 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
                       f"budget); waited for advice {st['advice_overhead_s']:.1f} s ({st['advice_overhead_frac']:.1%} of "
                       f"refinement wall time, every wait included); first advice before chunk "
                       f"{st['first_advice_chunk'] or 'none'}")
-    console.print(f"outputs: {out}/ultra.png, {out}/ultra.json, {out}/critical_states.md, {out}/transcript.jsonl, "
-                  f"{out}/{CONFIG_FILE}")
+    console.print(f"outputs: {_p(out / 'ultra.png')}, {_p(out / 'ultra.json')}, {_p(out / 'critical_states.md')}, "
+                  f"{_p(out / 'transcript.jsonl')}, {_p(out / CONFIG_FILE)}")
 
 
 def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
@@ -812,22 +877,25 @@ def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int
 
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must lie in [0, 65535] (0: any free port), got {args.port}")
-    if args.threads < 1:
-        raise CLIError(f"--threads must be >= 1, got {args.threads}")
+    cores = os.cpu_count() or 1
+    if not 1 <= args.threads <= cores:
+        raise CLIError(f"--threads must lie in [1, {cores}] (this machine's CPU cores), got {args.threads}")
     answer_fn = None
     if args.backend == "teacher":
         if not args.teacher:
-            raise CLIError("--backend teacher needs --teacher CHECKPOINT_DIR (a run's checkpoint/ folder)")
+            raise CLIError("--backend teacher needs --teacher RUN_DIR (a `jaxmod train --out` folder or its "
+                           "checkpoint/ folder)")
         from jaxmod.advice.teacher import TeacherBackend
-        from jaxmod.checkpoint import CheckpointError
+        from jaxmod.checkpoint import CheckpointError, has_checkpoint
 
+        run = Path(args.teacher)  # a `jaxmod train --out` folder, as eval takes, or its checkpoint/ folder
         try:
-            teacher = TeacherBackend(args.teacher)
+            teacher = TeacherBackend(run / "checkpoint" if has_checkpoint(run / "checkpoint") else run)
         except CheckpointError as err:
-            raise CLIError(f"--teacher {args.teacher}: {err}") from None
+            raise CLIError(f"--teacher {_p(args.teacher)}: {err}") from None
         if not teacher.describer.invertible:
             raise CLIError(f"over HTTP the teacher sees only the prompt text, from which {teacher.env_id}'s observations "
-                           f"cannot be rebuilt; use it in-process: jaxmod ultra --advisor teacher:{args.teacher}")
+                           f"cannot be rebuilt; use it in-process: jaxmod ultra --advisor teacher:{_p(args.teacher)}")
 
         def answer_fn(messages, schema, params):
             return teacher.answer(messages), {}
@@ -879,8 +947,9 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.ppo.train import PPOLearner
     from jaxmod.stats import iqm_ci
 
-    if args.episodes < 1:
-        raise CLIError("--episodes must be >= 1")
+    if not 1 <= args.episodes <= MAX_EPISODES:
+        raise CLIError(f"--episodes must lie in [1, {MAX_EPISODES:,}], got {args.episodes} (every episode runs as its "
+                       "own env at once: memory grows with it)")
     if not 0 <= args.seed <= MAX_SEED:
         raise CLIError(f"--seed must lie in [0, {MAX_SEED}], got {args.seed}")
     if args.render:
@@ -890,7 +959,8 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     run = Path(args.run)
     where = run / "checkpoint" if has_checkpoint(run / "checkpoint") else run
     if not has_checkpoint(where):
-        raise CLIError(f"no checkpoint in {run} (nor in {run / 'checkpoint'}): pass a `jaxmod train --out` folder")
+        raise CLIError(f"no checkpoint in {_p(run)} (nor in {_p(run / 'checkpoint')}): pass a `jaxmod train --out` "
+                       "folder")
     ckpt = _restore(where, "pass a `jaxmod train --out` folder")
     learner = PPOLearner(ckpt.config)
     if args.render:
@@ -905,7 +975,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         keys = jax.random.split(key, ckpt.num_seeds)
         per_seed = np.asarray(jax.jit(jax.vmap(returns))(state.params, state.env_state.obs_rms, keys))
     if not np.all(np.isfinite(per_seed)):
-        raise CLIError(f"the policy in {where} produced non-finite returns: the checkpoint is not usable")
+        raise CLIError(f"the policy in {_p(where)} produced non-finite returns: the checkpoint is not usable")
     table = Table(title=f"{ckpt.config.env_id}: {args.episodes} episodes per seed"
                         f"{' (deterministic)' if args.deterministic else ''}")
     for col in ("seed", "mean return", "IQM [95% CI] over episodes"):
@@ -928,6 +998,7 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     return 0
 
 
+MAX_EPISODES = 10_000  # eval's --episodes bound: all episodes of a seed run at once, one env each (jaxmod's choice)
 EXIT_NON_FINITE = 3  # exit status of a run stopped by a non-finite loss, parameter or return (2: bad input)
 COMMANDS = {"train": cmd_train, "plot": cmd_plot, "eval": cmd_eval, "serve-advisor": cmd_serve_advisor, "ultra": cmd_ultra}
 
@@ -950,12 +1021,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             FileNotFoundError) as err:
         if os.environ.get("JAXMOD_DEBUG"):
             raise
-        print(f"jaxmod: error: {err}", file=sys.stderr)
+        print(f"jaxmod: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except NonFiniteError as err:  # a run that went NaN / inf: one line (which method, seed, chunk and value)
         if os.environ.get("JAXMOD_DEBUG"):
             raise
-        print(f"jaxmod: error: {err}", file=sys.stderr)
+        print(f"jaxmod: error: {_one_line(str(err))}", file=sys.stderr)
         return EXIT_NON_FINITE
     except KeyboardInterrupt:
         print("jaxmod: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,19 @@ from typing import Any
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Replace the file `path` with `text` (UTF-8) so that a kill at any moment leaves either the old or the new
+    file, never a part: written to `<path>.tmp`, flushed and fsynced, then renamed over `path` (`os.replace`). Used
+    for every rewrite of a run's files (config.json and metrics.jsonl on resume, a checkpoint's digest)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def append_metrics(path: str | Path, metrics: Mapping[str, np.ndarray], first_update: int) -> None:

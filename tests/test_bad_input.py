@@ -58,6 +58,7 @@ def _ultra_config(**changes) -> str:
     return _changed(UltraConfig().to_dict(), changes)
 
 
+METRICS_ROW = '{"update": 1, "env_steps": [64, 64], "episode_return": [9.0, 11.0]}\n'
 TRAIN_RUN = _files(("run/config.json", _train_config()), ("run/metrics.jsonl", ""))
 ULTRA_RUN = _files(("run/config.json", json.dumps({"command": "ultra"})), ("run/ultra.json", "{}"))
 
@@ -175,6 +176,19 @@ ROWS: list[tuple[str, list[str], Setup | None, str]] = [
      "num_envs must be an integer"),
     ("config-float-steps", ["train", "--config", "c.json"],
      _file("c.json", _train_config(**{"ppo.num_steps": 128.0})), "num_steps must be an integer"),
+    ("config-command-a-number", ["train", "--config", "c.json"], _file("c.json", _train_config(command=5)),
+     "c.json is not a jaxmod config"),
+    ("config-env-option-not-a-number", ["train", "--config", "c.json"],
+     _file("c.json", _train_config(**{"ppo.env_options": {"max_steps_in_episode": "abc"}})),
+     'env_options {"max_steps_in_episode": "abc"} in c.json: CartPole-v1: an episode must last a whole number'),
+    ("resume-with-a-bad-env-option-in-the-run", ["train", "--out", "run", "--resume"],
+     _files(("run/config.json", _train_config(**{"ppo.env_options": {"max_steps_in_episode": 0}})),
+            ("run/metrics.jsonl", "")), "env_options {\"max_steps_in_episode\": 0} in run/config.json"),
+    ("out-with-a-newline-resumed", ["train", "--out", "a\nb", "--resume"], None, "nothing to resume in 'a\\nb'"),
+    ("out-with-a-newline-a-file", ["train", "--out", "a\nb"], _file("a\nb"), "--out 'a\\nb' is a file"),
+    ("ultra-out-with-a-newline-holding-a-run", ["ultra", "--out", "a\nb"],
+     _files(("a\nb/config.json", json.dumps({"command": "ultra"})), ("a\nb/ultra.json", "{}")),
+     "'a\\nb' already holds an ULTRA run"),
     ("config-a-folder-without-one", ["train", "--config", "d"], lambda w: (w / "d").mkdir(), "no config at d"),
     # the command line itself
     ("no-command", [], None, "required"),
@@ -191,6 +205,7 @@ ROWS: list[tuple[str, list[str], Setup | None, str]] = [
     ("ultra-restart-prob-above-1", ["ultra", "--restart-prob", "2"], None, "restart"),
     ("ultra-noise-negative", ["ultra", "--noise", "-0.1"], None, "noise"),
     ("ultra-noise-above-1", ["ultra", "--noise", "1.5"], None, "noise"),
+    ("ultra-variant-empty", ["ultra", "--variant", ""], None, "no variant given"),
     ("ultra-variant-unknown", ["ultra", "--variant", "Nope"], None, "Nope"),
     ("ultra-advisor-unknown", ["ultra", "--advisor", "oracle"], None, "oracle"),
     ("ultra-advisor-bad-url", ["ultra", "--advisor", "ftp://example.org/v1"], None, "ftp://example.org/v1"),
@@ -218,6 +233,7 @@ ROWS: list[tuple[str, list[str], Setup | None, str]] = [
     ("serve-port-word", ["serve-advisor", "--port", "http"], None, "expected an integer"),
     ("serve-host-unknown", ["serve-advisor", "--host", "no such host", "--port", "0"], None, "cannot listen"),
     ("serve-threads-zero", ["serve-advisor", "--threads", "0"], None, "--threads"),
+    ("serve-threads-2-to-the-63", ["serve-advisor", "--threads", str(2**63)], None, "--threads must lie in [1, "),
     ("serve-backend-unknown", ["serve-advisor", "--backend", "gpt"], None, "invalid choice"),
     ("serve-teacher-without-checkpoint", ["serve-advisor", "--backend", "teacher"], None, "needs --teacher"),
     ("serve-teacher-missing", ["serve-advisor", "--backend", "teacher", "--teacher", "nothing"], None,
@@ -233,10 +249,19 @@ ROWS: list[tuple[str, list[str], Setup | None, str]] = [
     ("plot-metrics-not-rows", ["plot", "run"], _file("run/metrics.jsonl", "[1, 2]\n"), "cannot plot run"),
     ("plot-junk-config", ["plot", "run"], _files(("run/metrics.jsonl", ""), ("run/config.json", "{oops")),
      "config.json"),
+    ("plot-curve-a-folder", ["plot", "run"], _files(("run/metrics.jsonl", METRICS_ROW), ("run/curve.png/x", "")),
+     "cannot write run/curve.png: Is a directory"),
+    ("plot-rows-without-env-steps", ["plot", "run"],
+     _file("run/metrics.jsonl", '{"update": 1, "episode_return": [1, 2]}\n'), "need env_steps and episode_return"),
+    ("plot-scalar-env-steps", ["plot", "run"],
+     _file("run/metrics.jsonl", '{"update": 1, "env_steps": 1, "episode_return": 1}\n'), "one value per seed"),
+    ("plot-a-path-with-a-newline", ["plot", "a\nb"], None, "no metrics.jsonl in 'a\\nb'"),
     # eval
+    ("eval-episodes-2-to-the-63", ["eval", "nothing", "--episodes", str(2**63)], None, "--episodes must lie in [1, "),
+    ("eval-episodes-1e9", ["eval", "nothing", "--episodes", "1e9"], None, "--episodes must lie in [1, "),
     ("eval-missing", ["eval", "nothing"], None, "no checkpoint in nothing"),
     ("eval-a-file", ["eval", "afile"], _file("afile"), "no checkpoint in afile"),
-    ("eval-episodes-zero", ["eval", "nothing", "--episodes", "0"], None, "--episodes must be >= 1"),
+    ("eval-episodes-zero", ["eval", "nothing", "--episodes", "0"], None, "--episodes must lie in [1, "),
     ("eval-seed-negative", ["eval", "nothing", "--seed", "-1"], None, "--seed"),
     ("eval-seed-too-large", ["eval", "nothing", "--seed", str(2**40)], None, "--seed"),
     ("eval-unfinished-checkpoint", ["eval", "ck"], _unfinished_checkpoint, "digest.json is missing"),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -351,6 +354,10 @@ def test_plot_redraws_a_run_and_refuses_a_folder_without_one(tmp_path, capsys):
     assert (out / "curve.png").stat().st_size > 1000 and str(out / "curve.png") in capsys.readouterr().out
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(metrics.read_text(encoding="utf-8")[:-25], encoding="utf-8")  # a last line cut mid-write
+    assert main(["plot", str(out)]) == 0
+    assert "last line was cut mid-write" in capsys.readouterr().err  # the note --resume gives
 
 
 def test_serve_advisor_serves_until_interrupted():
@@ -410,9 +417,11 @@ def test_wandb_without_the_package_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "pip install wandb" in err[0] and not (tmp_path / "w").exists()
 
 
-def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_checkpoints(tmp_path, capsys):
-    """A run killed mid-write: the cut last metrics line is dropped with a note and the run resumes; --resume with a
-    changed setting, or a damaged checkpoint, is one line and exit 2."""
+def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_checkpoints(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """A run killed mid-write: the cut last metrics line is dropped with a note and the run resumes (a kill during
+    that rewrite leaves the file as it was); --resume with a changed setting, or a damaged checkpoint, is one line
+    and exit 2."""
     out = tmp_path / "run"
     base = ["train", "--seeds", "1", "--total-steps", str(4 * 16 * 4), "--chunks", "2", "--quiet", *TINY_FLAGS,
             "--out", str(out)]
@@ -423,6 +432,19 @@ def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_
     assert main(base + ["--resume", "--lr", "0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--lr 0.01 (the run has 0.00025)" in err[0]
+    cut, config = metrics.read_bytes(), (out / "config.json").read_bytes()
+    real_replace = os.replace
+
+    def killed_before_the_rename(src, dst):  # a kill while the resume rewrites metrics.jsonl
+        if Path(dst).name == "metrics.jsonl":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_rename)
+    assert main(base + ["--resume"]) == 130
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert metrics.read_bytes() == cut and (out / "config.json").read_bytes() == config  # rewrites are atomic
+    capsys.readouterr()
     assert main(base + ["--resume"]) == 0
     assert "last line was cut mid-write" in capsys.readouterr().err
     rows = read_metrics(metrics)["update"].tolist()
@@ -435,7 +457,7 @@ def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_
     assert len(err) == 1 and "is damaged" in err[0]
 
 
-def test_eval_reports_each_seed_and_the_iqm(tmp_path, capsys):
+def test_eval_reports_each_seed_and_the_iqm(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["train", "--seeds", "2", "--total-steps", str(4 * 16 * 2), "--quiet", *TINY_FLAGS,
                  "--out", str(out)]) == 0
@@ -445,6 +467,28 @@ def test_eval_reports_each_seed_and_the_iqm(tmp_path, capsys):
     assert "6 episodes per seed" in text and "IQM" in text and "over seeds' means" in text
     assert main(["eval", str(tmp_path / "none")]) == 2
     assert main(["eval", str(out), "--episodes", "0"]) == 2
+    # serve-advisor's teacher takes the same run folder as eval (or its checkpoint/ folder)
+    import jaxmod.llm.server as server
+
+    served = []
+
+    class Served:  # the server, up to the point where it would serve
+        model, url = "teacher", "http://127.0.0.1:0/v1"
+        httpd = type("HTTPD", (), {"server_close": lambda self: None})()
+
+        def serve_forever(self):
+            raise KeyboardInterrupt  # Ctrl-C
+
+    def make_server(backend, **kw):
+        served.append((backend, kw["answer_fn"]))
+        return Served()
+
+    monkeypatch.setattr(server, "make_server", make_server)
+    capsys.readouterr()
+    for folder in (out, out / "checkpoint"):
+        assert main(["serve-advisor", "--backend", "teacher", "--teacher", str(folder), "--port", "0"]) == 130
+        assert "serving the teacher advisor" in capsys.readouterr().out
+    assert [b for b, fn in served] == ["teacher", "teacher"] and all(callable(fn) for _, fn in served)
 
 
 def test_episode_evaluator_returns_each_envs_first_episode():
@@ -465,3 +509,32 @@ def test_episode_evaluator_returns_each_envs_first_episode():
     first = done.argmax(axis=0)
     expected = [np.asarray(rec.reward)[: first[i] + 1, i].sum() for i in range(5)]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_ctrl_c_during_a_checkpoint_save_is_honoured_after_it_and_orbax_prints_nothing(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (SIGINT) while a checkpoint is being saved: the save completes (digested), then the run stops with
+    exit 130 (orbax swallows an interrupt in places and an interrupted save leaves its threads writing). A
+    damaged `_CHECKPOINT_METADATA`, which orbax parses (and logs about) on opening the folder, is then one line."""
+    import orbax.checkpoint as ocp
+
+    out = tmp_path / "run"
+    base = ["train", "--seeds", "1", "--total-steps", str(4 * 16 * 4), "--chunks", "2", "--checkpoint-every", "1",
+            "--quiet", *TINY_FLAGS, "--out", str(out)]
+    real_save = ocp.CheckpointManager.save
+
+    def save_with_ctrl_c(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the save runs
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save_with_ctrl_c)
+    capsys.readouterr()
+    assert main(base) == 130
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+    assert capsys.readouterr().err.strip() == "jaxmod: interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    step = out / "checkpoint" / "2"
+    assert (step / "digest.json").is_file() and read_metrics(out / "metrics.jsonl")["update"].tolist() == [1, 2]
+    (step / "_CHECKPOINT_METADATA").write_text("junk{", encoding="utf-8")
+    assert main(base + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "_CHECKPOINT_METADATA is damaged" in err[0], err

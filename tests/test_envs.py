@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -216,3 +218,15 @@ def test_discrete_actions_are_checked_at_the_env_boundary(env_id):
     step = jax.jit(lambda s, a: env.step(jax.random.PRNGKey(1), s, a))
     clipped, legal = step(st, jnp.array([0, n + 3])), step(st, jnp.array([0, n - 1]))
     assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), clipped, legal))
+    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b))  # noqa: E731
+    # clipped in the action's own dtype: uint32's maximum is the top action (an int32 cast first made it -1 -> 0)
+    assert same(step(st, jnp.array([0, 2**32 - 1], jnp.uint32)), legal)
+    assert same(step(st, jnp.array([-128, n - 1], jnp.int8)), step(st, jnp.array([0, n - 1])))
+    # shapes: one env takes a scalar, a VecEnv one action per env (eager and traced: shapes are static)
+    for bad in (jnp.array([0, 1]), jnp.array([[0]])):
+        with pytest.raises(EnvError, match=re.escape(f"a single env takes a scalar action, got shape {tuple(bad.shape)}")):
+            core.step(jax.random.PRNGKey(1), state, bad)
+        with pytest.raises(EnvError, match="a single env takes a scalar action"):
+            jax.jit(lambda a: core.step(jax.random.PRNGKey(1), state, a))(bad)
+    with pytest.raises(EnvError, match=r"2 envs take actions of shape \(2,\), got shape \(3,\)"):
+        env.step(jax.random.PRNGKey(1), st, jnp.array([0, 1, 0]))

@@ -62,18 +62,23 @@ class ActionSpace:
         )
 
 
-def checked_action(space: ActionSpace, action: Any) -> Any:
+def checked_action(space: ActionSpace, action: Any, shape: tuple[int, ...] | None = None) -> Any:
     """A discrete action at the env boundary: integers only (a float or bool dtype raises `EnvError`, also while
-    tracing: dtypes are static); concrete values outside [0, num_actions) raise `EnvError` (eager use: a user's
-    or a script's mistake); traced values are clipped into range (the documented rule inside compiled code, as
-    continuous actions are clipped to their box; a policy's samples are always in range). Returns int32.
-    Continuous actions pass through (`VecEnv` clips them)."""
+    tracing: dtypes are static); of `shape` when given (`()` for one env, `(num_envs,)` for a `VecEnv`; another
+    shape raises `EnvError`, also while tracing: shapes are static); concrete values outside [0, num_actions) raise
+    `EnvError` (eager use: a user's or a script's mistake); traced values are clipped into range in their own dtype
+    and then cast (the documented rule inside compiled code, as continuous actions are clipped to their box: a
+    negative value acts as 0, a value above the top action, even uint32's maximum, as num_actions - 1; a policy's
+    samples are always in range). Returns int32. Continuous actions pass through (`VecEnv` clips them)."""
     if not space.discrete:
         return action
     dtype = jnp.result_type(action)
     if not jnp.issubdtype(dtype, jnp.integer):
         raise EnvError(f"discrete actions must be integers in [0, {space.num_actions}), got dtype {dtype}: pass "
                        "integer actions (e.g. .astype(int))")
+    if shape is not None and tuple(jnp.shape(action)) != tuple(shape):
+        what = "a single env takes a scalar action" if shape == () else f"{shape[0]} envs take actions of shape {shape}"
+        raise EnvError(f"{what}, got shape {tuple(jnp.shape(action))}")
     if not isinstance(action, jax.core.Tracer):
         import numpy as np
 
@@ -81,7 +86,10 @@ def checked_action(space: ActionSpace, action: Any) -> Any:
         if a.size and (a.min() < 0 or a.max() >= space.num_actions):
             raise EnvError(f"discrete action(s) {sorted(set(a[(a < 0) | (a >= space.num_actions)].tolist()))[:5]} "
                            f"out of range: this env's actions are 0..{space.num_actions - 1}")
-    return jnp.clip(jnp.asarray(action, jnp.int32), 0, space.num_actions - 1)
+    # clip in the action's own dtype (casting first would wrap uint32's maximum to -1), then cast
+    top = min(space.num_actions - 1, int(jnp.iinfo(dtype).max))
+    action = jnp.asarray(action, dtype)
+    return jnp.clip(action, jnp.asarray(0, dtype), jnp.asarray(top, dtype)).astype(jnp.int32)
 
 
 @struct.dataclass
@@ -117,8 +125,8 @@ class EnvCore:
 
     def step(self, key: jax.Array, state: CoreState, action: jax.Array) -> tuple[CoreState, jax.Array, jax.Array]:
         """One transition without auto-reset: (next state, reward, terminated). Discrete actions are checked
-        and cast (`checked_action`)."""
-        return self.step_fn(key, state, checked_action(self.action_space, action))
+        and cast (`checked_action`): one env takes a scalar action."""
+        return self.step_fn(key, state, checked_action(self.action_space, action, shape=()))
 
 
 def cast_like(tree: Any, like: Any) -> Any:

@@ -125,7 +125,8 @@ class VecEnv:
         space = self.core.action_space
         if not space.discrete and self.clip_actions:
             action = jnp.clip(action, jnp.asarray(space.low), jnp.asarray(space.high))
-        action = checked_action(space, action)  # discrete: integers in range (eager: an error; traced: clipped)
+        action = checked_action(space, action, (self.num_envs,))  # discrete: [N] integers in range (eager: an error;
+        # traced: clipped)
         nxt, reward, terminated = jax.vmap(self.core.step)(jax.random.split(step_key, self.num_envs), state.core, action)
         limit = nxt.time >= self.core.max_steps if cut is None else (nxt.time >= self.core.max_steps) | cut
         truncated = jnp.logical_and(limit, jnp.logical_not(terminated))
