@@ -68,7 +68,13 @@ class AdvisorConfig:
     latency_s: float = 0.0  # seconds added to every answer (a stand-in for a slow remote LLM)
     priority: str = "normal"  # CPU priority of the host-side advisor work: normal, or idle (Linux: only CPU time
     # training leaves; on a CPU-only machine training is not slowed, but advice arrives later)
-    episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
+    episodes_per_round: int = 8  # episodes per seed recorded for the advisor each round
+    round_budget: int = 32  # episodes the advisor is asked about per round, all seeds together: past it, episodes
+    # are taken seed by seed in turn and one near an episode already taken (within dedup_radius) is not asked but
+    # gets that episode's answers (jaxmod.ultra.sharing); the advisor's load is set by this, not by the seeds
+    dedup_radius: float = 0.25  # how near two episodes' critical-candidate states must be for one answer to stand
+    # for both, once the round budget binds: root-mean-square distance in standard deviations of each observation
+    # element over the round's episodes
     max_critical: int = 2  # critical steps the advisor may name per episode (candidates protocol: the device's
     # best-scored steps it is asked about per episode)
     protocol: str = "auto"  # how the advisor is asked: candidates (the device picks critical-state candidates
@@ -101,9 +107,11 @@ class AdvisorConfig:
                                   "concurrency >= 1")
         if self.priority not in ("idle", "normal"):
             raise ModulationError(f"advisor priority must be 'idle' or 'normal', not {self.priority!r}")
-        if self.episodes_per_round < 1 or self.max_critical < 1:
-            raise ModulationError("episodes_per_round and max_critical must be >= 1 (the advisor needs something "
-                                  "to look at)")
+        if self.episodes_per_round < 1 or self.max_critical < 1 or self.round_budget < 1:
+            raise ModulationError("episodes_per_round, round_budget and max_critical must be >= 1 (the advisor needs "
+                                  "something to look at)")
+        if not self.dedup_radius >= 0:
+            raise ModulationError("dedup_radius must be >= 0 (standard deviations; 0: only identical states)")
         if not 0 <= self.logprobs <= 20:
             raise ModulationError("advisor logprobs must lie in [0, 20] (alternatives per token; 0: off)")
         if self.protocol not in ("auto", "candidates", "episodes"):

@@ -393,7 +393,8 @@ class UltraRun:
         rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.modulation.capacity,
                               s.advisor.episodes_per_round, self.critical_rows.extend, variant,
                               s.advisor.failure_policy(), self.warn, protocol=s.advisor.protocol,
-                              reference=self.reference)
+                              reference=self.reference, budget=s.advisor.round_budget,
+                              radius=s.advisor.dedup_radius, key=s.seed)
         rounds.hand_over(program.record(state, 0))
         return rounds
 
@@ -469,7 +470,11 @@ class UltraRun:
                                       "first_advice_chunk": first, "context_tokens": advisor.advisor.context,
                                       "protocol": s.advisor.protocol,
                                       "reference_agreement": agree / judged if judged else None,
-                                      "reference_judged": judged, **st})
+                                      "reference_judged": judged, **st, **rounds.sharing})
+            self.log(f"{variant}: advice rounds asked about {rounds.sharing['round_asked']} of "
+                     f"{rounds.sharing['round_candidates']} episodes ({rounds.sharing['round_deduplicated']} "
+                     f"deduplicated, {rounds.sharing['round_unasked']} over the budget), "
+                     f"{rounds.sharing['answers_shared']} answers shared with other seeds")
             rounds.cancel()
         shaped = [row["shaping"] for row in result.chunk_metrics if "shaping" in row]
         shapes = variant in VARIANT_SWITCHES and VARIANT_SWITCHES[variant][1]  # a method with ULTRA-R
