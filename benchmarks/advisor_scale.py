@@ -24,7 +24,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -83,6 +82,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         run = UltraRun(base, Path(tmp), log=log)
+        base = run.s  # the advisor's protocol resolved
         pre = run.pretrain()
         with AdvisorThread(_advisor_factory(run.s, None)) as advisor:
             rows.append({"round_budget": None, **refine_timed(run, "PPO", pre, advisor, marks)})

@@ -80,6 +80,8 @@ class ClientSettings:
     max_tokens: int = 512
     seed: int | None = 0
     structured: str = "json_schema"  # first mode to try; falls back along STRUCTURED_MODES
+    retry_connect: bool = True  # retry connection failures here (False: one of several endpoints, whose pool moves
+    # the question to another endpoint at once)
 
     def __post_init__(self) -> None:
         if self.structured not in STRUCTURED_MODES:
@@ -119,6 +121,7 @@ class ChatResult:
     source: str = "content"
     streamed: bool = False
     logprobs: tuple[TokenLogprob, ...] | None = None  # the answer's tokens with their log-probabilities, if returned
+    failovers: int = 0  # endpoints of a pool that could not be reached before this result (`jaxmod.llm.pool`)
 
     @property
     def ok(self) -> bool:
@@ -409,7 +412,8 @@ class LLMClient:
                 models = await self.list_models(timeout)
             except _Failed as failed:
                 return ChatResult(error=f"no model given and the model list failed: {failed.result.error}",
-                                  kind="model", status=failed.result.status)
+                                  kind="connect" if failed.result.kind == "connect" else "model",
+                                  status=failed.result.status)  # nothing listens: a connection failure
             if len(models) == 1:
                 self._model = models[0]
                 return None
@@ -527,6 +531,8 @@ class LLMClient:
             if last.ok:
                 if without_logprobs:
                     self.logprobs_off = True  # the server answers without them: stop asking
+                return last
+            if last.kind == "connect" and not s.retry_connect:
                 return last
             if top_logprobs > 0 and last.status == 400 and last.kind == "http":
                 top_logprobs, without_logprobs = 0, True  # many servers reject logprobs: once more without them

@@ -33,6 +33,7 @@ from jaxmod.llm import (
     redact_url,
 )
 from jaxmod.llm.advisors import ChatBackend
+from jaxmod.llm.pool import EndpointPool, split_urls
 from jaxmod.methods import BASELINES, METHODS, method
 from jaxmod.parallel import seed_keys
 from jaxmod.ppo import PPOLearner
@@ -127,13 +128,16 @@ async def _http_advisor(config: UltraConfig, spec: str, wrap: Callable, transcri
         url, model = spec, a.model
     try:
         limit = 1 if spec == "smollm2" else a.concurrency
-        client_settings = a.client_settings(base_url=url, model=model, concurrency=limit,
-                                            max_tokens=160 if spec == "smollm2" else 512,
-                                            timeout_s=120)
-        async with LLMClient(client_settings) as client:
-            yield Advisor(wrap(HTTPBackend(client)), a.max_critical, transcript, deadline_s=deadline_s,
-                          concurrency=limit, context_tokens=a.context_tokens, max_tokens=client_settings.max_tokens,
-                          top_logprobs=a.logprobs)
+        urls = split_urls(url)  # several: an endpoint pool, each URL with its own `limit`
+        settings = [a.client_settings(base_url=u, model=model, concurrency=limit,
+                                      max_tokens=160 if spec == "smollm2" else 512, timeout_s=120,
+                                      retry_connect=len(urls) == 1) for u in urls]
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(LLMClient(cs)) for cs in settings]
+            backend = HTTPBackend(clients[0]) if len(clients) == 1 else EndpointPool(clients)
+            yield Advisor(wrap(backend), a.max_critical, transcript, deadline_s=deadline_s,
+                          concurrency=limit * len(clients), context_tokens=a.context_tokens,
+                          max_tokens=settings[0].max_tokens, top_logprobs=a.logprobs)
     finally:
         if server is not None:
             server.stop()
