@@ -117,8 +117,7 @@ class AdviceRounds:
         shared = self._share(outs)
         for k, v in {**self._plan.counts(), "answers_shared": shared}.items():
             self.sharing[k] += v
-        return self.advice(), {"swapped_advice": True, "advisor_latency_s": latency, **counts,
-                               "answers_shared": shared}
+        return self.advice(), {"swapped_advice": True, "advisor_latency_s": latency, **counts}
 
     def _share(self, outs: list[Any]) -> int:
         """Pack each answer also into the books of the seeds its episode stands for (`RoundPlan.shared_with`), after
