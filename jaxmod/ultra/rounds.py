@@ -109,19 +109,19 @@ class AdviceRounds:
             warning = self.policy.check(RoundCounts.between(self._before, self.advisor.advisor.stats), label)
             if warning:
                 self.warn(warning)
+        shared = self._share(outs)  # first: a full book drops its oldest slots, and a seed's own answers are newer
         counts = {"packed": 0, "dropped": 0}
         for seed, (book, (items, verdicts, rows)) in enumerate(zip(self.books, outs, strict=True)):
             c = book.add_answers(items, verdicts)
             counts = {k: counts[k] + c[k] for k in counts}
             self.on_rows([(self.variant, seed, row) for row in rows])
-        shared = self._share(outs)
         for k, v in {**self._plan.counts(), "answers_shared": shared}.items():
             self.sharing[k] += v
         return self.advice(), {"swapped_advice": True, "advisor_latency_s": latency, **counts}
 
     def _share(self, outs: list[Any]) -> int:
-        """Pack each answer also into the books of the seeds its episode stands for (`RoundPlan.shared_with`), after
-        every seed's own answers; returns the valid answers so packed (one per receiving seed)."""
+        """Pack each answer into the books of the other seeds its episode stands for (`RoundPlan.shared_with`);
+        returns the valid answers so packed (one per receiving seed)."""
         shared = 0
         for items, verdicts, _ in outs:
             for item, verdict in zip(items, verdicts, strict=True):
