@@ -726,7 +726,6 @@ def _check_advisor(config, quiet: bool = False):
     """Fail before pretraining when the advisor cannot work: the local LLM missing, no scripted heuristic for the
     env, or an HTTP advisor that is not there, rejects the key or does not serve the model (preflight). Returns
     the config with the model the server will be asked for."""
-    from jaxmod.llm import preflight
     from jaxmod.methods import METHODS
 
     spec = config.advisor.spec
@@ -745,12 +744,35 @@ def _check_advisor(config, quiet: bool = False):
                            "--advisor teacher:<checkpoint> (a `jaxmod train` run's checkpoint/), an LLM URL, or only "
                            "baselines (--variant RICE,JSRL,...)")
     if config.advisor.is_http:
-        settings = config.advisor.client_settings(base_url=spec, model=config.advisor.model)
-        result = preflight(settings, timeout_s=min(20.0, settings.timeout_s))  # AdvisorUnavailable: one line
-        if not quiet:
-            print(result.describe(), flush=True)
-        config = dataclasses.replace(config, advisor=dataclasses.replace(config.advisor, model=result.model))
+        config = _preflight_http(config, quiet)
     return config
+
+
+def _preflight_http(config, quiet: bool):
+    """Preflight every advisor URL. One that fails among several is a warning (its questions go to the others);
+    when all fail (or the only one), the first one's one-line `AdvisorUnavailable` stops the run. Returns the
+    config with the model the servers serve (unset where they serve different ones: each finds its own)."""
+    from jaxmod.llm import AdvisorUnavailable, preflight
+
+    urls, live, down = config.advisor.urls(), [], []
+    for url in urls:
+        settings = config.advisor.client_settings(base_url=url, model=config.advisor.model)
+        try:
+            live.append(preflight(settings, timeout_s=min(20.0, settings.timeout_s)))
+        except AdvisorUnavailable as err:
+            if len(urls) == 1:
+                raise
+            down.append(err)
+            print(f"jaxmod: warning: advisor endpoint {len(live) + len(down)} of {len(urls)} is unusable ({err}); "
+                  "its questions go to the others", file=sys.stderr, flush=True)
+    if not live:
+        raise down[0]
+    if not quiet:
+        for result in live:
+            print(result.describe(), flush=True)
+    models = {result.model for result in live}
+    model = next(iter(models)) if len(models) == 1 else config.advisor.model
+    return dataclasses.replace(config, advisor=dataclasses.replace(config.advisor, model=model))
 
 
 def _ultra_out(args: argparse.Namespace, config) -> Path:

@@ -15,7 +15,7 @@ import pytest
 from jaxmod.advice.kl import advice_kl
 from jaxmod.llm.logprobs import NoDistribution, choice_distribution, parse_token_logprobs
 from jaxmod.llm.responses import parse_json_body, parse_sse_body
-from tests.fault_server import FaultServer, body, completion, ok
+from tests.fault_server import FaultServer, body, completion, ok, status
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -168,3 +168,44 @@ def test_logprobs_can_be_switched_off_and_are_range_checked():
     assert UltraConfig.flat(logprobs=0).advisor.logprobs == 0
     with pytest.raises(ModulationError, match="logprobs"):
         UltraConfig.flat(logprobs=21)
+
+
+REFUSE_LOGPROBS = status(400, json.dumps({"error": {"message": "logprobs are not supported by this server",
+                                                    "type": "invalid_request_error"}}))
+QUESTION = [{"role": "user", "content": "Which action?"}]
+
+
+def _ask_twice(url: str) -> tuple:
+    """Two questions asked with top_logprobs 5 through one `LLMClient` (as `HTTPBackend` asks a multiple choice)."""
+    import asyncio
+
+    from jaxmod.llm import ClientSettings, LLMClient
+
+    async def go():
+        async with LLMClient(ClientSettings(base_url=url, model="fault-model", max_retries=0)) as client:
+            return client, [await client.chat(QUESTION, None, top_logprobs=5) for _ in range(2)]
+
+    return asyncio.run(go())
+
+
+def test_a_server_refusing_logprobs_is_asked_again_without_them(caplog):
+    """HTTP 400 to a request with logprobs: the same question is sent once more without them, counted, warned about
+    once; once that worked the client stops asking for them."""
+    import logging
+
+    with FaultServer([REFUSE_LOGPROBS, ok(ANSWER)]) as srv, caplog.at_level(logging.WARNING, logger="jaxmod.llm"):
+        client, answers = _ask_twice(srv.url)
+    assert all(a.ok and a.content == ANSWER and a.logprobs is None for a in answers)
+    assert [r.get("top_logprobs") for r in srv.requests] == [5, None, None]
+    assert client.stats.logprobs_refused == 1 and client.logprobs_off
+    assert sum("HTTP 400 to a request with logprobs" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_400_that_is_not_about_logprobs_is_not_retried_again_and_again():
+    """When the request fails without logprobs too, the 400 was about something else: the question fails (one
+    retry without logprobs, no more), and the next question asks for logprobs again."""
+    with FaultServer([REFUSE_LOGPROBS, status(400), REFUSE_LOGPROBS, status(400)]) as srv:
+        client, answers = _ask_twice(srv.url)
+    assert all(not a.ok and "HTTP 400" in a.error for a in answers)
+    assert [r.get("top_logprobs") for r in srv.requests] == [5, None, 5, None]
+    assert client.stats.logprobs_refused == 2 and not client.logprobs_off

@@ -268,6 +268,7 @@ class AdvisorStats:
     items_dropped: int = 0  # parts of valid answers dropped (out-of-range steps, duplicates)
     reused: int = 0  # questions answered by an earlier asking of the same prompt in this run (not asked again)
     over_budget: int = 0  # questions not sent: the prompt would not fit the context window (counted as failed)
+    failovers: int = 0  # times a question moved to another endpoint because one was down (several endpoints)
     soft_targets: int = 0  # valid multiple-choice answers whose token log-probabilities gave a distribution
     soft_fallbacks: dict[str, int] = field(default_factory=dict)  # valid ones that fell back to one-hot, by why
     latency_s: float = 0.0
@@ -407,27 +408,45 @@ class Advisor:
             except Exception as err:  # a backend bug must not reach training
                 return ChatResult(error=one_line(f"backend raised {type(err).__name__}: {err}"), kind="backend")
 
-        reused = False
-        try:
-            budget = await self.prompt_budget()
-        except ValueError as err:
-            budget, result = None, ChatResult(error=one_line(str(err)), kind="context")
-        else:
-            size = estimate_tokens(messages)
-            if budget is not None and size > budget:
-                self.stats.over_budget += 1
-                result = ChatResult(error=f"prompt of up to {size} tokens exceeds the budget of {budget} (context "
-                                          f"{self.context} less max_tokens {self.max_tokens}): not sent",
-                                    kind="context")
-            elif isinstance(self.backend, ReplayBackend):  # a replay serves each asking its own record: share none
-                result = await complete()
-            else:
-                result, reused = await self._shared(self._memo_key(messages, schema, numeric), complete)
+        result, reused = await self._answer(messages, schema, numeric, complete)
         self.stats.questions += 1
         self.stats.reused += int(reused)
+        self.stats.failovers += 0 if reused else result.failovers
         self.stats.latency_s += result.latency_s or (time.monotonic() - t0)
         self.stats.prompt_tokens += int(result.usage.get("prompt_tokens", 0) or 0)
         self.stats.completion_tokens += int(result.usage.get("completion_tokens", 0) or 0)
+        verdict = self._verdict(kind, result, judge, soft if top_logprobs > 0 else None)
+        if self.transcript is not None:
+            record = self._record(kind, messages, schema, name, result, verdict)
+            if reused:
+                record["reused"] = True
+            if self.context is not None:  # the window its prompts were fitted to (a replay fits them the same)
+                record["context_tokens"] = self.context
+            self.transcript.append(record)
+        return verdict
+
+    async def _answer(self, messages: Messages, schema: dict[str, Any], numeric: NumericContext | None,
+                      complete: Callable[[], Any]) -> tuple[ChatResult, bool]:
+        """The backend's answer to one question (`complete()`), shared with identical askings, and whether it was
+        shared; a prompt over the budget is not sent (a "context" failure, counted in `over_budget`)."""
+        try:
+            budget = await self.prompt_budget()
+        except ValueError as err:
+            return ChatResult(error=one_line(str(err)), kind="context"), False
+        size = estimate_tokens(messages)
+        if budget is not None and size > budget:
+            self.stats.over_budget += 1
+            return ChatResult(error=f"prompt of up to {size} tokens exceeds the budget of {budget} (context "
+                                    f"{self.context} less max_tokens {self.max_tokens}): not sent",
+                              kind="context"), False
+        if isinstance(self.backend, ReplayBackend):  # a replay serves each asking its own record: share none
+            return await complete(), False
+        return await self._shared(self._memo_key(messages, schema, numeric), complete)
+
+    def _verdict(self, kind: str, result: ChatResult, judge: Callable[[str | None, str | None], Any],
+                 soft: Callable[[Advised, ChatResult], Advised] | None) -> Identified | Advised | Rejected:
+        """`result` judged and counted (valid, invalid, failed, why); `soft`: a valid answer's distribution over
+        the options from its log-probabilities (None: not asked for)."""
         if not result.ok:
             verdict: Identified | Advised | Rejected = Rejected(f"no answer: {one_line(result.error or 'none')}")
             self.stats.failed += 1
@@ -438,7 +457,7 @@ class Advisor:
             else:
                 self.stats.valid += 1
                 self.stats.items_dropped += getattr(verdict, "dropped", 0)
-                if top_logprobs > 0:
+                if soft is not None:
                     verdict = soft(verdict, result)
                     if verdict.distribution is not None:
                         self.stats.soft_targets += 1
@@ -451,13 +470,6 @@ class Advisor:
                 key = f"no answer ({result.kind}{f' {result.status}' if result.status else ''})"
             self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
             log.warning("advisor answer dropped (%s): %s", kind, verdict.reason)
-        if self.transcript is not None:
-            record = self._record(kind, messages, schema, name, result, verdict)
-            if reused:
-                record["reused"] = True
-            if self.context is not None:  # the window its prompts were fitted to (a replay fits them the same)
-                record["context_tokens"] = self.context
-            self.transcript.append(record)
         return verdict
 
     def _record(self, kind: str, messages: Messages, schema: dict[str, Any], name: str, result: ChatResult,

@@ -16,6 +16,9 @@ Ollama, OpenAI) on `httpx.AsyncClient`. The server is untrusted: every limit hol
 - every answer shape (`jaxmod.llm.responses`): reasoning fields, content parts, streamed (SSE) bodies;
 - structured output through `response_format` json_schema, falling back to json_object + schema
   (llama-cpp-python) and then to prompt-only when a server rejects the format;
+- token log-probabilities asked for where wanted; a server that answers HTTP 400 to a request with them (many
+  reject `logprobs`) is asked once more without them, and once that works, never with them again (counted in
+  `ClientStats.logprobs_refused`, one warning per client);
 - a cache that stores and serves only answers the caller's `accept` validated;
 - token usage and latency accounting. `chat` never raises for server faults: it returns a result
   whose `error` (one line) says what went wrong and `kind` classifies it.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import random
 import ssl
 import time
@@ -42,6 +46,7 @@ from jaxmod.llm.logprobs import TokenLogprob, parse_token_logprobs, to_json
 from jaxmod.llm.responses import MalformedResponse, parse_body
 from jaxmod.llm.secrets import one_line, redact
 
+log = logging.getLogger("jaxmod.llm")
 RETRY_STATUSES = frozenset({408, 409, 429})
 STRUCTURED_MODES = ("json_schema", "json_object_schema", "prompt")
 Accept = Callable[[str, "str | None"], bool]
@@ -75,6 +80,8 @@ class ClientSettings:
     max_tokens: int = 512
     seed: int | None = 0
     structured: str = "json_schema"  # first mode to try; falls back along STRUCTURED_MODES
+    retry_connect: bool = True  # retry connection failures here (False: one of several endpoints, whose pool moves
+    # the question to another endpoint at once)
 
     def __post_init__(self) -> None:
         if self.structured not in STRUCTURED_MODES:
@@ -114,6 +121,7 @@ class ChatResult:
     source: str = "content"
     streamed: bool = False
     logprobs: tuple[TokenLogprob, ...] | None = None  # the answer's tokens with their log-probabilities, if returned
+    failovers: int = 0  # endpoints of a pool that could not be reached before this result (`jaxmod.llm.pool`)
 
     @property
     def ok(self) -> bool:
@@ -137,6 +145,7 @@ class ClientStats:
     fallbacks: int = 0
     oversized: int = 0
     timeouts: int = 0
+    logprobs_refused: int = 0  # requests the server refused with HTTP 400 while asking for logprobs (sent again without)
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -263,6 +272,7 @@ class LLMClient:
         self._model_error: ChatResult | None = None
         self._model_lock: asyncio.Lock | None = None
         self._model_lens: dict[str, Any] = {}  # max_model_len by model id, from the model list (vLLM)
+        self.logprobs_off = False  # the server refused logprobs and answered without them: not asked again
 
     async def __aenter__(self) -> LLMClient:
         s = self.settings
@@ -402,7 +412,8 @@ class LLMClient:
                 models = await self.list_models(timeout)
             except _Failed as failed:
                 return ChatResult(error=f"no model given and the model list failed: {failed.result.error}",
-                                  kind="model", status=failed.result.status)
+                                  kind="connect" if failed.result.kind == "connect" else "model",
+                                  status=failed.result.status)  # nothing listens: a connection failure
             if len(models) == 1:
                 self._model = models[0]
                 return None
@@ -450,6 +461,7 @@ class LLMClient:
         where the server returns none)."""
         if not self._clients or self._idle is None:
             raise RuntimeError("use LLMClient inside 'async with'")
+        top_logprobs = 0 if self.logprobs_off else top_logprobs
         self.stats.requests += 1
         start = time.monotonic()
         if self.settings.deadline_s is not None:
@@ -502,6 +514,7 @@ class LLMClient:
                             max_tokens, top_logprobs: int = 0) -> ChatResult:
         s = self.settings
         attempt = 0
+        without_logprobs = False  # sent again without logprobs after the server refused them
         last = ChatResult(error="not attempted", kind="deadline")
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -516,7 +529,16 @@ class LLMClient:
             last.attempts = attempt
             last.latency_s = time.monotonic() - start
             if last.ok:
+                if without_logprobs:
+                    self.logprobs_off = True  # the server answers without them: stop asking
                 return last
+            if last.kind == "connect" and not s.retry_connect:
+                return last
+            if top_logprobs > 0 and last.status == 400 and last.kind == "http":
+                top_logprobs, without_logprobs = 0, True  # many servers reject logprobs: once more without them
+                self._refused_logprobs(last)
+                attempt -= 1
+                continue
             if fallback and self._mode_index < len(STRUCTURED_MODES) - 1:
                 self._mode_index += 1  # the server refused this response_format: degrade and resend now
                 self.stats.fallbacks += 1
@@ -531,6 +553,14 @@ class LLMClient:
                 return last
             self.stats.retries += 1
             await self._sleep(wait)
+
+    def _refused_logprobs(self, result: ChatResult) -> None:
+        """Count a request refused (HTTP 400) while asking for logprobs; warn on the first."""
+        self.stats.logprobs_refused += 1
+        if self.stats.logprobs_refused == 1:
+            log.warning("the advisor server at %s answered HTTP 400 to a request with logprobs (%s): asking again "
+                        "without them (answers fall back to one-hot targets; --advisor-logprobs 0 skips asking)",
+                        self.base_url, result.error)
 
     async def _attempt(self, client: httpx.AsyncClient, messages, schema, name, timeout, max_tokens,
                        top_logprobs: int = 0) -> tuple[ChatResult, float | None, bool]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 import urllib.parse
 from collections.abc import Iterable
@@ -86,7 +87,11 @@ _SECRET_QUERY = ("key", "token", "secret", "password", "passwd", "auth", "signat
 
 def redact_url(url: str) -> str:
     """`url` for display: user-info dropped, secret-looking query values replaced, registered secrets redacted.
-    Never raises (an unparseable URL is returned redacted as text)."""
+    Never raises (an unparseable URL is returned redacted as text). Several URLs separated by commas (an endpoint
+    pool, `jaxmod.llm.pool`) are redacted one by one."""
+    several = re.split(r",(?=\s*https?://)", url)
+    if len(several) > 1:
+        return ",".join(redact_url(u) for u in several)
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:

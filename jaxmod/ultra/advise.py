@@ -113,6 +113,71 @@ def state_query(describer: Describer, core: EnvCore, ep: EpisodeRecord, step: in
     return _fit(render, question, budget_tokens)
 
 
+Picked = tuple[EpisodeRecord, int, str]  # (episode, critical step, why it is critical)
+
+
+def _device_candidates(episodes: list[EpisodeRecord], scores: np.ndarray | None, k: int) -> list[Picked]:
+    """The candidates protocol's critical steps: each episode's `k` best-scored steps (`pick_candidates`)."""
+    if scores is None:
+        raise ValueError("the candidates protocol needs the recording's candidate scores")
+    picked: list[Picked] = []
+    for ep, sc in zip(episodes, episode_scores(scores, episodes), strict=True):
+        picked += [(ep, t, f"device candidate (score {float(sc[t]):+.2f}: value drop net of reward + policy "
+                           "entropy, standardised)") for t in pick_candidates(sc, k)]
+    return picked
+
+
+async def _identified(advisor: Advisor, core: EnvCore, describer: Describer, episodes: list[EpisodeRecord],
+                      rows: dict[int, list[str]], focus: dict[int, list[int]], budget: int | None) -> list[Picked]:
+    """The paper's protocol's critical steps: the advisor reads each episode (windowed to `budget` tokens around
+    its `focus` steps where needed; one that cannot fit is dropped and counted) and names them."""
+    kept, views = [], []
+    for ep in episodes:
+        try:
+            views.append(episode_views(describer, core, [ep], rows=rows, budget_tokens=budget,
+                                       max_critical=advisor.max_critical, focus=focus)[0])
+            kept.append(ep)
+        except PromptTooLong as err:
+            advisor.drop_over_budget(str(err))
+    picked: list[Picked] = []
+    for ep, ident in zip(kept, await advisor.identify(views), strict=True):
+        if not isinstance(ident, Rejected):
+            picked += [(ep, crit.step, crit.reason) for crit in ident.steps]
+    return picked
+
+
+async def _advise_at(advisor: Advisor, core: EnvCore, describer: Describer, rec: Recording, picked: list[Picked],
+                     rows: dict[int, list[str]], budget: int | None, context_steps: int, choice: bool,
+                     ) -> tuple[list[AdviceItem], list[Any], list[CriticalRow]]:
+    """The advice question at each picked step (a multiple choice with `choice`), its packable item, verdict and
+    report row; a question that cannot fit `budget` tokens is dropped and counted."""
+    question = choice_messages if choice else advice_messages
+    steps = min(context_steps, CHOICE_CONTEXT_STEPS) if choice else context_steps
+    items: list[AdviceItem] = []
+    asked: list[tuple[Picked, StateQuery]] = []
+    for ep, step, why in picked:
+        try:
+            query = state_query(describer, core, ep, step, steps, rows[ep.uid], budget, question)
+        except PromptTooLong as err:
+            advisor.drop_over_budget(str(err))
+            continue
+        asked.append(((ep, step, why), query))
+        items.append(AdviceItem(episode=ep.uid, step=step, obs=ep.obs[step], snapshot=snapshot_at(rec, ep, step),
+                                action=0, reward=0.0, reason=why, rated_action=ep.actions[step]))
+    queries = [q for _, q in asked]
+    verdicts = await (advisor.judge(queries) if choice else advisor.advise(queries))
+    out_rows = []
+    for ((ep, step, why), query), verdict in zip(asked, verdicts, strict=True):
+        ok = isinstance(verdict, Advised)
+        out_rows.append(CriticalRow(
+            episode=ep.uid, step=step, episode_length=ep.length, episode_return=ep.ret, state=query.state_text,
+            agent_action=query.agent_action, why_critical=why,
+            suggested_action=describer.action_text(np.asarray(verdict.action)) if ok else "-",
+            implicit_reward=verdict.reward if ok else None, advice_reason=verdict.reason if ok else "",
+            verdict="valid" if ok else f"dropped: {verdict.reason}"))
+    return items, verdicts, out_rows
+
+
 async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episodes: list[EpisodeRecord],
                           context_steps: int = 12, scores: np.ndarray | None = None, protocol: str = "episodes",
                           ) -> tuple[list[AdviceItem], list[Any], list[CriticalRow]]:
@@ -131,54 +196,12 @@ async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episo
     describer = describer_of(core)
     budget = await advisor.prompt_budget()
     rows = {ep.uid: describer.rows(ep.obs, ep.actions, ep.rewards) for ep in episodes}  # rendered once per episode
-    best = {} if scores is None else {
-        ep.uid: pick_candidates(sc, advisor.max_critical) for ep, sc in zip(episodes, episode_scores(scores, episodes),
-                                                                             strict=True)}
-    choice = protocol == "candidates" and core.action_space.discrete
-    question = choice_messages if choice else advice_messages
-    picked: list[tuple[EpisodeRecord, int, str]] = []  # (episode, step, why critical)
     if protocol == "candidates":
-        if scores is None:
-            raise ValueError("the candidates protocol needs the recording's candidate scores")
-        ep_scores = dict(zip([ep.uid for ep in episodes], episode_scores(scores, episodes), strict=True))
-        for ep in episodes:
-            picked += [(ep, t, f"device candidate (score {float(ep_scores[ep.uid][t]):+.2f}: value drop net of "
-                               "reward + policy entropy, standardised)") for t in best[ep.uid]]
+        picked = _device_candidates(episodes, scores, advisor.max_critical)
     else:
-        kept, views = [], []
-        for ep in episodes:
-            try:
-                views.append(episode_views(describer, core, [ep], rows=rows, budget_tokens=budget,
-                                           max_critical=advisor.max_critical, focus=best)[0])
-                kept.append(ep)
-            except PromptTooLong as err:
-                advisor.drop_over_budget(str(err))
-        idents = await advisor.identify(views)
-        for ep, ident in zip(kept, idents, strict=True):
-            if not isinstance(ident, Rejected):
-                picked += [(ep, crit.step, crit.reason) for crit in ident.steps]
-    items: list[AdviceItem] = []
-    queries: list[StateQuery] = []
-    whys: list[tuple[EpisodeRecord, int, str]] = []
-    steps = min(context_steps, CHOICE_CONTEXT_STEPS) if choice else context_steps
-    for ep, step, why in picked:
-        try:
-            query = state_query(describer, core, ep, step, steps, rows[ep.uid], budget, question)
-        except PromptTooLong as err:
-            advisor.drop_over_budget(str(err))
-            continue
-        queries.append(query)
-        items.append(AdviceItem(episode=ep.uid, step=step, obs=ep.obs[step], snapshot=snapshot_at(rec, ep, step),
-                                action=0, reward=0.0, reason=why, rated_action=ep.actions[step]))
-        whys.append((ep, step, why))
-    verdicts = await (advisor.judge(queries) if choice else advisor.advise(queries))
-    out_rows = []
-    for (ep, step, why), query, verdict in zip(whys, queries, verdicts, strict=True):
-        ok = isinstance(verdict, Advised)
-        out_rows.append(CriticalRow(
-            episode=ep.uid, step=step, episode_length=ep.length, episode_return=ep.ret, state=query.state_text,
-            agent_action=query.agent_action, why_critical=why,
-            suggested_action=describer.action_text(np.asarray(verdict.action)) if ok else "-",
-            implicit_reward=verdict.reward if ok else None, advice_reason=verdict.reason if ok else "",
-            verdict="valid" if ok else f"dropped: {verdict.reason}"))
-    return items, verdicts, out_rows
+        best = {} if scores is None else {
+            ep.uid: pick_candidates(sc, advisor.max_critical)
+            for ep, sc in zip(episodes, episode_scores(scores, episodes), strict=True)}
+        picked = await _identified(advisor, core, describer, episodes, rows, best, budget)
+    choice = protocol == "candidates" and core.action_space.discrete
+    return await _advise_at(advisor, core, describer, rec, picked, rows, budget, context_steps, choice)

@@ -61,14 +61,22 @@ class AdvisorConfig:
 
     spec: str | None = None  # scripted | smollm2 | teacher:<checkpoint dir> | replay:<transcript> | random |
     # constant (control advisors without task knowledge: random answers, or always the same) | an OpenAI-compatible
-    # URL (.../v1); unset: ADVISOR_BASE_URL / OPENAI_BASE_URL, else scripted
+    # URL (.../v1), or several separated by commas (each question goes to the one with the fewest in flight; one
+    # that is down is skipped); unset: ADVISOR_BASE_URL / OPENAI_BASE_URL, else scripted
     model: str | None = None  # model of an HTTP advisor (unset: OPENAI_MODEL, else the server's only model)
     noise: float = 0.0  # fraction of advisor answers corrupted (robustness experiments)
-    concurrency: int = 16  # questions in flight at once for an HTTP advisor (match the server's parallel slots)
+    concurrency: int = 16  # questions in flight at once for an HTTP advisor, per URL (match each server's
+    # parallel slots)
     latency_s: float = 0.0  # seconds added to every answer (a stand-in for a slow remote LLM)
     priority: str = "normal"  # CPU priority of the host-side advisor work: normal, or idle (Linux: only CPU time
     # training leaves; on a CPU-only machine training is not slowed, but advice arrives later)
-    episodes_per_round: int = 8  # episodes per seed sent to the advisor each round
+    episodes_per_round: int = 8  # episodes per seed recorded for the advisor each round
+    round_budget: int = 32  # episodes the advisor is asked about per round, all seeds together: past it, episodes
+    # are taken seed by seed in turn and one near an episode already taken (within dedup_radius) is not asked but
+    # gets that episode's answers (jaxmod.ultra.sharing); the advisor's load is set by this, not by the seeds
+    dedup_radius: float = 0.25  # how near two episodes' critical-candidate states must be for one answer to stand
+    # for both, once the round budget binds: root-mean-square distance in standard deviations of each observation
+    # element over the round's episodes
     max_critical: int = 2  # critical steps the advisor may name per episode (candidates protocol: the device's
     # best-scored steps it is asked about per episode)
     protocol: str = "auto"  # how the advisor is asked: candidates (the device picks critical-state candidates
@@ -101,9 +109,11 @@ class AdvisorConfig:
                                   "concurrency >= 1")
         if self.priority not in ("idle", "normal"):
             raise ModulationError(f"advisor priority must be 'idle' or 'normal', not {self.priority!r}")
-        if self.episodes_per_round < 1 or self.max_critical < 1:
-            raise ModulationError("episodes_per_round and max_critical must be >= 1 (the advisor needs something "
-                                  "to look at)")
+        if self.episodes_per_round < 1 or self.max_critical < 1 or self.round_budget < 1:
+            raise ModulationError("episodes_per_round, round_budget and max_critical must be >= 1 (the advisor needs "
+                                  "something to look at)")
+        if not self.dedup_radius >= 0:
+            raise ModulationError("dedup_radius must be >= 0 (standard deviations; 0: only identical states)")
         if not 0 <= self.logprobs <= 20:
             raise ModulationError("advisor logprobs must lie in [0, 20] (alternatives per token; 0: off)")
         if self.protocol not in ("auto", "candidates", "episodes"):
@@ -115,6 +125,8 @@ class AdvisorConfig:
         if self.spec is not None and not (self.spec in LOCAL_ADVISORS or self.spec.startswith(
                 ("teacher:", "replay:", "http://", "https://"))):
             raise ModulationError(f"unknown advisor {self.spec!r}: use {ADVISOR_KINDS}")
+        if self.is_http:
+            self.urls()  # each URL checked (one-line error)
         self.client_settings(base_url="http://127.0.0.1/v1")  # checks the limits (one-line LLMConfigError)
         self.failure_policy()
 
@@ -128,6 +140,20 @@ class AdvisorConfig:
     @property
     def is_http(self) -> bool:
         return (self.spec or "").startswith(("http://", "https://"))
+
+    def urls(self) -> list[str]:
+        """An HTTP advisor's URLs (`spec`, split at commas; `jaxmod.llm.pool`). Raises `ModulationError` (one line)
+        for one that is not an http(s) URL with a host."""
+        from jaxmod.llm.endpoint import normalise_url
+        from jaxmod.llm.pool import split_urls
+
+        urls = split_urls(self.spec or "")
+        for url in urls if len(urls) > 1 else ():  # a single URL is resolved (with the environment's) by the client
+            try:
+                normalise_url(url)
+            except LLMConfigError as err:
+                raise ModulationError(str(err)) from None
+        return urls
 
     def client_overrides(self) -> dict[str, Any]:
         """The `ClientSettings` fields this config sets (unset limits are left to the client's defaults)."""

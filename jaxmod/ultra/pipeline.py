@@ -33,6 +33,7 @@ from jaxmod.llm import (
     redact_url,
 )
 from jaxmod.llm.advisors import ChatBackend
+from jaxmod.llm.pool import EndpointPool, split_urls
 from jaxmod.methods import BASELINES, METHODS, method
 from jaxmod.parallel import seed_keys
 from jaxmod.ppo import PPOLearner
@@ -127,13 +128,16 @@ async def _http_advisor(config: UltraConfig, spec: str, wrap: Callable, transcri
         url, model = spec, a.model
     try:
         limit = 1 if spec == "smollm2" else a.concurrency
-        client_settings = a.client_settings(base_url=url, model=model, concurrency=limit,
-                                            max_tokens=160 if spec == "smollm2" else 512,
-                                            timeout_s=120)
-        async with LLMClient(client_settings) as client:
-            yield Advisor(wrap(HTTPBackend(client)), a.max_critical, transcript, deadline_s=deadline_s,
-                          concurrency=limit, context_tokens=a.context_tokens, max_tokens=client_settings.max_tokens,
-                          top_logprobs=a.logprobs)
+        urls = split_urls(url)  # several: an endpoint pool, each URL with its own `limit`
+        settings = [a.client_settings(base_url=u, model=model, concurrency=limit,
+                                      max_tokens=160 if spec == "smollm2" else 512, timeout_s=120,
+                                      retry_connect=len(urls) == 1) for u in urls]
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(LLMClient(cs)) for cs in settings]
+            backend = HTTPBackend(clients[0]) if len(clients) == 1 else EndpointPool(clients)
+            yield Advisor(wrap(backend), a.max_critical, transcript, deadline_s=deadline_s,
+                          concurrency=limit * len(clients), context_tokens=a.context_tokens,
+                          max_tokens=settings[0].max_tokens, top_logprobs=a.logprobs)
     finally:
         if server is not None:
             server.stop()
@@ -393,7 +397,8 @@ class UltraRun:
         rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.modulation.capacity,
                               s.advisor.episodes_per_round, self.critical_rows.extend, variant,
                               s.advisor.failure_policy(), self.warn, protocol=s.advisor.protocol,
-                              reference=self.reference)
+                              reference=self.reference, budget=s.advisor.round_budget,
+                              radius=s.advisor.dedup_radius, key=s.seed)
         rounds.hand_over(program.record(state, 0))
         return rounds
 
@@ -469,7 +474,11 @@ class UltraRun:
                                       "first_advice_chunk": first, "context_tokens": advisor.advisor.context,
                                       "protocol": s.advisor.protocol,
                                       "reference_agreement": agree / judged if judged else None,
-                                      "reference_judged": judged, **st})
+                                      "reference_judged": judged, **st, **rounds.sharing})
+            self.log(f"{variant}: advice rounds asked about {rounds.sharing['round_asked']} of "
+                     f"{rounds.sharing['round_candidates']} episodes ({rounds.sharing['round_deduplicated']} "
+                     f"deduplicated, {rounds.sharing['round_unasked']} over the budget), "
+                     f"{rounds.sharing['answers_shared']} answers shared with other seeds")
             rounds.cancel()
         shaped = [row["shaping"] for row in result.chunk_metrics if "shaping" in row]
         shapes = variant in VARIANT_SWITCHES and VARIANT_SWITCHES[variant][1]  # a method with ULTRA-R

@@ -1,7 +1,9 @@
 """Advice rounds on the host: hand a recording's episodes to the advisor thread, and pack its answers into the
 per-seed advice books once they are there (`AdviceRounds`). Every question of a round is tagged with its variant,
 round and seed (`jaxmod.llm.tagged`), so a replay serves exactly the answer each got; each round's counts go to
-the advisor's failure policy (`jaxmod.llm.FailurePolicy`), which stops the run when the advisor stops advising."""
+the advisor's failure policy (`jaxmod.llm.FailurePolicy`), which stops the run when the advisor stops advising.
+A round asks about at most `budget` episodes, all seeds together (`jaxmod.ultra.sharing`): an answer is packed
+into the book of the seed whose episode was asked and of every seed whose near-identical episode was not asked."""
 
 from __future__ import annotations
 
@@ -20,17 +22,24 @@ from jaxmod.llm import Advised, Advisor, FailurePolicy, RoundCounts, tagged
 from jaxmod.ultra.advise import CriticalRow, advise_episodes
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import split_episodes
+from jaxmod.ultra.sharing import RoundPlan, plan_round
+
+SHARING_COUNTS = ("round_candidates", "round_asked", "round_deduplicated", "round_unasked", "answers_shared")
 
 
 class AdviceRounds:
     """One variant's advice rounds: at most one in flight. `books[i]` holds seed i's advice (capacity K); the
     rows of the critical-state table go to `on_rows` as (variant, seed, row). `policy` judges each round's answers
-    (None: never stops); its warnings go to `warn`. Every method runs on the training loop's thread."""
+    (None: never stops); its warnings go to `warn`. `budget`: episodes asked per round, all seeds together (None:
+    every seed's `episodes_per_round`), near-duplicates within `radius` standard deviations shared
+    (`jaxmod.ultra.sharing.plan_round`, its rounds drawn from `key`); `sharing` sums the rounds' counts.
+    Every method runs on the training loop's thread."""
 
     def __init__(self, advisor: AdvisorThread, core: EnvCore, seeds: int, capacity: int, episodes_per_round: int,
                  on_rows: Callable[[list[tuple[str, int, CriticalRow]]], None], variant: str = "",
                  policy: FailurePolicy | None = None, warn: Callable[[str], None] = lambda _: None,
-                 protocol: str = "episodes", reference: Any = None) -> None:
+                 protocol: str = "episodes", reference: Any = None, budget: int | None = None,
+                 radius: float = 0.0, key: int = 0) -> None:
         self.advisor, self.core, self.seeds, self.episodes_per_round = advisor, core, seeds, episodes_per_round
         self.protocol = protocol
         self.books = [AdviceBook(core, capacity) for _ in range(seeds)]
@@ -42,6 +51,9 @@ class AdviceRounds:
         self.reference = reference  # a policy with `agrees(obs, actions)` (a TeacherBackend) to score answers by
         self.agreement = [0, 0]  # valid answers that agree with the reference, valid answers judged
         self._lock = threading.Lock()
+        self.budget, self.radius, self.key = budget, radius, key
+        self._plan: RoundPlan | None = None  # the pending round's
+        self.sharing = dict.fromkeys(SHARING_COUNTS, 0)
 
     def advice(self) -> Advice:
         """Every seed's book stacked into one `Advice` with a leading seed axis, moved in one transfer."""
@@ -59,9 +71,15 @@ class AdviceRounds:
             episodes = split_episodes(rec_i, self._uid, self.episodes_per_round, unfinished=True)
             self._uid += len(episodes) + 1
             per_seed.append((rec_i, episodes, scores[i]))
+        budget = sum(len(eps) for _, eps, _ in per_seed) if self.budget is None else self.budget
+        plan = plan_round([eps for _, eps, _ in per_seed], [sc for _, _, sc in per_seed], budget, self.radius,
+                          (self.key, self.round))
+        per_seed = [(rec, eps, sc) for (rec, _, sc), eps in zip(per_seed, plan.asked, strict=True)]
         core, tags, protocol = self.core, {"variant": self.variant, "round": self.round}, self.protocol
 
         async def one(adv: Advisor, seed: int, rec: Any, eps: list, sc: Any) -> Any:
+            if not eps:  # this round's budget went to other seeds' episodes
+                return [], [], []
             with tagged(**tags, seed=seed):  # replay serves each (variant, round, seed, question) its own answer
                 return await advise_episodes(adv, core, rec, eps, scores=sc, protocol=protocol)
 
@@ -69,6 +87,7 @@ class AdviceRounds:
             return list(await asyncio.gather(*(one(adv, i, *seed) for i, seed in enumerate(per_seed))))
 
         self._before = self.advisor.advisor.stats.copy()
+        self._plan = plan
         self.round += 1
         self.pending = (self.advisor.submit(job), time.perf_counter())
         if self.reference is not None:  # every answer that comes back is scored, swapped in or not
@@ -90,12 +109,25 @@ class AdviceRounds:
             warning = self.policy.check(RoundCounts.between(self._before, self.advisor.advisor.stats), label)
             if warning:
                 self.warn(warning)
+        shared = self._share(outs)  # first: a full book drops its oldest slots, and a seed's own answers are newer
         counts = {"packed": 0, "dropped": 0}
         for seed, (book, (items, verdicts, rows)) in enumerate(zip(self.books, outs, strict=True)):
             c = book.add_answers(items, verdicts)
             counts = {k: counts[k] + c[k] for k in counts}
             self.on_rows([(self.variant, seed, row) for row in rows])
+        for k, v in {**self._plan.counts(), "answers_shared": shared}.items():
+            self.sharing[k] += v
         return self.advice(), {"swapped_advice": True, "advisor_latency_s": latency, **counts}
+
+    def _share(self, outs: list[Any]) -> int:
+        """Pack each answer into the books of the other seeds its episode stands for (`RoundPlan.shared_with`);
+        returns the valid answers so packed (one per receiving seed)."""
+        shared = 0
+        for items, verdicts, _ in outs:
+            for item, verdict in zip(items, verdicts, strict=True):
+                for seed in self._plan.shared_with.get(item.episode, ()):
+                    shared += self.books[seed].add_answers([item], [verdict])["packed"]
+        return shared
 
     def _scored(self, future: Any) -> None:
         """Count how many of a finished round's valid answers agree with the reference policy at their exact states

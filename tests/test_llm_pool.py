@@ -1,0 +1,101 @@
+"""Several advisor endpoints (`--advisor URL1,URL2`, issue 23 item 3): questions balanced by in-flight requests, each
+endpoint within its own concurrency limit; one endpoint down among live ones is skipped (counted, warned once);
+all down is the usual one-line error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from jaxmod.ultra.config import UltraConfig
+from jaxmod.ultra.pipeline import _advisor_factory
+from tests.fault_server import FaultServer, ok, stall
+
+pytestmark = pytest.mark.timeout(600)
+QUESTION = [{"role": "user", "content": "Which action?"}]
+ANSWER = '{"action": "push_right"}'
+
+
+def dead_url() -> str:
+    """A loopback URL where nothing listens (a port just released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def ask(spec: str, n: int, concurrency: int) -> tuple[list, object]:
+    """`n` questions at once through the advisor `jaxmod ultra` builds for `spec` (its backend, as the advisor
+    asks it); returns the results and the advisor."""
+    config = UltraConfig.flat(advisor=spec, advisor_concurrency=concurrency, model="fault-model",
+                              advisor_retries=0)
+
+    async def go():
+        async with _advisor_factory(config, None)() as advisor:
+            return list(await asyncio.gather(*(advisor.backend.complete(QUESTION, None, "x", None)
+                                               for _ in range(n)))), advisor
+
+    return asyncio.run(go())
+
+
+def test_questions_are_balanced_by_in_flight_requests_within_each_endpoints_limit():
+    with FaultServer([stall(0.4)]) as a, FaultServer([stall(0.4)]) as b:
+        results, advisor = ask(f"{a.url},{b.url}", 8, concurrency=2)
+    assert all(r.ok for r in results)
+    assert len(a.requests) == len(b.requests) == 4
+    assert advisor._concurrency == 4  # the advisor's own limit: each endpoint's, summed
+    for srv in (a, b):  # at most 2 in flight per endpoint: its third request waited for its first answer
+        t = sorted(srv.times)
+        assert t[2] - t[0] >= 0.3 and t[3] - t[1] >= 0.3
+
+
+def test_an_endpoint_that_is_down_is_skipped_counted_and_warned_about_once(caplog):
+    with FaultServer([ok(ANSWER)]) as live, caplog.at_level(logging.WARNING, logger="jaxmod.llm"):
+        results, advisor = ask(f"{dead_url()},{live.url}", 6, concurrency=4)
+    assert all(r.ok and r.content == ANSWER for r in results) and len(live.requests) == 6
+    pool = advisor.backend
+    moved = sum(r.failovers for r in results)
+    assert moved >= 1 and pool.outages == [1, 0]
+    assert sum("is down" in r.getMessage() for r in caplog.records) == 1
+
+
+TINY = ["--seeds", "1", "--pretrain-steps", "512", "--refine-steps", "512", "--num-envs", "4", "--num-steps", "64",
+        "--num-minibatches", "2", "--update-epochs", "1", "--chunks", "2", "--collect-envs", "2", "--collect-steps",
+        "64", "--eval-envs", "2", "--eval-steps", "64", "--episodes-per-round", "1", "--variant", "RA"]
+
+
+def _ultra(advisor: str, out, timeout: int = 500) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jaxmod.cli", "ultra", *TINY, "--advisor", advisor, "--out", str(out)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "JAXMOD_DEBUG": ""})
+
+
+def test_jaxmod_ultra_runs_on_the_live_endpoint_when_one_is_down(tmp_path):
+    dead = dead_url()
+    with FaultServer([ok('{"ok": true}'), ok(ANSWER)]) as live:
+        proc = _ultra(f"{dead},{live.url}", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning: advisor endpoint 1 of 2 is unusable (no server at" in proc.stderr
+    stats = json.loads((tmp_path / "run" / "ultra.json").read_text())["advisor"][0]
+    assert stats["valid"] > 0 and stats["failed"] == 0 and stats["failovers"] >= 1
+    assert len(live.requests) > 1  # the preflight's ping and the questions
+
+
+def test_all_endpoints_down_is_the_usual_one_line_error(tmp_path):
+    proc = _ultra(f"{dead_url()},{dead_url()}", tmp_path / "run", timeout=120)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("jaxmod: error: no server at http://127.0.0.1:") and "connection refused" in last
+
+
+def test_a_bad_url_in_the_list_is_refused_in_one_line():
+    from jaxmod.advice.modulation import ModulationError
+
+    with pytest.raises(ModulationError, match="has no host"):
+        UltraConfig.flat(advisor="http://127.0.0.1:8080/v1,http:///v1")
