@@ -181,3 +181,124 @@ def test_readme_python_example_runs():
     ns: dict = {}
     exec(compile(small, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
     assert ns["refined"].state.params is not None
+
+
+# --------------------------------------------------------------------------- the README's commands, run
+# Each `jaxmod ...` line of the README runs as written (same argv, in README order, relative paths in a fresh
+# folder), with budget flags appended after it (argparse: the last value of a flag wins), so only sizes shrink:
+# steps, envs, rollout and evaluation sizes. Lines that continue a run (--resume, --replay) and lines without a
+# budget (eval, plot, serve-advisor) get nothing appended.
+SHRINK_PPO = ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
+SHRINK = {
+    "train": ["--total-steps", "768", "--chunks", "4", *SHRINK_PPO, "--quiet"],
+    "ultra": ["--pretrain-steps", "512", "--refine-steps", "512", "--chunks", "2", "--collect-envs", "4",
+              "--collect-steps", "32", "--eval-envs", "2", "--eval-steps", "32", "--episodes-per-round", "2",
+              "--mask-steps", "256", *SHRINK_PPO, "--quiet"],
+}
+# README lines not run here, and why (each still parses and builds its config: test_jaxmod_command_parses)
+NOT_RUN = {
+    "--model Qwen2.5-7B-Instruct": "needs a vLLM server serving Qwen2.5-7B-Instruct at 127.0.0.1:8000",
+    "teacher:runs/strong/checkpoint --out runs/hopper-ultra": "needs a strong brax/hopper agent (hours of training)",
+}
+SLOW = ("train --env brax/hopper", "--advisor smollm2")  # a brax compile (~1 min); the 135M LLM answering on CPU (minutes)
+
+
+def _readme_lines(command: str) -> list[str]:
+    return [" ".join(a) for a in _commands(README, ("jaxmod",)) if a[0] == command]
+
+
+def _shrunk(argv: list[str]) -> list[str]:
+    if argv[0] in SHRINK and not {"--resume", "--replay"} & set(argv):
+        return [*argv, *SHRINK[argv[0]]]
+    return argv
+
+
+def _run_readme_line(line: str) -> None:
+    argv = shlex.split(line)
+    code = cli.main(_shrunk(argv))
+    assert code == 0, f"README: jaxmod {line}: exit {code}"
+
+
+@pytest.fixture
+def readme_folder(tmp_path, monkeypatch):
+    """A fresh folder for the README's relative paths (runs/...), no advisor server in the environment, a
+    compile cache of its own (programs of the same shapes compile once across the lines)."""
+    for var in ("ADVISOR_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("JAXMOD_CACHE_DIR", str(tmp_path / "xla-cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.timeout(400)
+def test_readme_train_eval_plot_commands_run(readme_folder):
+    """`train` (a fresh run, then --max-chunks 3 and --resume), `eval` (with --render) and `plot`, as the README
+    shows them, in its order; what each says it writes is there."""
+    lines = [ln for c in ("train", "eval", "plot") for ln in _readme_lines(c)]
+    assert len(lines) >= 6
+    for line in lines:
+        if any(s in line for s in SLOW):
+            continue
+        _run_readme_line(line)
+    assert (readme_folder / "runs/cartpole/tb").is_dir() and (readme_folder / "runs/cartpole/curve.png").is_file()
+    assert (readme_folder / "episode.gif").read_bytes()[:6] == b"GIF89a"
+    from jaxmod.reporting import read_metrics
+
+    assert read_metrics(readme_folder / "runs/long/metrics.jsonl")["episode_return"].shape[0] == 12  # resumed to the end
+
+
+@pytest.mark.timeout(600)
+def test_readme_ultra_commands_run(readme_folder):
+    """Every `jaxmod ultra` line of the README but those in `NOT_RUN` and `SLOW`, in its order (--config and
+    --replay re-run the run before them). `runs/strong` (the teacher the README's control line references) is a
+    train run made here first, as `jaxmod train --env CartPole-v1 --out runs/strong` with the budget appended."""
+    import json
+
+    _run_readme_line("train --env CartPole-v1 --out runs/strong")
+    ran = 0
+    for line in _readme_lines("ultra"):
+        if any(key in line for key in NOT_RUN) or any(s in line for s in SLOW):
+            continue
+        _run_readme_line(line)
+        ran += 1
+    assert ran >= 6
+    first = json.loads((readme_folder / "runs/cp/ultra.json").read_text())
+    again = json.loads((readme_folder / "runs/cp-replay/ultra.json").read_text())
+    assert {"PPO", "A", "R", "RA"} <= set(first) and again["RA"]["eval_returns"] == first["RA"]["eval_returns"]
+
+
+@pytest.mark.timeout(120)
+def test_readme_serve_advisor_command_runs():
+    """The README's `serve-advisor` line serves an OpenAI-compatible API (on a free port appended to the line: a
+    test must not take a fixed port), and answers /v1/models."""
+    import socket
+    import time
+    import urllib.request
+
+    (line,) = _readme_lines("serve-advisor")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "jaxmod", *shlex.split(line), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, answer = time.monotonic() + 100, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as resp:
+                    answer = json.loads(resp.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert answer is not None and answer["data"], proc.stdout.read() if proc.poll() is not None else "no answer"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("key", SLOW)
+def test_readme_slow_commands_run(key, readme_folder):
+    (line,) = [ln for c in ("train", "ultra") for ln in _readme_lines(c) if key in ln]
+    _run_readme_line(line)
