@@ -5,7 +5,8 @@ Both commands share the tag names of PPO's training curves: `charts/<name>` (epi
 env_steps, episodes, truncations, rollout_reward, lr) and `losses/<name>` (actor_loss, value_loss, entropy,
 approx_kl, clip_frac, loss; advice_kl for methods with ULTRA's KL pull), one point per update. `jaxmod train`
 writes them to `<run>/tb/`. `jaxmod ultra` writes one TensorBoard sub-run per stage, so that TensorBoard draws the
-methods as lines of the same chart: `<run>/tb/pretrain/` (the pre-training's curves) and `<run>/tb/<method>/` for
+methods as lines of the same chart: `<run>/tb/pretrain/` (the pre-training's curves; none when the agents are
+loaded from `agents_dir`) and `<run>/tb/<method>/` for
 each method (PPO, A, R, RA, the baselines: its refinement's curves, plus `eval/return`, the evaluation return, at
 step 0, the pre-trained agents, and after every chunk, as ultra.png plots it, and `advice/<name>` per chunk:
 critical_frac, restarts, advice_valid, advice_trust, shaping, ... as in ultra.json's `chunks`). Scalars are means
