@@ -225,7 +225,7 @@ def test_the_cli_runs_a_users_env_named_module_colon_id(clean_registries, tmp_pa
     assert json.loads((tmp_path / "run/config.json").read_text())["ppo"]["env_id"] == "my_corridors:Corridor-v9"
     capsys.readouterr()
     assert main(["eval", "run", "--episodes", "4"]) == 0
-    assert "my_corridors:Corridor-v9: 4 episodes per seed" in capsys.readouterr().out
+    assert "my_corridors:Corridor-v9 (update 4): 4 episodes per seed" in " ".join(capsys.readouterr().out.split())
     for env_id, says in (("my_corridors:Other-v0", "registered no env 'Other-v0'"),
                          ("no_such_module:X-v0", "cannot import module 'no_such_module'"),
                          ("Corridor-v8", "name it as module:EnvId")):

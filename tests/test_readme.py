@@ -1,5 +1,7 @@
 """Every command in the README and docs/ is checked: each `jaxmod ...` line of a ```bash block parses with the product's
-own parser (and `train` / `ultra` lines build their config, as the command would, before anything compiles); each
+own parser (and `train` / `ultra` lines build their config, as the command would, before anything compiles); the
+README's `jaxmod` lines also RUN, in README order, as written with budget flags appended (see `SHRINK`; `NOT_RUN` and
+`SLOW` name the lines left to no test and to `make test-slow`, and why); each
 `python benchmarks/...` line names a script that exists and whose parser accepts the line's flags (run with
 `--help` appended: argparse checks the flags given before it, then prints the help and exits 0). The README's
 Python example runs end to end at a tiny budget (slow: it compiles four programs).
