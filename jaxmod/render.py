@@ -96,7 +96,8 @@ def check_path(path: str | Path) -> Path:
             with open(path, "ab"):  # an existing file: writable, left as it is
                 pass
         elif parent == path.parent:
-            path.open("xb").close()
+            with open(path, "xb"):
+                pass
             path.unlink()
         else:  # missing folders are made when the GIF is written: probe the nearest existing one
             import tempfile

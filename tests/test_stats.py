@@ -146,3 +146,13 @@ def test_plots_have_their_legend_outside_the_curves(tmp_path, monkeypatch):
     assert legend.x0 >= ax.get_window_extent().x1  # right of the axes: it hides no curve
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["PPO (IQM of 3 seeds, 95% CI)",
                                                                     "ULTRA-RA (IQM of 3 seeds, 95% CI)"]
+
+
+def test_ultra_gains_table_notes_fewer_than_five_seeds():
+    from benchmarks.ultra_gain import markdown
+
+    row = {"env": "CartPole-v1", "noise": 0.0, "variant": "RA", "start": 20.0, "final_cell": "30.0 [20.0, 40.0]",
+           "gain_vs_ppo": {"iqm": 5.0, "ci95": [1.0, 9.0], "verdict": "too few seeds"}, "wall_vs_ppo": 1.0,
+           "advice_overhead_frac": 0.0}
+    assert "n=2 seeds: interval not meaningful (fewer than 5)." in markdown([{**row, "seeds": 2}])
+    assert "not meaningful" not in markdown([{**row, "seeds": 5}])
