@@ -528,13 +528,13 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     png = plot_curves([(ppo.env_id, data["env_steps"][:, 0], data["episode_return"])], out / "curve.png",
                       title=f"PPO on {ppo.env_id}")
     final = seed_summary(data["episode_return"][-1])  # each seed's training return at the last update
-    table = Table(title="result: training return at the last update, IQM [95% bootstrap CI] over seeds",
-                  caption=few_runs_note(seeds) or None, caption_justify="left")
-    for col in ("env", "seeds", "final return IQM [95% CI]", "mean (std)", "compile s", "run s", "env steps/s"):
+    table = Table(title=f"result: PPO on {ppo.env_id}, training return at the last update over {seeds} seed"
+                        f"{'s' if seeds > 1 else ''}", caption=few_runs_note(seeds) or None, caption_justify="left")
+    for col in ("final return IQM [95% CI]", "mean (std)", "compile s", "run s", "env steps/s"):
         table.add_column(col)
     sps = f"{run.steps_run / run.run_s:,.0f}" if run.run_s > 0 else "-"
     mean, std = final.cell(".2f")
-    table.add_row(ppo.env_id, str(seeds), final.iqm_cell(".2f"), mean if final.mean is None else f"{mean} ({std})",
+    table.add_row(final.iqm_cell(".2f"), mean if final.mean is None else f"{mean} ({std})",
                   f"{run.compile_s:.1f}", f"{run.run_s:.1f}", sps)
     console.print(table)
     if not args.quiet:

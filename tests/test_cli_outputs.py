@@ -28,7 +28,8 @@ def test_train_prints_iqm_with_a_note_for_two_seeds(tmp_path, capsys):
     assert main(["train", "--env", "CartPole-v1", "--seeds", "2", "--total-steps", "128", "--quiet",
                  "--out", str(tmp_path / "t"), *TINY]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps lines at the console's width
-    assert "IQM [95% bootstrap CI] over seeds" in out and "n=2 seeds: interval not meaningful" in out
+    assert "PPO on CartPole-v1, training return at the last update over 2 seeds" in out
+    assert "final return IQM [95% CI]" in out and "n=2 seeds: interval not meaningful" in out
     assert "+-" not in out
 
 
