@@ -188,21 +188,26 @@ def test_readme_python_example_runs():
 # --------------------------------------------------------------------------- the README's commands, run
 # Each `jaxmod ...` line of the README runs as written (same argv, in README order, relative paths in a fresh
 # folder), with budget flags appended after it (argparse: the last value of a flag wins), so only sizes shrink:
-# steps, envs, rollout and evaluation sizes. Lines that continue a run (--resume, --replay) and lines without a
-# budget (eval, plot, serve-advisor) get nothing appended.
+# steps, envs, rollout and evaluation sizes, and for ultra one compiled program for the advised methods
+# (--share-programs methods: the same numbers up to rounding, a third of the compiling). Lines that continue a run
+# (--resume, --replay) and lines without a budget (eval, plot, serve-advisor) get nothing appended.
 SHRINK_PPO = ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
 SHRINK = {
     "train": ["--total-steps", "768", "--chunks", "4", *SHRINK_PPO, "--quiet"],
     "ultra": ["--pretrain-steps", "512", "--refine-steps", "512", "--chunks", "2", "--collect-envs", "4",
               "--collect-steps", "32", "--eval-envs", "2", "--eval-steps", "32", "--episodes-per-round", "2",
-              "--mask-steps", "256", *SHRINK_PPO, "--quiet"],
+              "--mask-steps", "256", "--share-programs", "methods", *SHRINK_PPO, "--quiet"],
 }
 # README lines not run here, and why (each still parses and builds its config: test_jaxmod_command_parses)
 NOT_RUN = {
     "--model Qwen2.5-7B-Instruct": "needs a vLLM server serving Qwen2.5-7B-Instruct at 127.0.0.1:8000",
     "teacher:runs/strong/checkpoint --out runs/hopper-ultra": "needs a strong brax/hopper agent (hours of training)",
 }
-SLOW = ("train --env brax/hopper", "--advisor smollm2")  # a brax compile (~1 min); the 135M LLM answering on CPU (minutes)
+# `make test-slow` only: a brax compile (~1 min); the 135M LLM answering on CPU (minutes); further ULTRA runs
+# (1-2 CPU minutes each on a 2-core CPU) that the default suite's budget leaves out
+SLOW = ("train --env brax/hopper", "--advisor smollm2", "--out runs/cp-baselines", "--out runs/noisy",
+        "--out runs/control")
+STRONG = "train --env CartPole-v1 --out runs/strong"  # the teacher `runs/strong` the control line references
 
 
 def _readme_lines(command: str) -> list[str]:
@@ -221,6 +226,10 @@ def _run_readme_line(line: str) -> None:
     assert code == 0, f"README: jaxmod {line}: exit {code}"
 
 
+def _is(line: str, keys) -> bool:
+    return any(key in line for key in keys)
+
+
 @pytest.fixture
 def readme_folder(tmp_path, monkeypatch):
     """A fresh folder for the README's relative paths (runs/...), no advisor server in the environment, a
@@ -236,11 +245,9 @@ def readme_folder(tmp_path, monkeypatch):
 def test_readme_train_eval_plot_commands_run(readme_folder):
     """`train` (a fresh run, then --max-chunks 3 and --resume), `eval` (with --render) and `plot`, as the README
     shows them, in its order; what each says it writes is there."""
-    lines = [ln for c in ("train", "eval", "plot") for ln in _readme_lines(c)]
+    lines = [ln for c in ("train", "eval", "plot") for ln in _readme_lines(c) if not _is(ln, SLOW)]
     assert len(lines) >= 6
     for line in lines:
-        if any(s in line for s in SLOW):
-            continue
         _run_readme_line(line)
     assert (readme_folder / "runs/cartpole/tb").is_dir() and (readme_folder / "runs/cartpole/curve.png").is_file()
     assert (readme_folder / "episode.gif").read_bytes()[:6] == b"GIF89a"
@@ -251,22 +258,18 @@ def test_readme_train_eval_plot_commands_run(readme_folder):
 
 @pytest.mark.timeout(600)
 def test_readme_ultra_commands_run(readme_folder):
-    """Every `jaxmod ultra` line of the README but those in `NOT_RUN` and `SLOW`, in its order (--config and
-    --replay re-run the run before them). `runs/strong` (the teacher the README's control line references) is a
-    train run made here first, as `jaxmod train --env CartPole-v1 --out runs/strong` with the budget appended."""
+    """The `jaxmod ultra` lines of the README but those in `NOT_RUN` and `SLOW`, in its order: a run, --config and
+    --replay of it; the replay gives the run's numbers again."""
     import json
 
-    _run_readme_line("train --env CartPole-v1 --out runs/strong")
-    ran = 0
-    for line in _readme_lines("ultra"):
-        if any(key in line for key in NOT_RUN) or any(s in line for s in SLOW):
-            continue
+    lines = [ln for ln in _readme_lines("ultra") if not _is(ln, NOT_RUN) and not _is(ln, SLOW)]
+    assert [ln.split("--out ")[-1] for ln in lines] == ["runs/cp", "runs/cp-again", "runs/cp-replay"]
+    for line in lines:
         _run_readme_line(line)
-        ran += 1
-    assert ran >= 6
     first = json.loads((readme_folder / "runs/cp/ultra.json").read_text())
     again = json.loads((readme_folder / "runs/cp-replay/ultra.json").read_text())
     assert {"PPO", "A", "R", "RA"} <= set(first) and again["RA"]["eval_returns"] == first["RA"]["eval_returns"]
+    assert json.loads((readme_folder / "runs/cp-again/config.json").read_text())["seeds"] == 5  # cp's, as asked
 
 
 @pytest.mark.timeout(120)
@@ -302,5 +305,9 @@ def test_readme_serve_advisor_command_runs():
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("key", SLOW)
 def test_readme_slow_commands_run(key, readme_folder):
+    """A README line `make test-slow` runs (see `SLOW`); the control line's teacher `runs/strong` is a train run
+    made first, as `STRONG` with the budget appended (the README does not show how it was made)."""
     (line,) = [ln for c in ("train", "ultra") for ln in _readme_lines(c) if key in ln]
+    if "runs/strong" in line:
+        _run_readme_line(STRONG)
     _run_readme_line(line)
