@@ -23,7 +23,7 @@ $(LLM_STAMP): $(STAMP)
 local-llm: $(LLM_STAMP)
 
 demo: $(STAMP)
-	$(BIN)/jaxmod ultra --env CartPole-v1 --seeds 5 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/jaxmod ultra --env CartPole-v1 --seeds 5 --advisor scripted --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(LLM_STAMP)
 	$(BIN)/python -m pytest -q

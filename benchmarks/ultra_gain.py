@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxmod.methods import METHODS
 from jaxmod.reporting import gain_summary, seed_summary
+from jaxmod.stats import MIN_RUNS, few_runs_note
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
 PRESETS = {
@@ -36,9 +37,11 @@ PRESETS = {
 
 
 def markdown(rows: list[dict]) -> str:
-    """The printed table: final return IQM [95% CI] over seeds, paired gain over continued PPO with its verdict."""
+    """The printed table: final return IQM [95% CI] over seeds, paired gain over continued PPO with its verdict;
+    below `MIN_RUNS` seeds a note says the intervals mean little (and verdicts read "too few seeds")."""
+    note = few_runs_note(min((r["seeds"] for r in rows), default=MIN_RUNS))
     lines = ["", "Final evaluation return: IQM [95% bootstrap CI] over seeds; gain: IQM difference to continued PPO "
-             "from the same agents (paired bootstrap).", "",
+             "from the same agents (paired bootstrap)." + (f" {note}." if note else ""), "",
              "| env | advisor noise | method | start | final IQM [95% CI] | gain vs PPO | wall vs PPO | advice overhead |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -50,16 +53,21 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--envs", default="CartPole-v1,MountainCar-v0")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--envs", default="CartPole-v1,MountainCar-v0",
+                    help=f"comma list of env ids (presets for {', '.join(PRESETS)}; others run UltraSettings' "
+                         "defaults)")
+    ap.add_argument("--seeds", type=int, default=5,
+                    help=f"seeds per env and noise (the same agents for every method); below {MIN_RUNS} the "
+                         "intervals are not meaningful")
     ap.add_argument("--noise", default="0,0.3", help="comma list of advisor noise fractions")
     ap.add_argument("--kl-filter", action="store_true", help="KL only where the advised step's advantage > 0")
     ap.add_argument("--verify-samples", type=int, default=4, help="advice verification (0: off, trust every answer)")
     ap.add_argument("--consensus-radius", type=float, default=2.0, help="advice consensus (0: off)")
     ap.add_argument("--sync-advice", action="store_true",
                     help="wait for every advice round (reproducible; the default swaps rounds in when they arrive)")
-    ap.add_argument("--json", default="benchmarks/results/ultra_gain.json")
+    ap.add_argument("--json", default="benchmarks/results/ultra_gain.json", help="where the rows are written")
     args = ap.parse_args()
     rows = []
     for env_id in args.envs.split(","):

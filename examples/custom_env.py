@@ -8,6 +8,9 @@ while heat leaks to the outdoors. Any such object (or a brax `Env`) works the sa
     jaxmod.register_describer("Thermostat-v0", thermostat_describer())  # what prompts call each number
 
 Without a describer the env still runs; its prompts then show x0, x1, ... and a warning says how to write one.
+Importing this file registers both, so the command line can name the env as `module:EnvId`:
+
+    cd examples && jaxmod train --env custom_env:Thermostat-v0 --out runs/thermostat-ppo
 
 Run it:  python examples/custom_env.py --out runs/thermostat      (2 min of CPU time; mostly compiling)
 It trains PPO on several seeds in one program, saves seed 0 as a teacher, then runs ULTRA (PPO fine-tuning vs
@@ -112,6 +115,9 @@ def register() -> None:
     """Make `Thermostat-v0` known to jaxmod (idempotent: a second call replaces the first)."""
     jaxmod.register_env(ENV_ID, Thermostat())
     jaxmod.register_describer(ENV_ID, thermostat_describer())
+
+
+register()  # at import: `--env custom_env:Thermostat-v0` imports this module, which makes the id known
 
 
 def main(argv: list[str] | None = None) -> int:

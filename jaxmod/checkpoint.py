@@ -266,14 +266,31 @@ def _load_legacy(directory: Path, modulator: Modulator | None) -> Checkpoint:
     return Checkpoint(state=state, config=config, num_seeds=record["num_seeds"], meta=record["meta"])
 
 
+def step_folder(path: str | Path) -> tuple[Path, int] | None:
+    """(checkpoint folder, step) when `path` is one step of a checkpoint (`<run>/checkpoint/<update>`), else None."""
+    path = Path(path)
+    if path.name.isdigit() and int(path.name) in _steps(path.parent):
+        return path.parent, int(path.name)
+    return None
+
+
 def load_checkpoint(directory: str | Path, modulator: Modulator | None = None,
-                    warn: Callable[[str], None] | None = None) -> Checkpoint:
+                    warn: Callable[[str], None] | None = None, step: int | None = None) -> Checkpoint:
     """Restore the newest intact step `save_checkpoint` wrote (or an earlier jaxmod's single checkpoint); a refinement
     state needs the `modulator` it was trained with (its aux state's structure). Each damaged step skipped is one
-    line to `warn` (default: this module's logger) naming its file. Raises FileNotFoundError with the path if there is
-    no checkpoint, `CheckpointError` (one line, the newest step's damaged file) if every step is damaged, ValueError
-    if the saved state's structure differs from what `config` and `modulator` build."""
+    line to `warn` (default: this module's logger) naming its file. `step`: restore that step (an update count
+    saved there) and no other. Raises FileNotFoundError with the path if there is no checkpoint (or no such step),
+    `CheckpointError` (one line, the newest step's damaged file) if every step is damaged (or the step asked for
+    is), ValueError if the saved state's structure differs from what `config` and `modulator` build."""
     directory = Path(directory).absolute()
+    if step is not None:
+        if step not in _steps(directory):
+            raise FileNotFoundError(f"no step {step} in the jaxmod checkpoint at {directory} (saved: "
+                                    f"{', '.join(map(str, sorted(_steps(directory)))) or 'none'})")
+        try:
+            return _load_step(directory, step, modulator)
+        except _Damaged as err:
+            raise CheckpointError(f"{err}: the checkpoint of update {step} cannot be restored") from None
     if _is_legacy(directory) and not _steps(directory):
         return _load_legacy(directory, modulator)
     steps = _steps(directory)

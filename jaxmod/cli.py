@@ -128,6 +128,7 @@ def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
 
     if "" in (_peek(argv, "--env"), _peek(argv, "--env-id")):
         raise CLIError("--env is empty: name an env id or leave the flag out")
+    _check_aliases(argv)
     if path := _peek(argv, "--config"):
         data = read_config_file(path)
         if data.get("command", command) not in ("train", "ultra"):
@@ -155,6 +156,21 @@ def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
         data["env_id"] = env
     data.pop("command", None)
     return data
+
+
+def _check_aliases(argv: Sequence[str]) -> None:
+    """A flag and its alias (--env / --env-id, --total-steps / --total-timesteps) given with different values are
+    refused (argparse would keep the last one silently)."""
+    for flag, alias, value_of in (("--env", "--env-id", str), ("--total-steps", "--total-timesteps", parse_int)):
+        a, b = _peek(argv, flag), _peek(argv, alias)
+        if a is None or b is None:
+            continue
+        try:
+            same = value_of(a) == value_of(b)
+        except (argparse.ArgumentTypeError, ValueError):
+            same = a == b
+        if not same:
+            raise CLIError(f"{flag} {a} and its alias {alias} {b} disagree: give one of them")
 
 
 def _with_defaults(command: str, data: dict[str, Any], path: str) -> dict[str, Any]:
@@ -206,7 +222,7 @@ def _run_parser(sub: Any, command: str, text: str, default_out: str) -> argparse
                         help="start from a run's config.json (re-run it); other flags override it (default: none)")
     parser.add_argument("--out", default=None, help=f"run folder (default: {default_out})")
     parser.add_argument("--wandb", default=None, metavar="PROJECT",
-                        help="also log to this Weights & Biases project (needs `pip install wandb`); TensorBoard "
+                        help="also log to this Weights & Biases project (needs the `tracking` extra); TensorBoard "
                              "event files are always written to <out>/tb (default: off)")
     return parser
 
@@ -299,7 +315,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="redraw the learning curve of a run folder")
     plot.add_argument("run", help="run folder with metrics.jsonl")
     ev = sub.add_parser("eval", help="evaluate a saved policy with plain resets: per seed, and IQM with a 95%% CI")
-    ev.add_argument("run", help="a run folder with checkpoint/ (jaxmod train --out), or a checkpoint folder")
+    ev.add_argument("run", help="a run folder with checkpoint/ (jaxmod train --out), or a checkpoint folder (its "
+                                "newest update), or one update's folder in it (RUN/checkpoint/<update>)")
     ev.add_argument("--episodes", type=parse_int, default=32, metavar="N",
                     help=f"episodes per seed, at most {MAX_EPISODES:,} (default: %(default)s)")
     ev.add_argument("--deterministic", action="store_true",
@@ -535,7 +552,8 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from jaxmod.reporting import METRICS_FILE, plot_curves, read_metrics
+    from jaxmod.reporting import METRICS_FILE, plot_curves, read_metrics, seed_summary
+    from jaxmod.stats import few_runs_note
 
     run = _train_setup(args, argv)
     ppo, seeds, out = run.config.ppo, run.config.seeds, run.out
@@ -548,12 +566,14 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     data = read_metrics(out / METRICS_FILE)
     png = plot_curves([(ppo.env_id, data["env_steps"][:, 0], data["episode_return"])], out / "curve.png",
                       title=f"PPO on {ppo.env_id}")
-    final = data["episode_return"][-1]
-    table = Table(title="result")
-    for col in ("env", "seeds", "final return (mean +- std)", "compile s", "run s", "env steps/s"):
+    final = seed_summary(data["episode_return"][-1])  # each seed's training return at the last update
+    table = Table(title=f"result: PPO on {ppo.env_id}, training return at the last update over {seeds} seed"
+                        f"{'s' if seeds > 1 else ''}", caption=few_runs_note(seeds) or None, caption_justify="left")
+    for col in ("final return IQM [95% CI]", "mean (std)", "compile s", "run s", "env steps/s"):
         table.add_column(col)
     sps = f"{run.steps_run / run.run_s:,.0f}" if run.run_s > 0 else "-"
-    table.add_row(ppo.env_id, str(seeds), f"{final.mean():.2f} +- {final.std():.2f}",
+    mean, std = final.cell(".2f")
+    table.add_row(final.iqm_cell(".2f"), mean if final.mean is None else f"{mean} ({std})",
                   f"{run.compile_s:.1f}", f"{run.run_s:.1f}", sps)
     console.print(table)
     if not args.quiet:
@@ -562,14 +582,15 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     return 0
 
 
-def _restore(where: Path, missing_hint: str | None):
-    """`load_checkpoint(where)`, its failures as one line: a missing checkpoint (with `missing_hint`; None: return
-    None instead), or a damaged one (naming the file); a damaged newest checkpoint falling back to an earlier one is
-    a warning line."""
+def _restore(where: Path, missing_hint: str | None, step: int | None = None):
+    """`load_checkpoint(where)` (`step`: that update's only), its failures as one line: a missing checkpoint (with
+    `missing_hint`; None: return None instead), or a damaged one (naming the file); a damaged newest checkpoint
+    falling back to an earlier one is a warning line."""
     from jaxmod.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        return load_checkpoint(where, warn=lambda text: print(f"jaxmod: warning: {_one_line(text)}", file=sys.stderr))
+        return load_checkpoint(where, warn=lambda text: print(f"jaxmod: warning: {_one_line(text)}", file=sys.stderr),
+                               step=step)
     except FileNotFoundError as err:
         if missing_hint is None:
             return None
@@ -662,7 +683,11 @@ def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
     run = Path(args.run)
     if not (run / METRICS_FILE).is_file():
-        raise CLIError(f"no {METRICS_FILE} in {_p(run)}")
+        if (run / "ultra.json").is_file():
+            raise CLIError(f"{_p(run)} is a `jaxmod ultra` run: its plot is {_p(run / 'ultra.png')} (drawn by the run "
+                           "from "
+                           f"{_p(run / 'ultra.json')}); `jaxmod plot` redraws a `jaxmod train` run's curve")
+        raise CLIError(f"no {METRICS_FILE} in {_p(run)}: pass a `jaxmod train --out` folder")
     config: Any = {}
     if (run / CONFIG_FILE).exists():
         try:
@@ -806,9 +831,9 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     # an unknown env id is named as such, before the advisor is asked whether it knows it
     core = _make_env(config.ppo, args, args.config or (Path(args.replay) / CONFIG_FILE if args.replay else None))
     if args.render:
-        from jaxmod.render import check_render
+        from jaxmod.render import check_render, check_render_dir
 
-        check_render(core, Path(args.render) / "pretrained.gif")
+        check_render(core, check_render_dir(args.render, args.overwrite, list(METHODS)) / "pretrained.gif")
     config = _check_advisor(config, quiet=args.quiet)
     from jaxmod.ultra.pipeline import UltraRun
 
@@ -863,22 +888,28 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
     from rich.table import Table
 
     from jaxmod.methods import METHODS
-    from jaxmod.reporting import gain_summary, seed_summary
+    from jaxmod.reporting import WIN_RATE_ENVS, gain_summary, seed_summary, win_rate
+    from jaxmod.stats import few_runs_note
 
-    table = Table(title=f"evaluation return after {config.refine_steps:,} refinement steps per seed: IQM [95% "
-                        f"bootstrap CI] over {config.seeds} seeds; gain: paired, over fine-tuning the same agents")
+    rate = config.env_id in WIN_RATE_ENVS  # one-point games: the win rate, as ultra.png's axis (2 decimals)
+    unit, fmt = ("win rate, (return + 1) / 2", ".2f") if rate else ("return", ".1f")
+    table = Table(title=f"evaluation {unit} after {config.refine_steps:,} refinement steps per seed: IQM [95% "
+                        f"bootstrap CI] over {config.seeds} seeds; gain: paired, over fine-tuning the same agents",
+                  caption=few_runs_note(config.seeds) and f"{few_runs_note(config.seeds)}: no verdicts; run 5 or "
+                                                          "more --seeds" or None, caption_justify="left")
     for col in ("method", "start IQM", "final IQM [95% CI]", "final mean (std)", "gain vs fine-tune", "wall s",
                 "valid answers"):
         table.add_column(col, justify="right")
     valid = {st["variant"]: st["valid"] for st in run.advice_stats}
-    base = results.get("PPO")
+    finals = {name: win_rate(r.eval_returns[-1]) if rate else r.eval_returns[-1] for name, r in results.items()}
     for name, r in results.items():  # a seed with a non-finite return is named, never averaged
-        start, final = seed_summary(r.eval_returns[0]), seed_summary(r.eval_returns[-1])
-        mean, std = final.cell()
-        gain = gain_summary(r.eval_returns[-1], base.eval_returns[-1]) if base is not None and name != "PPO" else None
+        start = seed_summary(win_rate(r.eval_returns[0]) if rate else r.eval_returns[0])
+        final = seed_summary(finals[name])
+        mean, std = final.cell(fmt)
+        gain = gain_summary(finals[name], finals["PPO"]) if "PPO" in finals and name != "PPO" else None
         gain_cell = "-" if gain is None else \
-            f"{gain['iqm']:+.1f} [{gain['ci95'][0]:+.1f}, {gain['ci95'][1]:+.1f}] {gain['verdict']}"
-        table.add_row(METHODS[name].label, start.iqm_cell().split(" [")[0], final.iqm_cell(),
+            f"{gain['iqm']:+{fmt}} [{gain['ci95'][0]:+{fmt}}, {gain['ci95'][1]:+{fmt}}] {gain['verdict']}"
+        table.add_row(METHODS[name].label, start.iqm_cell(fmt).split(" [")[0], final.iqm_cell(fmt),
                       mean if final.mean is None else f"{mean} ({std})", gain_cell, f"{r.wall_s:.1f}",
                       _advice_mark(valid.get(name), config.seeds))
     console.print(table)
@@ -963,11 +994,11 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from jaxmod.checkpoint import has_checkpoint
+    from jaxmod.checkpoint import has_checkpoint, step_folder
     from jaxmod.config import MAX_SEED
     from jaxmod.ppo.acting import make_episode_evaluator
     from jaxmod.ppo.train import PPOLearner
-    from jaxmod.stats import iqm_ci
+    from jaxmod.stats import few_runs_note, iqm_ci
 
     if not 1 <= args.episodes <= MAX_EPISODES:
         raise CLIError(f"--episodes must lie in [1, {MAX_EPISODES:,}], got {args.episodes} (every episode runs as its "
@@ -980,10 +1011,14 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         headless_gl()  # before brax imports mujoco
     run = Path(args.run)
     where = run / "checkpoint" if has_checkpoint(run / "checkpoint") else run
-    if not has_checkpoint(where):
+    one_step = step_folder(run)  # RUN/checkpoint/<update>: that update's policy
+    if one_step is not None:
+        where = one_step[0]
+    elif not has_checkpoint(where):
         raise CLIError(f"no checkpoint in {_p(run)} (nor in {_p(run / 'checkpoint')}): pass a `jaxmod train --out` "
-                       "folder")
-    ckpt = _restore(where, "pass a `jaxmod train --out` folder")
+                       "folder, its "
+                       "checkpoint/ folder (the newest update) or one update's folder in it (checkpoint/<update>)")
+    ckpt = _restore(where, "pass a `jaxmod train --out` folder", None if one_step is None else one_step[1])
     learner = PPOLearner(ckpt.config)
     if args.render:
         from jaxmod.render import check_render
@@ -998,8 +1033,10 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         per_seed = np.asarray(jax.jit(jax.vmap(returns))(state.params, state.env_state.obs_rms, keys))
     if not np.all(np.isfinite(per_seed)):
         raise CLIError(f"the policy in {_p(where)} produced non-finite returns: the checkpoint is not usable")
-    table = Table(title=f"{ckpt.config.env_id}: {args.episodes} episodes per seed"
-                        f"{' (deterministic)' if args.deterministic else ''}")
+    update = f" (update {ckpt.step})" if getattr(ckpt, "step", None) is not None else ""
+    table = Table(title=f"{ckpt.config.env_id}{update}: {args.episodes} episodes per seed"
+                        f"{' (deterministic)' if args.deterministic else ''}",
+                  caption=few_runs_note(args.episodes, "episodes") or None, caption_justify="left")
     for col in ("seed", "mean return", "IQM [95% CI] over episodes"):
         table.add_column(col)
     for i, r in enumerate(per_seed):
@@ -1008,7 +1045,9 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     console.print(table)
     overall = iqm_ci(per_seed.mean(axis=1)) if len(per_seed) > 1 else iqm_ci(per_seed[0])
     over = "seeds' means" if len(per_seed) > 1 else "episodes"
-    console.print(f"IQM {overall} (95% bootstrap CI over {over}); mean {per_seed.mean():.2f}")
+    note = few_runs_note(overall.n, "seeds" if len(per_seed) > 1 else "episodes")
+    console.print(f"IQM {overall} (95% bootstrap CI over {over}{f'; {note}' if note else ''}); mean "
+                  f"{per_seed.mean():.2f}")
     if args.render:
         from jaxmod.render import render_episode
 

@@ -89,9 +89,43 @@ def check_path(path: str | Path) -> Path:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise RenderError(f"--render {path}: cannot write in {parent}: choose a folder you can write to")
+    if not parent.is_dir():
+        raise RenderError(f"--render {path}: cannot write in {parent} (a file): choose a folder you can write to")
+    try:  # by writing: os.access says yes to root everywhere (read-only file systems, /proc)
+        if path.exists():
+            with open(path, "ab"):  # an existing file: writable, left as it is
+                pass
+        elif parent == path.parent:
+            with open(path, "xb"):
+                pass
+            path.unlink()
+        else:  # missing folders are made when the GIF is written: probe the nearest existing one
+            import tempfile
+
+            tempfile.TemporaryDirectory(dir=parent, prefix=".jaxmod-probe-").cleanup()
+    except OSError as err:
+        raise RenderError(f"--render {path}: cannot write in {parent} ({err.strerror}): choose a folder you can "
+                          "write to") from None
     return path
+
+
+def check_render_dir(folder: str | Path, overwrite: bool = False, names: Sequence[str] = ()) -> Path:
+    """`folder` as a Path, if `jaxmod ultra --render` can write its GIFs there: a folder (made when missing),
+    not a file nor a name ending in .gif, and holding none of the GIFs a run writes (pretrained.gif and
+    `names`: <method>.gif) unless `overwrite` (they are replaced then). Raises `RenderError` (one line)."""
+    folder = Path(folder)
+    what = "--render takes a folder (ultra writes pretrained.gif and one GIF per method there)"
+    if folder.exists() and not folder.is_dir():
+        raise RenderError(f"{what}; {folder} is a file: name a folder")
+    if not folder.exists() and folder.suffix.lower() == ".gif":
+        raise RenderError(f"{what}; {folder} names a GIF file: name a folder (jaxmod eval --render takes a .gif)")
+    ours = sorted(p.name for p in (folder / n for n in ("pretrained.gif", *(f"{m}.gif" for m in names)))
+                  if p.exists()) if folder.is_dir() else []
+    if ours and not overwrite:
+        raise RenderError(f"--render {folder} already holds GIFs of a run ({', '.join(ours)}): choose another folder "
+                          "or pass --overwrite to replace them")
+    check_path(folder / "pretrained.gif")
+    return folder
 
 
 def check_render(core: EnvCore, path: str | Path) -> Drawer:

@@ -16,6 +16,10 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
+# below this many runs a percentile-bootstrap interval is too narrow to mean much (with 2 runs it is just [min,
+# max]; rliable's guidance is 5 or more): verdicts say "too few seeds" and intervals get a note (jaxmod's choice)
+MIN_RUNS = 5
+TOO_FEW = "too few seeds"
 
 
 @dataclass(frozen=True)
@@ -100,8 +104,19 @@ def iqm_difference_ci(a, b, confidence: float = CONFIDENCE, resamples: int = RES
                      confidence, resamples, seed)
 
 
+def few_runs_note(n: int, what: str = "seeds") -> str:
+    """A note to print next to intervals over `n` runs (`what`: "seeds", "episodes"): "" from `MIN_RUNS` runs on,
+    else e.g. "n=2 seeds: interval not meaningful (fewer than 5)"."""
+    if n >= MIN_RUNS:
+        return ""
+    return f"n={n} {what}: interval not meaningful (fewer than {MIN_RUNS})"
+
+
 def verdict(difference: Interval) -> str:
-    """'better' when the interval of a method's gain lies above 0, 'worse' below, else 'same' (within noise)."""
+    """'better' when the interval of a method's gain lies above 0, 'worse' below, else 'same' (within noise);
+    `TOO_FEW` ("too few seeds") when it rests on fewer than `MIN_RUNS` paired runs."""
+    if difference.n < MIN_RUNS:
+        return TOO_FEW
     if difference.low > 0:
         return "better"
     if difference.high < 0:

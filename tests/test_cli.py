@@ -414,7 +414,7 @@ def test_wandb_without_the_package_is_one_line(tmp_path, capsys):
         pytest.skip("wandb is installed here")
     assert main(["train", "--wandb", "proj", "--out", str(tmp_path / "w"), *TINY_FLAGS]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pip install wandb" in err[0] and not (tmp_path / "w").exists()
+    assert len(err) == 1 and "'.[tracking]'" in err[0] and not (tmp_path / "w").exists()
 
 
 def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_checkpoints(tmp_path, capsys,

@@ -188,3 +188,48 @@ def test_the_custom_env_example_runs(clean_registries, tmp_path, capsys, monkeyp
     assert "RA: final evaluation return, IQM [95% CI] over 2 seeds:" in printed
     asked = (tmp_path / "ex" / "ultra" / "transcript.jsonl").read_text()
     assert "room_temperature[degC]" in asked and "heater_full" in asked
+
+
+def test_the_generic_describers_warning_fits_a_continuous_env_and_names_the_public_imports(clean_registries):
+    """One continuous action dimension: "a0" (not "a0..a0"), its action bounds' fields, the public import path."""
+    import gymnax
+
+    env, _ = gymnax.make("Pendulum-v1")
+    register_env("jaxmod-test/MyPendulum-v0", env)
+    core = make_core("jaxmod-test/MyPendulum-v0")
+    with pytest.warns(GenericDescriberWarning) as caught:
+        describer_of(core)
+    text = str(caught[0].message)
+    assert "observation as x0..x2 and its action dimensions as a0," in text and "a0..a0" not in text
+    assert "from jaxmod.envs import Describer, EnvCard, raw_feature" in text and "action_low=" in text
+    assert "cart_position" not in text
+
+
+@pytest.mark.timeout(300)
+def test_the_cli_runs_a_users_env_named_module_colon_id(clean_registries, tmp_path, monkeypatch, capsys):
+    """`--env module:EnvId`: the module (here in the current folder) registers the env when imported; train, then
+    eval of its checkpoint (which names the same id) work from the command line; a module that registers nothing,
+    or cannot be imported, is one line; an unknown plain id hints at the module:EnvId form."""
+    from jaxmod.cli import main
+
+    (tmp_path / "my_corridors.py").write_text(
+        "import sys\nimport jaxmod\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_custom_env import Corridor\n"
+        "jaxmod.register_env('Corridor-v9', Corridor())\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_corridors", raising=False)
+    tiny = ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
+    assert main(["train", "--env", "my_corridors:Corridor-v9", "--seeds", "2", "--total-steps", "256", "--quiet",
+                 "--out", "run", *tiny]) == 0
+    assert json.loads((tmp_path / "run/config.json").read_text())["ppo"]["env_id"] == "my_corridors:Corridor-v9"
+    capsys.readouterr()
+    assert main(["eval", "run", "--episodes", "4"]) == 0
+    assert "my_corridors:Corridor-v9 (update 4): 4 episodes per seed" in " ".join(capsys.readouterr().out.split())
+    for env_id, says in (("my_corridors:Other-v0", "registered no env 'Other-v0'"),
+                         ("no_such_module:X-v0", "cannot import module 'no_such_module'"),
+                         ("Corridor-v8", "name it as module:EnvId")):
+        assert main(["train", "--env", env_id, "--out", "bad"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "bad").exists()

@@ -1,5 +1,7 @@
 """Every command in the README and docs/ is checked: each `jaxmod ...` line of a ```bash block parses with the product's
-own parser (and `train` / `ultra` lines build their config, as the command would, before anything compiles); each
+own parser (and `train` / `ultra` lines build their config, as the command would, before anything compiles); the
+README's `jaxmod` lines also RUN, in README order, as written with budget flags appended (see `SHRINK`; `NOT_RUN` and
+`SLOW` name the lines left to no test and to `make test-slow`, and why); each
 `python benchmarks/...` line names a script that exists and whose parser accepts the line's flags (run with
 `--help` appended: argparse checks the flags given before it, then prints the help and exits 0). The README's
 Python example runs end to end at a tiny budget (slow: it compiles four programs).
@@ -181,3 +183,131 @@ def test_readme_python_example_runs():
     ns: dict = {}
     exec(compile(small, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
     assert ns["refined"].state.params is not None
+
+
+# --------------------------------------------------------------------------- the README's commands, run
+# Each `jaxmod ...` line of the README runs as written (same argv, in README order, relative paths in a fresh
+# folder), with budget flags appended after it (argparse: the last value of a flag wins), so only sizes shrink:
+# steps, envs, rollout and evaluation sizes, and for ultra one compiled program for the advised methods
+# (--share-programs methods: the same numbers up to rounding, a third of the compiling). Lines that continue a run
+# (--resume, --replay) and lines without a budget (eval, plot, serve-advisor) get nothing appended.
+SHRINK_PPO = ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
+SHRINK = {
+    "train": ["--total-steps", "768", "--chunks", "4", *SHRINK_PPO, "--quiet"],
+    "ultra": ["--pretrain-steps", "512", "--refine-steps", "512", "--chunks", "2", "--collect-envs", "4",
+              "--collect-steps", "32", "--eval-envs", "2", "--eval-steps", "32", "--episodes-per-round", "2",
+              "--mask-steps", "256", "--share-programs", "methods", *SHRINK_PPO, "--quiet"],
+}
+# README lines not run here, and why (each still parses and builds its config: test_jaxmod_command_parses)
+NOT_RUN = {
+    "--model Qwen2.5-7B-Instruct": "needs a vLLM server serving Qwen2.5-7B-Instruct at 127.0.0.1:8000",
+    "teacher:runs/strong/checkpoint --out runs/hopper-ultra": "needs a strong brax/hopper agent (hours of training)",
+}
+# `make test-slow` only: a brax compile (~1 min); the 135M LLM answering on CPU (minutes); further ULTRA runs
+# (1-2 CPU minutes each on a 2-core CPU) that the default suite's budget leaves out
+SLOW = ("train --env brax/hopper", "--advisor smollm2", "--out runs/cp-baselines", "--out runs/noisy",
+        "--out runs/control")
+STRONG = "train --env CartPole-v1 --out runs/strong"  # the teacher `runs/strong` the control line references
+
+
+def _readme_lines(command: str) -> list[str]:
+    return [" ".join(a) for a in _commands(README, ("jaxmod",)) if a[0] == command]
+
+
+def _shrunk(argv: list[str]) -> list[str]:
+    if argv[0] in SHRINK and not {"--resume", "--replay"} & set(argv):
+        return [*argv, *SHRINK[argv[0]]]
+    return argv
+
+
+def _run_readme_line(line: str) -> None:
+    argv = shlex.split(line)
+    code = cli.main(_shrunk(argv))
+    assert code == 0, f"README: jaxmod {line}: exit {code}"
+
+
+def _is(line: str, keys) -> bool:
+    return any(key in line for key in keys)
+
+
+@pytest.fixture
+def readme_folder(tmp_path, monkeypatch):
+    """A fresh folder for the README's relative paths (runs/...), no advisor server in the environment, a
+    compile cache of its own (programs of the same shapes compile once across the lines)."""
+    for var in ("ADVISOR_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("JAXMOD_CACHE_DIR", str(tmp_path / "xla-cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.timeout(400)
+def test_readme_train_eval_plot_commands_run(readme_folder):
+    """`train` (a fresh run, then --max-chunks 3 and --resume), `eval` (with --render) and `plot`, as the README
+    shows them, in its order; what each says it writes is there."""
+    lines = [ln for c in ("train", "eval", "plot") for ln in _readme_lines(c) if not _is(ln, SLOW)]
+    assert len(lines) >= 6
+    for line in lines:
+        _run_readme_line(line)
+    assert (readme_folder / "runs/cartpole/tb").is_dir() and (readme_folder / "runs/cartpole/curve.png").is_file()
+    assert (readme_folder / "episode.gif").read_bytes()[:6] == b"GIF89a"
+    from jaxmod.reporting import read_metrics
+
+    assert read_metrics(readme_folder / "runs/long/metrics.jsonl")["episode_return"].shape[0] == 12  # resumed to the end
+
+
+@pytest.mark.timeout(600)
+def test_readme_ultra_commands_run(readme_folder):
+    """The `jaxmod ultra` lines of the README but those in `NOT_RUN` and `SLOW`, in its order: a run, --config and
+    --replay of it; the replay gives the run's numbers again."""
+    import json
+
+    lines = [ln for ln in _readme_lines("ultra") if not _is(ln, NOT_RUN) and not _is(ln, SLOW)]
+    assert [ln.split("--out ")[-1] for ln in lines] == ["runs/cp", "runs/cp-again", "runs/cp-replay"]
+    for line in lines:
+        _run_readme_line(line)
+    first = json.loads((readme_folder / "runs/cp/ultra.json").read_text())
+    again = json.loads((readme_folder / "runs/cp-replay/ultra.json").read_text())
+    assert {"PPO", "A", "R", "RA"} <= set(first) and again["RA"]["eval_returns"] == first["RA"]["eval_returns"]
+    assert json.loads((readme_folder / "runs/cp-again/config.json").read_text())["seeds"] == 5  # cp's, as asked
+
+
+@pytest.mark.timeout(120)
+def test_readme_serve_advisor_command_runs():
+    """The README's `serve-advisor` line serves an OpenAI-compatible API (on a free port appended to the line: a
+    test must not take a fixed port), and answers /v1/models."""
+    import socket
+    import time
+    import urllib.request
+
+    (line,) = _readme_lines("serve-advisor")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "jaxmod", *shlex.split(line), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, answer = time.monotonic() + 100, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as resp:
+                    answer = json.loads(resp.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert answer is not None and answer["data"], proc.stdout.read() if proc.poll() is not None else "no answer"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("key", SLOW)
+def test_readme_slow_commands_run(key, readme_folder):
+    """A README line `make test-slow` runs (see `SLOW`); the control line's teacher `runs/strong` is a train run
+    made first, as `STRONG` with the budget appended (the README does not show how it was made)."""
+    (line,) = [ln for c in ("train", "ultra") for ln in _readme_lines(c) if key in ln]
+    if "runs/strong" in line:
+        _run_readme_line(STRONG)
+    _run_readme_line(line)

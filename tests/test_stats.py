@@ -32,6 +32,8 @@ def test_paired_difference_and_verdict():
     assert verdict(iqm_difference_ci(base - 5.0 + np.random.default_rng(4).normal(0, 0.5, 10), base)) == "worse"
     noisy = iqm_difference_ci(np.random.default_rng(5).normal(0, 50, 10), base)
     assert verdict(noisy) == "same" and noisy.low < 0 < noisy.high
+    few = iqm_difference_ci(base[:4] + 5.0, base[:4])  # 4 paired runs: an interval of nothing much
+    assert few.low > 0 and verdict(few) == "too few seeds"
 
 
 def test_a_failed_run_is_never_averaged_away():
@@ -96,12 +98,35 @@ def test_an_ultra_run_reports_iqm_intervals_gains_and_pongs_win_rate(tmp_path, m
                                                                                                   0.95, 0.65])
     assert (tmp_path / "run" / "ultra.png").stat().st_size > 0
 
-    console = Console(record=True, width=250)
+    console = Console(record=True, width=250)  # the CLI's table: Pong's in win rate, as its plot (2 decimals)
     _print_ultra_results(console, config, run, _results(), tmp_path)
     text = console.export_text()
-    assert "final IQM [95% CI]" in text and "gain vs fine-tune" in text
-    assert f"0.5 [{ra['final']['ci95'][0]:.1f}, {ra['final']['ci95'][1]:.1f}]" in text and "+0.5 [" in text
-    assert "better" in text
+    assert "evaluation win rate" in text and "final IQM [95% CI]" in text and "gain vs fine-tune" in text
+    rate = ra["final_win_rate"]
+    assert f"0.75 [{rate['ci95'][0]:.2f}, {rate['ci95'][1]:.2f}]" in text and "+0.25 [" in text
+    assert "better" in text and "not meaningful" not in text
+
+
+def test_fewer_than_five_seeds_give_no_verdict_and_a_note_next_to_the_intervals(tmp_path):
+    """ultra.json's verdict, the CLI's ultra table and its log line: with 2 seeds the bootstrap interval is just
+    [min, max], so no verdict is given and a note says so."""
+    import json
+
+    from rich.console import Console
+
+    from jaxmod.cli import _print_ultra_results
+    from jaxmod.ultra.config import UltraConfig
+    from jaxmod.ultra.pipeline import UltraRun
+
+    config = UltraConfig.flat(env_id="CartPole-v1", seeds=2, variants=("PPO", "RA"))
+    run = UltraRun(config, tmp_path / "run")
+    run.write(_results(2))
+    assert json.loads((tmp_path / "run" / "ultra.json").read_text())["RA"]["gain_vs_ppo"]["verdict"] == "too few seeds"
+    console = Console(record=True, width=250)
+    _print_ultra_results(console, config, run, _results(2), tmp_path)
+    text = console.export_text()
+    assert "too few seeds" in text and "n=2 seeds: interval not meaningful (fewer than 5): no verdicts" in text
+    assert "better" not in text and "worse" not in text
 
 
 def test_plots_have_their_legend_outside_the_curves(tmp_path, monkeypatch):
@@ -121,3 +146,13 @@ def test_plots_have_their_legend_outside_the_curves(tmp_path, monkeypatch):
     assert legend.x0 >= ax.get_window_extent().x1  # right of the axes: it hides no curve
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["PPO (IQM of 3 seeds, 95% CI)",
                                                                     "ULTRA-RA (IQM of 3 seeds, 95% CI)"]
+
+
+def test_ultra_gains_table_notes_fewer_than_five_seeds():
+    from benchmarks.ultra_gain import markdown
+
+    row = {"env": "CartPole-v1", "noise": 0.0, "variant": "RA", "start": 20.0, "final_cell": "30.0 [20.0, 40.0]",
+           "gain_vs_ppo": {"iqm": 5.0, "ci95": [1.0, 9.0], "verdict": "too few seeds"}, "wall_vs_ppo": 1.0,
+           "advice_overhead_frac": 0.0}
+    assert "n=2 seeds: interval not meaningful (fewer than 5)." in markdown([{**row, "seeds": 2}])
+    assert "not meaningful" not in markdown([{**row, "seeds": 5}])

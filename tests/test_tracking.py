@@ -28,3 +28,68 @@ def test_nothing_is_created_before_the_first_scalar(tmp_path):
     with Tracker(tmp_path / "run"):
         pass
     assert not (tmp_path / "run").exists()
+
+
+class _FakeWandb:
+    """Stands in for the optional wandb package (not installed in CI): records what a run logs."""
+
+    def __init__(self):
+        import importlib.machinery
+
+        self.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+        self.logged, self.step_metrics, self.finished = [], {}, False
+
+    def init(self, **kwargs):
+        self.init_kwargs = kwargs
+        return self
+
+    def define_metric(self, name, step_metric=None):
+        self.step_metrics[name] = step_metric
+
+    def log(self, values, step=None):
+        self.logged.append((dict(values), step))
+
+    def finish(self):
+        self.finished = True
+
+
+@pytest.mark.timeout(300)
+def test_an_ultra_run_logs_pretraining_and_each_methods_curves(tmp_path, monkeypatch):
+    """`jaxmod ultra`: sub-runs pretrain/ and one per method with train's tags (charts/..., losses/...), each
+    method's eval/return from step 0 (the pre-trained agents, as ultra.png) to its last chunk, advice/<name> per
+    chunk; with --wandb the same tags, prefixed by the sub-run, against the sub-run's own env steps."""
+    import json
+    import sys
+
+    from jaxmod.cli import main
+    from jaxmod.tracking import sub_runs
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    out = tmp_path / "run"
+    assert main(["ultra", "--env", "CartPole-v1", "--variant", "PPO,RA", "--advisor", "random", "--seeds", "2",
+                 "--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2",
+                 "--pretrain-steps", "256", "--refine-steps", "256", "--chunks", "2", "--collect-envs", "4",
+                 "--collect-steps", "32", "--eval-envs", "2", "--eval-steps", "32", "--episodes-per-round", "2",
+                 "--wandb", "proj", "--quiet", "--out", str(out)]) == 0
+    assert sub_runs(out) == ["PPO", "RA", "pretrain"]
+    summary = json.loads((out / "ultra.json").read_text())
+    train_tags = {f"charts/{n}" for n in ("episode_return", "episode_length", "env_steps", "lr")} | {
+        f"losses/{n}" for n in ("actor_loss", "value_loss", "entropy", "approx_kl", "clip_frac", "loss")}
+    pre = read_events(out, "pretrain")
+    assert train_tags <= set(pre) and [s for s, _ in pre["charts/episode_return"]] == [64, 128, 192, 256]
+    for method in ("PPO", "RA"):
+        ev = read_events(out, method)
+        assert train_tags <= set(ev), sorted(ev)
+        assert [s for s, _ in ev["charts/episode_return"]] == [64, 128, 192, 256]
+        assert ev["eval/return"] == [(s, pytest.approx(sum(r) / len(r))) for s, r in
+                                     zip(summary[method]["steps"], summary[method]["eval_returns"], strict=True)]
+        assert ev["eval/return"][0][0] == 0
+    assert "losses/advice_kl" in read_events(out, "RA") and "losses/advice_kl" not in read_events(out, "PPO")
+    assert {"advice/critical_frac", "advice/advice_valid", "advice/restarts"} <= set(read_events(out, "RA"))
+    assert not any(t.startswith("advice/") for t in read_events(out, "PPO"))
+    # W&B: one run; each sub-run's tags against its own step (refinement restarts at 0 for every method)
+    assert fake.finished and fake.step_metrics["RA/*"] == "RA/env_steps"
+    ra = [(v["RA/env_steps"], v["RA/eval/return"]) for v, step in fake.logged if "RA/eval/return" in v]
+    assert [s for s, _ in ra] == summary["RA"]["steps"]
+    assert all(step is None for values, step in fake.logged if "RA/env_steps" in values)

@@ -54,13 +54,14 @@ def brax_envs() -> Any:
     The import is quiet about known harmless messages, and only those: the "Failed to import warp" lines that
     mujoco's MJX prints when NVIDIA warp is not installed (other printed lines pass through), brax's "Brax System,
     piplines and environments are not actively being maintained" UserWarning on every env build, its use of a
-    deprecated mujoco field (`ncon`) and jaxopt's "no longer maintained" notice (warnings filters on those
+    deprecated mujoco fields (`ncon`, `contact`) and jaxopt's "no longer maintained" notice (warnings filters on those
     messages; every other warning is shown as usual)."""
     warnings.filterwarnings("ignore", message="Brax System, piplines and environments", category=UserWarning,
                             module="brax")
     warnings.filterwarnings("ignore", message="JAXopt is no longer maintained", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message="Accessing `ncon` directly from `Data` is deprecated",
-                            category=DeprecationWarning, module="brax")
+    for field in ("ncon", "contact"):  # brax reads both mujoco fields the deprecated way
+        warnings.filterwarnings("ignore", message=f"Accessing `{field}` directly from `Data` is deprecated",
+                                category=DeprecationWarning, module="brax")
     if "brax.envs" in sys.modules:
         return sys.modules["brax.envs"]
     printed = io.StringIO()

@@ -77,11 +77,16 @@ def generic_describer(env_id: str, obs_shape: tuple[int, ...] | None, action_dim
     """Features x0..x{n-1} (the flat observation), actions a0..a{m-1}; warns once per env how to do better."""
     dim = flat_dim(obs_shape)
     m = int(action_dim or (len(action_bounds[0]) if action_bounds else 2))
+    xs = "x0" if dim == 1 else f"x0..x{dim - 1}"
+    kind = "actions" if action_bounds is None else "action dimensions"
+    acts = "a0" if m == 1 else f"a0..a{m - 1}"
+    action_kw = "action_names=(...)" if action_bounds is None else "action_dims=(...), action_low=..., action_high=..."
     warnings.warn(
-        f"no describer for {env_id}: prompts show its observation as x0..x{dim - 1} and its actions as "
-        f"a0..a{m - 1}, with no goal or units. Write one, e.g. Describer(EnvCard({env_id!r}, goal=..., "
-        "termination=..., reward=..., action_names=(...)), (raw_feature('cart_position', 'm', 0), ...)) from "
-        f"jaxmod.envs.describe, and call jaxmod.envs.register_describer({env_id!r}, describer) before the run",
+        f"no describer for {env_id}: prompts show its observation as {xs} and its {kind} as {acts}, with no goal "
+        "or units. Write one with `from jaxmod.envs import Describer, EnvCard, raw_feature`: "
+        f"Describer(EnvCard({env_id!r}, goal=..., termination=..., reward=..., {action_kw}), "
+        f"(raw_feature('<name of x0>', '<unit>', 0), ...)), and call jaxmod.register_describer({env_id!r}, "
+        "describer) before the run (examples/custom_env.py)",
         GenericDescriberWarning, stacklevel=3)
     names = tuple(f"a{i}" for i in range(m))
     common = dict(goal="maximise return", termination="the env's own termination or time limit",

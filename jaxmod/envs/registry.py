@@ -17,8 +17,8 @@ from jaxmod.envs.describe import Describer
 from jaxmod.envs.describers import describer_for, register_describer
 from jaxmod.envs.vec_env import VecEnv
 
-__all__ = ["BraxMissingError", "UnknownEnvError", "describer_for", "describer_of", "list_env_ids", "make", "make_core",
-           "register", "register_describer", "register_env", "registered_family"]
+__all__ = ["BraxMissingError", "UnknownEnvError", "describer_for", "describer_of", "list_env_ids", "load_env_module",
+           "make", "make_core", "register", "register_describer", "register_env", "registered_family"]
 
 BRAX_PREFIX = "brax/"
 
@@ -74,8 +74,43 @@ def register_env(env_id: str, env: Any, *, family: str = CUSTOM_FAMILY, max_step
 
 
 def registered_family(env_id: str) -> str | None:
-    """The family `env_id` was registered with by `register_env`, if it was."""
+    """The family `env_id` was registered with by `register_env`, if it was (a `module:EnvId` id imports its
+    module first, see `load_env_module`; one that cannot be loaded has none)."""
+    try:
+        load_env_module(env_id)
+    except UnknownEnvError:
+        return None
     return _FAMILIES.get(env_id)
+
+
+def load_env_module(env_id: str) -> None:
+    """For an id `module:EnvId` (what the CLI's `--env` takes for your own env): import `module` (a dotted module
+    name, found on the Python path or in the current folder), which registers `EnvId` with `register_env` when
+    imported, and register the env under the whole id too (so configs, checkpoints and `--resume` name it, and
+    import it again in a new process). Other ids: nothing. Raises `UnknownEnvError` when the module cannot be
+    imported or registers no `EnvId`."""
+    if not isinstance(env_id, str) or env_id in _OWN_ENVS or ":" not in env_id:
+        return
+    module, name = env_id.split(":", 1)
+    if not module.replace(".", "").replace("_", "").isalnum() or not name:
+        return
+    import importlib
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:  # the `jaxmod` script's path starts at its own folder
+        sys.path.append(os.getcwd())
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise UnknownEnvError(f"env {env_id!r}: cannot import module {module!r} ({err}): put {module}.py in the "
+                              "current folder or on PYTHONPATH") from None
+    if name not in _OWN_ENVS:
+        raise UnknownEnvError(f"env {env_id!r}: importing {module} registered no env {name!r}; call "
+                              f"jaxmod.register_env({name!r}, env) in {module} when it is imported")
+    _OWN_ENVS[env_id] = _OWN_ENVS[name]
+    if name in _FAMILIES:
+        _FAMILIES[env_id] = _FAMILIES[name]
 
 
 def _is_instance(env: Any) -> bool:
@@ -124,6 +159,7 @@ def make_core(env: Any, **options: Any) -> EnvCore:
         return _wrap(name if isinstance(name, str) and name else type(env).__name__, env, CUSTOM_FAMILY, None,
                      **options)
     env_id = env
+    load_env_module(env_id)
     if env_id in _OWN_ENVS:
         return _OWN_ENVS[env_id](**options)
     if env_id.startswith(BRAX_PREFIX):
@@ -184,4 +220,6 @@ def _unknown(env_id: str) -> None:
     valid = list_env_ids()
     close = difflib.get_close_matches(env_id, valid, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise UnknownEnvError(f"unknown env id {env_id!r}.{hint} Valid ids: {', '.join(valid)}")
+    raise UnknownEnvError(f"unknown env id {env_id!r}.{hint} Your own env: register it with "
+                          "jaxmod.register_env(EnvId, env) in a module and name it as module:EnvId (e.g. --env "
+                          f"myenvs:Hover-v0; examples/custom_env.py). Valid ids: {', '.join(valid)}")

@@ -49,6 +49,7 @@ from jaxmod.reporting import (
     seed_summary,
     win_rate,
 )
+from jaxmod.stats import few_runs_note
 from jaxmod.ultra.advise import CriticalRow
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import make_collector
@@ -225,12 +226,14 @@ class UltraRun:
         self.render_dir = None if render_dir is None else Path(render_dir)
         self._renderer = None
         if self.render_dir is not None:  # one recorder for every policy of the run (the same env and network)
-            from jaxmod.render import EpisodeRenderer, check_path
+            from jaxmod.render import EpisodeRenderer, check_render_dir
 
-            check_path(self.render_dir / "pretrained.gif")
+            check_render_dir(self.render_dir, overwrite, list(METHODS))
+            for old in (self.render_dir / f"{n}.gif" for n in ("pretrained", *METHODS)):  # not mixed with this run's
+                old.unlink(missing_ok=True)
             self._renderer = EpisodeRenderer(self.agent_learner.env, self.agent_learner.net)
         self.advisor_factory = advisor_factory
-        self.tracker = tracker  # a `jaxmod.tracking.Tracker` (or anything with `scalars(values, step)`), or None
+        self.tracker = tracker  # a `jaxmod.tracking.Tracker` (sub-runs "pretrain" and one per method), or None
         if (self.out / "ultra.json").exists() and not overwrite:
             raise ConfigError(f"{self.out} already holds an ULTRA run; choose another output folder or overwrite it")
         self.transcript = Transcript(self.out / "transcript.jsonl", overwrite=overwrite)
@@ -279,6 +282,9 @@ class UltraRun:
         check_finite(jax.device_get(metrics), "PPO pretraining", "", f"the run stops; a smaller --lr (now "
                      f"{cfg.lr:g}) or fewer --pretrain-steps may help", span=f"of {cfg.num_updates}")
         metrics.pop(PARAMS_FINITE)
+        if self.tracker is not None:  # the pre-training's curves, sub-run "pretrain"
+            host = jax.device_get(metrics)
+            self.tracker.sub("pretrain").ppo_metrics(host, np.asarray(host["env_steps"])[0])
         self.log(f"pretrained {self.s.seeds} sub-optimal agents in {time.perf_counter() - t0:.1f}s "
                  f"(training return {np.asarray(metrics['episode_return'])[:, -1].mean():.1f})")
         if saved is not None:
@@ -403,6 +409,7 @@ class UltraRun:
         return rounds
 
     def _refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
+        """`refine` (in the frozen heap): build, compile, run the chunks, then report on the advice."""
         s = self.s
         guide_steps = max(1, round(self.agent_episodes(pre_state)[1])) if variant in BASELINES else 1
         learner, state = self.refinement_start(variant, pre_state, guide_steps)
@@ -417,6 +424,30 @@ class UltraRun:
         self._programs[s.program_group(variant)] = program
         self.log(f"{variant}: compiled in {result.compile_s:.1f}s" if result.compile_s > 0 else
                  f"{variant}: runs through the program compiled for {', '.join(s.program_group(variant))}")
+        modulated = not learner.modulator.identity
+        no_swap: dict[str, Any] = {"swapped_advice": False, **({"advisor_latency_s": None} if modulated else {})}
+        try:
+            loop = refine_chunks(program, state, advice, rounds, self.schedule(variant),
+                                 self._reader(result, learner, program), no_swap)
+        except NonFiniteError as err:
+            if rounds is not None:
+                rounds.cancel()
+            err.result = result  # what the variant did up to the stop, for the run's summary
+            raise
+        result.wall_s = loop.wall_s
+        self.render(f"{variant}.gif", loop.state)
+        if rounds is not None:
+            self._record_advice_stats(result, rounds, loop, advisor)
+            rounds.cancel()
+        self._warn_if_reward_never_acted(result)
+        return result
+
+    def _reader(self, result: VariantResult, learner: PPOLearner, program: RefinementProgram) -> Callable:
+        """`refine_chunks`'s `read(mean, done, row, metrics)` for `result`'s method: records an evaluation ([S]
+        mean returns; row None: the one before refinement) and its chunk's row; called while the device runs the
+        next chunk. Stops the run (`NonFiniteError`) at a non-finite loss, parameter or return, from values the
+        host reads anyway."""
+        s, variant = self.s, result.name
         cfg, modulated = learner.config, not learner.modulator.identity
         label = METHODS[variant].label
         chunks = math.ceil(cfg.num_updates / program.chunk_updates)
@@ -424,8 +455,6 @@ class UltraRun:
                 f"(now {s.refine_lr:g}){' or --kl-coef' if modulated and s.modulation.uses_kl else ''} may help")
 
         def read(mean, done: int, row: dict[str, Any] | None, metrics) -> None:
-            """Record an evaluation (and its chunk's row); called while the device runs the next chunk. Stops the run
-            (`NonFiniteError`) at a non-finite loss, parameter or return, from values the host reads anyway."""
             mean = np.asarray(mean)  # the chunk is done: its evaluation ran after it
             if row is None:  # the evaluation before refinement
                 check_finite({"eval_return": mean}, label, "before refinement", hint)
@@ -435,58 +464,66 @@ class UltraRun:
                              hint)
             result.steps.append(min(done, cfg.num_updates) * cfg.batch_size)
             result.eval_returns.append(mean.tolist())
-            if row is None:
-                return
-            row["eval_return"] = float(np.mean(mean))
-            if modulated:
-                row.update(_modulation_row(metrics, cfg.batch_size))
-                self._report_switch_off(result, row, s.seeds)
-            result.chunk_metrics.append(row)
-            if self.tracker is not None:  # eval/<method>/return and the chunk's numbers as advice/<method>/<name>
-                self.tracker.scalars({f"eval/{variant}/return": row["eval_return"], **{
-                    f"advice/{variant}/{k}": v for k, v in row.items()
-                    if k not in ("eval_return", "chunk") and isinstance(v, (int, float)) and not isinstance(v, bool)}},
-                    result.steps[-1])
-            self.progress(variant, min(done, cfg.num_updates), cfg.num_updates)
+            if row is not None:
+                row["eval_return"] = float(np.mean(mean))
+                if modulated:
+                    row.update(_modulation_row(metrics, cfg.batch_size))
+                    self._report_switch_off(result, row, s.seeds)
+                result.chunk_metrics.append(row)
+            self._track(variant, result.steps[-1], mean, row, metrics)
+            if row is not None:
+                self.progress(variant, min(done, cfg.num_updates), cfg.num_updates)
 
-        no_swap: dict[str, Any] = {"swapped_advice": False, **({"advisor_latency_s": None} if modulated else {})}
-        try:
-            loop = refine_chunks(program, state, advice, rounds, self.schedule(variant), read, no_swap)
-        except NonFiniteError as err:
-            if rounds is not None:
-                rounds.cancel()
-            err.result = result  # what the variant did up to the stop, for the run's summary
-            raise
-        result.wall_s = loop.wall_s
-        self.render(f"{variant}.gif", loop.state)
-        if rounds is not None:
-            st = advisor.advisor.stats.as_dict()
-            # every wait for the advisor happens inside the loop's wall time (the first round's too): the overhead
-            first = next((row["chunk"] for row in result.chunk_metrics if row.get("swapped_advice")), None)
-            agree, judged = rounds.agreement
-            if self.reference is not None:
-                self.log(f"{variant}: the advisor agrees with the reference policy on {agree}/{judged} valid answers"
-                         + (f" ({agree / judged:.0%})" if judged else ""))
-            self.advice_stats.append({"variant": variant, "advice_overhead_s": round(loop.stall_s, 3),
-                                      "advice_overhead_frac": loop.stall_s / max(result.wall_s, 1e-9),
-                                      "initial_advice_s": round(loop.first_wait_s, 3),
-                                      "stall_in_refinement_s": round(loop.stall_s, 3),
-                                      "first_advice_chunk": first, "context_tokens": advisor.advisor.context,
-                                      "protocol": s.advisor.protocol,
-                                      "reference_agreement": agree / judged if judged else None,
-                                      "reference_judged": judged, **st, **rounds.sharing})
-            self.log(f"{variant}: advice rounds asked about {rounds.sharing['round_asked']} of "
-                     f"{rounds.sharing['round_candidates']} episodes ({rounds.sharing['round_deduplicated']} "
-                     f"deduplicated, {rounds.sharing['round_unasked']} over the budget), "
-                     f"{rounds.sharing['answers_shared']} answers shared with other seeds")
-            rounds.cancel()
+        return read
+
+    def _track(self, variant: str, step: int, mean: np.ndarray, row: dict[str, Any] | None, metrics) -> None:
+        """Log to `variant`'s sub-run of the run's tracker (`jaxmod.tracking`): after a chunk (`row`) its training
+        curves (`charts/...`, `losses/...` per update, metrics [S, updates] on the host) and its row's numbers as
+        `advice/<name>`; then the evaluation return `eval/return` (mean of `mean` [S] over seeds) at `step` env
+        steps per seed (0: the pre-trained agents)."""
+        if self.tracker is None:
+            return
+        sub = self.tracker.sub(variant)
+        if row is not None:
+            sub.ppo_metrics(metrics, np.asarray(metrics["env_steps"])[0])
+            sub.scalars({f"advice/{k}": v for k, v in row.items() if k not in ("eval_return", "chunk")
+                         and isinstance(v, (int, float)) and not isinstance(v, bool)}, step)
+        sub.scalars({"eval/return": float(np.mean(mean))}, step)
+        sub.flush()
+
+    def _record_advice_stats(self, result: VariantResult, rounds: AdviceRounds, loop: Any,
+                             advisor: AdvisorThread) -> None:
+        """After an advised method: its advisor's accounting and the advice's overhead in `advice_stats` (and the
+        agreement with the reference policy in the log)."""
+        variant = result.name
+        st = advisor.advisor.stats.as_dict()
+        # every wait for the advisor happens inside the loop's wall time (the first round's too): the overhead
+        first = next((row["chunk"] for row in result.chunk_metrics if row.get("swapped_advice")), None)
+        agree, judged = rounds.agreement
+        if self.reference is not None:
+            self.log(f"{variant}: the advisor agrees with the reference policy on {agree}/{judged} valid answers"
+                     + (f" ({agree / judged:.0%})" if judged else ""))
+        self.advice_stats.append({"variant": variant, "advice_overhead_s": round(loop.stall_s, 3),
+                                  "advice_overhead_frac": loop.stall_s / max(result.wall_s, 1e-9),
+                                  "initial_advice_s": round(loop.first_wait_s, 3),
+                                  "stall_in_refinement_s": round(loop.stall_s, 3),
+                                  "first_advice_chunk": first, "context_tokens": advisor.advisor.context,
+                                  "protocol": self.s.advisor.protocol,
+                                  "reference_agreement": agree / judged if judged else None,
+                                  "reference_judged": judged, **st, **rounds.sharing})
+        self.log(f"{variant}: advice rounds asked about {rounds.sharing['round_asked']} of "
+                 f"{rounds.sharing['round_candidates']} episodes ({rounds.sharing['round_deduplicated']} "
+                 f"deduplicated, {rounds.sharing['round_unasked']} over the budget), "
+                 f"{rounds.sharing['answers_shared']} answers shared with other seeds")
+
+    def _warn_if_reward_never_acted(self, result: VariantResult) -> None:
+        """Warn when a method with ULTRA-R ran with a shaping bonus of zero in every chunk."""
         shaped = [row["shaping"] for row in result.chunk_metrics if "shaping" in row]
-        shapes = variant in VARIANT_SWITCHES and VARIANT_SWITCHES[variant][1]  # a method with ULTRA-R
+        shapes = result.name in VARIANT_SWITCHES and VARIANT_SWITCHES[result.name][1]  # a method with ULTRA-R
         if shapes and shaped and not any(shaped):  # ULTRA-R's bonus scales with trust, which no slot earned here
-            self.warn(f"{variant}: the implicit reward never acted (no advice slot earned trust: advice must beat the "
-                     "policy's own actions at its critical states first; a longer refinement or more advice gathers "
-                     "that evidence), so its reward was the env's alone")
-        return result
+            self.warn(f"{result.name}: the implicit reward never acted (no advice slot earned trust: advice must beat "
+                      "the policy's own actions at its critical states first; a longer refinement or more advice "
+                      "gathers that evidence), so its reward was the env's alone")
 
     def _report_switch_off(self, result: VariantResult, row: dict[str, Any], seeds: int) -> None:
         """Say so (once per variant, and again whenever more seeds follow) when verification switches the advisor
@@ -528,8 +565,9 @@ class UltraRun:
                     raise
                 r = results[variant]
                 start, final = seed_summary(r.eval_returns[0]), seed_summary(r.eval_returns[-1])
+                note = few_runs_note(final.seeds)
                 self.log(f"{variant}: eval return IQM {start.iqm_cell()} -> {final.iqm_cell()} (95% CIs over "
-                         f"{final.seeds} seeds) in {r.wall_s:.1f}s")
+                         f"{final.seeds} seeds{f'; {note}' if note else ''}) in {r.wall_s:.1f}s")
         self.write(results)
         return results
 
