@@ -685,8 +685,7 @@ def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if not (run / METRICS_FILE).is_file():
         if (run / "ultra.json").is_file():
             raise CLIError(f"{_p(run)} is a `jaxmod ultra` run: its plot is {_p(run / 'ultra.png')} (drawn by the run "
-                           "from "
-                           f"{_p(run / 'ultra.json')}); `jaxmod plot` redraws a `jaxmod train` run's curve")
+                           f"from {_p(run / 'ultra.json')}); `jaxmod plot` redraws a `jaxmod train` run's curve")
         raise CLIError(f"no {METRICS_FILE} in {_p(run)}: pass a `jaxmod train --out` folder")
     config: Any = {}
     if (run / CONFIG_FILE).exists():
@@ -985,54 +984,29 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    """Evaluate every seed of a checkpoint on `--episodes` fresh episodes (each env's first episode: none favoured
-    for being short); print per-seed means and the IQM with a 95% bootstrap interval (over seeds when there are
-    several, else over episodes)."""
-    import jax
-    import numpy as np
-    from rich.console import Console
-    from rich.table import Table
-
+def _eval_checkpoint(run: Path) -> tuple[Any, Path]:
+    """`jaxmod eval`'s checkpoint: the newest update of a run folder or checkpoint folder, or the update of a
+    `RUN/checkpoint/<update>` folder; returns it and where it was read."""
     from jaxmod.checkpoint import has_checkpoint, step_folder
-    from jaxmod.config import MAX_SEED
-    from jaxmod.ppo.acting import make_episode_evaluator
-    from jaxmod.ppo.train import PPOLearner
-    from jaxmod.stats import few_runs_note, iqm_ci
 
-    if not 1 <= args.episodes <= MAX_EPISODES:
-        raise CLIError(f"--episodes must lie in [1, {MAX_EPISODES:,}], got {args.episodes} (every episode runs as its "
-                       "own env at once: memory grows with it)")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise CLIError(f"--seed must lie in [0, {MAX_SEED}], got {args.seed}")
-    if args.render:
-        from jaxmod.render import headless_gl
-
-        headless_gl()  # before brax imports mujoco
-    run = Path(args.run)
     where = run / "checkpoint" if has_checkpoint(run / "checkpoint") else run
     one_step = step_folder(run)  # RUN/checkpoint/<update>: that update's policy
     if one_step is not None:
         where = one_step[0]
     elif not has_checkpoint(where):
         raise CLIError(f"no checkpoint in {_p(run)} (nor in {_p(run / 'checkpoint')}): pass a `jaxmod train --out` "
-                       "folder, its "
-                       "checkpoint/ folder (the newest update) or one update's folder in it (checkpoint/<update>)")
-    ckpt = _restore(where, "pass a `jaxmod train --out` folder", None if one_step is None else one_step[1])
-    learner = PPOLearner(ckpt.config)
-    if args.render:
-        from jaxmod.render import check_render
+                       "folder, its checkpoint/ folder (the newest update) or one update's folder in it (checkpoint/<update>)")
+    return _restore(where, "pass a `jaxmod train --out` folder", None if one_step is None else one_step[1]), where
 
-        check_render(learner.env.core, args.render)  # no drawer, no OpenGL, a bad path: one line, before compiling
-    returns = make_episode_evaluator(learner.env.replace_num_envs(args.episodes), learner.net, args.deterministic)
-    state, key = ckpt.state, jax.random.PRNGKey(args.seed)
-    if ckpt.num_seeds is None:
-        per_seed = np.asarray(returns(state.params, state.env_state.obs_rms, key))[None]
-    else:
-        keys = jax.random.split(key, ckpt.num_seeds)
-        per_seed = np.asarray(jax.jit(jax.vmap(returns))(state.params, state.env_state.obs_rms, keys))
-    if not np.all(np.isfinite(per_seed)):
-        raise CLIError(f"the policy in {_p(where)} produced non-finite returns: the checkpoint is not usable")
+
+def _print_eval(ckpt: Any, per_seed: Any, args: argparse.Namespace) -> Any:
+    """Print `jaxmod eval`'s table (per seed: mean return, IQM [95% CI] over episodes; per_seed [S, episodes]) and
+    the IQM over seeds; returns the console."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxmod.stats import few_runs_note, iqm_ci
+
     update = f" (update {ckpt.step})" if getattr(ckpt, "step", None) is not None else ""
     table = Table(title=f"{ckpt.config.env_id}{update}: {args.episodes} episodes per seed"
                         f"{' (deterministic)' if args.deterministic else ''}",
@@ -1048,6 +1022,45 @@ def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     note = few_runs_note(overall.n, "seeds" if len(per_seed) > 1 else "episodes")
     console.print(f"IQM {overall} (95% bootstrap CI over {over}{f'; {note}' if note else ''}); mean "
                   f"{per_seed.mean():.2f}")
+    return console
+
+
+def cmd_eval(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """Evaluate every seed of a checkpoint on `--episodes` fresh episodes (each env's first episode: none favoured
+    for being short); print per-seed means and the IQM with a 95% bootstrap interval (over seeds when there are
+    several, else over episodes)."""
+    import jax
+    import numpy as np
+
+    from jaxmod.config import MAX_SEED
+    from jaxmod.ppo.acting import make_episode_evaluator
+    from jaxmod.ppo.train import PPOLearner
+
+    if not 1 <= args.episodes <= MAX_EPISODES:
+        raise CLIError(f"--episodes must lie in [1, {MAX_EPISODES:,}], got {args.episodes} (every episode runs as its "
+                       "own env at once: memory grows with it)")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise CLIError(f"--seed must lie in [0, {MAX_SEED}], got {args.seed}")
+    if args.render:
+        from jaxmod.render import headless_gl
+
+        headless_gl()  # before brax imports mujoco
+    ckpt, where = _eval_checkpoint(Path(args.run))
+    learner = PPOLearner(ckpt.config)
+    if args.render:
+        from jaxmod.render import check_render
+
+        check_render(learner.env.core, args.render)  # no drawer, no OpenGL, a bad path: one line, before compiling
+    returns = make_episode_evaluator(learner.env.replace_num_envs(args.episodes), learner.net, args.deterministic)
+    state, key = ckpt.state, jax.random.PRNGKey(args.seed)
+    if ckpt.num_seeds is None:
+        per_seed = np.asarray(returns(state.params, state.env_state.obs_rms, key))[None]
+    else:
+        keys = jax.random.split(key, ckpt.num_seeds)
+        per_seed = np.asarray(jax.jit(jax.vmap(returns))(state.params, state.env_state.obs_rms, keys))
+    if not np.all(np.isfinite(per_seed)):
+        raise CLIError(f"the policy in {_p(where)} produced non-finite returns: the checkpoint is not usable")
+    console = _print_eval(ckpt, per_seed, args)
     if args.render:
         from jaxmod.render import render_episode
 
