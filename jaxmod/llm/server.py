@@ -253,30 +253,23 @@ def _completion(model: str, content: str, usage: Any, stream: bool):
                                     "finish_reason": finish, **extra}], "usage": counts})
 
 
-def build_app(server: AdvisorServer):
-    """The starlette app: routes, limits, and JSON errors for everything (no tracebacks to clients)."""
+async def _drained(request, limits: ServerLimits, respond: Callable[[], Any]):
+    """`respond()` once the request's body is read (and dropped), so a kept-alive connection stays in step; a body
+    over `limits` gets its 4xx and the connection closed."""
+    try:
+        await _read_body(request, limits)
+    except BadRequest as err:
+        return _error(err.status, str(err), close=True)
+    return respond()
+
+
+def _chat_route(server: AdvisorServer):
+    """POST /v1/chat/completions: the request checked, `server.answer_fn` run in a worker thread (at most
+    `limits.answer_threads` at once), its answer or a one-line JSON error returned."""
     import anyio
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.routing import Route
 
     limits = server.limits
     slots: list[anyio.CapacityLimiter] = []  # made inside the server's event loop, on first use
-
-    async def drained(request, respond):
-        """Read (and drop) the body before answering, so a kept-alive connection stays in step."""
-        try:
-            await _read_body(request, limits)
-        except BadRequest as err:
-            return _error(err.status, str(err), close=True)
-        return respond()
-
-    async def health(request):
-        return await drained(request, lambda: _json(200, {"status": "ok"}))
-
-    async def models(request):
-        return await drained(request, lambda: _json(200, {"object": "list", "data": [
-            {"id": server.model, "object": "model", "owned_by": "jaxmod"}]}))
 
     async def chat(request):
         try:
@@ -298,26 +291,58 @@ def build_app(server: AdvisorServer):
             return _error(500, "the advisor backend failed on this request", "server_error")
         return _completion(server.model, content, usage, body.get("stream") is True)
 
+    return chat
+
+
+def _info_routes(server: AdvisorServer) -> list:
+    """GET /health (and /v1/health), /props (llama-server's: the context window per slot, where the answerer has
+    one) and /v1/models."""
+    from starlette.routing import Route
+
+    limits = server.limits
+
+    async def health(request):
+        return await _drained(request, limits, lambda: _json(200, {"status": "ok"}))
+
+    async def models(request):
+        return await _drained(request, limits, lambda: _json(200, {"object": "list", "data": [
+            {"id": server.model, "object": "model", "owned_by": "jaxmod"}]}))
+
+    async def props(request):
+        n_ctx = getattr(server.answer_fn, "n_ctx", None)
+        if n_ctx is None:
+            return await _drained(request, limits, lambda: _error(404, "no route GET /props", "not_found"))
+        return await _drained(request, limits, lambda: _json(200, {"default_generation_settings": {"n_ctx": n_ctx}}))
+
+    return [*(Route(p, health, methods=["GET"]) for p in ("/health", "/v1/health")),
+            Route("/props", props, methods=["GET"]), Route("/v1/models", models, methods=["GET"])]
+
+
+def _error_handlers(limits: ServerLimits) -> dict:
+    """Starlette's exception handlers: a JSON 4xx for unknown routes and methods, a JSON 500 (logged as one line,
+    nothing of it sent) for anything a route raised."""
+    from starlette.exceptions import HTTPException
+
     async def not_found(request, exc):
         status = getattr(exc, "status_code", 404)
         message = f"no route {request.method} {request.url.path}" if status in (404, 405) else "bad request"
-        return await drained(request, lambda: _error(status, message, "not_found" if status == 404 else
-                                                     "invalid_request_error"))
+        return await _drained(request, limits, lambda: _error(status, message, "not_found" if status == 404 else
+                                                              "invalid_request_error"))
 
     async def crashed(request, exc):
         log.error("advisor server error: %s", one_line(f"{type(exc).__name__}: {exc}"))
         return _error(500, "internal server error", "server_error", close=True)
 
-    async def props(request):  # llama-server's /props: the context window per slot, where the answerer has one
-        n_ctx = getattr(server.answer_fn, "n_ctx", None)
-        if n_ctx is None:
-            return await drained(request, lambda: _error(404, "no route GET /props", "not_found"))
-        return await drained(request, lambda: _json(200, {"default_generation_settings": {"n_ctx": n_ctx}}))
+    return {HTTPException: not_found, Exception: crashed}
 
-    routes = [Route(p, health, methods=["GET"]) for p in ("/health", "/v1/health")]
-    routes += [Route("/props", props, methods=["GET"])]
-    routes += [Route("/v1/models", models, methods=["GET"]), Route("/v1/chat/completions", chat, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: crashed})
+
+def build_app(server: AdvisorServer):
+    """The starlette app: routes, limits, and JSON errors for everything (no tracebacks to clients)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    routes = [*_info_routes(server), Route("/v1/chat/completions", _chat_route(server), methods=["POST"])]
+    return Starlette(routes=routes, exception_handlers=_error_handlers(server.limits))
 
 
 def _protocol_class(limits: ServerLimits):
