@@ -75,39 +75,93 @@ def require_smollm2() -> Path:
     return smollm2_model_path()
 
 
-def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096, logprobs: bool = False) -> AnswerFn:
-    """A real LLM: SmolLM2-135M-Instruct, constrained to the request's JSON schema. With `logprobs` it keeps the
-    logits of every token (llama-cpp-python's `logits_all`: about n_ctx x 49k floats more memory, ~800 MB at 4096)
-    and answers requests with `logprobs: true` with the tokens' log-probabilities (`top_logprobs` alternatives per
-    token, from the model's distribution before the schema's grammar narrows it)."""
+class TokenLogprobRecorder:
+    """A llama-cpp-python logits processor that keeps, at every position the model samples, the log-probabilities of
+    its raw distribution (the first stage of the sampler chain: before the schema's grammar narrows it, as OpenAI's
+    and llama-server's `logprobs` are): the sampled token's and the `top` most likely tokens'. It replaces
+    llama-cpp-python's own `logprobs`, which need `logits_all` (the vocabulary's logits for every prompt token:
+    about a third more CPU a question and n_ctx x 49k floats, ~800 MB at 4096, on SmolLM2-135M).
+
+    Call `content_entries` once the completion is done; one recorder serves one completion."""
+
+    def __init__(self, llm: Any, top: int) -> None:
+        self.llm, self.top = llm, top
+        self.done: list[tuple[int, float, list[tuple[int, float]]]] = []  # (sampled id, its logprob, top alternatives)
+        self._pending: tuple[Any, list[tuple[int, float]]] | None = None  # the latest position, its token not yet seen
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        import numpy as np
+
+        if self._pending is not None:  # the previous position's sampled token is the last one evaluated since
+            self._close(int(input_ids[-1]))
+        x = np.asarray(logits, dtype=np.float64)
+        peak = float(x.max())
+        logprobs = x - (peak + float(np.log(np.exp(x - peak).sum())))
+        k = min(self.top, logprobs.size)
+        ids = np.argpartition(-logprobs, k - 1)[:k] if k > 0 else np.zeros(0, dtype=np.int64)
+        self._pending = (logprobs, [(int(i), float(logprobs[i])) for i in sorted(ids, key=lambda i: -logprobs[i])])
+        return logits  # unchanged: the recorder only looks
+
+    def _close(self, token: int) -> None:
+        logprobs, top = self._pending
+        self.done.append((token, float(logprobs[token]), top))
+        self._pending = None
+
+    def _piece(self, token: int) -> str:
+        return self.llm.detokenize([token]).decode("utf-8", errors="ignore")
+
+    def content_entries(self, content: str, n_tokens: int) -> list[dict[str, Any]] | None:
+        """OpenAI's `logprobs.content` entries of the answer's `n_tokens` tokens, or None where they do not spell
+        `content` (the answer's last token, never evaluated, is read back from the text when it is one token)."""
+        if len(self.done) < n_tokens and self._pending is not None and len(self.done) == n_tokens - 1:
+            rest = content[len("".join(self._piece(t) for t, _, _ in self.done)):]
+            last = self.llm.tokenize(rest.encode("utf-8"), add_bos=False, special=False) if rest else []
+            if len(last) == 1:
+                self._close(int(last[0]))
+        tokens = self.done[:n_tokens]
+        entries = [{"token": self._piece(t), "logprob": lp,
+                    "top_logprobs": [{"token": self._piece(i), "logprob": alp} for i, alp in top]}
+                   for t, lp, top in tokens]
+        if len(tokens) != n_tokens or "".join(e["token"] for e in entries) != content:
+            return None
+        return entries
+
+
+def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096, logprobs: bool = True) -> AnswerFn:
+    """A real LLM: SmolLM2-135M-Instruct, constrained to the request's JSON schema. With `logprobs` it answers
+    requests with `logprobs: true` with the answer's token log-probabilities (`top_logprobs` alternatives per token,
+    from the model's distribution before the schema's grammar narrows it; `TokenLogprobRecorder`), at the cost of a
+    log-softmax over the vocabulary per answer token; without, such requests get no log-probabilities."""
     try:
-        from llama_cpp import Llama
+        from llama_cpp import Llama, LogitsProcessorList
     except ImportError:
         raise BackendUnavailable("SmolLM2 needs llama-cpp-python (the local-llm extra): " + LOCAL_LLM_HINT) from None
-    llm = Llama(model_path=str(smollm2_model_path()), n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0,
-                logits_all=logprobs)
+    llm = Llama(model_path=str(smollm2_model_path()), n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0)
     lock = threading.Lock()  # llama.cpp contexts are not thread-safe
 
     def answer(messages, schema, params):
         fmt = {"type": "json_object", "schema": schema} if schema else None
-        wanted = logprobs and params.get("logprobs") is True
-        extra = {"logprobs": True, "top_logprobs": int(params.get("top_logprobs") or 0)} if wanted else {}
+        recorder = TokenLogprobRecorder(llm, int(params.get("top_logprobs") or 0)) if (
+            logprobs and params.get("logprobs") is True) else None
         try:
             with lock:
                 out = llm.create_chat_completion(messages=messages, response_format=fmt,
                                                  temperature=float(params.get("temperature", 0.0)),
                                                  max_tokens=int(params.get("max_tokens", 256)),
-                                                 seed=params.get("seed"), **extra)
+                                                 seed=params.get("seed"), logits_processor=None if recorder is None
+                                                 else LogitsProcessorList([recorder]))
         except ValueError as err:  # llama-cpp-python: "Requested tokens (4516) exceed context window of 4096"
             if "context window" in str(err):
                 raise BadRequest(400, str(err), "exceed_context_size_error") from None  # as llama-server says it
             raise
         choice = out["choices"][0]
+        content = choice["message"]["content"] or ""
         meta = {**out.get("usage", {}), "finish_reason": choice["finish_reason"]}
-        if wanted and choice.get("logprobs"):
-            # OpenAI's shape ({"content": [{token, logprob, top_logprobs}]}), llama.cpp's numpy floats as JSON numbers
-            meta["logprobs"] = json.loads(json.dumps(choice["logprobs"], default=float))
-        return choice["message"]["content"] or "", meta
+        if recorder is not None:  # OpenAI's shape; absent where the tokens do not spell the answer
+            entries = recorder.content_entries(content, int(out.get("usage", {}).get("completion_tokens", 0)))
+            if entries is not None:
+                meta["logprobs"] = {"content": entries}
+        return content, meta
 
     answer.n_ctx = n_ctx  # served at /props, as llama-server does
     return answer
@@ -498,11 +552,11 @@ def _answers_ping(answer_fn: AnswerFn) -> AnswerFn:
 
 def make_server(backend: str, host: str = "127.0.0.1", port: int = 0, threads: int = 1,
                 answer_fn: AnswerFn | None = None, limits: ServerLimits | None = None,
-                logprobs: bool = False) -> AdvisorServer:
+                logprobs: bool = True) -> AdvisorServer:
     """An `AdvisorServer` for `scripted`, `smollm2`, or a given `answer_fn` (e.g. a teacher). The answerers that are
     no language model (scripted, teacher) also answer the preflight's test question (`jaxmod.llm.preflight.PING`),
     so `jaxmod ultra --advisor <this server's URL>` passes its check. `logprobs`: SmolLM2 returns token
-    log-probabilities where a request asks (`smollm2_answer_fn`); the others have none to give."""
+    log-probabilities where a request asks (`smollm2_answer_fn`; False: never); the others have none to give."""
     if answer_fn is not None:
         return AdvisorServer(_answers_ping(answer_fn), model=f"jaxmod-{backend}", host=host, port=port, limits=limits)
     if backend == "scripted":
@@ -522,7 +576,7 @@ class ServerProcess:
 
     def __init__(self, backend: str, threads: int = 1, start_timeout_s: float = 120.0, logprobs: bool = False) -> None:
         self.backend, self.threads, self.start_timeout_s = backend, threads, start_timeout_s
-        self.logprobs = logprobs  # SmolLM2: keep every token's logits, to return log-probabilities
+        self.logprobs = logprobs  # SmolLM2: answer requests that ask with token log-probabilities
         self.url = self.model = ""
         self._proc: subprocess.Popen[str] | None = None
 
@@ -580,7 +634,7 @@ class ServerProcess:
 
 def _serve_child(argv: list[str] | None = None) -> int:
     """`python -m jaxmod.llm.server`: serve on a free local port, report `{"url", "model"}` (or `{"error"}`) as one
-    JSON line on stdout, and stop when stdin closes (the parent stopped or died)."""
+    JSON line on stdout, and exit as soon as stdin closes (the parent stopped or died), answers in flight dropped."""
     ap = argparse.ArgumentParser(description="an advisor server for a parent jaxmod process")
     ap.add_argument("--backend", default="scripted")
     ap.add_argument("--threads", type=int, default=1)
@@ -594,7 +648,10 @@ def _serve_child(argv: list[str] | None = None) -> int:
 
     def shut_down_at_eof() -> None:
         sys.stdin.read()
-        server.request_stop()
+        # the parent stopped or died: nobody will read an answer still being computed, so end at once rather than
+        # wait for it (an LLM's answer can take minutes of a busy CPU, and a worker thread cannot be cancelled)
+        sys.stdout.flush()
+        os._exit(0)
 
     threading.Thread(target=shut_down_at_eof, daemon=True).start()
     print(json.dumps({"url": server.url, "model": server.model}), flush=True)
