@@ -136,7 +136,10 @@ def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096, logprobs: bool = True
         from llama_cpp import Llama, LogitsProcessorList
     except ImportError:
         raise BackendUnavailable("SmolLM2 needs llama-cpp-python (the local-llm extra): " + LOCAL_LLM_HINT) from None
-    llm = Llama(model_path=str(smollm2_model_path()), n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0)
+    # n_threads_batch too: llama-cpp-python's default for prompt evaluation is every core, whose OpenMP threads
+    # spin at each barrier; on a busy CPU that tripled the CPU seconds of a question (measured, 2-core machine)
+    llm = Llama(model_path=str(smollm2_model_path()), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                verbose=False, seed=0)
     lock = threading.Lock()  # llama.cpp contexts are not thread-safe
 
     def answer(messages, schema, params):
