@@ -185,3 +185,29 @@ def test_bad_protocol_or_context_is_one_line_exit_2(flag, message, capsys, tmp_p
     code = main(["ultra", *flag, "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
+
+
+def test_choice_questions_share_their_prefix_up_to_the_rows():
+    """Two multiple-choice questions of one env, built as a round builds them (`state_query` with the choice
+    question), differ only from the recent steps' rows on: the table header sits in the shared prefix a server's
+    prompt cache reuses, the episode's title line moves to the critical state's section, and the question still reads
+    back as an advice question whose table the describer parses."""
+    import os
+
+    from jaxmod.envs.registry import describer_of, make_core
+    from jaxmod.ultra.advise import CHOICE_CONTEXT_STEPS, state_query
+    from jaxmod.ultra.collect import EpisodeRecord
+
+    core = make_core("CartPole-v1")
+    d = describer_of(core)
+    rng = np.random.default_rng(0)
+    eps = [EpisodeRecord(uid, 0, 0, rng.normal(size=(20, 4)) * 0.1, rng.integers(0, 2, 20), np.ones(20), "termination")
+           for uid in (3, 4)]
+    a, b = (choice_messages(state_query(d, core, ep, 15, CHOICE_CONTEXT_STEPS, question=choice_messages))[1]["content"]
+            for ep in eps)  # as `advise_episodes` asks a round's multiple-choice questions
+    shared = os.path.commonprefix([a, b])
+    assert ("## Recent steps\n" + d.header() + "\n") in shared and "## Critical state" not in shared
+    assert "## Critical state (episode 3, step 15)\nEpisode 3, steps 14-15 (of 20)" in a
+    q = read_question([{"role": "user", "content": a}])
+    assert (q.kind, q.step, q.env_id) == ("advise", 15, "CartPole-v1")
+    assert d.parse_rows(q.table).steps.tolist() == list(range(16 - CHOICE_CONTEXT_STEPS, 16))

@@ -8,6 +8,7 @@ import asyncio
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 
 from jaxmod.llm import Advisor, ClientSettings, EpisodeView, HTTPBackend, LLMClient, Rejected, StateQuery
@@ -87,3 +88,86 @@ def test_the_token_estimate_bounds_smollm2s_real_count(env_id):
         assert real <= estimate_tokens(msgs)
         ratios.append(real / estimate_tokens(msgs))
     print(env_id, "real/estimate", [round(r, 2) for r in ratios])
+
+
+@pytest.mark.skipif(not HAVE_LLM, reason="local-llm extra not installed")
+def test_serve_advisor_smollm2_returns_logprobs_over_http():
+    """`jaxmod serve-advisor --backend smollm2` as a user starts it: a chat request asking for log-probabilities
+    gets the answer's tokens with their alternatives (OpenAI's shape), and the advisor's multiple-choice question
+    through that HTTP round trip (what `jaxmod ultra --advisor <url> --advisor-logprobs 20` asks) gets the model's
+    distribution over the actions as its soft KL target, its confidence the chosen action's probability."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from jaxmod.llm.prompts import choice_messages
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "jaxmod.cli", "serve-advisor", "--backend", "smollm2", "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    query = StateQuery(0, 5, CARD, TABLE, "pole_angle=+0.175 rad", "push_left", True, 2,
+                       action_names=("push_left", "push_right"), agent_index=0)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/v1" in line and "SmolLM2" in line, line
+        raw = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=300, json={
+            "messages": choice_messages(query), "max_tokens": 32, "temperature": 0, "logprobs": True,
+            "top_logprobs": 5, "response_format": {"type": "json_schema", "json_schema": {
+                "name": "choice", "schema": query.choice_schema()}}}).json()
+        choice = raw["choices"][0]
+        tokens = choice["logprobs"]["content"]
+        assert "".join(t["token"] for t in tokens) == choice["message"]["content"]
+        assert all(t["logprob"] <= 0 and 1 <= len(t["top_logprobs"]) <= 5 for t in tokens)
+
+        async def judge():
+            settings = ClientSettings(base_url=f"http://127.0.0.1:{port}/v1", max_tokens=32, timeout_s=300,
+                                      concurrency=1)
+            async with LLMClient(settings) as client:
+                adv = Advisor(HTTPBackend(client), top_logprobs=20)
+                return (await adv.judge([query]))[0], adv.stats
+
+        verdict, stats = asyncio.run(judge())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    err = proc.stderr.read()
+    assert rc in (0, 130) and "Traceback" not in err, err
+    assert stats.valid == 1 and stats.soft_targets == 1, stats  # the grammar makes the answer one of the options
+    assert verdict.distribution is not None and abs(sum(verdict.distribution) - 1.0) < 1e-9
+    assert verdict.confidence == verdict.distribution[verdict.action] and 0.0 < verdict.confidence < 1.0
+
+
+@pytest.mark.skipif(not HAVE_LLM, reason="local-llm extra not installed")
+def test_recorded_logprobs_equal_llama_cpps_own():
+    """The server's token log-probabilities (`TokenLogprobRecorder`, no `logits_all`) are llama-cpp-python's own
+    (which need `logits_all`) on the same schema-constrained answer: the same tokens, log-probabilities and top
+    alternatives."""
+    from llama_cpp import Llama, LogitsProcessorList
+
+    from jaxmod.llm.prompts import choice_messages
+    from jaxmod.llm.server import TokenLogprobRecorder, smollm2_model_path
+
+    query = StateQuery(0, 5, CARD, TABLE, "pole_angle=+0.175 rad", "push_left", True, 2,
+                       action_names=("push_left", "push_right"), agent_index=0)
+    kw = dict(messages=choice_messages(query), temperature=0.0, max_tokens=32,
+              response_format={"type": "json_object", "schema": query.choice_schema()})
+    own = Llama(model_path=str(smollm2_model_path()), n_ctx=1024, verbose=False, seed=0, logits_all=True)
+    theirs = own.create_chat_completion(**kw, logprobs=True, top_logprobs=3)["choices"][0]
+    del own
+    llm = Llama(model_path=str(smollm2_model_path()), n_ctx=1024, verbose=False, seed=0)
+    recorder = TokenLogprobRecorder(llm, 3)
+    out = llm.create_chat_completion(**kw, logits_processor=LogitsProcessorList([recorder]))
+    content = out["choices"][0]["message"]["content"]
+    assert content == theirs["message"]["content"]
+    mine = recorder.content_entries(content, out["usage"]["completion_tokens"])
+    ref = theirs["logprobs"]["content"]
+    assert mine is not None and [e["token"] for e in mine] == [e["token"] for e in ref]
+    np.testing.assert_allclose([e["logprob"] for e in mine], [e["logprob"] for e in ref], atol=1e-3)
+    for m, r in zip(mine, ref, strict=True):  # llama-cpp-python also lists the sampled token among its top ones
+        top = {a["token"]: a["logprob"] for a in r["top_logprobs"]}
+        assert all(abs(a["logprob"] - top[a["token"]]) < 1e-3 for a in m["top_logprobs"])

@@ -39,6 +39,9 @@ CHOICE_INSTRUCTIONS = (
     "each action leads next, then answer with exactly one of: {choices}.")
 
 
+TABLE_HEADER = "t | "  # how a describer's episode table header begins (`jaxmod.envs.describe.Describer.header`)
+
+
 class PromptError(ValueError):
     """Messages that are not one of the two ULTRA questions `identify_messages` and `advice_messages` write."""
 
@@ -78,7 +81,7 @@ class StateQuery:
     episode_id: int
     step: int
     card: str
-    context: str  # rendered recent steps up to and including `step`
+    context: str  # rendered recent steps up to and including `step` (a title line, then the table)
     state_text: str  # the critical state's named features
     agent_action: str  # what the agent did there
     discrete: bool
@@ -131,16 +134,22 @@ def advice_messages(query: StateQuery) -> Messages:
 
 def choice_messages(query: StateQuery) -> Messages:
     """A multiple-choice question at one candidate state (discrete actions): which of the action names is best.
-    Laid out as an advice question (the same sections, so `read_question` reads it as one) with the variable parts
-    last, so a server's prompt cache reuses the shared prefix."""
+    Laid out as an advice question (the same sections, so `read_question` reads it as one) with everything that is
+    the same for every question of an env first, up to the recent steps' table header, so a server's prompt cache
+    (llama.cpp keeps the longest common prefix) evaluates only the rows and the state: the context's title line
+    (`StateQuery.context`'s lines before the table header: the episode's length, end and return) moves to the
+    critical state's section."""
     choices = ", ".join(f'"{n}"' for n in query.action_names)
+    lines = query.context.split("\n")
+    at = next((i for i, ln in enumerate(lines) if ln.startswith(TABLE_HEADER)), 0)  # the describer's header line
+    title, table = "\n".join(lines[:at]), "\n".join(lines[at:])
     user = "\n\n".join([
         "## Environment\n" + query.card,
         "## Answer format\nJSON: {\"action\": <one of " + choices + ">}",
         "## Task\n" + CHOICE_INSTRUCTIONS.format(choices=choices),
-        "## Recent steps\n" + query.context,
-        f"## Critical state (episode {query.episode_id}, step {query.step})\n{query.state_text}\n"
-        f"Agent's action: {query.agent_action}",
+        "## Recent steps\n" + table,
+        f"## Critical state (episode {query.episode_id}, step {query.step})\n" + (title + "\n" if title else "") +
+        f"{query.state_text}\nAgent's action: {query.agent_action}",
     ])
     return [{"role": "system", "content": _system(query.choice_schema())}, {"role": "user", "content": user}]
 

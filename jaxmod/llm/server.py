@@ -75,39 +75,96 @@ def require_smollm2() -> Path:
     return smollm2_model_path()
 
 
-def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096, logprobs: bool = False) -> AnswerFn:
-    """A real LLM: SmolLM2-135M-Instruct, constrained to the request's JSON schema. With `logprobs` it keeps the
-    logits of every token (llama-cpp-python's `logits_all`: about n_ctx x 49k floats more memory, ~800 MB at 4096)
-    and answers requests with `logprobs: true` with the tokens' log-probabilities (`top_logprobs` alternatives per
-    token, from the model's distribution before the schema's grammar narrows it)."""
+class TokenLogprobRecorder:
+    """A llama-cpp-python logits processor that keeps, at every position the model samples, the log-probabilities of
+    its raw distribution (the first stage of the sampler chain: before the schema's grammar narrows it, as OpenAI's
+    and llama-server's `logprobs` are): the sampled token's and the `top` most likely tokens'. It replaces
+    llama-cpp-python's own `logprobs`, which need `logits_all` (the vocabulary's logits for every prompt token:
+    14-33% more CPU seconds a question, measured, and n_ctx x 49k floats, ~800 MB at 4096, on SmolLM2-135M).
+
+    Call `content_entries` once the completion is done; one recorder serves one completion."""
+
+    def __init__(self, llm: Any, top: int) -> None:
+        self.llm, self.top = llm, top
+        self.done: list[tuple[int, float, list[tuple[int, float]]]] = []  # (sampled id, its logprob, top alternatives)
+        self._pending: tuple[Any, list[tuple[int, float]]] | None = None  # the latest position, its token not yet seen
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        import numpy as np
+
+        if self._pending is not None:  # the previous position's sampled token is the last one evaluated since
+            self._close(int(input_ids[-1]))
+        x = np.asarray(logits, dtype=np.float64)
+        peak = float(x.max())
+        logprobs = x - (peak + float(np.log(np.exp(x - peak).sum())))
+        k = min(self.top, logprobs.size)
+        ids = np.argpartition(-logprobs, k - 1)[:k] if k > 0 else np.zeros(0, dtype=np.int64)
+        self._pending = (logprobs, [(int(i), float(logprobs[i])) for i in sorted(ids, key=lambda i: -logprobs[i])])
+        return logits  # unchanged: the recorder only looks
+
+    def _close(self, token: int) -> None:
+        logprobs, top = self._pending
+        self.done.append((token, float(logprobs[token]), top))
+        self._pending = None
+
+    def _piece(self, token: int) -> str:
+        return self.llm.detokenize([token]).decode("utf-8", errors="ignore")
+
+    def content_entries(self, content: str, n_tokens: int) -> list[dict[str, Any]] | None:
+        """OpenAI's `logprobs.content` entries of the answer's `n_tokens` tokens, or None where they do not spell
+        `content` (the answer's last token, never evaluated, is read back from the text when it is one token)."""
+        if len(self.done) < n_tokens and self._pending is not None and len(self.done) == n_tokens - 1:
+            rest = content[len("".join(self._piece(t) for t, _, _ in self.done)):]
+            last = self.llm.tokenize(rest.encode("utf-8"), add_bos=False, special=False) if rest else []
+            if len(last) == 1:
+                self._close(int(last[0]))
+        tokens = self.done[:n_tokens]
+        entries = [{"token": self._piece(t), "logprob": lp,
+                    "top_logprobs": [{"token": self._piece(i), "logprob": alp} for i, alp in top]}
+                   for t, lp, top in tokens]
+        if len(tokens) != n_tokens or "".join(e["token"] for e in entries) != content:
+            return None
+        return entries
+
+
+def smollm2_answer_fn(threads: int = 1, n_ctx: int = 4096, logprobs: bool = True) -> AnswerFn:
+    """A real LLM: SmolLM2-135M-Instruct, constrained to the request's JSON schema. With `logprobs` it answers
+    requests with `logprobs: true` with the answer's token log-probabilities (`top_logprobs` alternatives per token,
+    from the model's distribution before the schema's grammar narrows it; `TokenLogprobRecorder`), at the cost of a
+    log-softmax over the vocabulary per answer token; without, such requests get no log-probabilities."""
     try:
-        from llama_cpp import Llama
+        from llama_cpp import Llama, LogitsProcessorList
     except ImportError:
         raise BackendUnavailable("SmolLM2 needs llama-cpp-python (the local-llm extra): " + LOCAL_LLM_HINT) from None
-    llm = Llama(model_path=str(smollm2_model_path()), n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0,
-                logits_all=logprobs)
+    # n_threads_batch too: llama-cpp-python's default for prompt evaluation is every core, whose OpenMP threads
+    # spin at each barrier; on a busy CPU that tripled the CPU seconds of a question (measured, 2-core machine)
+    llm = Llama(model_path=str(smollm2_model_path()), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                verbose=False, seed=0)
     lock = threading.Lock()  # llama.cpp contexts are not thread-safe
 
     def answer(messages, schema, params):
         fmt = {"type": "json_object", "schema": schema} if schema else None
-        wanted = logprobs and params.get("logprobs") is True
-        extra = {"logprobs": True, "top_logprobs": int(params.get("top_logprobs") or 0)} if wanted else {}
+        recorder = TokenLogprobRecorder(llm, int(params.get("top_logprobs") or 0)) if (
+            logprobs and params.get("logprobs") is True) else None
         try:
             with lock:
                 out = llm.create_chat_completion(messages=messages, response_format=fmt,
                                                  temperature=float(params.get("temperature", 0.0)),
                                                  max_tokens=int(params.get("max_tokens", 256)),
-                                                 seed=params.get("seed"), **extra)
+                                                 seed=params.get("seed"), logits_processor=None if recorder is None
+                                                 else LogitsProcessorList([recorder]))
         except ValueError as err:  # llama-cpp-python: "Requested tokens (4516) exceed context window of 4096"
             if "context window" in str(err):
                 raise BadRequest(400, str(err), "exceed_context_size_error") from None  # as llama-server says it
             raise
         choice = out["choices"][0]
+        content = choice["message"]["content"] or ""
         meta = {**out.get("usage", {}), "finish_reason": choice["finish_reason"]}
-        if wanted and choice.get("logprobs"):
-            # OpenAI's shape ({"content": [{token, logprob, top_logprobs}]}), llama.cpp's numpy floats as JSON numbers
-            meta["logprobs"] = json.loads(json.dumps(choice["logprobs"], default=float))
-        return choice["message"]["content"] or "", meta
+        if recorder is not None:  # OpenAI's shape; absent where the tokens do not spell the answer
+            entries = recorder.content_entries(content, int(out.get("usage", {}).get("completion_tokens", 0)))
+            if entries is not None:
+                meta["logprobs"] = {"content": entries}
+        return content, meta
 
     answer.n_ctx = n_ctx  # served at /props, as llama-server does
     return answer
@@ -253,30 +310,23 @@ def _completion(model: str, content: str, usage: Any, stream: bool):
                                     "finish_reason": finish, **extra}], "usage": counts})
 
 
-def build_app(server: AdvisorServer):
-    """The starlette app: routes, limits, and JSON errors for everything (no tracebacks to clients)."""
+async def _drained(request, limits: ServerLimits, respond: Callable[[], Any]):
+    """`respond()` once the request's body is read (and dropped), so a kept-alive connection stays in step; a body
+    over `limits` gets its 4xx and the connection closed."""
+    try:
+        await _read_body(request, limits)
+    except BadRequest as err:
+        return _error(err.status, str(err), close=True)
+    return respond()
+
+
+def _chat_route(server: AdvisorServer):
+    """POST /v1/chat/completions: the request checked, `server.answer_fn` run in a worker thread (at most
+    `limits.answer_threads` at once), its answer or a one-line JSON error returned."""
     import anyio
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.routing import Route
 
     limits = server.limits
     slots: list[anyio.CapacityLimiter] = []  # made inside the server's event loop, on first use
-
-    async def drained(request, respond):
-        """Read (and drop) the body before answering, so a kept-alive connection stays in step."""
-        try:
-            await _read_body(request, limits)
-        except BadRequest as err:
-            return _error(err.status, str(err), close=True)
-        return respond()
-
-    async def health(request):
-        return await drained(request, lambda: _json(200, {"status": "ok"}))
-
-    async def models(request):
-        return await drained(request, lambda: _json(200, {"object": "list", "data": [
-            {"id": server.model, "object": "model", "owned_by": "jaxmod"}]}))
 
     async def chat(request):
         try:
@@ -298,26 +348,58 @@ def build_app(server: AdvisorServer):
             return _error(500, "the advisor backend failed on this request", "server_error")
         return _completion(server.model, content, usage, body.get("stream") is True)
 
+    return chat
+
+
+def _info_routes(server: AdvisorServer) -> list:
+    """GET /health (and /v1/health), /props (llama-server's: the context window per slot, where the answerer has
+    one) and /v1/models."""
+    from starlette.routing import Route
+
+    limits = server.limits
+
+    async def health(request):
+        return await _drained(request, limits, lambda: _json(200, {"status": "ok"}))
+
+    async def models(request):
+        return await _drained(request, limits, lambda: _json(200, {"object": "list", "data": [
+            {"id": server.model, "object": "model", "owned_by": "jaxmod"}]}))
+
+    async def props(request):
+        n_ctx = getattr(server.answer_fn, "n_ctx", None)
+        if n_ctx is None:
+            return await _drained(request, limits, lambda: _error(404, "no route GET /props", "not_found"))
+        return await _drained(request, limits, lambda: _json(200, {"default_generation_settings": {"n_ctx": n_ctx}}))
+
+    return [*(Route(p, health, methods=["GET"]) for p in ("/health", "/v1/health")),
+            Route("/props", props, methods=["GET"]), Route("/v1/models", models, methods=["GET"])]
+
+
+def _error_handlers(limits: ServerLimits) -> dict:
+    """Starlette's exception handlers: a JSON 4xx for unknown routes and methods, a JSON 500 (logged as one line,
+    nothing of it sent) for anything a route raised."""
+    from starlette.exceptions import HTTPException
+
     async def not_found(request, exc):
         status = getattr(exc, "status_code", 404)
         message = f"no route {request.method} {request.url.path}" if status in (404, 405) else "bad request"
-        return await drained(request, lambda: _error(status, message, "not_found" if status == 404 else
-                                                     "invalid_request_error"))
+        return await _drained(request, limits, lambda: _error(status, message, "not_found" if status == 404 else
+                                                              "invalid_request_error"))
 
     async def crashed(request, exc):
         log.error("advisor server error: %s", one_line(f"{type(exc).__name__}: {exc}"))
         return _error(500, "internal server error", "server_error", close=True)
 
-    async def props(request):  # llama-server's /props: the context window per slot, where the answerer has one
-        n_ctx = getattr(server.answer_fn, "n_ctx", None)
-        if n_ctx is None:
-            return await drained(request, lambda: _error(404, "no route GET /props", "not_found"))
-        return await drained(request, lambda: _json(200, {"default_generation_settings": {"n_ctx": n_ctx}}))
+    return {HTTPException: not_found, Exception: crashed}
 
-    routes = [Route(p, health, methods=["GET"]) for p in ("/health", "/v1/health")]
-    routes += [Route("/props", props, methods=["GET"])]
-    routes += [Route("/v1/models", models, methods=["GET"]), Route("/v1/chat/completions", chat, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: crashed})
+
+def build_app(server: AdvisorServer):
+    """The starlette app: routes, limits, and JSON errors for everything (no tracebacks to clients)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    routes = [*_info_routes(server), Route("/v1/chat/completions", _chat_route(server), methods=["POST"])]
+    return Starlette(routes=routes, exception_handlers=_error_handlers(server.limits))
 
 
 def _protocol_class(limits: ServerLimits):
@@ -473,11 +555,11 @@ def _answers_ping(answer_fn: AnswerFn) -> AnswerFn:
 
 def make_server(backend: str, host: str = "127.0.0.1", port: int = 0, threads: int = 1,
                 answer_fn: AnswerFn | None = None, limits: ServerLimits | None = None,
-                logprobs: bool = False) -> AdvisorServer:
+                logprobs: bool = True) -> AdvisorServer:
     """An `AdvisorServer` for `scripted`, `smollm2`, or a given `answer_fn` (e.g. a teacher). The answerers that are
     no language model (scripted, teacher) also answer the preflight's test question (`jaxmod.llm.preflight.PING`),
     so `jaxmod ultra --advisor <this server's URL>` passes its check. `logprobs`: SmolLM2 returns token
-    log-probabilities where a request asks (`smollm2_answer_fn`); the others have none to give."""
+    log-probabilities where a request asks (`smollm2_answer_fn`; False: never); the others have none to give."""
     if answer_fn is not None:
         return AdvisorServer(_answers_ping(answer_fn), model=f"jaxmod-{backend}", host=host, port=port, limits=limits)
     if backend == "scripted":
@@ -497,7 +579,7 @@ class ServerProcess:
 
     def __init__(self, backend: str, threads: int = 1, start_timeout_s: float = 120.0, logprobs: bool = False) -> None:
         self.backend, self.threads, self.start_timeout_s = backend, threads, start_timeout_s
-        self.logprobs = logprobs  # SmolLM2: keep every token's logits, to return log-probabilities
+        self.logprobs = logprobs  # SmolLM2: answer requests that ask with token log-probabilities
         self.url = self.model = ""
         self._proc: subprocess.Popen[str] | None = None
 
@@ -555,7 +637,7 @@ class ServerProcess:
 
 def _serve_child(argv: list[str] | None = None) -> int:
     """`python -m jaxmod.llm.server`: serve on a free local port, report `{"url", "model"}` (or `{"error"}`) as one
-    JSON line on stdout, and stop when stdin closes (the parent stopped or died)."""
+    JSON line on stdout, and exit as soon as stdin closes (the parent stopped or died), answers in flight dropped."""
     ap = argparse.ArgumentParser(description="an advisor server for a parent jaxmod process")
     ap.add_argument("--backend", default="scripted")
     ap.add_argument("--threads", type=int, default=1)
@@ -569,7 +651,10 @@ def _serve_child(argv: list[str] | None = None) -> int:
 
     def shut_down_at_eof() -> None:
         sys.stdin.read()
-        server.request_stop()
+        # the parent stopped or died: nobody will read an answer still being computed, so end at once rather than
+        # wait for it (an LLM's answer can take minutes of a busy CPU, and a worker thread cannot be cancelled)
+        sys.stdout.flush()
+        os._exit(0)
 
     threading.Thread(target=shut_down_at_eof, daemon=True).start()
     print(json.dumps({"url": server.url, "model": server.model}), flush=True)

@@ -37,8 +37,9 @@ class CriticalRow:
 
 
 PROTOCOLS = ("candidates", "episodes")
-CHOICE_CONTEXT_STEPS = 4  # recent steps shown with a multiple-choice question (jaxmod's choice: the state and its
-# trend; the rest of the prompt is the same for every question, which a server's prompt cache reuses)
+CHOICE_CONTEXT_STEPS = 2  # recent steps shown with a multiple-choice question (jaxmod's choice: the state and the
+# step before it, its trend; the rest of the prompt is the same for every question, which a server's prompt cache
+# reuses, so these rows and the state are what a local LLM evaluates per question: ~35 tokens a row on SmolLM2)
 TABLE_CHARS = 6000  # the longest episode table sent (bytes of its rows), context permitting
 
 
