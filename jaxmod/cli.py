@@ -405,10 +405,16 @@ class _TrainRun:
 
 def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     """Check everything, then resume or start: the config, the run folder and the initial state."""
-    from jaxmod.parallel import MultiSeed, seed_keys
+    from jaxmod.parallel import (
+        MultiSeed,
+        check_distributed,
+        check_layout,
+        gather,
+        init_distributed,
+        is_primary,
+        seed_keys,
+    )
     from jaxmod.reporting import METRICS_FILE
-
-    from jaxmod.parallel import check_distributed, check_layout, gather, init_distributed, is_primary
 
     config = _train_config(args, argv)
     _check_wandb(args)

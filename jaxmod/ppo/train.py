@@ -95,7 +95,10 @@ def optimise(c: PPOConfig, net: ActorCritic, hp: HyperParams, params: Params, op
     """Epochs x minibatches of clipped-PPO SGD on one flat batch (leading axis `c.batch_size`; its loss masks
     0/1, turned into per-minibatch weights here). The optimiser works on the params raveled into one vector, so
     Adam is a few fused ops instead of a few per leaf. `extra_loss`: see `ppo_loss`. Returns the new params,
-    optimiser state and per-SGD-step metrics [epochs, minibatches]."""
+    optimiser state and per-SGD-step metrics [epochs, minibatches]. `sample_axis`: a mesh axis (of the mesh in
+    context, `jax.sharding.use_abstract_mesh`) that each minibatch's sample axis is split over, so every device
+    computes the loss and gradient of its slice and the partitioner sums them across the axis (data parallel,
+    `jaxmod.parallel`); None (the default) adds nothing to the program."""
     tx = make_optimizer(c, hp)
     flat_params, unravel = ravel_pytree(params)
     grad_fn = jax.value_and_grad(
@@ -128,7 +131,8 @@ class PPOLearner:
     config: PPOConfig
     modulator: Modulator = Identity()
     vec_env: Any = None  # the env to learn in; None: `make(config.env_id, ...)` from the config's env fields
-    env_axis: str | None = None  # mesh axis the envs are sharded over (`jaxmod.parallel`); None: no constraint
+    env_axis: str | None = None  # mesh axis the envs (and each minibatch's samples) are split over, data parallel
+    # (`jaxmod.parallel`; trace under that mesh); None: a one-device program, nothing added (jaxmod's choice)
 
     def __post_init__(self) -> None:
         # build (and validate) the env and network now: built lazily inside a jit trace, an env that computes
