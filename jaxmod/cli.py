@@ -473,7 +473,7 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     )
 
     from jaxmod.checkpoint import save_checkpoint
-    from jaxmod.parallel import gather, is_primary
+    from jaxmod.parallel import barrier, gather, is_primary
     from jaxmod.reporting import METRICS_FILE, PARAMS_FINITE, append_metrics, check_finite
     from jaxmod.tracking import Tracker
 
@@ -497,6 +497,7 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
                 progress.update(task, description=f"compiling ({n}-update chunk)")
                 t0 = time.perf_counter()
                 compiled[n] = runner.runner(n).lower(run.state).compile()
+                barrier("chunk")  # a multi-host run: every process has compiled it (parallel.run_synced)
                 run.compile_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             run.state, metrics = compiled[n](run.state)

@@ -27,6 +27,7 @@ and the mesh spans them all; each process runs the same program on its own devic
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,13 +134,36 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+_BARRIERS = itertools.count()
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+    """Wait until every process reaches this point (the distributed runtime's coordination barrier: no device
+    collective). A no-op in a single-process run. Every process calls the same barriers in the same order."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the runtime's client (orbax waits at its barriers the same way)
+
+    distributed.global_state.client.wait_at_barrier(f"jaxmod-{name}-{next(_BARRIERS)}", timeout_in_ms=timeout_s * 1000)
+
+
+def run_synced(jitted: Callable, *args: Any, name: str = "run") -> Any:
+    """`jitted(*args)`, but in a multi-process run compiled first and run only once every process has compiled it:
+    a CPU's collectives (gloo) give up on a peer that joins more than 30 s late, and compile times differ."""
+    if jax.process_count() == 1:
+        return jitted(*args)
+    compiled = jitted.lower(*args).compile()
+    barrier(name)
+    return compiled(*args)
+
+
 def gather(tree: Any) -> Any:
     """A tree of (possibly sharded, possibly multi-process) arrays as numpy arrays on every process."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
+    mesh = next(x.sharding.mesh for x in jax.tree.leaves(tree) if isinstance(x.sharding, NamedSharding))
+    replicate = jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return jax.device_get(run_synced(replicate, tree, name="gather"))
 
 
 @dataclass(frozen=True)
@@ -258,8 +282,8 @@ class MultiSeed:
             keys = global_array(jax.device_get(keys), self.sharding)
             hparams = None if hparams is None else global_array(jax.device_get(hparams), self.sharding)
         if hparams is None:
-            return self._init(keys)
-        return self._init_fn(True)(keys, hparams)
+            return run_synced(self._init, keys, name="init")
+        return run_synced(self._init_fn(True), keys, hparams, name="init")
 
     def runner(self, num_updates: int) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
         """A jitted `state -> (state, metrics)` that runs `num_updates` updates for every seed (one per
@@ -279,8 +303,8 @@ class MultiSeed:
         if self.sharding is None:
             return seeds_params_finite(state.params)
         fn = self.__dict__.setdefault("_finite", jax.jit(jax.vmap(params_finite), out_shardings=self.metrics_sharding))
-        return np.asarray(fn(state.params))
+        return np.asarray(run_synced(fn, state.params, name="finite"))
 
     def train(self, keys: jax.Array) -> tuple[TrainState, Metrics]:
         """Whole training for every seed in one call."""
-        return self.runner(self.config.num_updates)(self.init(keys))
+        return run_synced(self.runner(self.config.num_updates), self.init(keys), name="train")
