@@ -62,10 +62,10 @@ DATA_PARALLEL = textwrap.dedent("""
 """).replace("ATOL", repr(ATOL)).replace("RTOL", repr(RTOL))
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1000)  # ~50 CPU s (6 small compiles); generous for a loaded machine
 def test_data_parallel_equals_one_device_within_rounding():
     proc = subprocess.run([sys.executable, "-c", DATA_PARALLEL], env=_env(4), cwd=ROOT, capture_output=True,
-                          text=True, timeout=580)
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     two, four = result["runs"]["2"], result["runs"]["4"]
@@ -92,7 +92,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1000)  # ~50 CPU s; generous for a loaded machine (the subprocesses wait for each other)
 def test_two_processes_on_loopback_equal_one_process(tmp_path):
     """2 processes x 2 devices (`--coordinator/--num-processes/--process-id`) = 1 process x 4 devices: the same
     2 x 2 mesh spans both processes; process 0 alone writes the metrics and the checkpoint."""
@@ -106,11 +106,11 @@ def test_two_processes_on_loopback_equal_one_process(tmp_path):
                                "--process-id", str(i)], env=_env(2), cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     one = subprocess.run([*cmd, *TRAIN, "--out", str(single)], env=_env(4), cwd=ROOT, capture_output=True, text=True,
-                         timeout=550)
+                         timeout=900)
     outs = []
     for p in procs:
         try:
-            outs.append(p.communicate(timeout=550))
+            outs.append(p.communicate(timeout=900))
         finally:
             p.kill()
     assert one.returncode == 0, one.stderr[-3000:]
@@ -118,7 +118,7 @@ def test_two_processes_on_loopback_equal_one_process(tmp_path):
         assert p.returncode == 0, stderr[-3000:]
     assert "result" in outs[0][0] and outs[1][0].strip() == "", outs  # process 0 reports, process 1 is silent
     a, b = read_metrics(multi / "metrics.jsonl"), read_metrics(single / "metrics.jsonl")
-    assert len(a["update"]) == 6 and list(a["update"]) == list(b["update"])  # written once, not once per process
+    assert len(a["update"]) == 3 and list(a["update"]) == list(b["update"])  # written once, not once per process
     for key in b:
         assert np.all(np.abs(a[key] - b[key]) <= ATOL + RTOL * np.abs(b[key])), (key, a[key], b[key])
     pa, pb = load_checkpoint(multi / "checkpoint").state.params, load_checkpoint(single / "checkpoint").state.params
