@@ -117,11 +117,22 @@ def _interrupts_after_the_save() -> Iterator[None]:
 
 def _manager(directory: Path, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
     # a reading manager is given the read-only values orbax would otherwise warn that it sets itself
+    alone, create = {}, not read_only
+    if jax.process_count() > 1:  # a multi-host run: this process's manager alone (orbax then creates no folder)
+        alone, create = {"multiprocessing_options": _this_process_only()}, False
+        if not read_only:
+            directory.mkdir(parents=True, exist_ok=True)
     options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, enable_async_checkpointing=False,
-                                           read_only=read_only, create=not read_only,
+                                           read_only=read_only, create=create,
                                            cleanup_tmp_directories=not read_only,
-                                           save_interval_steps=0 if read_only else 1)
+                                           save_interval_steps=0 if read_only else 1, **alone)
     return ocp.CheckpointManager(directory, options=options, item_names=(STATE_DIR, META_ITEM))
+
+
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+    """Orbax's default syncs every process of a multi-host run at each save; jaxmod saves host arrays from process 0
+    alone (`jaxmod.parallel.gather`) and every process reads alone, so each manager is its own process's."""
+    return ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
 
 
 def _digest(step_dir: Path) -> dict[str, str]:

@@ -14,6 +14,7 @@ ran to config.json in their --out folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -248,7 +249,19 @@ def _add_train(sub: Any, argv: Sequence[str]) -> None:
     train.add_argument("--quiet", action="store_true",
                        help="print only warnings, errors and the final table: no header, progress bar or paths "
                             "(default: off)")
+    _add_distributed_flags(train)
     _add_config_flags(train, base, _train_flags(), "run", with_total_steps=True)
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """Multi-host: the three settings of `jax.distributed.initialize` (`jaxmod.parallel.init_distributed`)."""
+    group = parser.add_argument_group("multi-host (JAX's distributed runtime; give all three, or none)")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="address of process 0 and a free port, the same for every process (default: one process)")
+    group.add_argument("--num-processes", type=parse_int, default=None, metavar="N",
+                       help="processes in the run, one per host (default: one process)")
+    group.add_argument("--process-id", type=parse_int, default=None, metavar="I",
+                       help="this process's index in [0, N); process 0 writes the run's files (default: one process)")
 
 
 def _add_ultra(sub: Any, argv: Sequence[str]) -> None:
@@ -446,11 +459,20 @@ class _TrainRun:
 
 def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     """Check everything, then resume or start: the config, the run folder and the initial state."""
-    from jaxmod.parallel import MultiSeed, seed_keys
+    from jaxmod.parallel import (
+        MultiSeed,
+        check_distributed,
+        check_layout,
+        gather,
+        init_distributed,
+        is_primary,
+        seed_keys,
+    )
     from jaxmod.reporting import METRICS_FILE
 
     config = _train_config(args, argv)
     _check_wandb(args)
+    check_distributed(args.coordinator, args.num_processes, args.process_id)  # one line, before waiting for peers
     if args.max_chunks is not None and args.max_chunks < 1:
         raise CLIError("--max-chunks must be >= 1 (leave it out to run to the end)")
     _check_named(args)
@@ -461,6 +483,10 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
         config = _resume_config(args, out)
     elif (out / METRICS_FILE).exists():
         raise CLIError(f"{_p(out)} already holds a run; pass --resume to continue it or choose another --out")
+    init_distributed(args.coordinator, args.num_processes, args.process_id)  # before anything touches a device
+    import jax
+
+    check_layout(config.seeds, config.ppo.num_envs, config.env_shards, jax.device_count())
     _make_env(config.ppo, args, out / CONFIG_FILE if args.resume else args.config)
     _enable_compile_cache()
     ckpt = _restore(out / "checkpoint", None) if args.resume else None
@@ -473,18 +499,39 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
                            f"({ckpt.num_seeds} seed(s) of {ckpt.config.env_id}): resume the folder it came from")
         print(f"note: resuming {_p(out)} from update {int(ckpt.state.update_step.reshape(-1)[0])} with every setting "
               f"from its {CONFIG_FILE}", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    from jaxmod.reporting import write_atomically
+    if is_primary():  # process 0 writes the run's files (every process of a multi-host run computes)
+        out.mkdir(parents=True, exist_ok=True)
+        from jaxmod.reporting import write_atomically
 
-    write_atomically(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")  # resume
-    runner = MultiSeed(config.ppo, config.seeds)
-    state = ckpt.state if ckpt is not None else runner.init(seed_keys(config.seed, config.seeds))
+        write_atomically(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")  # resume
+    runner = MultiSeed(config.ppo, config.seeds, env_shards=config.env_shards)
+    state = runner.place(ckpt.state) if ckpt is not None else runner.init(seed_keys(config.seed, config.seeds))
     import numpy as np
 
-    done = int(np.asarray(state.update_step).reshape(-1)[0])
-    if args.resume:  # drop metrics written after the checkpoint was taken
+    done = int(np.asarray(gather(state.update_step)).reshape(-1)[0])
+    if args.resume and is_primary():  # drop metrics written after the checkpoint was taken
         _truncate_metrics(out / METRICS_FILE, done)
     return _TrainRun(config, out, runner, state, done)
+
+
+def _progress_columns() -> list:
+    """The train command's progress bar: description, bar, updates done of all, elapsed and remaining time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("updates"), TimeElapsedColumn(), TimeRemainingColumn()]
+
+
+def _save_train_checkpoint(run: _TrainRun, primary: bool) -> None:
+    """Checkpoint the run's state (gathered from every process of a multi-host run; process 0 writes)."""
+    from jaxmod.checkpoint import save_checkpoint
+    from jaxmod.parallel import gather
+
+    host = gather(run.state)
+    if primary:
+        cfg = run.config
+        save_checkpoint(run.out / "checkpoint", host, cfg.ppo, num_seeds=cfg.seeds, meta={"updates_done": run.done},
+                        keep=cfg.keep_checkpoints)
 
 
 def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
@@ -492,17 +539,9 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     first chunk with a non-finite loss, return or parameter."""
     import jax
     import numpy as np
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
-    from jaxmod.checkpoint import save_checkpoint
-    from jaxmod.ppo.train import seeds_params_finite
+    from jaxmod.parallel import barrier, is_primary
     from jaxmod.reporting import METRICS_FILE, PARAMS_FINITE, append_metrics, check_finite
     from jaxmod.tracking import Tracker
 
@@ -512,11 +551,11 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     steps_per_update = ppo.batch_size * cfg.seeds
     compiled: dict[int, Any] = {}
     chunks_done = 0
-    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("updates"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=args.quiet, transient=False) as progress, \
-            Tracker(run.out, cfg.to_dict(), args.wandb, fresh=not args.resume,
-                    purge_step=(run.done + 1) * ppo.batch_size if args.resume else None) as tracker:
+    primary = is_primary()
+    with Progress(*_progress_columns(), console=console, disable=args.quiet, transient=False) as progress, \
+            (Tracker(run.out, cfg.to_dict(), args.wandb, fresh=not args.resume,
+                     purge_step=(run.done + 1) * ppo.batch_size if args.resume else None)
+             if primary else contextlib.nullcontext()) as tracker:
         task = progress.add_task("compiling", total=total, completed=run.done)
         while run.done < total and (args.max_chunks is None or chunks_done < args.max_chunks):
             n = min(chunk, total - run.done)
@@ -524,18 +563,20 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
                 progress.update(task, description=f"compiling ({n}-update chunk)")
                 t0 = time.perf_counter()
                 compiled[n] = runner.runner(n).lower(run.state).compile()
+                barrier("chunk")  # a multi-host run: every process has compiled it (parallel.run_synced)
                 run.compile_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             run.state, metrics = compiled[n](run.state)
             metrics = jax.device_get(metrics)
             dt = time.perf_counter() - t0
-            check_finite({**metrics, PARAMS_FINITE: seeds_params_finite(run.state.params)}, "PPO training",
+            check_finite({**metrics, PARAMS_FINITE: runner.params_finite(run.state)}, "PPO training",
                          f"chunk {chunks_done + 1} (updates {run.done + 1}-{run.done + n} of {total})",
                          f"the run stops before writing this chunk (a checkpoint saved before it is finite); a smaller --lr "
                          f"(now {ppo.lr:g}) may help")
             run.run_s += dt
-            append_metrics(run.out / METRICS_FILE, metrics, run.done)
-            tracker.ppo_metrics(metrics, np.asarray(metrics["env_steps"])[0])
+            if primary:  # process 0 writes (the metrics are replicated on every process)
+                append_metrics(run.out / METRICS_FILE, metrics, run.done)
+                tracker.ppo_metrics(metrics, np.asarray(metrics["env_steps"])[0])
             run.done += n
             run.steps_run += n * steps_per_update
             chunks_done += 1
@@ -543,8 +584,7 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
                 f"return {float(np.mean(metrics['episode_return'][:, -1])):8.2f} | "
                 f"{n * steps_per_update / dt / 1e3:9.1f}k steps/s"))
             if chunks_done % cfg.checkpoint_every == 0 or run.done >= total or chunks_done == args.max_chunks:
-                save_checkpoint(run.out / "checkpoint", run.state, ppo, num_seeds=cfg.seeds,
-                                meta={"updates_done": run.done}, keep=cfg.keep_checkpoints)
+                _save_train_checkpoint(run, primary)
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
@@ -552,17 +592,20 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from jaxmod.parallel import is_primary
     from jaxmod.reporting import METRICS_FILE, plot_curves, read_metrics, seed_summary
     from jaxmod.stats import few_runs_note
 
     run = _train_setup(args, argv)
     ppo, seeds, out = run.config.ppo, run.config.seeds, run.out
-    console = Console(stderr=False, quiet=False)
+    console = Console(stderr=False, quiet=not is_primary())  # a multi-host run: process 0 reports
     if not args.quiet:
         console.print(f"[bold]jaxmod train[/] {ppo.env_id}: {seeds} seed(s) x {ppo.total_timesteps:,} steps "
                       f"({ppo.num_updates} updates of {ppo.num_envs} envs x {ppo.num_steps} steps) on "
                       f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {_p(out)}")
     _train_loop(run, args, console)
+    if not is_primary():
+        return 0
     data = read_metrics(out / METRICS_FILE)
     png = plot_curves([(ppo.env_id, data["env_steps"][:, 0], data["episode_return"])], out / "curve.png",
                       title=f"PPO on {ppo.env_id}")

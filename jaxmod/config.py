@@ -361,11 +361,16 @@ class TrainConfig:
     checkpoint_every: int = 5  # save a checkpoint every N chunks (and at the end)
     keep_checkpoints: int = KEEP_CHECKPOINTS  # checkpoints kept in <out>/checkpoint: the newest and the ones a
     # damaged newest falls back to (jaxmod's choice)
+    env_shards: int = 1  # devices that share each seed's envs (data parallel: the envs and every minibatch split
+    # over them, gradients summed across them; must divide num_envs and the device count; jaxmod.parallel)
 
     def __post_init__(self) -> None:
         check_fields(self)
         check_fields(self.ppo)
-        positive(self, ("seeds", "chunks", "checkpoint_every", "keep_checkpoints"))
+        positive(self, ("seeds", "chunks", "checkpoint_every", "keep_checkpoints", "env_shards"))
+        if self.ppo.num_envs % self.env_shards:
+            raise ConfigError(f"env_shards={self.env_shards} must divide num_envs={self.ppo.num_envs} (each device "
+                              "steps num_envs / env_shards envs of every seed): change --num-envs or --env-shards")
         at_most(self, ("seeds",), MAX_SEEDS, "seeds run side by side in one program")
         check_seed(self)
 

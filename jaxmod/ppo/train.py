@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec
 
 from jaxmod.envs import VecEnv, VecEnvState, make
 from jaxmod.ppo.config import ConfigError, HyperParams, PPOConfig
@@ -89,12 +90,15 @@ def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransfor
 
 
 def optimise(c: PPOConfig, net: ActorCritic, hp: HyperParams, params: Params, opt_state: optax.OptState,
-             batch: Batch, key: jax.Array, extra_loss: Callable | None = None
+             batch: Batch, key: jax.Array, extra_loss: Callable | None = None, sample_axis: str | None = None
              ) -> tuple[Params, optax.OptState, Metrics]:
     """Epochs x minibatches of clipped-PPO SGD on one flat batch (leading axis `c.batch_size`; its loss masks
     0/1, turned into per-minibatch weights here). The optimiser works on the params raveled into one vector, so
     Adam is a few fused ops instead of a few per leaf. `extra_loss`: see `ppo_loss`. Returns the new params,
-    optimiser state and per-SGD-step metrics [epochs, minibatches]."""
+    optimiser state and per-SGD-step metrics [epochs, minibatches]. `sample_axis`: a mesh axis (of the mesh in
+    context, `jax.sharding.use_abstract_mesh`) that each minibatch's sample axis is split over, so every device
+    computes the loss and gradient of its slice and the partitioner sums them across the axis (data parallel,
+    `jaxmod.parallel`); None (the default) adds nothing to the program."""
     tx = make_optimizer(c, hp)
     flat_params, unravel = ravel_pytree(params)
     grad_fn = jax.value_and_grad(
@@ -110,6 +114,8 @@ def optimise(c: PPOConfig, net: ActorCritic, hp: HyperParams, params: Params, op
         perm = jax.random.permutation(key, c.batch_size)
         mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.minibatch_size) + x.shape[1:]), batch)
         mbs = mbs.replace(masks={name: mask_weights(m) for name, m in mbs.masks.items()})  # masks -> weights
+        if sample_axis is not None:  # data parallel: each device runs its slice of every minibatch
+            mbs = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(None, sample_axis)), mbs)
         return jax.lax.scan(sgd_step, carry, mbs)
 
     (flat_params, opt_state), infos = jax.lax.scan(epoch, (flat_params, opt_state),
@@ -125,6 +131,8 @@ class PPOLearner:
     config: PPOConfig
     modulator: Modulator = Identity()
     vec_env: Any = None  # the env to learn in; None: `make(config.env_id, ...)` from the config's env fields
+    env_axis: str | None = None  # mesh axis the envs (and each minibatch's samples) are split over, data parallel
+    # (`jaxmod.parallel`; trace under that mesh); None: a one-device program, nothing added (jaxmod's choice)
 
     def __post_init__(self) -> None:
         # build (and validate) the env and network now: built lazily inside a jit trace, an env that computes
@@ -214,7 +222,8 @@ class PPOLearner:
 
         # UPDATE NETWORK
         extra_loss = None if mod.identity else (lambda p, head, mb: mod.loss(aux, net, p, head, mb))
-        params, opt_state, infos = optimise(c, net, hp, state.params, state.opt_state, batch, k_perm, extra_loss)
+        params, opt_state, infos = optimise(c, net, hp, state.params, state.opt_state, batch, k_perm, extra_loss,
+                                            self.env_axis)
 
         if c.anneal_lr:
             lr = hp.lr * (1.0 - state.update_step / c.num_updates)

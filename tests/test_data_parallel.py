@@ -1,0 +1,144 @@
+"""Data parallel (one seed's envs and minibatches split over devices) and multi-host training, on emulated CPU
+devices: what `jaxmod.parallel` states, tested as stated.
+
+Tolerance: a data-parallel program is the one-device program partitioned by XLA; only the order of floating-point
+sums changes (per-device partial sums of the loss and gradient, then an all-reduce), so every metric of every update
+must agree within 1e-5 + 1e-4 x its value, and every parameter within 1e-5, on a tiny CartPole run (6 updates; over
+long runs, as with any change of summation order, trajectories may drift apart)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxmod.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+ATOL, RTOL = 1e-5, 1e-4  # the stated tolerance (module doc)
+
+
+def _env(devices: int) -> dict[str, str]:
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+                PYTHONPATH=str(ROOT))
+
+
+DATA_PARALLEL = textwrap.dedent("""
+    import json, jax, numpy as np
+    from jaxmod.parallel import MultiSeed, seed_keys, seed_mesh
+    from jaxmod.ppo.config import ConfigError
+    from tests.conftest import TINY
+    assert jax.device_count() == 4, jax.devices()
+    keys = seed_keys(0, 2)
+    ref_state, ref = MultiSeed(TINY, 2, mesh=seed_mesh(jax.devices()[:1])).train(keys)
+    out = {}
+    for shards in (2, 4):
+        dp = MultiSeed(TINY, 2, env_shards=shards)
+        state = dp.init(keys)
+        compiled = dp.runner(TINY.num_updates).lower(state).compile()
+        hlo = compiled.as_text()
+        state, m = compiled(state)
+        excess = max(float(np.max(np.abs(np.asarray(m[k]) - np.asarray(ref[k]))
+                                  - ATOL - RTOL * np.abs(np.asarray(ref[k])))) for k in ref)
+        params = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)))
+        out[shards] = {"mesh": dict(dp.sharding.mesh.shape), "block": list(state.obs.addressable_shards[0].data.shape),
+                       "devices": len(state.obs.sharding.device_set), "excess": excess, "params": params,
+                       "all_reduce": "all-reduce" in hlo, "same_keys": sorted(m) == sorted(ref)}
+    errors = []
+    for seeds, shards in ((3, 2), (2, 3)):
+        try:
+            MultiSeed(TINY, seeds, env_shards=shards)
+        except ConfigError as err:
+            errors.append(str(err))
+    print(json.dumps({"runs": out, "errors": errors}))
+""").replace("ATOL", repr(ATOL)).replace("RTOL", repr(RTOL))
+
+
+@pytest.mark.timeout(1000)  # ~50 CPU s (6 small compiles); generous for a loaded machine
+def test_data_parallel_equals_one_device_within_rounding():
+    proc = subprocess.run([sys.executable, "-c", DATA_PARALLEL], env=_env(4), cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    two, four = result["runs"]["2"], result["runs"]["4"]
+    # 2 seeds x 2 env shards: each device holds 1 seed's 2 of 4 envs; 1 seed row x 4 env shards: 2 seeds' 1 env
+    assert two["mesh"] == {"seeds": 2, "envs": 2} and two["block"] == [1, 2, 4] and two["devices"] == 4, two
+    assert four["mesh"] == {"seeds": 1, "envs": 4} and four["block"] == [2, 1, 4] and four["devices"] == 4, four
+    for run in (two, four):
+        assert run["same_keys"] and run["all_reduce"], run  # the gradient (and loss) sums cross devices
+        assert run["excess"] <= 0.0, run  # every metric of every update within ATOL + RTOL |value|
+        assert run["params"] <= ATOL, run
+    assert len(result["errors"]) == 2, result
+    assert "seeds=3 must be a multiple of the 2 seed shard(s)" in result["errors"][0]
+    assert "env_shards=3 must divide num_envs=4" in result["errors"][1]
+
+
+TRAIN = ["train", "--env", "CartPole-v1", "--num-envs", "4", "--num-steps", "16", "--total-steps", "192",
+         "--update-epochs", "2", "--num-minibatches", "2", "--chunks", "1", "--seeds", "2", "--env-shards", "2",
+         "--quiet"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(1000)  # ~50 CPU s; generous for a loaded machine (the subprocesses wait for each other)
+def test_two_processes_on_loopback_equal_one_process(tmp_path):
+    """2 processes x 2 devices (`--coordinator/--num-processes/--process-id`) = 1 process x 4 devices: the same
+    2 x 2 mesh spans both processes; process 0 alone writes the metrics and the checkpoint."""
+    from jaxmod.checkpoint import load_checkpoint
+    from jaxmod.reporting import read_metrics
+
+    cmd = [sys.executable, "-m", "jaxmod"]
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    coord = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([*cmd, *TRAIN, "--out", str(multi), "--coordinator", coord, "--num-processes", "2",
+                               "--process-id", str(i)], env=_env(2), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    one = subprocess.run([*cmd, *TRAIN, "--out", str(single)], env=_env(4), cwd=ROOT, capture_output=True, text=True,
+                         timeout=900)
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=900))
+        finally:
+            p.kill()
+    assert one.returncode == 0, one.stderr[-3000:]
+    for p, (_, stderr) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, stderr[-3000:]
+    silent = [ln for ln in outs[1][0].splitlines() if not ln.startswith("[Gloo]")]  # gloo's own connection lines
+    assert "result" in outs[0][0] and not silent, outs  # process 0 reports, process 1 prints nothing of its own
+    a, b = read_metrics(multi / "metrics.jsonl"), read_metrics(single / "metrics.jsonl")
+    assert len(a["update"]) == 3 and list(a["update"]) == list(b["update"])  # written once, not once per process
+    for key in b:
+        assert np.all(np.abs(a[key] - b[key]) <= ATOL + RTOL * np.abs(b[key])), (key, a[key], b[key])
+    pa, pb = load_checkpoint(multi / "checkpoint").state.params, load_checkpoint(single / "checkpoint").state.params
+    import jax
+
+    assert max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True)) <= ATOL
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env-shards", "3"], "env_shards=3 must divide num_envs=4"),
+    (["--env-shards", "2"], "env_shards=2 must divide the 1 device(s) available"),
+    (["--coordinator", "127.0.0.1:1234"], "missing --num-processes, --process-id"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "--coordinator must be HOST:PORT"),
+    (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id must lie in [0, 1]"),
+])
+def test_bad_layout_and_multihost_flags_one_line_before_compiling(tmp_path, capsys, flags, message):
+    argv = ["train", "--env", "CartPole-v1", "--num-envs", "4", "--out", str(tmp_path / "run"), *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()  # nothing written
