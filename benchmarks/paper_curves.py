@@ -264,7 +264,9 @@ def summarise(env_id: str, results: dict) -> list[dict[str, Any]]:
             if base is not None and name != "PPO" and np.all(np.isfinite(base.eval_returns[-1])):
                 gain = iqm_difference_ci(final, np.asarray(base.eval_returns[-1], float))
                 row.update(gain=gain.as_dict(), verdict=verdict(gain))
-        row["start_iqm"] = seed_summary(r.eval_returns[0]).as_dict()["iqm"]
+        summary = seed_summary(final).as_dict()  # IQM and its 95% CI as flat keys too (None where a seed is not finite)
+        row.update(start_iqm=seed_summary(r.eval_returns[0]).as_dict()["iqm"], final_iqm=summary["iqm"],
+                   final_ci95=summary["ci95"])
         if env_id in WIN_RATE_ENVS:  # one-point games: return +1 win / -1 loss, so win rate = (return + 1) / 2
             rate, start = seed_summary(win_rate(final)).as_dict(), seed_summary(win_rate(r.eval_returns[0])).as_dict()
             row.update(win_rate_mean=rate["mean"], win_rate_std=rate["std"], win_rate_iqm=rate["iqm"],
@@ -347,7 +349,7 @@ def markdown(rows: list[dict[str, Any]], device: str) -> str:
                 i = r["iqm"]
                 vals.append(f"{i['point']:.1f} [{i['low']:.1f}, {i['high']:.1f}]")
             else:
-                vals.append(r.get("failed", "-"))
+                vals.append("NON-FINITE" if "failed" in r else "-")  # which seeds: the row's "failed"
         lines.append(f"| {METHODS[m].label} | " + " | ".join(vals) + " |")
     def start(t: str) -> str:  # the same agents start every method: the first method's start IQM
         r = next(r for r in rows if r["task"] == t)

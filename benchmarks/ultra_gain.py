@@ -39,7 +39,7 @@ PRESETS = {
 def markdown(rows: list[dict]) -> str:
     """The printed table: final return IQM [95% CI] over seeds, paired gain over continued PPO with its verdict;
     below `MIN_RUNS` seeds a note says the intervals mean little (and verdicts read "too few seeds")."""
-    note = few_runs_note(min((r["seeds"] for r in rows), default=MIN_RUNS))
+    note = few_runs_note(min((r["seeds"] for r in rows if "seeds" in r), default=MIN_RUNS))  # rows of older runs: none
     lines = ["", "Final evaluation return: IQM [95% bootstrap CI] over seeds; gain: IQM difference to continued PPO "
              "from the same agents (paired bootstrap)." + (f" {note}." if note else ""), "",
              "| env | advisor noise | method | start | final IQM [95% CI] | gain vs PPO | wall vs PPO | advice overhead |",

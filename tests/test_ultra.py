@@ -277,7 +277,7 @@ def test_no_credential_reaches_any_file_or_output(tmp_path):
                               env={**os.environ, "OPENAI_API_KEY": canary, "JAXMOD_DEBUG": ""})
         assert srv.headers and all(h["Authorization"] == f"Bearer {canary}" for h in srv.headers)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    written = sorted(f.relative_to(out).parts[0] for f in out.rglob("*") if f.is_file())
+    written = sorted({f.relative_to(out).parts[0] for f in out.rglob("*") if f.is_file()})  # tb/: one per sub-run
     assert written == ["config.json", "critical_states.md", "tb", "transcript.jsonl", "ultra.json", "ultra.png"]
     transcript = (out / "transcript.jsonl").read_text()
     assert "***" in transcript  # the echoed key was there, redacted
