@@ -36,7 +36,7 @@ import numpy as np
 from jaxmod.envs.sparse import SPARSE_SUFFIX
 from jaxmod.methods import METHODS
 from jaxmod.reporting import WIN_RATE_ENVS, seed_summary, win_rate
-from jaxmod.stats import iqm_ci, iqm_difference_ci, verdict
+from jaxmod.stats import iqm_difference_ci, verdict
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
 ALL_METHODS = ("PPO", "A", "R", "RA", "StateMask-R", "RICE", "JSRL", "Random")
@@ -185,12 +185,11 @@ def strong_teacher(env_id: str, preset: dict[str, Any], kw: dict[str, Any], run:
     evaluation return is at least `TEACHER_RATIO` times the agents' mean; says so loudly when the cap is reached
     first. Returns the advisor spec and the record (both returns, the steps, whether the ratio was met)."""
     overrides = tuple(kw.get("ppo_overrides", ()))
-    teacher_overrides = overrides + ((("num_envs", preset["teacher_envs"]),) if "teacher_envs" in preset else ())
     steps, cap = preset["teacher_steps"] or kw["pretrain_steps"] * 4, preset.get("teacher_max_steps", 0)
     pre = run.pretrain()
     prev = 0
     while True:
-        spec = ensure_teacher(env_id, steps, agents, log, teacher_overrides, from_steps=prev)
+        spec = ensure_teacher(env_id, steps, agents, log, overrides, from_steps=prev)
         agent_returns, teacher_return = evaluate_agents(run, pre, spec)
         need = teacher_bar(float(np.mean(agent_returns)))
         ok = teacher_return >= need
@@ -257,16 +256,17 @@ def summarise(env_id: str, results: dict) -> list[dict[str, Any]]:
                "wall_s": r.wall_s, "compile_s": r.compile_s, "steps": r.steps, "curve": np.mean(
                    np.asarray(r.eval_returns, float), axis=1).tolist(),
                "advice_per_chunk": [{k: c[k] for k in ADVICE_COUNTS if k in c} for c in r.chunk_metrics]}
+        summary = seed_summary(final)  # IQM and its 95% CI, once (None where a seed is not finite)
         if not np.all(np.isfinite(final)):
             row["failed"] = f"{int(np.sum(~np.isfinite(final)))} non-finite seed(s)"
         else:
-            row["iqm"] = iqm_ci(final).as_dict()
+            row["iqm"] = summary.iqm.as_dict()
             if base is not None and name != "PPO" and np.all(np.isfinite(base.eval_returns[-1])):
                 gain = iqm_difference_ci(final, np.asarray(base.eval_returns[-1], float))
                 row.update(gain=gain.as_dict(), verdict=verdict(gain))
-        summary = seed_summary(final).as_dict()  # IQM and its 95% CI as flat keys too (None where a seed is not finite)
-        row.update(start_iqm=seed_summary(r.eval_returns[0]).as_dict()["iqm"], final_iqm=summary["iqm"],
-                   final_ci95=summary["ci95"])
+        flat = summary.as_dict()  # the same IQM and CI as flat keys too
+        row.update(start_iqm=seed_summary(r.eval_returns[0]).as_dict()["iqm"], final_iqm=flat["iqm"],
+                   final_ci95=flat["ci95"])
         if env_id in WIN_RATE_ENVS:  # one-point games: return +1 win / -1 loss, so win rate = (return + 1) / 2
             rate, start = seed_summary(win_rate(final)).as_dict(), seed_summary(win_rate(r.eval_returns[0])).as_dict()
             row.update(win_rate_mean=rate["mean"], win_rate_std=rate["std"], win_rate_iqm=rate["iqm"],

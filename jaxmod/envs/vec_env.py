@@ -128,8 +128,8 @@ class VecEnv:
         action = checked_action(space, action, (self.num_envs,))  # discrete: [N] integers in range (eager: an error;
         # traced: clipped)
         nxt, reward, terminated = jax.vmap(self.core.step)(jax.random.split(step_key, self.num_envs), state.core, action)
-        limit = nxt.time >= self.core.max_steps if cut is None else (nxt.time >= self.core.max_steps) | cut
-        truncated = jnp.logical_and(limit, jnp.logical_not(terminated))
+        limit = nxt.time >= self.core.max_steps  # the time limit, and the episodes a caller cuts now (`cut`)
+        truncated = jnp.logical_and(limit if cut is None else limit | cut, jnp.logical_not(terminated))
         done = jnp.logical_or(terminated, truncated)
 
         if reset_cores is None:
