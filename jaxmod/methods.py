@@ -160,12 +160,14 @@ register(Method("RA", "ULTRA-RA", "advisor", "both", _ultra("RA"), _ultra_pieces
 register(Method("restart", "ULTRA restarts only", "advisor", "mixed restarts from the advisor's critical states",
                 _ultra("restart"), _ultra_pieces("restart")))
 register(Method("StateMask-R", "StateMask-R", "mask", "always restart from the mask net's critical states",
-                lambda ctx: statemask.modulator(), lambda ctx: Pieces(restart_prob=1.0)))
+                lambda ctx: statemask.modulator(ctx.modulation.restart_cut), lambda ctx: Pieces(restart_prob=1.0)))
 register(Method("RICE", "RICE", "mask", "mixed restarts from mask-net critical states (p) + RND bonus (lambda)",
-                lambda ctx: rice.modulator(ctx.env_id, ctx.rice_p, ctx.rice_lambda), _rice_pieces))
+                lambda ctx: rice.modulator(ctx.env_id, ctx.rice_p, ctx.rice_lambda, ctx.modulation.restart_cut),
+                _rice_pieces))
 register(Method("JSRL", "JSRL", "none", "the frozen agent rolls in for h steps per episode, h shrinking to 0",
                 lambda ctx: jsrl.GuideRollIn(max(1, ctx.guide_steps)),
                 lambda ctx: Pieces(guide_steps=max(1, ctx.guide_steps))))
 register(Method("Random", "Random critical", "random", "RICE with uniformly random critical states (ablation)",
-                lambda ctx: rice.modulator(ctx.env_id, ctx.rice_p, ctx.rice_lambda), _rice_pieces))
+                lambda ctx: rice.modulator(ctx.env_id, ctx.rice_p, ctx.rice_lambda, ctx.modulation.restart_cut),
+                _rice_pieces))
 BASELINES = ("StateMask-R", "RICE", "JSRL", "Random")

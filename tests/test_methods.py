@@ -122,3 +122,21 @@ def test_a_group_member_refines_as_its_own_chain(cartpole_setup, name):
                 "rnd_bonus", "critical_frac"):
         if key in own:
             assert shared[key] == pytest.approx(own[key], rel=1e-4, abs=1e-5), key
+
+
+def test_restart_cut_reaches_every_restarting_method_alone_or_in_a_shared_program():
+    """`ModulationConfig.restart_cut` sets the mid-episode cuts of every method that restarts (ULTRA's, StateMask-R,
+    RICE, Random) the same way whether it runs its own chain or a shared program; unset, each takes the family's."""
+    from jaxmod.advice.modulation import ModulationConfig
+    from jaxmod.advice.restarts import CriticalStates
+
+    def cut_of(modulator):
+        parts = getattr(modulator, "parts", (modulator,))
+        return next(p for p in parts if isinstance(p, CriticalStates)).cut_prob
+
+    restarting = ("A", "RA", "StateMask-R", "RICE", "Random")
+    for cut in (None, 0.3):
+        ctx = methods.MethodContext(env_id="CartPole-v1", modulation=ModulationConfig(restart_cut=cut))
+        for name in restarting:
+            assert cut_of(methods.method(name).build(ctx)) == cut, name
+            assert cut_of(methods.shared_modulator(restarting, name, ctx)) == cut, name

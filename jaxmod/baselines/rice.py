@@ -21,9 +21,10 @@ def rice_values(env_id: str) -> tuple[float, float]:
     return RICE_TABLE3.get(task, RICE_DEFAULT)
 
 
-def modulator(env_id: str, p: float | None = None, lam: float | None = None) -> Modulator:
+def modulator(env_id: str, p: float | None = None, lam: float | None = None, cut_prob: float | None = None
+              ) -> Modulator:
     """RICE's refinement: `CriticalStates(p)` over the critical states it is given + `RNDBonus(lambda)`; either
-    value defaults to `rice_values(env_id)`."""
+    value defaults to `rice_values(env_id)`; `cut_prob`: `CriticalStates`' mid-episode cuts (None: the family's)."""
     table_p, table_lambda = rice_values(env_id)
-    return chain(CriticalStates(restart_prob=table_p if p is None else p),
+    return chain(CriticalStates(restart_prob=table_p if p is None else p, cut_prob=cut_prob),
                  RNDBonus(coef=table_lambda if lam is None else lam))

@@ -7,5 +7,7 @@ from jaxmod.advice.restarts import CriticalStates
 from jaxmod.ppo.modulator import Modulator
 
 
-def modulator() -> Modulator:
-    return CriticalStates(restart_prob=1.0)
+def modulator(cut_prob: float | None = None) -> Modulator:
+    """StateMask-R: every reset restarts from a critical state (`cut_prob`: `CriticalStates`' mid-episode cuts;
+    None: the env family's)."""
+    return CriticalStates(restart_prob=1.0, cut_prob=cut_prob)
