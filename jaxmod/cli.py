@@ -262,6 +262,8 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
                        help="processes in the run, one per host (default: one process)")
     group.add_argument("--process-id", type=parse_int, default=None, metavar="I",
                        help="this process's index in [0, N); process 0 writes the run's files (default: one process)")
+    group.add_argument("--join-timeout", type=parse_int, default=300, metavar="SECONDS",
+                       help="how long a process waits for the others at the coordinator (default: 300)")
 
 
 def _add_ultra(sub: Any, argv: Sequence[str]) -> None:
@@ -473,6 +475,8 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     config = _train_config(args, argv)
     _check_wandb(args)
     check_distributed(args.coordinator, args.num_processes, args.process_id)  # one line, before waiting for peers
+    if args.join_timeout < 1:
+        raise CLIError(f"--join-timeout must be >= 1 seconds, got {args.join_timeout}")
     if args.max_chunks is not None and args.max_chunks < 1:
         raise CLIError("--max-chunks must be >= 1 (leave it out to run to the end)")
     _check_named(args)
@@ -483,7 +487,7 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
         config = _resume_config(args, out)
     elif (out / METRICS_FILE).exists():
         raise CLIError(f"{_p(out)} already holds a run; pass --resume to continue it or choose another --out")
-    init_distributed(args.coordinator, args.num_processes, args.process_id)  # before anything touches a device
+    init_distributed(args.coordinator, args.num_processes, args.process_id, args.join_timeout)  # before any device use
     import jax
 
     check_layout(config.seeds, config.ppo.num_envs, config.env_shards, jax.device_count())
@@ -959,10 +963,10 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
         return
     for st in run.advice_stats:
         console.print(f"advisor ({st['variant']}): {st['valid']} valid, {st['invalid']} invalid, {st['failed']} failed "
-                      f"answers ({st['reused']} reused from an earlier variant, {st['over_budget']} over the context "
-                      f"budget); waited for advice {st['advice_overhead_s']:.1f} s ({st['advice_overhead_frac']:.1%} of "
-                      f"refinement wall time, every wait included); first advice before chunk "
-                      f"{st['first_advice_chunk'] or 'none'}")
+                      f"answers, {st.get('unanswered', 0)} still unanswered when refinement ended ({st['reused']} "
+                      f"reused from an earlier variant, {st['over_budget']} over the context budget); waited for "
+                      f"advice {st['advice_overhead_s']:.1f} s ({st['advice_overhead_frac']:.1%} of refinement wall "
+                      f"time, every wait included); first advice before chunk {st['first_advice_chunk'] or 'none'}")
     console.print(f"outputs: {_p(out / 'ultra.png')}, {_p(out / 'ultra.json')}, {_p(out / 'critical_states.md')}, "
                   f"{_p(out / 'transcript.jsonl')}, {_p(out / CONFIG_FILE)}")
 
@@ -1126,6 +1130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxmod.envs import EnvError
     from jaxmod.llm.server import BackendUnavailable
     from jaxmod.methods import MethodError
+    from jaxmod.parallel import DistributedError
     from jaxmod.ppo.config import ConfigError
     from jaxmod.reporting import NonFiniteError
 
@@ -1145,6 +1150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"jaxmod: error: {_one_line(str(err))}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except DistributedError as err:  # the processes of a multi-host run never met: one line, what to check
+        if os.environ.get("JAXMOD_DEBUG"):
+            raise
+        print(f"jaxmod: error: {_one_line(str(err))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("jaxmod: interrupted", file=sys.stderr)
         return 130

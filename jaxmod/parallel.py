@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -114,6 +116,11 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
     if not 0 <= process_id < num_processes:
         raise ConfigError(f"--process-id must lie in [0, {num_processes - 1}] (--num-processes {num_processes}), "
                           f"got {process_id}")
+    try:  # a typo'd host fails here at once, not after the join timeout
+        socket.getaddrinfo(host.strip("[]"), int(port))
+    except (OSError, UnicodeError):
+        raise ConfigError(f"--coordinator {coordinator}: the host {host!r} does not resolve here; give process 0's "
+                          "hostname or IP address") from None
     return True
 
 
@@ -124,9 +131,49 @@ def init_distributed(coordinator: str | None, num_processes: int | None, process
     process's devices. Returns whether it joined. `timeout_s`: how long to wait for the other processes."""
     if not check_distributed(coordinator, num_processes, process_id):
         return False
+    if not isinstance(timeout_s, int) or isinstance(timeout_s, bool) or timeout_s < 1:
+        raise ConfigError(f"--join-timeout must be a whole number of seconds >= 1, got {timeout_s!r}")
+    host, _, port = coordinator.rpartition(":")
+    start = time.monotonic()
+    if process_id == 0:
+        _check_port_free(int(port))
+    else:  # JAX aborts the process (a fatal log, no exception) when the coordinator stays unreachable: look first
+        _wait_for_coordinator(host.strip("[]"), int(port), timeout_s, f"process {process_id} of {num_processes}")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
-                               initialization_timeout=timeout_s)
+                               initialization_timeout=max(1, timeout_s - int(time.monotonic() - start)))
     return True
+
+
+def _check_port_free(port: int) -> None:
+    """Raise `ConfigError` (one line) when process 0 cannot serve the coordinator on `port` (already in use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError as err:
+            raise ConfigError(f"--coordinator's port {port} cannot be served here ({err.strerror}): choose a free "
+                              "port, the same for every process") from None
+
+
+def _wait_for_coordinator(host: str, port: int, timeout_s: int, who: str) -> None:
+    """Return once process 0's coordinator accepts connections at host:port; raise `DistributedError` (one line)
+    if it does not within `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+                return
+        except OSError as err:
+            why = err.strerror or type(err).__name__
+        if time.monotonic() + 0.5 >= deadline:
+            raise DistributedError(
+                f"{who} could not reach the coordinator at {host}:{port} within {timeout_s} s ({why}): start "
+                "process 0 (--process-id 0) on that host, check that the port is open between the hosts, or give "
+                "a longer --join-timeout")
+        time.sleep(0.5)
+
+
+class DistributedError(RuntimeError):
+    """A multi-process run could not start: the processes did not meet at the coordinator in time (one line)."""
 
 
 def is_primary() -> bool:

@@ -135,6 +135,10 @@ def test_two_processes_on_loopback_equal_one_process(tmp_path):
     (["--coordinator", "127.0.0.1:1234"], "missing --num-processes, --process-id"),
     (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "--coordinator must be HOST:PORT"),
     (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id must lie in [0, 1]"),
+    (["--coordinator", "no-such-host.invalid:1234", "--num-processes", "2", "--process-id", "1"],
+     "the host 'no-such-host.invalid' does not resolve here"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "1", "--join-timeout", "0"],
+     "--join-timeout must be >= 1"),
 ])
 def test_bad_layout_and_multihost_flags_one_line_before_compiling(tmp_path, capsys, flags, message):
     argv = ["train", "--env", "CartPole-v1", "--num-envs", "4", "--out", str(tmp_path / "run"), *flags]
@@ -142,3 +146,19 @@ def test_bad_layout_and_multihost_flags_one_line_before_compiling(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.timeout(120)
+def test_a_coordinator_nobody_serves_is_one_line_after_the_join_timeout(tmp_path):
+    """Process 1 waiting for a process 0 that never starts: after --join-timeout, one line that says what to check
+    (JAX itself aborts the process with a stack trace after 300 s), exit 1, nothing written."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "jaxmod", "train", "--env", "CartPole-v1", "--num-envs", "4",
+                           "--out", str(out), "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+                           "--process-id", "1", "--join-timeout", "3"], env=_env(1), cwd=ROOT, capture_output=True,
+                          text=True, timeout=100)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("jaxmod:")]
+    assert len(lines) == 1 and "could not reach the coordinator at 127.0.0.1:" in lines[0], proc.stderr[-2000:]
+    assert "within 3 s" in lines[0] and "--join-timeout" in lines[0]
+    assert not (out / "metrics.jsonl").exists()
