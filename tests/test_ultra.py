@@ -166,6 +166,46 @@ def test_an_asynchronous_run_replays_exactly_from_its_run_folder(tmp_path):
         UltraRun(dataclasses.replace(settings, variants=("R",)), tmp_path / "other").schedule("R")
 
 
+class _StallingBackend(DelayedBackend):
+    """The scripted advisor answering its first `instant` questions at once and every later one after `delay_s`."""
+
+    def __init__(self, instant: int, delay_s: float) -> None:
+        super().__init__(LocalBackend(), delay_s)
+        self.calls, self.instant = 0, instant
+
+    async def complete(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.instant:
+            return await self.inner.complete(*args, **kwargs)
+        return await super().complete(*args, **kwargs)
+
+
+def test_answers_act_as_they_arrive_and_a_partial_swap_replays_exactly(tmp_path):
+    # 6 identification questions and the first 3 advice questions answered at once, the rest 60 s later (after
+    # the run): the first answers must act while the round is still being answered, and a replay of the run
+    # must pack exactly those answers before the same chunk
+    live = UltraRun(UltraConfig.flat(variants=("RA",), advisor_priority="normal", **{**TINY, "chunks": 6}),
+                    tmp_path / "live")
+
+    @contextlib.asynccontextmanager
+    async def factory():
+        yield Advisor(_StallingBackend(9, 60.0), max_critical=2, transcript=live.transcript, concurrency=1)
+
+    live.advisor_factory = factory
+    first = live.run()
+    rows = first["RA"].chunk_metrics
+    partial = [r for r in rows if r["swapped_advice"]]
+    assert len(partial) == 1 and not partial[0]["round_complete"] and partial[0]["packed"] == 3
+    assert len(partial[0]["taken"]) == 3 and {seed for seed, _, _ in partial[0]["taken"]} <= {0, 1}
+    assert any(r.get("critical_frac", 0) > 0 for r in rows)  # the three answers acted
+    st = live.advice_stats[0]  # the rest of the round was still out when refinement ended, and says so
+    assert st["unanswered"] > 0 and st["questions"] == 9
+    again = UltraRun(UltraConfig.replay_of(tmp_path / "live"), tmp_path / "replay").run()
+    replayed = [r for r in again["RA"].chunk_metrics if r["swapped_advice"]]
+    assert [(r["chunk"], r["taken"]) for r in replayed] == [(r["chunk"], r["taken"]) for r in partial]
+    assert again["RA"].eval_returns == first["RA"].eval_returns
+
+
 def test_baselines_run_in_the_same_pipeline_without_an_advisor(tmp_path):
     settings = UltraConfig.flat(variants=("PPO", "StateMask-R", "RICE", "JSRL", "Random"), mask_steps=4 * 128 * 2,
                              **TINY)

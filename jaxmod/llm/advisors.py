@@ -323,6 +323,7 @@ class Advisor:
         self._waiters: dict[str, int] = defaultdict(int)
         self._concurrency = concurrency
         self._limit: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self.outstanding = 0  # questions handed to `identify`/`judge`/`advise` and not answered or dropped yet
 
     async def prompt_budget(self) -> int | None:
         """Tokens a prompt may take (the context window less `max_tokens`), or None for an answerer without a
@@ -518,14 +519,18 @@ class Advisor:
         sem = self._semaphore()
 
         async def bounded(ask):
-            async with sem:
-                return await ask()
+            self.outstanding += 1
+            try:
+                async with sem:
+                    return await ask()
+            finally:
+                self.outstanding -= 1
 
         return list(await asyncio.gather(*(bounded(ask) for ask in questions)))
 
     async def identify(self, views: Sequence[EpisodeView]) -> list[Identified | Rejected]:
         """Critical steps for each episode view."""
-        deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
+        deadline = self.batch_deadline()
         schema = identify_schema(self.max_critical)
         return await self._gather(
             lambda v=v: self._ask("identify", identify_messages(v, self.max_critical), schema, "critical_states",
@@ -533,19 +538,25 @@ class Advisor:
                                   v.numeric)
             for v in views)
 
-    async def judge(self, queries: Sequence[StateQuery]) -> list[Advised | Rejected]:
+    def batch_deadline(self) -> float | None:
+        """The `time.monotonic()` instant by which a batch of questions asked now must be answered (`deadline_s`
+        from now; None: no bound)."""
+        return None if self.deadline_s is None else time.monotonic() + self.deadline_s
+
+    async def judge(self, queries: Sequence[StateQuery], deadline: float | None = None) -> list[Advised | Rejected]:
         """The multiple-choice question at each (discrete-action) candidate state: one action name out of the
-        env's, the implicit reward derived from it (`validate_choice`)."""
-        deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
+        env's, the implicit reward derived from it (`validate_choice`). `deadline`: a `batch_deadline()` shared
+        with other calls (default: a new one)."""
+        deadline = self.batch_deadline() if deadline is None else deadline
         return await self._gather(
             lambda q=q: self._ask("choose", choice_messages(q), q.choice_schema(), "choice", deadline,
                                   lambda text, fr: validate_choice(text, q.action_names, q.agent_index, fr),
                                   q.numeric, lambda v, r, q=q: with_distribution(v, r, q.action_names))
             for q in queries)
 
-    async def advise(self, queries: Sequence[StateQuery]) -> list[Advised | Rejected]:
-        """Action suggestion and implicit reward for each critical state."""
-        deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
+    async def advise(self, queries: Sequence[StateQuery], deadline: float | None = None) -> list[Advised | Rejected]:
+        """Action suggestion and implicit reward for each critical state. `deadline`: as `judge`'s."""
+        deadline = self.batch_deadline() if deadline is None else deadline
         return await self._gather(
             lambda q=q: self._ask("advise", advice_messages(q), q.schema(), "advice", deadline,
                                   lambda text, fr: validate_advice(text, q.discrete, q.num_actions, q.low, q.high, fr),

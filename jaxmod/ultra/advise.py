@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -147,41 +148,49 @@ async def _identified(advisor: Advisor, core: EnvCore, describer: Describer, epi
     return picked
 
 
+Answered = Callable[[int, AdviceItem, Any, CriticalRow], None]  # (question's index, item, verdict, row) as it arrives
+
+
 async def _advise_at(advisor: Advisor, core: EnvCore, describer: Describer, rec: Recording, picked: list[Picked],
                      rows: dict[int, list[str]], budget: int | None, context_steps: int, choice: bool,
-                     ) -> tuple[list[AdviceItem], list[Any], list[CriticalRow]]:
+                     on_answer: Answered | None = None) -> tuple[list[AdviceItem], list[Any], list[CriticalRow]]:
     """The advice question at each picked step (a multiple choice with `choice`), its packable item, verdict and
-    report row; a question that cannot fit `budget` tokens is dropped and counted."""
+    report row; a question that cannot fit `budget` tokens is dropped and counted. The questions go out together
+    (one deadline, the advisor's concurrency); `on_answer(i, item, verdict, row)` sees each one (the i-th asked) as
+    it is judged."""
     question = choice_messages if choice else advice_messages
     steps = min(context_steps, CHOICE_CONTEXT_STEPS) if choice else context_steps
-    items: list[AdviceItem] = []
-    asked: list[tuple[Picked, StateQuery]] = []
-    for ep, step, why in picked:
-        try:
-            query = state_query(describer, core, ep, step, steps, rows[ep.uid], budget, question)
-        except PromptTooLong as err:
-            advisor.drop_over_budget(str(err))
-            continue
-        asked.append(((ep, step, why), query))
-        items.append(AdviceItem(episode=ep.uid, step=step, obs=ep.obs[step], snapshot=snapshot_at(rec, ep, step),
-                                action=0, reward=0.0, reason=why, rated_action=ep.actions[step]))
-    queries = [q for _, q in asked]
-    verdicts = await (advisor.judge(queries) if choice else advisor.advise(queries))
-    out_rows = []
-    for ((ep, step, why), query), verdict in zip(asked, verdicts, strict=True):
+    deadline = advisor.batch_deadline()
+
+    async def ask(i: int, ep: EpisodeRecord, step: int, why: str, query: StateQuery,
+                  ) -> tuple[AdviceItem, Any, CriticalRow]:
+        item = AdviceItem(episode=ep.uid, step=step, obs=ep.obs[step], snapshot=snapshot_at(rec, ep, step),
+                          action=0, reward=0.0, reason=why, rated_action=ep.actions[step])
+        verdict = (await (advisor.judge([query], deadline) if choice else advisor.advise([query], deadline)))[0]
         ok = isinstance(verdict, Advised)
-        out_rows.append(CriticalRow(
+        row = CriticalRow(
             episode=ep.uid, step=step, episode_length=ep.length, episode_return=ep.ret, state=query.state_text,
             agent_action=query.agent_action, why_critical=why,
             suggested_action=describer.action_text(np.asarray(verdict.action)) if ok else "-",
             implicit_reward=verdict.reward if ok else None, advice_reason=verdict.reason if ok else "",
-            verdict="valid" if ok else f"dropped: {verdict.reason}"))
-    return items, verdicts, out_rows
+            verdict="valid" if ok else f"dropped: {verdict.reason}")
+        if on_answer is not None:
+            on_answer(i, item, verdict, row)
+        return item, verdict, row
+
+    asked = []
+    for ep, step, why in picked:
+        try:
+            asked.append((ep, step, why, state_query(describer, core, ep, step, steps, rows[ep.uid], budget, question)))
+        except PromptTooLong as err:
+            advisor.drop_over_budget(str(err))
+    answers = await asyncio.gather(*(ask(i, *a) for i, a in enumerate(asked)))
+    return [a[0] for a in answers], [a[1] for a in answers], [a[2] for a in answers]
 
 
 async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episodes: list[EpisodeRecord],
                           context_steps: int = 12, scores: np.ndarray | None = None, protocol: str = "episodes",
-                          ) -> tuple[list[AdviceItem], list[Any], list[CriticalRow]]:
+                          on_answer: Answered | None = None) -> tuple[list[AdviceItem], list[Any], list[CriticalRow]]:
     """Critical steps of `episodes` and advice at each; returns packable items with their verdicts (validated
     `Advised` or `Rejected`) and the report rows. `scores`: the recording's [T, N] candidate scores
     (`jaxmod.ultra.candidates`).
@@ -191,7 +200,9 @@ async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episo
     protocol "candidates" (jaxmod's extension; needs `scores`): the device's `advisor.max_critical` best-scored
     steps of each episode are the critical steps, and the advisor answers one short question at each: a multiple
     choice among the action names for discrete actions (`Advisor.judge`), the advice question otherwise. Every
-    prompt fits the advisor's `prompt_budget`; one that cannot is dropped and counted."""
+    prompt fits the advisor's `prompt_budget`; one that cannot is dropped and counted. `on_answer(i, item,
+    verdict, row)` is called with each advice answer (the i-th asked) as it is judged (to use answers before the
+    whole batch is in)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown advice protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
     describer = describer_of(core)
@@ -205,4 +216,4 @@ async def advise_episodes(advisor: Advisor, core: EnvCore, rec: Recording, episo
             for ep, sc in zip(episodes, episode_scores(scores, episodes), strict=True)}
         picked = await _identified(advisor, core, describer, episodes, rows, best, budget)
     choice = protocol == "candidates" and core.action_space.discrete
-    return await _advise_at(advisor, core, describer, rec, picked, rows, budget, context_steps, choice)
+    return await _advise_at(advisor, core, describer, rec, picked, rows, budget, context_steps, choice, on_answer)

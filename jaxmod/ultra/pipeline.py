@@ -500,6 +500,7 @@ class UltraRun:
         # every wait for the advisor happens inside the loop's wall time (the first round's too): the overhead
         first = next((row["chunk"] for row in result.chunk_metrics if row.get("swapped_advice")), None)
         agree, judged = rounds.agreement
+        unanswered = advisor.advisor.outstanding  # waiting or in flight as refinement ended (not in `questions`)
         if self.reference is not None:
             self.log(f"{variant}: the advisor agrees with the reference policy on {agree}/{judged} valid answers"
                      + (f" ({agree / judged:.0%})" if judged else ""))
@@ -507,7 +508,8 @@ class UltraRun:
                                   "advice_overhead_frac": loop.stall_s / max(result.wall_s, 1e-9),
                                   "initial_advice_s": round(loop.first_wait_s, 3),
                                   "stall_in_refinement_s": round(loop.stall_s, 3),
-                                  "first_advice_chunk": first, "context_tokens": advisor.advisor.context,
+                                  "first_advice_chunk": first, "unanswered": unanswered,
+                                  "context_tokens": advisor.advisor.context,
                                   "protocol": self.s.advisor.protocol,
                                   "reference_agreement": agree / judged if judged else None,
                                   "reference_judged": judged, **st, **rounds.sharing})

@@ -5,7 +5,8 @@ the device's work.
 advisor), all vmapped over seeds and all taking `Advice` (empty for methods that read none, so callers never
 branch). `refine_chunks` is the loop: the device always has work queued; each chunk's evaluation and the advisor's
 episodes are dispatched behind it, the host reads results and swaps advice in while the device evaluates, and
-hands episodes to the advisor once the next chunk is queued (unless the schedule needs their answers before it).
+hands episodes to the advisor once the next chunk is queued (unless the schedule needs their answers before it);
+an asynchronous schedule swaps in a round's answers as they arrive, a waiting one whole rounds.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: A
     first_wait = 0.0
     if rounds is not None and rounds.pending is not None and schedule.waits_before(1):  # the first round, if due
         t0 = time.perf_counter()
-        advice, swap = rounds.take()
+        advice, swap = rounds.take(only=schedule.taken_before(1))
         first_wait = time.perf_counter() - t0
         stall += first_wait
     while done < total:
@@ -154,9 +155,10 @@ def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: A
                 recorded = rec
         if rounds is not None and rounds.pending is not None and more:
             jax.block_until_ready(state)  # decide once the chunk is done, as late as the device allows
-            if schedule.waits_before(chunk + 1) or (schedule.swaps_when_ready and rounds.ready()):
+            waits = schedule.waits_before(chunk + 1)
+            if waits or (schedule.swaps_when_ready and rounds.fresh()):  # whole rounds, or the answers in so far
                 t0 = time.perf_counter()
-                advice, swap = rounds.take()
+                advice, swap = rounds.take(wait=waits, only=schedule.taken_before(chunk + 1))
                 stall += time.perf_counter() - t0
     read(*unread)
     jax.block_until_ready(state)

@@ -3,14 +3,17 @@ per-seed advice books once they are there (`AdviceRounds`). Every question of a 
 round and seed (`jaxmod.llm.tagged`), so a replay serves exactly the answer each got; each round's counts go to
 the advisor's failure policy (`jaxmod.llm.FailurePolicy`), which stops the run when the advisor stops advising.
 A round asks about at most `budget` episodes, all seeds together (`jaxmod.ultra.sharing`): an answer is packed
-into the book of the seed whose episode was asked and of every seed whose near-identical episode was not asked."""
+into the book of the seed whose episode was asked and of every seed whose near-identical episode was not asked.
+Answers are packed as they arrive (`take(wait=False)`): a slow advisor's first answers act while the rest of its
+round is still being asked; a swap that packs part of a round records which answers it packed (`taken`), so a
+replay packs the same ones at the same chunk."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -54,6 +57,9 @@ class AdviceRounds:
         self.budget, self.radius, self.key = budget, radius, key
         self._plan: RoundPlan | None = None  # the pending round's
         self.sharing = dict.fromkeys(SHARING_COUNTS, 0)
+        self._cond = threading.Condition()  # guards `_arrived` (appended on the advisor's thread)
+        self._arrived: list[tuple[tuple[int, int], Any, Any, CriticalRow]] = []  # ((seed, i), item, verdict, row)
+        self._partial = False  # part of the pending round was packed already
 
     def advice(self) -> Advice:
         """Every seed's book stacked into one `Advice` with a leading seed axis, moved in one transfer."""
@@ -81,53 +87,111 @@ class AdviceRounds:
             if not eps:  # this round's budget went to other seeds' episodes
                 return [], [], []
             with tagged(**tags, seed=seed):  # replay serves each (variant, round, seed, question) its own answer
-                return await advise_episodes(adv, core, rec, eps, scores=sc, protocol=protocol)
+                return await advise_episodes(adv, core, rec, eps, scores=sc, protocol=protocol,
+                                             on_answer=lambda i, *answer, seed=seed: self._arrive((seed, i), *answer))
 
         async def job(adv: Advisor):  # every seed's questions at once, up to the advisor's concurrency
             return list(await asyncio.gather(*(one(adv, i, *seed) for i, seed in enumerate(per_seed))))
 
         self._before = self.advisor.advisor.stats.copy()
         self._plan = plan
+        self._partial = False
         self.round += 1
         self.pending = (self.advisor.submit(job), time.perf_counter())
         if self.reference is not None:  # every answer that comes back is scored, swapped in or not
             self.pending[0].add_done_callback(self._scored)
         return time.perf_counter() - t0
 
+    def _arrive(self, order: tuple[int, int], item: Any, verdict: Any, row: CriticalRow) -> None:
+        """One judged answer of the pending round, `order` (seed, its index among the seed's questions) (called on
+        the advisor's thread as it arrives)."""
+        with self._cond:
+            self._arrived.append((order, item, verdict, row))
+            self._cond.notify_all()
+
     def ready(self) -> bool:
+        """The pending round is done: every question answered or dropped."""
         return self.pending is not None and self.pending[0].done()
 
-    def take(self) -> tuple[Advice, dict[str, Any]]:
-        """Wait for the pending round, pack its valid answers; returns the new advice and the swap's row facts.
-        Raises `AdvisorFailure` (one line) when the failure policy stops the run."""
+    def fresh(self) -> bool:
+        """Something to swap in without waiting: answers not packed yet, or a finished round to close."""
+        with self._cond:
+            return self.pending is not None and (bool(self._arrived) or self.pending[0].done())
+
+    def take(self, wait: bool = True, only: tuple[Sequence[Sequence[int]], bool] | None = None,
+             ) -> tuple[Advice, dict[str, Any]]:
+        """Pack the pending round's answers; returns the new advice and the swap's row facts. `wait`: wait for the
+        whole round and pack all of it; else pack the answers in so far (the round stays pending until it is done
+        and every answer packed). `only` (a replay): (the [seed, episode, step] answers a recorded run packed here,
+        whether its round was complete then): waits for exactly those (and the round's end if it was complete).
+        Raises `AdvisorFailure` (one line) when the failure policy stops the run at the round's end."""
         future, started = self.pending
-        outs = future.result()
-        latency = time.perf_counter() - started
+        if only is not None:
+            arrived = self._wait_for({tuple(k) for k in only[0]}, future)
+            if only[1]:
+                future.result()
+        elif wait:
+            future.result()  # raises what the round raised
+        finished = future.done()  # checked before draining: a finished round's answers have all arrived
+        with self._cond:
+            if only is None:
+                arrived, self._arrived = self._arrived, []
+            complete = finished and not self._arrived
+        counts = self._pack(arrived)
+        facts = {"swapped_advice": True, "advisor_latency_s": time.perf_counter() - started, **counts}
+        if not complete or self._partial:  # a replay needs to know which answers went in here
+            facts.update(taken=[[order[0], int(item.episode), int(item.step)] for order, item, _, _ in arrived],
+                         round_complete=complete)
+        self._partial = not complete
+        if complete:
+            self._close(future)
+        return self.advice(), facts
+
+    def _wait_for(self, keys: set[tuple[int, ...]], future: Any) -> list:
+        """The pending round's answers named by `keys` ((seed, episode, step)), once all have arrived. Raises
+        ValueError if the round ends without one of them (a replay of a different run)."""
+        def named(answer):
+            return (answer[0][0], int(answer[1].episode), int(answer[1].step)) in keys
+
+        with self._cond:
+            while sum(map(named, self._arrived)) < len(keys):
+                if future.done() and sum(map(named, self._arrived)) < len(keys):
+                    future.result()
+                    raise ValueError("the replayed round never answered a question the recorded run packed here: "
+                                     "replay a run with its own transcript and ultra.json")
+                self._cond.wait(timeout=0.05)
+            taken = [a for a in self._arrived if named(a)]
+            self._arrived = [a for a in self._arrived if not named(a)]
+        return taken
+
+    def _pack(self, arrived: list) -> dict[str, int]:
+        """Pack answers into the books, in the order they were asked (seed, then question: the same whatever order
+        they arrived in): first into the books of the seeds each stands for (`RoundPlan.shared_with`; a full book
+        drops its oldest slots, and a seed's own answers are newer), then into its own seed's."""
+        arrived.sort(key=lambda answer: answer[0])
+        shared = 0
+        for _, item, verdict, _ in arrived:
+            for other in self._plan.shared_with.get(item.episode, ()):
+                shared += self.books[other].add_answers([item], [verdict])["packed"]
+        self.sharing["answers_shared"] += shared
+        counts = {"packed": 0, "dropped": 0}
+        for (seed, _), item, verdict, row in arrived:
+            c = self.books[seed].add_answers([item], [verdict])
+            counts = {k: counts[k] + c[k] for k in counts}
+            self.on_rows([(self.variant, seed, row)])
+        return counts
+
+    def _close(self, future: Any) -> None:
+        """The pending round is done and packed: judge it (failure policy) and count its sharing."""
         self.pending = None
+        future.result()
         if self.policy is not None:
             label = f"{self.variant} round {self.round - 1}".strip()  # as tagged
             warning = self.policy.check(RoundCounts.between(self._before, self.advisor.advisor.stats), label)
             if warning:
                 self.warn(warning)
-        shared = self._share(outs)  # first: a full book drops its oldest slots, and a seed's own answers are newer
-        counts = {"packed": 0, "dropped": 0}
-        for seed, (book, (items, verdicts, rows)) in enumerate(zip(self.books, outs, strict=True)):
-            c = book.add_answers(items, verdicts)
-            counts = {k: counts[k] + c[k] for k in counts}
-            self.on_rows([(self.variant, seed, row) for row in rows])
-        for k, v in {**self._plan.counts(), "answers_shared": shared}.items():
+        for k, v in self._plan.counts().items():
             self.sharing[k] += v
-        return self.advice(), {"swapped_advice": True, "advisor_latency_s": latency, **counts}
-
-    def _share(self, outs: list[Any]) -> int:
-        """Pack each answer into the books of the other seeds its episode stands for (`RoundPlan.shared_with`);
-        returns the valid answers so packed (one per receiving seed)."""
-        shared = 0
-        for items, verdicts, _ in outs:
-            for item, verdict in zip(items, verdicts, strict=True):
-                for seed in self._plan.shared_with.get(item.episode, ()):
-                    shared += self.books[seed].add_answers([item], [verdict])["packed"]
-        return shared
 
     def _scored(self, future: Any) -> None:
         """Count how many of a finished round's valid answers agree with the reference policy at their exact states
@@ -150,3 +214,5 @@ class AdviceRounds:
             if self.round > 1:
                 self.pending[0].cancel()
             self.pending = None
+        with self._cond:
+            self._arrived = []
