@@ -91,7 +91,8 @@ def _interrupts_after_the_save() -> Iterator[None]:
     that was there (Python's: KeyboardInterrupt) (jaxmod's choice): orbax catches BaseException in places (its
     manager's `wait_until_finished` logs and drops it) and a save interrupted half-way leaves its threads writing, so
     an interrupt is honoured only between saves, with the step complete and digested. A second SIGINT during the same
-    save raises KeyboardInterrupt at once. Outside the main thread (no signal handlers there) nothing changes."""
+    save raises KeyboardInterrupt at once; a save that fails instead raises its own error (which stops the run too),
+    noting the interrupt. Outside the main thread (no signal handlers there) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -109,6 +110,10 @@ def _interrupts_after_the_save() -> Iterator[None]:
     signal.signal(signal.SIGINT, hold)
     try:
         yield
+    except BaseException as err:  # the save failed: its error stops the run, and says the interrupt was not lost
+        if pending and not isinstance(err, KeyboardInterrupt):
+            err.add_note("a Ctrl-C (SIGINT) arrived during this save; the run stops with the save's error")
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
     if pending:

@@ -511,6 +511,24 @@ def test_episode_evaluator_returns_each_envs_first_episode():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+def test_ctrl_c_during_a_save_that_fails_stops_with_the_saves_error_noting_the_interrupt(tmp_path, monkeypatch):
+    """A Ctrl-C held during a save that then raises is not dropped: the save's error stops the run and says so,
+    and no interrupt is left pending for later."""
+    import orbax.checkpoint as ocp
+
+    def failing_save(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
+    argv = ["train", "--seeds", "1", "--total-steps", str(4 * 16 * 2), "--chunks", "1", "--quiet", *TINY_FLAGS,
+            "--out", str(tmp_path / "run")]
+    with pytest.raises(OSError, match="No space left") as info:
+        main(argv)
+    assert any("Ctrl-C (SIGINT) arrived during this save" in n for n in info.value.__notes__)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_ctrl_c_during_a_checkpoint_save_is_honoured_after_it_and_orbax_prints_nothing(tmp_path, capsys, monkeypatch):
     """Ctrl-C (SIGINT) while a checkpoint is being saved: the save completes (digested), then the run stops with
     exit 130 (orbax swallows an interrupt in places and an interrupted save leaves its threads writing). A
