@@ -91,7 +91,8 @@ class AdvisorConfig:
     context_tokens: int | None = None  # the model's context window in tokens, prompt plus answer (unset: the
     # server's where it tells, llama.cpp /props or vLLM max_model_len; else 4096); prompts are windowed to fit
     timeout_s: float | None = None  # seconds one attempt may take, connect to last byte (unset: 120)
-    deadline_s: float | None = None  # seconds one question may take with all its retries (unset: 300)
+    deadline_s: float | None = None  # seconds a batch of questions (one seed's in a round) may take, retries
+    # included (unset: 300); answers still out then count as failed
     max_tokens: int | None = None  # max_tokens asked for per answer (unset: 512; SmolLM2 160)
     temperature: float | None = None  # sampling temperature (unset: 0)
     max_response_bytes: int | None = None  # largest response body read (unset: 4 MiB)
