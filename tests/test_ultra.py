@@ -206,6 +206,23 @@ def test_answers_act_as_they_arrive_and_a_partial_swap_replays_exactly(tmp_path)
     assert again["RA"].eval_returns == first["RA"].eval_returns
 
 
+def test_the_agents_are_evaluated_once_before_refinement_for_every_method(tmp_path, monkeypatch):
+    from jaxmod.ultra.refine import RefinementProgram
+
+    calls = []
+    real = RefinementProgram.evaluate
+
+    def counted(self, state, i):
+        calls.append(i)
+        return real(self, state, i)
+
+    monkeypatch.setattr(RefinementProgram, "evaluate", counted)
+    results = UltraRun(UltraConfig.flat(variants=("PPO", "A", "Random"), **TINY), tmp_path / "run").run()
+    assert calls.count(0) == 1 and len(calls) == 1 + 3 * 3  # once before refinement, then after each chunk
+    starts = [r.eval_returns[0] for r in results.values()]
+    assert all(s == starts[0] for s in starts)
+
+
 def test_baselines_run_in_the_same_pipeline_without_an_advisor(tmp_path):
     settings = UltraConfig.flat(variants=("PPO", "StateMask-R", "RICE", "JSRL", "Random"), mask_steps=4 * 128 * 2,
                              **TINY)

@@ -243,6 +243,7 @@ class UltraRun:
         self._recording: tuple[Any, float] | None = None  # the pre-trained agents' episodes, mean length
         self._explained: dict[str, Advice] = {}  # baselines' critical states, by explanation kind
         self._programs: dict[tuple[str, ...], RefinementProgram] = {}  # compiled, by program group
+        self._start_eval: tuple[Any, Any] = (None, None)  # (pre-trained state, its evaluation before refinement)
 
     # ------------------------------------------------------------------ stage 1: pretrain
     @cached_property
@@ -428,13 +429,16 @@ class UltraRun:
         no_swap: dict[str, Any] = {"swapped_advice": False, **({"advisor_latency_s": None} if modulated else {})}
         try:
             loop = refine_chunks(program, state, advice, rounds, self.schedule(variant),
-                                 self._reader(result, learner, program), no_swap)
+                                 self._reader(result, learner, program), no_swap,
+                                 start=self._start_eval[1] if self._start_eval[0] is pre_state else None)
         except NonFiniteError as err:
             if rounds is not None:
                 rounds.cancel()
             err.result = result  # what the variant did up to the stop, for the run's summary
             raise
         result.wall_s = loop.wall_s
+        # every method refining these agents evaluates them with the same program and keys first: once is enough
+        self._start_eval = (pre_state, loop.start_eval)
         self.render(f"{variant}.gif", loop.state)
         if rounds is not None:
             self._record_advice_stats(result, rounds, loop, advisor)

@@ -115,20 +115,23 @@ class LoopResult:
     wall_s: float
     stall_s: float  # host time the loop spent on advice while the device could have been fed (every wait)
     first_wait_s: float = 0.0  # of which waiting for the first round before the first chunk (a waiting schedule)
+    start_eval: Any = None  # [S] the evaluation before refinement (what `refine_chunks`' `start` takes)
 
 
 def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: AdviceRounds | None,
                   schedule: Schedule, read: Callable[[Any, int, dict | None, Any], None],
-                  no_swap: dict[str, Any]) -> LoopResult:
+                  no_swap: dict[str, Any], start: Any = None) -> LoopResult:
     """Refine in chunks until `learner.config.num_updates`; after each chunk `read(mean, updates done, row, metrics)`
     is called for the previous evaluation (the first with row None: the one before refinement), while the device
     runs the next. `rounds`: advice rounds (None for methods without an advisor); `no_swap`: a row's facts when
-    no advice was swapped in before its chunk."""
+    no advice was swapped in before its chunk; `start`: the evaluation before refinement where it is known already
+    (every method of a run starts from the same agents and evaluates with the same program and keys)."""
     total = program.learner.config.num_updates
     wall0 = time.perf_counter()
     done = chunk = 0
     stall = 0.0
-    unread: tuple = (program.evaluate(state, 0), 0, None, None)
+    start = program.evaluate(state, 0) if start is None else start
+    unread: tuple = (start, 0, None, None)
     swap, recorded = no_swap, None  # recorded: episodes collected after the previous chunk, handed over now
     first_wait = 0.0
     if rounds is not None and rounds.pending is not None and schedule.waits_before(1):  # the first round, if due
@@ -162,4 +165,5 @@ def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: A
                 stall += time.perf_counter() - t0
     read(*unread)
     jax.block_until_ready(state)
-    return LoopResult(state=state, wall_s=time.perf_counter() - wall0, stall_s=stall, first_wait_s=first_wait)
+    return LoopResult(state=state, wall_s=time.perf_counter() - wall0, stall_s=stall, first_wait_s=first_wait,
+                      start_eval=start)
