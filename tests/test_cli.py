@@ -158,9 +158,11 @@ def test_bad_ultra_knob_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value", [("--advisor-latency", "-1"), ("--advisor-concurrency", "0"),
-                                         ("--noise", "1.5")])
+                                         ("--noise", "1.5"), ("--advisor-concurrency", "2,0"),
+                                         ("--advisor-concurrency", "1,2,3")])
 def test_bad_advisor_knob_is_one_line(tmp_path, capsys, flag, value):
-    code = main(["ultra", flag, value, "--out", str(tmp_path / "k")])
+    urls = ["--advisor", "http://127.0.0.1:9/v1,http://127.0.0.2:9/v1"] if value == "1,2,3" else []
+    code = main(["ultra", flag, value, *urls, "--out", str(tmp_path / "k")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "advisor" in err[0]
 

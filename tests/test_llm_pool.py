@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from jaxmod.advice.modulation import ModulationError
 from jaxmod.ultra.config import UltraConfig
 from jaxmod.ultra.pipeline import _advisor_factory
 from tests.fault_server import FaultServer, ok, stall
@@ -54,6 +55,24 @@ def test_questions_are_balanced_by_in_flight_requests_within_each_endpoints_limi
     for srv in (a, b):  # at most 2 in flight per endpoint: its third request waited for its first answer
         t = sorted(srv.times)
         assert t[2] - t[0] >= 0.3 and t[3] - t[1] >= 0.3
+
+
+def test_each_endpoint_has_its_own_concurrency_when_given_one_per_url():
+    # endpoint a takes 1 question at a time, b 3: balanced by in-flight requests relative to each limit, b gets 3x
+    with FaultServer([stall(0.4)]) as a, FaultServer([stall(0.4)]) as b:
+        results, advisor = ask(f"{a.url},{b.url}", 8, concurrency=(1, 3))
+    assert all(r.ok for r in results)
+    assert advisor._concurrency == 4 and [c.settings.concurrency for c in advisor.backend.clients] == [1, 3]
+    assert len(a.requests) == 2 and len(b.requests) == 6
+    t = sorted(a.times)
+    assert t[1] - t[0] >= 0.3  # a's second question waited for its first answer
+
+
+@pytest.mark.parametrize("spec, concurrency", [("http://a.test/v1,http://b.test/v1", (1, 2, 3)),
+                                               ("http://a.test/v1", (1, 2))])
+def test_concurrency_values_that_do_not_match_the_urls_are_one_line(spec, concurrency):
+    with pytest.raises(ModulationError, match="give one value for all, or one per URL"):
+        UltraConfig.flat(advisor=spec, advisor_concurrency=concurrency)
 
 
 def test_an_endpoint_that_is_down_is_skipped_counted_and_warned_about_once(caplog):
@@ -99,3 +118,11 @@ def test_a_bad_url_in_the_list_is_refused_in_one_line():
 
     with pytest.raises(ModulationError, match="has no host"):
         UltraConfig.flat(advisor="http://127.0.0.1:8080/v1,http:///v1")
+
+
+def test_a_config_of_an_earlier_version_with_one_concurrency_number_still_loads():
+    data = UltraConfig.flat(advisor="http://a.test/v1,http://b.test/v1").to_dict()
+    assert data["advisor"]["concurrency"] == [16]
+    data["advisor"]["concurrency"] = 4  # as earlier versions wrote it
+    config = UltraConfig.from_dict(json.loads(json.dumps(data)))
+    assert config.advisor.concurrency == (4,) and config.advisor.limits(2) == (4, 4)

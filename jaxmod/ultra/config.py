@@ -65,8 +65,8 @@ class AdvisorConfig:
     # that is down is skipped); unset: ADVISOR_BASE_URL / OPENAI_BASE_URL, else scripted
     model: str | None = None  # model of an HTTP advisor (unset: OPENAI_MODEL, else the server's only model)
     noise: float = 0.0  # fraction of advisor answers corrupted (robustness experiments)
-    concurrency: int = 16  # questions in flight at once for an HTTP advisor, per URL (match each server's
-    # parallel slots)
+    concurrency: tuple[int, ...] = (16,)  # questions in flight at once for an HTTP advisor, per URL (match each
+    # server's parallel slots): one value for every URL, or one per URL in the order given
     latency_s: float = 0.0  # seconds added to every answer (a stand-in for a slow remote LLM)
     priority: str = "normal"  # CPU priority of the host-side advisor work: normal, or idle (Linux: only CPU time
     # training leaves; on a CPU-only machine training is not slowed, but advice arrives later)
@@ -104,8 +104,10 @@ class AdvisorConfig:
     # reports how often its suggested actions agree with that policy's on the critical states it judged
 
     def __post_init__(self) -> None:
+        if isinstance(self.concurrency, int) and not isinstance(self.concurrency, bool):  # one number: every URL's
+            object.__setattr__(self, "concurrency", (self.concurrency,))
         check_fields(self, ModulationError)
-        if not 0.0 <= self.noise <= 1.0 or self.latency_s < 0 or self.concurrency < 1:
+        if not 0.0 <= self.noise <= 1.0 or self.latency_s < 0 or not self.concurrency or min(self.concurrency) < 1:
             raise ModulationError("advisor noise must lie in [0, 1], advisor latency be >= 0 seconds and advisor "
                                   "concurrency >= 1")
         if self.priority not in ("idle", "normal"):
@@ -127,7 +129,7 @@ class AdvisorConfig:
                 ("teacher:", "replay:", "http://", "https://"))):
             raise ModulationError(f"unknown advisor {self.spec!r}: use {ADVISOR_KINDS}")
         if self.is_http:
-            self.urls()  # each URL checked (one-line error)
+            self.limits(len(self.urls()))  # each URL checked, and its concurrency (one-line errors)
         self.client_settings(base_url="http://127.0.0.1/v1")  # checks the limits (one-line LLMConfigError)
         self.failure_policy()
 
@@ -155,6 +157,16 @@ class AdvisorConfig:
             except LLMConfigError as err:
                 raise ModulationError(str(err)) from None
         return urls
+
+    def limits(self, endpoints: int) -> tuple[int, ...]:
+        """Each of `endpoints` URLs' concurrency: `concurrency` repeated (one value) or as given (one per URL).
+        Raises `ModulationError` (one line) when the counts do not match."""
+        if len(self.concurrency) == 1:
+            return self.concurrency * endpoints
+        if len(self.concurrency) != endpoints:
+            raise ModulationError(f"--advisor-concurrency gives {len(self.concurrency)} values for {endpoints} advisor "
+                                  "URL(s): give one value for all, or one per URL in --advisor's order")
+        return self.concurrency
 
     def client_overrides(self) -> dict[str, Any]:
         """The `ClientSettings` fields this config sets (unset limits are left to the client's defaults)."""
@@ -346,6 +358,9 @@ class UltraConfig:
     def from_dict(cls, data: dict[str, Any]) -> UltraConfig:
         """The config `to_dict` wrote (a run's config.json, or ultra.json's "config")."""
         data = dict(data)
+        advisor = data.get("advisor")
+        if isinstance(advisor, dict) and isinstance(advisor.get("concurrency"), int):  # a config of an earlier version
+            data["advisor"] = {**advisor, "concurrency": [advisor["concurrency"]]}
         command = data.pop("command", "ultra")
         if command != "ultra":
             raise ConfigError(f"this is the config of a `jaxmod {command}` run, not of `jaxmod ultra`")

@@ -128,16 +128,16 @@ async def _http_advisor(config: UltraConfig, spec: str, wrap: Callable, transcri
     else:
         url, model = spec, a.model
     try:
-        limit = 1 if spec == "smollm2" else a.concurrency
-        urls = split_urls(url)  # several: an endpoint pool, each URL with its own `limit`
+        urls = split_urls(url)  # several: an endpoint pool, each URL with its own limit
+        limits = (1,) if spec == "smollm2" else a.limits(len(urls))
         settings = [a.client_settings(base_url=u, model=model, concurrency=limit,
                                       max_tokens=160 if spec == "smollm2" else 512, timeout_s=120,
-                                      retry_connect=len(urls) == 1) for u in urls]
+                                      retry_connect=len(urls) == 1) for u, limit in zip(urls, limits, strict=True)]
         async with contextlib.AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(LLMClient(cs)) for cs in settings]
             backend = HTTPBackend(clients[0]) if len(clients) == 1 else EndpointPool(clients)
             yield Advisor(wrap(backend), a.max_critical, transcript, deadline_s=deadline_s,
-                          concurrency=limit * len(clients), context_tokens=a.context_tokens,
+                          concurrency=sum(limits), context_tokens=a.context_tokens,
                           max_tokens=settings[0].max_tokens, top_logprobs=a.logprobs)
     finally:
         if server is not None:
