@@ -129,6 +129,45 @@ def test_two_processes_on_loopback_equal_one_process(tmp_path):
                for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True)) <= ATOL
 
 
+def _two_processes(flags: list[str]) -> list[tuple[int, str, str]]:
+    """Run `jaxmod <flags>` as 2 processes x 2 emulated devices on loopback; returns (exit code, stdout, stderr)."""
+    coord = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxmod", *flags, "--coordinator", coord, "--num-processes", "2",
+                               "--process-id", str(i)], env=_env(2), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append((*p.communicate(timeout=900),))
+        finally:
+            p.kill()
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs, strict=True)]
+
+
+@pytest.mark.timeout(1500)  # ~100 CPU s
+def test_a_multi_host_run_stopped_and_resumed_equals_one_uninterrupted_process(tmp_path):
+    """2 processes run the first of 2 chunks (--max-chunks 1), then both resume from process 0's checkpoint: the
+    metrics equal one process's uninterrupted run on the same 2 x 2 mesh (within the data-parallel tolerance)."""
+    from jaxmod.reporting import read_metrics
+
+    run = ["train", "--env", "CartPole-v1", "--num-envs", "4", "--num-steps", "16", "--total-steps", "384",
+           "--update-epochs", "2", "--num-minibatches", "2", "--chunks", "2", "--seeds", "2", "--env-shards", "2",
+           "--quiet"]  # TRAIN's run, twice as long, in 2 chunks of 3 updates
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    for rc, _, err in _two_processes([*run, "--out", str(multi), "--max-chunks", "1"]):
+        assert rc == 0, err[-3000:]
+    assert len(read_metrics(multi / "metrics.jsonl")["update"]) == 3
+    for rc, _, err in _two_processes([*run, "--out", str(multi), "--resume"]):
+        assert rc == 0, err[-3000:]
+    one = subprocess.run([sys.executable, "-m", "jaxmod", *run, "--out", str(single)], env=_env(4), cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = read_metrics(multi / "metrics.jsonl"), read_metrics(single / "metrics.jsonl")
+    assert len(a["update"]) == 6 and list(a["update"]) == list(b["update"])
+    for key in b:
+        assert np.all(np.abs(a[key] - b[key]) <= ATOL + RTOL * np.abs(b[key])), (key, a[key], b[key])
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--env-shards", "3"], "env_shards=3 must divide num_envs=4"),
     (["--env-shards", "2"], "env_shards=2 must divide the 1 device(s) available"),
