@@ -36,7 +36,7 @@ import numpy as np
 from jaxmod.envs.sparse import SPARSE_SUFFIX
 from jaxmod.methods import METHODS
 from jaxmod.reporting import WIN_RATE_ENVS, seed_summary, win_rate
-from jaxmod.stats import iqm_difference_ci, verdict
+from jaxmod.stats import iqm, iqm_difference_ci, verdict
 from jaxmod.ultra.pipeline import UltraRun, UltraSettings
 
 ALL_METHODS = ("PPO", "A", "R", "RA", "StateMask-R", "RICE", "JSRL", "Random")
@@ -275,6 +275,36 @@ def summarise(env_id: str, results: dict) -> list[dict[str, Any]]:
     return rows
 
 
+def figure(out: Path, tasks: list[str], path: Path, methods: tuple[str, ...] = ("PPO", "A", "R", "RA", "RICE")
+           ) -> Path:
+    """One panel per task: each of `methods`' evaluation return (IQM over seeds) against refinement env steps per
+    seed, read from the tasks' `ultra.json` under `out`; legend outside the panels. Pong panels show win rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        summary = json.loads((out / task.replace("/", "_") / "ultra.json").read_text(encoding="utf-8"))
+        for name in methods:
+            if name in summary:
+                returns = np.asarray(summary[name]["eval_returns"], float)  # [evaluations, seeds]
+                y = iqm(win_rate(returns) if task in WIN_RATE_ENVS else returns, axis=1)
+                ax.plot(summary[name]["steps"], y, label=METHODS[name].label, marker=".")
+        ax.set_title(task.removeprefix("brax/"), fontsize=10)
+        ax.set_xlabel("refinement steps per seed", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("evaluation return (IQM over seeds)", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight", dpi=110)
+    plt.close(fig)
+    return path
+
+
 def rice_direction(task: str, method: str) -> str:
     """The sign of `method`'s change over fine-tuning in RICE's Table 1 (dense tasks), or where RICE shows it."""
     base = task.removeprefix("brax/")
@@ -481,8 +511,10 @@ def main() -> None:
     (out / "paper_curves.md").write_text(table + f"\n\nTotal wall time {total:.0f}s; {load}.\n")
     (out / "paper_curves.json").write_text(json.dumps({"device": device, "preset": args.preset, "total_s": total,
                                                        "load": load, "tasks": records, "rows": rows}, indent=2))
+    figure(out, tasks, out / "paper_curves.png")
     print(table)
-    print(f"total {total:.0f}s ({load}); wrote {out}/paper_curves.md, {out}/paper_curves.json and per-task curves")
+    print(f"total {total:.0f}s ({load}); wrote {out}/paper_curves.md, {out}/paper_curves.json, paper_curves.png (every "
+          "task) and per-task curves")
 
 
 if __name__ == "__main__":
