@@ -209,3 +209,35 @@ def test_a_400_that_is_not_about_logprobs_is_not_retried_again_and_again():
     assert all(not a.ok and "HTTP 400" in a.error for a in answers)
     assert [r.get("top_logprobs") for r in srv.requests] == [5, None, 5, None]
     assert client.stats.logprobs_refused == 2 and not client.logprobs_off
+
+
+def test_continuous_advice_is_measured_in_half_ranges_of_the_action_box():
+    """The KL pull and ULTRA-R's kernel mean the same on [-2, 2] as on [-1, 1]: everything scaled by 2 (policy
+    mean and std, suggestion, action taken) gives the same KL and the same bonus."""
+    from types import SimpleNamespace
+
+    from jaxmod.advice.arrays import Advice
+    from jaxmod.advice.shaping import shaping_bonus
+    from jaxmod.envs.core import ActionSpace
+
+    unit = ActionSpace(discrete=False, shape=(2,), low=(-1.0, -1.0), high=(1.0, 1.0))
+    wide = ActionSpace(discrete=False, shape=(2,), low=(-2.0, -2.0), high=(2.0, 2.0))
+    assert list(unit.unit) == [1.0, 1.0] and list(wide.unit) == [2.0, 2.0]
+    assert list(ActionSpace(discrete=False, shape=(1,), low=(-np.inf,), high=(np.inf,)).unit) == [1.0]
+    head = jnp.array([[0.1, -0.3], [0.5, 0.9]])
+    suggested = jnp.array([[0.8, -0.8], [-0.5, 1.0]])
+    params = {"log_std": jnp.array([-0.5, 0.2])}
+    kl_unit = advice_kl(SimpleNamespace(action_space=unit), params, head, suggested, 0.2)
+    kl_wide = advice_kl(SimpleNamespace(action_space=wide), {"log_std": params["log_std"] + jnp.log(2.0)}, 2 * head,
+                        2 * suggested, 0.2)
+    np.testing.assert_allclose(np.asarray(kl_wide), np.asarray(kl_unit), rtol=1e-5)
+
+    advice = Advice(obs=jnp.zeros((1, 3)), snapshot=None, action=jnp.zeros((1, 2)), reward=jnp.ones(1),
+                    rated_action=jnp.array([[0.3, -0.2]]), weight=jnp.ones(1), target=jnp.zeros((1, 0)),
+                    valid=jnp.ones(1, bool), episode=jnp.zeros(1, jnp.int32), step=jnp.zeros(1, jnp.int32))
+    slot, critical, taken = jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool), jnp.array([[[0.5, 0.0]]])
+    b_unit = shaping_bonus(1.0, advice, slot, critical, taken, 0.2 * jnp.asarray(unit.unit))
+    wide_advice = advice.replace(rated_action=2 * advice.rated_action)
+    b_wide = shaping_bonus(1.0, wide_advice, slot, critical, 2 * taken, 0.2 * jnp.asarray(wide.unit))
+    np.testing.assert_allclose(np.asarray(b_wide), np.asarray(b_unit), rtol=1e-6)
+    assert 0.0 < float(b_unit[0, 0]) < 1.0

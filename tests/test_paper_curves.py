@@ -82,6 +82,7 @@ def test_a_toy_preset_runs_every_method_through_shared_programs(tmp_path, monkey
     assert not rec["teacher_ratio_met"] or "WARNING" not in capsys.readouterr().out
     md = (tmp_path / "out" / "paper_curves.md").read_text()
     assert "Change over fine-tuning" in md and "critical visits / restarts / advised steps" in md
+    assert (tmp_path / "out" / "paper_curves.png").stat().st_size > 10_000  # every task's curves in one figure
     # ULTRA-A and RA executed suggestions: advised steps are counted per chunk
     assert any(c.get("advice_executed", 0) > 0 for m in ("A", "RA") for c in rows[m]["advice_per_chunk"])
 

@@ -4,7 +4,8 @@ The loss adds `kl_coef * trust * KL(target || pi)` averaged over the minibatch's
 trust weight in [0, 1] from verification, `jaxmod.advice.verify`; 1 without it): for discrete actions the advisor's
 distribution over the actions where it gave one (`Advice.target`: an LLM's probabilities of its multiple-choice
 options, read from token log-probabilities by `jaxmod.llm.logprobs`; jaxmod's extension) and otherwise a one-hot
-target (= -log pi(a*)); a Gaussian of std `target_std` around the suggestion for continuous ones. With
+target (= -log pi(a*)); a Gaussian of std `target_std` half-ranges of the action box (`ActionSpace.unit`: the
+same pull on [-1, 1] and [-2, 2]) around the suggestion for continuous ones. With
 `filter`, only on critical steps that executed the suggestion with a positive GAE advantage, i.e. where following
 the advice turned out better than the critic expected (wrong advice then gets no pull).
 """
@@ -28,8 +29,9 @@ def advice_kl(net, params, head: jax.Array, suggested: jax.Array, target_std: fl
               target: jax.Array | None = None) -> jax.Array:
     """KL(target || pi) per sample ([B] float32). Discrete actions: the advisor's distribution `target` ([B, A]
     float32) where its row is nonzero (an LLM's probabilities over the actions), else the one-hot of `suggested`
-    ([B] int32; KL = -log pi(a*)). Continuous ones: a Gaussian of std `target_std` around `suggested` ([B, A]
-    float32). `head`: the policy head's output for the samples (logits, or the Gaussian's mean)."""
+    ([B] int32; KL = -log pi(a*)). Continuous ones: a Gaussian of std `target_std` x the action box's half-range
+    per dimension (`ActionSpace.unit`) around `suggested` ([B, A] float32). `head`: the policy head's output for
+    the samples (logits, or the Gaussian's mean)."""
     if net.action_space.discrete:
         one_hot = -D.categorical_log_prob(head, suggested)
         if target is None or target.shape[-1] != head.shape[-1]:
@@ -40,7 +42,8 @@ def advice_kl(net, params, head: jax.Array, suggested: jax.Array, target_std: fl
                        axis=-1)
         return jnp.where(jnp.sum(target, axis=-1) > 0, soft, one_hot)
     log_std = jnp.broadcast_to(params["log_std"], head.shape)
-    return D.gaussian_kl(suggested, jnp.full_like(head, jnp.log(target_std)), head, log_std)
+    target_log_std = jnp.broadcast_to(jnp.log(target_std * net.action_space.unit), head.shape)
+    return D.gaussian_kl(suggested, target_log_std, head, log_std)
 
 
 @struct.dataclass

@@ -4,7 +4,7 @@ The reward of a critical step gets `reward_scale * weight * trust * r_llm` rewar
 lambda times the LLM's implicit reward, validated and clipped to [-1, 1] on the host) when the action taken is the
 one the implicit reward rates: the agent's own at the source step, since the advisor judged that choice, not
 whatever runs now (jaxmod's reading where the paper is silent). Continuous actions count as that action by a
-Gaussian kernel of std `kernel_std`. `trust` is the slot's trust weight in [0, 1] from verification
+Gaussian kernel of std `kernel_std` half-ranges of the action box (`ActionSpace.unit`). `trust` is the slot's trust weight in [0, 1] from verification
 (`jaxmod.advice.verify`; 1 without it).
 
 The reward unit (jaxmod's choice): the running root-mean-square of the env's own per-step reward (raw, before any
@@ -18,6 +18,7 @@ reward normalisation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +30,11 @@ from jaxmod.ppo.modulator import Modulator
 
 
 def shaping_bonus(reward_scale: jax.Array, advice: Advice, slot: jax.Array, critical: jax.Array,
-                  action: jax.Array, kernel_std: float) -> jax.Array:
+                  action: jax.Array, kernel_std: Any) -> jax.Array:
     """ULTRA-R: lambda * weight * r_llm on critical steps whose action is the one the implicit reward rates
     (the agent's own at the source step: the advisor judged that choice, not whatever runs now), 0 elsewhere.
-    Continuous actions count as that action by a Gaussian kernel of std `kernel_std`. Shapes: `slot`, `critical`
+    Continuous actions count as that action by a Gaussian kernel of std `kernel_std` (a float, or [A] per
+    dimension). Shapes: `slot`, `critical`
     [T, N]; `action` [T, N] int32 or [T, N, A] float32; returns [T, N] float32 in reward units (see the module)."""
     bonus = take_slot(advice.reward, slot) * take_slot(advice.weight, slot)
     rated = take_slot(advice.rated_action, slot)
@@ -86,8 +88,11 @@ class ImplicitReward(Modulator):
         advice = plan["advice"]
         trust = plan.get("trust_weight", jnp.ones_like(advice.reward))
         scaled = advice.replace(weight=advice.weight * trust)
+        space = spec.env.core.action_space
+        std = self.kernel_std if space.discrete else self.kernel_std * jnp.asarray(space.unit).reshape(
+            traj.action.shape[traj.extras["slot"].ndim:])
         bonus = shaping_bonus(aux.reward_scale, scaled, traj.extras["slot"], traj.extras["critical"], traj.action,
-                              self.kernel_std) * aux.unit()
+                              std) * aux.unit()
         extras = {**traj.extras, "shaping": bonus * plan["learner_reward_unit"], "shaping_raw": bonus}
         return aux, traj.replace(extras=extras)
 

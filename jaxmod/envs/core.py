@@ -47,6 +47,18 @@ class ActionSpace:
 
         return None if self.discrete else np.asarray(self.high, np.float32) - np.asarray(self.low, np.float32)
 
+    @property
+    def unit(self) -> Any:
+        """Half of high - low per action dimension where both bounds are finite, 1 elsewhere (numpy float32 [A]):
+        the scale continuous advice is measured in (a target's or kernel's std of 0.2 is 0.2 half-ranges, so the
+        same knob means the same on [-1, 1] and [-2, 2]); None for discrete actions."""
+        import numpy as np
+
+        if self.discrete:
+            return None
+        half = (np.asarray(self.high, np.float64) - np.asarray(self.low, np.float64)) / 2
+        return np.where(np.isfinite(half) & (half > 0), half, 1.0).astype(np.float32).reshape(-1)
+
     def contains(self, action: Any) -> bool:
         """Host-side check used to validate untrusted actions (LLM advice)."""
         import numpy as np
