@@ -197,3 +197,21 @@ def test_ultra_a_executes_untrusted_suggestions_on_half_their_critical_steps_and
     per_step = np.asarray(CriticalStates.control_shares(plan, pending, restart_critical))
     np.testing.assert_allclose(per_step, [[share[0], EXPLORE_SHARE], [share[1], EXPLORE_SHARE],
                                           [EXPLORE_SHARE, share[0]]])
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", ["random", "constant"])
+def test_control_advisors_answer_multiple_choice_questions_on_the_command_line(tmp_path, name):
+    """`--advice-protocol candidates` asks the control advisors multiple-choice questions (an enum of the action
+    names, as an LLM is asked): every one is answered validly (they crashed on the enum schema before)."""
+    import json
+
+    from jaxmod.cli import main
+
+    out = tmp_path / name
+    assert main(["ultra", "--env", "CartPole-v1", "--advisor", name, "--advice-protocol", "candidates", "--seeds",
+                 "2", "--variant", "RA", "--pretrain-steps", "1024", "--refine-steps", "1024", "--chunks", "2",
+                 "--num-envs", "4", "--num-steps", "32", "--episodes-per-round", "2", "--sync-advice", "--quiet",
+                 "--out", str(out)]) == 0
+    st = json.loads((out / "ultra.json").read_text())["advisor"][0]
+    assert st["protocol"] == "candidates" and st["questions"] > 0 and st["valid"] == st["questions"], st

@@ -7,8 +7,9 @@
   CartPole named step 1 or 2 of every episode, always action 1 with reward 1): the first steps of each episode as
   critical, the last discrete action (the upper bound of every continuous dimension) and implicit reward +1.
 
-They answer in-process (`LocalBackend`), from the question's schema (how many critical steps, the action's range)
-and its `NumericContext` (the episode's length), and return JSON text: their answers go through the same
+They answer in-process (`LocalBackend`), from the question's schema (how many critical steps, the action's range, or
+the action names of a multiple-choice question) and its `NumericContext` (the episode's length), and return JSON
+text: their answers go through the same
 validation and packing as an LLM's. Neither is an LLM nor a heuristic.
 """
 
@@ -50,8 +51,14 @@ class _InProcess:
         if numeric.step is None:
             steps = self.critical_steps(numeric, length, min(_critical_count(schema), length))
             return json.dumps({"critical_steps": [{"step": int(t), "reason": f"{self.name} advisor"} for t in steps]})
-        action, reward = self.advice(numeric, _action_schema(schema))
+        action_schema = _action_schema(schema)
+        if "enum" in action_schema:  # a multiple-choice question (candidates protocol): one of the action names
+            return json.dumps({"action": self.choice(numeric, list(action_schema["enum"]))})
+        action, reward = self.advice(numeric, action_schema)
         return json.dumps({"action": action, "reward": reward, "reason": f"{self.name} advisor"})
+
+    def choice(self, numeric: NumericContext, names: list[str]) -> str:
+        raise NotImplementedError
 
     def critical_steps(self, numeric: NumericContext, length: int, k: int) -> list[int]:
         raise NotImplementedError
@@ -79,6 +86,9 @@ class RandomAnswerer(_InProcess):
     def critical_steps(self, numeric, length, k):
         return sorted(self._rng(numeric).choice(length, size=k, replace=False).tolist())
 
+    def choice(self, numeric, names):
+        return names[int(self._rng(numeric).integers(len(names)))]
+
     def advice(self, numeric, action):
         rng = self._rng(numeric)
         reward = round(float(rng.uniform(-1.0, 1.0)), 3)
@@ -97,6 +107,9 @@ class ConstantAnswerer(_InProcess):
 
     def critical_steps(self, numeric, length, k):
         return list(range(k))
+
+    def choice(self, numeric, names):
+        return names[-1]
 
     def advice(self, numeric, action):
         if action.get("type") == "integer":
