@@ -513,6 +513,16 @@ def test_episode_evaluator_returns_each_envs_first_episode():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+@pytest.fixture
+def ctrl_c_delivered():
+    """Python's own SIGINT handler for the test (a process started in the background by a non-interactive shell
+    inherits SIGINT ignored, and then no Ctrl-C reaches it at all), put back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_delivered")
 def test_ctrl_c_during_a_save_that_fails_stops_with_the_saves_error_noting_the_interrupt(tmp_path, monkeypatch):
     """A Ctrl-C held during a save that then raises is not dropped: the save's error stops the run and says so,
     and no interrupt is left pending for later."""
@@ -531,6 +541,7 @@ def test_ctrl_c_during_a_save_that_fails_stops_with_the_saves_error_noting_the_i
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.usefixtures("ctrl_c_delivered")
 def test_ctrl_c_during_a_checkpoint_save_is_honoured_after_it_and_orbax_prints_nothing(tmp_path, capsys, monkeypatch):
     """Ctrl-C (SIGINT) while a checkpoint is being saved: the save completes (digested), then the run stops with
     exit 130 (orbax swallows an interrupt in places and an interrupted save leaves its threads writing). A

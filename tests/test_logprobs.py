@@ -127,8 +127,8 @@ def test_an_llm_servers_logprobs_become_the_packed_target_through_ultrarun(tmp_p
     packed = []
     take = AdviceRounds.take
 
-    def spy(self):  # observes what the product packs; changes nothing
-        advice, row = take(self)
+    def spy(self, *args, **kwargs):  # observes what the product packs; changes nothing
+        advice, row = take(self, *args, **kwargs)
         packed.append(jax.device_get(advice))
         return advice, row
 
