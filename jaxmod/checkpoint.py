@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxmod.config import KEEP_CHECKPOINTS
+from jaxmod.config import KEEP_CHECKPOINTS, parse_json
 from jaxmod.ppo.config import PPOConfig
 from jaxmod.ppo.modulator import Identity, Modulator
 from jaxmod.ppo.train import PPOLearner, TrainState
@@ -216,7 +216,7 @@ def _verify(step_dir: Path) -> None:
     """Raise `_Damaged` naming the first file of the step that is missing or differs from its digest."""
     digest_path = step_dir / DIGEST_FILE
     try:
-        expected = json.loads(digest_path.read_text(encoding="utf-8"))
+        expected = parse_json(digest_path.read_text(encoding="utf-8"))
         assert isinstance(expected, dict)
     except FileNotFoundError:
         raise _Damaged(f"{digest_path} is missing (the save did not finish)") from None

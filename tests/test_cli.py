@@ -446,7 +446,9 @@ def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_
     assert metrics.read_bytes() == cut and (out / "config.json").read_bytes() == config  # rewrites are atomic
     capsys.readouterr()
     assert main(base + ["--resume"]) == 0
-    assert "last line was cut mid-write" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "last line was cut mid-write" in err
+    assert "lacks the metrics of 1 update(s) up to the checkpoint's (first missing: 2, last: 2)" in err  # said, not hid
     rows = read_metrics(metrics)["update"].tolist()
     assert rows == [1, 3, 4]  # update 2's row was the cut one; the resumed chunk's rows follow
     for f in (out / "checkpoint").rglob("*"):
