@@ -233,6 +233,8 @@ def _check_wandb(args: argparse.Namespace) -> None:
     """--wandb needs the optional wandb package: say so before anything runs."""
     from jaxmod.tracking import TrackingError, check_wandb
 
+    if getattr(args, "wandb", None) == "":  # names no project: refused, not read as 'off' (as --out '')
+        raise CLIError("--wandb is empty: name a Weights & Biases project or leave the flag out")
     try:
         check_wandb(getattr(args, "wandb", None))
     except TrackingError as err:

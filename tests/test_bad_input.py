@@ -134,6 +134,8 @@ ROWS: list[tuple[str, list[str], Setup | None, str]] = [
     ("ultra-env-empty", ["ultra", "--env", ""], None, "--env is empty"),
     ("out-empty", ["train", "--out", ""], None, "--out is empty"),
     ("ultra-out-empty", ["ultra", "--out", ""], None, "--out is empty"),
+    ("wandb-empty", ["train", "--wandb", ""], None, "--wandb is empty"),
+    ("ultra-wandb-empty", ["ultra", "--wandb", ""], None, "--wandb is empty"),
     ("out-name-too-long", ["train", "--out", "a" * 300], None, "File name too long"),
     ("out-a-broken-link", ["train", "--out", "link"], lambda w: (w / "link").symlink_to("/nonexistent/x"),
      "is a link to nothing"),
