@@ -539,8 +539,8 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
         from jaxmod.reporting import write_atomically
 
         write_atomically(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")  # resume
-        if rows is not None:  # drop metrics written after the checkpoint was taken
-            write_atomically(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+        if rows or (out / METRICS_FILE).exists():  # drop metrics written after the checkpoint was taken
+            write_atomically(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows or []))
     return _TrainRun(config, out, runner, state, done)
 
 
@@ -646,7 +646,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.table import Table
 
     from jaxmod.parallel import is_primary
-    from jaxmod.reporting import METRICS_FILE, plot_curves, read_metrics, seed_summary
+    from jaxmod.reporting import METRICS_FILE, metrics_rows, plot_curves, read_metrics, seed_summary
     from jaxmod.stats import few_runs_note
 
     run = _train_setup(args, argv)
@@ -658,6 +658,10 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                       f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {_p(out)}")
     _train_loop(run, args, console)
     if not is_primary():
+        return 0
+    if not (out / METRICS_FILE).is_file() or not metrics_rows(out / METRICS_FILE)[0]:  # a resume with all lost
+        print(f"note: {_p(out / METRICS_FILE)} holds no metrics (lost before the resume): no curve or table",
+              file=sys.stderr)
         return 0
     data = read_metrics(out / METRICS_FILE)
     png = plot_curves([(ppo.env_id, data["env_steps"][:, 0], data["episode_return"])], out / "curve.png",
@@ -700,16 +704,17 @@ def _restore(where: Path, missing_hint: str | None, step: int | None = None):
 
 def _resumed_metrics(path: Path, updates_done: int, config: TrainConfig) -> list[dict[str, Any]] | None:
     """The metrics rows a resumed run keeps: those up to the checkpoint's update (a killed run may have written more,
-    or cut its last line mid-write: repaired, with a note); None when there is no metrics file. A damaged file, or
+    or cut its last line mid-write: repaired, with a note); None when there is neither a metrics file nor a
+    checkpoint. A damaged file, or
     rows past the first checkpoint with no checkpoint left (the folder deleted or moved: starting again from update
-    0 would drop them), are one-line errors; updates missing before the checkpoint's are a note (the curve has a
-    gap there)."""
+    0 would drop them), are one-line errors; updates missing before the checkpoint's (the file deleted or cut) are
+    a note (the curve has a gap there)."""
     from jaxmod.reporting import metrics_rows
 
-    if not path.exists():
+    if not path.exists() and updates_done == 0:
         return None
     try:
-        rows, cut = metrics_rows(path)
+        rows, cut = metrics_rows(path) if path.exists() else ([], False)
         bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or isinstance(r.get("update"), bool)
                     or not isinstance(r.get("update"), int)), None)
         if bad is not None:

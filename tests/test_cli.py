@@ -454,6 +454,11 @@ def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_
     assert "lacks the metrics of 1 update(s) up to the checkpoint's (first missing: 2, last: 2)" in err  # said, not hid
     rows = read_metrics(metrics)["update"].tolist()
     assert rows == [1, 3, 4]  # update 2's row was the cut one; the resumed chunk's rows follow
+    metrics.unlink()  # every metric lost: said on resume, and the finished run ends without a curve, not a traceback
+    assert main(base + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "lacks the metrics of 4 update(s)" in err and "holds no metrics (lost before the resume)" in err
+    assert not metrics.exists()
     for f in (out / "checkpoint").rglob("*"):
         if f.is_file() and f.name != "meta.json":
             f.write_text("garbage")
