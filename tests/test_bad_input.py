@@ -305,6 +305,9 @@ ROWS: list[tuple[str, list[str], Setup | None, str]] = [
     ("eval-episodes-zero", ["eval", "nothing", "--episodes", "0"], None, "--episodes must lie in [1, "),
     ("eval-seed-negative", ["eval", "nothing", "--seed", "-1"], None, "--seed"),
     ("eval-seed-too-large", ["eval", "nothing", "--seed", str(2**40)], None, "--seed"),
+    ("eval-a-superscript-digit", ["eval", "\u00b2"], None, "no checkpoint in \u00b2"),
+    ("eval-a-checkpoint-folder-with-a-superscript-digit", ["eval", "ck"], lambda w: (w / "ck" / "\u00b2").mkdir(parents=True),
+     "no checkpoint in ck"),
     ("eval-unfinished-checkpoint", ["eval", "ck"], _unfinished_checkpoint, "digest.json is missing"),
 ]
 
