@@ -705,10 +705,9 @@ def _restore(where: Path, missing_hint: str | None, step: int | None = None):
 def _resumed_metrics(path: Path, updates_done: int, config: TrainConfig) -> list[dict[str, Any]] | None:
     """The metrics rows a resumed run keeps: those up to the checkpoint's update (a killed run may have written more,
     or cut its last line mid-write: repaired, with a note); None when there is neither a metrics file nor a
-    checkpoint. A damaged file, or
-    rows past the first checkpoint with no checkpoint left (the folder deleted or moved: starting again from update
-    0 would drop them), are one-line errors; updates missing before the checkpoint's (the file deleted or cut) are
-    a note (the curve has a gap there)."""
+    checkpoint. A damaged file, or rows past the first checkpoint with no checkpoint left (the folder deleted or
+    moved: starting again from update 0 would drop them), are one-line errors; updates missing before the
+    checkpoint's (the file deleted or cut) are a note (the curve has a gap there)."""
     from jaxmod.reporting import metrics_rows
 
     if not path.exists() and updates_done == 0:
