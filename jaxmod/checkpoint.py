@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxmod.config import KEEP_CHECKPOINTS
+from jaxmod.config import KEEP_CHECKPOINTS, parse_json
 from jaxmod.ppo.config import PPOConfig
 from jaxmod.ppo.modulator import Identity, Modulator
 from jaxmod.ppo.train import PPOLearner, TrainState
@@ -153,7 +153,13 @@ def _steps(directory: Path) -> list[int]:
     """The steps saved in `directory`, newest first (orbax's naming: a folder per step, named by the number)."""
     if not directory.is_dir():
         return []
-    return sorted((int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
+    return sorted((int(p.name) for p in directory.iterdir() if p.is_dir() and _is_step_name(p.name)), reverse=True)
+
+
+def _is_step_name(name: str) -> bool:
+    """A step folder's name: ASCII digits only (str.isdigit also takes '²' or '٣', which int() refuses or reads as
+    another name than orbax writes)."""
+    return name.isascii() and name.isdigit()
 
 
 def has_checkpoint(directory: str | Path) -> bool:
@@ -216,7 +222,7 @@ def _verify(step_dir: Path) -> None:
     """Raise `_Damaged` naming the first file of the step that is missing or differs from its digest."""
     digest_path = step_dir / DIGEST_FILE
     try:
-        expected = json.loads(digest_path.read_text(encoding="utf-8"))
+        expected = parse_json(digest_path.read_text(encoding="utf-8"))
         assert isinstance(expected, dict)
     except FileNotFoundError:
         raise _Damaged(f"{digest_path} is missing (the save did not finish)") from None
@@ -285,7 +291,7 @@ def _load_legacy(directory: Path, modulator: Modulator | None) -> Checkpoint:
 def step_folder(path: str | Path) -> tuple[Path, int] | None:
     """(checkpoint folder, step) when `path` is one step of a checkpoint (`<run>/checkpoint/<update>`), else None."""
     path = Path(path)
-    if path.name.isdigit() and int(path.name) in _steps(path.parent):
+    if _is_step_name(path.name) and int(path.name) in _steps(path.parent):
         return path.parent, int(path.name)
     return None
 

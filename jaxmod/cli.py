@@ -35,6 +35,7 @@ from jaxmod.config import (
     from_dict,
     given,
     parse_int,
+    parse_json,
     read_config_file,
     set_path,
     show,
@@ -78,7 +79,7 @@ def _env_option(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
     try:
-        value: Any = json.loads(raw)
+        value: Any = parse_json(raw)
     except json.JSONDecodeError:
         value = raw
     return key.strip(), value
@@ -232,6 +233,8 @@ def _check_wandb(args: argparse.Namespace) -> None:
     """--wandb needs the optional wandb package: say so before anything runs."""
     from jaxmod.tracking import TrackingError, check_wandb
 
+    if getattr(args, "wandb", None) == "":  # names no project: refused, not read as 'off' (as --out '')
+        raise CLIError("--wandb is empty: name a Weights & Biases project or leave the flag out")
     try:
         check_wandb(getattr(args, "wandb", None))
     except TrackingError as err:
@@ -407,11 +410,40 @@ def _check_out(out: Path) -> None:
         raise CLIError(f"--out {str(out)[:80]!r}...: {err.strerror}: choose a shorter or other folder name") from None
     if not parent.is_dir():
         raise CLIError(f"--out {str(out)!r} lies under the file {str(parent)!r}: choose a folder")
+    _refuse_inside_a_run(out)
     try:  # os.access says yes to root everywhere: try it (read-only file systems, /proc)
         tempfile.TemporaryDirectory(dir=parent, prefix=".jaxmod-probe-").cleanup()
     except OSError as err:
         raise CLIError(f"--out {_p(out)}: cannot write in {_p(parent)} ({err.strerror}): choose a folder you can write "
                        "to") from None
+
+
+def _run_kind(folder: Path) -> str | None:
+    """"train" or "ultra" when `folder` holds a jaxmod run (its config.json's command, or the files each writes)."""
+    try:
+        if (folder / CONFIG_FILE).is_file():
+            recorded = parse_json((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+            if isinstance(recorded, dict) and recorded.get("command") in ("train", "ultra"):
+                return recorded["command"]
+        if (folder / "metrics.jsonl").is_file():
+            return "train"
+        if (folder / "ultra.json").is_file():
+            return "ultra"
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _refuse_inside_a_run(out: Path) -> None:
+    """A run folder never lies inside another run's folder: its files would mix with the other run's (a folder named
+    by a number in `<run>/checkpoint` is taken for one of its checkpoints, and replaced or deleted by its saves)."""
+    given = [p for p in out.parents if p != Path(".")]  # named as the user wrote them, then the absolute rest
+    top = given[-1] if given else out
+    for folder in [*given, *Path(os.path.abspath(top)).parents]:
+        kind = _run_kind(folder)
+        if kind is not None:
+            raise CLIError(f"--out {_p(out)} lies inside the `jaxmod {kind}` run {_p(folder)}: choose a folder "
+                           "outside it")
 
 
 def _refuse_other_run(out: Path, command: str) -> None:
@@ -421,7 +453,7 @@ def _refuse_other_run(out: Path, command: str) -> None:
     recorded = None
     if (out / CONFIG_FILE).is_file():
         try:
-            recorded = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")).get("command")
+            recorded = parse_json((out / CONFIG_FILE).read_text(encoding="utf-8")).get("command")
         except (ValueError, AttributeError, OSError):
             recorded = None
     if recorded == other or any((out / m).exists() for m in marks[other]):
@@ -483,9 +515,12 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     out = Path(args.out or f"runs/{config.ppo.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_out(out)
     _refuse_other_run(out, "train")
+    if (out / "checkpoint").exists() and not (out / "checkpoint").is_dir():
+        raise CLIError(f"{_p(out / 'checkpoint')} is a file, not a checkpoint folder: move it away or choose another "
+                       "--out")
     if args.resume:
         config = _resume_config(args, out)
-    elif (out / METRICS_FILE).exists():
+    elif (out / METRICS_FILE).exists() or (out / "checkpoint").exists():
         raise CLIError(f"{_p(out)} already holds a run; pass --resume to continue it or choose another --out")
     init_distributed(args.coordinator, args.num_processes, args.process_id, args.join_timeout)  # before any device use
     import jax
@@ -493,29 +528,43 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
     check_layout(config.seeds, config.ppo.num_envs, config.env_shards, jax.device_count())
     _make_env(config.ppo, args, out / CONFIG_FILE if args.resume else args.config)
     _enable_compile_cache()
-    ckpt = _restore(out / "checkpoint", None) if args.resume else None
-    if args.resume and ckpt is None:  # stopped before its first checkpoint was complete: nothing to lose
-        print(f"note: {_p(out)} stopped before its first checkpoint was complete: starting it again from update 0 with "
-              f"every setting from its {CONFIG_FILE}", file=sys.stderr)
-    elif args.resume:
-        if ckpt.num_seeds != config.seeds or ckpt.config != config.ppo:
-            raise CLIError(f"the checkpoint in {_p(out / 'checkpoint')} is not of the run in {_p(out / CONFIG_FILE)} "
-                           f"({ckpt.num_seeds} seed(s) of {ckpt.config.env_id}): resume the folder it came from")
-        print(f"note: resuming {_p(out)} from update {int(ckpt.state.update_step.reshape(-1)[0])} with every setting "
-              f"from its {CONFIG_FILE}", file=sys.stderr)
+    ckpt, rows = _resume_point(out, config) if args.resume else (None, None)
+    runner = MultiSeed(config.ppo, config.seeds, env_shards=config.env_shards)  # built before anything is written
+    state = runner.place(ckpt.state) if ckpt is not None else runner.init(seed_keys(config.seed, config.seeds))
+    import numpy as np
+
+    done = int(np.asarray(gather(state.update_step)).reshape(-1)[0])
     if is_primary():  # process 0 writes the run's files (every process of a multi-host run computes)
         out.mkdir(parents=True, exist_ok=True)
         from jaxmod.reporting import write_atomically
 
         write_atomically(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")  # resume
-    runner = MultiSeed(config.ppo, config.seeds, env_shards=config.env_shards)
-    state = runner.place(ckpt.state) if ckpt is not None else runner.init(seed_keys(config.seed, config.seeds))
+        if rows or (out / METRICS_FILE).exists():  # drop metrics written after the checkpoint was taken
+            write_atomically(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows or []))
+    return _TrainRun(config, out, runner, state, done)
+
+
+def _resume_point(out: Path, config: TrainConfig) -> tuple[Any, list[dict[str, Any]] | None]:
+    """--resume: the newest intact checkpoint of the run in `out` (None: it stopped before its first one) and the
+    metrics rows it keeps (`_resumed_metrics`), both checked before anything is written; a note says where it
+    resumes."""
     import numpy as np
 
-    done = int(np.asarray(gather(state.update_step)).reshape(-1)[0])
-    if args.resume and is_primary():  # drop metrics written after the checkpoint was taken
-        _truncate_metrics(out / METRICS_FILE, done)
-    return _TrainRun(config, out, runner, state, done)
+    from jaxmod.parallel import is_primary
+    from jaxmod.reporting import METRICS_FILE
+
+    ckpt = _restore(out / "checkpoint", None)
+    saved = 0 if ckpt is None else int(np.asarray(ckpt.state.update_step).reshape(-1)[0])
+    rows = _resumed_metrics(out / METRICS_FILE, saved, config) if is_primary() else None  # process 0's files
+    if ckpt is None:  # stopped before its first checkpoint was complete: nothing to lose
+        print(f"note: {_p(out)} stopped before its first checkpoint was complete: starting it again from update 0 with "
+              f"every setting from its {CONFIG_FILE}", file=sys.stderr)
+        return None, rows
+    if ckpt.num_seeds != config.seeds or ckpt.config != config.ppo:
+        raise CLIError(f"the checkpoint in {_p(out / 'checkpoint')} is not of the run in {_p(out / CONFIG_FILE)} "
+                       f"({ckpt.num_seeds} seed(s) of {ckpt.config.env_id}): resume the folder it came from")
+    print(f"note: resuming {_p(out)} from update {saved} with every setting from its {CONFIG_FILE}", file=sys.stderr)
+    return ckpt, rows
 
 
 def _progress_columns() -> list:
@@ -597,7 +646,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.table import Table
 
     from jaxmod.parallel import is_primary
-    from jaxmod.reporting import METRICS_FILE, plot_curves, read_metrics, seed_summary
+    from jaxmod.reporting import METRICS_FILE, metrics_rows, plot_curves, read_metrics, seed_summary
     from jaxmod.stats import few_runs_note
 
     run = _train_setup(args, argv)
@@ -609,6 +658,10 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                       f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {_p(out)}")
     _train_loop(run, args, console)
     if not is_primary():
+        return 0
+    if not (out / METRICS_FILE).is_file() or not metrics_rows(out / METRICS_FILE)[0]:  # a resume with all lost
+        print(f"note: {_p(out / METRICS_FILE)} holds no metrics (lost before the resume): no curve or table",
+              file=sys.stderr)
         return 0
     data = read_metrics(out / METRICS_FILE)
     png = plot_curves([(ppo.env_id, data["env_steps"][:, 0], data["episode_return"])], out / "curve.png",
@@ -649,20 +702,40 @@ def _restore(where: Path, missing_hint: str | None, step: int | None = None):
                        f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
 
 
-def _truncate_metrics(path: Path, updates_done: int) -> None:
-    """Keep the metrics rows up to the checkpoint's update (a killed run may have written more, or cut its last
-    line mid-write: repaired, with a note)."""
-    from jaxmod.reporting import metrics_rows, write_atomically
+def _resumed_metrics(path: Path, updates_done: int, config: TrainConfig) -> list[dict[str, Any]] | None:
+    """The metrics rows a resumed run keeps: those up to the checkpoint's update (a killed run may have written more,
+    or cut its last line mid-write: repaired, with a note); None when there is neither a metrics file nor a
+    checkpoint. A damaged file, or rows past the first checkpoint with no checkpoint left (the folder deleted or
+    moved: starting again from update 0 would drop them), are one-line errors; updates missing before the
+    checkpoint's (the file deleted or cut) are a note (the curve has a gap there)."""
+    from jaxmod.reporting import metrics_rows
 
-    if not path.exists():
-        return
+    if not path.exists() and updates_done == 0:
+        return None
     try:
-        rows, cut = metrics_rows(path)
-    except ValueError as err:
+        rows, cut = metrics_rows(path) if path.exists() else ([], False)
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or isinstance(r.get("update"), bool)
+                    or not isinstance(r.get("update"), int)), None)
+        if bad is not None:
+            raise ValueError(f"{_p(path)}, line {bad + 1}: not a metrics row (a JSON object with an integer "
+                             "\"update\")")
+    except (OSError, ValueError) as err:
         raise CLIError(f"{err}; move it away to resume without the earlier metrics") from None
+    last = max((r["update"] for r in rows), default=0)
+    chunk = max(1, math.ceil(config.ppo.num_updates / config.chunks))
+    first_save = min(config.ppo.num_updates, chunk * config.checkpoint_every)
+    if updates_done == 0 and last > first_save:
+        raise CLIError(f"{_p(path)} holds metrics up to update {last}, but {_p(path.parent / 'checkpoint')} holds no "
+                       f"checkpoint (one was saved by update {first_save}): put the checkpoint folder back, or start "
+                       "a new run with another --out")
     if cut:
         _cut_note(path)
-    write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows if r["update"] <= updates_done))
+    kept = [r for r in rows if r["update"] <= updates_done]
+    missing = sorted(set(range(1, updates_done + 1)) - {r["update"] for r in kept})
+    if missing:
+        print(f"note: {_p(path)} lacks the metrics of {len(missing)} update(s) up to the checkpoint's (first missing: "
+              f"{missing[0]}, last: {missing[-1]}): the curve has a gap there", file=sys.stderr)
+    return kept
 
 
 def _cut_note(path: Path) -> None:
@@ -737,7 +810,7 @@ def cmd_plot(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     config: Any = {}
     if (run / CONFIG_FILE).exists():
         try:
-            config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
+            config = parse_json((run / CONFIG_FILE).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as err:
             raise CLIError(f"cannot read {_p(run / CONFIG_FILE)}: {err}") from None
     node = config.get("ppo", config) if isinstance(config, dict) else {}  # nested since TrainConfig, flat before
@@ -781,7 +854,7 @@ def _ultra_config(args: argparse.Namespace, argv: Sequence[str]):
     if args.replay:
         try:
             return UltraConfig.replay_of(Path(args.replay))
-        except (FileNotFoundError, KeyError, TypeError, ValueError) as err:
+        except (FileNotFoundError, KeyError, TypeError, ValueError, RecursionError) as err:
             raise CLIError(f"cannot replay {_p(args.replay)}: {err}") from None
     data = _nested(args, _base("ultra", argv), _ultra_flags())
     if hasattr(args, "variant") and not args.variant:
@@ -979,6 +1052,11 @@ def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int
     cores = os.cpu_count() or 1
     if not 1 <= args.threads <= cores:
         raise CLIError(f"--threads must lie in [1, {cores}] (this machine's CPU cores), got {args.threads}")
+    if not args.host.strip():  # socket's "" is every interface: never chosen by leaving the value empty
+        raise CLIError("--host is empty: name an address (127.0.0.1, the default, or 0.0.0.0 for every interface)")
+    if args.teacher is not None and args.backend != "teacher":
+        raise CLIError(f"--teacher is the policy of --backend teacher, not of --backend {args.backend}: add "
+                       "--backend teacher or leave --teacher out")
     answer_fn = None
     if args.backend == "teacher":
         if not args.teacher:

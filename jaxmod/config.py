@@ -122,6 +122,7 @@ def positive(obj: Any, names: tuple[str, ...], error: type[Exception] = ConfigEr
             raise error(f"{name} must be >= 1, got {getattr(obj, name)}")
 
 
+MAX_INT = 2**31 - 1  # any integer setting: JAX's default integers (sizes, counts, widths) are 32-bit
 MAX_SEED = 2**31 - 10_001  # base seeds; runs derive keys at offsets up to +10_000 and jax keys take 32-bit seeds
 MAX_SEEDS = 10_000  # seeds side by side in one program (each holds its own envs, networks and optimiser)
 MAX_STEPS = 2**31 - 1  # env steps per seed: the learner counts updates and env steps in int32
@@ -180,7 +181,26 @@ def from_dict(cls: type, data: dict[str, Any], error: type[Exception] = ConfigEr
         elif inner is not Any and name != "env_options":
             value = check_value(where + name, hints[name], value, error)
         kwargs[name] = value
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check_int_range(obj, error, where)
+    return obj
+
+
+def check_int_range(obj: Any, error: type[Exception] = ConfigError, where: str = "") -> None:
+    """Every integer of the config `obj` (nested configs and integer lists included) within 32 bits: JAX computes
+    sizes, counts and widths in 32-bit integers, so a larger one fails deep inside it (an OverflowError) after the
+    run folder was written. Runs after the config's own checks, whose bounds (seeds, steps) say more."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_int_range(value, error, f"{where}{f.name}.")
+            continue
+        items = enumerate(value) if isinstance(value, tuple) else [(None, value)]
+        for i, v in items:
+            if isinstance(v, int) and not isinstance(v, bool) and not -MAX_INT <= v <= MAX_INT:
+                name = f"{where}{f.name}" + ("" if i is None else f"[{i}]")
+                raise error(f"{name} must lie in [{-MAX_INT:,}, {MAX_INT:,}] (JAX computes sizes and counts in "
+                            f"32-bit integers), got {v:,}")
 
 
 def _check_env_options_and_layers(ppo: dict[str, Any], error: type[Exception], where: str) -> None:
@@ -190,6 +210,9 @@ def _check_env_options_and_layers(ppo: dict[str, Any], error: type[Exception], w
             isinstance(v, (str, int, float, bool)) or v is None for v in options.values()):
         raise error(f"{where}env_options must be a JSON object of option: value (e.g. {{\"backend\": \"spring\"}}), "
                     f"got {options!r}")
+    for key, value in options.items():  # an env parameter of nan or inf trains on nonsense (issue 21)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise error(f"{where}env_options: {key} must be a finite number, got {value!r}")
     layers = ppo.get("hidden_sizes", [64])
     if not isinstance(layers, (list, tuple)) or not all(
             isinstance(h, int) and not isinstance(h, bool) for h in layers):
@@ -204,13 +227,23 @@ def from_dict_checked(cls: type, data: dict[str, Any], error: type[Exception], w
             check_value(where + name, hints[name], value, error)
 
 
+def parse_json(text: str) -> Any:
+    """`json.loads(text)`, with a document nested too deeply for Python's parser (a RecursionError, which is no
+    ValueError) raised as `json.JSONDecodeError` like any other malformed JSON: every reader of a user's or a run's
+    JSON file reports it as damaged in one line."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply to read", text[:80], 0) from None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The JSON object in a run's config.json (raises ConfigError with what to pass instead)."""
     path = Path(path)
     if path.is_dir():
         path = path / CONFIG_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"no config at {path}: pass a run's config.json") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -54,7 +54,7 @@ def metrics_rows(path: str | Path) -> tuple[list[dict], bool]:
     for i, line in enumerate(lines):
         try:
             rows.append(json.loads(line))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply for the parser
             if i == len(lines) - 1:
                 return rows, True
             raise ValueError(f"{path}, line {i + 1}: not a JSON metrics row (the file is damaged)") from None

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxmod.cli import main
@@ -95,7 +96,9 @@ def test_resume_continues_exactly(tmp_path, env_id):
     assert main(base + ["--out", str(part), "--resume"]) == 0
     straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     resumed = read_metrics(part / "metrics.jsonl")
-    assert (straight["loss"] == resumed["loss"]).all()
+    assert sorted(straight) == sorted(resumed) and "episode_return" in straight
+    for key in straight:  # every metric, not the loss alone
+        np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
 
 
 def test_a_partial_config_file_takes_defaults_and_a_run_stopped_before_its_first_checkpoint_starts_again(
@@ -448,9 +451,16 @@ def test_resume_repairs_a_cut_metrics_line_and_refuses_changed_flags_or_damaged_
     assert metrics.read_bytes() == cut and (out / "config.json").read_bytes() == config  # rewrites are atomic
     capsys.readouterr()
     assert main(base + ["--resume"]) == 0
-    assert "last line was cut mid-write" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "last line was cut mid-write" in err
+    assert "lacks the metrics of 1 update(s) up to the checkpoint's (first missing: 2, last: 2)" in err  # said, not hid
     rows = read_metrics(metrics)["update"].tolist()
     assert rows == [1, 3, 4]  # update 2's row was the cut one; the resumed chunk's rows follow
+    metrics.unlink()  # every metric lost: said on resume, and the finished run ends without a curve, not a traceback
+    assert main(base + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "lacks the metrics of 4 update(s)" in err and "holds no metrics (lost before the resume)" in err
+    assert not metrics.exists()
     for f in (out / "checkpoint").rglob("*"):
         if f.is_file() and f.name != "meta.json":
             f.write_text("garbage")
