@@ -233,3 +233,31 @@ def test_the_cli_runs_a_users_env_named_module_colon_id(clean_registries, tmp_pa
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.timeout(120)
+def test_an_env_module_that_fails_at_import_is_one_line_naming_the_error_and_where(clean_registries, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """`--env module:EnvId` whose module raises while being imported (any error, a SyntaxError, or an import of a
+    package that is missing inside it): one line naming the error and the module's file and line, exit 2, nothing
+    written; only a module that is itself missing gets "put it in the current folder"."""
+    from jaxmod.cli import main
+
+    files = {"raises_mod": "x = 1\nraise RuntimeError('my env is broken')\n",
+             "syntax_mod": "def f(:\n",
+             "needs_mod": "import jaxmod_test_no_such_package\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.py").write_text(text, encoding="utf-8")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    for env_id, says in (("raises_mod:X-v0", "raises_mod.py:2: my env is broken"),
+                         ("syntax_mod:X-v0", "raised SyntaxError at "),
+                         ("needs_mod:X-v0", "raised ModuleNotFoundError at "),
+                         ("no_such_pkg.sub:X-v0", "put no_such_pkg/sub.py in the current folder")):
+        assert main(["train", "--env", env_id, "--out", "bad"]) == 2, env_id
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+        if "raised" in says:
+            module = env_id.split(":")[0]
+            assert f"{module}.py:" in err[0] and "put " not in err[0] and "JAXMOD_DEBUG=1" in err[0], err
+    assert not (tmp_path / "bad").exists()

@@ -103,14 +103,43 @@ def load_env_module(env_id: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as err:
-        raise UnknownEnvError(f"env {env_id!r}: cannot import module {module!r} ({err}): put {module}.py in the "
-                              "current folder or on PYTHONPATH") from None
+        if _missing_module(err, module):
+            raise UnknownEnvError(f"env {env_id!r}: cannot import module {module!r} ({err}): put "
+                                  f"{module.replace('.', '/')}.py in the current folder or on PYTHONPATH") from None
+        raise UnknownEnvError(_import_failed(env_id, module, err)) from err
+    except Exception as err:  # noqa: BLE001 - the user's module failing at import (any error, a SyntaxError too)
+        raise UnknownEnvError(_import_failed(env_id, module, err)) from err
     if name not in _OWN_ENVS:
         raise UnknownEnvError(f"env {env_id!r}: importing {module} registered no env {name!r}; call "
                               f"jaxmod.register_env({name!r}, env) in {module} when it is imported")
     _OWN_ENVS[env_id] = _OWN_ENVS[name]
     if name in _FAMILIES:
         _FAMILIES[env_id] = _FAMILIES[name]
+
+
+def _missing_module(err: ImportError, module: str) -> bool:
+    """Whether `err` says `module` itself (or a package above it) was not found, not something it imports."""
+    missing = getattr(err, "name", None)
+    return isinstance(err, ModuleNotFoundError) and missing is not None and (
+        module == missing or module.startswith(missing + "."))
+
+
+def _import_failed(env_id: str, module: str, err: BaseException) -> str:
+    """One line for a user's env module that raised while being imported: the error and where (its last frame, or
+    a SyntaxError's file and line)."""
+    import traceback
+
+    where = ""
+    if isinstance(err, SyntaxError) and err.filename:
+        where = f" at {err.filename}:{err.lineno}"
+    else:
+        frames = traceback.extract_tb(err.__traceback__)
+        user = [f for f in frames if "importlib" not in f.filename and "<frozen" not in f.filename]
+        if user:
+            where = f" at {user[-1].filename}:{user[-1].lineno}"
+    text = str(err).splitlines()[0] if str(err) else ""
+    return (f"env {env_id!r}: importing module {module!r} raised {type(err).__name__}{where}"
+            f"{': ' + text if text else ''}; fix the module (JAXMOD_DEBUG=1 shows the traceback)")
 
 
 def _is_instance(env: Any) -> bool:
