@@ -4,8 +4,10 @@ describer; the generic describer and its warning for an env without one; and exa
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -261,3 +263,61 @@ def test_an_env_module_that_fails_at_import_is_one_line_naming_the_error_and_whe
             module = env_id.split(":")[0]
             assert f"{module}.py:" in err[0] and "put " not in err[0] and "JAXMOD_DEBUG=1" in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_describer_that_does_not_fit_its_env_is_one_line_before_ultra_pretrains(clean_registries, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """A registered describer that is garbage for its env (a factory returning something else, too few or too many
+    action names, a continuous card for discrete actions, a column outside the observation, another observation
+    shape, a feature that fails or is not finite on the env's first observation): `UltraRun` refuses it with one
+    `DescriberMismatchError` line before pre-training (before: an AttributeError / IndexError inside the first advice
+    round, after the pre-training's minutes), and `jaxmod ultra` exits 2 with that line; a run with no advisor
+    (baselines only) does not ask for it. A describer that fits runs (the test above)."""
+    from jaxmod.cli import main
+    from jaxmod.envs import DescriberMismatchError, Feature
+    from jaxmod.ultra.config import UltraConfig
+    from jaxmod.ultra.pipeline import UltraRun
+
+    def card(**kw):
+        return EnvCard(CORRIDOR, goal="g", termination="t", reward="r", **kw)
+
+    two = dict(action_names=("stay", "forward"))
+    pos = raw_feature("position", "m", 0)
+    garbage = {
+        "not a jaxmod.envs.Describer": lambda *_: "a describer",
+        "names 3 actions": Describer(card(action_names=("a", "b", "c")), (pos,), obs_shape=(2,)),
+        "describes continuous actions": Describer(card(action_dims=("u",), action_low=(-1.0,), action_high=(1.0,)),
+                                                  (pos,), obs_shape=(2,)),
+        "reads column 5, outside": Describer(card(**two), (raw_feature("far", "m", 5),), obs_shape=(2,)),
+        "observations of shape (3,)": Describer(card(**two), (pos,), obs_shape=(3,)),
+        "has no features": Describer(card(**two), (), obs_shape=(2,)),
+        "fails on the env's first observation (ValueError": Describer(
+            card(**two), (Feature("mood", "", fn=lambda o: "happy"),), obs_shape=(2,)),
+        "gives nan": Describer(card(**two), (Feature("ratio", "", fn=lambda o: float("nan")),), obs_shape=(2,)),
+    }
+    register_env(CORRIDOR, Corridor())
+    settings = UltraConfig.flat(dict(num_envs=4, num_steps=16, hidden_sizes=(16,)), env_id=CORRIDOR, seeds=2,
+                                pretrain_steps=128, refine_steps=128, chunks=2, variants=("RA",), advisor="random",
+                                collect_envs=4, collect_steps=48, eval_envs=4, eval_steps=48, episodes_per_round=2)
+    for says, describer in garbage.items():
+        register_describer(CORRIDOR, describer)
+        with pytest.raises(DescriberMismatchError, match=re.escape(says)) as caught:
+            UltraRun(settings, tmp_path / "run", overwrite=True)
+        assert "\n" not in str(caught.value) and f"the describer for {CORRIDOR}" in str(caught.value)
+    UltraRun(dataclasses.replace(settings, variants=("Random",)), tmp_path / "baselines")  # no advisor: no describer asked
+
+    # through the command line: one line, exit 2, before pretraining (nothing compiled: no event files)
+    (tmp_path / "bad_describer.py").write_text(
+        "import sys\nimport jaxmod\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_custom_env import Corridor\n"
+        "jaxmod.register_env('Corridor-v7', Corridor())\n"
+        "jaxmod.register_describer('Corridor-v7', lambda *_: None)\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "bad_describer", raising=False)
+    assert main(["ultra", "--env", "bad_describer:Corridor-v7", "--advisor", "random", "--variant", "RA",
+                 "--out", "cli-run", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a NoneType, not a jaxmod.envs.Describer" in err[0], err
+    assert not (tmp_path / "cli-run" / "tb").exists()

@@ -223,6 +223,10 @@ class UltraRun:
                               "(or replay the whole run with jaxmod ultra --replay RUN_DIR)")
         self.s, self.out, self.log, self.progress = config, Path(out), log, progress
         self.warn = log if warn is None else warn
+        if config.needs_advisor:  # a registered describer that does not fit the env: one line now, not after pretraining
+            from jaxmod.envs.registry import checked_describer_of
+
+            checked_describer_of(self.agent_learner.env.core)
         self.render_dir = None if render_dir is None else Path(render_dir)
         self._renderer = None
         if self.render_dir is not None:  # one recorder for every policy of the run (the same env and network)
