@@ -561,6 +561,8 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
                      purge_step=(run.done + 1) * ppo.batch_size if args.resume else None)
              if primary else contextlib.nullcontext()) as tracker:
         task = progress.add_task("compiling", total=total, completed=run.done)
+        if primary:
+            tracker.start()  # --wandb that cannot start: one line now, before compiling
         while run.done < total and (args.max_chunks is None or chunks_done < args.max_chunks):
             n = min(chunk, total - run.done)
             if n not in compiled:
@@ -914,6 +916,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         run = UltraRun(config, out, log=(lambda _: None) if args.quiet else say, progress=on_progress,
                        overwrite=args.overwrite, tracker=tracker, warn=warn,
                        render_dir=Path(args.render) if args.render else None)
+        tracker.start()  # --wandb that cannot start: one line now, before pretraining
         results = run.run()
     _print_ultra_results(console, config, run, results, out, args.quiet)
     return 0
@@ -1041,6 +1044,11 @@ def _eval_checkpoint(run: Path) -> tuple[Any, Path]:
     if one_step is not None:
         where = one_step[0]
     elif not has_checkpoint(where):
+        if (run / "ultra.json").is_file():  # an ULTRA run keeps evaluations, not agents
+            raise CLIError(f"{_p(run)} is a `jaxmod ultra` run, which saves no agents: its methods' evaluation returns "
+                           "are in ultra.json (ultra.png), `jaxmod ultra --render DIR` draws each method's agent, and "
+                           "`jaxmod ultra --agents-dir DIR` saves the pre-trained agents, which jaxmod eval DIR/<tag> "
+                           "evaluates")
         raise CLIError(f"no checkpoint in {_p(run)} (nor in {_p(run / 'checkpoint')}): pass a `jaxmod train --out` "
                        "folder, its checkpoint/ folder (the newest update) or one update's folder in it (checkpoint/<update>)")
     return _restore(where, "pass a `jaxmod train --out` folder", None if one_step is None else one_step[1]), where
@@ -1133,13 +1141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxmod.parallel import DistributedError
     from jaxmod.ppo.config import ConfigError
     from jaxmod.reporting import NonFiniteError
+    from jaxmod.tracking import TrackingError
 
     argv = _negative_values(list(sys.argv[1:] if argv is None else argv))
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
         return COMMANDS[args.command](args, argv)
-    except (CLIError, BackendUnavailable, ConfigError, EnvError, ModulationError, MethodError,
+    except (CLIError, BackendUnavailable, ConfigError, EnvError, ModulationError, MethodError, TrackingError,
             FileNotFoundError) as err:
         if os.environ.get("JAXMOD_DEBUG"):
             raise
