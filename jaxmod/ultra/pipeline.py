@@ -549,9 +549,16 @@ class UltraRun:
         render_dir/name, from the run's render key (the same reset and action draws for every policy)."""
         if self._renderer is None:
             return
+        from jaxmod.render import RenderError
+
         first = jax.tree.map(lambda x: x[0], state)
-        r = self._renderer(first.params, self.render_dir / name, first.env_state.obs_rms,
-                           jax.random.PRNGKey(self.s.seed + 6000))
+        try:
+            r = self._renderer(first.params, self.render_dir / name, first.env_state.obs_rms,
+                               jax.random.PRNGKey(self.s.seed + 6000))
+        except RenderError as err:  # a drawer failing on a later state: the run goes on without GIFs
+            self._renderer = None
+            self.warn(f"{name} not rendered, and no more GIFs in this run: {err}")
+            return
         self.log(f"rendered seed 0's episode (return {r.episode_return:.1f}, {r.steps} steps) to {r.path}")
 
     def run(self) -> dict[str, VariantResult]:
