@@ -60,6 +60,27 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _jaxmod_warnings_one_line() -> None:
+    """Warnings jaxmod raises for the user (a generic describer for an env without one) print as one
+    `jaxmod: warning:` line on stderr, not Python's two lines with a jaxmod source line; others as before."""
+    import warnings
+
+    from jaxmod.envs.describers import GenericDescriberWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "jaxmod_one_line", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, GenericDescriberWarning):
+            print(f"jaxmod: warning: {_one_line(str(message))}", file=sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.jaxmod_one_line = True
+    warnings.showwarning = show
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (what is wrong, and where the help is), and no abbreviated flags
     (`--conf` taken for `--config` would be parsed but never read: flags are peeked at before parsing)."""
@@ -1144,6 +1165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxmod.tracking import TrackingError
 
     argv = _negative_values(list(sys.argv[1:] if argv is None else argv))
+    _jaxmod_warnings_one_line()
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)

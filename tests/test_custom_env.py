@@ -321,3 +321,29 @@ def test_a_describer_that_does_not_fit_its_env_is_one_line_before_ultra_pretrain
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a NoneType, not a jaxmod.envs.Describer" in err[0], err
     assert not (tmp_path / "cli-run" / "tb").exists()
+
+
+@pytest.mark.timeout(180)
+def test_jaxmod_ultra_warns_in_one_line_before_pretraining_that_an_env_has_no_describer(clean_registries, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """`jaxmod ultra` on an env without a describer (a continuous one here): the generic describer's warning, how to
+    write one, comes as one `jaxmod: warning:` line on stderr before pre-training (UltraRun asks for the describer
+    first; before, Python's two-line warning after pre-training). The run is stopped right after by a W&B that
+    cannot start, so nothing compiles."""
+    from jaxmod.cli import main
+    from tests.test_tracking import _WandbWithoutLogin
+
+    (tmp_path / "my_pendulums.py").write_text(
+        "import gymnax\nimport jaxmod\n"
+        "jaxmod.register_env('MyPendulum-v3', gymnax.make('Pendulum-v1')[0])\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_pendulums", raising=False)
+    monkeypatch.setitem(sys.modules, "wandb", _WandbWithoutLogin())
+    assert main(["ultra", "--env", "my_pendulums:MyPendulum-v3", "--advisor", "random", "--variant", "RA",
+                 "--wandb", "proj", "--quiet", "--out", "run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "W&B did not start" in err[1], err
+    assert err[0].startswith("jaxmod: warning: no describer for MyPendulum-v3: prompts show its observation as "
+                             "x0..x2"), err
+    assert "register_describer('MyPendulum-v3', describer)" in err[0]
+    assert not (tmp_path / "run" / "tb").exists()
