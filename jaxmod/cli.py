@@ -657,10 +657,13 @@ def _restore(where: Path, missing_hint: str | None, step: int | None = None):
     `missing_hint`; None: return None instead), or a damaged one (naming the file); a damaged newest checkpoint
     falling back to an earlier one is a warning line."""
     from jaxmod.checkpoint import CheckpointError, load_checkpoint
+    from jaxmod.envs import EnvError
 
     try:
         return load_checkpoint(where, warn=lambda text: print(f"jaxmod: warning: {_one_line(text)}", file=sys.stderr),
                                step=step)
+    except EnvError:  # the run's env cannot be made here (e.g. its module:EnvId module is not on the path): not damage
+        raise
     except FileNotFoundError as err:
         if missing_hint is None:
             return None

@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -228,6 +230,14 @@ def test_the_cli_runs_a_users_env_named_module_colon_id(clean_registries, tmp_pa
     capsys.readouterr()
     assert main(["eval", "run", "--episodes", "4"]) == 0
     assert "my_corridors:Corridor-v9 (update 4): 4 episodes per seed" in " ".join(capsys.readouterr().out.split())
+    elsewhere = tmp_path / "elsewhere"  # the module is not importable from here: one line saying so, not "damaged"
+    elsewhere.mkdir()
+    away = subprocess.run([sys.executable, "-m", "jaxmod", "eval", str(tmp_path / "run")], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    said = away.stderr.strip().splitlines()
+    assert away.returncode == 2 and len(said) == 1, away.stderr
+    assert "cannot import module 'my_corridors'" in said[0] and "damaged" not in said[0], said
     for env_id, says in (("my_corridors:Other-v0", "registered no env 'Other-v0'"),
                          ("no_such_module:X-v0", "cannot import module 'no_such_module'"),
                          ("Corridor-v8", "name it as module:EnvId")):
