@@ -171,6 +171,10 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# legends right of the axes, as jaxmod.reporting's curves: they never hide a point or an interval
+LEGEND_OUTSIDE = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
+
+
 def figure(records: list[dict], path: Path) -> None:
     """One panel per task: each advisor's gain of A / R / RA over fine-tuning (IQM difference, 95% CI)."""
     import matplotlib
@@ -196,9 +200,9 @@ def figure(records: list[dict], path: Path) -> None:
         ax.set_xticks(range(len(cells)), [r["advisor"] for r in cells], rotation=30, ha="right")
         ax.set_title(task, fontsize=10)
     axes[0][0].set_ylabel("final return minus fine-tuning's (IQM, 95% CI)")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -223,9 +227,9 @@ def accuracy_figure(records: list[dict], path: Path) -> None:
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xlabel("advice accuracy: answers agreeing with the teacher's action")
     ax.set_ylabel("ULTRA-RA minus fine-tuning (IQM, 95% CI)")
-    ax.legend(fontsize=8)
+    ax.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

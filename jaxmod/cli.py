@@ -61,6 +61,27 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _jaxmod_warnings_one_line() -> None:
+    """Warnings jaxmod raises for the user (a generic describer for an env without one) print as one
+    `jaxmod: warning:` line on stderr, not Python's two lines with a jaxmod source line; others as before."""
+    import warnings
+
+    from jaxmod.envs.describers import GenericDescriberWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "jaxmod_one_line", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, GenericDescriberWarning):
+            print(f"jaxmod: warning: {_one_line(str(message))}", file=sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.jaxmod_one_line = True
+    warnings.showwarning = show
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (what is wrong, and where the help is), and no abbreviated flags
     (`--conf` taken for `--config` would be parsed but never read: flags are peeked at before parsing)."""
@@ -610,6 +631,8 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
                      purge_step=(run.done + 1) * ppo.batch_size if args.resume else None)
              if primary else contextlib.nullcontext()) as tracker:
         task = progress.add_task("compiling", total=total, completed=run.done)
+        if primary:
+            tracker.start()  # --wandb that cannot start: one line now, before compiling
         while run.done < total and (args.max_chunks is None or chunks_done < args.max_chunks):
             n = min(chunk, total - run.done)
             if n not in compiled:
@@ -687,10 +710,13 @@ def _restore(where: Path, missing_hint: str | None, step: int | None = None):
     `missing_hint`; None: return None instead), or a damaged one (naming the file); a damaged newest checkpoint
     falling back to an earlier one is a warning line."""
     from jaxmod.checkpoint import CheckpointError, load_checkpoint
+    from jaxmod.envs import EnvError
 
     try:
         return load_checkpoint(where, warn=lambda text: print(f"jaxmod: warning: {_one_line(text)}", file=sys.stderr),
                                step=step)
+    except EnvError:  # the run's env cannot be made here (e.g. its module:EnvId module is not on the path): not damage
+        raise
     except FileNotFoundError as err:
         if missing_hint is None:
             return None
@@ -987,6 +1013,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         run = UltraRun(config, out, log=(lambda _: None) if args.quiet else say, progress=on_progress,
                        overwrite=args.overwrite, tracker=tracker, warn=warn,
                        render_dir=Path(args.render) if args.render else None)
+        tracker.start()  # --wandb that cannot start: one line now, before pretraining
         results = run.run()
     _print_ultra_results(console, config, run, results, out, args.quiet)
     return 0
@@ -1119,6 +1146,11 @@ def _eval_checkpoint(run: Path) -> tuple[Any, Path]:
     if one_step is not None:
         where = one_step[0]
     elif not has_checkpoint(where):
+        if (run / "ultra.json").is_file():  # an ULTRA run keeps evaluations, not agents
+            raise CLIError(f"{_p(run)} is a `jaxmod ultra` run, which saves no agents: its methods' evaluation returns "
+                           "are in ultra.json (ultra.png), `jaxmod ultra --render DIR` draws each method's agent, and "
+                           "`jaxmod ultra --agents-dir DIR` saves the pre-trained agents, which jaxmod eval DIR/<tag> "
+                           "evaluates")
         raise CLIError(f"no checkpoint in {_p(run)} (nor in {_p(run / 'checkpoint')}): pass a `jaxmod train --out` "
                        "folder, its checkpoint/ folder (the newest update) or one update's folder in it (checkpoint/<update>)")
     return _restore(where, "pass a `jaxmod train --out` folder", None if one_step is None else one_step[1]), where
@@ -1211,13 +1243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxmod.parallel import DistributedError
     from jaxmod.ppo.config import ConfigError
     from jaxmod.reporting import NonFiniteError
+    from jaxmod.tracking import TrackingError
 
     argv = _negative_values(list(sys.argv[1:] if argv is None else argv))
+    _jaxmod_warnings_one_line()
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
         return COMMANDS[args.command](args, argv)
-    except (CLIError, BackendUnavailable, ConfigError, EnvError, ModulationError, MethodError,
+    except (CLIError, BackendUnavailable, ConfigError, EnvError, ModulationError, MethodError, TrackingError,
             FileNotFoundError) as err:
         if os.environ.get("JAXMOD_DEBUG"):
             raise

@@ -44,6 +44,7 @@ SIZE = (320, 240)  # frame width, height in pixels (jaxmod's choice)
 
 Drawer = Callable[[EnvCore, CoreState], Sequence[np.ndarray]]
 _DRAWERS: dict[str, Drawer] = {}
+_PROBED: set[tuple[str, int]] = set()  # (env id, id of a registered drawer) that drew a reset state
 
 
 class RenderError(EnvError):
@@ -132,10 +133,23 @@ def check_render(core: EnvCore, path: str | Path) -> Drawer:
     """`core`'s drawer, after checking that it can draw here (its `check`) and that `path` can take a GIF
     (`check_path`); for command lines, before anything is compiled. Raises `RenderError` (one line: what to do)."""
     check_path(path)
+    return _checked_drawer(core)
+
+
+def _checked_drawer(core: EnvCore) -> Drawer:
+    """`core`'s drawer after its `check`; a drawer registered by the user (not one of jaxmod's) also draws the
+    env's reset state once, so that one that fails or returns no frames is one `RenderError` line before anything
+    compiles, not after the episode was recorded."""
     drawer = drawer_for(core)
     check = getattr(drawer, "check", None)
     if check is not None:
         check(core)
+    if all(drawer is not d for d in _BUILT_IN.values()) and (core.env_id, id(drawer)) not in _PROBED:
+        import jax
+
+        state = jax.device_get(core.reset(jax.random.PRNGKey(0)))
+        episode_frames(core, jax.tree.map(lambda x: np.asarray(x)[None], state))
+        _PROBED.add((core.env_id, id(drawer)))  # once per env and drawer (eval checks, then renders)
     return drawer
 
 
@@ -158,9 +172,7 @@ class EpisodeRenderer:
     def __init__(self, env: Any, net: Any, deterministic: bool = False) -> None:
         from jaxmod.ppo.acting import make_episode_recorder
 
-        check = getattr(drawer_for(env.core), "check", None)
-        if check is not None:
-            check(env.core)
+        _checked_drawer(env.core)
         self.env = env
         self.recorder = make_episode_recorder(env, net, deterministic)
 
@@ -198,9 +210,29 @@ def episode_frames(core: EnvCore, states: CoreState, max_frames: int = MAX_FRAME
     t = int(np.shape(states.time)[0])
     every = max(1, math.ceil(t / max_frames))
     picked = jax.tree.map(lambda x: np.asarray(x)[::every], states)
-    frames = [np.asarray(f) for f in drawer_for(core)(core, picked)]
+    try:
+        frames = [np.asarray(f) for f in drawer_for(core)(core, picked)]
+    except RenderError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a registered drawer is the user's code: its error is one line
+        import traceback
+
+        last = traceback.extract_tb(err.__traceback__)[-1]
+        text = str(err).splitlines()[0][:160] if str(err) else ""
+        raise RenderError(f"the drawer of {core.env_id} raised {type(err).__name__} at {last.filename}:{last.lineno}"
+                          f"{': ' + text if text else ''}; fix it (JAXMOD_DEBUG=1 shows the traceback) or leave "
+                          "--render out") from err
+    want = "[H, W, 3] uint8 frames, all of one size"
     if not frames or any(f.ndim != 3 or f.shape[-1] != 3 or f.dtype != np.uint8 for f in frames):
-        raise RenderError(f"the drawer of {core.env_id} must return [H, W, 3] uint8 frames")
+        got = "no frames" if not frames else f"a {frames[0].dtype} frame of shape {frames[0].shape}"
+        for f in frames:
+            if f.ndim != 3 or f.shape[-1] != 3 or f.dtype != np.uint8:
+                got = f"a {f.dtype} frame of shape {f.shape}"
+                break
+        raise RenderError(f"the drawer of {core.env_id} must return {want}; it returned {got}")
+    if len({f.shape for f in frames}) > 1:
+        raise RenderError(f"the drawer of {core.env_id} must return {want}; its frames have shapes "
+                          f"{sorted({f.shape for f in frames})[:3]}")
     return frames
 
 
@@ -470,3 +502,4 @@ register_drawer("Pendulum-v1", _pendulum)
 register_drawer("minatar", _minatar)
 register_drawer("pong", _pong)
 register_drawer("brax", _BraxDrawer())
+_BUILT_IN = dict(_DRAWERS)  # jaxmod's own drawers (a user's are probed on a reset state before a run)

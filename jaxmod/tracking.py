@@ -92,8 +92,22 @@ class Tracker:
         if self.wandb_project:
             import wandb
 
-            self.wandb = wandb.init(project=self.wandb_project, dir=str(self.run_dir), config=self.config,
-                                    name=self.run_dir.name)
+            try:
+                self.wandb = wandb.init(project=self.wandb_project, dir=str(self.run_dir), config=self.config,
+                                        name=self.run_dir.name)
+            except Exception as err:  # noqa: BLE001 - wandb raises many kinds (no login, no network, bad project)
+                text = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+                raise TrackingError(
+                    f"--wandb {self.wandb_project}: W&B did not start ({type(err).__name__}{': ' + text if text else ''})"
+                    ": run `wandb login` or set WANDB_API_KEY; without network, set WANDB_MODE=offline (the run is "
+                    f"kept in {self.run_dir / 'wandb'} for `wandb sync`); or leave --wandb out (TensorBoard event "
+                    "files are written either way)") from err
+
+    def start(self) -> None:
+        """Start the run's tracking now instead of at the first scalar: replace an earlier run's event files (when
+        `fresh`) and open the W&B run. A command calls it once its checks have passed and before it compiles, so a
+        W&B that cannot start (no login, no network) is one line before any work. Raises `TrackingError`."""
+        self.root._start()
 
     def _open(self) -> None:
         from tensorboardX import SummaryWriter

@@ -4,8 +4,12 @@ describer; the generic describer and its warning for an env without one; and exa
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -226,6 +230,14 @@ def test_the_cli_runs_a_users_env_named_module_colon_id(clean_registries, tmp_pa
     capsys.readouterr()
     assert main(["eval", "run", "--episodes", "4"]) == 0
     assert "my_corridors:Corridor-v9 (update 4): 4 episodes per seed" in " ".join(capsys.readouterr().out.split())
+    elsewhere = tmp_path / "elsewhere"  # the module is not importable from here: one line saying so, not "damaged"
+    elsewhere.mkdir()
+    away = subprocess.run([sys.executable, "-m", "jaxmod", "eval", str(tmp_path / "run")], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    said = away.stderr.strip().splitlines()
+    assert away.returncode == 2 and len(said) == 1, away.stderr
+    assert "cannot import module 'my_corridors'" in said[0] and "damaged" not in said[0], said
     for env_id, says in (("my_corridors:Other-v0", "registered no env 'Other-v0'"),
                          ("no_such_module:X-v0", "cannot import module 'no_such_module'"),
                          ("Corridor-v8", "name it as module:EnvId")):
@@ -233,3 +245,115 @@ def test_the_cli_runs_a_users_env_named_module_colon_id(clean_registries, tmp_pa
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.timeout(120)
+def test_an_env_module_that_fails_at_import_is_one_line_naming_the_error_and_where(clean_registries, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """`--env module:EnvId` whose module raises while being imported (any error, a SyntaxError, or an import of a
+    package that is missing inside it): one line naming the error and the module's file and line, exit 2, nothing
+    written; only a module that is itself missing gets "put it in the current folder"."""
+    from jaxmod.cli import main
+
+    files = {"raises_mod": "x = 1\nraise RuntimeError('my env is broken')\n",
+             "syntax_mod": "def f(:\n",
+             "needs_mod": "import jaxmod_test_no_such_package\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.py").write_text(text, encoding="utf-8")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    for env_id, says in (("raises_mod:X-v0", "raises_mod.py:2: my env is broken"),
+                         ("syntax_mod:X-v0", "raised SyntaxError at "),
+                         ("needs_mod:X-v0", "raised ModuleNotFoundError at "),
+                         ("no_such_pkg.sub:X-v0", "put no_such_pkg/sub.py in the current folder")):
+        assert main(["train", "--env", env_id, "--out", "bad"]) == 2, env_id
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+        if "raised" in says:
+            module = env_id.split(":")[0]
+            assert f"{module}.py:" in err[0] and "put " not in err[0] and "JAXMOD_DEBUG=1" in err[0], err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_describer_that_does_not_fit_its_env_is_one_line_before_ultra_pretrains(clean_registries, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """A registered describer that is garbage for its env (a factory returning something else, too few or too many
+    action names, a continuous card for discrete actions, a column outside the observation, another observation
+    shape, a feature that fails or is not finite on the env's first observation): `UltraRun` refuses it with one
+    `DescriberMismatchError` line before pre-training (before: an AttributeError / IndexError inside the first advice
+    round, after the pre-training's minutes), and `jaxmod ultra` exits 2 with that line; a run with no advisor
+    (baselines only) does not ask for it. A describer that fits runs (the test above)."""
+    from jaxmod.cli import main
+    from jaxmod.envs import DescriberMismatchError, Feature
+    from jaxmod.ultra.config import UltraConfig
+    from jaxmod.ultra.pipeline import UltraRun
+
+    def card(**kw):
+        return EnvCard(CORRIDOR, goal="g", termination="t", reward="r", **kw)
+
+    two = dict(action_names=("stay", "forward"))
+    pos = raw_feature("position", "m", 0)
+    garbage = {
+        "not a jaxmod.envs.Describer": lambda *_: "a describer",
+        "names 3 actions": Describer(card(action_names=("a", "b", "c")), (pos,), obs_shape=(2,)),
+        "describes continuous actions": Describer(card(action_dims=("u",), action_low=(-1.0,), action_high=(1.0,)),
+                                                  (pos,), obs_shape=(2,)),
+        "reads column 5, outside": Describer(card(**two), (raw_feature("far", "m", 5),), obs_shape=(2,)),
+        "observations of shape (3,)": Describer(card(**two), (pos,), obs_shape=(3,)),
+        "has no features": Describer(card(**two), (), obs_shape=(2,)),
+        "fails on the env's first observation (ValueError": Describer(
+            card(**two), (Feature("mood", "", fn=lambda o: "happy"),), obs_shape=(2,)),
+        "gives nan": Describer(card(**two), (Feature("ratio", "", fn=lambda o: float("nan")),), obs_shape=(2,)),
+    }
+    register_env(CORRIDOR, Corridor())
+    settings = UltraConfig.flat(dict(num_envs=4, num_steps=16, hidden_sizes=(16,)), env_id=CORRIDOR, seeds=2,
+                                pretrain_steps=128, refine_steps=128, chunks=2, variants=("RA",), advisor="random",
+                                collect_envs=4, collect_steps=48, eval_envs=4, eval_steps=48, episodes_per_round=2)
+    for says, describer in garbage.items():
+        register_describer(CORRIDOR, describer)
+        with pytest.raises(DescriberMismatchError, match=re.escape(says)) as caught:
+            UltraRun(settings, tmp_path / "run", overwrite=True)
+        assert "\n" not in str(caught.value) and f"the describer for {CORRIDOR}" in str(caught.value)
+    UltraRun(dataclasses.replace(settings, variants=("Random",)), tmp_path / "baselines")  # no advisor: no describer asked
+
+    # through the command line: one line, exit 2, before pretraining (nothing compiled: no event files)
+    (tmp_path / "bad_describer.py").write_text(
+        "import sys\nimport jaxmod\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_custom_env import Corridor\n"
+        "jaxmod.register_env('Corridor-v7', Corridor())\n"
+        "jaxmod.register_describer('Corridor-v7', lambda *_: None)\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "bad_describer", raising=False)
+    assert main(["ultra", "--env", "bad_describer:Corridor-v7", "--advisor", "random", "--variant", "RA",
+                 "--out", "cli-run", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a NoneType, not a jaxmod.envs.Describer" in err[0], err
+    assert not (tmp_path / "cli-run" / "tb").exists()
+
+
+@pytest.mark.timeout(180)
+def test_jaxmod_ultra_warns_in_one_line_before_pretraining_that_an_env_has_no_describer(clean_registries, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """`jaxmod ultra` on an env without a describer (a continuous one here): the generic describer's warning, how to
+    write one, comes as one `jaxmod: warning:` line on stderr before pre-training (UltraRun asks for the describer
+    first; before, Python's two-line warning after pre-training). The run is stopped right after by a W&B that
+    cannot start, so nothing compiles."""
+    from jaxmod.cli import main
+    from tests.test_tracking import _WandbWithoutLogin
+
+    (tmp_path / "my_pendulums.py").write_text(
+        "import gymnax\nimport jaxmod\n"
+        "jaxmod.register_env('MyPendulum-v3', gymnax.make('Pendulum-v1')[0])\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_pendulums", raising=False)
+    monkeypatch.setitem(sys.modules, "wandb", _WandbWithoutLogin())
+    assert main(["ultra", "--env", "my_pendulums:MyPendulum-v3", "--advisor", "random", "--variant", "RA",
+                 "--wandb", "proj", "--quiet", "--out", "run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "W&B did not start" in err[1], err
+    assert err[0].startswith("jaxmod: warning: no describer for MyPendulum-v3: prompts show its observation as "
+                             "x0..x2"), err
+    assert "register_describer('MyPendulum-v3', describer)" in err[0]
+    assert not (tmp_path / "run" / "tb").exists()

@@ -108,7 +108,25 @@ def test_a_custom_env_brings_its_own_drawer(tmp_path, capsys, monkeypatch):
     render.register_drawer(TOY_ID, draw)
     assert main(["eval", str(run), "--render", str(tmp_path / "toy.gif")]) == 0
     frames, size = _gif(tmp_path / "toy.gif")
-    assert frames == len(drawn[0]) >= 1 and size == (8, 6)
+    assert len(drawn) == 2 and len(drawn[0]) == 1  # the reset state, drawn before compiling; then the episode
+    assert frames == len(drawn[-1]) >= 1 and size == (8, 6)
+    capsys.readouterr()
+
+    # a drawer that fails, returns no frames, or frames that are not [H, W, 3] uint8 of one size: one line, before
+    # the evaluator compiles (it draws the reset state first)
+    bad = {"raised ZeroDivisionError at ": lambda core, states: [1 / 0],
+           "it returned no frames": lambda core, states: [],
+           "it returned a float64 frame of shape (6, 8)": lambda core, states: [np.zeros((6, 8))],
+           "its frames have shapes": lambda core, states: [np.zeros((6, 8, 3), np.uint8),
+                                                           np.zeros((7, 8, 3), np.uint8)]}
+    for says, drawer in bad.items():
+        render.register_drawer(TOY_ID, drawer)
+        assert main(["eval", str(run), "--render", str(tmp_path / "bad.gif")]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and f"the drawer of {TOY_ID}" in err[0] and says in err[0], err
+        assert "episodes per seed" not in captured.out  # refused before evaluating
+    assert not (tmp_path / "bad.gif").exists()
 
 
 def test_unknown_env_without_drawer_is_one_line_before_anything_runs(tmp_path, capsys):
@@ -121,13 +139,15 @@ def test_unknown_env_without_drawer_is_one_line_before_anything_runs(tmp_path, c
 
 def test_ultra_quiet_renders_before_and_after_refinement(tmp_path, capsys):
     """--quiet: stdout holds the final table only; warnings (here: whether ULTRA-R's implicit reward never acted)
-    go to stderr. --render: seed 0's episode before refinement and after each method."""
-    out, gifs = tmp_path / "run", tmp_path / "gifs"
+    go to stderr. --render: seed 0's episode before refinement and after each method. `jaxmod eval` of the ULTRA
+    run (which keeps no agents) is one line saying where its evaluations are and that --agents-dir saves the
+    pre-trained agents, and `jaxmod eval` of the folder --agents-dir wrote evaluates them."""
+    out, gifs, agents = tmp_path / "run", tmp_path / "gifs", tmp_path / "agents"
     tiny = ["--seeds", "1", "--pretrain-steps", "512", "--refine-steps", "512", "--num-envs", "4", "--num-steps",
             "64", "--num-minibatches", "2", "--update-epochs", "1", "--chunks", "2", "--eval-envs", "2",
             "--eval-steps", "64", "--collect-envs", "2", "--collect-steps", "64", "--episodes-per-round", "1"]
     assert main(["ultra", "--env", "CartPole-v1", "--variant", "R", "--advisor", "scripted", *tiny, "--quiet",
-                 "--render", str(gifs), "--out", str(out)]) == 0
+                 "--render", str(gifs), "--agents-dir", str(agents), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "evaluation return after 512 refinement steps" in captured.out
     for chatter in ("jaxmod ultra", "pretrained", "rendered", "outputs:", "eval return", "advisor (R)", "warning"):
@@ -138,6 +158,12 @@ def test_ultra_quiet_renders_before_and_after_refinement(tmp_path, capsys):
     assert sorted(p.name for p in gifs.iterdir()) == ["PPO.gif", "R.gif", "pretrained.gif"]
     for name in ("PPO.gif", "R.gif", "pretrained.gif"):
         assert _gif(gifs / name)[0] > 1
+    assert main(["eval", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a `jaxmod ultra` run, which saves no agents" in err[0] and "--agents-dir" in err[0]
+    (saved,) = agents.iterdir()  # <agents-dir>/<tag>: the pre-trained agents
+    assert main(["eval", str(saved), "--episodes", "2"]) == 0
+    assert "CartPole-v1" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0",
@@ -197,3 +223,29 @@ def test_eval_renders_a_brax_episode(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     frames, size = _gif(gif)
     assert frames > 1 and size == render.SIZE
+
+
+def test_ultra_goes_on_without_gifs_when_a_drawer_fails_on_a_later_state(tmp_path, monkeypatch):
+    """A user's drawer that draws the reset state (the check before compiling) but fails on an episode: `UltraRun`
+    warns once, in one line, and renders nothing more; the run itself is not lost."""
+    from jaxmod.ultra.config import UltraConfig
+    from jaxmod.ultra.pipeline import UltraRun
+
+    monkeypatch.setattr(render, "_DRAWERS", dict(render._DRAWERS))
+
+    def draw(core, states):
+        if len(states.time) > 1:
+            raise ValueError("cannot draw motion")
+        return [np.zeros((6, 8, 3), np.uint8)]
+
+    render.register_drawer(TOY_ID, draw)
+    settings = UltraConfig.flat(dict(num_envs=4, num_steps=16), env_id=TOY_ID, seeds=1, pretrain_steps=64,
+                                refine_steps=64, chunks=1, variants=("PPO",), eval_envs=2, eval_steps=16)
+    warned = []
+    run = UltraRun(settings, tmp_path / "run", warn=warned.append, render_dir=tmp_path / "gifs")
+    state = jax.vmap(run.agent_learner.init)(jax.random.split(jax.random.PRNGKey(0), 1))
+    run.render("pretrained.gif", state)
+    run.render("PPO.gif", state)
+    assert len(warned) == 1 and "pretrained.gif not rendered, and no more GIFs in this run" in warned[0]
+    assert "cannot draw motion" in warned[0] and "\n" not in warned[0]
+    assert not list((tmp_path / "gifs").glob("*.gif"))

@@ -61,3 +61,36 @@ def test_paper_curves_and_ultra_gain_tables_report_iqm_intervals():
     table = ultra_gain.markdown(cells)
     assert "| ULTRA-RA | 50.0 | 170.0 [" in table and "| +50.0 [" in table and "better |" in table
     assert "| PPO fine-tune | 50.0 | 120.0 [" in table and "| - |" in table
+
+
+def test_the_suite_figures_keep_their_legends_outside_the_axes(tmp_path, monkeypatch):
+    """benchmarks/ultra_suite.py's gain and accuracy figures: each legend lies right of its axes (it covered
+    error bars before), and the saved image holds it."""
+    import matplotlib.figure
+    from PIL import Image
+
+    from benchmarks import ultra_suite
+
+    seen = []
+    save = matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, **kw):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is not None:
+                seen.append((legend.get_window_extent().x0, ax.get_window_extent().x1))
+        return save(fig, path, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    records = [_record([150.0, 160.0, 171.0, 180.0, 190.0]),
+               {**_record([90.0, 100.0, 110.0, 120.0, 130.0]), "advisor": "random", "noise": 0.5}]
+    for rec in records:
+        rec.setdefault("noise", 0.0)
+        rec["methods"]["A"] = rec["methods"]["R"] = rec["methods"]["RA"]
+    ultra_suite.figure(records, tmp_path / "gain.png")
+    ultra_suite.accuracy_figure(records, tmp_path / "accuracy.png")
+    assert len(seen) == 2 and all(legend_x0 >= axes_x1 for legend_x0, axes_x1 in seen), seen
+    for name in ("gain.png", "accuracy.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.size[0] > 0

@@ -93,3 +93,36 @@ def test_an_ultra_run_logs_pretraining_and_each_methods_curves(tmp_path, monkeyp
     ra = [(v["RA/env_steps"], v["RA/eval/return"]) for v, step in fake.logged if "RA/eval/return" in v]
     assert [s for s, _ in ra] == summary["RA"]["steps"]
     assert all(step is None for values, step in fake.logged if "RA/env_steps" in values)
+
+
+class _WandbWithoutLogin(_FakeWandb):
+    """wandb on a machine with no login and no terminal: `init` raises, as wandb 0.2x does."""
+
+    class UsageError(Exception):
+        pass
+
+    def init(self, **kwargs):
+        raise self.UsageError("No API key configured. Use `wandb login` to log in.")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", ["train", "ultra"])
+def test_a_wandb_that_cannot_start_is_one_line_before_anything_compiles(tmp_path, monkeypatch, capsys, command):
+    """--wandb with wandb installed but no login (or no network): one line that says what to do (login, API key,
+    WANDB_MODE=offline, or no --wandb), exit 2, before compiling: no metrics, no pre-training (before: a wandb
+    traceback after the first chunk had compiled and run)."""
+    import sys
+
+    from jaxmod.cli import main
+
+    monkeypatch.setitem(sys.modules, "wandb", _WandbWithoutLogin())
+    out = tmp_path / "run"
+    argv = {"train": ["train", "--env", "CartPole-v1", "--total-steps", "2048"],
+            "ultra": ["ultra", "--env", "CartPole-v1", "--variant", "RA", "--advisor", "random"]}[command]
+    assert main([*argv, "--wandb", "proj", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "--wandb proj: W&B did not start (UsageError: No API key configured" in err[0]
+    assert "wandb login" in err[0] and "WANDB_MODE=offline" in err[0] and "leave --wandb out" in err[0]
+    assert not (out / "metrics.jsonl").exists() and not (out / "ultra.json").exists()
+    assert not (out / "tb").exists() and not (out / "checkpoint").exists()

@@ -16,6 +16,7 @@ _LAZY = {
     "RunningMeanStd": "jaxmod.envs.normalize",
     "UnknownEnvError": "jaxmod.envs.registry", "list_env_ids": "jaxmod.envs.registry", "make": "jaxmod.envs.registry",
     "make_core": "jaxmod.envs.registry", "register": "jaxmod.envs.registry", "describer_of": "jaxmod.envs.registry",
+    "check_describer": "jaxmod.envs.registry", "DescriberMismatchError": "jaxmod.envs.registry",
     "register_env": "jaxmod.envs.registry", "registered_family": "jaxmod.envs.registry",
     "BraxMissingError": "jaxmod.envs.brax_backend",
     "StepResult": "jaxmod.envs.vec_env", "VecEnv": "jaxmod.envs.vec_env", "VecEnvState": "jaxmod.envs.vec_env",

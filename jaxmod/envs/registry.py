@@ -17,8 +17,9 @@ from jaxmod.envs.describe import Describer
 from jaxmod.envs.describers import describer_for, register_describer
 from jaxmod.envs.vec_env import VecEnv
 
-__all__ = ["BraxMissingError", "UnknownEnvError", "describer_for", "describer_of", "list_env_ids", "load_env_module",
-           "make", "make_core", "register", "register_describer", "register_env", "registered_family"]
+__all__ = ["BraxMissingError", "DescriberMismatchError", "UnknownEnvError", "check_describer", "describer_for",
+           "describer_of", "list_env_ids", "load_env_module", "make", "make_core", "register", "register_describer",
+           "register_env", "registered_family"]
 
 BRAX_PREFIX = "brax/"
 
@@ -103,14 +104,43 @@ def load_env_module(env_id: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as err:
-        raise UnknownEnvError(f"env {env_id!r}: cannot import module {module!r} ({err}): put {module}.py in the "
-                              "current folder or on PYTHONPATH") from None
+        if _missing_module(err, module):
+            raise UnknownEnvError(f"env {env_id!r}: cannot import module {module!r} ({err}): put "
+                                  f"{module.replace('.', '/')}.py in the current folder or on PYTHONPATH") from None
+        raise UnknownEnvError(_import_failed(env_id, module, err)) from err
+    except Exception as err:  # noqa: BLE001 - the user's module failing at import (any error, a SyntaxError too)
+        raise UnknownEnvError(_import_failed(env_id, module, err)) from err
     if name not in _OWN_ENVS:
         raise UnknownEnvError(f"env {env_id!r}: importing {module} registered no env {name!r}; call "
                               f"jaxmod.register_env({name!r}, env) in {module} when it is imported")
     _OWN_ENVS[env_id] = _OWN_ENVS[name]
     if name in _FAMILIES:
         _FAMILIES[env_id] = _FAMILIES[name]
+
+
+def _missing_module(err: ImportError, module: str) -> bool:
+    """Whether `err` says `module` itself (or a package above it) was not found, not something it imports."""
+    missing = getattr(err, "name", None)
+    return isinstance(err, ModuleNotFoundError) and missing is not None and (
+        module == missing or module.startswith(missing + "."))
+
+
+def _import_failed(env_id: str, module: str, err: BaseException) -> str:
+    """One line for a user's env module that raised while being imported: the error and where (its last frame, or
+    a SyntaxError's file and line)."""
+    import traceback
+
+    where = ""
+    if isinstance(err, SyntaxError) and err.filename:
+        where = f" at {err.filename}:{err.lineno}"
+    else:
+        frames = traceback.extract_tb(err.__traceback__)
+        user = [f for f in frames if "importlib" not in f.filename and "<frozen" not in f.filename]
+        if user:
+            where = f" at {user[-1].filename}:{user[-1].lineno}"
+    text = str(err).splitlines()[0] if str(err) else ""
+    return (f"env {env_id!r}: importing module {module!r} raised {type(err).__name__}{where}"
+            f"{': ' + text if text else ''}; fix the module (JAXMOD_DEBUG=1 shows the traceback)")
 
 
 def _is_instance(env: Any) -> bool:
@@ -134,8 +164,86 @@ def describer_of(core: EnvCore) -> Describer:
     """The describer for an env core, looked up by its id and family, built for its observation shape and action
     space (a continuous env without a describer gets a generic one with its action bounds)."""
     space = core.action_space
-    return describer_for(core.env_id, core.obs_shape, space.dim, family=core.family,
-                         action_bounds=None if space.discrete else (space.low, space.high))
+    describer = describer_for(core.env_id, core.obs_shape, space.dim, family=core.family,
+                              action_bounds=None if space.discrete else (space.low, space.high))
+    check_describer(describer, core)
+    return describer
+
+
+def checked_describer_of(core: EnvCore) -> Describer:
+    """`describer_of(core)`, and for an env registered with `register_env` (whose describer is the user's, or the
+    generic one) its features evaluated on a reset observation (`check_describer`); for a run to call before it
+    compiles anything, so the describer's mistakes and the generic describer's warning come first. Raises
+    `DescriberMismatchError`."""
+    describer = describer_of(core)
+    if core.env_id in _OWN_ENVS:
+        import jax
+
+        check_describer(describer, core, jax.device_get(core.reset(jax.random.PRNGKey(0)).obs))
+    return describer
+
+
+class DescriberMismatchError(EnvError):
+    """A registered describer that does not fit its env (not a `Describer`, wrong actions, features outside the
+    observation, features that are not finite numbers); the message says what to fix."""
+
+
+def check_describer(describer: Any, core: EnvCore, obs: Any = None) -> None:
+    """Raise `DescriberMismatchError` (one line) unless `describer` fits `core`: a `Describer` whose card has the
+    env's kind of actions (`action_names`, one per discrete action; or `action_dims`, `action_low`, `action_high`,
+    one per continuous dimension), whose `obs_shape` (if set) is the env's, whose column features lie inside the
+    flat observation, and, given `obs` (one raw observation of the env, e.g. a reset's), whose features turn it into
+    finite numbers. `describer_of` checks all but `obs`; ULTRA checks with a reset observation before pre-training,
+    so a user's `register_describer` mistake is one line then, not an error inside an advice round."""
+    import math
+
+    import numpy as np
+
+    where = (f"the describer for {core.env_id} (jaxmod.register_describer; see examples/custom_env.py, or "
+             "register none to get the generic one)")
+    if not isinstance(describer, Describer):
+        raise DescriberMismatchError(f"{where} is a {type(describer).__name__}, not a jaxmod.envs.Describer (a "
+                                     "factory must return one)")
+    card, space = describer.card, core.action_space
+    if space.discrete:
+        if not card.action_names and card.action_dims:
+            raise DescriberMismatchError(f"{where} describes continuous actions (action_dims) but the env has "
+                                         f"{space.num_actions} discrete actions: give action_names, one per action")
+        if len(card.action_names) != space.num_actions:
+            raise DescriberMismatchError(f"{where} names {len(card.action_names)} actions (action_names) but the "
+                                         f"env has {space.num_actions} discrete actions: name each one")
+    else:
+        dim = space.dim
+        sizes = (len(card.action_names), len(card.action_dims), len(card.action_low), len(card.action_high))
+        if sizes != (0, dim, dim, dim):
+            raise DescriberMismatchError(
+                f"{where} describes continuous actions with {sizes[1]} action_dims, {sizes[2]} action_low and "
+                f"{sizes[3]} action_high ({sizes[0]} action_names) but the env's actions have {dim} dimensions: give "
+                f"{dim} of each and no action_names")
+    shape = tuple(int(s) for s in core.obs_shape)
+    if describer.obs_shape is not None and tuple(describer.obs_shape) != shape:
+        raise DescriberMismatchError(f"{where} is for observations of shape {tuple(describer.obs_shape)}, the env's "
+                                     f"are {shape}")
+    if not describer.features:
+        raise DescriberMismatchError(f"{where} has no features: name at least one (raw_feature(name, unit, column))")
+    size = math.prod(shape)
+    for f in describer.features:
+        if f.column is not None and not 0 <= f.column < size:
+            raise DescriberMismatchError(f"{where}: feature {f.name!r} reads column {f.column}, outside the flat "
+                                         f"observation (size {size}, columns 0..{size - 1})")
+    if obs is None:
+        return
+    obs = np.asarray(obs, np.float64)
+    for f in describer.features:
+        try:
+            value = f.value(obs)
+        except Exception as err:  # noqa: BLE001 - a user's feature function: any error is theirs to fix
+            text = str(err).splitlines()[0][:120] if str(err) else ""
+            raise DescriberMismatchError(f"{where}: feature {f.name!r} fails on the env's first observation "
+                                         f"({type(err).__name__}: {text}): it must return a number") from err
+        if not math.isfinite(value):
+            raise DescriberMismatchError(f"{where}: feature {f.name!r} gives {value} for the env's first observation: "
+                                         "a feature must be a finite number")
 
 
 def list_env_ids() -> list[str]:

@@ -223,6 +223,10 @@ class UltraRun:
                               "(or replay the whole run with jaxmod ultra --replay RUN_DIR)")
         self.s, self.out, self.log, self.progress = config, Path(out), log, progress
         self.warn = log if warn is None else warn
+        if config.needs_advisor:  # a registered describer that does not fit the env: one line now, not after pretraining
+            from jaxmod.envs.registry import checked_describer_of
+
+            checked_describer_of(self.agent_learner.env.core)
         self.render_dir = None if render_dir is None else Path(render_dir)
         self._renderer = None
         if self.render_dir is not None:  # one recorder for every policy of the run (the same env and network)
@@ -549,9 +553,16 @@ class UltraRun:
         render_dir/name, from the run's render key (the same reset and action draws for every policy)."""
         if self._renderer is None:
             return
+        from jaxmod.render import RenderError
+
         first = jax.tree.map(lambda x: x[0], state)
-        r = self._renderer(first.params, self.render_dir / name, first.env_state.obs_rms,
-                           jax.random.PRNGKey(self.s.seed + 6000))
+        try:
+            r = self._renderer(first.params, self.render_dir / name, first.env_state.obs_rms,
+                               jax.random.PRNGKey(self.s.seed + 6000))
+        except RenderError as err:  # a drawer failing on a later state: the run goes on without GIFs
+            self._renderer = None
+            self.warn(f"{name} not rendered, and no more GIFs in this run: {err}")
+            return
         self.log(f"rendered seed 0's episode (return {r.episode_return:.1f}, {r.steps} steps) to {r.path}")
 
     def run(self) -> dict[str, VariantResult]:
