@@ -108,7 +108,7 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
         raise ConfigError(f"a multi-process run needs --coordinator HOST:PORT, --num-processes N and --process-id I "
                           f"together; missing {', '.join(missing)}")
     host, _, port = str(coordinator).rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"--coordinator must be HOST:PORT (process 0's address and a free port, e.g. "
                           f"node001:12345), got {coordinator!r}")
     if num_processes < 1:

@@ -174,6 +174,7 @@ def test_a_multi_host_run_stopped_and_resumed_equals_one_uninterrupted_process(t
     (["--coordinator", "127.0.0.1:1234"], "missing --num-processes, --process-id"),
     (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "--coordinator must be HOST:PORT"),
     (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id must lie in [0, 1]"),
+    (["--coordinator", "127.0.0.1:²", "--num-processes", "2", "--process-id", "1"], "--coordinator must be HOST:PORT"),
     (["--coordinator", "no-such-host.invalid:1234", "--num-processes", "2", "--process-id", "1"],
      "the host 'no-such-host.invalid' does not resolve here"),
     (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "1", "--join-timeout", "0"],

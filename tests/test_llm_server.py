@@ -89,9 +89,11 @@ def test_backend_exceptions_never_reach_the_client():
     assert status_of(resp) == 500 and b"secret internal detail" not in resp and b"RuntimeError" not in resp
 
 
-def test_negative_content_length_is_refused_at_once(server):
+@pytest.mark.parametrize("length", [b"-1", "\u00b2".encode()])  # a superscript two passes str.isdigit
+def test_bad_content_length_is_refused_at_once(server, length):
     t0 = time.monotonic()
-    resp = exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}")
+    resp = exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
+                    + b"\r\n\r\n{}")
     assert status_of(resp) == 400 and time.monotonic() - t0 < 1.5
 
 

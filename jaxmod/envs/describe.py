@@ -338,7 +338,8 @@ class Describer:
 
 
 def _is_int(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    digits = text.lstrip("-")
+    return digits.isascii() and digits.isdigit()  # str.isdigit alone takes '²', which int() refuses
 
 
 def raw_feature(name: str, unit: str, column: int, scale: float = 1.0, offset: float = 0.0) -> Feature:

@@ -336,7 +336,7 @@ class LLMClient:
             async with asyncio.timeout(timeout_s):
                 async with client.stream(method, url, json=json_body) as resp:
                     declared = resp.headers.get("content-length")
-                    if declared is not None and declared.isdigit() and int(declared) > cap:
+                    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > cap:
                         raise _Failed(self._oversized(resp.status_code, cap))
                     chunks, size = [], 0
                     async for chunk in resp.aiter_bytes():

@@ -268,8 +268,9 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", close
 async def _read_body(request, limits: ServerLimits) -> bytes:
     """The whole body within `limits`, or `BadRequest` (413 too large, 408 too slow, 400 malformed)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
-        if not declared.isdigit():
+    digits = declared is not None and declared.isascii() and declared.isdigit()  # str.isdigit alone takes '²'
+    if declared is not None and (not digits or int(declared) > limits.max_body_bytes):
+        if not digits:
             raise BadRequest(400, "bad Content-Length")
         raise BadRequest(413, f"request body larger than {limits.max_body_bytes} bytes")
     chunks, size = [], 0
