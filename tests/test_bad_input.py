@@ -106,6 +106,10 @@ ROWS: list[tuple[str, list[str], Setup | None, str]] = [
     ("env-option-not-a-number", ["train", "--env-option", "max_steps_in_episode=abc"], None,
      "whole number of steps in [1, 2^31), got 'abc'"),
     ("env-option-without-value", ["train", "--env-option", "max_steps_in_episode"], None, "expected KEY=VALUE"),
+    ("env-option-boolean-for-a-float", ["train", "--env-option", "gravity=true"], None,
+     "option gravity takes a finite number (default 9.8), got True"),
+    ("env-option-string-for-a-float", ["train", "--env-option", "masscart=heavy"], None,
+     "option masscart takes a finite number"),
     # train: run folders
     ("abbreviated-config-flag", ["train", "--conf", "c.json"], _file("c.json", _train_config()),
      "unrecognized arguments: --conf"),

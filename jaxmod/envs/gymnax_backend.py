@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmod.envs.core import ActionSpace, CoreState, EnvCore, EnvError, EnvOptionError, cast_like
 
@@ -61,7 +63,30 @@ def _with_options(env_id: str, params: Any, options: dict[str, Any] | None) -> A
     if unknown:
         valid = ", ".join(sorted(fields)) or "none"
         raise EnvOptionError(f"unknown option(s) {unknown} for {env_id}; valid options: {valid}")
-    return params.replace(**options)
+    return params.replace(**{name: _check_option(env_id, name, getattr(params, name), value)
+                             for name, value in options.items()})
+
+
+def _check_option(env_id: str, name: str, default: Any, value: Any) -> Any:
+    """`value` of the kind of the option's default (an integer option's whole float becomes an int): a boolean for
+    a boolean, a whole number for an integer, a finite number for a float (not a boolean); else an `EnvOptionError`
+    naming both. Ranges are the env's own (a value that makes its physics non-finite stops the run loudly)."""
+    if name == "max_steps_in_episode":  # `_episode_limit` judges the episode length
+        return value
+    kind = np.asarray(default).dtype.kind
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "b":
+        ok, what = isinstance(value, bool), "true or false"
+    elif kind in "iu":
+        ok, what = number and float(value).is_integer(), "a whole number"
+    elif kind == "f":
+        ok, what = number and math.isfinite(value), "a finite number"
+    else:
+        return value
+    if not ok:
+        raise EnvOptionError(f"{env_id}: option {name} takes {what} (default {np.asarray(default).item()!r}), "
+                             f"got {value!r}")
+    return int(value) if kind in "iu" else value
 
 
 def _episode_limit(env_id: str, params: Any, max_steps: int | None) -> int:
