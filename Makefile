@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.local-llm
 
-.PHONY: demo test test-slow test-gpu-script local-llm lint bench clean
+.PHONY: demo test test-slow test-gpu-script test-readme-slow local-llm lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-slow: $(LLM_STAMP)
 # the accelerator's one command (benchmarks/gpu_all.sh) at toy budgets on the CPU (~6 min on 2 cores: brax compiles)
 test-gpu-script: $(LLM_STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_paper_curves.py -k gpu_script
+
+# the README's slow lines as written (brax, SmolLM2, baselines, noisy and control advisors; ~5 min on 2 cores)
+test-readme-slow: $(LLM_STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_readme.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check jaxmod tests benchmarks
