@@ -1179,6 +1179,12 @@ def _print_eval(ckpt: Any, per_seed: Any, args: argparse.Namespace) -> Any:
     note = few_runs_note(overall.n, "seeds" if len(per_seed) > 1 else "episodes")
     console.print(f"IQM {overall} (95% bootstrap CI over {over}{f'; {note}' if note else ''}); mean "
                   f"{per_seed.mean():.2f}")
+    from jaxmod.reporting import WIN_RATE_ENVS, win_rate
+
+    if ckpt.config.env_id in WIN_RATE_ENVS:  # one-point games: return +1 a win, -1 a loss (as ultra's tables)
+        rates = win_rate(per_seed)
+        rate = iqm_ci(rates.mean(axis=1)) if len(per_seed) > 1 else iqm_ci(rates[0])
+        console.print(f"win rate IQM {rate} (95% bootstrap CI over {over}); mean {rates.mean():.2f}")
     return console
 
 

@@ -83,7 +83,11 @@ def test_eval_renders_a_pong_one_point_episode(tmp_path, capsys):
     _train(run, "jaxmod/Pong-OnePoint", "--env-option", "max_steps_in_episode=300")  # episodes of <= 300 steps
     gif = tmp_path / "pong.gif"
     assert main(["eval", str(run), "--episodes", "2", "--render", str(gif)]) == 0
-    steps = int(re.search(r"return -?[\d.]+, (\d+) steps", capsys.readouterr().out).group(1))
+    out = capsys.readouterr().out
+    steps = int(re.search(r"return -?[\d.]+, (\d+) steps", out).group(1))
+    mean = float(re.search(r"mean (-?[\d.]+)\n", out).group(1))  # the return's, then the win rate's
+    rate = float(re.search(r"win rate IQM .*; mean (-?[\d.]+)", out).group(1))
+    assert abs(rate - (mean + 1) / 2) < 0.01  # one-point games: +1 a win, -1 a loss, as ultra's tables report
     frames, size = _gif(gif)
     assert frames == len(range(0, steps, math.ceil(steps / render.MAX_FRAMES))) > 1 and size == render.SIZE
 
