@@ -201,12 +201,11 @@ SHRINK = {
 # README lines not run here, and why (each still parses and builds its config: test_jaxmod_command_parses)
 NOT_RUN = {
     "--model Qwen2.5-7B-Instruct": "needs a vLLM server serving Qwen2.5-7B-Instruct at 127.0.0.1:8000",
-    "teacher:runs/strong/checkpoint --out runs/hopper-ultra": "needs a strong brax/hopper agent (hours of training)",
 }
 # `make test-slow` only: a brax compile (~1 min); the 135M LLM answering on CPU (minutes); further ULTRA runs
 # (1-2 CPU minutes each on a 2-core CPU) that the default suite's budget leaves out
 SLOW = ("train --env brax/hopper", "--advisor smollm2", "--out runs/cp-baselines", "--out runs/noisy",
-        "--out runs/control")
+        "--out runs/control", "--out runs/hopper-ultra")
 STRONG = "train --env CartPole-v1 --out runs/strong"  # the teacher `runs/strong` the control line references
 
 
@@ -306,8 +305,12 @@ def test_readme_serve_advisor_command_runs():
 @pytest.mark.parametrize("key", SLOW)
 def test_readme_slow_commands_run(key, readme_folder):
     """A README line `make test-slow` runs (see `SLOW`); the control line's teacher `runs/strong` is a train run
-    made first, as `STRONG` with the budget appended (the README does not show how it was made)."""
+    made first, as `STRONG` with the budget appended (the README does not show how it was made); the brax teacher
+    line's `runs/hopper` is the README's brax train line, run first."""
     (line,) = [ln for c in ("train", "ultra") for ln in _readme_lines(c) if key in ln]
     if "runs/strong" in line:
         _run_readme_line(STRONG)
+    if "teacher:runs/hopper/checkpoint" in line:  # the brax teacher is the README's own brax train run
+        (teacher,) = [ln for ln in _readme_lines("train") if "--out runs/hopper" in ln]
+        _run_readme_line(teacher)
     _run_readme_line(line)
