@@ -1162,6 +1162,7 @@ def _print_eval(ckpt: Any, per_seed: Any, args: argparse.Namespace) -> Any:
     from rich.console import Console
     from rich.table import Table
 
+    from jaxmod.reporting import WIN_RATE_ENVS, win_rate
     from jaxmod.stats import few_runs_note, iqm_ci
 
     update = f" (update {ckpt.step})" if getattr(ckpt, "step", None) is not None else ""
@@ -1179,8 +1180,6 @@ def _print_eval(ckpt: Any, per_seed: Any, args: argparse.Namespace) -> Any:
     note = few_runs_note(overall.n, "seeds" if len(per_seed) > 1 else "episodes")
     console.print(f"IQM {overall} (95% bootstrap CI over {over}{f'; {note}' if note else ''}); mean "
                   f"{per_seed.mean():.2f}")
-    from jaxmod.reporting import WIN_RATE_ENVS, win_rate
-
     if ckpt.config.env_id in WIN_RATE_ENVS:  # one-point games: return +1 a win, -1 a loss (as ultra's tables)
         rates = win_rate(per_seed)
         rate = iqm_ci(rates.mean(axis=1)) if len(per_seed) > 1 else iqm_ci(rates[0])

@@ -109,10 +109,6 @@ class AdviceRounds:
             self._arrived.append((order, item, verdict, row))
             self._cond.notify_all()
 
-    def ready(self) -> bool:
-        """The pending round is done: every question answered or dropped."""
-        return self.pending is not None and self.pending[0].done()
-
     def fresh(self) -> bool:
         """Something to swap in without waiting: answers not packed yet, or a finished round to close."""
         with self._cond:
@@ -155,7 +151,7 @@ class AdviceRounds:
 
         with self._cond:
             while sum(map(named, self._arrived)) < len(keys):
-                if future.done() and sum(map(named, self._arrived)) < len(keys):
+                if future.done():  # every answer of a finished round has arrived: one named is missing
                     future.result()
                     raise ValueError("the replayed round never answered a question the recorded run packed here: "
                                      "replay a run with its own transcript and ultra.json")
