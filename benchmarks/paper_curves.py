@@ -7,6 +7,7 @@ same refinement steps, on Pong (win rate) and the MuJoCo set (dense and RICE's s
     python benchmarks/paper_curves.py --preset smoke    # one sparse MuJoCo task, toy budgets: the gpu path on a CPU
     python benchmarks/paper_curves.py --preset cpu-mujoco   # 5 MuJoCo tasks x 8 methods x 5 seeds on a 2-core CPU
     python benchmarks/paper_curves.py --preset cpu-mujoco --budget   # its budget arithmetic, nothing run
+    python benchmarks/paper_curves.py --preset cpu-mujoco --jobs 1   # one task at a time (the preset runs 3)
 
 Per task: pre-trained agents are saved under --agents and reused; the MuJoCo teacher advisor (a longer
 PPO run on the dense task; sparse variants share it) is saved there too, trained further (doubling its steps, up
@@ -18,6 +19,10 @@ Writes, under --out: one folder per task (curves PNG, ultra.json, critical state
 and task, each method's paired change over fine-tuning beside the direction of RICE's Table 1, the teachers'
 and agents' returns, compile and run seconds per task, ULTRA's critical visits / restarts / advised steps per
 chunk) and `paper_curves.json`.
+
+`--jobs N` runs up to N tasks at a time, each in its own process (a sparse variant starts once its dense task's
+teacher is final): one task's compiled programs keep about 1.5 of this 2-core CPU's cores busy, so tasks side by
+side fill the machine. Every task's numbers are the same as when it runs alone (its own process, seeds and keys).
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ import argparse
 import hashlib
 import json
 import os
+import pickle
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +112,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "brax/halfcheetah-sparse": dict(ppo_overrides=_brax_overrides("spring")),
         "teacher_steps": 256_000,  # 400 updates of the agents' 64 envs; doubled while below 1.5x the agents
         "teacher_max_steps": 1_024_000,
+        # tasks side by side (each its own process): one task keeps ~1.5 of the 2 cores busy (its run: 5,921 CPU s in
+        # 4,093 s), and 3 at a time balance the tasks' unequal lengths (halfcheetah's is ~1.7x hopper's)
+        "jobs": 3,
     },
     "gpu": {
         "tasks": (PONG, *MUJOCO),
@@ -218,7 +229,7 @@ def run_task(preset: dict[str, Any], env_id: str, agents: Path, methods: tuple[s
     task's record (teacher, times)."""
     t0 = time.perf_counter()
     kw = knobs_for(preset, env_id)
-    folder = out / env_id.replace("/", "_")
+    folder = task_folder(out, env_id)
     record: dict[str, Any] = {"task": env_id}
     if env_id == PONG:
         settings = UltraSettings(env_id=env_id, variants=methods, advisor="scripted", agents_dir=str(agents), **kw)
@@ -234,6 +245,7 @@ def run_task(preset: dict[str, Any], env_id: str, agents: Path, methods: tuple[s
         settings = UltraSettings(env_id=env_id, variants=methods, agents_dir=str(agents), advisor=spec or "random",
                                  **kw)
         run = UltraRun(settings, folder, log=log, overwrite=True)
+        (folder / TEACHER_READY).write_text(json.dumps({"advisor": spec, **teacher}, default=str))
     results = run.run()
     record.update(wall_s=time.perf_counter() - t0, compile_s=sum(r.compile_s for r in results.values()),
                   refine_s=sum(r.wall_s for r in results.values()))
@@ -241,6 +253,12 @@ def run_task(preset: dict[str, Any], env_id: str, agents: Path, methods: tuple[s
 
 
 ADVICE_COUNTS = ("critical_steps", "restarts", "advice_executed")
+TEACHER_READY = "teacher_ready.json"  # in a task's folder once its teacher is final (its sparse variant may start)
+TASK_RECORD = "task_record.json"  # a task's rows and record, written by the process that ran it (`--jobs`)
+
+
+def task_folder(out: Path, env_id: str) -> Path:
+    return out / env_id.replace("/", "_")
 
 
 def summarise(env_id: str, results: dict) -> list[dict[str, Any]]:
@@ -400,6 +418,12 @@ QUIET_STEPS_PER_S = {"hopper": 12_500, "walker2d": 9_600, "halfcheetah": 6_000}
 COMPILE_S = {"train": 50.0, "light": 25.0, "cached": 15.0}
 SHARED_OVERHEAD = 1.3  # run time of a method in the shared program over its own (computes the pieces it switches off)
 EVAL_SPEEDUP = 2.0  # evaluation and recording steps (no SGD) against training steps
+# The components above miss the host's share (Python between chunks, recordings handed to the advisor, the
+# teacher's queries): the first complete cold run (one task at a time, 2026-11-30) took 4,093 s against 2,777 s
+# projected from them, so projections are scaled by the measured ratio. That run's process used 5,921 CPU seconds:
+# 1.45 of the 2 cores, which is what tasks side by side (`--jobs`) recover.
+MEASURED_OVER_COMPONENTS = 4093 / 2777
+CORES_PER_TASK, CORES = 1.45, 2
 
 
 def budget(preset: dict[str, Any], tasks: list[str], methods: tuple[str, ...],
@@ -407,7 +431,9 @@ def budget(preset: dict[str, Any], tasks: list[str], methods: tuple[str, ...],
     """The preset's projected wall seconds per task on a quiet machine, from component costs: env steps / rate for
     pretraining, the teacher's first rung (dense tasks only: sparse variants share it), the mask nets, refinement
     (every method, the shared program's overhead included), evaluations and advisor recordings, plus each compiled
-    program's `COMPILE_S` (`cached`: all from the persistent cache). Returns the arithmetic per task and the total."""
+    program's `COMPILE_S` (`cached`: all from the persistent cache), scaled by `MEASURED_OVER_COMPONENTS`. Returns
+    the arithmetic per task, the tasks' sum (`sequential_s`) and the projected wall time (`total_s`: with the
+    preset's `jobs`, the sum spread over the cores at `CORES_PER_TASK` per task, at least the longest task)."""
     rates = rates or QUIET_STEPS_PER_S
     out: dict[str, Any] = {"tasks": {}, "total_s": 0.0, "cached": cached}
     dense_done: set[str] = set()
@@ -435,10 +461,15 @@ def budget(preset: dict[str, Any], tasks: list[str], methods: tuple[str, ...],
         seconds = {k: v / rate for k, v in steps.items()}
         seconds["compile"] = (sum(programs.values()) * COMPILE_S["cached"] if cached else
                               sum(n * COMPILE_S[k] for k, n in programs.items()))
-        total = sum(seconds.values())
+        total = sum(seconds.values()) * MEASURED_OVER_COMPONENTS
         out["tasks"][env_id] = {"rate": rate, "steps": steps, "programs": programs, "seconds": seconds,
                                 "total_s": total}
         out["total_s"] += total
+    # tasks side by side: the machine's cores shared out, but no sooner than the longest task alone
+    out["jobs"] = jobs = min(preset.get("jobs", 1), len(tasks))
+    out["sequential_s"] = out["total_s"]
+    if jobs > 1:
+        out["total_s"] = max(out["total_s"] * CORES_PER_TASK / CORES, max(t["total_s"] for t in out["tasks"].values()))
     return out
 
 
@@ -450,20 +481,76 @@ def budget_text(b: dict[str, Any]) -> str:
         lines.append(f"| {task} | {t['rate']:,} | " + " | ".join(f"{v:.0f}" for v in t["seconds"].values())
                      + f" | {t['total_s']:.0f} |")
     cache = "every program from the persistent compilation cache" if b["cached"] else "a cold compilation cache"
-    lines.append(f"\nProjected total: {b['total_s']:.0f} s ({b['total_s'] / 60:.1f} min) on a quiet machine, {cache}.")
+    jobs = (f"; {b['jobs']} tasks at a time, {b['sequential_s']:.0f} s one at a time" if b["jobs"] > 1 else "")
+    lines.append(f"\nProjected total: {b['total_s']:.0f} s ({b['total_s'] / 60:.1f} min) on a quiet machine, {cache}"
+                 f"{jobs} (component seconds x {MEASURED_OVER_COMPONENTS:.2f}, the measured run's ratio).")
     return "\n".join(lines)
+
+
+def ready_to_start(env_id: str, tasks: list[str], out: Path, done: dict) -> bool:
+    """Whether `env_id` may start beside the others: a sparse variant whose dense task is also run waits for that
+    task's final teacher (it reuses it), so that two processes never train the same teacher."""
+    dense = env_id.removesuffix(SPARSE_SUFFIX)
+    return dense == env_id or dense not in tasks or dense in done or (task_folder(out, dense) / TEACHER_READY).exists()
+
+
+def run_tasks_in_processes(args: argparse.Namespace, preset: dict[str, Any], tasks: list[str], jobs: int, out: Path,
+                           log) -> dict[str, dict[str, Any]]:
+    """Run `tasks` up to `jobs` at a time, each by this script in its own process (`--worker`), in the given order,
+    except that a sparse variant whose dense task is also listed starts only once that task's teacher is final (it
+    reuses the teacher; see `strong_teacher`). Workers print their own log lines. Returns each task's rows and
+    record; a worker that fails stops the others and the run (exit 1)."""
+    for env_id in tasks:  # a previous run's files must not pass for this run's
+        for name in (TEACHER_READY, TASK_RECORD):
+            (task_folder(out, env_id) / name).unlink(missing_ok=True)
+
+    spec = out / ".preset.pickle"  # the preset as this process has it (a test's, or one edited since)
+    spec.write_bytes(pickle.dumps(preset))
+    base = [sys.executable, str(Path(__file__).resolve()), "--preset", args.preset, "--methods", args.methods,
+            "--out", str(out), "--agents", args.agents, "--jobs", "1", "--worker", str(spec)]
+    waiting, running, done = list(tasks), {}, {}
+    log(f"{len(tasks)} tasks, {jobs} at a time (each in its own process)")
+    try:
+        while waiting or running:
+            for env_id, proc in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[env_id]
+                if proc.returncode != 0:
+                    raise SystemExit(f"paper_curves.py: task {env_id} failed (exit {proc.returncode}); its output "
+                                     "is above. The other tasks were stopped.")
+                done[env_id] = json.loads((task_folder(out, env_id) / TASK_RECORD).read_text())
+                r = done[env_id]["record"]
+                log(f"{env_id}: all methods in {r['wall_s']:.0f}s (compile {r['compile_s']:.0f}s, refinement "
+                    f"{r['refine_s']:.0f}s; beside other tasks)")
+            startable = [t for t in waiting if ready_to_start(t, tasks, out, done)]
+            for nxt in startable[:jobs - len(running)]:
+                waiting.remove(nxt)
+                running[nxt] = subprocess.Popen([*base, "--tasks", nxt])
+            time.sleep(0.5)
+    finally:
+        for proc in running.values():
+            proc.terminate()
+        for proc in running.values():
+            proc.wait()
+    return done
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--preset", default="cpu", help=f"one of {', '.join(sorted(PRESETS))}")
     ap.add_argument("--tasks", default=None, help="comma list (default: the preset's)")
     ap.add_argument("--methods", default=",".join(ALL_METHODS))
     ap.add_argument("--out", default=None, help="default runs/paper_curves-<preset>")
     ap.add_argument("--agents", default="runs/agents", help="saved pre-trained agents and teachers")
     ap.add_argument("--budget", action="store_true", help="print the preset's projected wall time and exit")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="tasks run at a time, each in its own process (default: the preset's, else 1)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one task for a parent's --jobs: its preset file
     args = ap.parse_args()
-    preset = PRESETS[args.preset]
+    if args.preset not in PRESETS and args.worker is None:
+        ap.error(f"argument --preset: invalid choice: {args.preset!r} (choose from {', '.join(sorted(PRESETS))})")
+    preset = PRESETS[args.preset] if args.worker is None else pickle.loads(Path(args.worker).read_bytes())
     tasks = args.tasks.split(",") if args.tasks else list(preset["tasks"])
     methods = tuple(m.strip() for m in args.methods.split(","))
     from jaxmod.envs.registry import list_env_ids
@@ -472,6 +559,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown task(s) or method(s) {unknown}: tasks are env ids (jaxmod.envs.registry.list_env_ids), methods "
                  f"{', '.join(METHODS)}")
+    if args.jobs is not None and args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: give a number of tasks to run at a time, 1 or more")
     if args.budget:
         print(budget_text(budget(preset, tasks, methods)) + "\n\n" + budget_text(budget(preset, tasks, methods,
                                                                                       cached=True)))
@@ -492,17 +581,31 @@ def main() -> None:
     t_all = time.perf_counter()
     load0 = os.getloadavg()[0]
 
+    who = f"{tasks[0].removeprefix('brax/')}: " if args.worker else ""  # a worker's lines say whose they are
+
     def log(msg: str) -> None:  # wall and CPU seconds (all threads) so far: a busy machine inflates the first only
         r = resource.getrusage(resource.RUSAGE_SELF)
         print(f"[{time.perf_counter() - t_all:6.0f}s cpu {r.ru_utime + r.ru_stime:6.0f}s load "
-              f"{os.getloadavg()[0]:4.1f}] {msg}", flush=True)
+              f"{os.getloadavg()[0]:4.1f}] {who}{msg}", flush=True)
 
-    for env_id in tasks:
-        results, record = run_task(preset, env_id, agents, methods, out, log)
-        rows.extend(summarise(env_id, results))
-        records.append(record)
-        log(f"{env_id}: all methods in {record['wall_s']:.0f}s (compile {record['compile_s']:.0f}s, refinement "
-            f"{record['refine_s']:.0f}s)")
+    jobs = min(args.jobs or preset.get("jobs", 1), len(tasks))
+    if jobs > 1 and not args.worker:
+        done = run_tasks_in_processes(args, preset, tasks, jobs, out, log)
+        for env_id in tasks:  # the tables in the tasks' order, whichever finished first
+            rows.extend(done[env_id]["rows"])
+            records.append(done[env_id]["record"])
+    else:
+        for env_id in tasks:
+            results, record = run_task(preset, env_id, agents, methods, out, log)
+            rows.extend(summarise(env_id, results))
+            records.append(record)
+            log(f"{env_id}: all methods in {record['wall_s']:.0f}s (compile {record['compile_s']:.0f}s, refinement "
+                f"{record['refine_s']:.0f}s)")
+            if args.worker:
+                (task_folder(out, env_id) / TASK_RECORD).write_text(json.dumps(
+                    {"record": record, "rows": rows[-len(results):]}, default=float))
+        if args.worker:
+            return
     total = time.perf_counter() - t_all
     load = f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2-core CPU: above 2 is shared)"
     table = "\n\n".join([markdown(rows, device), "Change over fine-tuning (paired over seeds):", comparison(rows),

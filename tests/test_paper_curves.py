@@ -44,6 +44,43 @@ def test_bad_task_or_method_is_one_line_and_exit_2():
     assert proc.returncode == 2 and "SAC" in proc.stderr
 
 
+def test_a_sparse_variant_waits_for_its_dense_tasks_teacher(tmp_path):
+    tasks = ["brax/hopper", "brax/hopper-sparse", "brax/walker2d-sparse"]
+    assert pc.ready_to_start("brax/hopper", tasks, tmp_path, {})
+    assert pc.ready_to_start("brax/walker2d-sparse", tasks, tmp_path, {})  # its dense task is not run: it trains one
+    assert not pc.ready_to_start("brax/hopper-sparse", tasks, tmp_path, {})
+    marker = pc.task_folder(tmp_path, "brax/hopper") / pc.TEACHER_READY
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    assert pc.ready_to_start("brax/hopper-sparse", tasks, tmp_path, {})
+    assert pc.ready_to_start("brax/hopper-sparse", tasks, tmp_path / "elsewhere", {"brax/hopper": {}})
+
+
+@pytest.mark.timeout(600)
+def test_jobs_run_tasks_side_by_side_with_the_numbers_of_a_task_run_alone(tmp_path, monkeypatch):
+    """--jobs 2: two tasks in two worker processes (the preset as the parent has it), the tables in the tasks'
+    order; a task's numbers equal those of the same task run alone in this process."""
+    tasks = ("CartPole-v1", "Acrobot-v1")
+    toy = {"tasks": tasks,
+           "common": dict(seeds=2, chunks=2, eval_envs=2, eval_steps=50, mask_steps=4 * 8 * 2,
+                          share_programs="all", ppo_overrides=(("num_envs", 4), ("num_steps", 8))),
+           **{t: dict(pretrain_steps=4 * 8 * 2, refine_steps=4 * 8 * 2) for t in tasks},
+           "teacher_steps": 0, "jobs": 2}
+    monkeypatch.setitem(pc.PRESETS, "toy-jobs", toy)
+    argv = ["paper_curves.py", "--preset", "toy-jobs", "--methods", "PPO,Random", "--agents", str(tmp_path / "agents")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "both")])
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pc.main()
+    both = json.loads((tmp_path / "both" / "paper_curves.json").read_text())
+    assert [r["task"] for r in both["tasks"]] == list(tasks)
+    assert [(r["task"], r["method"]) for r in both["rows"]] == [(t, m) for t in tasks for m in ("PPO", "Random")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "alone"), "--tasks", "Acrobot-v1", "--jobs", "1"])
+    pc.main()
+    alone = json.loads((tmp_path / "alone" / "paper_curves.json").read_text())
+    assert [r["final"] for r in alone["rows"]] == [r["final"] for r in both["rows"] if r["task"] == "Acrobot-v1"]
+    assert [r["curve"] for r in alone["rows"]] == [r["curve"] for r in both["rows"] if r["task"] == "Acrobot-v1"]
+
+
 def test_rice_direction_follows_table1():
     assert pc.rice_direction("brax/hopper", "RICE").startswith("up")
     assert pc.rice_direction("brax/halfcheetah", "StateMask-R").startswith("down")
