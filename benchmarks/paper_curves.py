@@ -255,6 +255,7 @@ def run_task(preset: dict[str, Any], env_id: str, agents: Path, methods: tuple[s
 ADVICE_COUNTS = ("critical_steps", "restarts", "advice_executed")
 TEACHER_READY = "teacher_ready.json"  # in a task's folder once its teacher is final (its sparse variant may start)
 TASK_RECORD = "task_record.json"  # a task's rows and record, written by the process that ran it (`--jobs`)
+T0_VAR = "JAXMOD_PAPER_CURVES_T0"  # the parent's start (Unix seconds), for its workers' log clocks
 
 
 def task_folder(out: Path, env_id: str) -> Path:
@@ -495,10 +496,11 @@ def ready_to_start(env_id: str, tasks: list[str], out: Path, done: dict) -> bool
 
 
 def run_tasks_in_processes(args: argparse.Namespace, preset: dict[str, Any], tasks: list[str], jobs: int, out: Path,
-                           log) -> dict[str, dict[str, Any]]:
+                           log, t0: float) -> dict[str, dict[str, Any]]:
     """Run `tasks` up to `jobs` at a time, each by this script in its own process (`--worker`), in the given order,
     except that a sparse variant whose dense task is also listed starts only once that task's teacher is final (it
-    reuses the teacher; see `strong_teacher`). Workers print their own log lines. Returns each task's rows and
+    reuses the teacher; see `strong_teacher`). Workers print their own log lines, timed from `t0` (Unix seconds: this
+    run's start). Returns each task's rows and
     record; a worker that fails stops the others and the run (exit 1)."""
     for env_id in tasks:  # a previous run's files must not pass for this run's
         for name in (TEACHER_READY, TASK_RECORD):
@@ -526,7 +528,7 @@ def run_tasks_in_processes(args: argparse.Namespace, preset: dict[str, Any], tas
             startable = [t for t in waiting if ready_to_start(t, tasks, out, done)]
             for nxt in startable[:jobs - len(running)]:
                 waiting.remove(nxt)
-                running[nxt] = subprocess.Popen([*base, "--tasks", nxt])
+                running[nxt] = subprocess.Popen([*base, "--tasks", nxt], env={**os.environ, T0_VAR: str(t0)})
             time.sleep(0.5)
     finally:
         for proc in running.values():
@@ -578,7 +580,9 @@ def main() -> None:
              f"{time.strftime('%Y-%m-%d')}"
     rows: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
-    t_all = time.perf_counter()
+    # a worker's clock starts with its parent's, so that the lines of tasks side by side read on one time axis
+    t_all = time.perf_counter() - (time.time() - float(os.environ[T0_VAR]) if args.worker and T0_VAR in os.environ
+                                   else 0.0)
     load0 = os.getloadavg()[0]
 
     who = f"{tasks[0].removeprefix('brax/')}: " if args.worker else ""  # a worker's lines say whose they are
@@ -590,7 +594,8 @@ def main() -> None:
 
     jobs = min(args.jobs or preset.get("jobs", 1), len(tasks))
     if jobs > 1 and not args.worker:
-        done = run_tasks_in_processes(args, preset, tasks, jobs, out, log)
+        done = run_tasks_in_processes(args, preset, tasks, jobs, out, log,
+                                      t0=time.time() - (time.perf_counter() - t_all))
         for env_id in tasks:  # the tables in the tasks' order, whichever finished first
             rows.extend(done[env_id]["rows"])
             records.append(done[env_id]["record"])
@@ -607,7 +612,9 @@ def main() -> None:
         if args.worker:
             return
     total = time.perf_counter() - t_all
-    load = f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2-core CPU: above 2 is shared)"
+    cores = os.cpu_count() or 1
+    load = (f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end ({cores}-core machine: above "
+            f"{cores} is shared)" + (f"; {jobs} tasks at a time, so the tasks' own seconds overlap" if jobs > 1 else ""))
     table = "\n\n".join([markdown(rows, device), "Change over fine-tuning (paired over seeds):", comparison(rows),
                           "Teachers, agents and time per task:", task_table(records),
                           "ULTRA at MuJoCo scale:", advice_table(rows)])
