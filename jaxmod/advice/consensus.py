@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from jaxmod.advice.arrays import Advice
+from jaxmod.advice.arrays import Advice, require_advice
 from jaxmod.advice.slots import advice_spread
 from jaxmod.ppo.modulator import Modulator
 
@@ -60,6 +60,7 @@ class Consensus(Modulator):
     action_tol: float = 0.25
 
     def digest(self, aux, advice, plan, spec):
+        require_advice(advice, spec, "Consensus")
         spread = plan["spread"] if "spread" in plan else advice_spread(advice)
         space = spec.env.core.action_space
         agreed = consensus(advice, self.radius, space.span, self.action_tol, spread)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxmod.advice.arrays import Advice
+from jaxmod.advice.arrays import Advice, require_advice
 from jaxmod.advice.matching import Matcher
 from jaxmod.advice.modulation import MAX_CAPACITY
 from jaxmod.advice.slots import advice_spread, take_slot
@@ -115,6 +115,7 @@ class CriticalStates(Modulator):
                            cut_prob=jnp.float32(self.cut_for(spec)))
 
     def digest(self, aux, advice, plan, spec):
+        require_advice(advice, spec, "CriticalStates (restarts from critical states)")
         if self.matching and not spec.env.normalize_obs and "spread" not in plan:
             plan = {**plan, "spread": advice_spread(advice)}
         return plan
