@@ -99,6 +99,19 @@ def test_no_advice_or_advice_of_another_env_is_one_clear_error_before_compiling(
         train(jax.random.PRNGKey(0), None, other)
 
 
+def test_the_modulators_default_to_the_configs_values():
+    """One default per knob: ULTRA's building blocks built with their own defaults are the chain the default
+    `ModulationConfig` builds (Verification defaulted to capacity 64 against the config's 32: a hand-built chain
+    refused the config's advice)."""
+    from jaxmod.advice.consensus import Consensus
+    from jaxmod.advice.kl import KLTarget
+    from jaxmod.advice.override import ActionOverride
+    from jaxmod.advice.shaping import ImplicitReward
+
+    assert ModulationConfig().modulator() == chain(Consensus(), Verification(), CriticalStates(), ActionOverride(),
+                                                   ImplicitReward(), KLTarget())
+
+
 def test_invalid_answers_never_enter_the_arrays():
     core = make_core("CartPole-v1")
     book = AdviceBook(core, 4)
