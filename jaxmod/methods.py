@@ -100,6 +100,15 @@ def _rice_pieces(ctx: MethodContext) -> Pieces:
                   else ctx.rice_lambda)
 
 
+def check_group(names: tuple[str, ...]) -> None:
+    """Raise `MethodError` (one line) unless the methods `names` can share one compiled program: each is registered
+    and states its `pieces` (a method registered with its modulator alone runs in a program of its own)."""
+    missing = [method(n).name for n in names if method(n).pieces is None]
+    if missing:
+        raise MethodError(f"method(s) {', '.join(missing)} cannot share a compiled program with other methods "
+                          "(registered without pieces): run with --share-programs off, or register them with `pieces`")
+
+
 def shared_modulator(names: tuple[str, ...], name: str, ctx: MethodContext) -> Modulator:
     """Method `name`'s modulator as a member of the group `names`: the union of the group's pieces (`Pieces`), in
     one order, with `name`'s values as traced data. Every member's chain has the same static structure, so their
@@ -118,11 +127,8 @@ def shared_modulator(names: tuple[str, ...], name: str, ctx: MethodContext) -> M
 
     if name not in names:
         raise MethodError(f"method {name!r} is not in the group {', '.join(names)}")
-    group = [method(n) for n in names]
-    missing = [m.name for m in group if m.pieces is None]
-    if missing:
-        raise MethodError(f"method(s) {', '.join(missing)} cannot share a program (no pieces)")
-    every = [m.pieces(ctx) for m in group]
+    check_group(names)
+    every = [method(n).pieces(ctx) for n in names]
     me = method(name).pieces(ctx)
     m = ctx.modulation
     judged = any(p.judged for p in every)

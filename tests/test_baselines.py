@@ -51,6 +51,17 @@ def test_critical_advice_takes_the_most_important_step_of_each_episode():
     assert sorted(np.asarray(top2.obs[:, 0]).tolist()) == [2.0, 5.0]
 
 
+def test_critical_advice_fills_a_capacity_larger_than_the_recording():
+    """`--capacity 4096` with the default recording (8 envs x 256 steps) asked top_k for more steps than there are;
+    the slots past the recording stay empty."""
+    rec = _recording()  # 6 steps x 2 envs
+    scores = jnp.array([[0.1, 0.0], [0.9, 0.2], [0.3, 0.8], [0.5, 0.1], [0.2, 0.1], [0.6, 0.3]])
+    small, large = critical_advice(rec, scores, 4), jax.jit(lambda r, s: critical_advice(r, s, 16))(rec, scores)
+    chex.assert_shape([large.reward, large.valid, large.step], (16,))
+    assert int(large.valid.sum()) == 3
+    np.testing.assert_array_equal(np.asarray(large.obs[:4]), np.asarray(small.obs))
+
+
 def test_rnd_bonus_is_normalised_per_step_and_training_lowers_the_error():
     state = rnd_init(jax.random.PRNGKey(0), 3)
     obs = jax.random.normal(jax.random.PRNGKey(1), (5, 4, 3))

@@ -140,3 +140,28 @@ def test_restart_cut_reaches_every_restarting_method_alone_or_in_a_shared_progra
         for name in restarting:
             assert cut_of(methods.method(name).build(ctx)) == cut, name
             assert cut_of(methods.shared_modulator(restarting, name, ctx)) == cut, name
+
+
+def test_a_method_named_twice_is_one_line_and_exit_2(tmp_path, capsys):
+    """`--variant A,A` would refine A twice and keep one result: refused before anything runs."""
+    from jaxmod.cli import main
+
+    assert main(["ultra", "--variant", "A,RA,A", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "name A more than once" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_method_without_pieces_in_a_shared_program_is_refused_before_pretraining(tmp_path, capsys, monkeypatch):
+    """The README's one-file method (registered with its modulator alone) runs in a program of its own; asked to share
+    one (`--share-programs methods`), the run says so in one line before it pretrains, instead of after."""
+    from jaxmod.cli import main
+
+    ns, registry = _readme_method()
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    exec(compile(registry, "methods.py", "exec"), ns)  # noqa: S102 - the README's registry line
+    argv = ["ultra", "--variant", "Alive,RA", "--share-programs", "methods", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Alive cannot share a compiled program" in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -85,6 +85,33 @@ def test_advice_of_another_capacity_is_one_clear_error_before_tracing():
         jax.jit(lambda s, a: learner.run(s, 1, a))(state, Advice.empty(learner.env.core, 8))
 
 
+@pytest.mark.parametrize("build", [lambda: ModulationConfig.variant("RA", capacity=4).modulator(),
+                                   lambda: CriticalStates(restart_prob=1.0)], ids=["RA", "restarts-only"])
+def test_no_advice_or_advice_of_another_env_is_one_clear_error_before_compiling(build):
+    """`make_train(config, modulator)`'s train called without advice (plain PPO ignores it; a method that reads it
+    cannot), or with advice of another env, names what to pass instead of failing on a None or a shape deep in
+    the trace."""
+    train = jax.jit(make_train(TINY, build()))
+    with pytest.raises(ModulationError, match="reads advice but the learner was given NoneType"):
+        train(jax.random.PRNGKey(0))
+    other = Advice.empty(make_core("MountainCarContinuous-v0"), 4)
+    with pytest.raises(ModulationError, match=r"observations \(2,\) and actions \(1,\).*\(4,\) and \(\)"):
+        train(jax.random.PRNGKey(0), None, other)
+
+
+def test_the_modulators_default_to_the_configs_values():
+    """One default per knob: ULTRA's building blocks built with their own defaults are the chain the default
+    `ModulationConfig` builds (Verification defaulted to capacity 64 against the config's 32: a hand-built chain
+    refused the config's advice)."""
+    from jaxmod.advice.consensus import Consensus
+    from jaxmod.advice.kl import KLTarget
+    from jaxmod.advice.override import ActionOverride
+    from jaxmod.advice.shaping import ImplicitReward
+
+    assert ModulationConfig().modulator() == chain(Consensus(), Verification(), CriticalStates(), ActionOverride(),
+                                                   ImplicitReward(), KLTarget())
+
+
 def test_invalid_answers_never_enter_the_arrays():
     core = make_core("CartPole-v1")
     book = AdviceBook(core, 4)

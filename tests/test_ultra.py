@@ -409,3 +409,25 @@ def test_variants_ask_the_first_round_once(tmp_path):
     by_variant = {v: sorted(r["prompt_key"] for r in round0 if r["tags"]["variant"] == v) for v in ("A", "RA")}
     assert by_variant["A"] == by_variant["RA"]
     assert all(r.get("reused") for r in round0 if r["tags"]["variant"] == "RA")
+
+
+def test_an_evaluation_shorter_than_an_episode_is_a_warning_before_pretraining(tmp_path):
+    """Acrobot-v1's weak agents run its 500-step limit: with --eval-steps 200 no evaluation episode ended and every
+    method reported a return of 0.0 (the best possible). The run says so before it pretrains; 600 steps do not warn."""
+    class Stopped(Exception):
+        pass
+
+    warned: list[str] = []
+
+    def warn(msg: str) -> None:
+        warned.append(msg)
+        raise Stopped
+
+    short = UltraConfig.flat(dict(num_envs=4, num_steps=16), env_id="Acrobot-v1", seeds=1, pretrain_steps=64,
+                             refine_steps=64, chunks=1, variants=("PPO",), eval_steps=200)
+    with pytest.raises(Stopped):
+        UltraRun(short, tmp_path / "short", warn=warn).run()
+    assert len(warned) == 1 and "up to 500" in warned[0] and "--eval-steps 500" in warned[0], warned
+    UltraRun(dataclasses.replace(short, sizes=dataclasses.replace(short.sizes, eval_steps=600)), tmp_path / "long",
+             warn=warn)._warn_if_evaluation_is_short()
+    assert len(warned) == 1

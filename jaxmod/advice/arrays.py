@@ -54,6 +54,27 @@ class Advice:
                       step=jnp.full((capacity,), -1, jnp.int32))
 
 
+def require_advice(advice: Any, spec: Any, who: str) -> Advice:
+    """`advice` if it is an `Advice` of `spec`'s env (a `LearnerSpec`: observations [K, *obs_shape], actions [K] or
+    [K, *action_shape]); else `ModulationError` (one line, raised while tracing, before anything compiles) saying
+    what to pass. `who` names the modulator that reads it."""
+    from jaxmod.advice.modulation import ModulationError
+
+    if not isinstance(advice, Advice):
+        raise ModulationError(f"{who} reads advice but the learner was given {type(advice).__name__}: pass an Advice "
+                              "(`AdviceBook(env.core, capacity).to_advice()`; `Advice.empty(env.core, capacity)` for "
+                              "none) as `advice` to `make_train`'s train or `PPOLearner.run`")
+    env = spec.env
+    space = env.action_space
+    action_shape = () if space.discrete else tuple(space.shape)
+    got = (tuple(advice.obs.shape[1:]), tuple(advice.action.shape[1:]))
+    if got != (tuple(env.obs_shape), action_shape):
+        raise ModulationError(f"{who}: the advice holds observations {got[0]} and actions {got[1]}, but the env has "
+                              f"{tuple(env.obs_shape)} and {action_shape} (advice of another env? build it with "
+                              "this learner's env.core)")
+    return advice
+
+
 @dataclass(frozen=True)
 class AdviceItem:
     """One validated answer about one critical state, ready to pack (host-side numpy)."""

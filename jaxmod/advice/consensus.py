@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from jaxmod.advice.arrays import Advice
+from jaxmod.advice.arrays import Advice, require_advice
+from jaxmod.advice.modulation import ModulationConfig
 from jaxmod.advice.slots import advice_spread
 from jaxmod.ppo.modulator import Modulator
 
@@ -56,10 +57,11 @@ class Consensus(Modulator):
     out-voted and `plan["trusted"]` starts from it; `plan["spread"]` is the advice states' spread (shared with
     matching on raw observations)."""
 
-    radius: float = 2.0
-    action_tol: float = 0.25
+    radius: float = ModulationConfig.consensus_radius  # the config's defaults (one default per knob)
+    action_tol: float = ModulationConfig.consensus_action_tol
 
     def digest(self, aux, advice, plan, spec):
+        require_advice(advice, spec, "Consensus")
         spread = plan["spread"] if "spread" in plan else advice_spread(advice)
         space = spec.env.core.action_space
         agreed = consensus(advice, self.radius, space.span, self.action_tol, spread)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxmod.advice.modulation import ModulationConfig
 from jaxmod.advice.slots import take_slot
 from jaxmod.advice.verify import advised_steps
 from jaxmod.ppo import distributions as D
@@ -56,9 +57,9 @@ class KLTarget(Modulator):
     """Writes `masks["kl"]` (the critical steps pulled) and `fields["suggested"]`; its loss term is logged as
     `advice_kl` (the mean KL over those steps)."""
 
-    kl_coef: float = 1.0
-    target_std: float = 0.2
-    filter: bool = False
+    kl_coef: float = ModulationConfig.kl_coef  # the config's defaults (one default per knob)
+    target_std: float = ModulationConfig.kl_target_std
+    filter: bool = ModulationConfig.kl_filter
 
     def init(self, key, spec, params):
         return KLAux(kl_coef=jnp.float32(self.kl_coef))

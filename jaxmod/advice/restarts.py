@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxmod.advice.arrays import Advice
+from jaxmod.advice.arrays import Advice, require_advice
 from jaxmod.advice.matching import Matcher
-from jaxmod.advice.modulation import MAX_CAPACITY
+from jaxmod.advice.modulation import MAX_CAPACITY, ModulationConfig
 from jaxmod.advice.slots import advice_spread, take_slot
 from jaxmod.envs.vec_env import select_envs
 from jaxmod.ppo.modulator import Modulator
@@ -92,7 +92,7 @@ class CriticalStates(Modulator):
     `traj.extras["slot"]` ([T, N] int32), `["critical"]` and `["restarted"]` ([T, N] bool) and the per-step
     codes `xs["critical_codes"]` ([T, N] int32, `unpack_step_codes`) other modulators may read."""
 
-    restart_prob: float = 0.5
+    restart_prob: float = ModulationConfig.restart_prob  # the config's default (one default per knob)
     match_radius: float = 0.0  # in normalised-observation std units, or the advice states' spread for raw ones
     matches: bool | None = None  # whether the program matches at all (None: match_radius > 0); with True, a
     # radius of 0 (traced) matches nothing: a method that does not match in a program shared with methods that do
@@ -115,6 +115,7 @@ class CriticalStates(Modulator):
                            cut_prob=jnp.float32(self.cut_for(spec)))
 
     def digest(self, aux, advice, plan, spec):
+        require_advice(advice, spec, "CriticalStates (restarts from critical states)")
         if self.matching and not spec.env.normalize_obs and "spread" not in plan:
             plan = {**plan, "spread": advice_spread(advice)}
         return plan

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxmod.advice.arrays import Advice
+from jaxmod.advice.modulation import ModulationConfig
 from jaxmod.advice.slots import take_slot
 from jaxmod.ppo.modulator import Modulator
 
@@ -64,8 +65,8 @@ class ImplicitReward(Modulator):
     `plan["trust_weight"]` ([K], default 1). Metrics: `shaping` (mean bonus per critical step, raw reward units)
     and `reward_unit` (the RMS the implicit reward is measured in)."""
 
-    reward_scale: float = 1.0
-    kernel_std: float = 0.2
+    reward_scale: float = ModulationConfig.reward_scale  # the config's defaults (one default per knob)
+    kernel_std: float = ModulationConfig.kl_target_std
 
     def init(self, key, spec, params):
         return ShapingAux(reward_scale=jnp.float32(self.reward_scale), reward_count=jnp.float32(0.0),

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxmod.advice.arrays import Advice
+from jaxmod.advice.modulation import ModulationConfig
 from jaxmod.advice.slots import take_slot
 from jaxmod.ppo.losses import gae
 from jaxmod.ppo.modulator import Modulator
@@ -251,10 +252,10 @@ class Verification(Modulator):
     under the env's own reward is folded into its slot's advised or control group. `control` is the share
     left to the policy at a fully trusted slot."""
 
-    capacity: int = 64
-    samples: int = 4
-    control: float = 0.25
-    memory: int = 64
+    capacity: int = ModulationConfig.capacity  # the config's defaults (one default per knob)
+    samples: int = ModulationConfig.verify_samples
+    control: float = ModulationConfig.verify_control
+    memory: int = ModulationConfig.verify_memory
 
     def init(self, key, spec, params):
         return AdviceTrust.create(self.capacity, self.samples)

@@ -175,7 +175,7 @@ def critical_advice(rec: Recording, scores: jax.Array, capacity: int, num_action
     """The most important step of every episode in a (T, N) recording (RICE: one critical state per
     trajectory), the `capacity` highest-scoring of them packed as restart advice (the agent's own
     action, no implicit reward, no distribution over the `num_actions` discrete actions: 0 for continuous ones).
-    Fixed shapes: jittable and vmappable."""
+    Fixed shapes ([capacity] slots, even where the recording holds fewer steps): jittable and vmappable."""
     done = jnp.logical_or(rec.terminated, rec.truncated)
     t_len, n_envs = done.shape
     episode = jnp.cumsum(done, axis=0) - done  # episode index within each env at each step
@@ -184,7 +184,10 @@ def critical_advice(rec: Recording, scores: jax.Array, capacity: int, num_action
     flat = scores.reshape(-1).astype(jnp.float32) - 1e-6 * jnp.tile(jnp.arange(t_len)[:, None], (1, n_envs)).reshape(-1)
     best = jax.ops.segment_max(flat, segment, num_segments=t_len * n_envs)
     candidate = jnp.where(flat == best[segment], flat, -jnp.inf)
-    top, idx = jax.lax.top_k(candidate, capacity)
+    k = min(capacity, t_len * n_envs)  # a recording smaller than the capacity: the other slots stay empty
+    top, idx = jax.lax.top_k(candidate, k)
+    top = jnp.concatenate([top, jnp.full((capacity - k,), -jnp.inf, top.dtype)])
+    idx = jnp.concatenate([idx, jnp.zeros((capacity - k,), idx.dtype)])
     valid = jnp.isfinite(top)
     t_idx, n_idx = idx // n_envs, idx % n_envs
     pick = lambda x: x[t_idx, n_idx]  # noqa: E731

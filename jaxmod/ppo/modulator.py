@@ -13,10 +13,11 @@ never branches on who implements them:
 | `after_step(aux, plan, xs, s, done) -> s` | per env step, after it | update `s.carry` |
 | `finish(aux, plan, traj) -> (aux, traj)` | per rollout, after the loop | add `traj.extras`, keep the final carry |
 | `reward(aux, plan, traj, reward, key) -> (aux, reward, metrics)` | before GAE | reward deltas (shaping, bonuses) |
-| `weigh(aux, plan, traj, adv, key) -> (aux, masks, fields)` | after GAE | per-sample loss masks and fields |
+| `weigh(aux, plan, traj, advantage, values, next_values) -> (aux, masks, fields)` | after GAE | per-sample loss masks and fields |
 | `loss(aux, net, params, head, batch) -> (loss, info)` | every SGD step | extra loss terms |
 | `metrics(aux, plan, traj) -> dict` | end of the update | scalar metrics |
 
+Every hook but `loss` also takes the learner's `LearnerSpec` (env, network, config) as its last argument.
 `plan` is a dict that flows through the chain like optax's updates: a later modulator reads what an earlier one
 wrote (e.g. `plan["trusted"]`); `s.extras` and `traj.extras` flow the same way per step and per rollout. Every
 value in them is a jax array or pytree of static shape, so a chain traces once and new advice never recompiles.

@@ -35,7 +35,7 @@ from jaxmod.config import (
     to_dict,
 )
 from jaxmod.llm import FailurePolicy, LLMConfigError
-from jaxmod.methods import MethodContext, method
+from jaxmod.methods import MethodContext, check_group, method
 from jaxmod.ppo import PPOConfig, default_config
 from jaxmod.ppo.config import ConfigError
 
@@ -280,10 +280,16 @@ class UltraConfig:
             raise ConfigError("variants is empty: name at least one method (e.g. PPO, RA)")
         for v in self.variants:
             method(v)  # raises a one-line MethodError listing the valid names
+        twice = sorted({v for v in self.variants if self.variants.count(v) > 1})
+        if twice:
+            raise ConfigError(f"variants name {', '.join(twice)} more than once: name each method once")
         if self.refine_lr <= 0:
             raise ConfigError("refine_lr must be > 0")
         if self.share_programs not in SHARE_PROGRAMS:
             raise ConfigError(f"share_programs must be one of {', '.join(SHARE_PROGRAMS)}, not {self.share_programs!r}")
+        for v in self.variants:  # before pretraining: a method that cannot join its group's program
+            if len(self.program_group(v)) > 1:
+                check_group(self.program_group(v))
         rollout = self.ppo.num_envs * self.ppo.num_steps
         for name in ("pretrain_steps", "refine_steps"):
             if getattr(self, name) < rollout:

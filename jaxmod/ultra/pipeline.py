@@ -566,6 +566,7 @@ class UltraRun:
         self.log(f"rendered seed 0's episode (return {r.episode_return:.1f}, {r.steps} steps) to {r.path}")
 
     def run(self) -> dict[str, VariantResult]:
+        self._warn_if_evaluation_is_short()
         pre = self.pretrain()
         self.render("pretrained.gif", pre)
         results: dict[str, VariantResult] = {}
@@ -587,6 +588,16 @@ class UltraRun:
                          f"{final.seeds} seeds{f'; {note}' if note else ''}) in {r.wall_s:.1f}s")
         self.write(results)
         return results
+
+    def _warn_if_evaluation_is_short(self) -> None:
+        """Warn (before pretraining) where an evaluation's `eval_steps` cannot hold a whole episode: it averages the
+        episodes that end within it, so longer ones are not counted and a seed whose episodes all outlast it reports
+        0 (Acrobot-v1 with --eval-steps 200: every method's return 0.0, the best possible)."""
+        limit, steps = self.agent_learner.env.core.max_steps, self.s.sizes.eval_steps
+        if steps < limit:
+            self.warn(f"evaluations run {steps} steps per env but {self.s.env_id}'s episodes last up to {limit}: "
+                      "returns count only the episodes that end within them (a seed whose episodes all outlast them "
+                      f"reports 0); --eval-steps {limit} or more evaluates whole episodes")
 
     # ------------------------------------------------------------------ outputs
     def write(self, results: dict[str, VariantResult], stopped: str | None = None) -> None:
