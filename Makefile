@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.local-llm
 
-.PHONY: demo test test-slow test-gpu-script test-readme-slow local-llm lint bench clean
+.PHONY: demo test test-slow test-gpu-script test-readme-slow test-install local-llm lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test-gpu-script: $(LLM_STAMP)
 # the README's slow lines as written (brax, SmolLM2, baselines, noisy and control advisors; ~5 min on 2 cores)
 test-readme-slow: $(LLM_STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_readme.py
+
+# `pip install .` in a fresh venv (pinned) installs no brax, a brax/ id then says which extra to add, and
+# `pip install '.[brax]'` adds it (.ci/install_check.sh; downloads the core's and brax's wheels)
+test-install:
+	.ci/install_check.sh $(PYTHON)
 
 lint: $(STAMP)
 	$(BIN)/ruff check jaxmod tests benchmarks

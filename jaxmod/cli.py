@@ -349,6 +349,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     serve.add_argument("--teacher", default=None,
                        help="the teacher policy (--backend teacher): a `jaxmod train --out` folder or its checkpoint/ "
                             "folder (default: none)")
+    serve.add_argument("--model", default=None, metavar="NAME",
+                       help="the model id the server reports in /v1/models and answers with, e.g. to stand in for "
+                            "an LLM a command line names (default: the backend's: jaxmod-scripted, "
+                            "SmolLM2-135M-Instruct or jaxmod-teacher)")
 
     _add_ultra(sub, argv)
     plot = sub.add_parser("plot", help="redraw the learning curve of a run folder")
@@ -628,7 +632,7 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
     primary = is_primary()
     with Progress(*_progress_columns(), console=console, disable=args.quiet, transient=False) as progress, \
             (Tracker(run.out, cfg.to_dict(), args.wandb, fresh=not args.resume,
-                     purge_step=(run.done + 1) * ppo.batch_size if args.resume else None)
+                     purge_step=(run.done + 1) * ppo.batch_size if args.resume else None, quiet=args.quiet)
              if primary else contextlib.nullcontext()) as tracker:
         task = progress.add_task("compiling", total=total, completed=run.done)
         if primary:
@@ -993,7 +997,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("updates"),
                   TimeElapsedColumn(), console=console, disable=args.quiet) as progress, \
-            Tracker(out, config.to_dict(), getattr(args, "wandb", None)) as tracker:
+            Tracker(out, config.to_dict(), getattr(args, "wandb", None), quiet=args.quiet) as tracker:
         tasks: dict[str, Any] = {}
 
         def on_progress(variant: str, done: int, total: int) -> None:
@@ -1081,6 +1085,10 @@ def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int
         raise CLIError(f"--threads must lie in [1, {cores}] (this machine's CPU cores), got {args.threads}")
     if not args.host.strip():  # socket's "" is every interface: never chosen by leaving the value empty
         raise CLIError("--host is empty: name an address (127.0.0.1, the default, or 0.0.0.0 for every interface)")
+    if args.model is not None and (not args.model or len(args.model) > 256
+                                   or not all(c.isprintable() and not c.isspace() for c in args.model)):
+        raise CLIError(f"--model must be 1 to 256 printable characters without spaces (a model id such as "
+                       f"Qwen2.5-7B-Instruct), got {args.model!r}")
     if args.teacher is not None and args.backend != "teacher":
         raise CLIError(f"--teacher is the policy of --backend teacher, not of --backend {args.backend}: add "
                        "--backend teacher or leave --teacher out")
@@ -1104,7 +1112,8 @@ def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int
         def answer_fn(messages, schema, params):
             return teacher.answer(messages), {}
     try:
-        server = make_server(args.backend, host=args.host, port=args.port, threads=args.threads, answer_fn=answer_fn)
+        server = make_server(args.backend, host=args.host, port=args.port, threads=args.threads, answer_fn=answer_fn,
+                             model=args.model)
     except BackendUnavailable as err:
         raise CLIError(str(err)) from None
     except OSError as err:

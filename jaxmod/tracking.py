@@ -56,13 +56,16 @@ class Tracker:
     created before the first scalar (a run refused by a later check leaves no folder); with `fresh`, event files of
     an earlier run in the folder are replaced (a resumed run appends). `sub(name)`: a sub-run writing to
     `<run>/tb/<name>/` (TensorBoard draws sub-runs as lines of the same chart). `close()` flushes (also a context
-    manager)."""
+    manager). `quiet` (the commands' --quiet): W&B prints nothing of its own on the console (its run links,
+    sync hints, history and summary at the end), through the run's own `wandb.Settings(silent=True)`, so no
+    environment variable is set for the rest of the process; its files under `<run>/wandb` are written as before."""
 
     def __init__(self, run_dir: str | Path, config: Mapping[str, Any] | None = None,
-                 wandb_project: str | None = None, fresh: bool = True, purge_step: int | None = None) -> None:
+                 wandb_project: str | None = None, fresh: bool = True, purge_step: int | None = None,
+                 quiet: bool = False) -> None:
         check_wandb(wandb_project)
         self.run_dir, self.dir, self.fresh = Path(run_dir), Path(run_dir) / EVENTS_DIR, fresh
-        self.config, self.wandb_project = dict(config or {}), wandb_project
+        self.config, self.wandb_project, self.quiet = dict(config or {}), wandb_project, quiet
         self.purge_step = purge_step  # a resumed run: events at or after this step (a killed run's) are hidden
         self.writer: Any = None
         self.wandb: Any = None
@@ -94,7 +97,8 @@ class Tracker:
 
             try:
                 self.wandb = wandb.init(project=self.wandb_project, dir=str(self.run_dir), config=self.config,
-                                        name=self.run_dir.name)
+                                        name=self.run_dir.name,
+                                        **({"settings": wandb.Settings(silent=True)} if self.quiet else {}))
             except Exception as err:  # noqa: BLE001 - wandb raises many kinds (no login, no network, bad project)
                 text = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
                 raise TrackingError(

@@ -1,7 +1,7 @@
 """Every command in the README and docs/ is checked: each `jaxmod ...` line of a ```bash block parses with the product's
 own parser (and `train` / `ultra` lines build their config, as the command would, before anything compiles); the
-README's `jaxmod` lines also RUN, in README order, as written with budget flags appended (see `SHRINK`; `NOT_RUN` and
-`SLOW` name the lines left to no test and to `make test-slow`, and why); each
+README's `jaxmod` lines also RUN, in README order, as written with budget flags appended (see `SHRINK`; `SLOW` names
+the lines left to `make test-slow`, and why; the LLM-server line runs against jaxmod's own server: `HTTP_LINE`); each
 `python benchmarks/...` line names a script that exists and whose parser accepts the line's flags (run with
 `--help` appended: argparse checks the flags given before it, then prints the help and exits 0). The README's
 Python example runs end to end at a tiny budget (slow: it compiles four programs).
@@ -198,10 +198,9 @@ SHRINK = {
               "--collect-steps", "32", "--eval-envs", "2", "--eval-steps", "32", "--episodes-per-round", "2",
               "--mask-steps", "256", "--share-programs", "methods", *SHRINK_PPO, "--quiet"],
 }
-# README lines not run here, and why (each still parses and builds its config: test_jaxmod_command_parses)
-NOT_RUN = {
-    "--model Qwen2.5-7B-Instruct": "needs a vLLM server serving Qwen2.5-7B-Instruct at 127.0.0.1:8000",
-}
+# The README's line for an LLM server (vLLM serving Qwen2.5-7B-Instruct at 127.0.0.1:8000): run against jaxmod's
+# own server under that model's name (`serve-advisor --model`), see test_readme_http_advisor_line_runs
+HTTP_LINE = "--advisor http://127.0.0.1:8000/v1"
 # `make test-slow` only: a brax compile (~1 min); the 135M LLM answering on CPU (minutes); further ULTRA runs
 # (1-2 CPU minutes each on a 2-core CPU) that the default suite's budget leaves out
 SLOW = ("train --env brax/hopper", "--advisor smollm2", "--out runs/cp-baselines", "--out runs/noisy",
@@ -257,11 +256,11 @@ def test_readme_train_eval_plot_commands_run(readme_folder):
 
 @pytest.mark.timeout(600)
 def test_readme_ultra_commands_run(readme_folder):
-    """The `jaxmod ultra` lines of the README but those in `NOT_RUN` and `SLOW`, in its order: a run, --config and
+    """The `jaxmod ultra` lines of the README but `HTTP_LINE` and those in `SLOW`, in its order: a run, --config and
     --replay of it; the replay gives the run's numbers again."""
     import json
 
-    lines = [ln for ln in _readme_lines("ultra") if not _is(ln, NOT_RUN) and not _is(ln, SLOW)]
+    lines = [ln for ln in _readme_lines("ultra") if HTTP_LINE not in ln and not _is(ln, SLOW)]
     assert [ln.split("--out ")[-1] for ln in lines] == ["runs/cp", "runs/cp-again", "runs/cp-replay"]
     for line in lines:
         _run_readme_line(line)
@@ -298,6 +297,38 @@ def test_readme_serve_advisor_command_runs():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.timeout(600)
+def test_readme_http_advisor_line_runs(readme_folder):
+    """The README's LLM-server line (`HTTP_LINE`: vLLM serving Qwen2.5-7B-Instruct) runs as written against
+    `jaxmod serve-advisor --backend scripted --model <the line's model>` standing in for the LLM: the preflight
+    finds the model the line names, every question goes over HTTP, and the transcript shows the server's answers
+    under that name. Only the URL's port changes: the server takes a free port (`--port 0`, bound by the server
+    itself, so no other process can take it between a probe and the bind), as 8000 (vLLM's default, also
+    llama-cpp-python's and many dev servers') may be taken on the test machine, maybe by a real server whose
+    answers this test must not read."""
+    import re as _re
+
+    (line,) = [ln for ln in _readme_lines("ultra") if HTTP_LINE in ln]
+    model = shlex.split(line)[shlex.split(line).index("--model") + 1]
+    proc = subprocess.Popen([sys.executable, "-m", "jaxmod", "serve-advisor", "--backend", "scripted", "--model",
+                             model, "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        first = proc.stdout.readline()  # "serving the scripted advisor (model M) at URL -- Ctrl-C to stop"
+        found = _re.search(r"\(model (\S+)\) at (http://127\.0\.0\.1:\d+/v1) ", first)
+        assert found and found.group(1) == model, first + (proc.stdout.read() if proc.poll() is not None else "")
+        _run_readme_line(line.replace(HTTP_LINE, f"--advisor {found.group(2)}"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    out = readme_folder / "runs/qwen"
+    results = json.loads((out / "ultra.json").read_text())
+    assert {"PPO", "A", "R", "RA"} <= set(results)
+    answers = [json.loads(ln) for ln in (out / "transcript.jsonl").read_text().splitlines() if ln.strip()]
+    served = [a for a in answers if a.get("model")]
+    assert served and {a["model"] for a in served} == {model}, {a.get("model") for a in answers}
 
 
 @pytest.mark.slow

@@ -43,6 +43,10 @@ class _FakeWandb:
         self.init_kwargs = kwargs
         return self
 
+    @staticmethod
+    def Settings(**kwargs):  # noqa: N802 - wandb's name
+        return kwargs
+
     def define_metric(self, name, step_metric=None):
         self.step_metrics[name] = step_metric
 
@@ -126,3 +130,63 @@ def test_a_wandb_that_cannot_start_is_one_line_before_anything_compiles(tmp_path
     assert "wandb login" in err[0] and "WANDB_MODE=offline" in err[0] and "leave --wandb out" in err[0]
     assert not (out / "metrics.jsonl").exists() and not (out / "ultra.json").exists()
     assert not (out / "tb").exists() and not (out / "checkpoint").exists()
+
+
+TINY_TRAIN = ["train", "--env", "CartPole-v1", "--total-steps", "128", "--num-envs", "4", "--num-steps", "16",
+              "--num-minibatches", "2", "--update-epochs", "2"]
+
+
+@pytest.mark.timeout(300)
+def test_quiet_silences_wandb_through_the_runs_own_settings(tmp_path, monkeypatch):
+    """--quiet hands W&B `Settings(silent=True)` for this run (its console summary, links and sync hints off);
+    without --quiet W&B keeps its own output; no WANDB_* variable is set for the rest of the process."""
+    import os
+    import sys
+
+    from jaxmod.cli import main
+
+    for quiet in (True, False):
+        fake = _FakeWandb()
+        monkeypatch.setitem(sys.modules, "wandb", fake)
+        before = {k: v for k, v in os.environ.items() if k.startswith("WANDB")}
+        out = tmp_path / f"run-{quiet}"
+        assert main([*TINY_TRAIN, "--wandb", "proj", *(["--quiet"] if quiet else []), "--out", str(out)]) == 0
+        assert fake.finished and fake.logged
+        assert fake.init_kwargs.get("settings") == ({"silent": True} if quiet else None)
+        assert {k: v for k, v in os.environ.items() if k.startswith("WANDB")} == before
+
+
+WANDB_CONTROL = """
+import sys
+from jaxmod.tracking import Tracker
+with Tracker(sys.argv[1], {"seed": 0}, "proj", quiet=False) as t:
+    t.scalars({"charts/episode_return": 1.0}, 1)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_quiet_with_real_wandb_offline_prints_only_the_table(tmp_path):
+    """With wandb installed (the `tracking` extra), offline: `jaxmod train --wandb proj --quiet` prints its final
+    table and nothing of W&B's (which still keeps the run under <out>/wandb); the same tracker without quiet
+    prints W&B's lines (the check can fail)."""
+    pytest.importorskip("wandb")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_CONFIG_DIR": str(tmp_path / "cfg"),
+           "WANDB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_DATA_DIR": str(tmp_path / "data")}
+    env.pop("WANDB_SILENT", None)
+    env.pop("WANDB_QUIET", None)
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "jaxmod", *TINY_TRAIN, "--wandb", "proj", "--quiet", "--out",
+                          str(out)], capture_output=True, text=True, env=env, timeout=280)
+    assert run.returncode == 0, run.stderr[-3000:]
+    said = run.stdout + run.stderr
+    assert "wandb:" not in said.lower() and "W&B" not in said, said  # wandb's own lines start "wandb:"
+    assert "result: PPO on CartPole-v1" in run.stdout, said  # the final table
+    assert list((out / "wandb").glob("offline-run-*")), sorted(p.name for p in out.rglob("*"))[:20]
+    control = subprocess.run([sys.executable, "-c", WANDB_CONTROL, str(tmp_path / "control")], capture_output=True,
+                             text=True, env=env, timeout=200)
+    assert control.returncode == 0, control.stderr[-3000:]
+    assert "wandb:" in (control.stdout + control.stderr).lower(), control.stdout + control.stderr

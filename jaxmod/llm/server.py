@@ -35,10 +35,12 @@ from jaxmod.llm.errors import BackendUnavailable
 from jaxmod.llm.scripted import ScriptedBackend, ScriptedError
 from jaxmod.llm.secrets import one_line
 
+SMOLLM2_MODEL_NAME = "SmolLM2-135M-Instruct"  # the model id a SmolLM2 server reports by default
 AnswerFn = Callable[[list[dict[str, str]], dict[str, Any] | None, dict[str, Any]], tuple[str, dict[str, int]]]
 log = logging.getLogger("jaxmod.llm.server")
 
-__all__ = ["AdvisorServer", "AnswerFn", "BackendUnavailable", "ServerLimits", "ServerProcess", "make_server",
+__all__ = ["AdvisorServer", "AnswerFn", "BackendUnavailable", "ServerLimits", "ServerProcess", "default_model_name",
+           "make_server",
            "require_smollm2", "scripted_answer_fn", "smollm2_answer_fn", "smollm2_model_path"]
 
 
@@ -554,22 +556,29 @@ def _answers_ping(answer_fn: AnswerFn) -> AnswerFn:
     return answer
 
 
+def default_model_name(backend: str) -> str:
+    """The model id a backend's server reports in /v1/models and answers with, unless `make_server(model=...)`
+    names another: `jaxmod-scripted`, `jaxmod-teacher` (answerers that are no language model), or SmolLM2's."""
+    return SMOLLM2_MODEL_NAME if backend == "smollm2" else f"jaxmod-{backend}"
+
+
 def make_server(backend: str, host: str = "127.0.0.1", port: int = 0, threads: int = 1,
                 answer_fn: AnswerFn | None = None, limits: ServerLimits | None = None,
-                logprobs: bool = True) -> AdvisorServer:
+                logprobs: bool = True, model: str | None = None) -> AdvisorServer:
     """An `AdvisorServer` for `scripted`, `smollm2`, or a given `answer_fn` (e.g. a teacher). The answerers that are
     no language model (scripted, teacher) also answer the preflight's test question (`jaxmod.llm.preflight.PING`),
     so `jaxmod ultra --advisor <this server's URL>` passes its check. `logprobs`: SmolLM2 returns token
-    log-probabilities where a request asks (`smollm2_answer_fn`; False: never); the others have none to give."""
+    log-probabilities where a request asks (`smollm2_answer_fn`; False: never); the others have none to give.
+    `model`: the model id the server reports in /v1/models and names in its answers (None: the backend's own,
+    `default_model_name`), e.g. to stand in for a served LLM under that LLM's name (jaxmod's choice)."""
+    model = default_model_name(backend) if model is None else model
     if answer_fn is not None:
-        return AdvisorServer(_answers_ping(answer_fn), model=f"jaxmod-{backend}", host=host, port=port, limits=limits)
+        return AdvisorServer(_answers_ping(answer_fn), model=model, host=host, port=port, limits=limits)
     if backend == "scripted":
-        return AdvisorServer(_answers_ping(scripted_answer_fn()), model="jaxmod-scripted", host=host, port=port,
-                             limits=limits)
+        return AdvisorServer(_answers_ping(scripted_answer_fn()), model=model, host=host, port=port, limits=limits)
     if backend == "smollm2":
-        return AdvisorServer(smollm2_answer_fn(threads=threads, logprobs=logprobs), model="SmolLM2-135M-Instruct",
-                             host=host, port=port,
-                             limits=limits)
+        return AdvisorServer(smollm2_answer_fn(threads=threads, logprobs=logprobs), model=model, host=host,
+                             port=port, limits=limits)
     raise ValueError(f"unknown advisor backend {backend!r}; choose scripted, smollm2 or teacher")
 
 
