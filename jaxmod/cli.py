@@ -969,6 +969,11 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     config = _ultra_config(args, argv)
     _check_wandb(args)
     out = _ultra_out(args, config)
+    import jax
+
+    from jaxmod.parallel import SeedPrograms, check_layout
+
+    check_layout(config.seeds, config.ppo.num_envs, config.env_shards, jax.device_count())  # one line, now
     if args.render:
         from jaxmod.render import headless_gl
 
@@ -986,7 +991,8 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     a = config.advisor
     console = Console()
     if not args.quiet:
-        console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds, variants "
+        layout = SeedPrograms(config.seeds, env_shards=config.env_shards, num_envs=config.ppo.num_envs)
+        console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds on {layout.describe()}, variants "
                       f"{', '.join(config.variants)}, advisor {redact_url(a.spec)}"
                       f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {_p(out)}")
     from jaxmod.tracking import Tracker
