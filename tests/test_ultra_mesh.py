@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent("""
         for group, prog in run._programs.items():
             leaves = jax.tree.leaves(prog.run_fn.input_shardings) + jax.tree.leaves(prog.evaluate_fn.input_shardings)
             out["+".join(group)] = {"devices": sorted({len(s.device_set) for s in leaves}),
-                                    "envs_split": any("envs" in str(s.spec) for s in leaves),
+                                    "envs_split": any("envs" in str(getattr(s, "spec", "")) for s in leaves),
                                     "record_compiles": prog.record_fn._cache_size()}
         return out
 
@@ -111,7 +111,7 @@ def test_ultra_over_four_devices_equals_one_device(tmp_path):
     for name in ("PPO", "RA"):
         # the sharded run repeats itself bit for bit
         assert four[name]["eval_returns"] == again[name]["eval_returns"], name
-        assert four[name]["chunks"] == again[name]["chunks"], name
+        assert _timeless(four[name]["chunks"]) == _timeless(again[name]["chunks"]), name
         _same_run(four[name], one[name], name)
         _same_run(dp[name], one[name], f"{name} data parallel")
     # the advisor on the host saw every seed's episodes: the same critical states, asked about for all 4 seeds
@@ -120,6 +120,11 @@ def test_ultra_over_four_devices_equals_one_device(tmp_path):
     assert {row[1] for row in _rows(tables[0]) if row[0] == "RA"} == {"0", "1", "2", "3"}
     st = {d: json.loads((tmp_path / d / "ultra.json").read_text())["advisor"][0] for d in ("four", "dp", "one")}
     assert st["four"]["valid"] == st["dp"]["valid"] == st["one"]["valid"] > 0
+
+
+def _timeless(rows: list[dict]) -> list[dict]:
+    """Chunk rows without the advisor's latency (wall time)."""
+    return [{k: v for k, v in row.items() if k != "advisor_latency_s"} for row in rows]
 
 
 def _same_run(a_run: dict, b_run: dict, name: str) -> None:
