@@ -963,6 +963,17 @@ def _ultra_out(args: argparse.Namespace, config) -> Path:
     return out
 
 
+def _ultra_layout(config) -> str:
+    """Where the run's seeds go (`jaxmod.parallel.SeedPrograms`), in words for the header; a layout that does not
+    fit the devices (--env-shards) is one line (`ConfigError`) before anything runs."""
+    import jax
+
+    from jaxmod.parallel import SeedPrograms, check_layout
+
+    check_layout(config.seeds, config.ppo.num_envs, config.env_shards, jax.device_count())
+    return SeedPrograms(config.seeds, env_shards=config.env_shards, num_envs=config.ppo.num_envs).describe()
+
+
 def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -973,6 +984,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     config = _ultra_config(args, argv)
     _check_wandb(args)
     out = _ultra_out(args, config)
+    layout = _ultra_layout(config)
     if args.render:
         from jaxmod.render import headless_gl
 
@@ -990,7 +1002,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     a = config.advisor
     console = Console()
     if not args.quiet:
-        console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds, variants "
+        console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds on {layout}, variants "
                       f"{', '.join(config.variants)}, advisor {redact_url(a.spec)}"
                       f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {_p(out)}")
     from jaxmod.tracking import Tracker

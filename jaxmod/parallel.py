@@ -19,6 +19,10 @@ then the all-reduce), so a data-parallel run equals the one-device run to roundi
 devices: every metric of every update within 1e-5 + 1e-4 x its value on a tiny CartPole run, see
 tests/test_data_parallel.py), and, like any change of summation order, may drift apart over long runs.
 
+`jaxmod ultra` (one process): `SeedPrograms` lays out every program of a run (pretraining, refinement chunks,
+evaluations, advisor recordings) by the same rules, seeds over a 1-D mesh or seeds x envs over a 2-D one; its
+agreement with one device is tested in tests/test_ultra_mesh.py.
+
 Multi-host: after `jax.distributed.initialize` (`init_distributed`), `jax.devices()` lists every process's devices
 and the mesh spans them all; each process runs the same program on its own devices. Inputs enter as global arrays
 (`global_array`), metrics come back replicated on every process, and `gather` brings a sharded state to every host
@@ -56,6 +60,15 @@ def seed_mesh(devices: list | None = None) -> Mesh:
     """A 1-D mesh over `devices` (default: all devices, every process's) whose axis is the seed axis."""
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (SEED_AXIS,))
+
+
+def seed_sharding(num_seeds: int, mesh: Mesh) -> NamedSharding | None:
+    """The seed axis's sharding over a 1-D seed `mesh` (`seed_mesh`): None, i.e. one device's plain program, when the
+    mesh has one device or `num_seeds` does not split evenly over its devices (the rule of `MultiSeed` and of
+    `SeedPrograms`, so of `jaxmod train` and `jaxmod ultra`)."""
+    if mesh.size == 1 or num_seeds % mesh.size:
+        return None
+    return NamedSharding(mesh, PartitionSpec(SEED_AXIS))
 
 
 def check_layout(num_seeds: int, num_envs: int, env_shards: int, num_devices: int) -> None:
@@ -252,8 +265,8 @@ class MultiSeed:
     def sharding(self) -> NamedSharding | None:
         """The seed axis's sharding (None: one device, or seeds do not split evenly over a 1-D mesh)."""
         mesh = self._mesh
-        if not self.data_parallel and (mesh.size == 1 or self.num_seeds % mesh.size):
-            return None  # one device, or seeds do not split evenly: plain single-device program
+        if not self.data_parallel:
+            return seed_sharding(self.num_seeds, mesh)  # None: one device, or seeds do not split evenly
         return NamedSharding(mesh, PartitionSpec(SEED_AXIS))
 
     @cached_property
@@ -268,12 +281,7 @@ class MultiSeed:
         seeds = self.sharding
         if not self.data_parallel:
             return jax.tree.map(lambda _: seeds, state)
-        envs = NamedSharding(self._mesh, PartitionSpec(SEED_AXIS, ENV_AXIS))
-        tree = jax.tree.map(lambda _: seeds, state)
-        env_state = state.env_state
-        per_env = jax.tree.map(lambda _: envs, env_state.replace(obs_rms=None, return_rms=None))
-        per_env = per_env.replace(obs_rms=tree.env_state.obs_rms, return_rms=tree.env_state.return_rms)
-        return tree.replace(env_state=per_env, obs=envs)
+        return train_state_sharding(state, self._mesh)
 
     @cached_property
     def _state_sharding(self) -> Any:
@@ -355,3 +363,150 @@ class MultiSeed:
     def train(self, keys: jax.Array) -> tuple[TrainState, Metrics]:
         """Whole training for every seed in one call."""
         return run_synced(self.runner(self.config.num_updates), self.init(keys), name="train")
+
+
+@dataclass(frozen=True)
+class SeedPrograms:
+    """Programs vmapped over a leading seed axis (every argument and result [S, ...]) for `jaxmod ultra`
+    (`jaxmod.ultra.pipeline.UltraRun`: its pretraining, the baselines' explanations, refinement chunks, evaluations
+    and recordings), laid out over the devices as `MultiSeed` lays out `jaxmod train`'s. Single process only (`mesh`
+    defaults to every device of `jax.devices()`).
+
+    `env_shards` == 1: the seed axis is sharded over a 1-D seed mesh when `num_seeds` splits evenly over its devices
+    (`seed_sharding`); otherwise (one device, or e.g. 5 seeds on 4 devices) the programs are the plain one-device
+    `jax.jit(jax.vmap(fn))`, unchanged, on the default device. Seeds are independent: no communication; each device
+    computes its seeds in a smaller batch, so results equal the one-device program's to floating-point rounding.
+
+    `env_shards` > 1 (data parallel): the 2-D ("seeds", "envs") `data_mesh`; `check_layout` must hold for
+    `num_seeds`, `num_envs` (the learner's) and the devices, else `ConfigError`. Every train state in an argument or
+    result has its env state and observations ([S, N, ...]) split over "envs" as well (`train_state_sharding`), so
+    a learner built with `env_axis=ENV_AXIS` steps num_envs / env_shards envs of a seed per device and averages
+    its minibatch gradients across them (see the module doc); everything else (advice, keys, parameters, the
+    evaluation's and recording's own envs) is split over "seeds" only and replicated along "envs": an evaluation
+    runs whole on each device of its seed's row."""
+
+    num_seeds: int
+    mesh: Mesh | None = None  # env_shards == 1: a 1-D seed mesh (`seed_mesh`), else a 2-D `data_mesh`; None: every device
+    env_shards: int = 1  # devices that share one seed's envs (1: a seed's envs stay on one device)
+    num_envs: int = 0  # the learner's envs per seed (checked against env_shards when data parallel)
+
+    def __post_init__(self) -> None:
+        if self.data_parallel:
+            check_layout(self.num_seeds, self.num_envs, self.env_shards,
+                         jax.device_count() if self.mesh is None else self.mesh.size)
+            if self.mesh is not None and self.mesh.shape.get(ENV_AXIS) != self.env_shards:
+                raise ConfigError(f"the mesh's {ENV_AXIS!r} axis has {self.mesh.shape.get(ENV_AXIS)} device(s), "
+                                  f"env_shards={self.env_shards}: build it with data_mesh(env_shards)")
+
+    @property
+    def data_parallel(self) -> bool:
+        return self.env_shards > 1
+
+    @property
+    def env_axis(self) -> str | None:
+        """The mesh axis a learner's envs are split over (`PPOLearner.env_axis`); None: not split."""
+        return ENV_AXIS if self.data_parallel else None
+
+    @cached_property
+    def _mesh(self) -> Mesh:
+        if self.mesh is not None:
+            return self.mesh
+        return data_mesh(self.env_shards) if self.data_parallel else seed_mesh()
+
+    @cached_property
+    def sharding(self) -> NamedSharding | None:
+        """The seed axis's sharding (None: one device's plain program)."""
+        if self.data_parallel:
+            return NamedSharding(self._mesh, PartitionSpec(SEED_AXIS))
+        return seed_sharding(self.num_seeds, self._mesh)
+
+    @property
+    def num_devices(self) -> int:
+        """Devices the programs run on (1: one device's plain program)."""
+        return 1 if self.sharding is None else self._mesh.size
+
+    def shardings(self, tree: Any) -> Any:
+        """The layout of `tree` (leaves [S, ...]; a prefix tree of shardings): the seed axis's sharding, and with data
+        parallel each train state's `train_state_sharding`."""
+        if not self.data_parallel:
+            return self.sharding
+        return jax.tree.map(lambda x: train_state_sharding(x, self._mesh) if isinstance(x, TrainState)
+                            else jax.tree.map(lambda _: self.sharding, x), tree,
+                            is_leaf=lambda x: isinstance(x, TrainState))
+
+    def jit(self, fn: Callable, **kwargs: Any) -> Callable:
+        """`jax.jit(jax.vmap(fn), **kwargs)`, with every argument and result laid out by `shardings` when sharded
+        (arguments on the host, or uncommitted, are moved there by the call; committed device arrays of another
+        layout must pass through `put` first). Data parallel: the layout is read from the first call's (or
+        `lower`'s) arguments and results, and kept."""
+        if self.sharding is None:
+            return jax.jit(jax.vmap(fn), **kwargs)
+        if not self.data_parallel:
+            return jax.jit(jax.vmap(fn), in_shardings=self.sharding, out_shardings=self.sharding, **kwargs)
+        return _LaidOut(self, fn, kwargs)
+
+    def put(self, tree: Any) -> Any:
+        """`tree` (leaves [S, ...]: host or device arrays of any layout) laid out for these programs' arguments; the
+        identity on one device."""
+        return tree if self.sharding is None else jax.device_put(tree, self.shardings(tree))
+
+    def describe(self) -> str:
+        """Where the seeds run, in words (for a run's header): '4 cpu devices', 'one gpu device', or one device with
+        why the seeds were not spread."""
+        mesh = self._mesh
+        platform = mesh.devices.flat[0].platform
+        if self.data_parallel:
+            return (f"{mesh.size} {platform} devices ({mesh.shape[SEED_AXIS]} seed shard(s) x {self.env_shards} env "
+                    "shards)")
+        if self.sharding is not None:
+            return f"{mesh.size} {platform} devices"
+        if mesh.size == 1:
+            return f"one {platform} device"
+        return (f"one {platform} device ({self.num_seeds} seeds do not split evenly over {mesh.size} devices: use a "
+                f"multiple of {mesh.size} seeds to spread them)")
+
+
+def train_state_sharding(state: TrainState, mesh: Mesh) -> Any:
+    """A tree of shardings for a (seed-batched) train state on a 2-D `data_mesh`: the seed axis over "seeds", and
+    the env axis of the env state and of the policy inputs over "envs" too (the normalisers, parameters, optimiser
+    and modulator state are replicated along "envs")."""
+    seeds = NamedSharding(mesh, PartitionSpec(SEED_AXIS))
+    envs = NamedSharding(mesh, PartitionSpec(SEED_AXIS, ENV_AXIS))
+    tree = jax.tree.map(lambda _: seeds, state)
+    per_env = jax.tree.map(lambda _: envs, state.env_state.replace(obs_rms=None, return_rms=None))
+    per_env = per_env.replace(obs_rms=tree.env_state.obs_rms, return_rms=tree.env_state.return_rms)
+    return tree.replace(env_state=per_env, obs=envs)
+
+
+class _LaidOut:
+    """`SeedPrograms.jit` with data parallel: `jax.jit` of `fn` vmapped over seeds (the vmap mapped to the "seeds"
+    axis, traced with the mesh in context: the learner's sharding constraints name its axes), its in and out
+    shardings derived from the first call's arguments and results and kept (calling it again compiles nothing)."""
+
+    def __init__(self, programs: SeedPrograms, fn: Callable, kwargs: dict[str, Any]) -> None:
+        self.programs, self.kwargs, self._jitted = programs, kwargs, None
+        mapped = jax.vmap(fn, spmd_axis_name=SEED_AXIS)
+        abstract = programs._mesh.abstract_mesh
+
+        def traced(*args: Any) -> Any:
+            with jax.sharding.use_abstract_mesh(abstract):
+                return mapped(*args)
+
+        self.traced = traced
+
+    def _jit(self, args: tuple) -> Any:
+        if self._jitted is None:
+            p = self.programs
+            out = jax.eval_shape(self.traced, *args)
+            self._jitted = jax.jit(self.traced, in_shardings=tuple(p.shardings(a) for a in args),
+                                   out_shardings=p.shardings(out), **self.kwargs)
+        return self._jitted
+
+    def __call__(self, *args: Any) -> Any:
+        return self._jit(args)(*args)
+
+    def lower(self, *args: Any) -> Any:
+        return self._jit(args).lower(*args)
+
+    def _cache_size(self) -> int:
+        return 0 if self._jitted is None else self._jitted._cache_size()

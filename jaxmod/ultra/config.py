@@ -1,7 +1,7 @@
 """`UltraConfig`: one ULTRA experiment as one nested frozen config, one default per knob.
 
     UltraConfig
-      env_id, seeds, seed, pretrain_steps, refine_steps, refine_lr, variants, agents_dir
+      env_id, seeds, seed, pretrain_steps, refine_steps, refine_lr, variants, agents_dir, env_shards
       ppo: PPOConfig              the learner (default: the env family's preset, `jaxmod.ppo.default_config`)
       modulation: ModulationConfig  ULTRA's knobs (jaxmod.advice.modulation; A/R switches are set per variant)
       advisor: AdvisorConfig      who answers, its limits and failure policy
@@ -251,6 +251,10 @@ class UltraConfig:
     variants: tuple[str, ...] = ("PPO", "A", "R", "RA")  # methods: ULTRA's A, R, RA, restart and the baselines
     # StateMask-R, RICE, JSRL, Random (on the command line PPO fine-tuning always runs)
     agents_dir: str | None = None  # save the pre-trained agents here and reuse them in later runs
+    env_shards: int = 1  # devices that share each seed's training envs (data parallel, as jaxmod train's: the envs
+    # and every minibatch split over them, gradients summed across them; must divide num_envs and the device
+    # count, the seeds a multiple of devices / env_shards; evaluations and recordings run whole on each; 1: seeds
+    # alone are spread over the devices when they split evenly; jaxmod.parallel)
     share_programs: str = "off"  # methods that share one compiled program (the union of their pieces, each
     # method's values as data: one compile instead of one per method; each method's numbers equal its own
     # program's up to floating-point rounding, and it also computes the pieces it switches off): off, methods
@@ -272,7 +276,10 @@ class UltraConfig:
             raise ConfigError(f"ppo.env_id {self.ppo.env_id!r} differs from env_id {self.env_id!r}: build ppo with "
                               f"jaxmod.ppo.default_config({self.env_id!r}, ...)")
         check_fields(self.ppo)
-        positive(self, ("seeds",))
+        positive(self, ("seeds", "env_shards"))
+        if self.ppo.num_envs % self.env_shards:
+            raise ConfigError(f"env_shards={self.env_shards} must divide num_envs={self.ppo.num_envs} (each device "
+                              "steps num_envs / env_shards envs of every seed): change --num-envs or --env-shards")
         at_most(self, ("seeds",), MAX_SEEDS, "seeds run side by side in one program")
         at_most(self, ("pretrain_steps", "refine_steps"), MAX_STEPS, "the learner counts env steps in int32")
         check_seed(self)

@@ -35,7 +35,7 @@ from jaxmod.llm import (
 from jaxmod.llm.advisors import ChatBackend
 from jaxmod.llm.pool import EndpointPool, split_urls
 from jaxmod.methods import BASELINES, METHODS, method
-from jaxmod.parallel import seed_keys
+from jaxmod.parallel import SeedPrograms, seed_keys
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.config import ConfigError
 from jaxmod.ppo.train import params_finite, seeds_params_finite
@@ -199,12 +199,20 @@ class UltraRun:
     failures, an advisor switched off, an implicit reward that never acted; default: `log`). `render_dir`: write
     one episode of the first seed's policy there as GIFs (`jaxmod.render`): pretrained.gif before refinement (the
     same agent for every method) and <method>.gif after each method's refinement, all from the same reset and
-    action key; an env without a drawer raises `RenderError` here, before anything runs."""
+    action key; an env without a drawer raises `RenderError` here, before anything runs.
+
+    `mesh`: the devices the seeds are spread over (default: every device; a 1-D `jaxmod.parallel.seed_mesh`, or
+    with `config.env_shards` > 1 a 2-D `data_mesh`): every device program of the run (pretraining, the baselines'
+    explanations, refinement chunks, evaluations, the advisor's recordings) is `jaxmod.parallel.SeedPrograms`',
+    sharded over the seeds when they split evenly over the devices (else one device's program), and with
+    `env_shards` > 1 each seed's training envs over a row of devices (data parallel). The host gathers every seed's
+    recordings for the advisor and the results."""
 
     def __init__(self, config: UltraConfig, out: Path, log: Callable[[str], None] = lambda _: None,
                  progress: Callable[[str, int, int], None] = lambda *_: None,
                  advisor_factory: Callable | None = None, overwrite: bool = False, tracker: Any = None,
-                 warn: Callable[[str], None] | None = None, render_dir: Path | None = None) -> None:
+                 warn: Callable[[str], None] | None = None, render_dir: Path | None = None,
+                 mesh: Any = None) -> None:
         if config.advisor.spec is None:  # the run records which advisor it asked
             config = dataclasses.replace(config, advisor=dataclasses.replace(config.advisor,
                                                                              spec=advisor_spec(None, None)))
@@ -222,6 +230,8 @@ class UltraRun:
             raise ConfigError(f"no transcript to replay at {spec.split(':', 1)[1]}: pass a run's transcript.jsonl "
                               "(or replay the whole run with jaxmod ultra --replay RUN_DIR)")
         self.s, self.out, self.log, self.progress = config, Path(out), log, progress
+        # where the seeds' programs run (a layout that does not fit the devices: one line now, nothing written)
+        self.layout = SeedPrograms(config.seeds, mesh, config.env_shards, config.ppo.num_envs)
         self.warn = log if warn is None else warn
         if config.needs_advisor:  # a registered describer that does not fit the env: one line now, not after pretraining
             from jaxmod.envs.registry import checked_describer_of
@@ -253,7 +263,7 @@ class UltraRun:
     @cached_property
     def agent_learner(self) -> PPOLearner:
         """The learner of the pre-trained agents (built once: brax envs take seconds to build)."""
-        return PPOLearner(self.s.ppo_config(self.s.pretrain_steps))
+        return PPOLearner(self.s.ppo_config(self.s.pretrain_steps), env_axis=self.layout.env_axis)
 
     def pretrain(self):
         """A sub-optimal agent per seed (PPO stopped early); returns the batched final train states.
@@ -276,14 +286,14 @@ class UltraRun:
                     check_finite({PARAMS_FINITE: seeds_params_finite(ckpt.state.params)}, "PPO pretraining", "",
                                  f"the pre-trained agents saved in {saved} are unusable: delete that folder")
                     self.log(f"loaded {self.s.seeds} pre-trained agents from {saved}")
-                    return ckpt.state
+                    return self.layout.put(ckpt.state)
         t0 = time.perf_counter()
 
         def pretrain_one(key):
             st, met = learner.run(learner.init(key), cfg.num_updates)
             return st, {**met, PARAMS_FINITE: params_finite(st.params)}
 
-        state, metrics = jax.jit(jax.vmap(pretrain_one))(seed_keys(self.s.seed, self.s.seeds))
+        state, metrics = self.layout.jit(pretrain_one)(seed_keys(self.s.seed, self.s.seeds))
         check_finite(jax.device_get(metrics), "PPO pretraining", "", f"the run stops; a smaller --lr (now "
                      f"{cfg.lr:g}) or fewer --pretrain-steps may help", span=f"of {cfg.num_updates}")
         metrics.pop(PARAMS_FINITE)
@@ -304,8 +314,8 @@ class UltraRun:
             s = self.s
             learner = self.agent_learner
             collect = make_collector(learner.env.replace_num_envs(s.sizes.collect_envs), learner.net, s.sizes.collect_steps)
-            rec = jax.jit(jax.vmap(collect))(pre_state.params, pre_state.env_state.obs_rms,
-                                             seed_keys(s.seed + 3000, s.seeds))
+            rec = self.layout.jit(collect)(pre_state.params, pre_state.env_state.obs_rms,
+                                           seed_keys(s.seed + 3000, s.seeds))
             done = np.asarray(rec.terminated | rec.truncated)
             self._recording = (rec, float(done.size / max(1, done.sum())))
         return self._recording
@@ -328,7 +338,7 @@ class UltraRun:
             mc = MaskConfig(alpha=s.baselines.mask_alpha, num_envs=c.num_envs, num_steps=c.num_steps,
                             total_timesteps=max(s.baselines.mask_steps, c.num_envs * c.num_steps))
             mask_net, train_mask = make_mask_trainer(learner.env, learner.net, mc)
-            masks = jax.jit(jax.vmap(train_mask))(seed_keys(s.seed + 4000, s.seeds), pre_state.params, obs_rms)
+            masks = self.layout.jit(train_mask)(seed_keys(s.seed + 4000, s.seeds), pre_state.params, obs_rms)
             obs = jax.vmap(learner.env.observe)(obs_rms, rec.obs)
             scores = jax.vmap(lambda p, o: mask_importance(mask_net, p, o))(masks.params, obs)
             self.log(f"mask nets trained in {time.perf_counter() - t0:.1f}s (blinded share "
@@ -338,8 +348,8 @@ class UltraRun:
             scores = jax.random.uniform(jax.random.PRNGKey(s.seed + 5000), rec.reward.shape)
         space = self.agent_learner.env.action_space
         width = space.num_actions if space.discrete else 0
-        self._explained[kind] = jax.jit(jax.vmap(lambda r, sc: critical_advice(r, sc, s.modulation.capacity, width)))(
-            rec, scores)
+        pack = self.layout.jit(lambda r, sc: critical_advice(r, sc, s.modulation.capacity, width))
+        self._explained[kind] = pack(*self.layout.put((rec, scores)))
         return self._explained[kind]
 
     # ------------------------------------------------------------------ stages 2-5 + refinement
@@ -348,9 +358,9 @@ class UltraRun:
         and normalisers, a fresh optimiser, and the same refinement seeds for every variant."""
         s = self.s
         cfg = s.ppo_config(s.refine_steps, lr=s.refine_lr, anneal_lr=False)
-        learner = PPOLearner(cfg, s.modulator(variant, guide_steps=guide_steps))
+        learner = PPOLearner(cfg, s.modulator(variant, guide_steps=guide_steps), env_axis=self.layout.env_axis)
         state = jax.vmap(lambda k, p: learner.init(k, p))(self.refinement_keys, pre_state.params)
-        return learner, jax.vmap(_with_normalisers)(state, pre_state.env_state)
+        return learner, self.layout.put(jax.vmap(_with_normalisers)(state, pre_state.env_state))
 
     @cached_property
     def reference(self):
@@ -382,7 +392,8 @@ class UltraRun:
         z = s.sizes
         return RefinementProgram.build(learner, s.schedule.chunks, self.refinement_keys,
                                        seed_keys(s.seed + 2000, s.seeds), z.collect_envs, z.collect_steps,
-                                       z.eval_envs, z.eval_steps, like=next(iter(self._programs.values()), None))
+                                       z.eval_envs, z.eval_steps, like=next(iter(self._programs.values()), None),
+                                       layout=self.layout)
 
     def schedule(self, variant: str) -> Schedule:
         """When `variant` swaps fresh advice in: a recorded run's chunks, every round, or whenever ready."""

@@ -2,7 +2,8 @@
 the device's work.
 
 `RefinementProgram` holds a variant's three compiled programs (run a chunk, evaluate, record episodes for the
-advisor), all vmapped over seeds and all taking `Advice` (empty for methods that read none, so callers never
+advisor), all vmapped over seeds (sharded over the devices when the seeds split evenly over them:
+`jaxmod.parallel.SeedPrograms`) and the chunk taking `Advice` (empty for methods that read none, so callers never
 branch). `refine_chunks` is the loop: the device always has work queued; each chunk's evaluation and the advisor's
 episodes are dispatched behind it, the host reads results and swaps advice in while the device evaluates, and
 hands episodes to the advisor once the next chunk is queued (unless the schedule needs their answers before it);
@@ -19,6 +20,7 @@ from typing import Any
 
 import jax
 
+from jaxmod.parallel import SeedPrograms
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.acting import make_collector, make_evaluator
 from jaxmod.ppo.train import params_finite
@@ -49,13 +51,15 @@ class RefinementProgram:
     record_fn: Callable
     run_compiled: bool = False
     evaluate_compiled: bool = False
+    layout: SeedPrograms | None = None  # where the seeds run (None: one device's plain programs)
 
     @classmethod
     def build(cls, learner: PPOLearner, chunks: int, keys: jax.Array, eval_keys: jax.Array, collect_envs: int,
               collect_steps: int, eval_envs: int, eval_steps: int,
-              like: RefinementProgram | None = None) -> RefinementProgram:
+              like: RefinementProgram | None = None, layout: SeedPrograms | None = None) -> RefinementProgram:
         """`like`: a program of the same run (same env, network and sizes) whose evaluation and recording programs
-        this one reuses (compiled once per run, not once per method)."""
+        this one reuses (compiled once per run, not once per method); `layout`: where the seeds run (None: one
+        device's plain `jax.jit(jax.vmap(...))`)."""
         chunk_updates = max(1, math.ceil(learner.config.num_updates / chunks))
         env, net = learner.env, learner.net
 
@@ -63,7 +67,8 @@ class RefinementProgram:
             st, metrics = learner.run(st, chunk_updates, adv)
             return st, {**metrics, PARAMS_FINITE: params_finite(st.params)}
 
-        run = jax.jit(jax.vmap(run_chunk))
+        jit = (lambda fn: jax.jit(jax.vmap(fn))) if layout is None else layout.jit
+        run = jit(run_chunk)
         collector = make_collector(env.replace_num_envs(collect_envs), net, collect_steps)
         scorer = make_scorer(env, net, learner.config.gamma)
 
@@ -73,16 +78,17 @@ class RefinementProgram:
 
         if like is not None:
             return cls(learner, chunk_updates, keys, eval_keys, run, like.evaluate_fn, like.record_fn,
-                       evaluate_compiled=like.evaluate_compiled)
-        collect = jax.jit(jax.vmap(collect_and_score))
-        evaluate = jax.jit(jax.vmap(make_evaluator(env.replace_num_envs(eval_envs), net, eval_steps)))
-        return cls(learner, chunk_updates, keys, eval_keys, run, evaluate, collect)
+                       evaluate_compiled=like.evaluate_compiled, layout=layout)
+        collect = jit(collect_and_score)
+        evaluate = jit(make_evaluator(env.replace_num_envs(eval_envs), net, eval_steps))
+        return cls(learner, chunk_updates, keys, eval_keys, run, evaluate, collect, layout=layout)
 
     def share(self, learner: PPOLearner) -> RefinementProgram:
         """This program for another member of its program group (`jaxmod.methods.shared_modulator`): the same
         compiled programs, `learner` for the member's own config and modulator."""
         return RefinementProgram(learner, self.chunk_updates, self.keys, self.eval_keys, self.run_fn,
-                                 self.evaluate_fn, self.record_fn, self.run_compiled, self.evaluate_compiled)
+                                 self.evaluate_fn, self.record_fn, self.run_compiled, self.evaluate_compiled,
+                                 self.layout)
 
     def compile(self, state: Any, advice: Any) -> float:
         """Compile `run` and `evaluate` for these shapes now, unless compiled already (so wall time measures
@@ -91,15 +97,19 @@ class RefinementProgram:
             return 0.0
         t0 = time.perf_counter()
         if not self.run_compiled:
-            self.run_fn = self.run_fn.lower(state, advice).compile()
+            self.run_fn = self.run_fn.lower(state, self._put(advice)).compile()
             self.run_compiled = True
         if not self.evaluate_compiled:
             self.evaluate_fn = self.evaluate_fn.lower(state.params, state.env_state.obs_rms, self.eval_keys).compile()
             self.evaluate_compiled = True
         return time.perf_counter() - t0
 
+    def _put(self, advice: Any) -> Any:
+        """Advice (host arrays, or device arrays of another layout) where the chunk's program takes it."""
+        return advice if self.layout is None else self.layout.put(advice)
+
     def run(self, state: Any, advice: Any) -> tuple[Any, Any]:
-        return self.run_fn(state, advice)
+        return self.run_fn(state, self._put(advice))
 
     def evaluate(self, state: Any, i: int) -> jax.Array:
         keys = self.eval_keys if i == 0 else _fold(self.eval_keys, i)
