@@ -95,6 +95,9 @@ class Tracker:
         if self.wandb_project:
             import wandb
 
+            # wandb writes to <run>/wandb; a run folder that does not exist yet made it warn "git root ... does not
+            # exist" on the console before any setting (quiet's silent too) applied
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             try:
                 self.wandb = wandb.init(project=self.wandb_project, dir=str(self.run_dir), config=self.config,
                                         name=self.run_dir.name,

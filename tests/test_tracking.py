@@ -1,6 +1,7 @@
 """jaxmod.tracking: a resumed run's event files show each step once (a killed run's later points are purged)."""
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -159,7 +160,7 @@ def test_quiet_silences_wandb_through_the_runs_own_settings(tmp_path, monkeypatc
 WANDB_CONTROL = """
 import sys
 from jaxmod.tracking import Tracker
-with Tracker(sys.argv[1], {"seed": 0}, "proj", quiet=False) as t:
+with Tracker(sys.argv[1], {"seed": 0}, "proj", quiet=sys.argv[2] == "quiet") as t:
     t.scalars({"charts/episode_return": 1.0}, 1)
 """
 
@@ -174,19 +175,24 @@ def test_quiet_with_real_wandb_offline_prints_only_the_table(tmp_path):
     import subprocess
     import sys
 
+    root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_CONFIG_DIR": str(tmp_path / "cfg"),
-           "WANDB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_DATA_DIR": str(tmp_path / "data")}
+           "WANDB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     env.pop("WANDB_SILENT", None)
     env.pop("WANDB_QUIET", None)
     out = tmp_path / "run"
     run = subprocess.run([sys.executable, "-m", "jaxmod", *TINY_TRAIN, "--wandb", "proj", "--quiet", "--out",
-                          str(out)], capture_output=True, text=True, env=env, timeout=280)
+                          str(out)], capture_output=True, text=True, env=env, timeout=280, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     said = run.stdout + run.stderr
     assert "wandb:" not in said.lower() and "W&B" not in said, said  # wandb's own lines start "wandb:"
     assert "result: PPO on CartPole-v1" in run.stdout, said  # the final table
     assert list((out / "wandb").glob("offline-run-*")), sorted(p.name for p in out.rglob("*"))[:20]
-    control = subprocess.run([sys.executable, "-c", WANDB_CONTROL, str(tmp_path / "control")], capture_output=True,
-                             text=True, env=env, timeout=200)
-    assert control.returncode == 0, control.stderr[-3000:]
-    assert "wandb:" in (control.stdout + control.stderr).lower(), control.stdout + control.stderr
+    for quiet in ("quiet", "loud"):  # the Tracker API, into a run folder not made yet (wandb then warned "git root
+        # ... does not exist" before any setting applied)
+        control = subprocess.run([sys.executable, "-c", WANDB_CONTROL, str(tmp_path / quiet / "run"), quiet],
+                                 capture_output=True, text=True, env=env, timeout=200, cwd=tmp_path)
+        assert control.returncode == 0, control.stderr[-3000:]
+        said = control.stdout + control.stderr
+        assert ("wandb:" in said.lower()) == (quiet == "loud"), said
