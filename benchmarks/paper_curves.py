@@ -618,7 +618,7 @@ def _main() -> None:
         return
     out = Path(args.out or f"runs/paper_curves-{args.preset}")
     agents = Path(args.agents)
-    for flag, folder in (("--out", out), ("--agents", agents)):  # before anything compiles
+    for flag, folder in (("--agents", agents), ("--out", out)):  # before anything compiles
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
