@@ -13,6 +13,10 @@ PY=${PYTHON:-python}
 OUT=${OUT:-benchmarks/results}
 PRESET=${PRESET:-gpu}
 mkdir -p "$OUT"
+# the last step's arguments are checked first (a typo must not surface after hours of the other steps)
+# shellcheck disable=SC2086
+$PY benchmarks/paper_curves.py --preset "$PRESET" --out "$OUT/paper_curves-$PRESET" --agents "${AGENTS:-runs/agents}" \
+    ${CURVES_ARGS:-} --check > /dev/null || exit 2
 echo "== throughput rows ($(date -u +%H:%M:%S), load $(cut -d' ' -f1 /proc/loadavg))"
 # shellcheck disable=SC2086
 $PY benchmarks/throughput.py ${THROUGHPUT_ARGS:---preset gpu} --json "$OUT/throughput-$PRESET.json"

@@ -15,6 +15,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-benchmarks/results/gpu}
+STEPS=${STEPS:-throughput,mujoco,ultra,curves}
+for s in ${STEPS//,/ }; do
+    case $s in throughput|mujoco|ultra|curves) ;;
+        *) echo "gpu_quick.sh: unknown step '$s' in STEPS=$STEPS: give some of throughput,mujoco,ultra,curves" >&2; exit 2;;
+    esac
+done
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -27,7 +33,6 @@ export PYTHONUNBUFFERED=1
 nvidia-smi -L 2>/dev/null | tee "$OUT/device.txt"
 $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, \
 jax.devices())" 2>&1 | tee -a "$OUT/device.txt"
-STEPS=${STEPS:-throughput,mujoco,ultra,curves}
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
 step throughput && echo "== throughput rows ($(date -u +%H:%M:%S))"
 step throughput && timeout "${THROUGHPUT_S:-200}" $PY benchmarks/throughput.py --preset gpu --repeats "${REPEATS:-1}" \

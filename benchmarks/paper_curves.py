@@ -33,6 +33,7 @@ import json
 import os
 import pickle
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -427,21 +428,33 @@ MEASURED_OVER_COMPONENTS = 4093 / 2777
 CORES_PER_TASK, CORES = 1.45, 2
 
 
+def _size_defaults(env_id: str) -> dict[str, int]:
+    """`UltraSettings`' own evaluation, recording and mask-net sizes: what a run uses where a preset names none."""
+    s = UltraSettings(env_id=env_id)
+    return {**{k: getattr(s.sizes, k) for k in ("collect_envs", "collect_steps", "eval_envs", "eval_steps")},
+            "mask_steps": s.baselines.mask_steps}
+
+
 def budget(preset: dict[str, Any], tasks: list[str], methods: tuple[str, ...],
-           rates: dict[str, float] | None = None, cached: bool = False) -> dict[str, Any]:
+           rates: dict[str, float] | None = None, cached: bool = False, jobs: int | None = None) -> dict[str, Any]:
     """The preset's projected wall seconds per task on a quiet machine, from component costs: env steps / rate for
     pretraining, the teacher's first rung (dense tasks only: sparse variants share it), the mask nets, refinement
     (every method, the shared program's overhead included), evaluations and advisor recordings, plus each compiled
     program's `COMPILE_S` (`cached`: all from the persistent cache), scaled by `MEASURED_OVER_COMPONENTS`. Returns
     the arithmetic per task, the tasks' sum (`sequential_s`) and the projected wall time (`total_s`: with the
-    preset's `jobs`, the sum spread over the cores at `CORES_PER_TASK` per task, at least the longest task)."""
+    preset's `jobs`, or `jobs` where given, the sum spread over the cores at `CORES_PER_TASK` per task, at least the
+    longest task). Only brax tasks are projected (the rates are brax's): others are listed in `not_projected`; a
+    brax task without a measured rate takes the slowest measured one (listed in `assumed_rate`)."""
     rates = rates or QUIET_STEPS_PER_S
-    out: dict[str, Any] = {"tasks": {}, "total_s": 0.0, "cached": cached}
+    out: dict[str, Any] = {"tasks": {}, "total_s": 0.0, "cached": cached, "assumed_rate": [],
+                           "not_projected": [t for t in tasks if not t.startswith("brax/")]}
     dense_done: set[str] = set()
-    for env_id in tasks:
-        kw = knobs_for(preset, env_id)
+    for env_id in (t for t in tasks if t.startswith("brax/")):
+        kw = {**_size_defaults(env_id), **knobs_for(preset, env_id)}
         base = env_id.removeprefix("brax/").removesuffix(SPARSE_SUFFIX)
         rate = rates.get(base, min(rates.values()))
+        if base not in rates:
+            out["assumed_rate"].append(env_id)
         seeds, chunks = kw["seeds"], kw["chunks"]
         advisor = [m for m in methods if METHODS[m].critical == "advisor"]
         masked = [m for m in methods if METHODS[m].critical == "mask"]
@@ -467,9 +480,9 @@ def budget(preset: dict[str, Any], tasks: list[str], methods: tuple[str, ...],
                                 "total_s": total}
         out["total_s"] += total
     # tasks side by side: the machine's cores shared out, but no sooner than the longest task alone
-    out["jobs"] = jobs = min(preset.get("jobs", 1), len(tasks))
+    out["jobs"] = jobs = min(jobs or preset.get("jobs", 1), max(len(out["tasks"]), 1))
     out["sequential_s"] = out["total_s"]
-    if jobs > 1:
+    if jobs > 1 and out["tasks"]:
         out["total_s"] = max(out["total_s"] * CORES_PER_TASK / CORES, max(t["total_s"] for t in out["tasks"].values()))
     return out
 
@@ -485,6 +498,10 @@ def budget_text(b: dict[str, Any]) -> str:
     jobs = (f"; {b['jobs']} tasks at a time, {b['sequential_s']:.0f} s one at a time" if b["jobs"] > 1 else "")
     lines.append(f"\nProjected total: {b['total_s']:.0f} s ({b['total_s'] / 60:.1f} min) on a quiet machine, {cache}"
                  f"{jobs} (component seconds x {MEASURED_OVER_COMPONENTS:.2f}, the measured run's ratio).")
+    if b["assumed_rate"]:
+        lines.append(f"No measured env steps/s for {', '.join(b['assumed_rate'])}: the slowest measured rate assumed.")
+    if b["not_projected"]:
+        lines.append(f"Not projected (the budget's rates are brax's): {', '.join(b['not_projected'])}.")
     return "\n".join(lines)
 
 
@@ -512,6 +529,11 @@ def run_tasks_in_processes(args: argparse.Namespace, preset: dict[str, Any], tas
             "--out", str(out), "--agents", args.agents, "--jobs", "1", "--worker", str(spec)]
     waiting, running, done = list(tasks), {}, {}
     log(f"{len(tasks)} tasks, {jobs} at a time (each in its own process)")
+
+    def stop(signum, frame):  # SIGTERM to this process alone: stop the workers too (the `finally` below), then exit
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while waiting or running:
             for env_id, proc in list(running.items()):
@@ -521,7 +543,11 @@ def run_tasks_in_processes(args: argparse.Namespace, preset: dict[str, Any], tas
                 if proc.returncode != 0:
                     raise SystemExit(f"paper_curves.py: task {env_id} failed (exit {proc.returncode}); its output "
                                      "is above. The other tasks were stopped.")
-                done[env_id] = json.loads((task_folder(out, env_id) / TASK_RECORD).read_text())
+                record = task_folder(out, env_id) / TASK_RECORD
+                if not record.exists():
+                    raise SystemExit(f"paper_curves.py: task {env_id}'s process ended (exit 0) without writing "
+                                     f"{record}; its output is above. The other tasks were stopped.")
+                done[env_id] = json.loads(record.read_text())
                 r = done[env_id]["record"]
                 log(f"{env_id}: all methods in {r['wall_s']:.0f}s (compile {r['compile_s']:.0f}s, refinement "
                     f"{r['refine_s']:.0f}s; beside other tasks)")
@@ -535,17 +561,34 @@ def run_tasks_in_processes(args: argparse.Namespace, preset: dict[str, Any], tas
             proc.terminate()
         for proc in running.values():
             proc.wait()
+        signal.signal(signal.SIGTERM, previous)
     return done
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """The script (see the module's docstring); Ctrl-C, or SIGTERM to a `--jobs` parent, ends it with one line once
+    the running workers are stopped."""
+    try:
+        _main()
+    except KeyboardInterrupt:
+        if "--worker" in sys.argv:  # its parent says it (Ctrl-C reaches the whole process group)
+            sys.exit(130)
+        sys.exit("paper_curves.py: interrupted (Ctrl-C or SIGTERM); tasks still running were stopped, finished tasks' "
+                 "files are in their folders under --out, no paper_curves.md was written")
+
+
+def _main() -> None:
+    from jaxmod.cli import Parser  # usage errors in one line, no abbreviated flags
+
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cpu", help=f"one of {', '.join(sorted(PRESETS))}")
     ap.add_argument("--tasks", default=None, help="comma list (default: the preset's)")
     ap.add_argument("--methods", default=",".join(ALL_METHODS))
     ap.add_argument("--out", default=None, help="default runs/paper_curves-<preset>")
     ap.add_argument("--agents", default="runs/agents", help="saved pre-trained agents and teachers")
     ap.add_argument("--budget", action="store_true", help="print the preset's projected wall time and exit")
+    ap.add_argument("--check", action="store_true",
+                    help="check the arguments (and that --out and --agents can be written) and exit: runs nothing")
     ap.add_argument("--jobs", type=int, default=None,
                     help="tasks run at a time, each in its own process (default: the preset's, else 1)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one task for a parent's --jobs: its preset file
@@ -553,7 +596,7 @@ def main() -> None:
     if args.preset not in PRESETS and args.worker is None:
         ap.error(f"argument --preset: invalid choice: {args.preset!r} (choose from {', '.join(sorted(PRESETS))})")
     preset = PRESETS[args.preset] if args.worker is None else pickle.loads(Path(args.worker).read_bytes())
-    tasks = args.tasks.split(",") if args.tasks else list(preset["tasks"])
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(preset["tasks"])
     methods = tuple(m.strip() for m in args.methods.split(","))
     from jaxmod.envs.registry import list_env_ids
 
@@ -561,11 +604,29 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown task(s) or method(s) {unknown}: tasks are env ids (jaxmod.envs.registry.list_env_ids), methods "
                  f"{', '.join(METHODS)}")
+    repeated = sorted({x for x in (*tasks, *methods) if (*tasks, *methods).count(x) > 1})
+    if repeated:
+        ap.error(f"{', '.join(repeated)} named twice in --tasks or --methods: name each task and method once")
     if args.jobs is not None and args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: give a number of tasks to run at a time, 1 or more")
     if args.budget:
-        print(budget_text(budget(preset, tasks, methods)) + "\n\n" + budget_text(budget(preset, tasks, methods,
-                                                                                      cached=True)))
+        if not any(t.startswith("brax/") for t in tasks):
+            ap.error(f"--budget projects brax MuJoCo tasks only (its env steps/s are brax's); {', '.join(tasks)} "
+                     "has none: use --preset cpu-mujoco, smoke or gpu, or --tasks brax/...")
+        print(budget_text(budget(preset, tasks, methods, jobs=args.jobs)) + "\n\n"
+              + budget_text(budget(preset, tasks, methods, cached=True, jobs=args.jobs)))
+        return
+    out = Path(args.out or f"runs/paper_curves-{args.preset}")
+    agents = Path(args.agents)
+    for flag, folder in (("--agents", agents), ("--out", out)):  # before anything compiles
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            ap.error(f"{flag} {folder}: cannot create it ({e.strerror}); give a folder you can write")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            ap.error(f"{flag} {folder}: not writable; give a folder you can write")
+    if args.check:
+        print(f"paper_curves.py: preset {args.preset}, {len(tasks)} task(s), {len(methods)} method(s): arguments valid")
         return
     import jax
 
@@ -573,9 +634,6 @@ def main() -> None:
 
     _enable_compile_cache()  # a repeated run (or a re-run task) skips recompiling its programs
 
-    out = Path(args.out or f"runs/paper_curves-{args.preset}")
-    agents = Path(args.agents)
-    out.mkdir(parents=True, exist_ok=True)
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, " \
              f"{time.strftime('%Y-%m-%d')}"
     rows: list[dict[str, Any]] = []
@@ -604,7 +662,7 @@ def main() -> None:
             results, record = run_task(preset, env_id, agents, methods, out, log)
             rows.extend(summarise(env_id, results))
             records.append(record)
-            log(f"{env_id}: all methods in {record['wall_s']:.0f}s (compile {record['compile_s']:.0f}s, refinement "
+            log(f"{'' if args.worker else env_id + ': '}all methods in {record['wall_s']:.0f}s (compile {record['compile_s']:.0f}s, refinement "
                 f"{record['refine_s']:.0f}s)")
             if args.worker:
                 (task_folder(out, env_id) / TASK_RECORD).write_text(json.dumps(

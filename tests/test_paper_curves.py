@@ -142,3 +142,118 @@ def test_gpu_script_runs_at_toy_budgets_on_a_cpu(tmp_path):
     assert json.loads((out / "mujoco_throughput-smoke.json").read_text())["rows"]
     rows = json.loads((out / "paper_curves-smoke" / "paper_curves.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"PPO", "RA", "RICE", "JSRL"}
+
+
+def _one_line_exit_2(argv: list[str], tmp_path: Path) -> str:
+    proc = subprocess.run([sys.executable, "benchmarks/paper_curves.py", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+    return proc.stderr
+
+
+@pytest.mark.timeout(600)
+def test_bad_input_is_refused_in_one_line_before_anything_runs(tmp_path):
+    out = ["--out", str(tmp_path / "out")]
+    assert "invalid choice: 'cpu-mujuco'" in _one_line_exit_2(["--preset", "cpu-mujuco", *out], tmp_path)
+    assert "named twice" in _one_line_exit_2(["--preset", "cpu", "--tasks", "CartPole-v1,CartPole-v1", *out],
+                                             tmp_path)
+    assert "named twice" in _one_line_exit_2(["--preset", "cpu", "--methods", "PPO,RA,PPO", *out], tmp_path)
+    assert "unrecognized arguments: --job" in _one_line_exit_2(["--preset", "cpu", "--job", "2", *out], tmp_path)
+    assert "--budget projects brax" in _one_line_exit_2(["--preset", "cpu", "--budget", *out], tmp_path)
+    (tmp_path / "file").write_text("")
+    assert "--agents" in _one_line_exit_2(["--preset", "cpu", "--agents", str(tmp_path / "file" / "agents"), *out],
+                                          tmp_path)
+    # gpu_all.sh checks the curves' arguments before its other (hours-long) steps; gpu_quick.sh its STEPS names
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+           "PRESET": "cpu-mujuco"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_all.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "== throughput" not in proc.stdout and "cpu-mujuco" in proc.stderr
+    proc = subprocess.run(["bash", "benchmarks/gpu_quick.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OUT": str(tmp_path / "quick"), "STEPS": "ultra,curve"})
+    assert proc.returncode == 2 and "unknown step 'curve'" in proc.stderr and not (tmp_path / "quick").exists()
+
+
+def test_budget_takes_the_callers_jobs_and_projects_brax_tasks_only():
+    preset = pc.PRESETS["cpu-mujoco"]
+    tasks = list(preset["tasks"])
+    three, one = pc.budget(preset, tasks, pc.ALL_METHODS), pc.budget(preset, tasks, pc.ALL_METHODS, jobs=1)
+    assert three["jobs"] == 3 and one["jobs"] == 1 and one["total_s"] == one["sequential_s"] > three["total_s"]
+    gpu = pc.budget(pc.PRESETS["gpu"], list(pc.PRESETS["gpu"]["tasks"]), pc.ALL_METHODS)
+    assert gpu["not_projected"] == [pc.PONG] and pc.PONG not in gpu["tasks"]
+    assert gpu["assumed_rate"] == ["brax/reacher"] and "slowest measured rate assumed" in pc.budget_text(gpu)
+
+
+TOY_DRIVER = """import sys
+sys.path.insert(0, {root!r})
+from benchmarks import paper_curves as pc
+tasks = ("CartPole-v1", "Acrobot-v1")
+pc.PRESETS["toy-driver"] = {{"tasks": tasks,
+    "common": dict(seeds=2, chunks=2, eval_envs=2, eval_steps=50, mask_steps=64, share_programs="all",
+                   ppo_overrides=(("num_envs", 4), ("num_steps", 8))),
+    **{{t: dict(pretrain_steps=64, refine_steps=64) for t in tasks}}, "teacher_steps": 0, "jobs": 2}}
+pc.PRESETS["toy-driver"]["Acrobot-v1"].update({acrobot})
+sys.argv = ["paper_curves.py", "--preset", "toy-driver", *sys.argv[1:]]
+pc.main()
+"""
+
+
+def _workers(out: Path) -> list[int]:
+    """The ids of running processes that are workers of the run writing to `out`."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and str(out / ".preset.pickle") in (d / "cmdline").read_bytes().decode(errors="replace"):
+                if (d / "stat").read_text().split(")")[-1].split()[0] != "Z":
+                    pids.append(int(d.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _toy_run(tmp_path: Path, acrobot: dict, out: Path) -> subprocess.Popen:
+    driver = tmp_path / "driver.py"
+    driver.write_text(TOY_DRIVER.format(root=str(ROOT), acrobot=repr(acrobot)))
+    return subprocess.Popen([sys.executable, str(driver), "--methods", "PPO,Random", "--out", str(out),
+                             "--agents", str(tmp_path / "agents")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.timeout(600)
+def test_a_failing_worker_stops_the_others_and_an_earlier_runs_records_do_not_pass(tmp_path):
+    out = tmp_path / "out"
+    for task in ("CartPole-v1", "Acrobot-v1"):  # an earlier run's files in this run's --out
+        folder = pc.task_folder(out, task)
+        folder.mkdir(parents=True)
+        (folder / pc.TASK_RECORD).write_text(json.dumps({"record": {"wall_s": 1, "compile_s": 0, "refine_s": 0},
+                                                         "rows": []}))
+        (folder / pc.TEACHER_READY).write_text("{}")
+    proc = _toy_run(tmp_path, {"seeds": -3}, out)  # Acrobot's worker fails on its settings
+    stdout, stderr = proc.communicate(timeout=540)
+    assert proc.returncode == 1, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("paper_curves.py: task Acrobot-v1 failed (exit 1)")
+    assert "seeds must be >= 1" in stderr  # the worker's own error is above the parent's line
+    assert _workers(out) == []  # CartPole's worker was stopped with the run
+    assert not (out / "paper_curves.md").exists()
+    assert not any((pc.task_folder(out, t) / pc.TASK_RECORD).exists() for t in ("CartPole-v1", "Acrobot-v1"))
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_to_the_parent_stops_its_workers_with_one_line(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = _toy_run(tmp_path, {}, out)
+    deadline = time.monotonic() + 400
+    while len(_workers(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    workers = _workers(out)
+    assert len(workers) == 2, proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # the parent alone
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and _workers(out) == []
+    assert stderr.strip().splitlines() == ["paper_curves.py: interrupted (Ctrl-C or SIGTERM); tasks still running "
+                                           "were stopped, finished tasks' files are in their folders under --out, no "
+                                           "paper_curves.md was written"]
