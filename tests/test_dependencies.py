@@ -96,3 +96,24 @@ print("built", env.observation_size)
     assert "Failed to import" not in done.stdout + done.stderr and "Brax System" not in done.stderr
     assert "JAXopt" not in done.stderr
     assert "an unrelated warning" in done.stderr and "built 4" in done.stdout
+
+
+def test_mujocos_warning_about_brax_model_files_is_dropped_and_others_still_show():
+    """brax/halfcheetah's model uses MuJoCo's deprecated `settotalmass`: MuJoCo's compiler warned on every build
+    (seen in the cpu-mujoco run's stderr). It is dropped while brax builds the env; another MuJoCo warning still
+    prints, and the handler a user had set is back afterwards."""
+    pytest.importorskip("brax")
+    done = _run("""
+import mujoco
+from jaxmod.envs import make
+from jaxmod.envs.brax_backend import _quiet_model_compile
+make("brax/halfcheetah", num_envs=2)
+with _quiet_model_compile():
+    mujoco.MjModel.from_xml_string('<mujoco><compiler settotalmass="1"/><worldbody><body><joint/>'
+                                   '<geom size=".1"/></body></worldbody></mujoco>')
+    mujoco.get_mju_user_warning()("an unrelated mujoco warning")  # what MuJoCo calls with any other warning
+print("handler restored", mujoco.get_mju_user_warning() is None)
+""")
+    assert done.returncode == 0, done.stderr
+    assert "settotalmass" not in done.stdout + done.stderr
+    assert "an unrelated mujoco warning" in done.stderr and "handler restored True" in done.stdout

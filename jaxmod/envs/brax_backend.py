@@ -80,6 +80,29 @@ def brax_envs() -> Any:
     return envs
 
 
+# what MuJoCo's model compiler warns about brax's own model files (halfcheetah's `settotalmass`): noise for a user
+_MODEL_NOISE = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+@contextlib.contextmanager
+def _quiet_model_compile() -> Any:
+    """Within: MuJoCo's warnings about brax's model files (`_MODEL_NOISE`) are dropped; every other MuJoCo warning is
+    printed to stderr as MuJoCo prints it ("WARNING: ..."). The previous warning handler is restored after."""
+    import mujoco
+
+    previous = mujoco.get_mju_user_warning()
+
+    def warn(message: str) -> None:
+        if not message.startswith(_MODEL_NOISE):
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+    mujoco.set_mju_user_warning(warn)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 def brax_names() -> list[str]:
     """Names brax registers (used as `brax/<name>`), plus RICE's sparse variants (`hopper-sparse`, ...).
     Raises `BraxMissingError` without brax."""
@@ -105,7 +128,8 @@ def make_brax(name: str, backend: str = DEFAULT_BRAX_BACKEND, episode_length: in
     if backend not in BRAX_BACKENDS:
         raise EnvOptionError(f"unknown brax backend {backend!r}; choose one of {', '.join(BRAX_BACKENDS)}")
     try:
-        env = envs.get_environment(base, backend=backend, **options)
+        with _quiet_model_compile():
+            env = envs.get_environment(base, backend=backend, **options)
     except TypeError as err:
         raise EnvOptionError(f"bad option for brax/{name}: {err}") from None
     return wrap_brax(f"brax/{name}", env, episode_length, family="brax",
