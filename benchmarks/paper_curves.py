@@ -59,7 +59,9 @@ TEACHER_RATIO = 1.5  # a teacher's evaluation return must be at least this many 
 
 def teacher_bar(agents_return: float) -> float:
     """The return a teacher must reach: `TEACHER_RATIO` times the agents' where that is positive, and in general the
-    agents' plus (TEACHER_RATIO - 1) times its magnitude (agents at -100 need a teacher at -50, not -150)."""
+    agents' plus (TEACHER_RATIO - 1) times its magnitude (agents at -100 need a teacher at -50, not -150). A teacher
+    must also score strictly above the agents (`strong_teacher`): at agents of 0 the bar alone would pass a teacher of
+    0."""
     return agents_return + (TEACHER_RATIO - 1.0) * abs(agents_return)
 
 # RICE (ICML 2024) Table 1: each baseline's final reward minus PPO fine-tuning's (mean of 3 seeds), dense MuJoCo.
@@ -204,7 +206,7 @@ def strong_teacher(env_id: str, preset: dict[str, Any], kw: dict[str, Any], run:
         spec = ensure_teacher(env_id, steps, agents, log, overrides, from_steps=prev)
         agent_returns, teacher_return = evaluate_agents(run, pre, spec)
         need = teacher_bar(float(np.mean(agent_returns)))
-        ok = teacher_return >= need
+        ok = teacher_return >= need and teacher_return > float(np.mean(agent_returns))  # agents at 0: strictly above
         if ok or steps * 2 > max(cap, steps):
             break
         log(f"teacher for {env_id}: return {teacher_return:.1f} after {steps:,} steps is below {TEACHER_RATIO}x the "
