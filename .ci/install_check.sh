@@ -28,7 +28,7 @@ cat "$work/err.txt"
 [ ! -e "$work/run" ] || { echo "FAIL: the refused run wrote $work/run"; exit 1; }
 cd "$work/src"
 $pip install -q -c constraints.txt '.[brax]'
-$pip show brax | head -2
+$pip show brax | sed -n 1,2p  # sed reads it all: head would break pip's pipe (pipefail)
 cd "$work"
 out=$("$work/venv/bin/python" -c "from jaxmod.envs import make; print('obs', make('brax/hopper', num_envs=2).obs_shape)" 2>&1)
 echo "$out"
