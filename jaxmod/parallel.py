@@ -226,8 +226,45 @@ def gather(tree: Any) -> Any:
     return jax.device_get(run_synced(replicate, tree, name="gather"))
 
 
+class _SeedLayout:
+    """The device layout `MultiSeed` and `SeedPrograms` share, read from their `num_seeds`, `mesh` and `env_shards`
+    fields: the mesh (given, else every device: a 1-D `seed_mesh`, or with `env_shards` > 1 a 2-D `data_mesh`) and
+    the seed axis's sharding."""
+
+    num_seeds: int
+    mesh: Mesh | None
+    env_shards: int
+
+    def _check_layout(self, num_envs: int) -> None:
+        """`check_layout` for `num_envs` envs per seed on the mesh's devices, and the mesh's env axis against
+        `env_shards`; raises `ConfigError`."""
+        check_layout(self.num_seeds, num_envs, self.env_shards,
+                     jax.device_count() if self.mesh is None else self.mesh.size)
+        if self.mesh is not None and self.mesh.shape.get(ENV_AXIS) != self.env_shards:
+            raise ConfigError(f"the mesh's {ENV_AXIS!r} axis has {self.mesh.shape.get(ENV_AXIS)} device(s), "
+                              f"env_shards={self.env_shards}: build it with data_mesh(env_shards)")
+
+    @property
+    def data_parallel(self) -> bool:
+        return self.env_shards > 1
+
+    @cached_property
+    def _mesh(self) -> Mesh:
+        if self.mesh is not None:
+            return self.mesh
+        return data_mesh(self.env_shards) if self.data_parallel else seed_mesh()
+
+    @cached_property
+    def sharding(self) -> NamedSharding | None:
+        """The seed axis's sharding (None: one device's plain program: one device, or the seeds do not split evenly
+        over a 1-D mesh)."""
+        if self.data_parallel:
+            return NamedSharding(self._mesh, PartitionSpec(SEED_AXIS))
+        return seed_sharding(self.num_seeds, self._mesh)
+
+
 @dataclass(frozen=True)
-class MultiSeed:
+class MultiSeed(_SeedLayout):
     """Jitted init and chunked training over a leading seed axis, sharded when it divides the mesh; with
     `env_shards` > 1 each seed's envs are sharded too (data parallel, see the module doc)."""
 
@@ -238,36 +275,13 @@ class MultiSeed:
 
     def __post_init__(self) -> None:
         if self.env_shards != 1 or (self.mesh is not None and ENV_AXIS in self.mesh.axis_names):
-            mesh = self.mesh
-            check_layout(self.num_seeds, self.config.num_envs, self.env_shards,
-                         jax.device_count() if mesh is None else mesh.size)
-            if mesh is not None and mesh.shape.get(ENV_AXIS) != self.env_shards:
-                raise ConfigError(f"the mesh's {ENV_AXIS!r} axis has {mesh.shape.get(ENV_AXIS)} device(s), "
-                                  f"env_shards={self.env_shards}: build it with data_mesh(env_shards)")
+            self._check_layout(self.config.num_envs)
         _ = self.learner  # the env and network are built now, never first inside a trace (some envs need
         # concrete arrays to build: gymnax's continuous action spaces)
-
-    @property
-    def data_parallel(self) -> bool:
-        return self.env_shards > 1
 
     @cached_property
     def learner(self) -> PPOLearner:
         return PPOLearner(self.config, env_axis=ENV_AXIS if self.data_parallel else None)
-
-    @cached_property
-    def _mesh(self) -> Mesh:
-        if self.mesh is not None:
-            return self.mesh
-        return data_mesh(self.env_shards) if self.data_parallel else seed_mesh()
-
-    @cached_property
-    def sharding(self) -> NamedSharding | None:
-        """The seed axis's sharding (None: one device, or seeds do not split evenly over a 1-D mesh)."""
-        mesh = self._mesh
-        if not self.data_parallel:
-            return seed_sharding(self.num_seeds, mesh)  # None: one device, or seeds do not split evenly
-        return NamedSharding(mesh, PartitionSpec(SEED_AXIS))
 
     @cached_property
     def metrics_sharding(self) -> NamedSharding | None:
@@ -366,7 +380,7 @@ class MultiSeed:
 
 
 @dataclass(frozen=True)
-class SeedPrograms:
+class SeedPrograms(_SeedLayout):
     """Programs vmapped over a leading seed axis (every argument and result [S, ...]) for `jaxmod ultra`
     (`jaxmod.ultra.pipeline.UltraRun`: its pretraining, the baselines' explanations, refinement chunks, evaluations
     and recordings), laid out over the devices as `MultiSeed` lays out `jaxmod train`'s. Single process only (`mesh`
@@ -392,33 +406,12 @@ class SeedPrograms:
 
     def __post_init__(self) -> None:
         if self.data_parallel:
-            check_layout(self.num_seeds, self.num_envs, self.env_shards,
-                         jax.device_count() if self.mesh is None else self.mesh.size)
-            if self.mesh is not None and self.mesh.shape.get(ENV_AXIS) != self.env_shards:
-                raise ConfigError(f"the mesh's {ENV_AXIS!r} axis has {self.mesh.shape.get(ENV_AXIS)} device(s), "
-                                  f"env_shards={self.env_shards}: build it with data_mesh(env_shards)")
-
-    @property
-    def data_parallel(self) -> bool:
-        return self.env_shards > 1
+            self._check_layout(self.num_envs)
 
     @property
     def env_axis(self) -> str | None:
         """The mesh axis a learner's envs are split over (`PPOLearner.env_axis`); None: not split."""
         return ENV_AXIS if self.data_parallel else None
-
-    @cached_property
-    def _mesh(self) -> Mesh:
-        if self.mesh is not None:
-            return self.mesh
-        return data_mesh(self.env_shards) if self.data_parallel else seed_mesh()
-
-    @cached_property
-    def sharding(self) -> NamedSharding | None:
-        """The seed axis's sharding (None: one device's plain program)."""
-        if self.data_parallel:
-            return NamedSharding(self._mesh, PartitionSpec(SEED_AXIS))
-        return seed_sharding(self.num_seeds, self._mesh)
 
     @property
     def num_devices(self) -> int:
