@@ -106,6 +106,7 @@ def run_cell(env_id: str, advisor: str, methods: tuple[str, ...], agents: Path, 
         record["methods"][name] = {"start": np.asarray(r.eval_returns[0], float).tolist(),
                                    "final": np.asarray(r.eval_returns[-1], float).tolist(), "refine_wall_s": r.wall_s}
     record["advice"] = [{k: a.get(k) for k in ("variant", "questions", "valid", "invalid", "failed",
+                                               "unanswered", "paced", "over_budget", "advice_overhead_s",
                                                "advice_overhead_frac", "initial_advice_s", "reference_agreement",
                                                "reference_judged")}
                         for a in summary.get("advisor", [])]
@@ -138,13 +139,26 @@ def _agreement(record: dict) -> float | None:
     return sum(p * n for p, n in judged) / total if total else None
 
 
+def answered_cell(advice: list[dict]) -> str:
+    """Valid answers over the questions asked, every variant together: answered (valid, invalid, failed) plus those
+    still out when refinement ended (`unanswered`); questions the advisor's pacer did not send (their answers could
+    not have arrived in time) are not questions, and are named after the cell."""
+    asked = sum((a.get("questions") or 0) + (a.get("unanswered") or 0) for a in advice)
+    if not asked:
+        return "-"
+    paced = sum(a.get("paced") or 0 for a in advice)
+    return f"{sum(a['valid'] for a in advice)}/{asked}" + (f" ({paced} not asked)" if paced else "")
+
+
 def markdown(records: list[dict]) -> str:
-    lines = ["| task | advisor | start | fine-tune | ULTRA-A | ULTRA-R | ULTRA-RA | RA vs fine-tune | valid answers | "
-             "agrees with teacher | wall (RA / fine-tune) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | advisor | seeds (budget) | start | fine-tune | ULTRA-A | ULTRA-R | ULTRA-RA | RA vs fine-tune | "
+             "valid answers | agrees with teacher | wall (RA / fine-tune) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
         if rec["status"] != "ok":
-            lines.append(f"| {rec['task']} | {rec['advisor']} | FAILED: {rec['error']} |" + " |" * 8)
+            lines.append(f"| {rec['task']} | {rec['advisor']} | - | FAILED: {rec['error']} |" + " |" * 8)
             continue
+        seeds = len(next(iter(rec["methods"].values()))["final"])
         st = cell_stats(rec)
         start = iqm_ci(rec["methods"]["PPO"]["start"]) if "PPO" in rec["methods"] else None
 
@@ -160,13 +174,13 @@ def markdown(records: list[dict]) -> str:
         ra = st.get("RA", {})
         gain = f"{ra['gain']['point']:+.1f} [{ra['gain']['low']:+.1f}, {ra['gain']['high']:+.1f}] **{ra['verdict']}**" \
             if "gain" in ra else "-"
-        asked = [a for a in rec.get("advice", []) if a.get("questions")]
-        valid = f"{sum(a['valid'] for a in asked)}/{sum(a['questions'] for a in asked)}" if asked else "-"
+        valid = answered_cell(rec.get("advice", []))
         agreement = _agreement(rec)
         agrees = "-" if agreement is None else f"{agreement:.0%}"
         walls = {n: m["refine_wall_s"] for n, m in rec["methods"].items()}
         wall = f"{walls['RA'] / walls['PPO']:.2f}x" if "RA" in walls and walls.get("PPO") else "-"
-        lines.append(f"| {rec['task']} | {rec['advisor']} | {start.point if start else float('nan'):.1f} | "
+        lines.append(f"| {rec['task']} | {rec['advisor']} | {seeds} (x{rec.get('scale', 1.0):g}) | "
+                     f"{start.point if start else float('nan'):.1f} | "
                      f"{fmt('PPO')} | {fmt('A')} | {fmt('R')} | {fmt('RA')} | {gain} | {valid} | {agrees} | {wall} |")
     return "\n".join(lines)
 
@@ -280,10 +294,13 @@ def main() -> None:
         records = [r for r in records if (r["task"], r["advisor"]) != (task, advisor)] + [rec]
         save(path, records)
         print(f"   {rec['status']} in {rec['wall_s']:.0f}s" + (f": {rec['error']}" if rec["status"] != "ok" else ""))
-    records = [r for r in records if (r["task"], r["advisor"]) in set(cells)]
     if args.accuracy:
+        records = [r for r in records if (r["task"], r["advisor"]) in set(cells)]
         accuracy_figure(records, out / f"{name}.png")
-    else:
+    else:  # every cell run so far, by task and advisor
+        order = {t: i for i, t in enumerate(TASKS)}
+        records.sort(key=lambda r: (order.get(r["task"], len(order)), r["task"],
+                                    ADVISORS.index(r["advisor"]) if r["advisor"] in ADVISORS else len(ADVISORS)))
         table = markdown(records)
         (out / f"{name}.md").write_text(table + "\n")
         figure(records, out / f"{name}.png")

@@ -1079,7 +1079,8 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
         return
     for st in run.advice_stats:
         console.print(f"advisor ({st['variant']}): {st['valid']} valid, {st['invalid']} invalid, {st['failed']} failed "
-                      f"answers, {st.get('unanswered', 0)} still unanswered when refinement ended ({st['reused']} "
+                      f"answers, {st.get('unanswered', 0)} still unanswered when refinement ended, {st.get('paced', 0)} "
+                      f"not asked (answers could not arrive in time: pacing) ({st['reused']} "
                       f"reused from an earlier variant, {st['over_budget']} over the context budget); waited for "
                       f"advice {st['advice_overhead_s']:.1f} s ({st['advice_overhead_frac']:.1%} of refinement wall "
                       f"time, every wait included); first advice before chunk {st['first_advice_chunk'] or 'none'}")

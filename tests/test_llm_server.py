@@ -163,7 +163,7 @@ def test_burst_of_concurrent_connections_gets_no_resets(server):
         await writer.drain()
         data = await reader.read()
         writer.close()
-        return data.startswith(b"HTTP/1.1 200")
+        return data.startswith(b"HTTP/1.1 200") or data[:80]  # what came back instead, for the message
 
     async def burst():
         return await asyncio.gather(*(one(i) for i in range(300)), return_exceptions=True)

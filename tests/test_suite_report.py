@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.ultra_suite import advisor_cells, cell_stats, markdown
+from benchmarks.ultra_suite import advisor_cells, answered_cell, cell_stats, markdown
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,6 +24,14 @@ def test_gain_verdicts_and_failures():
                       {"task": "Pendulum-v1", "advisor": "random", "status": "failed", "error": "AdvisorFailure: x"}])
     assert "FAILED (1 non-finite seed(s))" in table and "FAILED: AdvisorFailure: x" in table
     assert "9/10" in table and "1.50x" in table and "| - |" in table
+
+
+def test_answers_still_out_count_against_the_valid_share_and_paced_questions_are_named():
+    advice = [{"variant": "A", "questions": 10, "valid": 9, "unanswered": 2, "paced": 30},
+              {"variant": "RA", "questions": 4, "valid": 4, "unanswered": 0, "paced": 0}]
+    assert answered_cell(advice) == "13/16 (30 not asked)"
+    assert answered_cell([{"variant": "RA", "questions": 0, "valid": 0}]) == "-"
+    assert "| 5 (x1) |" in markdown([_record([150.0, 160.0, 171.0, 180.0, 190.0])])
 
 
 def test_advisors_apply_where_they_exist():

@@ -10,7 +10,7 @@ from jaxmod.llm.advisors import (
     NoisyBackend,
     ReplayBackend,
 )
-from jaxmod.llm.answers import Advised, CriticalStep, Identified, Rejected, validate_advice, validate_identify
+from jaxmod.llm.answers import Advised, CriticalStep, Identified, NotAsked, Rejected, validate_advice, validate_identify
 from jaxmod.llm.cache import ResponseCache
 from jaxmod.llm.client import ChatResult, ClientSettings, LLMClient
 from jaxmod.llm.endpoint import Endpoint, advisor_spec, resolve_endpoint
@@ -33,7 +33,7 @@ __all__ = [
     "Advised", "Advisor", "advisor_spec", "AdvisorError", "AdvisorFailure", "AdvisorStats", "AdvisorUnavailable",
     "BackendUnavailable", "ChatResult", "ClientSettings", "CriticalStep", "Decision", "DelayedBackend", "Endpoint",
     "EpisodeView", "FailurePolicy", "HTTPBackend", "Identified", "LLMClient", "LLMConfigError", "LocalBackend",
-    "NoisyBackend", "NumericContext", "PreflightResult", "RedactingFilter", "Rejected", "ReplayBackend", "ResponseCache", "RoundCounts",
+    "NoisyBackend", "NotAsked", "NumericContext", "PreflightResult", "RedactingFilter", "Rejected", "ReplayBackend", "ResponseCache", "RoundCounts",
     "StateQuery", "Transcript", "TranscriptExists", "advice_messages", "apreflight", "current_tags",
     "identify_messages", "markdown_cell", "markdown_table", "preflight", "redact", "redact_url", "register_secret",
     "resolve_endpoint", "tagged", "validate_advice", "validate_identify",

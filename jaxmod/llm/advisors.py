@@ -32,6 +32,7 @@ import numpy as np
 from jaxmod.llm.answers import (
     Advised,
     Identified,
+    NotAsked,
     Rejected,
     identify_schema,
     validate_advice,
@@ -41,6 +42,7 @@ from jaxmod.llm.answers import (
 from jaxmod.llm.budget import DEFAULT_CONTEXT_TOKENS, estimate_tokens, prompt_budget
 from jaxmod.llm.client import Accept, ChatResult, LLMClient
 from jaxmod.llm.logprobs import NoDistribution, choice_distribution, parse_token_logprobs, to_json
+from jaxmod.llm.pacing import PACED, Pacer
 from jaxmod.llm.prompts import (
     EpisodeView,
     Messages,
@@ -268,6 +270,8 @@ class AdvisorStats:
     items_dropped: int = 0  # parts of valid answers dropped (out-of-range steps, duplicates)
     reused: int = 0  # questions answered by an earlier asking of the same prompt in this run (not asked again)
     over_budget: int = 0  # questions not sent: the prompt would not fit the context window (counted as failed)
+    paced: int = 0  # questions not asked: their answers could not arrive while they could still act (`Pacer`;
+    # not questions, not failures)
     failovers: int = 0  # times a question moved to another endpoint because one was down (several endpoints)
     soft_targets: int = 0  # valid multiple-choice answers whose token log-probabilities gave a distribution
     soft_fallbacks: dict[str, int] = field(default_factory=dict)  # valid ones that fell back to one-hot, by why
@@ -304,7 +308,11 @@ class Advisor:
     bound) is not sent but dropped and counted (`over_budget`). Identical questions (same messages, schema and exact
     numbers) are asked once per advisor, i.e. once per run: later askings, in flight or done, share the first
     one's answer (`reused`), and are still judged, counted and written to the transcript under their own tags
-    (a `ReplayBackend` shares nothing: it serves every asking its own recorded answer)."""
+    (a `ReplayBackend` shares nothing: it serves every asking its own recorded answer).
+
+    With a `pacer` (`jaxmod.llm.pacing`; the asynchronous schedule sets one) a question is sent only when its
+    answer is expected while it can still act; one that is not is answered `NotAsked` (counted in `paced`, written
+    to the transcript as not asked, so a replay skips it too)."""
 
     def __init__(self, backend: ChatBackend, max_critical: int = 3, transcript: Transcript | None = None,
                  deadline_s: float | None = 300.0, concurrency: int = 8, context_tokens: int | None = None,
@@ -324,6 +332,7 @@ class Advisor:
         self._concurrency = concurrency
         self._limit: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self.outstanding = 0  # questions handed to `identify`/`judge`/`advise` and not answered or dropped yet
+        self.pacer: Pacer | None = None  # set by the refinement's asynchronous schedule (None: every question asked)
 
     async def prompt_budget(self) -> int | None:
         """Tokens a prompt may take (the context window less `max_tokens`), or None for an answerer without a
@@ -366,9 +375,8 @@ class Advisor:
         """The answer to the question `key`: the first asking's (done or in flight) if it brought an answer, else
         a new asking (`make()`); and whether it was reused. A cancelled asker cancels the request only when no
         other asker waits for it."""
+        reused = self._shareable(key)
         task = self._memo.get(key)
-        reused = task is not None and not (task.done() and (task.cancelled() or task.exception() is not None
-                                                             or not task.result().ok))
         if not reused:
             task = asyncio.ensure_future(make())
             self._memo[key] = task
@@ -410,6 +418,15 @@ class Advisor:
                 return ChatResult(error=one_line(f"backend raised {type(err).__name__}: {err}"), kind="backend")
 
         result, reused = await self._answer(messages, schema, numeric, complete)
+        if result.kind == "paced":  # never sent (or, in a replay, not sent by the recorded run): not a question
+            self.stats.paced += 1
+            if self.transcript is not None:
+                self.transcript.append({"kind": kind, "backend": self.backend.name,
+                                        "prompt_key": prompt_key(list(messages), schema),
+                                        "messages": list(messages), "schema_name": name,
+                                        "error": result.error, "error_kind": "paced", "verdict": "not asked",
+                                        **({"tags": tags} if (tags := current_tags()) else {})})
+            return NotAsked(result.error or PACED)
         self.stats.questions += 1
         self.stats.reused += int(reused)
         self.stats.failovers += 0 if reused else result.failovers
@@ -442,7 +459,22 @@ class Advisor:
                               kind="context"), False
         if isinstance(self.backend, ReplayBackend):  # a replay serves each asking its own record: share none
             return await complete(), False
-        return await self._shared(self._memo_key(messages, schema, numeric), complete)
+        key = self._memo_key(messages, schema, numeric)
+        pacer = self.pacer
+        if pacer is None or self._shareable(key):  # an answer already asked for costs nothing more
+            return await self._shared(key, complete)
+        if not await pacer.admit():
+            return ChatResult(error=PACED, kind="paced"), False
+        try:
+            return await self._shared(key, complete)
+        finally:
+            pacer.release()
+
+    def _shareable(self, key: str) -> bool:
+        """An asking of question `key` is in flight, or done with an answer (`_shared` would reuse it)."""
+        task = self._memo.get(key)
+        return task is not None and not (task.done() and (task.cancelled() or task.exception() is not None
+                                                          or not task.result().ok))
 
     def _verdict(self, kind: str, result: ChatResult, judge: Callable[[str | None, str | None], Any],
                  soft: Callable[[Advised, ChatResult], Advised] | None) -> Identified | Advised | Rejected:

@@ -97,6 +97,12 @@ class Rejected:
     reason: str
 
 
+@dataclass(frozen=True)
+class NotAsked(Rejected):
+    """A question that was never sent (`jaxmod.llm.pacing`: its answer could not have arrived in time): not an
+    answer, not a failure; counted in `AdvisorStats.paced`."""
+
+
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 REASONING_TAGS = ("think", "thinking", "reasoning", "reflection")
 SCAN_BUDGET_FACTOR = 4  # extraction reads each character of an answer at most this many times (plus a constant)

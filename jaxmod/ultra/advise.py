@@ -13,7 +13,7 @@ from jaxmod.advice.arrays import AdviceItem
 from jaxmod.envs.core import EnvCore
 from jaxmod.envs.describe import Describer
 from jaxmod.envs.registry import describer_of
-from jaxmod.llm import Advised, Advisor, EpisodeView, NumericContext, Rejected, StateQuery
+from jaxmod.llm import Advised, Advisor, EpisodeView, NotAsked, NumericContext, Rejected, StateQuery
 from jaxmod.llm.budget import PromptTooLong, estimate_tokens
 from jaxmod.llm.prompts import Messages, advice_messages, choice_messages, identify_messages
 from jaxmod.ultra.candidates import episode_scores, pick_candidates
@@ -157,7 +157,7 @@ async def _advise_at(advisor: Advisor, core: EnvCore, describer: Describer, rec:
     """The advice question at each picked step (a multiple choice with `choice`), its packable item, verdict and
     report row; a question that cannot fit `budget` tokens is dropped and counted. The questions go out together
     (one deadline, the advisor's concurrency); `on_answer(i, item, verdict, row)` sees each one (the i-th asked) as
-    it is judged."""
+    it is judged; a question the advisor's pacer did not send (`NotAsked`) is left out of both."""
     question = choice_messages if choice else advice_messages
     steps = min(context_steps, CHOICE_CONTEXT_STEPS) if choice else context_steps
     deadline = advisor.batch_deadline()
@@ -167,6 +167,8 @@ async def _advise_at(advisor: Advisor, core: EnvCore, describer: Describer, rec:
         item = AdviceItem(episode=ep.uid, step=step, obs=ep.obs[step], snapshot=snapshot_at(rec, ep, step),
                           action=0, reward=0.0, reason=why, rated_action=ep.actions[step])
         verdict = (await (advisor.judge([query], deadline) if choice else advisor.advise([query], deadline)))[0]
+        if isinstance(verdict, NotAsked):  # paced out (`jaxmod.llm.pacing`): no answer, no row
+            return None
         ok = isinstance(verdict, Advised)
         row = CriticalRow(
             episode=ep.uid, step=step, episode_length=ep.length, episode_return=ep.ret, state=query.state_text,
@@ -184,7 +186,7 @@ async def _advise_at(advisor: Advisor, core: EnvCore, describer: Describer, rec:
             asked.append((ep, step, why, state_query(describer, core, ep, step, steps, rows[ep.uid], budget, question)))
         except PromptTooLong as err:
             advisor.drop_over_budget(str(err))
-    answers = await asyncio.gather(*(ask(i, *a) for i, a in enumerate(asked)))
+    answers = [a for a in await asyncio.gather(*(ask(i, *a) for i, a in enumerate(asked))) if a is not None]
     return [a[0] for a in answers], [a[1] for a in answers], [a[2] for a in answers]
 
 

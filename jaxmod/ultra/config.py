@@ -50,7 +50,8 @@ FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "late
               "failure": "--advisor-failure", "failure_rounds": "--advisor-failure-rounds", "env_id": "--env",
               "variants": "--variant", "noise": "--noise", "model": "--model",
               "reference": "--advisor-reference", "context_tokens": "--advisor-context-tokens",
-              "protocol": "--advice-protocol", "logprobs": "--advisor-logprobs"}
+              "protocol": "--advice-protocol", "logprobs": "--advisor-logprobs",
+              "pacing": "--advisor-pacing"}
 SHARE_PROGRAMS = ("off", "methods", "all")  # `UltraConfig.share_programs`
 PER_VARIANT = frozenset({"override_action", "shape_reward", "ppo"})  # not knobs of a run: set per variant / own flags
 
@@ -68,6 +69,10 @@ class AdvisorConfig:
     concurrency: tuple[int, ...] = (16,)  # questions in flight at once for an HTTP advisor, per URL (match each
     # server's parallel slots): one value for every URL, or one per URL in the order given
     latency_s: float = 0.0  # seconds added to every answer (a stand-in for a slow remote LLM)
+    pacing: bool = True  # asynchronous schedule: send a question only when its answer is expected before the
+    # refinement's last advice swap, from the advisor's measured answers per second and the chunks' measured time
+    # (jaxmod.llm.pacing); questions not sent are counted as `paced`, not as failures. A slow advisor then answers
+    # what it can in time instead of leaving most of a round unanswered; a fast one is never held back
     priority: str = "normal"  # CPU priority of the host-side advisor work: normal, or idle (Linux: only CPU time
     # training leaves; on a CPU-only machine training is not slowed, but advice arrives later)
     episodes_per_round: int = 8  # episodes per seed recorded for the advisor each round

@@ -33,6 +33,7 @@ from jaxmod.llm import (
     redact_url,
 )
 from jaxmod.llm.advisors import ChatBackend
+from jaxmod.llm.pacing import Pacer
 from jaxmod.llm.pool import EndpointPool, split_urls
 from jaxmod.methods import BASELINES, METHODS, method
 from jaxmod.parallel import SeedPrograms, seed_keys
@@ -258,6 +259,7 @@ class UltraRun:
         self._explained: dict[str, Advice] = {}  # baselines' critical states, by explanation kind
         self._programs: dict[tuple[str, ...], RefinementProgram] = {}  # compiled, by program group
         self._start_eval: tuple[Any, Any] = (None, None)  # (pre-trained state, its evaluation before refinement)
+        self._last_wall: float | None = None  # the last refinement's seconds: the next one's expected (pacing)
 
     # ------------------------------------------------------------------ stage 1: pretrain
     @cached_property
@@ -416,11 +418,14 @@ class UltraRun:
         from jaxmod.llm import AdvisorStats
 
         advisor.advisor.stats = AdvisorStats()  # per-variant accounting
+        paced = s.advisor.pacing and self.schedule(variant).paces  # the pacer keeps its measured rate across methods
+        advisor.advisor.pacer = (advisor.advisor.pacer or Pacer()) if paced else None
         rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.modulation.capacity,
                               s.advisor.episodes_per_round, self.critical_rows.extend, variant,
                               s.advisor.failure_policy(), self.warn, protocol=s.advisor.protocol,
                               reference=self.reference, budget=s.advisor.round_budget,
                               radius=s.advisor.dedup_radius, key=s.seed)
+        rounds.pace(None)  # the first round goes out one question at a time until the refinement is timed
         rounds.hand_over(program.record(state, 0))
         return rounds
 
@@ -445,13 +450,14 @@ class UltraRun:
         try:
             loop = refine_chunks(program, state, advice, rounds, self.schedule(variant),
                                  self._reader(result, learner, program), no_swap,
-                                 start=self._start_eval[1] if self._start_eval[0] is pre_state else None)
+                                 start=self._start_eval[1] if self._start_eval[0] is pre_state else None,
+                                 expected_s=self._last_wall)
         except NonFiniteError as err:
             if rounds is not None:
                 rounds.cancel()
             err.result = result  # what the variant did up to the stop, for the run's summary
             raise
-        result.wall_s = loop.wall_s
+        result.wall_s = self._last_wall = loop.wall_s
         # every method refining these agents evaluates them with the same program and keys first: once is enough
         self._start_eval = (pre_state, loop.start_eval)
         self.render(f"{variant}.gif", loop.state)

@@ -119,6 +119,21 @@ class RefinementProgram:
         return self.record_fn(state.params, state.env_state.obs_rms, state.env_state.return_rms, _fold(self.keys, i))
 
 
+def _pacing(rounds: AdviceRounds | None, schedule: Schedule, chunks: int,
+            expected_s: float | None) -> Callable[[int, float], None]:
+    """`pace(chunks done, seconds since the loop started)`: sets the advisor's deadline, the expected end of chunk
+    `chunks - 1` (the last swap is before the last chunk). Sets the first one now, from `expected_s`."""
+    if rounds is None or not schedule.paces:
+        return lambda done, elapsed: None
+
+    def pace(done: int, elapsed: float) -> None:
+        per_chunk = elapsed / done
+        rounds.pace(time.monotonic() + max(0.0, (chunks - 1 - done) * per_chunk))
+
+    rounds.pace(None if expected_s is None else time.monotonic() + expected_s * (chunks - 1) / chunks)
+    return pace
+
+
 @dataclass
 class LoopResult:
     state: Any
@@ -130,13 +145,17 @@ class LoopResult:
 
 def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: AdviceRounds | None,
                   schedule: Schedule, read: Callable[[Any, int, dict | None, Any], None],
-                  no_swap: dict[str, Any], start: Any = None) -> LoopResult:
+                  no_swap: dict[str, Any], start: Any = None, expected_s: float | None = None) -> LoopResult:
     """Refine in chunks until `learner.config.num_updates`; after each chunk `read(mean, updates done, row, metrics)`
     is called for the previous evaluation (the first with row None: the one before refinement), while the device
     runs the next. `rounds`: advice rounds (None for methods without an advisor); `no_swap`: a row's facts when
     no advice was swapped in before its chunk; `start`: the evaluation before refinement where it is known already
-    (every method of a run starts from the same agents and evaluates with the same program and keys)."""
+    (every method of a run starts from the same agents and evaluates with the same program and keys).
+    A pacing schedule (`schedule.paces`) tells the advisor's pacer when the last swap will be: from `expected_s`
+    (the refinement's expected seconds, e.g. the previous method's; None: unknown) until a chunk has been timed,
+    then from the chunks' measured mean time."""
     total = program.learner.config.num_updates
+    pace = _pacing(rounds, schedule, math.ceil(total / program.chunk_updates), expected_s)
     wall0 = time.perf_counter()
     done = chunk = 0
     stall = 0.0
@@ -168,6 +187,7 @@ def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: A
                 recorded = rec
         if rounds is not None and rounds.pending is not None and more:
             jax.block_until_ready(state)  # decide once the chunk is done, as late as the device allows
+            pace(chunk, time.perf_counter() - wall0)
             waits = schedule.waits_before(chunk + 1)
             if waits or (schedule.swaps_when_ready and rounds.fresh()):  # whole rounds, or the answers in so far
                 t0 = time.perf_counter()

@@ -61,6 +61,13 @@ class AdviceRounds:
         self._arrived: list[tuple[tuple[int, int], Any, Any, CriticalRow]] = []  # ((seed, i), item, verdict, row)
         self._partial = False  # part of the pending round was packed already
 
+    def pace(self, deadline: float | None) -> None:
+        """Tell the advisor's pacer (if it has one: the asynchronous schedule) by when answers must be in to act
+        (`time.monotonic()` seconds; None: not known yet)."""
+        pacer = self.advisor.advisor.pacer
+        if pacer is not None:
+            pacer.set_deadline(deadline)
+
     def advice(self) -> Advice:
         """Every seed's book stacked into one `Advice` with a leading seed axis, moved in one transfer."""
         return AdviceBook.stacked(self.books)

@@ -19,9 +19,11 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class AsyncSchedule:
-    """Swap advice in as soon as a round has answered; never wait."""
+    """Swap advice in as soon as a round has answered; never wait. The advisor is paced (`jaxmod.llm.pacing`):
+    answers that could not arrive before the last swap are not asked for."""
 
     swaps_when_ready = True
+    paces = True
 
     def waits_before(self, chunk: int) -> bool:
         return False
@@ -35,6 +37,7 @@ class SyncSchedule:
     """Wait for every round before the next chunk."""
 
     swaps_when_ready = True
+    paces = False
 
     def waits_before(self, chunk: int) -> bool:
         return True
@@ -52,6 +55,7 @@ class ReplaySchedule:
     chunks: frozenset[int]
     taken: dict[int, tuple[tuple[tuple[int, ...], ...], bool]] = field(default_factory=dict)
     swaps_when_ready = False
+    paces = False  # the transcript says which questions the recorded run did not ask
 
     def waits_before(self, chunk: int) -> bool:
         return chunk in self.chunks
