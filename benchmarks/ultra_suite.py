@@ -106,7 +106,7 @@ def run_cell(env_id: str, advisor: str, methods: tuple[str, ...], agents: Path, 
         record["methods"][name] = {"start": np.asarray(r.eval_returns[0], float).tolist(),
                                    "final": np.asarray(r.eval_returns[-1], float).tolist(), "refine_wall_s": r.wall_s}
     record["advice"] = [{k: a.get(k) for k in ("variant", "questions", "valid", "invalid", "failed",
-                                               "unanswered", "paced", "over_budget", "advice_overhead_s",
+                                               "unanswered", "paced", "over_budget", "advice_overhead_s", "wall_vs_ppo",
                                                "advice_overhead_frac", "initial_advice_s", "reference_agreement",
                                                "reference_judged")}
                         for a in summary.get("advisor", [])]

@@ -1083,7 +1083,9 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
                       f"not asked (answers could not arrive in time: pacing) ({st['reused']} "
                       f"reused from an earlier variant, {st['over_budget']} over the context budget); waited for "
                       f"advice {st['advice_overhead_s']:.1f} s ({st['advice_overhead_frac']:.1%} of refinement wall "
-                      f"time, every wait included); first advice before chunk {st['first_advice_chunk'] or 'none'}")
+                      f"time, every wait included); first advice before chunk {st['first_advice_chunk'] or 'none'}"
+                      + (f"; refinement took {st['wall_vs_ppo']:.2f}x continued PPO's wall time (waits and the "
+                         "advisor's share of the machine)" if st.get("wall_vs_ppo") else ""))
     console.print(f"outputs: {_p(out / 'ultra.png')}, {_p(out / 'ultra.json')}, {_p(out / 'critical_states.md')}, "
                   f"{_p(out / 'transcript.jsonl')}, {_p(out / CONFIG_FILE)}")
 

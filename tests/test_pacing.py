@@ -84,6 +84,7 @@ def test_a_slow_advisor_is_asked_only_what_it_can_answer_in_time_and_the_run_rep
     assert st["paced"] > 0  # questions whose answers could not have acted were not asked
     assert st["failed"] == 0 and st["unanswered"] <= 1  # what was asked was answered (one may still be out)
     assert st["questions"] == st["valid"] + st["invalid"]
+    assert st["wall_vs_ppo"] == pytest.approx(first["RA"].wall_s / first["PPO"].wall_s)  # the whole cost, said
     records = [json.loads(ln) for ln in (tmp_path / "live" / "transcript.jsonl").read_text().splitlines()]
     not_asked = [r for r in records if r["verdict"] == "not asked"]
     assert len(not_asked) == st["paced"] and all(r["tags"]["variant"] == "RA" for r in not_asked)

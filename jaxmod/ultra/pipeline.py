@@ -260,6 +260,7 @@ class UltraRun:
         self._programs: dict[tuple[str, ...], RefinementProgram] = {}  # compiled, by program group
         self._start_eval: tuple[Any, Any] = (None, None)  # (pre-trained state, its evaluation before refinement)
         self._last_wall: float | None = None  # the last refinement's seconds: the next one's expected (pacing)
+        self._walls: dict[str, float] = {}  # refinement seconds per method run so far
 
     # ------------------------------------------------------------------ stage 1: pretrain
     @cached_property
@@ -457,7 +458,7 @@ class UltraRun:
                 rounds.cancel()
             err.result = result  # what the variant did up to the stop, for the run's summary
             raise
-        result.wall_s = self._last_wall = loop.wall_s
+        result.wall_s = self._last_wall = self._walls[variant] = loop.wall_s
         # every method refining these agents evaluates them with the same program and keys first: once is enough
         self._start_eval = (pre_state, loop.start_eval)
         self.render(f"{variant}.gif", loop.state)
@@ -534,6 +535,9 @@ class UltraRun:
                                   "initial_advice_s": round(loop.first_wait_s, 3),
                                   "stall_in_refinement_s": round(loop.stall_s, 3),
                                   "first_advice_chunk": first, "unanswered": unanswered,
+                                  # the whole cost, waits and the advisor's share of the machine: vs continued PPO
+                                  "wall_vs_ppo": (result.wall_s / self._walls[BASELINE]
+                                                  if self._walls.get(BASELINE) else None),
                                   "context_tokens": advisor.advisor.context,
                                   "protocol": self.s.advisor.protocol,
                                   "reference_agreement": agree / judged if judged else None,
