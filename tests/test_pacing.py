@@ -55,6 +55,29 @@ def test_the_first_question_is_a_probe_and_admission_follows_the_measured_rate()
     asyncio.run(scenario())
 
 
+def test_a_parallel_advisor_is_paced_by_its_latency_not_only_its_rate():
+    clock = Clock()
+    pacer = Pacer(clock)
+
+    async def scenario():
+        assert await pacer.admit()
+        clock.t += 1.0
+        pacer.release()  # 1 answer in 1 s: rate 1/s, latency 1 s
+        pacer.set_deadline(clock.t + 100.0)
+        for _ in range(8):  # a parallel server: 8 answers back together after 1 s each
+            assert await pacer.admit()
+        clock.t += 1.0
+        for _ in range(pacer.in_flight):
+            pacer.release()
+        assert pacer.rate == pytest.approx(4.5) and pacer.latency == pytest.approx(1.0)
+        pacer.set_deadline(clock.t + 0.5)  # 9 answers a busy second, but none comes back within 0.5 s
+        assert not await pacer.admit()
+        pacer.set_deadline(clock.t + 1.5)
+        assert await pacer.admit()
+
+    asyncio.run(scenario())
+
+
 def test_a_deadline_set_from_another_thread_wakes_a_waiting_question():
     clock = Clock()
     pacer = Pacer(clock)
@@ -93,7 +116,9 @@ def test_a_slow_advisor_is_asked_only_what_it_can_answer_in_time_and_the_run_rep
     again = UltraRun(UltraConfig.replay_of(tmp_path / "live"), tmp_path / "replay")
     replayed = again.run()
     assert replayed["RA"].eval_returns == first["RA"].eval_returns
-    assert again.advice_stats[0]["paced"] == st["paced"] and again.advice_stats[0]["failed"] == 0
+    assert (tmp_path / "replay" / "critical_states.md").read_text() == \
+        (tmp_path / "live" / "critical_states.md").read_text()
+    assert again.advice_stats[0]["paced"] > 0  # served from the transcript's "not asked" records
 
 
 def test_without_pacing_every_question_is_asked(tmp_path):

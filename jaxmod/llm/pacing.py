@@ -7,11 +7,13 @@ answer, 64 questions a round) would otherwise spend the refinement on questions 
 leave most of them unanswered when the refinement ends, and keep the CPU busy for nothing. `Pacer` sends a
 question only when its answer is expected in time:
 
-    now + (in_flight + 1) / rate <= deadline
+    now + max(latency, (in_flight + 1) / rate) <= deadline
 
 - `rate`: the advisor's measured answers per busy second (answers finished, over the seconds during which at
   least one question was out): a serial server's 1 / (seconds per answer), a parallel one's more. Until the first
   answer it is unknown and questions go out one at a time (a probe), so a slow advisor is never flooded.
+- `latency`: the measured seconds from sending a question to its answer (a moving average): a parallel server
+  answers many at once but none faster than this.
 - `deadline` (`time.monotonic()` seconds): when the last answers that can still act must be in, set by the
   refinement loop from its measured chunk time (`jaxmod.ultra.refine.refine_chunks`); None (unknown yet): one
   question at a time.
@@ -41,6 +43,8 @@ class Pacer:
         self.finished = 0  # answers (or failures) that came back: the rate's numerator
         self.busy_s = 0.0  # seconds with at least one question out, up to the last change
         self._busy_since: float | None = None
+        self.latency: float | None = None  # moving average of send-to-answer seconds
+        self._sent: list[float] = []  # send times of the questions in flight, oldest first
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Condition | None = None
 
@@ -53,7 +57,9 @@ class Pacer:
     def expected_finish(self) -> float | None:
         """When a question sent now is expected back (None: no rate yet)."""
         rate = self.rate
-        return None if rate is None else self.clock() + (self.in_flight + 1) / rate
+        if rate is None:
+            return None
+        return self.clock() + max(self.latency or 0.0, (self.in_flight + 1) / rate)
 
     def _condition(self) -> asyncio.Condition:
         loop = asyncio.get_running_loop()
@@ -111,10 +117,14 @@ class Pacer:
         if self.in_flight == 0:
             self._busy_since = self.clock()
         self.in_flight += 1
+        self._sent.append(self.clock())
         return True
 
     def release(self) -> None:
-        """An admitted question is back (answered, failed or cancelled)."""
+        """An admitted question is back (answered, failed or cancelled): the oldest in flight stands for it (the
+        latency's estimate, not any one question's)."""
+        took = self.clock() - self._sent.pop(0)
+        self.latency = took if self.latency is None else 0.7 * self.latency + 0.3 * took
         self.in_flight -= 1
         self.finished += 1
         if self.in_flight == 0 and self._busy_since is not None:
