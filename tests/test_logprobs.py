@@ -231,6 +231,10 @@ def test_continuous_advice_is_measured_in_half_ranges_of_the_action_box():
     kl_wide = advice_kl(SimpleNamespace(action_space=wide), {"log_std": params["log_std"] + jnp.log(2.0)}, 2 * head,
                         2 * suggested, 0.2)
     np.testing.assert_allclose(np.asarray(kl_wide), np.asarray(kl_unit), rtol=1e-5)
+    # the pull moves the policy's mean only: its std is one parameter for every state, never pulled by advice
+    g_std, g_mean = jax.grad(lambda p, h: advice_kl(SimpleNamespace(action_space=unit), p, h, suggested, 0.2).sum(),
+                             argnums=(0, 1))(params, head)
+    assert np.all(np.asarray(g_std["log_std"]) == 0.0) and np.all(np.abs(np.asarray(g_mean)) > 0.0)
 
     advice = Advice(obs=jnp.zeros((1, 3)), snapshot=None, action=jnp.zeros((1, 2)), reward=jnp.ones(1),
                     rated_action=jnp.array([[0.3, -0.2]]), weight=jnp.ones(1), target=jnp.zeros((1, 0)),

@@ -5,7 +5,9 @@ trust weight in [0, 1] from verification, `jaxmod.advice.verify`; 1 without it):
 distribution over the actions where it gave one (`Advice.target`: an LLM's probabilities of its multiple-choice
 options, read from token log-probabilities by `jaxmod.llm.logprobs`; jaxmod's extension) and otherwise a one-hot
 target (= -log pi(a*)); a Gaussian of std `target_std` half-ranges of the action box (`ActionSpace.unit`: the
-same pull on [-1, 1] and [-2, 2]) around the suggestion for continuous ones. With
+same pull on [-1, 1] and [-2, 2]) around the suggestion for continuous ones, pulling the policy's mean only (its
+std, one parameter for every state, is held: a pull at a few critical states must not narrow exploration
+everywhere). With
 `filter`, only on critical steps that executed the suggestion with a positive GAE advantage, i.e. where following
 the advice turned out better than the critic expected (wrong advice then gets no pull).
 """
@@ -31,8 +33,9 @@ def advice_kl(net, params, head: jax.Array, suggested: jax.Array, target_std: fl
     """KL(target || pi) per sample ([B] float32). Discrete actions: the advisor's distribution `target` ([B, A]
     float32) where its row is nonzero (an LLM's probabilities over the actions), else the one-hot of `suggested`
     ([B] int32; KL = -log pi(a*)). Continuous ones: a Gaussian of std `target_std` x the action box's half-range
-    per dimension (`ActionSpace.unit`) around `suggested` ([B, A] float32). `head`: the policy head's output for
-    the samples (logits, or the Gaussian's mean)."""
+    per dimension (`ActionSpace.unit`) around `suggested` ([B, A] float32), with the policy's std held (no
+    gradient: only its mean is pulled). `head`: the policy head's output for the samples (logits, or the
+    Gaussian's mean)."""
     if net.action_space.discrete:
         one_hot = -D.categorical_log_prob(head, suggested)
         if target is None or target.shape[-1] != head.shape[-1]:
@@ -42,7 +45,10 @@ def advice_kl(net, params, head: jax.Array, suggested: jax.Array, target_std: fl
         soft = jnp.sum(jnp.where(positive, target * (jnp.log(jnp.where(positive, target, 1.0)) - log_pi), 0.0),
                        axis=-1)
         return jnp.where(jnp.sum(target, axis=-1) > 0, soft, one_hot)
-    log_std = jnp.broadcast_to(params["log_std"], head.shape)
+    # the pull moves the mean only: the policy's std is one parameter for every state (`params["log_std"]`), so a
+    # gradient on it from a few critical steps would narrow exploration everywhere (Pendulum-v1, 10 seeds, teacher
+    # advice: ULTRA-A fell from continued PPO's -1044 to -1220 with it, -1040 with no KL at all)
+    log_std = jax.lax.stop_gradient(jnp.broadcast_to(params["log_std"], head.shape))
     target_log_std = jnp.broadcast_to(jnp.log(target_std * net.action_space.unit), head.shape)
     return D.gaussian_kl(suggested, target_log_std, head, log_std)
 
