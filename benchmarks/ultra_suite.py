@@ -81,13 +81,29 @@ def advisor_knobs(advisor: str, env_id: str, budget: dict[str, Any], agents: Pat
     return knobs
 
 
+def code_version() -> str:
+    """The commit the cell ran (with '+changes' when the tree differed from it), or 'unknown' outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("+changes" if dirty else "")) if rev else "unknown"
+
+
 def run_cell(env_id: str, advisor: str, methods: tuple[str, ...], agents: Path, seeds: int | None, log,
              scale: float = 1.0) -> dict:
     """One (task, advisor) cell: every method from the same agents. Returns its record (failures included).
     `scale` multiplies the family's budgets (a quick look; the record says so)."""
     budget = dict(FAMILIES[family_of(env_id)])
     budget.update(pretrain_steps=int(budget["pretrain_steps"] * scale), refine_steps=int(budget["refine_steps"] * scale))
-    record: dict[str, Any] = {"task": env_id, "advisor": advisor, "family": family_of(env_id), "scale": scale}
+    record: dict[str, Any] = {"task": env_id, "advisor": advisor, "family": family_of(env_id), "scale": scale,
+                              "commit": code_version()}
     t0 = time.perf_counter()
     try:
         knobs = dict(env_id=env_id, variants=methods, agents_dir=str(agents), seeds=seeds or budget["seeds"],

@@ -69,7 +69,8 @@ class ModulationConfig:
     reward_scale: float = 1.0  # lambda: weight of the advisor's implicit reward (ULTRA-R), in units of the running
     # RMS of the env's raw per-step reward (1: a critical step's bonus as large as a typical step's reward), the same
     # with and without reward normalisation
-    kl_coef: float = 1.0  # beta: weight of KL(advice || policy) at critical steps (jaxmod's extension; 0: off)
+    kl_coef: float = 1.0  # beta: weight of KL(advice || policy) at each critical step, as one sample of the
+    # surrogate weighs (the sum over critical steps over the minibatch's size; jaxmod's extension; 0: off)
     kl_target_std: float = 0.2  # std of the Gaussian target around a continuous suggestion
     kl_filter: bool = False  # KL only on advised steps whose advantage is positive (robustness to bad advice)
     verify_samples: int = 4  # advice verification: samples per group before a slot can be refuted (0: off, every
