@@ -982,23 +982,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.llm import redact_url
     from jaxmod.methods import METHODS
 
-    config = _ultra_config(args, argv)
-    _check_wandb(args)
-    out = _ultra_out(args, config)
-    primary = _ultra_distributed(args)  # joins the other processes (a multi-process run) before any device use
-    layout = _ultra_layout(config)
-    if args.render:
-        from jaxmod.render import headless_gl
-
-        headless_gl()  # before brax imports mujoco
-    # an unknown env id is named as such, before the advisor is asked whether it knows it
-    core = _make_env(config.ppo, args, args.config or (Path(args.replay) / CONFIG_FILE if args.replay else None))
-    if args.render:
-        from jaxmod.render import check_render, check_render_dir
-
-        check_render(core, check_render_dir(args.render, args.overwrite, list(METHODS)) / "pretrained.gif")
-    if primary or not config.advisor.is_http:  # process 0 alone asks an HTTP advisor
-        config = _check_advisor(config, quiet=args.quiet)
+    config, out, layout, primary = _ultra_setup(args, argv)
     from jaxmod.ultra.pipeline import UltraRun
 
     _enable_compile_cache()
@@ -1042,6 +1026,33 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if primary:
         _print_ultra_results(console, config, run, results, out, args.quiet)
     return 0
+
+
+def _ultra_setup(args: argparse.Namespace, argv: Sequence[str]) -> tuple[Any, Path, str, bool]:
+    """Check everything before anything runs (one line each): the config, the run folder, the multi-process flags
+    (then joins the other processes), the layout, the env, --render and the advisor. Returns the config (the
+    advisor's model resolved), the run folder, where the seeds run (in words) and whether this process writes the
+    run's files."""
+    from jaxmod.methods import METHODS
+
+    config = _ultra_config(args, argv)
+    _check_wandb(args)
+    out = _ultra_out(args, config)
+    primary = _ultra_distributed(args)  # joins the other processes (a multi-process run) before any device use
+    layout = _ultra_layout(config)
+    if args.render:
+        from jaxmod.render import headless_gl
+
+        headless_gl()  # before brax imports mujoco
+    # an unknown env id is named as such, before the advisor is asked whether it knows it
+    core = _make_env(config.ppo, args, args.config or (Path(args.replay) / CONFIG_FILE if args.replay else None))
+    if args.render:
+        from jaxmod.render import check_render, check_render_dir
+
+        check_render(core, check_render_dir(args.render, args.overwrite, list(METHODS)) / "pretrained.gif")
+    if primary or not config.advisor.is_http:  # process 0 alone asks an HTTP advisor
+        config = _check_advisor(config, quiet=args.quiet)
+    return config, out, layout, primary
 
 
 def _ultra_distributed(args: argparse.Namespace) -> bool:
