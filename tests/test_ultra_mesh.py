@@ -35,7 +35,7 @@ FLAGS = ["--env", "CartPole-v1", "--variant", "RA", "--advisor", "scripted", "--
          "--episodes-per-round", "3", "--sync-advice"]
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import dataclasses, json, sys
     from pathlib import Path
     import jax
     from jax._src import monitoring
@@ -75,7 +75,15 @@ SCRIPT = textwrap.dedent("""
     config = UltraConfig.from_dict(json.loads((root / "four" / "config.json").read_text()))
     one = P.UltraRun(config, root / "one", mesh=seed_mesh(jax.devices()[:1]))
     one.run()
-    print(json.dumps({"four": four, "dp": dp, "one": programs(one), "one_devices": one.layout.num_devices,
+    # RICE: the mask nets (trained by their own PPOLearner on the keep/blind env) in a data-parallel run
+    rice = [*flags[:flags.index("--variant")], "--variant", "RICE", *flags[flags.index("--variant") + 2:],
+            "--mask-steps", "1024", "--quiet"]
+    assert main(["ultra", *rice, "--env-shards", "2", "--out", str(root / "rice_dp")]) == 0
+    rice_dp = programs(runs[-1])
+    config = UltraConfig.from_dict(json.loads((root / "rice_dp" / "config.json").read_text()))
+    P.UltraRun(dataclasses.replace(config, env_shards=1), root / "rice_one", mesh=seed_mesh(jax.devices()[:1])).run()
+    print(json.dumps({"four": four, "dp": dp, "rice_dp": rice_dp, "one": programs(one),
+                      "one_devices": one.layout.num_devices,
                       "again_hits": hits, "five_seeds": SeedPrograms(5).describe(),
                       "five_sharded": SeedPrograms(5).sharding is not None}))
 """)
@@ -123,6 +131,12 @@ def test_ultra_over_four_devices_equals_one_device(tmp_path):
     assert {row[1] for row in _rows(tables[0]) if row[0] == "RA"} == {"0", "1", "2", "3"}
     st = {d: json.loads((tmp_path / d / "ultra.json").read_text())["advisor"][0] for d in ("four", "dp", "one")}
     assert st["four"]["valid"] == st["dp"]["valid"] == st["one"]["valid"] > 0
+    # RICE with --env-shards 2 (its mask nets trained per seed on the seed's row) = RICE on one device
+    assert set(facts["rice_dp"]) == {"PPO", "RICE"} and all(p["envs_split"] for p in facts["rice_dp"].values())
+    rice_dp, rice_one = (json.loads((tmp_path / d / "ultra.json").read_text()) for d in ("rice_dp", "rice_one"))
+    for name in ("PPO", "RICE"):
+        _same_run(rice_dp[name], rice_one[name], f"{name} data parallel")
+    assert any(row.get("restarts", 0) > 0 for row in rice_one["RICE"]["chunks"])  # RICE restarted from its states
 
 
 def _timeless(rows: list[dict]) -> list[dict]:
