@@ -121,3 +121,73 @@ def test_seeds_that_do_not_split_over_the_processes_devices_are_one_line(tmp_pat
     with pytest.raises(ConfigError, match="--seeds must be a multiple of 2 \\(got 3\\)"):
         SeedPrograms(3, mesh)
     assert SeedPrograms(4, mesh).sharding is not None
+
+
+def _two_processes(flags: list[str], tmp_path: Path) -> list[tuple[int, str, str]]:
+    """`jaxmod <flags>` as 2 processes x 1 emulated device on loopback: (exit code, stdout, stderr) of each."""
+    coord = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxmod", *flags, "--out", str(tmp_path / f"out{i}"),
+                               "--coordinator", coord, "--num-processes", "2", "--process-id", str(i)],
+                              env=_env(1, tmp_path / f"xla{i}"), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=800))
+        finally:
+            p.kill()
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs, strict=True)]
+
+
+@pytest.mark.timeout(900)
+def test_the_asynchronous_schedule_over_two_processes_swaps_the_same_advice_in_both(tmp_path):
+    """Without --sync-advice, when answers are swapped in depends on the advisor's timing (here slowed down, so a
+    round's answers arrive while chunks run): process 0 decides and the other process follows. JAX itself checks, at
+    every chunk, that the advice every process feeds its devices is the same (a process with other advice fails);
+    the run completes with advice swapped in."""
+    flags = [f for f in FLAGS if f != "--sync-advice"] + ["--advisor-latency", "0.05", "--quiet"]
+    (rc0, _, err0), (rc1, out1, err1) = _two_processes(flags, tmp_path)
+    assert rc0 == 0 and rc1 == 0, (err0[-3000:], err1[-3000:])
+    assert not (tmp_path / "out1").exists()
+    ra = json.loads((tmp_path / "out0" / "ultra.json").read_text())["RA"]
+    assert any(row["swapped_advice"] for row in ra["chunks"]) and max(row["advice_valid"] for row in ra["chunks"]) > 0
+
+
+def test_shared_rounds_carry_process_0s_advice_flags_and_stop_bit_for_bit(monkeypatch):
+    """`SharedRounds.take` as the other processes see it: process 0's packed advice (every bit: -0.0 and NaN too),
+    whether its round is still pending, and its stop (its advisor failed: process 0 raises its error, the others
+    `AdvisorStopped`). The broadcast is replaced by a recorder of what process 0 sends."""
+    import numpy as np
+
+    import jaxmod.ultra.multihost as M
+
+    empty = {"valid": np.zeros((2, 3), bool), "obs": np.zeros((2, 3, 4), np.float32), "step": np.zeros((2, 3), np.int32)}
+    advice = {"valid": np.array([[True, False, True], [False, False, True]]),
+              "obs": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "step": np.arange(6, dtype=np.int32).reshape(2, 3)}
+    advice["obs"][0, 0, :2] = [-0.0, np.nan]
+    sent: list = []
+
+    class Rounds:  # process 0's advice rounds: one take with a round left pending, then a failing one
+        pending, calls = None, 0
+
+        def take(self, wait=True, only=None):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("the advisor stopped advising")
+            self.pending = object()
+            return advice, {"swapped_advice": True, "packed": 4}
+
+    monkeypatch.setattr(M, "broadcast_from_primary", lambda data, name: sent.append(data.copy()) or data)
+    primary = M.SharedRounds(Rounds(), empty)
+    assert primary.take(wait=False)[1]["packed"] == 4  # process 0 keeps its own row facts
+    with pytest.raises(RuntimeError, match="stopped advising"):
+        primary.take()
+    received = iter(sent)
+    monkeypatch.setattr(M, "broadcast_from_primary", lambda data, name: next(received))
+    other = M.SharedRounds(None, empty)
+    got, facts = other.take()
+    assert facts == {"swapped_advice": True} and other.pending is not None
+    for key in advice:
+        assert got[key].dtype == advice[key].dtype and got[key].tobytes() == advice[key].tobytes(), key
+    with pytest.raises(M.AdvisorStopped, match="process 0 stopped the run"):
+        other.take()
