@@ -13,7 +13,9 @@ differ by rounding. Required: the evaluations (every seed, every chunk), the cri
 valid answers and every count bit for bit; float metrics of a chunk row within ATOL + RTOL x |value|. Measured
 (2026-12-01, this config): evaluations, tables, counts and all of continued PPO's rows bit for bit; of RA's 48
 row numbers 2 (seeds over 4 devices) and 4 (--env-shards 2) differ, advice_trust and shaping by ~1e-7 relative,
-at most 0.4% of the tolerance; the seeds-over-4-devices run repeated from the compile cache is bit for bit itself."""
+at most 0.4% of the tolerance; the seeds-over-4-devices run repeated from the compile cache is bit for bit itself.
+
+A second subprocess: RICE (its mask nets trained by their own PPOLearner) with `--env-shards 2` vs one device."""
 
 from __future__ import annotations
 
