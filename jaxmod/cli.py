@@ -306,6 +306,7 @@ def _add_ultra(sub: Any, argv: Sequence[str]) -> None:
     ultra.add_argument("--render", default=None, metavar="DIR",
                        help="write one episode of seed 0 as GIFs to DIR: pretrained.gif before refinement and "
                             "<method>.gif after each method (default: none)")
+    _add_distributed_flags(ultra)
     flags = [fl for fl in _ultra_flags() if fl.flag != "--env"]
     _add_config_flags(ultra, base, flags, "ULTRA config (jaxmod.ultra.UltraConfig)", with_total_steps=False)
 
@@ -981,35 +982,23 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from jaxmod.llm import redact_url
     from jaxmod.methods import METHODS
 
-    config = _ultra_config(args, argv)
-    _check_wandb(args)
-    out = _ultra_out(args, config)
-    layout = _ultra_layout(config)
-    if args.render:
-        from jaxmod.render import headless_gl
-
-        headless_gl()  # before brax imports mujoco
-    # an unknown env id is named as such, before the advisor is asked whether it knows it
-    core = _make_env(config.ppo, args, args.config or (Path(args.replay) / CONFIG_FILE if args.replay else None))
-    if args.render:
-        from jaxmod.render import check_render, check_render_dir
-
-        check_render(core, check_render_dir(args.render, args.overwrite, list(METHODS)) / "pretrained.gif")
-    config = _check_advisor(config, quiet=args.quiet)
+    config, out, layout, primary = _ultra_setup(args, argv)
     from jaxmod.ultra.pipeline import UltraRun
 
     _enable_compile_cache()
     a = config.advisor
-    console = Console()
+    console = Console(quiet=not primary)  # a multi-process run: process 0 reports
     if not args.quiet:
         console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds on {layout}, variants "
                       f"{', '.join(config.variants)}, advisor {redact_url(a.spec)}"
                       f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {_p(out)}")
     from jaxmod.tracking import Tracker
 
+    quiet = args.quiet or not primary
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("updates"),
-                  TimeElapsedColumn(), console=console, disable=args.quiet) as progress, \
-            Tracker(out, config.to_dict(), getattr(args, "wandb", None), quiet=args.quiet) as tracker:
+                  TimeElapsedColumn(), console=console, disable=quiet) as progress, \
+            (Tracker(out, config.to_dict(), getattr(args, "wandb", None), quiet=args.quiet) if primary
+             else contextlib.nullcontext()) as tracker:
         tasks: dict[str, Any] = {}
 
         def on_progress(variant: str, done: int, total: int) -> None:
@@ -1021,18 +1010,66 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             progress.console.print(msg, markup=False)
 
         def warn(msg: str) -> None:
+            if not primary:
+                return
             if args.quiet:
                 print(f"jaxmod: warning: {_one_line(msg)}", file=sys.stderr, flush=True)
             else:
                 say(msg)
 
-        run = UltraRun(config, out, log=(lambda _: None) if args.quiet else say, progress=on_progress,
+        run = UltraRun(config, out, log=(lambda _: None) if quiet else say, progress=on_progress,
                        overwrite=args.overwrite, tracker=tracker, warn=warn,
                        render_dir=Path(args.render) if args.render else None)
-        tracker.start()  # --wandb that cannot start: one line now, before pretraining
+        if tracker is not None:
+            tracker.start()  # --wandb that cannot start: one line now, before pretraining
         results = run.run()
-    _print_ultra_results(console, config, run, results, out, args.quiet)
+    if primary:
+        _print_ultra_results(console, config, run, results, out, args.quiet)
     return 0
+
+
+def _ultra_setup(args: argparse.Namespace, argv: Sequence[str]) -> tuple[Any, Path, str, bool]:
+    """Check everything before anything runs (one line each): the config, the run folder, the multi-process flags
+    (then joins the other processes), the layout, the env, --render and the advisor. Returns the config (the
+    advisor's model resolved), the run folder, where the seeds run (in words) and whether this process writes the
+    run's files."""
+    from jaxmod.methods import METHODS
+
+    config = _ultra_config(args, argv)
+    _check_wandb(args)
+    out = _ultra_out(args, config)
+    primary = _ultra_distributed(args)  # joins the other processes (a multi-process run) before any device use
+    layout = _ultra_layout(config)
+    if args.render:
+        from jaxmod.render import headless_gl
+
+        headless_gl()  # before brax imports mujoco
+    # an unknown env id is named as such, before the advisor is asked whether it knows it
+    core = _make_env(config.ppo, args, args.config or (Path(args.replay) / CONFIG_FILE if args.replay else None))
+    if args.render:
+        from jaxmod.render import check_render, check_render_dir
+
+        check_render(core, check_render_dir(args.render, args.overwrite, list(METHODS)) / "pretrained.gif")
+    if primary or not config.advisor.is_http:  # process 0 alone asks an HTTP advisor
+        config = _check_advisor(config, quiet=args.quiet)
+    return config, out, layout, primary
+
+
+def _ultra_distributed(args: argparse.Namespace) -> bool:
+    """A multi-process `jaxmod ultra` (--coordinator/--num-processes/--process-id, as `train`'s): the flags and their
+    combination checked (one line), then joined (`jaxmod.parallel.init_distributed`). Returns whether this process
+    writes the run's files (process 0; always, in one process)."""
+    from jaxmod.parallel import check_distributed, init_distributed, is_primary
+
+    if not check_distributed(args.coordinator, args.num_processes, args.process_id):
+        return True
+    if args.join_timeout < 1:
+        raise CLIError(f"--join-timeout must be >= 1 seconds, got {args.join_timeout}")
+    if args.render:
+        raise CLIError("--render draws one process's agent: leave it out of a multi-process run (render a "
+                       "single-process run of the same config)")
+    init_distributed(args.coordinator, args.num_processes, args.process_id, args.join_timeout)
+    return is_primary()
 
 
 def _advice_mark(valid: int | None, seeds: int) -> str:

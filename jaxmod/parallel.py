@@ -19,9 +19,11 @@ then the all-reduce), so a data-parallel run equals the one-device run to roundi
 devices: every metric of every update within 1e-5 + 1e-4 x its value on a tiny CartPole run, see
 tests/test_data_parallel.py), and, like any change of summation order, may drift apart over long runs.
 
-`jaxmod ultra` (one process): `SeedPrograms` lays out every program of a run (pretraining, refinement chunks,
-evaluations, advisor recordings) by the same rules, seeds over a 1-D mesh or seeds x envs over a 2-D one; its
-agreement with one device is tested in tests/test_ultra_mesh.py.
+`jaxmod ultra`: `SeedPrograms` lays out every program of a run (pretraining, refinement chunks, evaluations,
+advisor recordings) by the same rules, seeds over a 1-D mesh or seeds x envs over a 2-D one; its agreement with one
+device is tested in tests/test_ultra_mesh.py. Multi-process, process 0 alone runs the advisor: the recordings are
+gathered to the hosts (`gather`), and process 0's swap decisions and advice arrays reach the others by
+`broadcast_from_primary` (`jaxmod.ultra.multihost`); tested against one process in tests/test_multihost_ultra.py.
 
 Multi-host: after `jax.distributed.initialize` (`init_distributed`), `jax.devices()` lists every process's devices
 and the mesh spans them all; each process runs the same program on its own devices. Inputs enter as global arrays
@@ -218,12 +220,67 @@ def run_synced(jitted: Callable, *args: Any, name: str = "run") -> Any:
 
 
 def gather(tree: Any) -> Any:
-    """A tree of (possibly sharded, possibly multi-process) arrays as numpy arrays on every process."""
+    """A tree of (possibly sharded, possibly multi-process) arrays as numpy arrays on every process: in a
+    multi-process run every process must call it at the same point (the arrays that span other processes' devices
+    are replicated by one compiled program, run once every process has compiled it: `run_synced`); single
+    process: `jax.device_get`."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    mesh = next(x.sharding.mesh for x in jax.tree.leaves(tree) if isinstance(x.sharding, NamedSharding))
-    replicate = jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec()))
-    return jax.device_get(run_synced(replicate, tree, name="gather"))
+    leaves, treedef = jax.tree.flatten(tree)
+    spread = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    if spread:
+        mesh = leaves[spread[0]].sharding.mesh
+        got = run_synced(_replicator(mesh), [leaves[i] for i in spread], name="gather")
+        for i, x in zip(spread, got, strict=True):
+            leaves[i] = x
+    return jax.device_get(jax.tree.unflatten(treedef, leaves))
+
+
+_REPLICATORS: dict[Any, Callable] = {}
+
+
+def _replicator(mesh: Mesh) -> Callable:
+    """A jitted identity whose results are replicated over `mesh` (one per mesh, kept: traced once per shapes)."""
+    if mesh not in _REPLICATORS:
+        _REPLICATORS[mesh] = jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return _REPLICATORS[mesh]
+
+
+ADVICE_WAIT_S = 6 * 3600  # how long a process waits for process 0 at a broadcast (its advisor may be slow)
+
+
+def broadcast_from_primary(data: np.ndarray, name: str = "broadcast") -> np.ndarray:
+    """Process 0's `data` (a 1-D uint8 buffer; every process passes one of the same size, whose contents are ignored
+    except on process 0) on every process; `data` itself in a single-process run. Every process waits at a
+    coordination barrier first (no device collective waits on a slow peer: a CPU's collectives give up after
+    30 s), then one `multihost_utils.broadcast_one_to_all` copies the bytes (exact: an integer sum with zeros)."""
+    if jax.process_count() == 1:
+        return data
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise ValueError(f"broadcast_from_primary takes a 1-D uint8 buffer, got {data.dtype} {data.shape}")
+    from jax.experimental import multihost_utils
+
+    barrier(name, timeout_s=ADVICE_WAIT_S)
+    return np.asarray(multihost_utils.broadcast_one_to_all(data))
+
+
+def to_bytes(tree: Any) -> np.ndarray:
+    """A tree of host arrays as one 1-D uint8 buffer (its leaves' bytes in order; `from_bytes` reads it back)."""
+    parts = [np.ascontiguousarray(np.asarray(x)).reshape(-1).view(np.uint8) for x in jax.tree.leaves(tree)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+
+
+def from_bytes(data: np.ndarray, like: Any) -> Any:
+    """`to_bytes`' inverse: the tree `like` (host arrays: the shapes and dtypes to read) with `data`'s values."""
+    leaves, treedef = jax.tree.flatten(like)
+    out, at = [], 0
+    for x in leaves:
+        x = np.asarray(x)
+        out.append(data[at:at + x.nbytes].copy().view(x.dtype).reshape(x.shape))
+        at += x.nbytes
+    if at != data.size:
+        raise ValueError(f"{data.size} bytes do not hold the tree ({at} bytes)")
+    return jax.tree.unflatten(treedef, out)
 
 
 class _SeedLayout:
@@ -383,8 +440,13 @@ class MultiSeed(_SeedLayout):
 class SeedPrograms(_SeedLayout):
     """Programs vmapped over a leading seed axis (every argument and result [S, ...]) for `jaxmod ultra`
     (`jaxmod.ultra.pipeline.UltraRun`: its pretraining, the baselines' explanations, refinement chunks, evaluations
-    and recordings), laid out over the devices as `MultiSeed` lays out `jaxmod train`'s. Single process only (`mesh`
-    defaults to every device of `jax.devices()`).
+    and recordings), laid out over the devices as `MultiSeed` lays out `jaxmod train`'s (`mesh` defaults to every
+    device of `jax.devices()`: in a multi-process run, every process's).
+
+    Multi-process (after `init_distributed`): the mesh spans every process's devices and the seeds must split over
+    it (else `ConfigError`: a plain one-device program would run whole on every process); every process calls the
+    same programs in the same order, arguments enter through `put` (host values the same on every process), and
+    results are read on the host through `gather` (every process, at the same point).
 
     `env_shards` == 1: the seed axis is sharded over a 1-D seed mesh when `num_seeds` splits evenly over its devices
     (`seed_sharding`); otherwise (one device, or e.g. 5 seeds on 4 devices) the programs are the plain one-device
@@ -407,6 +469,10 @@ class SeedPrograms(_SeedLayout):
     def __post_init__(self) -> None:
         if self.data_parallel:
             self._check_layout(self.num_envs)
+        if jax.process_count() > 1 and self.sharding is None:
+            raise ConfigError(f"a multi-process run spreads the seeds over the {self._mesh.size} devices of its "
+                              f"{jax.process_count()} processes: --seeds must be a multiple of {self._mesh.size} "
+                              f"(got {self.num_seeds})")
 
     @property
     def env_axis(self) -> str | None:
@@ -448,11 +514,12 @@ class SeedPrograms(_SeedLayout):
         why the seeds were not spread."""
         mesh = self._mesh
         platform = mesh.devices.flat[0].platform
+        processes = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
         if self.data_parallel:
-            return (f"{mesh.size} {platform} devices ({mesh.shape[SEED_AXIS]} seed shard(s) x {self.env_shards} env "
-                    "shards)")
+            return (f"{mesh.size} {platform} devices{processes} ({mesh.shape[SEED_AXIS]} seed shard(s) x "
+                    f"{self.env_shards} env shards)")
         if self.sharding is not None:
-            return f"{mesh.size} {platform} devices"
+            return f"{mesh.size} {platform} devices{processes}"
         if mesh.size == 1:
             return f"one {platform} device"
         return (f"one {platform} device ({self.num_seeds} seeds do not split evenly over {mesh.size} devices: use a "

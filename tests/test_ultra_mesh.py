@@ -13,7 +13,9 @@ differ by rounding. Required: the evaluations (every seed, every chunk), the cri
 valid answers and every count bit for bit; float metrics of a chunk row within ATOL + RTOL x |value|. Measured
 (2026-12-01, this config): evaluations, tables, counts and all of continued PPO's rows bit for bit; of RA's 48
 row numbers 2 (seeds over 4 devices) and 4 (--env-shards 2) differ, advice_trust and shaping by ~1e-7 relative,
-at most 0.4% of the tolerance; the seeds-over-4-devices run repeated from the compile cache is bit for bit itself."""
+at most 0.4% of the tolerance; the seeds-over-4-devices run repeated from the compile cache is bit for bit itself.
+
+A second subprocess: RICE (its mask nets trained by their own PPOLearner) with `--env-shards 2` vs one device."""
 
 from __future__ import annotations
 
@@ -160,3 +162,42 @@ def test_a_layout_that_does_not_fit_is_one_line_before_anything_runs(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()  # nothing written
+
+
+RICE_SCRIPT = textwrap.dedent("""
+    import dataclasses, json, sys
+    from pathlib import Path
+    import jax
+    import jaxmod.ultra.pipeline as P
+    from jaxmod.cli import main
+    from jaxmod.parallel import seed_mesh
+    from jaxmod.ultra.config import UltraConfig
+
+    assert jax.device_count() == 4, jax.devices()
+    root, flags = Path(sys.argv[1]), json.loads(sys.argv[2])
+    assert main(["ultra", *flags, "--env-shards", "2", "--out", str(root / "dp")]) == 0
+    config = UltraConfig.from_dict(json.loads((root / "dp" / "config.json").read_text()))
+    P.UltraRun(dataclasses.replace(config, env_shards=1), root / "one", mesh=seed_mesh(jax.devices()[:1])).run()
+""")
+
+RICE_FLAGS = ["--env", "CartPole-v1", "--variant", "RICE", "--seeds", "2", "--seed", "0", "--pretrain-steps", "1024",
+              "--refine-steps", "1536", "--chunks", "3", "--num-envs", "4", "--num-steps", "64", "--collect-envs", "4",
+              "--collect-steps", "96", "--eval-envs", "4", "--eval-steps", "128", "--mask-steps", "512", "--quiet"]
+
+
+@pytest.mark.timeout(1200)  # 2 tiny ultra runs with mask-net training; generous for a loaded CPU
+def test_rice_with_env_shards_equals_the_unsharded_run(tmp_path):
+    """RICE's mask nets are trained by their own PPOLearner on the keep/blind env (not split over "envs": each runs
+    whole on every device of its seed's row) while RICE's refinement splits each seed's envs over 2 devices
+    (`--env-shards 2`: 2 seeds on a 2 seed shards x 2 env shards mesh of 4 devices): the same run as on one
+    device, within this module's tolerance (`_same_run`)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT), JAXMOD_CACHE_DIR=str(tmp_path / "xla"), COLUMNS="300")
+    proc = subprocess.run([sys.executable, "-c", RICE_SCRIPT, str(tmp_path), json.dumps(RICE_FLAGS)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=1100)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dp, one = (json.loads((tmp_path / d / "ultra.json").read_text()) for d in ("dp", "one"))
+    assert dp["config"]["env_shards"] == 2 and one["config"]["env_shards"] == 1
+    for name in ("PPO", "RICE"):
+        _same_run(dp[name], one[name], f"{name} data parallel")
+    assert sum(row.get("restarts", 0) for row in one["RICE"]["chunks"]) > 0  # RICE restarted from its mask's states

@@ -36,7 +36,7 @@ from jaxmod.llm.advisors import ChatBackend
 from jaxmod.llm.pacing import Pacer
 from jaxmod.llm.pool import EndpointPool, split_urls
 from jaxmod.methods import BASELINES, METHODS, method
-from jaxmod.parallel import SeedPrograms, seed_keys
+from jaxmod.parallel import SeedPrograms, gather, is_primary, seed_keys
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.config import ConfigError
 from jaxmod.ppo.train import params_finite, seeds_params_finite
@@ -56,6 +56,7 @@ from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import make_collector
 from jaxmod.ultra.config import UltraConfig, UltraSettings
 from jaxmod.ultra.heap import frozen_heap
+from jaxmod.ultra.multihost import SharedRounds
 from jaxmod.ultra.refine import RefinementProgram, refine_chunks
 from jaxmod.ultra.rounds import AdviceRounds
 from jaxmod.ultra.schedule import AsyncSchedule, ReplaySchedule, Schedule, SyncSchedule
@@ -207,7 +208,13 @@ class UltraRun:
     explanations, refinement chunks, evaluations, the advisor's recordings) is `jaxmod.parallel.SeedPrograms`',
     sharded over the seeds when they split evenly over the devices (else one device's program), and with
     `env_shards` > 1 each seed's training envs over a row of devices (data parallel). The host gathers every seed's
-    recordings for the advisor and the results."""
+    recordings for the advisor and the results.
+
+    Multi-process (after `jaxmod.parallel.init_distributed`; every process builds and runs the same `UltraRun`):
+    the mesh spans every process's devices; process 0 alone runs the advisor, writes `out`'s files (the other
+    processes write nothing there) and the pre-trained agents' checkpoint; its advice reaches the others at the
+    same chunk (`jaxmod.ultra.multihost.SharedRounds`); every host reads the results (`jaxmod.parallel.gather`).
+    `render_dir` is refused there (`ConfigError`)."""
 
     def __init__(self, config: UltraConfig, out: Path, log: Callable[[str], None] = lambda _: None,
                  progress: Callable[[str, int, int], None] = lambda *_: None,
@@ -239,6 +246,9 @@ class UltraRun:
 
             checked_describer_of(self.agent_learner.env.core)
         self.render_dir = None if render_dir is None else Path(render_dir)
+        if self.render_dir is not None and jax.process_count() > 1:
+            raise ConfigError("--render draws one process's agent: leave it out of a multi-process run (render a "
+                              "single-process run of the same config)")
         self._renderer = None
         if self.render_dir is not None:  # one recorder for every policy of the run (the same env and network)
             from jaxmod.render import EpisodeRenderer, check_render_dir
@@ -251,8 +261,11 @@ class UltraRun:
         self.tracker = tracker  # a `jaxmod.tracking.Tracker` (sub-runs "pretrain" and one per method), or None
         if (self.out / "ultra.json").exists() and not overwrite:
             raise ConfigError(f"{self.out} already holds an ULTRA run; choose another output folder or overwrite it")
-        self.transcript = Transcript(self.out / "transcript.jsonl", overwrite=overwrite)
-        (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        self.primary = is_primary()  # process 0 (always, in one process) asks the advisor and writes the files
+        self.transcript = None
+        if self.primary:
+            self.transcript = Transcript(self.out / "transcript.jsonl", overwrite=overwrite)
+            (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
         self.critical_rows: list[tuple[str, int, CriticalRow]] = []  # (variant, seed, row)
         self.advice_stats: list[dict[str, Any]] = []
         self._recording: tuple[Any, float] | None = None  # the pre-trained agents' episodes, mean length
@@ -297,7 +310,8 @@ class UltraRun:
             return st, {**met, PARAMS_FINITE: params_finite(st.params)}
 
         state, metrics = self.layout.jit(pretrain_one)(seed_keys(self.s.seed, self.s.seeds))
-        check_finite(jax.device_get(metrics), "PPO pretraining", "", f"the run stops; a smaller --lr (now "
+        metrics = gather(metrics)  # every process reads every seed's
+        check_finite(metrics, "PPO pretraining", "", f"the run stops; a smaller --lr (now "
                      f"{cfg.lr:g}) or fewer --pretrain-steps may help", span=f"of {cfg.num_updates}")
         metrics.pop(PARAMS_FINITE)
         if self.tracker is not None:  # the pre-training's curves, sub-run "pretrain"
@@ -306,7 +320,9 @@ class UltraRun:
         self.log(f"pretrained {self.s.seeds} sub-optimal agents in {time.perf_counter() - t0:.1f}s "
                  f"(training return {np.asarray(metrics['episode_return'])[:, -1].mean():.1f})")
         if saved is not None:
-            save_checkpoint(saved, state, cfg, num_seeds=self.s.seeds)
+            host = gather(state) if jax.process_count() > 1 else state  # every process takes part; process 0 writes
+            if self.primary:
+                save_checkpoint(saved, host, cfg, num_seeds=self.s.seeds)
         return state
 
     # ------------------------------------------------------------------ baselines' explanations
@@ -319,7 +335,7 @@ class UltraRun:
             collect = make_collector(learner.env.replace_num_envs(s.sizes.collect_envs), learner.net, s.sizes.collect_steps)
             rec = self.layout.jit(collect)(pre_state.params, pre_state.env_state.obs_rms,
                                            seed_keys(s.seed + 3000, s.seeds))
-            done = np.asarray(rec.terminated | rec.truncated)
+            done = np.asarray(gather(rec.terminated | rec.truncated))
             self._recording = (rec, float(done.size / max(1, done.sum())))
         return self._recording
 
@@ -344,9 +360,10 @@ class UltraRun:
             masks = self.layout.jit(train_mask)(seed_keys(s.seed + 4000, s.seeds), pre_state.params, obs_rms)
             obs = jax.vmap(learner.env.observe)(obs_rms, rec.obs)
             scores = jax.vmap(lambda p, o: mask_importance(mask_net, p, o))(masks.params, obs)
+            blind, ret = gather((masks.blind_frac, masks.episode_return))
             self.log(f"mask nets trained in {time.perf_counter() - t0:.1f}s (blinded share "
-                     f"{float(np.mean(np.asarray(masks.blind_frac)[:, -1])):.2f}, masked-agent return "
-                     f"{float(np.mean(np.asarray(masks.episode_return)[:, -1])):.1f})")
+                     f"{float(np.mean(np.asarray(blind)[:, -1])):.2f}, masked-agent return "
+                     f"{float(np.mean(np.asarray(ret)[:, -1])):.1f})")
         else:
             scores = jax.random.uniform(jax.random.PRNGKey(s.seed + 5000), rec.reward.shape)
         space = self.agent_learner.env.action_space
@@ -405,11 +422,11 @@ class UltraRun:
         return SyncSchedule() if self.s.schedule.sync_advice else AsyncSchedule()
 
     def initial_advice(self, variant: str, pre_state, learner: PPOLearner, state, program: RefinementProgram,
-                       advisor: AdvisorThread | None) -> Advice | AdviceRounds:
+                       advisor: AdvisorThread | None) -> Advice | AdviceRounds | SharedRounds:
         """The advice `variant` starts from: none (all slots invalid), its baseline's explained critical states, or
         (for an advisor's method) its advice rounds, with the first round, on the pre-trained agents' own episodes,
         in flight: refinement starts at once on empty advice and swaps the round's answers in when the schedule
-        says (`refine_chunks`)."""
+        says (`refine_chunks`). Multi-process: `SharedRounds` over process 0's rounds (`advisor` None elsewhere)."""
         s = self.s
         source = method(variant).critical
         if source in ("mask", "random"):
@@ -418,6 +435,8 @@ class UltraRun:
             return AdviceBook.stacked([AdviceBook(learner.env.core, s.modulation.capacity)] * s.seeds)
         from jaxmod.llm import AdvisorStats
 
+        if jax.process_count() > 1:
+            return self._shared_rounds(variant, learner, state, program, advisor)
         advisor.advisor.stats = AdvisorStats()  # per-variant accounting
         paced = s.advisor.pacing and self.schedule(variant).paces  # the pacer keeps its measured rate across methods
         advisor.advisor.pacer = (advisor.advisor.pacer or Pacer()) if paced else None
@@ -430,6 +449,26 @@ class UltraRun:
         rounds.hand_over(program.record(state, 0))
         return rounds
 
+    def _shared_rounds(self, variant: str, learner: PPOLearner, state, program: RefinementProgram,
+                       advisor: AdvisorThread | None) -> SharedRounds:
+        """`initial_advice`'s advice rounds in a multi-process run: process 0's `AdviceRounds` (its `advisor`) behind
+        `SharedRounds` (`advisor` None on the other processes), the first round in flight."""
+        s = self.s
+        empty = AdviceBook.stacked([AdviceBook(learner.env.core, s.modulation.capacity)] * s.seeds)
+        rounds = None
+        if advisor is not None:
+            from jaxmod.llm import AdvisorStats
+
+            advisor.advisor.stats = AdvisorStats()  # per-variant accounting
+            rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.modulation.capacity,
+                                  s.advisor.episodes_per_round, self.critical_rows.extend, variant,
+                                  s.advisor.failure_policy(), self.warn, protocol=s.advisor.protocol,
+                                  reference=self.reference, budget=s.advisor.round_budget,
+                                  radius=s.advisor.dedup_radius, key=s.seed)
+        shared = SharedRounds(rounds, empty)
+        shared.hand_over(program.record(state, 0))
+        return shared
+
     def _refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         """`refine` (in the frozen heap): build, compile, run the chunks, then report on the advice."""
         s = self.s
@@ -437,7 +476,7 @@ class UltraRun:
         learner, state = self.refinement_start(variant, pre_state, guide_steps)
         program = self.program(variant, learner)
         rounds, advice = None, self.initial_advice(variant, pre_state, learner, state, program, advisor)
-        if isinstance(advice, AdviceRounds):
+        if isinstance(advice, (AdviceRounds, SharedRounds)):
             rounds, advice = advice, advice.advice()
         check_advice(advice, learner.env.core, s.modulation.capacity, s.seeds)
         result = VariantResult(variant)
@@ -463,7 +502,8 @@ class UltraRun:
         self._start_eval = (pre_state, loop.start_eval)
         self.render(f"{variant}.gif", loop.state)
         if rounds is not None:
-            self._record_advice_stats(result, rounds, loop, advisor)
+            if advisor is not None:  # process 0's (the only one, in one process)
+                self._record_advice_stats(result, rounds, loop, advisor)
             rounds.cancel()
         self._warn_if_reward_never_acted(result)
         return result
@@ -481,11 +521,11 @@ class UltraRun:
                 f"(now {s.refine_lr:g}){' or --kl-coef' if modulated and s.modulation.uses_kl else ''} may help")
 
         def read(mean, done: int, row: dict[str, Any] | None, metrics) -> None:
-            mean = np.asarray(mean)  # the chunk is done: its evaluation ran after it
+            mean = np.asarray(gather(mean))  # the chunk is done: its evaluation ran after it
             if row is None:  # the evaluation before refinement
                 check_finite({"eval_return": mean}, label, "before refinement", hint)
             else:  # a stopped run's results end at the last chunk that was finite
-                metrics = jax.device_get(metrics)
+                metrics = gather(metrics)
                 check_finite({**metrics, "eval_return": mean}, label, f"refinement chunk {row['chunk']}/{chunks}",
                              hint)
             result.steps.append(min(done, cfg.num_updates) * cfg.batch_size)
@@ -591,7 +631,7 @@ class UltraRun:
         pre = self.pretrain()
         self.render("pretrained.gif", pre)
         results: dict[str, VariantResult] = {}
-        needs_advisor = any(method(v).critical == "advisor" for v in self.s.variants)
+        needs_advisor = self.primary and any(method(v).critical == "advisor" for v in self.s.variants)
         factory = self.advisor_factory or _advisor_factory(self.s, self.transcript)
         ctx = AdvisorThread(factory, self.s.advisor.priority == "idle") if needs_advisor else contextlib.nullcontext()
         with ctx as advisor:
@@ -600,14 +640,16 @@ class UltraRun:
                     results[variant] = self.refine(variant, pre, advisor)
                 except NonFiniteError as err:  # the summary keeps what ran, and says why the run stopped
                     results[variant] = err.result
-                    self.write(results, stopped=str(err))
+                    if self.primary:
+                        self.write(results, stopped=str(err))
                     raise
                 r = results[variant]
                 start, final = seed_summary(r.eval_returns[0]), seed_summary(r.eval_returns[-1])
                 note = few_runs_note(final.seeds)
                 self.log(f"{variant}: eval return IQM {start.iqm_cell()} -> {final.iqm_cell()} (95% CIs over "
                          f"{final.seeds} seeds{f'; {note}' if note else ''}) in {r.wall_s:.1f}s")
-        self.write(results)
+        if self.primary:  # process 0 writes the run's files
+            self.write(results)
         return results
 
     def _warn_if_evaluation_is_short(self) -> None:
