@@ -64,6 +64,12 @@ class SharedRounds:
             return self.rounds.pending
         return True if self._pending else None
 
+    def pace(self, deadline: float | None) -> None:
+        """Process 0's `AdviceRounds.pace` (its advisor's pacer decides which questions are asked; the others
+        receive the answers through `take`)."""
+        if self.rounds is not None:
+            self.rounds.pace(deadline)
+
     def advice(self) -> Advice:
         """The current advice: process 0's books, the empty advice elsewhere (called before any swap)."""
         return self.rounds.advice() if self.rounds is not None else self._empty

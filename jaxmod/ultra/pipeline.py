@@ -433,12 +433,20 @@ class UltraRun:
             return self.explain(source, pre_state)
         if source != "advisor":
             return AdviceBook.stacked([AdviceBook(learner.env.core, s.modulation.capacity)] * s.seeds)
-        from jaxmod.llm import AdvisorStats
-
         if jax.process_count() > 1:
             return self._shared_rounds(variant, learner, state, program, advisor)
+        rounds = self._advice_rounds(variant, learner, advisor)
+        rounds.hand_over(program.record(state, 0))
+        return rounds
+
+    def _advice_rounds(self, variant: str, learner: PPOLearner, advisor: AdvisorThread) -> AdviceRounds:
+        """`variant`'s advice rounds over `advisor` (its accounting reset; paced where the schedule paces, the
+        pacer keeping its measured rate across methods), the deadline unknown until the refinement is timed."""
+        from jaxmod.llm import AdvisorStats
+
+        s = self.s
         advisor.advisor.stats = AdvisorStats()  # per-variant accounting
-        paced = s.advisor.pacing and self.schedule(variant).paces  # the pacer keeps its measured rate across methods
+        paced = s.advisor.pacing and self.schedule(variant).paces
         advisor.advisor.pacer = (advisor.advisor.pacer or Pacer()) if paced else None
         rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.modulation.capacity,
                               s.advisor.episodes_per_round, self.critical_rows.extend, variant,
@@ -446,7 +454,6 @@ class UltraRun:
                               reference=self.reference, budget=s.advisor.round_budget,
                               radius=s.advisor.dedup_radius, key=s.seed)
         rounds.pace(None)  # the first round goes out one question at a time until the refinement is timed
-        rounds.hand_over(program.record(state, 0))
         return rounds
 
     def _shared_rounds(self, variant: str, learner: PPOLearner, state, program: RefinementProgram,
@@ -455,16 +462,7 @@ class UltraRun:
         `SharedRounds` (`advisor` None on the other processes), the first round in flight."""
         s = self.s
         empty = AdviceBook.stacked([AdviceBook(learner.env.core, s.modulation.capacity)] * s.seeds)
-        rounds = None
-        if advisor is not None:
-            from jaxmod.llm import AdvisorStats
-
-            advisor.advisor.stats = AdvisorStats()  # per-variant accounting
-            rounds = AdviceRounds(advisor, learner.env.core, s.seeds, s.modulation.capacity,
-                                  s.advisor.episodes_per_round, self.critical_rows.extend, variant,
-                                  s.advisor.failure_policy(), self.warn, protocol=s.advisor.protocol,
-                                  reference=self.reference, budget=s.advisor.round_budget,
-                                  radius=s.advisor.dedup_radius, key=s.seed)
+        rounds = None if advisor is None else self._advice_rounds(variant, learner, advisor)
         shared = SharedRounds(rounds, empty)
         shared.hand_over(program.record(state, 0))
         return shared
