@@ -357,7 +357,7 @@ class UltraRun:
         """`variant`'s refinement learner and its per-seed start states: the pre-trained agents' parameters
         and normalisers, a fresh optimiser, and the same refinement seeds for every variant."""
         s = self.s
-        cfg = s.ppo_config(s.refine_steps, lr=s.refine_lr, anneal_lr=False)
+        cfg = s.refine_config()
         learner = PPOLearner(cfg, s.modulator(variant, guide_steps=guide_steps), env_axis=self.layout.env_axis)
         state = jax.vmap(lambda k, p: learner.init(k, p))(self.refinement_keys, pre_state.params)
         return learner, self.layout.put(jax.vmap(_with_normalisers)(state, pre_state.env_state))
