@@ -34,7 +34,7 @@ from jaxmod.llm import (
 )
 from jaxmod.llm.advisors import ChatBackend
 from jaxmod.llm.pool import EndpointPool, split_urls
-from jaxmod.methods import BASELINES, METHODS, method
+from jaxmod.methods import METHODS, method
 from jaxmod.parallel import SeedPrograms, seed_keys
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.config import ConfigError
@@ -166,11 +166,11 @@ def _with_normalisers(state, pre_env_state):
                                                            return_rms=pre_env_state.return_rms))
 
 
-def _modulation_row(m: dict[str, np.ndarray], batch_size: int) -> dict[str, Any]:
+def _modulation_row(m: dict[str, np.ndarray], batch_size: int, reports: tuple[str, ...] = ()) -> dict[str, Any]:
     """A chunk's modulation metrics (arrays of (seeds, updates)) as one row of the run summary: those the
     method's modulators report. Counts (`critical_steps`: critical-state visits, `restarts`, `advice_executed`:
     steps that executed a suggestion) are summed over the chunk's updates and seeds; `batch_size`: env steps per
-    update."""
+    update. `reports`: the names the modulator declares (`Modulator.reports`), each its mean over the chunk."""
     row: dict[str, Any] = {}
     if "critical_frac" in m:
         row.update(critical_frac=float(np.mean(m["critical_frac"])), restarts=int(np.sum(m["restarts"])),
@@ -182,9 +182,7 @@ def _modulation_row(m: dict[str, np.ndarray], batch_size: int) -> dict[str, Any]
         row["advisor_off_seeds"] = int(np.sum(m["advisor_off"][:, -1]))
     if "advice_executed" in m:  # ULTRA-A: suggestions executed in the chunk, all seeds together
         row["advice_executed"] = int(np.sum(m["advice_executed"]))
-    if "shaping" in m:
-        row["shaping"] = float(np.mean(m["shaping"]))
-    row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
+    row.update({k: float(np.mean(m[k])) for k in reports if k in m and k not in row})
     return row
 
 
@@ -427,7 +425,7 @@ class UltraRun:
     def _refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         """`refine` (in the frozen heap): build, compile, run the chunks, then report on the advice."""
         s = self.s
-        guide_steps = max(1, round(self.agent_episodes(pre_state)[1])) if variant in BASELINES else 1
+        guide_steps = max(1, round(self.agent_episodes(pre_state)[1])) if method(variant).rolls_in else 1
         learner, state = self.refinement_start(variant, pre_state, guide_steps)
         program = self.program(variant, learner)
         rounds, advice = None, self.initial_advice(variant, pre_state, learner, state, program, advisor)
@@ -486,7 +484,7 @@ class UltraRun:
             if row is not None:
                 row["eval_return"] = float(np.mean(mean))
                 if modulated:
-                    row.update(_modulation_row(metrics, cfg.batch_size))
+                    row.update(_modulation_row(metrics, cfg.batch_size, learner.modulator.reports))
                     self._report_switch_off(result, row, s.seeds)
                 result.chunk_metrics.append(row)
             self._track(variant, result.steps[-1], mean, row, metrics)
