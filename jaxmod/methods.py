@@ -77,6 +77,11 @@ def register(m: Method) -> Method:
     return m
 
 
+def method_names() -> tuple[str, ...]:
+    """Every registered method's name, in registration order (read at call time: methods registered later count)."""
+    return tuple(METHODS)
+
+
 def method(name: str) -> Method:
     if name not in METHODS:
         raise MethodError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")

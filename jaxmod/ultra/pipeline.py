@@ -34,7 +34,7 @@ from jaxmod.llm import (
 )
 from jaxmod.llm.advisors import ChatBackend
 from jaxmod.llm.pool import EndpointPool, split_urls
-from jaxmod.methods import METHODS, method
+from jaxmod.methods import method, method_names
 from jaxmod.parallel import SeedPrograms, seed_keys
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.config import ConfigError
@@ -240,8 +240,8 @@ class UltraRun:
         if self.render_dir is not None:  # one recorder for every policy of the run (the same env and network)
             from jaxmod.render import EpisodeRenderer, check_render_dir
 
-            check_render_dir(self.render_dir, overwrite, list(METHODS))
-            for old in (self.render_dir / f"{n}.gif" for n in ("pretrained", *METHODS)):  # not mixed with this run's
+            check_render_dir(self.render_dir, overwrite, list(method_names()))
+            for old in (self.render_dir / f"{n}.gif" for n in ("pretrained", *method_names())):  # not mixed with this run's
                 old.unlink(missing_ok=True)
             self._renderer = EpisodeRenderer(self.agent_learner.env, self.agent_learner.net)
         self.advisor_factory = advisor_factory
@@ -466,7 +466,7 @@ class UltraRun:
         host reads anyway."""
         s, variant = self.s, result.name
         cfg, modulated = learner.config, not learner.modulator.identity
-        label = METHODS[variant].label
+        label = method(variant).label
         chunks = math.ceil(cfg.num_updates / program.chunk_updates)
         hint = (f"the run stops (finished methods' results are in {self.out / 'ultra.json'}); a smaller --refine-lr "
                 f"(now {s.refine_lr:g}){' or --kl-coef' if modulated and s.modulation.uses_kl else ''} may help")
@@ -642,7 +642,7 @@ class UltraRun:
                  r.advice_reason, r.verdict) for variant, seed, r in self.critical_rows]
         (self.out / "critical_states.md").write_text(markdown_table(columns, rows), encoding="utf-8")
         rate = self.s.env_id in WIN_RATE_ENVS  # one-point games: the win rate, as their tables report
-        series = [(METHODS[n].label, np.array(r.steps), win_rate(r.eval_returns) if rate else np.array(r.eval_returns))
+        series = [(method(n).label, np.array(r.steps), win_rate(r.eval_returns) if rate else np.array(r.eval_returns))
                   for n, r in results.items()]
         plot_curves(series, self.out / "ultra.png", title=f"Refinement on {self.s.env_id} ({redact_url(self.s.advisor.spec or '')} advisor)",
                     xlabel="refinement env steps per seed",
