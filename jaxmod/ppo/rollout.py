@@ -1,9 +1,10 @@
 """Collect a [T, N] rollout with one `lax.scan` over env steps; only the actor runs inside the loop.
 
-`generate_unroll` is jaxmod's one env-step loop (training here, evaluation and collection in `acting.py`, RICE's mask
-net through `PPOLearner`). `collect` is plain PPO's training unroll; `collect_modulated` runs the same loop with a
-modulator's (`jaxmod.ppo.modulator`) step hooks: they may override actions and choose what finished envs restart
-from, and everything they record per step lands in `Trajectory.extras`.
+`generate_unroll` is jaxmod's one env-step loop (training here, evaluation and collection in `acting.py`; a learner
+on a wrapped env, e.g. a mask net's, trains through the same `PPOLearner`). `collect` is plain PPO's training
+unroll; `collect_modulated` runs the same loop with a modulator's (`jaxmod.ppo.modulator`) step hooks: they may
+override actions and choose what finished envs restart from, and everything they record per step lands in
+`Trajectory.extras`.
 """
 
 from __future__ import annotations
