@@ -57,7 +57,7 @@ and RA entries were stale since issue 18's verification change and were re-recor
 shaping of chunk 2 and A's and RA's evaluation returns (seed 1 after chunk 2: -0.800 -> -0.778). PPO, StateMask-R,
 RICE, JSRL and Random came out bit for bit the same as recorded; their entries only gained the `critical_steps` count
 (left out of the comparison, as above). Training's rollout now runs through the same `generate_unroll` as evaluation
-and collection (one env-step loop, keys split as before): every recorded number came out the same."""
+and collection (one env-step loop, keys split as before): the learner set came out bit for bit the same."""
 
 from __future__ import annotations
 
