@@ -221,10 +221,14 @@ def _with_defaults(command: str, data: dict[str, Any], path: str) -> dict[str, A
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, base: dict[str, Any], own: list[Flag], title: str,
-                      with_total_steps: bool) -> None:
+                      with_total_steps: bool, phase_notes: dict[str, str] | None = None) -> None:
+    """`own` flags under `title`, then the env and PPO flags; `phase_notes` (PPO field -> note): which phase a PPO
+    field affects where the command runs more than one (`ultra`), added to its help."""
     env = base["ppo"]["env_id"]
     add_flags(parser.add_argument_group(title), own, _defaults(base, own))
-    env_group = parser.add_argument_group(f"env and PPO config (defaults: the preset for {env}; --env changes them)")
+    phases = "; on ultra for pretraining and refinement unless a flag says otherwise" if phase_notes else ""
+    env_group = parser.add_argument_group(f"env and PPO config (defaults: the preset for {env}; --env changes "
+                                          f"them{phases})")
     env_group.add_argument("--env", "--env-id", dest="env", default=argparse.SUPPRESS,
                            help=f"env id: a gymnax id, brax/<name> or jaxmod/<name> (default: {env})")
     if with_total_steps:
@@ -235,7 +239,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, base: dict[str, Any], own
                            metavar="KEY=VALUE", help="backend option, e.g. backend=spring or max_steps_in_episode=200 "
                                                      "(repeatable; default: "
                                                      f"{show(tuple(f'{k}={v}' for k, v in base['ppo']['env_options'].items()))})")
-    add_flags(env_group, _ppo_flags(), _defaults(base, _ppo_flags()))
+    notes = phase_notes or {}
+    ppo_flags = [dataclasses.replace(fl, doc=f"{fl.doc}; {notes[fl.path[-1]]}") if fl.path[-1] in notes else fl
+                 for fl in _ppo_flags()]
+    add_flags(env_group, ppo_flags, _defaults(base, ppo_flags))
 
 
 def _run_parser(sub: Any, command: str, text: str, default_out: str) -> argparse.ArgumentParser:
@@ -308,7 +315,10 @@ def _add_ultra(sub: Any, argv: Sequence[str]) -> None:
                             "<method>.gif after each method (default: none)")
     _add_distributed_flags(ultra)
     flags = [fl for fl in _ultra_flags() if fl.flag != "--env"]
-    _add_config_flags(ultra, base, flags, "ULTRA config (jaxmod.ultra.UltraConfig)", with_total_steps=False)
+    from jaxmod.ultra.config import PRETRAIN_ONLY
+
+    _add_config_flags(ultra, base, flags, "ULTRA config (jaxmod.ultra.UltraConfig)", with_total_steps=False,
+                      phase_notes=PRETRAIN_ONLY)
 
 
 def _command(argv: Sequence[str]) -> str | None:

@@ -34,7 +34,8 @@ class MethodContext:
 @dataclass(frozen=True)
 class Method:
     """One column of the comparison: a name, a plot label, where its critical states come from ('none',
-    'advisor' = the LLM / scripted / teacher advisor, 'mask' = RICE's mask net, 'random'), and its modulator."""
+    'advisor' = the LLM / scripted / teacher advisor, 'mask' = RICE's mask net, 'random'), its modulator, and
+    whether it needs a roll-in horizon (`rolls_in`)."""
 
     name: str
     label: str
@@ -42,6 +43,8 @@ class Method:
     about: str
     build: Callable[[MethodContext], Modulator]
     pieces: Callable[[MethodContext], Pieces] | None = None  # its values in a shared program (None: none)
+    rolls_in: bool = False  # a guide rolls in for an initial horizon (JSRL): a run measures the pre-trained agents'
+    # mean episode length and builds the method with it as `MethodContext.guide_steps` (others get 1)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ def register(m: Method) -> Method:
         raise MethodError(f"a method named {m.name!r} is registered already")
     METHODS[m.name] = m
     return m
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method's name, in registration order (read at call time: methods registered later count)."""
+    return tuple(METHODS)
 
 
 def method(name: str) -> Method:
@@ -172,7 +180,7 @@ register(Method("RICE", "RICE", "mask", "mixed restarts from mask-net critical s
                 _rice_pieces))
 register(Method("JSRL", "JSRL", "none", "the frozen agent rolls in for h steps per episode, h shrinking to 0",
                 lambda ctx: jsrl.GuideRollIn(max(1, ctx.guide_steps)),
-                lambda ctx: Pieces(guide_steps=max(1, ctx.guide_steps))))
+                lambda ctx: Pieces(guide_steps=max(1, ctx.guide_steps)), rolls_in=True))
 register(Method("Random", "Random critical", "random", "RICE with uniformly random critical states (ablation)",
                 lambda ctx: rice.modulator(ctx.env_id, ctx.rice_p, ctx.rice_lambda, ctx.modulation.restart_cut),
                 _rice_pieces))

@@ -1,8 +1,9 @@
 """The fixed method set whose outputs the architecture must keep: every refinement method on CartPole-v1 and
 jaxmod/Pong-OnePoint, 2 seeds, synchronous advice from the embedded scripted advisor, tiny budgets.
 
-`python tests/regression_methods.py` records `tests/data/regression_methods.json`; `tests/test_regression.py`
-re-runs the same set through the product's own path (`UltraRun`) and compares."""
+`python tests/regression_methods.py [ENV ...]` records `tests/data/regression_methods.json` (the named envs only,
+keeping the others' entries; default: all of `ENVS`); `tests/test_regression.py` re-runs the same set through the
+product's own path (`UltraRun`) and compares."""
 
 from __future__ import annotations
 
@@ -40,12 +41,19 @@ def run_set(env_id: str) -> dict:
     return rows
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    envs = argv or list(ENVS)
+    unknown = [e for e in envs if e not in ENVS]
+    if unknown:
+        print(f"unknown env(s) {', '.join(unknown)}: choose from {', '.join(ENVS)}", file=sys.stderr)
+        return 2
+    data = json.loads(DATA.read_text(encoding="utf-8")) if DATA.exists() else {}
+    data.update({env: run_set(env) for env in envs})
     DATA.parent.mkdir(parents=True, exist_ok=True)
-    DATA.write_text(json.dumps({env: run_set(env) for env in ENVS}, indent=1, sort_keys=True) + "\n")
+    DATA.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(DATA)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -140,3 +140,26 @@ def test_every_function_is_at_most_sixty_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "split these into functions of one job each:\n" + "\n".join(long)
+
+
+def _calls(node: ast.AST) -> set[str]:
+    """The dotted names called anywhere inside `node` (`jax.lax.scan`, `env.step`, ...), nested functions included."""
+    out = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call):
+            out.add(ast.unparse(sub.func))
+    return out
+
+
+def test_one_env_step_loop():
+    """Training, evaluation, episode collection and the mask net step envs through one loop: the only function in
+    `jaxmod/` that both scans (`lax.scan`) and steps something (`*.step(...)`) is `ppo/rollout.py`'s
+    `generate_unroll` (a wrapper env's own `step`, e.g. the mask net's keep/blind env, scans nothing)."""
+    loops = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                calls = _calls(node)
+                if any(c.endswith("lax.scan") for c in calls) and any(c.endswith(".step") for c in calls):
+                    loops.append(f"{path.relative_to(ROOT.parent)}:{node.name}")
+    assert loops == ["jaxmod/ppo/rollout.py:generate_unroll"], loops

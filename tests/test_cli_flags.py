@@ -68,3 +68,29 @@ def test_env_id_alias_reaches_the_env_check(tmp_path, capsys):
     assert main(["train", "--env-id", "CartPol-v1", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("jaxmod: error: unknown env id 'CartPol-v1'")
+
+
+def test_ultra_help_says_which_phase_each_ppo_knob_affects(capsys):
+    """`jaxmod ultra --help`: --lr and --anneal-lr act on pretraining only (refinement runs at --refine-lr, constant),
+    and say so; the other PPO flags act on both phases, as the group's title says. The notes are the fields the
+    refinement config changes (`UltraConfig.refine_config`), so a new override without a note fails here."""
+    import dataclasses
+
+    from jaxmod.ultra.config import PRETRAIN_ONLY, UltraConfig
+
+    with pytest.raises(SystemExit) as stop:
+        main(["ultra", "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--lr X learning rate (Adam); on ultra: pretraining only (refinement: --refine-lr)" in text
+    assert ("--anneal-lr, --no-anneal-lr linear decay of lr to 0 over training; on ultra: pretraining only "
+            "(refinement's rate is constant: --refine-lr)") in text
+    assert "on ultra for pretraining and refinement unless a flag says otherwise" in text
+    assert text.count("on ultra: pretraining only") == len(PRETRAIN_ONLY)
+    cfg = UltraConfig()
+    pre, refine = cfg.ppo_config(cfg.refine_steps), cfg.refine_config()
+    changed = {f.name for f in dataclasses.fields(pre) if getattr(pre, f.name) != getattr(refine, f.name)}
+    assert changed - {"total_timesteps"} == set(PRETRAIN_ONLY), changed
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "on ultra" not in capsys.readouterr().out

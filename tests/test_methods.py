@@ -165,3 +165,61 @@ def test_a_method_without_pieces_in_a_shared_program_is_refused_before_pretraini
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Alive cannot share a compiled program" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+TINY_ULTRA = ["--env", "CartPole-v1", "--seeds", "2", "--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2",
+              "--update-epochs", "2", "--pretrain-steps", "256", "--refine-steps", "256", "--chunks", "2",
+              "--collect-envs", "4", "--collect-steps", "32", "--eval-envs", "2", "--eval-steps", "32",
+              "--episodes-per-round", "2", "--quiet"]
+
+
+@pytest.mark.timeout(300)
+def test_readme_method_reports_its_own_metric_per_chunk(tmp_path, monkeypatch):
+    """The README's one-file method declares `reports = ("alive_bonus",)`: `jaxmod ultra --variant Alive` shows it in
+    every chunk row of ultra.json (the mean bonus: 0.1 on every step that does not terminate) and in the tracker
+    (`advice/alive_bonus`), with no edit to the pipeline; PPO fine-tuning reports none."""
+    import json
+
+    from jaxmod.cli import main
+    from jaxmod.tracking import read_events
+
+    ns, registry = _readme_method()
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    exec(compile(registry, "methods.py", "exec"), ns)  # noqa: S102 - the README's registry line
+    out = tmp_path / "run"
+    assert main(["ultra", "--variant", "Alive", "--advisor", "scripted", *TINY_ULTRA, "--out", str(out)]) == 0
+    summary = json.loads((out / "ultra.json").read_text())
+    rows = summary["Alive"]["chunks"]
+    assert len(rows) == 2 and all(0.0 < row["alive_bonus"] <= 0.1 for row in rows), rows
+    assert not any("alive_bonus" in row for row in summary["PPO"]["chunks"])
+    logged = read_events(out, "Alive")["advice/alive_bonus"]
+    assert [v for _, v in logged] == pytest.approx([row["alive_bonus"] for row in rows])
+
+
+@pytest.mark.timeout(300)
+def test_a_method_that_rolls_in_gets_the_agents_mean_episode_length(tmp_path, monkeypatch):
+    """A guide-style method registered with `rolls_in=True` (as JSRL is) is built with the pre-trained agents' mean
+    episode length as its roll-in horizon, through `UltraRun`; a method without it gets 1."""
+    from jaxmod.baselines.jsrl import GuideRollIn
+    from jaxmod.ppo.modulator import Identity
+    from jaxmod.ultra.config import UltraConfig
+    from jaxmod.ultra.pipeline import UltraRun
+
+    seen: dict[str, int] = {}
+
+    def build(name, make):
+        return lambda ctx: (seen.__setitem__(name, ctx.guide_steps), make(ctx))[1]
+
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    methods.register(methods.Method("Guide", "guide", "none", "rolls in", build("Guide", lambda c: GuideRollIn(
+        c.guide_steps)), rolls_in=True))
+    methods.register(methods.Method("NoGuide", "no guide", "none", "plain", build("NoGuide", lambda c: Identity())))
+    assert methods.method("JSRL").rolls_in and not methods.method("RICE").rolls_in
+    cfg = UltraConfig.flat(variants=("Guide", "NoGuide"), seeds=2, pretrain_steps=256, refine_steps=256, chunks=1,
+                           collect_envs=4, collect_steps=64, eval_envs=2, eval_steps=32,
+                           ppo_overrides=dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2))
+    run = UltraRun(cfg, tmp_path / "run")
+    results = run.run()
+    _, mean_length = run.agent_episodes(None)  # measured once per run (cached)
+    assert seen == {"Guide": max(1, round(mean_length)), "NoGuide": 1} and seen["Guide"] > 1, (seen, mean_length)
+    assert set(results) == {"Guide", "NoGuide"}

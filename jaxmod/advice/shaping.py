@@ -65,6 +65,7 @@ class ImplicitReward(Modulator):
     `plan["trust_weight"]` ([K], default 1). Metrics: `shaping` (mean bonus per critical step, raw reward units)
     and `reward_unit` (the RMS the implicit reward is measured in)."""
 
+    reports = ("shaping",)
     reward_scale: float = ModulationConfig.reward_scale  # the config's defaults (one default per knob)
     kernel_std: float = ModulationConfig.kl_target_std
 

@@ -29,6 +29,7 @@ class GuideAux:
 class GuideRollIn(Modulator):
     """Writes `traj.extras["guided"]` ([T, N] bool: the guide chose the action); metric `guided_frac`."""
 
+    reports = ("guided_frac",)
     guide_steps: int = 1
 
     def init(self, key, spec, params):

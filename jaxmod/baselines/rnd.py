@@ -86,6 +86,7 @@ class RNDBonus(Modulator):
     predictor on the rollout's next states (one Adam step per PPO minibatch, in a random order). Metrics:
     `rnd_bonus` (mean bonus before scaling), `rnd_loss`. RICE (ICML 2024) Alg. 2; lambda from its Table 3."""
 
+    reports = ("rnd_bonus",)
     coef: float = 0.01
 
     def init(self, key, spec, params):

@@ -12,7 +12,7 @@ from flax import struct
 
 from jaxmod.envs import CoreState, RunningMeanStd, VecEnv
 from jaxmod.ppo.networks import ActorCritic, Params
-from jaxmod.ppo.rollout import generate_unroll
+from jaxmod.ppo.rollout import Act, generate_unroll
 
 
 @struct.dataclass
@@ -35,11 +35,11 @@ def _plain_unroll(env: VecEnv, net: ActorCritic, params: Params, obs_rms: Runnin
     state, _ = env.reset(k_reset)
     state = state.replace(obs_rms=obs_rms)
 
-    def policy(obs, k):
+    def policy(obs, k, _):
         head = net.policy_head(params, obs)
-        return (net.mode(head) if deterministic else net.sample(params, head, k)[0]), None
+        return Act(action=net.mode(head) if deterministic else net.sample(params, head, k)[0])
 
-    return generate_unroll(env, policy, state, env.observe(obs_rms, state.core.obs), k_roll, num_steps, record)[2]
+    return generate_unroll(env, policy, state, env.observe(obs_rms, state.core.obs), k_roll, num_steps, record)[3]
 
 
 def make_collector(env: VecEnv, net: ActorCritic, num_steps: int) -> Callable[..., Recording]:

@@ -17,6 +17,9 @@ never branches on who implements them:
 | `loss(aux, net, params, head, batch) -> (loss, info)` | every SGD step | extra loss terms |
 | `metrics(aux, plan, traj) -> dict` | end of the update | scalar metrics |
 
+A modulator names the scalar metrics a refinement run reports per chunk in its class attribute `reports`
+(`jaxmod ultra`'s ultra.json rows and tracker; a `chain` reports its parts').
+
 Every hook but `loss` also takes the learner's `LearnerSpec` (env, network, config) as its last argument.
 `plan` is a dict that flows through the chain like optax's updates: a later modulator reads what an earlier one
 wrote (e.g. `plan["trusted"]`); `s.extras` and `traj.extras` flow the same way per step and per rollout. Every
@@ -30,7 +33,7 @@ pytree of fixed capacity); a modulator that needs none ignores it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 from flax import struct
@@ -92,6 +95,9 @@ class Modulator:
     Subclasses are frozen dataclasses (hashable static configuration); all traced values live in `aux`."""
 
     identity = False  # True only for `Identity`: the learner then runs plain PPO's unroll
+    # the scalar metrics (from `reward`, `loss` or `metrics`) a run reports per chunk (`jaxmod ultra`'s ultra.json
+    # rows and its tracker's `advice/<name>`: their mean over the chunk's updates and seeds); a class attribute
+    reports: ClassVar[tuple[str, ...]] = ()
 
     def init(self, key: jax.Array, spec: LearnerSpec, params: Any) -> Any:
         """Its aux state (a pytree; `()` for none) from a PRNG key and the learner's initial params."""
@@ -155,6 +161,11 @@ class Chain(Modulator):
     """Modulators applied in order at every hook (`chain(a, b, ...)`); aux is the tuple of theirs."""
 
     parts: tuple[Modulator, ...]
+
+    @property
+    def reports(self) -> tuple[str, ...]:  # type: ignore[override]
+        """Every part's `reports`, in chain order, each name once."""
+        return tuple(dict.fromkeys(name for m in self.parts for name in m.reports))
 
     def init(self, key, spec, params):
         # one key for all: a modulator that draws at init derives its own with fold_in if it shares the chain

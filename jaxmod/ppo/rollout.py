@@ -1,7 +1,10 @@
 """Collect a [T, N] rollout with one `lax.scan` over env steps; only the actor runs inside the loop.
 
-`collect` is the training unroll: the policy acts, a modulator (`jaxmod.ppo.modulator`) may override actions and
-choose what finished envs restart from, and everything it records per step lands in `Trajectory.extras`.
+`generate_unroll` is jaxmod's one env-step loop (training here, evaluation and collection in `acting.py`; a learner
+on a wrapped env, e.g. a mask net's, trains through the same `PPOLearner`). `collect` is plain PPO's training
+unroll; `collect_modulated` runs the same loop with a modulator's (`jaxmod.ppo.modulator`) step hooks: they may
+override actions and choose what finished envs restart from, and everything they record per step lands in
+`Trajectory.extras`.
 """
 
 from __future__ import annotations
@@ -41,9 +44,34 @@ class Trajectory:
     extras: dict[str, Any] = struct.field(default_factory=dict)
 
 
+@struct.dataclass
+class Act:
+    """What a policy decides for one step of `generate_unroll` (leading axis N): `action` [N] int32 or [N, A]
+    float32 (what the env executes); `extra` (any pytree, handed to `after` and `record`); `reset` the batched
+    `CoreState` finished envs restart from at this step (None: the unroll's `reset_cores`); `cut` [N] bool, episodes
+    to end now as a time limit would (None: none); `carry` the per-env loop carry after this step."""
+
+    action: jax.Array
+    extra: Any = None
+    reset: Any = None
+    cut: Any = None
+    carry: Any = ()
+
+
+@struct.dataclass
+class UnrollStep:
+    """What a policy sees of the loop besides its input: the env state before the step (`VecEnvState`, leading axis
+    N), the per-env loop carry, this step's slice of the per-step inputs `xs`, and its `extra_keys` further keys."""
+
+    env_state: Any
+    carry: Any
+    xs: Any
+    keys: tuple = ()
+
+
 def generate_unroll(
     env: VecEnv,
-    policy: Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]],
+    policy: Callable[[jax.Array, jax.Array, UnrollStep], Act],
     env_state: VecEnvState,
     obs: jax.Array,
     key: jax.Array,
@@ -51,24 +79,36 @@ def generate_unroll(
     record: Callable[[VecEnvState, jax.Array, jax.Array, Any, StepResult], Any],
     reset_cores: CoreState | None = None,
     unroll_steps: int = 1,
-) -> tuple[VecEnvState, jax.Array, Any]:
-    """The one env-step loop of training, collection and evaluation (Brax's `acting.generate_unroll` is the model).
+    after: Callable[[Act, StepResult, Any], Act] | None = None,
+    carry: Any = (),
+    xs: Any = None,
+    extra_keys: int = 0,
+) -> tuple[VecEnvState, jax.Array, Any, Any]:
+    """The one env-step loop of `jaxmod` (training, collection, evaluation, the mask net; Brax's
+    `acting.generate_unroll` is the model).
 
-    Per step: `policy(obs [N, *obs_shape], key) -> (action, extra)` acts, the env steps (finished envs restart from
-    `reset_cores`, or fresh draws where None), and `record(state before the step, obs, action, extra, StepResult)`
-    gives the step's outputs, stacked to [T, N, ...]. Returns the final env state, policy inputs and the records.
-    Each step splits its key into (action key, env key)."""
+    Per step the step key splits into (action key, env key, `extra_keys` more); `policy(obs [N, *obs_shape],
+    action key, UnrollStep) -> Act` acts; the env steps (finished envs restart from `Act.reset`, else
+    `reset_cores`, else fresh draws; `Act.cut` ends episodes now); `after(act, StepResult, xs slice) -> Act` (optional)
+    updates the act from the step's outcome; `record(state before the step, obs, act.action, act.extra, StepResult)`
+    gives the step's outputs, stacked to [T, N, ...]. `carry` starts the per-env loop carry (`Act.carry` continues
+    it); `xs` holds per-step inputs with leading axis T (None: none). Returns the final env state, policy inputs,
+    loop carry and the records."""
 
-    def step(carry, step_key):
-        env_state, obs = carry
-        act_key, env_key = jax.random.split(step_key)
-        action, extra = policy(obs, act_key)
-        next_state, res = env.step(env_key, env_state, action, reset_cores)
-        return (next_state, res.obs), record(env_state, obs, action, extra, res)
+    def step(loop, inp):
+        env_state, obs, carry = loop
+        step_key, x = inp
+        act_key, env_key, *keys = jax.random.split(step_key, 2 + extra_keys)
+        act = policy(obs, act_key, UnrollStep(env_state=env_state, carry=carry, xs=x, keys=tuple(keys)))
+        reset = reset_cores if act.reset is None else act.reset
+        next_state, res = env.step(env_key, env_state, act.action, reset, act.cut)
+        if after is not None:
+            act = after(act, res, x)
+        return (next_state, res.obs, act.carry), record(env_state, obs, act.action, act.extra, res)
 
-    (env_state, obs), records = jax.lax.scan(step, (env_state, obs), jax.random.split(key, num_steps),
-                                             unroll=unroll_steps)
-    return env_state, obs, records
+    (env_state, obs, carry), records = jax.lax.scan(step, (env_state, obs, carry),
+                                                    (jax.random.split(key, num_steps), xs), unroll=unroll_steps)
+    return env_state, obs, carry, records
 
 
 def collect(
@@ -89,15 +129,17 @@ def collect(
     not computed here: the learner evaluates the critic on the whole rollout at once, which keeps the sequential
     loop short (a latency win at small batch sizes)."""
 
-    def policy(obs, key):
-        return net.sample(params, net.policy_head(params, obs), key)
+    def policy(obs, key, _):
+        action, log_prob = net.sample(params, net.policy_head(params, obs), key)
+        return Act(action=action, extra=log_prob)
 
     def record(state, obs, action, log_prob, res):
         return Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
                           terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
                           final_obs=res.final_obs)
 
-    return generate_unroll(env, policy, env_state, obs, key, num_steps, record, reset_cores, unroll)
+    env_state, obs, _, traj = generate_unroll(env, policy, env_state, obs, key, num_steps, record, reset_cores, unroll)
+    return env_state, obs, traj
 
 
 def collect_modulated(
@@ -117,36 +159,40 @@ def collect_modulated(
     unroll: int = 1,
     reset_cores: CoreState | None = None,
 ) -> tuple[VecEnvState, jax.Array, Any, Plan, Trajectory]:
-    """The same unroll with `modulator`'s hooks: `prepare` (per-step inputs in `plan["xs"]`, leading axis T; the
-    per-env loop carry's start in `plan["carry"]`), per step `step` (action override, restart states) and
-    `after_step`, then `finish` on the whole trajectory (the loop's final carry back in `plan["carry"]`).
-    Returns the final env state, policy inputs, aux, plan and trajectory."""
+    """`collect` with `modulator`'s hooks, through the same `generate_unroll`: `prepare` (per-step inputs in
+    `plan["xs"]`, leading axis T; the per-env loop carry's start in `plan["carry"]`), per step `step` (action
+    override, restart states, cuts; the step draws one extra key, for fresh restart states) and `after_step`, then
+    `finish` on the whole trajectory (the loop's final carry back in `plan["carry"]`). The log-probability is taken
+    of the executed action, after the hooks. Returns the final env state, policy inputs, aux, plan and trajectory."""
     key, mod_key = jax.random.split(key)
     ctx = RolloutContext(env_state=env_state, update_step=update_step, key=mod_key, num_steps=num_steps)
     aux, plan = modulator.prepare(aux, advice, plan, ctx, spec)
     xs_all = plan.pop("xs", {})
     carry = plan.pop("carry", {})
 
-    def step(loop, xs):
-        env_state, obs, carry = loop
-        step_key, xs = xs
-        act_key, env_key, reset_key = jax.random.split(step_key, 3)
+    def policy(obs, act_key, u: UnrollStep):
         head = net.policy_head(params, obs)
         action, _ = net.sample(params, head, act_key)  # the log-prob is taken once, of what is executed
-        fresh = reset_cores if reset_cores is not None else env.fresh_cores(reset_key)
-        s = StepState(obs=obs, time=env_state.core.time, action=action, key=act_key, reset=fresh,
-                      cut=jnp.zeros(env.num_envs, jnp.bool_), carry=carry, extras={})
-        s = modulator.step(aux, plan, xs, s, spec)
-        log_prob = net.log_prob(params, head, s.action)
-        env_state, res = env.step(env_key, env_state, s.action, s.reset, s.cut)
-        s = modulator.after_step(aux, plan, xs, s, res.episode_done, spec)
-        tr = Trajectory(obs=obs, action=s.action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
-                        terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
-                        final_obs=res.final_obs, extras=s.extras)
-        return (env_state, res.obs, s.carry), tr
+        fresh = reset_cores if reset_cores is not None else env.fresh_cores(u.keys[0])
+        s = StepState(obs=obs, time=u.env_state.core.time, action=action, key=act_key, reset=fresh,
+                      cut=jnp.zeros(env.num_envs, jnp.bool_), carry=u.carry, extras={})
+        s = modulator.step(aux, plan, u.xs, s, spec)
+        return Act(action=s.action, extra=(s, net.log_prob(params, head, s.action)), reset=s.reset, cut=s.cut,
+                   carry=s.carry)
 
-    (env_state, obs, carry), traj = jax.lax.scan(step, (env_state, obs, carry),
-                                                 (jax.random.split(key, num_steps), xs_all), unroll=unroll)
+    def after(act: Act, res: StepResult, xs) -> Act:
+        s, log_prob = act.extra
+        s = modulator.after_step(aux, plan, xs, s, res.episode_done, spec)
+        return act.replace(extra=(s, log_prob), carry=s.carry)
+
+    def record(state, obs, action, extra, res):
+        s, log_prob = extra
+        return Trajectory(obs=obs, action=action, log_prob=log_prob, reward=res.reward, raw_reward=res.raw_reward,
+                          terminated=res.terminated, truncated=res.truncated, episode_done=res.episode_done,
+                          final_obs=res.final_obs, extras=s.extras)
+
+    env_state, obs, carry, traj = generate_unroll(env, policy, env_state, obs, key, num_steps, record, reset_cores,
+                                                  unroll, after=after, carry=carry, xs=xs_all, extra_keys=1)
     aux, traj = modulator.finish(aux, {**plan, "carry": carry}, traj, spec)
     return env_state, obs, aux, plan, traj
 

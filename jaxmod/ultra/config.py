@@ -54,6 +54,10 @@ FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "late
               "pacing": "--advisor-pacing"}
 SHARE_PROGRAMS = ("off", "methods", "all")  # `UltraConfig.share_programs`
 PER_VARIANT = frozenset({"override_action", "shape_reward", "ppo"})  # not knobs of a run: set per variant / own flags
+# PPO fields refinement sets itself (`UltraConfig.refine_config`): they affect pretraining only, and `jaxmod ultra`'s
+# help says so with these notes; every other PPO field applies to pretraining and refinement alike
+PRETRAIN_ONLY = {"lr": "on ultra: pretraining only (refinement: --refine-lr)",
+                 "anneal_lr": "on ultra: pretraining only (refinement's rate is constant: --refine-lr)"}
 
 
 @dataclass(frozen=True)
@@ -312,6 +316,11 @@ class UltraConfig:
     def ppo_config(self, total_steps: int, **changes: Any) -> PPOConfig:
         """The learner's config for `total_steps` env steps per seed, with `changes`."""
         return self.ppo.replace(total_timesteps=total_steps, **changes)
+
+    def refine_config(self) -> PPOConfig:
+        """The refinement learner's config: `ppo` with `refine_steps`, `refine_lr` and no annealing (the fields of
+        `PRETRAIN_ONLY`)."""
+        return self.ppo_config(self.refine_steps, lr=self.refine_lr, anneal_lr=False)
 
     def modulator(self, variant: str, guide_steps: int = 1):
         """`variant`'s modulator (`jaxmod.methods`), built from this config: with `share_programs`, as a member of

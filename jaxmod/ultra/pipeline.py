@@ -35,7 +35,7 @@ from jaxmod.llm import (
 from jaxmod.llm.advisors import ChatBackend
 from jaxmod.llm.pacing import Pacer
 from jaxmod.llm.pool import EndpointPool, split_urls
-from jaxmod.methods import BASELINES, METHODS, method
+from jaxmod.methods import method, method_names
 from jaxmod.parallel import SeedPrograms, gather, is_primary, seed_keys
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.config import ConfigError
@@ -168,11 +168,11 @@ def _with_normalisers(state, pre_env_state):
                                                            return_rms=pre_env_state.return_rms))
 
 
-def _modulation_row(m: dict[str, np.ndarray], batch_size: int) -> dict[str, Any]:
+def _modulation_row(m: dict[str, np.ndarray], batch_size: int, reports: tuple[str, ...] = ()) -> dict[str, Any]:
     """A chunk's modulation metrics (arrays of (seeds, updates)) as one row of the run summary: those the
     method's modulators report. Counts (`critical_steps`: critical-state visits, `restarts`, `advice_executed`:
     steps that executed a suggestion) are summed over the chunk's updates and seeds; `batch_size`: env steps per
-    update."""
+    update. `reports`: the names the modulator declares (`Modulator.reports`), each its mean over the chunk."""
     row: dict[str, Any] = {}
     if "critical_frac" in m:
         row.update(critical_frac=float(np.mean(m["critical_frac"])), restarts=int(np.sum(m["restarts"])),
@@ -184,9 +184,7 @@ def _modulation_row(m: dict[str, np.ndarray], batch_size: int) -> dict[str, Any]
         row["advisor_off_seeds"] = int(np.sum(m["advisor_off"][:, -1]))
     if "advice_executed" in m:  # ULTRA-A: suggestions executed in the chunk, all seeds together
         row["advice_executed"] = int(np.sum(m["advice_executed"]))
-    if "shaping" in m:
-        row["shaping"] = float(np.mean(m["shaping"]))
-    row.update({k: float(np.mean(m[k])) for k in ("guided_frac", "rnd_bonus") if k in m})
+    row.update({k: float(np.mean(m[k])) for k in reports if k in m and k not in row})
     return row
 
 
@@ -253,8 +251,8 @@ class UltraRun:
         if self.render_dir is not None:  # one recorder for every policy of the run (the same env and network)
             from jaxmod.render import EpisodeRenderer, check_render_dir
 
-            check_render_dir(self.render_dir, overwrite, list(METHODS))
-            for old in (self.render_dir / f"{n}.gif" for n in ("pretrained", *METHODS)):  # not mixed with this run's
+            check_render_dir(self.render_dir, overwrite, list(method_names()))
+            for old in (self.render_dir / f"{n}.gif" for n in ("pretrained", *method_names())):  # not mixed with this run's
                 old.unlink(missing_ok=True)
             self._renderer = EpisodeRenderer(self.agent_learner.env, self.agent_learner.net)
         self.advisor_factory = advisor_factory
@@ -377,7 +375,7 @@ class UltraRun:
         """`variant`'s refinement learner and its per-seed start states: the pre-trained agents' parameters
         and normalisers, a fresh optimiser, and the same refinement seeds for every variant."""
         s = self.s
-        cfg = s.ppo_config(s.refine_steps, lr=s.refine_lr, anneal_lr=False)
+        cfg = s.refine_config()
         learner = PPOLearner(cfg, s.modulator(variant, guide_steps=guide_steps), env_axis=self.layout.env_axis)
         state = jax.vmap(lambda k, p: learner.init(k, p))(self.refinement_keys, pre_state.params)
         return learner, self.layout.put(jax.vmap(_with_normalisers)(state, pre_state.env_state))
@@ -470,7 +468,7 @@ class UltraRun:
     def _refine(self, variant: str, pre_state, advisor: AdvisorThread | None) -> VariantResult:
         """`refine` (in the frozen heap): build, compile, run the chunks, then report on the advice."""
         s = self.s
-        guide_steps = max(1, round(self.agent_episodes(pre_state)[1])) if variant in BASELINES else 1
+        guide_steps = max(1, round(self.agent_episodes(pre_state)[1])) if method(variant).rolls_in else 1
         learner, state = self.refinement_start(variant, pre_state, guide_steps)
         program = self.program(variant, learner)
         rounds, advice = None, self.initial_advice(variant, pre_state, learner, state, program, advisor)
@@ -513,7 +511,7 @@ class UltraRun:
         host reads anyway."""
         s, variant = self.s, result.name
         cfg, modulated = learner.config, not learner.modulator.identity
-        label = METHODS[variant].label
+        label = method(variant).label
         chunks = math.ceil(cfg.num_updates / program.chunk_updates)
         hint = (f"the run stops (finished methods' results are in {self.out / 'ultra.json'}); a smaller --refine-lr "
                 f"(now {s.refine_lr:g}){' or --kl-coef' if modulated and s.modulation.uses_kl else ''} may help")
@@ -531,7 +529,7 @@ class UltraRun:
             if row is not None:
                 row["eval_return"] = float(np.mean(mean))
                 if modulated:
-                    row.update(_modulation_row(metrics, cfg.batch_size))
+                    row.update(_modulation_row(metrics, cfg.batch_size, learner.modulator.reports))
                     self._report_switch_off(result, row, s.seeds)
                 result.chunk_metrics.append(row)
             self._track(variant, result.steps[-1], mean, row, metrics)
@@ -694,7 +692,7 @@ class UltraRun:
                  r.advice_reason, r.verdict) for variant, seed, r in self.critical_rows]
         (self.out / "critical_states.md").write_text(markdown_table(columns, rows), encoding="utf-8")
         rate = self.s.env_id in WIN_RATE_ENVS  # one-point games: the win rate, as their tables report
-        series = [(METHODS[n].label, np.array(r.steps), win_rate(r.eval_returns) if rate else np.array(r.eval_returns))
+        series = [(method(n).label, np.array(r.steps), win_rate(r.eval_returns) if rate else np.array(r.eval_returns))
                   for n, r in results.items()]
         plot_curves(series, self.out / "ultra.png", title=f"Refinement on {self.s.env_id} ({redact_url(self.s.advisor.spec or '')} advisor)",
                     xlabel="refinement env steps per seed",
