@@ -296,7 +296,8 @@ def _fmt(x: float | None, nd: int = 2) -> str:
 
 def markdown(info: dict, summary: list[dict], verdict: list[dict]) -> str:
     lines = [f"# jaxmod vs its peers ({info['date']}, {info['device']}, jax {info['jax']}, "
-             f"{info['cpu_count']} CPUs, load average {info['load_start']} at the start, {info['load_end']} at the end)",
+             f"{info['cpu_count']} CPUs, load average {info['load_start']} at the start, {info['load_end']} at the end; "
+             f"{info['progress']})",
              "",
              f"`{info['command']}`: {info['repeats']} alternation(s), medians; run s = wall of the fastest of "
              f"{info['runs']} call(s) per process; CPU s = that call's process CPU time (all threads). Peers: "
@@ -398,6 +399,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3, help="alternations (medians over them)")
     ap.add_argument("--runs", type=int, default=2, help="timed calls per process (the fastest counts)")
     ap.add_argument("--quick", action="store_true", help="a small smoke: tiny step counts, 1 repeat, 1 call")
+    ap.add_argument("--breakout-steps", type=int, default=TASKS["breakout"].total_steps,
+                    help="Breakout-MinAtar's env steps per seed (PureJaxRL's config runs 1e7)")
     ap.add_argument("--purejaxrl-src", default=os.environ.get("PUREJAXRL_SRC", DEFAULT_PUREJAXRL_SRC))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for peers_<date>.{md,json}")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker process")
@@ -413,8 +416,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [r for r in rows if r not in ROWS] + [p for p in peers if p not in PEERS]
     if bad:
         ap.exit(2, f"peers.py: error: unknown row or peer {bad}; rows: {', '.join(ROWS)}; peers: {', '.join(PEERS)}\n")
-    if args.repeats < 1 or args.runs < 1:
-        ap.exit(2, "peers.py: error: --repeats and --runs must be >= 1\n")
+    if args.repeats < 1 or args.runs < 1 or args.breakout_steps < 64 * 128:
+        ap.exit(2, "peers.py: error: --repeats and --runs must be >= 1 and --breakout-steps >= 8192 (one update)\n")
     args.row_list, args.peer_list = rows, peers
     return args
 
@@ -422,8 +425,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def benchmark(args: argparse.Namespace, worker=run_worker) -> dict:
     """Every row x peer, alternating (the peer order rotates each repeat); writes peers_<date>.{md,json} under
     `args.out` and returns {"info", "summary", "verdicts"}."""
-    tasks = {name: (Task(**{**t.__dict__, "total_steps": QUICK_STEPS[name]}) if args.quick else t)
-             for name, t in TASKS.items()}
+    steps = dict(QUICK_STEPS) if args.quick else {"cartpole": TASKS["cartpole"].total_steps,
+                                                   "breakout": args.breakout_steps}
+    tasks = {name: Task(**{**t.__dict__, "total_steps": steps[name]}) for name, t in TASKS.items()}
     repeats, runs = (1, 1) if args.quick else (args.repeats, args.runs)
     peer_versions = "jaxmod only"
     if set(args.peer_list) - {"jaxmod"}:
@@ -443,21 +447,28 @@ def benchmark(args: argparse.Namespace, worker=run_worker) -> dict:
                 print(json.dumps({"repeat": rep, "row": row, **res}), flush=True)
                 if peer == "jaxmod" and "jax" in res:
                     info.setdefault("jax", res["jax"])
-    info["load_end"] = round(os.getloadavg()[0], 2)
+                # written after every measurement: an interrupted run keeps what it measured
+                result = _write(args, info, tasks, samples, done=f"{rep + 1} of {repeats} repeats")
+    result = _write(args, info, tasks, samples, done="complete")
+    print(result["markdown"])
+    print(f"wrote {result['stem']}.md and .json")
+    return result
+
+
+def _write(args: argparse.Namespace, info: dict, tasks: dict, samples: dict, done: str) -> dict:
+    info = {**info, "load_end": round(os.getloadavg()[0], 2), "progress": done}
     info.setdefault("jax", "?")
     summary = summarise(samples)
     verdict = verdicts(summary)
     text = markdown(info, summary, verdict)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "peers_" + ("quick_" if args.quick else "") + info["date"][:10]
-    (out / f"{stem}.md").write_text(text)
+    stem = out / ("peers_" + ("quick_" if args.quick else "") + info["date"][:10])
+    stem.with_suffix(".md").write_text(text)
     result = {"info": info, "tasks": {k: t.__dict__ for k, t in tasks.items()}, "summary": summary,
-              "verdicts": verdict}
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    print(text)
-    print(f"wrote {out / stem}.md and .json")
-    return result
+              "verdicts": verdict, "samples": samples}
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    return {**result, "markdown": text, "stem": str(stem)}
 
 
 def main(argv: list[str] | None = None) -> None:
