@@ -34,7 +34,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -323,7 +322,7 @@ def markdown(info: dict, summary: list[dict], verdict: list[dict]) -> str:
 def device_info(command: str, repeats: int, runs: int, peer_versions: str) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": cpu or "CPU",
+    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "device": cpu or "CPU",
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "command": command,
             "repeats": repeats, "runs": runs, "peer_versions": peer_versions,
             "load_start": round(os.getloadavg()[0], 2), "purejaxrl_commit": anchor_commit()}
@@ -336,7 +335,6 @@ def profile(task: Task, seeds: int, updates: int, runs: int) -> dict:
     Each piece carries its own state from one iteration to the next, so XLA can hoist nothing out of the loop.
     Returns {piece: {"compile_s", "run_s", "cpu_s"}} (fastest of `runs` calls)."""
     import jax
-    import jax.numpy as jnp
 
     from jaxmod.ppo import default_config
     from jaxmod.ppo.losses import Batch, gae
