@@ -293,7 +293,7 @@ def _fmt(x: float | None, nd: int = 2) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def markdown(info: dict, summary: list[dict], verdict: list[dict]) -> str:
+def markdown(info: dict, summary: list[dict], verdict: list[dict], tasks: dict[str, dict]) -> str:
     lines = [f"# jaxmod vs its peers ({info['date']}, {info['device']}, jax {info['jax']}, "
              f"{info['cpu_count']} CPUs, load average {info['load_start']} at the start, {info['load_end']} at the end; "
              f"{info['progress']})",
@@ -304,11 +304,14 @@ def markdown(info: dict, summary: list[dict], verdict: list[dict]) -> str:
              "| task | seeds | peer | compile s | run s | CPU s | final return | repeats |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        task = TASKS[ROWS[s["row"]][0]]
-        name = f"{task.env} ({task.total_steps:.0e} steps/seed)".replace("e+0", "e")
+        task = tasks[ROWS[s["row"]][0]]
+        name = f"{task['env']} ({task['total_steps']:.1e} steps/seed)".replace("e+0", "e")
         err = f" (errors: {len(s['errors'])})" if s["errors"] else ""
         lines.append(f"| {name} | {s['seeds']} | {s['peer']} | {_fmt(s['compile_s'], 1)} | {_fmt(s['run_s'])} | "
                      f"{_fmt(s['cpu_s'])} | {_fmt(s['final_return'], 1)} | {s['repeats']}{err} |")
+    if max(info["load_start"], info["load_end"]) > info["cpu_count"]:
+        lines += ["", f"**The machine was loaded** (load average above its {info['cpu_count']} CPUs): wall times "
+                  "include waiting for the CPU, so compare the CPU s and the CPU time ratio, not run s or compile s."]
     lines += ["", f"jaxmod against {BASELINE} (ratio > 1: jaxmod faster):", "",
               "| row | run time ratio | target | verdict | CPU time ratio | compile ratio | compile verdict | "
               "final return jaxmod / PureJaxRL |", "|---|---|---|---|---|---|---|---|"]
@@ -404,6 +407,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker process")
     ap.add_argument("--profile", action="store_true", help="profile jaxmod's update (CartPole, 1 and 4 seeds)")
     ap.add_argument("--profile-updates", type=int, default=250)
+    ap.add_argument("--render", nargs="+", metavar="JSON", help="re-render (and pool) earlier runs' .json into "
+                    "the table at --out (a file stem here, e.g. benchmarks/results/peers_DATE); runs nothing")
     # internal: one measurement in this process
     ap.add_argument("--worker", choices=PEERS, help=argparse.SUPPRESS)
     ap.add_argument("--task", choices=sorted(TASKS), help=argparse.SUPPRESS)
@@ -446,7 +451,7 @@ def benchmark(args: argparse.Namespace, worker=run_worker) -> dict:
                 if peer == "jaxmod" and "jax" in res:
                     info.setdefault("jax", res["jax"])
                 # written after every measurement: an interrupted run keeps what it measured
-                result = _write(args, info, tasks, samples, done=f"{rep + 1} of {repeats} repeats")
+                result = _write(args, info, tasks, samples, done=f"repeat {rep + 1} of {repeats} in progress")
     result = _write(args, info, tasks, samples, done="complete")
     print(result["markdown"])
     print(f"wrote {result['stem']}.md and .json")
@@ -456,17 +461,48 @@ def benchmark(args: argparse.Namespace, worker=run_worker) -> dict:
 def _write(args: argparse.Namespace, info: dict, tasks: dict, samples: dict, done: str) -> dict:
     info = {**info, "load_end": round(os.getloadavg()[0], 2), "progress": done}
     info.setdefault("jax", "?")
+    task_dicts = {k: dict(t.__dict__) for k, t in tasks.items()}
+    stem = Path(args.out) / ("peers_" + ("quick_" if args.quick else "") + info["date"][:10])
+    return _render(info, task_dicts, samples, stem)
+
+
+def _render(info: dict, tasks: dict[str, dict], samples: dict, stem: Path) -> dict:
     summary = summarise(samples)
     verdict = verdicts(summary)
-    text = markdown(info, summary, verdict)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / ("peers_" + ("quick_" if args.quick else "") + info["date"][:10])
+    text = markdown(info, summary, verdict, tasks)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".md").write_text(text)
-    result = {"info": info, "tasks": {k: t.__dict__ for k, t in tasks.items()}, "summary": summary,
-              "verdicts": verdict, "samples": samples}
+    result = {"info": info, "tasks": tasks, "summary": summary, "verdicts": verdict, "samples": samples}
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     return {**result, "markdown": text, "stem": str(stem)}
+
+
+def render(files: list[str], out: str) -> dict:
+    """Re-render one table from the `.json` of earlier runs (e.g. an interrupted run and a run of the rows it did not
+    reach): their samples are pooled per row and peer; a row's task (step count) must agree across the files."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    samples: dict[str, dict[str, list[dict]]] = {}
+    tasks: dict[str, dict] = {}
+    for run in runs:
+        for row, by_peer in run["samples"].items():
+            task = ROWS[row][0]
+            if task in tasks and any(by_peer.values()) and tasks[task] != run["tasks"][task]:
+                sys.exit(f"peers.py: error: {row} ran with different configs in {files}; render them apart")
+            if any(by_peer.values()):
+                tasks[task] = run["tasks"][task]
+            for peer, rs in by_peer.items():
+                samples.setdefault(row, {}).setdefault(peer, []).extend(rs)
+    for name, run_task in runs[0]["tasks"].items():
+        tasks.setdefault(name, run_task)
+    first = runs[0]["info"]
+    info = {**first, "command": " ; ".join(r["info"]["command"] for r in runs),
+            "load_start": max(r["info"]["load_start"] for r in runs),
+            "load_end": max(r["info"]["load_end"] for r in runs),
+            "progress": " ; ".join(r["info"].get("progress", "?") for r in runs),
+            "repeats": max(r["info"]["repeats"] for r in runs)}
+    order = {row: i for i, row in enumerate(ROWS)}
+    samples = dict(sorted(samples.items(), key=lambda kv: order[kv[0]]))
+    return _render(info, tasks, samples, Path(out))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -476,6 +512,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.total_steps:
             task = Task(**{**task.__dict__, "total_steps": args.total_steps})
         worker_main(args.worker, task, args.seeds, args.runs)
+    elif args.render:
+        print(render(args.render, args.out)["markdown"])
     elif args.profile:
         task = TASKS["cartpole"]
         result = {str(s): profile(task, s, args.profile_updates, args.runs) for s in (1, 4)}

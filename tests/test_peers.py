@@ -76,3 +76,34 @@ def test_bad_row_is_one_line_and_exit_2():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "cartpole-3" in proc.stderr and "cartpole-1" in proc.stderr
+
+
+def test_render_pools_interrupted_runs(tmp_path, monkeypatch):
+    """Two runs (one cut short, one of the row it did not reach) re-rendered into one table, samples pooled."""
+    monkeypatch.setattr(peers, "ensure_peers_venv", lambda: None)
+    monkeypatch.setattr(peers, "ensure_anchors", lambda src: None)
+    speed = {"purejaxrl": 3.0, "rejax": 4.0, "jaxmod": 2.0}
+    seen = []
+
+    def worker(peer, task_name, task, seeds, runs, timeout):
+        seen.append(task.total_steps)
+        k = len(seen)  # every sample differs, so the median is checked
+        return {"peer": peer, "seeds": seeds, "compile_s": 5.0 + k, "run_s": speed[peer] + 0.01 * k,
+                "cpu_s": 2 * speed[peer], "final_return": 100.0 + k, "jax": "0.10.2"}
+
+    a = peers.benchmark(peers.parse_args(["--rows", "cartpole-1", "--repeats", "2", "--out", str(tmp_path / "a")]),
+                        worker=worker)
+    b = peers.benchmark(peers.parse_args(["--rows", "cartpole-1,breakout-1", "--breakout-steps", "16384",
+                                          "--repeats", "1", "--out", str(tmp_path / "b")]), worker=worker)
+    assert 16384 in seen
+    files = [str(next((tmp_path / d).glob("peers_*.json"))) for d in ("a", "b")]
+    merged = peers.render(files, str(tmp_path / "merged" / "peers_x"))
+    by = {(s["row"], s["peer"]): s for s in merged["summary"]}
+    assert by[("cartpole-1", "jaxmod")]["repeats"] == 3 and by[("breakout-1", "jaxmod")]["repeats"] == 1
+    pooled = sorted(a["samples"]["cartpole-1"]["jaxmod"] + b["samples"]["cartpole-1"]["jaxmod"],
+                    key=lambda r: r["run_s"])
+    assert by[("cartpole-1", "jaxmod")]["run_s"] == pooled[1]["run_s"]  # the median of the three
+    assert merged["tasks"]["breakout"]["total_steps"] == 16384
+    assert "Breakout-MinAtar (1.6e4 steps/seed)" in (tmp_path / "merged" / "peers_x.md").read_text()
+    v = {x["row"]: x for x in merged["verdicts"]}
+    assert v["cartpole-1"]["cpu_ratio"] == pytest.approx(1.5) and v["breakout-1"]["cpu_ratio"] == pytest.approx(1.5)
