@@ -238,7 +238,10 @@ def run_worker(peer: str, task_name: str, task: Task, seeds: int, runs: int, tim
         env.pop("PYTHONPATH", None)  # the peers see no jaxmod
     cmd = [py, str(Path(__file__).resolve()), "--worker", peer, "--task", task_name, "--seeds", str(seeds),
            "--runs", str(runs), "--total-steps", str(task.total_steps)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
+    except subprocess.TimeoutExpired:  # recorded, and the alternation goes on
+        return {"peer": peer, "seeds": seeds, "error": f"timed out after {timeout:g} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("PEERS_RESULT "):
             return json.loads(line[len("PEERS_RESULT "):])

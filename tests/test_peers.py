@@ -107,3 +107,9 @@ def test_render_pools_interrupted_runs(tmp_path, monkeypatch):
     assert "Breakout-MinAtar (1.6e4 steps/seed)" in (tmp_path / "merged" / "peers_x.md").read_text()
     v = {x["row"]: x for x in merged["verdicts"]}
     assert v["cartpole-1"]["cpu_ratio"] == pytest.approx(1.5) and v["breakout-1"]["cpu_ratio"] == pytest.approx(1.5)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_past_its_timeout_is_an_error_row():
+    res = peers.run_worker("jaxmod", "cartpole", peers.TASKS["cartpole"], 1, 1, timeout=0.2)
+    assert res == {"peer": "jaxmod", "seeds": 1, "error": "timed out after 0.2 s"}
