@@ -286,6 +286,8 @@ def verdicts(summary: list[dict], baseline: str = BASELINE) -> list[dict]:
              "baseline_return": b["final_return"]}
         if target is not None:
             v["run_verdict"] = "met" if ratio >= target else f"missed by {100 * (1 - ratio / target):.0f}%"
+            if cpu_ratio is not None:  # the verdict to read when the machine was loaded (wall time waits for it)
+                v["cpu_verdict"] = "met" if cpu_ratio >= target else f"missed by {100 * (1 - cpu_ratio / target):.0f}%"
         v["compile_verdict"] = ("met" if j["compile_s"] <= b["compile_s"]
                                 else f"missed by {100 * (j['compile_s'] / b['compile_s'] - 1):.0f}%")
         out.append(v)
@@ -316,11 +318,12 @@ def markdown(info: dict, summary: list[dict], verdict: list[dict], tasks: dict[s
         lines += ["", f"**The machine was loaded** (load average above its {info['cpu_count']} CPUs): wall times "
                   "include waiting for the CPU, so compare the CPU s and the CPU time ratio, not run s or compile s."]
     lines += ["", f"jaxmod against {BASELINE} (ratio > 1: jaxmod faster):", "",
-              "| row | run time ratio | target | verdict | CPU time ratio | compile ratio | compile verdict | "
-              "final return jaxmod / PureJaxRL |", "|---|---|---|---|---|---|---|---|"]
+              "| row | run time ratio | target | verdict | CPU time ratio | verdict on CPU time | compile ratio | "
+              "compile verdict | final return jaxmod / PureJaxRL |", "|---|---|---|---|---|---|---|---|---|"]
     for v in verdict:
         lines.append(f"| {v['row']} | {v['run_ratio']:.2f}x | {_fmt(v['run_target'])} | {v.get('run_verdict', '-')} | "
-                     f"{_fmt(v['cpu_ratio'])}x | {v['compile_ratio']:.2f}x | {v['compile_verdict']} | "
+                     f"{_fmt(v['cpu_ratio'])}x | {v.get('cpu_verdict', '-')} | {v['compile_ratio']:.2f}x | "
+                     f"{v['compile_verdict']} | "
                      f"{_fmt(v['jaxmod_return'], 1)} / {_fmt(v['baseline_return'], 1)} |")
     return "\n".join(lines) + "\n"
 

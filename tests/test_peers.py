@@ -58,12 +58,13 @@ def test_verdicts_say_by_how_much_a_target_is_missed():
         return {"row": row, "peer": peer, "seeds": peers.ROWS[row][1], "run_s": run_s, "cpu_s": run_s,
                 "compile_s": compile_s, "final_return": 500.0}
 
-    summary = [entry("cartpole-1", "purejaxrl", 2.0, 7.0), entry("cartpole-1", "jaxmod", 2.0, 8.0),
+    summary = [entry("cartpole-1", "purejaxrl", 2.0, 7.0), {**entry("cartpole-1", "jaxmod", 2.0, 8.0), "cpu_s": 1.0},
                entry("cartpole-4", "purejaxrl", 7.0, 8.0), entry("cartpole-4", "jaxmod", 5.0, 6.0),
                entry("breakout-1", "purejaxrl", 3.0, 9.0), entry("breakout-1", "jaxmod", 2.0, 9.0)]
     v = {x["row"]: x for x in peers.verdicts(summary)}
     assert v["cartpole-1"]["run_ratio"] == pytest.approx(1.0)
     assert v["cartpole-1"]["run_verdict"] == "missed by 23%"  # 1.0 against 1.3
+    assert v["cartpole-1"]["cpu_ratio"] == pytest.approx(2.0) and v["cartpole-1"]["cpu_verdict"] == "met"
     assert v["cartpole-1"]["compile_verdict"] == "missed by 14%"  # 8 s against 7 s
     assert v["cartpole-4"]["run_verdict"] == "met" and v["cartpole-4"]["compile_verdict"] == "met"
     assert v["breakout-1"]["run_target"] is None and "run_verdict" not in v["breakout-1"]  # no target: reported only
