@@ -408,6 +408,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="a small smoke: tiny step counts, 1 repeat, 1 call")
     ap.add_argument("--breakout-steps", type=int, default=TASKS["breakout"].total_steps,
                     help="Breakout-MinAtar's env steps per seed (PureJaxRL's config runs 1e7)")
+    ap.add_argument("--cartpole-steps", type=int, default=TASKS["cartpole"].total_steps,
+                    help="CartPole-v1's env steps per seed (PureJaxRL's config: 5e5, the targets' budget)")
     ap.add_argument("--purejaxrl-src", default=os.environ.get("PUREJAXRL_SRC", DEFAULT_PUREJAXRL_SRC))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for peers_<date>.{md,json}")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker process")
@@ -425,8 +427,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [r for r in rows if r not in ROWS] + [p for p in peers if p not in PEERS]
     if bad:
         ap.exit(2, f"peers.py: error: unknown row or peer {bad}; rows: {', '.join(ROWS)}; peers: {', '.join(PEERS)}\n")
-    if args.repeats < 1 or args.runs < 1 or args.breakout_steps < 64 * 128:
-        ap.exit(2, "peers.py: error: --repeats and --runs must be >= 1 and --breakout-steps >= 8192 (one update)\n")
+    if args.repeats < 1 or args.runs < 1 or args.breakout_steps < 64 * 128 or args.cartpole_steps < 4 * 128:
+        ap.exit(2, "peers.py: error: --repeats and --runs must be >= 1, --breakout-steps >= 8192 and --cartpole-steps "
+                ">= 512 (one update)\n")
     args.row_list, args.peer_list = rows, peers
     return args
 
@@ -434,8 +437,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def benchmark(args: argparse.Namespace, worker=run_worker) -> dict:
     """Every row x peer, alternating (the peer order rotates each repeat); writes peers_<date>.{md,json} under
     `args.out` and returns {"info", "summary", "verdicts"}."""
-    steps = dict(QUICK_STEPS) if args.quick else {"cartpole": TASKS["cartpole"].total_steps,
-                                                   "breakout": args.breakout_steps}
+    steps = dict(QUICK_STEPS) if args.quick else {"cartpole": args.cartpole_steps, "breakout": args.breakout_steps}
     tasks = {name: Task(**{**t.__dict__, "total_steps": steps[name]}) for name, t in TASKS.items()}
     repeats, runs = (1, 1) if args.quick else (args.repeats, args.runs)
     peer_versions = "jaxmod only"
