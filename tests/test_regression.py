@@ -57,7 +57,16 @@ and RA entries were stale since issue 18's verification change and were re-recor
 shaping of chunk 2 and A's and RA's evaluation returns (seed 1 after chunk 2: -0.800 -> -0.778). PPO, StateMask-R,
 RICE, JSRL and Random came out bit for bit the same as recorded; their entries only gained the `critical_steps` count
 (left out of the comparison, as above). Training's rollout now runs through the same `generate_unroll` as evaluation
-and collection (one env-step loop, keys split as before): the learner set came out bit for bit the same."""
+and collection (one env-step loop, keys split as before): the learner set came out bit for bit the same.
+
+One behaviour changed since (issue 18, do no harm on continuous control): the KL pull weighs each critical step as one
+sample of the surrogate (its sum over the minibatch's size) instead of averaging over the critical steps alone (a
+few critical steps of a 512-sample minibatch weighed ~340x a sample, and on Pendulum-v1 the teacher's advice made
+ULTRA-A 140 below continued PPO), and for continuous actions it no longer moves the policy's std. Every ULTRA method
+carries the KL term (A, R, RA): in the learner set (3 updates) the trust weights are still 0, so every number came
+out bit for bit the same; in the end-to-end CartPole and Pong sets A, R and RA were re-recorded (CartPole-v1 final
+evaluation, seed 0 / 1: A and RA 50.6 / 50.5 -> 49.1 / 47.7, R 53.8 / 47.5 -> 43.7 / 42.6); PPO, JSRL, RICE,
+StateMask-R and Random came out bit for bit the same."""
 
 from __future__ import annotations
 
