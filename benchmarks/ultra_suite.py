@@ -284,6 +284,7 @@ def main() -> None:
     ap.add_argument("--agents", default="runs/agents", help="saved pre-trained agents and teachers (reused)")
     ap.add_argument("--out", default="benchmarks/results", help="results folder (default: %(default)s)")
     ap.add_argument("--redo", action="store_true", help="re-run cells already in the results")
+    ap.add_argument("--report", action="store_true", help="run nothing: redraw the table and figure from --out's json")
     args = ap.parse_args()
     from jaxmod.cli import _enable_compile_cache
 
@@ -299,7 +300,7 @@ def main() -> None:
         cells = [(t, a) for t in tasks for a in advisor_cells(t, tuple(args.advisors.split(",")))]
     path = out / f"{name}.json"
     records = load(path)
-    for task, advisor in cells:
+    for task, advisor in [] if args.report else cells:
         if not args.redo and any(r["task"] == task and r["advisor"] == advisor for r in records):
             continue
         print(f"== {task} x {advisor}", flush=True)
