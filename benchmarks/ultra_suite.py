@@ -20,6 +20,7 @@ recorded as failed with its message, never averaged.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -81,8 +82,10 @@ def advisor_knobs(advisor: str, env_id: str, budget: dict[str, Any], agents: Pat
     return knobs
 
 
+@functools.cache
 def code_version() -> str:
-    """The commit the cell ran (with '+changes' when the tree differed from it), or 'unknown' outside git."""
+    """The commit this process started from (with '+changes' when the tree differed from it; read once, as the
+    process imports the code once), or 'unknown' outside git."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
@@ -286,6 +289,7 @@ def main() -> None:
     ap.add_argument("--redo", action="store_true", help="re-run cells already in the results")
     ap.add_argument("--report", action="store_true", help="run nothing: redraw the table and figure from --out's json")
     args = ap.parse_args()
+    code_version()  # the code this process runs, before the tree can change under it
     from jaxmod.cli import _enable_compile_cache
 
     _enable_compile_cache()
