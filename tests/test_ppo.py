@@ -186,3 +186,17 @@ def test_learner_builds_env_and_network_before_any_trace(tiny_config):
         for i in range(2):
             state, _ = jax.jit(lambda k: learner.run(learner.init(k), 1))(jax.random.PRNGKey(i))
             chex.assert_tree_all_finite(state.params)
+
+
+def test_presets_and_the_command_line_parser_leave_the_xla_backend_unstarted():
+    """A multi-process run must call jax.distributed.initialize before anything starts the XLA backend, and the
+    command line builds presets while it parses: a preset (the continuous classic one included) builds no env."""
+    import subprocess
+    import sys
+
+    code = ("from jax._src import xla_bridge as xb\nfrom jaxmod.ppo import default_config\n"
+            "from jaxmod.cli import build_parser\n"
+            "for env in ('Pendulum-v1', 'CartPole-v1', 'MountainCarContinuous-v0'): default_config(env)\n"
+            "build_parser(['train', '--env', 'Pendulum-v1'])\nassert not xb.backends_are_initialized()\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -7,7 +7,6 @@ program can be vmapped over, e.g., a vector of learning rates.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -200,22 +199,18 @@ CONTINUOUS_CLASSIC: dict[str, Any] = {"normalize_obs": True, "normalize_reward":
                                       "anneal_lr": False, "ent_coef": 0.0}
 
 
-@functools.lru_cache(maxsize=64)
-def _continuous(env_id: str) -> bool:
-    """Whether `env_id`'s actions are continuous (False where the env cannot be built here: its own error comes
-    later, where it is built)."""
-    from jaxmod.envs.registry import make_core
-
-    try:
-        return not make_core(env_id).action_space.discrete
-    except Exception:  # noqa: BLE001 - an unknown or broken env is reported where the run builds it
-        return False
+# gymnax's envs with continuous actions (all in the classic family). A static set, not a probe: building an env to
+# read its action space starts the XLA backend, and `jax.distributed.initialize` must come first in a multi-process
+# run, whose command line builds configs while parsing. An env registered with `jaxmod.register_env` keeps the
+# family's preset (set these knobs yourself).
+CONTINUOUS_GYMNAX = frozenset({"Pendulum-v1", "MountainCarContinuous-v0", "PointRobot-misc", "Reacher-misc",
+                               "Swimmer-misc"})
 
 
 def family_preset(env_id: str) -> dict[str, Any]:
-    """The changes to `env_id`'s family preset: `CONTINUOUS_CLASSIC` for a continuous-action env of the classic
-    family, then `ENV_PRESETS[env_id]`."""
-    extra = dict(CONTINUOUS_CLASSIC) if family_of(env_id) == "classic" and _continuous(env_id) else {}
+    """The changes to `env_id`'s family preset: `CONTINUOUS_CLASSIC` for a continuous-action gymnax env of the
+    classic family (`CONTINUOUS_GYMNAX`), then `ENV_PRESETS[env_id]`."""
+    extra = dict(CONTINUOUS_CLASSIC) if env_id in CONTINUOUS_GYMNAX and family_of(env_id) == "classic" else {}
     return {**extra, **ENV_PRESETS.get(env_id, {})}
 
 
