@@ -39,7 +39,6 @@ class Pacer:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.deadline: float | None = None
-        self.in_flight = 0
         self.finished = 0  # answers (or failures) that came back: the rate's numerator
         self.busy_s = 0.0  # seconds with at least one question out, up to the last change
         self._busy_since: float | None = None
@@ -47,6 +46,11 @@ class Pacer:
         self._sent: list[float] = []  # send times of the questions in flight, oldest first
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Condition | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Questions admitted and not yet back."""
+        return len(self._sent)
 
     @property
     def rate(self) -> float | None:
@@ -116,7 +120,6 @@ class Pacer:
                 await cond.wait()
         if self.in_flight == 0:
             self._busy_since = self.clock()
-        self.in_flight += 1
         self._sent.append(self.clock())
         return True
 
@@ -125,7 +128,6 @@ class Pacer:
         latency's estimate, not any one question's)."""
         took = self.clock() - self._sent.pop(0)
         self.latency = took if self.latency is None else 0.7 * self.latency + 0.3 * took
-        self.in_flight -= 1
         self.finished += 1
         if self.in_flight == 0 and self._busy_since is not None:
             self.busy_s += self.clock() - self._busy_since
