@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.local-llm
 
-.PHONY: demo test test-slow test-gpu-script test-readme-slow test-install local-llm lint bench clean
+.PHONY: demo test test-multidevice test-slow test-gpu-script test-readme-slow test-install local-llm lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(LLM_STAMP)
 # the minutes-long tests the default suite leaves out (kill-and-resume on brax and MinAtar)
 test-slow: $(LLM_STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# ULTRA over 4 emulated devices and 2 loopback processes (~5 min on 2 cores; CI runs it beside `make test`)
+test-multidevice: $(LLM_STAMP)
+	$(BIN)/python -m pytest -q -m multidevice
 
 # the accelerator's one command (benchmarks/gpu_all.sh) at toy budgets on the CPU (~6 min on 2 cores: brax compiles)
 test-gpu-script: $(LLM_STAMP)

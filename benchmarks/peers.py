@@ -227,15 +227,31 @@ def anchor_commit() -> str | None:
     return f.read_text().strip() if f.exists() else None
 
 
-def run_worker(peer: str, task_name: str, task: Task, seeds: int, runs: int, timeout: float) -> dict:
-    """One measurement in a fresh subprocess: the peers in `.peers/venv`, jaxmod in this Python."""
+# PureJaxRL's `jax.vmap(train)` batches its orthogonal initialiser's QR, and jaxlib 0.10.2's CPU LAPACK kernel then
+# runs the batch on XLA's thread pool (`ParallelBatchMap`) and waits for it from a task of that same pool: on this
+# 2-core VM the 4- and 16-seed programs hang for good, every thread asleep (gdb, 2026-12-01; 20k steps finish, 5e5 do
+# not). XLA's concurrency-optimised thunk scheduler off, they finish. Every peer of a multi-seed row runs with the
+# same flag (it costs jaxmod ~15% of a one-seed run: 6.7 s against 4.9-5.7 s, so one-seed rows run without it).
+MULTI_SEED_XLA_FLAGS = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def worker_env(peer: str, seeds: int) -> dict[str, str]:
+    """A worker's environment: no compilation cache; `MULTI_SEED_XLA_FLAGS` added to XLA_FLAGS for > 1 seed; the
+    peers see no jaxmod, jaxmod sees this checkout."""
     env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE="false")
+    if seeds > 1:
+        env["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), MULTI_SEED_XLA_FLAGS]))
     if peer == "jaxmod":
-        py = sys.executable
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     else:
-        py = str(peers_python())
-        env.pop("PYTHONPATH", None)  # the peers see no jaxmod
+        env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_worker(peer: str, task_name: str, task: Task, seeds: int, runs: int, timeout: float) -> dict:
+    """One measurement in a fresh subprocess: the peers in `.peers/venv`, jaxmod in this Python."""
+    env = worker_env(peer, seeds)
+    py = sys.executable if peer == "jaxmod" else str(peers_python())
     cmd = [py, str(Path(__file__).resolve()), "--worker", peer, "--task", task_name, "--seeds", str(seeds),
            "--runs", str(runs), "--total-steps", str(task.total_steps)]
     try:
@@ -305,7 +321,9 @@ def markdown(info: dict, summary: list[dict], verdict: list[dict], tasks: dict[s
              "",
              f"`{info['command']}`: {info['repeats']} alternation(s), medians; run s = wall of the fastest of "
              f"{info['runs']} call(s) per process; CPU s = that call's process CPU time (all threads). Peers: "
-             f"{info['peer_versions']}; PureJaxRL at commit {info.get('purejaxrl_commit')}.", "",
+             f"{info['peer_versions']}; PureJaxRL at commit {info.get('purejaxrl_commit')}. Rows of more than one "
+             f"seed run every peer with XLA_FLAGS={MULTI_SEED_XLA_FLAGS} (PureJaxRL's vmapped QR hangs without it).",
+             "",
              "| task | seeds | peer | compile s | run s | CPU s | final return | repeats |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summary:
@@ -412,7 +430,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="CartPole-v1's env steps per seed (PureJaxRL's config: 5e5, the targets' budget)")
     ap.add_argument("--purejaxrl-src", default=os.environ.get("PUREJAXRL_SRC", DEFAULT_PUREJAXRL_SRC))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for peers_<date>.{md,json}")
-    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker process")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per worker process")
     ap.add_argument("--profile", action="store_true", help="profile jaxmod's update (CartPole, 1 and 4 seeds)")
     ap.add_argument("--profile-updates", type=int, default=250)
     ap.add_argument("--render", nargs="+", metavar="JSON", help="re-render (and pool) earlier runs' .json into "

@@ -18,7 +18,7 @@ from jaxmod.cli import EXIT_NON_FINITE, main
 from jaxmod.envs import make_core
 from jaxmod.llm import Advisor, LocalBackend
 from jaxmod.ppo import PPOConfig, PPOLearner
-from jaxmod.ppo.losses import Batch, mask_weights, ppo_loss
+from jaxmod.ppo.losses import Batch, mask_counts, ppo_loss
 from jaxmod.reporting import PARAMS_FINITE, NonFiniteError, first_non_finite, plot_curves, seed_summary
 from jaxmod.ultra.config import UltraConfig
 from jaxmod.ultra.pipeline import UltraRun
@@ -71,7 +71,8 @@ def test_the_surrogate_ignores_an_imposed_actions_log_ratio_whatever_it_is():
 
     def loss_and_grad(behaviour_log_prob):
         batch = Batch(obs=obs, action=action, log_prob=behaviour_log_prob, value=jnp.zeros(n), advantage=adv,
-                      target=adv, masks={"policy": mask_weights((~imposed).astype(jnp.float32))})
+                      target=adv, masks={"policy": (~imposed).astype(jnp.float32)},
+                      mask_counts=mask_counts({"policy": (~imposed).astype(jnp.float32)}))
         return jax.value_and_grad(lambda p: ppo_loss(learner.net, p, batch, hp), has_aux=True)(params)
 
     (loss, info), grad = loss_and_grad(jnp.where(imposed, log_prob - 1e4, log_prob))

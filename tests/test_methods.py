@@ -223,3 +223,39 @@ def test_a_method_that_rolls_in_gets_the_agents_mean_episode_length(tmp_path, mo
     _, mean_length = run.agent_episodes(None)  # measured once per run (cached)
     assert seen == {"Guide": max(1, round(mean_length)), "NoGuide": 1} and seen["Guide"] > 1, (seen, mean_length)
     assert set(results) == {"Guide", "NoGuide"}
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("env_id,names,exact", [("CartPole-v1", ("A", "R", "RA", "restart"), True),
+                                                ("Pendulum-v1", ("R", "RA"), False)])
+def test_without_advice_every_ultra_method_refines_as_continued_ppo(env_id, names, exact):
+    """Common random numbers: a method whose modulators have nothing to act on (empty advice: no critical state to
+    restart from, override, shape or pull toward) steps through the same actions, env draws and minibatches as
+    continued PPO, so two methods differ only by what their advice does, not by differing random streams. Through
+    `UltraConfig`'s own learner config and modulators. Discrete actions: bit for bit. Continuous: the same draws,
+    but ULTRA-A's `where` between suggestion and action sits before the env's reward (Pendulum's 0.001 u^2), and
+    the compiler fuses (and contracts to FMA) differently around it: rewards differ in the last bit (1.2e-7) and the
+    parameters after 8 updates by ~2e-6 relative; without ULTRA-A (R) bit for bit."""
+    from jaxmod.ultra.config import UltraConfig
+
+    base = UltraConfig(env_id=env_id)
+    ppo = base.ppo.replace(num_envs=4, num_steps=32, update_epochs=2, num_minibatches=2)
+    cfg = UltraConfig(env_id=env_id, ppo=ppo, refine_steps=4 * 32 * 8)
+    rcfg = cfg.refine_config()
+    plain = make_train(rcfg)
+    advice = Advice.empty(plain.learner.env.core, cfg.modulation.capacity)
+    key = jax.random.PRNGKey(7)
+    params = plain.learner.net.init(jax.random.PRNGKey(1))  # the agent being refined
+    ppo_out = jax.jit(plain)(key, params)
+    for name in names:
+        out = jax.jit(make_train(rcfg, cfg.modulator(name)))(key, params, advice)
+        assert int(np.sum(out.metrics["episodes"])) > 0
+        shared = {k: v for k, v in out.metrics.items() if k in ppo_out.metrics}
+        assert set(shared) == set(ppo_out.metrics)
+        if exact or name == "R":
+            chex.assert_trees_all_equal(out.state.params, ppo_out.state.params)
+            chex.assert_trees_all_equal(shared, ppo_out.metrics)
+        else:
+            chex.assert_trees_all_close(out.state.params, ppo_out.state.params, rtol=1e-4, atol=1e-7)
+            for k in ("value_loss", "entropy", "episode_return", "rollout_reward"):
+                np.testing.assert_allclose(shared[k], ppo_out.metrics[k], rtol=1e-4, err_msg=k)

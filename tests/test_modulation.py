@@ -22,7 +22,7 @@ from jaxmod.advice.verify import AdviceTrust, Verification, advised_steps
 from jaxmod.envs import make_core
 from jaxmod.llm.answers import Advised, Rejected
 from jaxmod.ppo import PPOConfig, PPOLearner, make_train
-from jaxmod.ppo.losses import Batch, mask_weights, ppo_loss
+from jaxmod.ppo.losses import Batch, mask_counts, ppo_loss
 from jaxmod.ppo.modulator import Modulator, chain
 from jaxmod.ppo.rollout import collect_modulated
 from tests.conftest import TINY, TOY_ID
@@ -464,7 +464,8 @@ def test_imposed_actions_give_no_policy_gradient():
     def actor_loss_grad(action, advantage):
         batch = Batch(obs=obs, action=action, log_prob=learner.net.log_prob(params, head, action),
                       value=jnp.zeros(n), advantage=advantage, target=advantage,
-                      masks={"policy": mask_weights((~imposed).astype(jnp.float32))})
+                      masks={"policy": (~imposed).astype(jnp.float32)},
+                      mask_counts=mask_counts({"policy": (~imposed).astype(jnp.float32)}))
         return jax.value_and_grad(lambda p: ppo_loss(learner.net, p, batch, hp)[1]["actor_loss"])(
             jax.tree.map(lambda x: 1.1 * x, params))  # a moved policy: ratios differ from 1
 

@@ -45,6 +45,7 @@ def _rows(table: str) -> list[list[str]]:
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in table.splitlines()[2:] if ln.startswith("|")]
 
 
+@pytest.mark.multidevice
 @pytest.mark.timeout(900)  # 3 tiny ultra runs, 2 of them waiting for each other; generous for a loaded CPU
 def test_two_processes_equal_one_process_and_process_one_writes_nothing(tmp_path):
     cmd = [sys.executable, "-m", "jaxmod", *FLAGS]
@@ -139,6 +140,7 @@ def _two_processes(flags: list[str], tmp_path: Path) -> list[tuple[int, str, str
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs, strict=True)]
 
 
+@pytest.mark.multidevice
 @pytest.mark.timeout(900)
 def test_the_asynchronous_schedule_over_two_processes_swaps_the_same_advice_in_both(tmp_path):
     """Without --sync-advice, when answers are swapped in depends on the advisor's timing (here slowed down, so a

@@ -66,7 +66,17 @@ ULTRA-A 140 below continued PPO), and for continuous actions it no longer moves 
 carries the KL term (A, R, RA): in the learner set (3 updates) the trust weights are still 0, so every number came
 out bit for bit the same; in the end-to-end CartPole and Pong sets A, R and RA were re-recorded (CartPole-v1 final
 evaluation, seed 0 / 1: A and RA 50.6 / 50.5 -> 49.1 / 47.7, R 53.8 / 47.5 -> 43.7 / 42.6); PPO, JSRL, RICE,
-StateMask-R and Random came out bit for bit the same."""
+StateMask-R and Random came out bit for bit the same.
+
+One behaviour changed since (issue 18, common random numbers): a modulated rollout draws its actions and env steps
+from the same keys as plain PPO's (the step key splits in two for every caller; the modulator's draws come from
+`fold_in`, fresh restart states are the env's own draw), and loss masks average as `sum / count` (a mask of ones gives
+the plain mean bit for bit): with nothing to act on, every ULTRA method now refines exactly as continued PPO
+(tests/test_methods.py), so a method's gain measures its advice, not a different random stream (a no-advice control
+on CartPole-v1, 10 seeds, had measured A = R = RA at +109 [-18, +217] from continued PPO). Every modulated method's
+random stream changed: in both sets every method but PPO was re-recorded (PPO bit for bit the same); e.g. the
+learner set's CartPole-v1 ULTRA-A executed 18 suggestions in 3 updates instead of 20, and the end-to-end CartPole-v1
+final evaluation (seed 0 / 1) moved from A and RA 49.1 / 47.7 to 43.9 / 46.0, R 43.7 / 42.6 to 47.7 / 39.7."""
 
 from __future__ import annotations
 

@@ -88,6 +88,7 @@ def _rows(table: str) -> list[list[str]]:
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in table.splitlines()[2:] if ln.startswith("|")]
 
 
+@pytest.mark.multidevice
 @pytest.mark.timeout(1500)  # 4 tiny ultra runs (the second from the compile cache); generous for a loaded CPU
 def test_ultra_over_four_devices_equals_one_device(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
@@ -185,6 +186,7 @@ RICE_FLAGS = ["--env", "CartPole-v1", "--variant", "RICE", "--seeds", "2", "--se
               "--collect-steps", "96", "--eval-envs", "4", "--eval-steps", "128", "--mask-steps", "512", "--quiet"]
 
 
+@pytest.mark.multidevice
 @pytest.mark.timeout(1200)  # 2 tiny ultra runs with mask-net training; generous for a loaded CPU
 def test_rice_with_env_shards_equals_the_unsharded_run(tmp_path):
     """RICE's mask nets are trained by their own PPOLearner on the keep/blind env (not split over "envs": each runs

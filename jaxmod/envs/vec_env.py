@@ -75,6 +75,11 @@ class VecEnv:
         """N new initial states from the env's own initial distribution."""
         return jax.vmap(self.core.reset)(jax.random.split(key, self.num_envs))
 
+    def step_resets(self, key: jax.Array) -> CoreState:
+        """The fresh states `step(key, ...)` restarts finished envs from when it is given none: a caller that
+        replaces some of them (restart distributions) keeps the others' draws the same as an unmodified step's."""
+        return self.fresh_cores(jax.random.split(key)[1])
+
     def reset(self, key: jax.Array) -> tuple[VecEnvState, jax.Array]:
         """Start all N envs; returns the state and the (normalised) first observations."""
         core = self.fresh_cores(key)
@@ -132,7 +137,7 @@ class VecEnv:
         truncated = jnp.logical_and(limit if cut is None else limit | cut, jnp.logical_not(terminated))
         done = jnp.logical_or(terminated, truncated)
 
-        if reset_cores is None:
+        if reset_cores is None:  # what `step_resets(key)` gives
             reset_cores = self.fresh_cores(reset_key)
         core = select_envs(done, reset_cores, nxt)
 

@@ -69,11 +69,11 @@ class Batch:
     [B, A] float32, `log_prob` / `value` / `advantage` / `target` [B] float32 (behaviour log-prob, critic value
     at collection, GAE advantage, value target).
 
-    `masks`: per-sample 0/1 float32 masks [B] of loss terms, built by the modulator (`Modulator.weigh`); `optimise`
-    turns each into `mask_weights` per minibatch (once per epoch instead of a count, a division and its gradient
-    in every SGD step). The surrogate reads `masks["policy"]` where present (the samples whose action the policy
-    chose: others get no policy gradient), else averages over all samples. `fields`: other per-sample arrays a
-    modulator's loss term reads."""
+    `masks`: per-sample 0/1 float32 masks [B] of loss terms, built by the modulator (`Modulator.weigh`);
+    `mask_counts`: each mask's number of set samples in the minibatch (at least 1; float32 scalars, counted by
+    `optimise` once per epoch, not in every SGD step). The surrogate reads `masks["policy"]` where present (the
+    samples whose action the policy chose: others get no policy gradient), else averages over all samples.
+    `fields`: other per-sample arrays a modulator's loss term reads."""
 
     obs: jax.Array
     action: jax.Array
@@ -83,6 +83,11 @@ class Batch:
     target: jax.Array
     masks: dict[str, jax.Array] = struct.field(default_factory=dict)
     fields: dict[str, jax.Array] = struct.field(default_factory=dict)
+    mask_counts: dict[str, jax.Array] = struct.field(default_factory=dict)
+
+    def masked_mean(self, name: str, value: jax.Array) -> jax.Array:
+        """The mean of `value` [B] float32 over the samples mask `name` sets (scalar float32; 0 where none is)."""
+        return masked_mean(self.masks[name], self.mask_counts[name], value)
 
 
 LOG_RATIO_LIMIT = 20.0  # |log pi/pi_old| bound of the surrogate (ratio up to ~5e8): exp() never overflows. PPO's clip
@@ -90,18 +95,19 @@ LOG_RATIO_LIMIT = 20.0  # |log pi/pi_old| bound of the surrogate (ratio up to ~5
 # (tests/test_regression.py) are bit for bit the same with it (jaxmod's choice)
 
 
-def weighted_sum(weight: jax.Array, value: jax.Array) -> jax.Array:
-    """sum(weight * value) over the samples whose weight is > 0 (`weight`, `value`: [B] float32; scalar float32).
-    With `jnp.where`, not a product alone: 0 * inf is NaN, so a masked-out sample's value (a loss term at a step the
-    mask excludes) never reaches the sum, whatever it is. Its gradient gets a 0 cotangent there, which stays 0 only
-    where the value's own derivative is finite: bound the inputs first where it may not be (as `ppo_loss` does
-    with an imposed action's log-ratio)."""
-    return jnp.sum(jnp.where(weight > 0, weight * value, 0.0))
+def masked_mean(mask: jax.Array, count: jax.Array, value: jax.Array) -> jax.Array:
+    """sum(value where mask) / count (`mask` 0/1 and `value` [B] float32, `count` the mask's sum, at least 1: see
+    `mask_counts`; scalar float32). With `jnp.where`, not a product: 0 * inf is NaN, so a masked-out sample's value
+    (a loss term at a step the mask excludes) never reaches the sum, whatever it is. Its gradient gets a 0 cotangent
+    there, which stays 0 only where the value's own derivative is finite: bound the inputs first where it may not
+    be (as `ppo_loss` does with an imposed action's log-ratio). A mask that sets every sample gives `value.mean()`
+    bit for bit (the same sum divided by the same count): a modulator that masks nothing out changes no number."""
+    return jnp.sum(jnp.where(mask > 0, value, 0.0)) / count
 
 
-def mask_weights(mask: jax.Array) -> jax.Array:
-    """0/1 masks (leading axes ..., sample) as weights summing to 1 over the last axis (all 0 where none is set)."""
-    return mask / jnp.maximum(1.0, jnp.sum(mask, axis=-1, keepdims=True))
+def mask_counts(masks: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Each 0/1 mask's (leading axes ..., sample) number of set samples over the last axis, at least 1."""
+    return {name: jnp.maximum(1.0, jnp.sum(m, axis=-1)) for name, m in masks.items()}
 
 
 def ppo_loss(
@@ -113,7 +119,7 @@ def ppo_loss(
     extra: Callable[[Params, jax.Array, Batch], tuple[jax.Array | None, dict[str, Any]]] | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Clipped surrogate + vf_coef * (clipped) value loss - ent_coef * entropy, advantages normalised per
-    minibatch (PureJaxRL / Brax `losses.py`), scalar float32. With `batch.masks["policy"]` (weights, see `Batch`)
+    minibatch (PureJaxRL / Brax `losses.py`), scalar float32. With `batch.masks["policy"]` (see `Batch`)
     the surrogate, `approx_kl` and `clip_frac` average over those samples only: an imposed action has no behaviour
     probability to correct with, so its policy gradient would be biased, and its log-ratio is set to 0 (continuous
     actions far from the policy's mean have log-ratios whose exp() overflows). Every log-ratio is bounded by
@@ -122,20 +128,21 @@ def ppo_loss(
     head = net.policy_head(params, batch.obs)
     log_prob = net.log_prob(params, head, batch.action)
     log_ratio = log_prob - batch.log_prob
-    policy_weight = batch.masks.get("policy")
-    if policy_weight is not None:
+    policy_mask = batch.masks.get("policy")
+    if policy_mask is not None:
         # an imposed action has no behaviour probability: its log-ratio means nothing and can be huge (a continuous
         # action 50 stds from the policy's mean has a log-prob near -1250, which moves by hundreds per SGD step), and
         # exp() of it is inf, which a 0 weight turns into NaN in the loss and its gradient
-        log_ratio = jnp.where(policy_weight > 0, log_ratio, 0.0)
+        log_ratio = jnp.where(policy_mask > 0, log_ratio, 0.0)
     log_ratio = jnp.clip(log_ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     ratio = jnp.exp(log_ratio)
+    def sample_mean(x: jax.Array) -> jax.Array:
+        """Mean over the policy's own samples (the surrogate's): imposed actions say nothing of the policy's step."""
+        return x.mean() if policy_mask is None else batch.masked_mean("policy", x)
+
     adv = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - hp.clip_eps, 1.0 + hp.clip_eps) * adv)
-    if policy_weight is None:
-        actor_loss = -surrogate.mean()
-    else:
-        actor_loss = -weighted_sum(policy_weight, surrogate)
+    actor_loss = -sample_mean(surrogate)
 
     value = net.value(params, batch.obs)
     value_err = jnp.square(value - batch.target)
@@ -143,10 +150,6 @@ def ppo_loss(
         clipped = batch.value + jnp.clip(value - batch.value, -hp.clip_eps, hp.clip_eps)
         value_err = jnp.maximum(value_err, jnp.square(clipped - batch.target))
     value_loss = 0.5 * value_err.mean()
-
-    def sample_mean(x: jax.Array) -> jax.Array:
-        """Mean over the policy's own samples (the surrogate's): imposed actions say nothing of the policy's step."""
-        return x.mean() if policy_weight is None else weighted_sum(policy_weight, x)
 
     entropy = net.entropy(params, head).mean()
     total = actor_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy

@@ -61,12 +61,13 @@ class Act:
 @struct.dataclass
 class UnrollStep:
     """What a policy sees of the loop besides its input: the env state before the step (`VecEnvState`, leading axis
-    N), the per-env loop carry, this step's slice of the per-step inputs `xs`, and its `extra_keys` further keys."""
+    N), the per-env loop carry, this step's slice of the per-step inputs `xs`, and the key the env steps with
+    (`VecEnv.step_resets(env_key)` gives the fresh states this step restarts finished envs from)."""
 
     env_state: Any
     carry: Any
     xs: Any
-    keys: tuple = ()
+    env_key: Any = None
 
 
 def generate_unroll(
@@ -82,12 +83,13 @@ def generate_unroll(
     after: Callable[[Act, StepResult, Any], Act] | None = None,
     carry: Any = (),
     xs: Any = None,
-    extra_keys: int = 0,
 ) -> tuple[VecEnvState, jax.Array, Any, Any]:
     """The one env-step loop of `jaxmod` (training, collection, evaluation, the mask net; Brax's
     `acting.generate_unroll` is the model).
 
-    Per step the step key splits into (action key, env key, `extra_keys` more); `policy(obs [N, *obs_shape],
+    Per step the step key splits into (action key, env key), the same for every caller: a policy or modulator that
+    draws more derives its keys with `jax.random.fold_in`, so a modulated rollout whose hooks change nothing steps
+    through the same actions and env draws as plain PPO's (common random numbers); `policy(obs [N, *obs_shape],
     action key, UnrollStep) -> Act` acts; the env steps (finished envs restart from `Act.reset`, else
     `reset_cores`, else fresh draws; `Act.cut` ends episodes now); `after(act, StepResult, xs slice) -> Act` (optional)
     updates the act from the step's outcome; `record(state before the step, obs, act.action, act.extra, StepResult)`
@@ -98,8 +100,8 @@ def generate_unroll(
     def step(loop, inp):
         env_state, obs, carry = loop
         step_key, x = inp
-        act_key, env_key, *keys = jax.random.split(step_key, 2 + extra_keys)
-        act = policy(obs, act_key, UnrollStep(env_state=env_state, carry=carry, xs=x, keys=tuple(keys)))
+        act_key, env_key = jax.random.split(step_key)
+        act = policy(obs, act_key, UnrollStep(env_state=env_state, carry=carry, xs=x, env_key=env_key))
         reset = reset_cores if act.reset is None else act.reset
         next_state, res = env.step(env_key, env_state, act.action, reset, act.cut)
         if after is not None:
@@ -142,6 +144,9 @@ def collect(
     return env_state, obs, traj
 
 
+MODULATOR_STREAM = 0x4D4F44  # the modulator's random stream within a rollout key ("MOD"): `fold_in(key, it)`
+
+
 def collect_modulated(
     net: ActorCritic,
     env: VecEnv,
@@ -161,10 +166,13 @@ def collect_modulated(
 ) -> tuple[VecEnvState, jax.Array, Any, Plan, Trajectory]:
     """`collect` with `modulator`'s hooks, through the same `generate_unroll`: `prepare` (per-step inputs in
     `plan["xs"]`, leading axis T; the per-env loop carry's start in `plan["carry"]`), per step `step` (action
-    override, restart states, cuts; the step draws one extra key, for fresh restart states) and `after_step`, then
-    `finish` on the whole trajectory (the loop's final carry back in `plan["carry"]`). The log-probability is taken
-    of the executed action, after the hooks. Returns the final env state, policy inputs, aux, plan and trajectory."""
-    key, mod_key = jax.random.split(key)
+    override, restart states, cuts) and `after_step`, then `finish` on the whole trajectory (the loop's final carry
+    back in `plan["carry"]`). The log-probability is taken of the executed action, after the hooks. Common random
+    numbers: the unroll's keys are `collect`'s (the modulator's come from `fold_in(key, MODULATOR_STREAM)`, the
+    fresh restart states are the env's own draw), so a modulator that changes nothing gives plain PPO's rollout
+    bit for bit, and two methods differ only by what their modulators do (tests/test_ppo.py). Returns the final
+    env state, policy inputs, aux, plan and trajectory."""
+    mod_key = jax.random.fold_in(key, MODULATOR_STREAM)
     ctx = RolloutContext(env_state=env_state, update_step=update_step, key=mod_key, num_steps=num_steps)
     aux, plan = modulator.prepare(aux, advice, plan, ctx, spec)
     xs_all = plan.pop("xs", {})
@@ -173,7 +181,7 @@ def collect_modulated(
     def policy(obs, act_key, u: UnrollStep):
         head = net.policy_head(params, obs)
         action, _ = net.sample(params, head, act_key)  # the log-prob is taken once, of what is executed
-        fresh = reset_cores if reset_cores is not None else env.fresh_cores(u.keys[0])
+        fresh = reset_cores if reset_cores is not None else env.step_resets(u.env_key)
         s = StepState(obs=obs, time=u.env_state.core.time, action=action, key=act_key, reset=fresh,
                       cut=jnp.zeros(env.num_envs, jnp.bool_), carry=u.carry, extras={})
         s = modulator.step(aux, plan, u.xs, s, spec)
@@ -192,7 +200,7 @@ def collect_modulated(
                           final_obs=res.final_obs, extras=s.extras)
 
     env_state, obs, carry, traj = generate_unroll(env, policy, env_state, obs, key, num_steps, record, reset_cores,
-                                                  unroll, after=after, carry=carry, xs=xs_all, extra_keys=1)
+                                                  unroll, after=after, carry=carry, xs=xs_all)
     aux, traj = modulator.finish(aux, {**plan, "carry": carry}, traj, spec)
     return env_state, obs, aux, plan, traj
 

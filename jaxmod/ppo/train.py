@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec
 
 from jaxmod.envs import VecEnv, VecEnvState, make
 from jaxmod.ppo.config import ConfigError, HyperParams, PPOConfig
-from jaxmod.ppo.losses import Batch, gae, mask_weights, ppo_loss
+from jaxmod.ppo.losses import Batch, gae, mask_counts, ppo_loss
 from jaxmod.ppo.modulator import Identity, LearnerSpec, Modulator, Plan
 from jaxmod.ppo.networks import ActorCritic, NetworkError, Params
 from jaxmod.ppo.rollout import collect, collect_modulated
@@ -93,7 +93,7 @@ def optimise(c: PPOConfig, net: ActorCritic, hp: HyperParams, params: Params, op
              batch: Batch, key: jax.Array, extra_loss: Callable | None = None, sample_axis: str | None = None
              ) -> tuple[Params, optax.OptState, Metrics]:
     """Epochs x minibatches of clipped-PPO SGD on one flat batch (leading axis `c.batch_size`; its loss masks
-    0/1, turned into per-minibatch weights here). The optimiser works on the params raveled into one vector, so
+    0/1, counted per minibatch here). The optimiser works on the params raveled into one vector, so
     Adam is a few fused ops instead of a few per leaf. `extra_loss`: see `ppo_loss`. Returns the new params,
     optimiser state and per-SGD-step metrics [epochs, minibatches]. `sample_axis`: a mesh axis (of the mesh in
     context, `jax.sharding.use_abstract_mesh`) that each minibatch's sample axis is split over, so every device
@@ -113,7 +113,7 @@ def optimise(c: PPOConfig, net: ActorCritic, hp: HyperParams, params: Params, op
     def epoch(carry, key):
         perm = jax.random.permutation(key, c.batch_size)
         mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.minibatch_size) + x.shape[1:]), batch)
-        mbs = mbs.replace(masks={name: mask_weights(m) for name, m in mbs.masks.items()})  # masks -> weights
+        mbs = mbs.replace(mask_counts=mask_counts(mbs.masks))  # [minibatches] per mask, once per epoch
         if sample_axis is not None:  # data parallel: each device runs its slice of every minibatch
             mbs = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(None, sample_axis)), mbs)
         return jax.lax.scan(sgd_step, carry, mbs)
