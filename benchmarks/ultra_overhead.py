@@ -104,9 +104,11 @@ def main() -> None:
             row = {"env": env_id, "seeds": args.seeds, "device_ppo_s": dev["PPO"], "device_ra_s": dev["RA"],
                    "device_ra_vs_ppo": dev["RA"] / dev["PPO"], "end_to_end": {}}
             for latency in (float(x) for x in args.latency.split(",")):
-                run.s = UltraSettings(**base, advisor_latency_s=latency, advisor_concurrency=args.concurrency,
-                                   advisor_priority=args.advisor_priority)
-                row["end_to_end"][f"{latency:g}"] = end_to_end(run, pre, args.repeats)
+                # a run of its own per latency (the pipeline resolves its settings, e.g. the advice protocol, when
+                # it is built), refining the same pre-trained agents
+                timed = UltraRun(UltraSettings(**base, advisor_latency_s=latency, advisor_concurrency=args.concurrency,
+                                               advisor_priority=args.advisor_priority), Path(tmp))
+                row["end_to_end"][f"{latency:g}"] = end_to_end(timed, pre, args.repeats)
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{jax.devices()[0].device_kind}, {platform.python_version()}, jax {jax.__version__}")

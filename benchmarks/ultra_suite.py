@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/ultra_suite.py` from anywhere
-from benchmarks.paper_curves import ensure_teacher  # noqa: E402
+from benchmarks.paper_curves import strong_teacher  # noqa: E402
 from jaxmod.llm.scripted import ScriptedBackend  # noqa: E402
 from jaxmod.ppo.config import family_of  # noqa: E402
 from jaxmod.stats import iqm_ci, iqm_difference_ci, verdict  # noqa: E402
@@ -44,7 +44,9 @@ METHODS = ("PPO", "A", "R", "RA")
 NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 # Per env family: seeds, budgets (env steps per seed) and run sizes. The teacher trains `teacher_x` times the
-# agents' pretraining budget.
+# agents' pretraining budget, then (the same rule as benchmarks/paper_curves.py's, for every task) doubles its steps
+# until it scores `TEACHER_RATIO` times the agents' evaluation return, up to `TEACHER_GROWTH` times its start (a
+# teacher no stronger than the agents has nothing to teach: MountainCar-v0's 5x teacher reached -197 against -200).
 FAMILIES: dict[str, dict[str, Any]] = {
     "classic": dict(seeds=10, pretrain_steps=80_000, refine_steps=160_000, teacher_x=5, knobs={}),
     "minatar": dict(seeds=5, pretrain_steps=300_000, refine_steps=300_000, teacher_x=5,
@@ -70,11 +72,33 @@ def advisor_cells(env_id: str, wanted: tuple[str, ...]) -> list[str]:
     return cells
 
 
-def advisor_knobs(advisor: str, env_id: str, budget: dict[str, Any], agents: Path, log) -> dict[str, Any]:
+TEACHER_GROWTH = 8  # the teacher's steps may double three times past `teacher_x` (40x the agents' on classic control)
+
+
+def task_teacher(env_id: str, budget: dict[str, Any], agents: Path, log, run_knobs: dict[str, Any]
+                 ) -> tuple[str, dict[str, Any]]:
+    """The task's teacher advisor spec and its record (teacher and agents' evaluation returns, its steps, whether
+    it met `paper_curves.TEACHER_RATIO`): `paper_curves.strong_teacher` on the cell's own agents (`run_knobs`: the
+    cell's settings, whose saved agents it loads) and evaluation sizes. Trained once per task and saved in `agents`."""
+    key = (env_id, budget["pretrain_steps"], str(agents))
+    if key not in _TEACHERS:
+        start = budget["pretrain_steps"] * budget["teacher_x"]
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = UltraRun(UltraSettings(**{**run_knobs, "advisor": "random"}), Path(tmp), log=log)
+            _TEACHERS[key] = strong_teacher(
+                env_id, {"teacher_steps": start, "teacher_max_steps": start * TEACHER_GROWTH},
+                {"pretrain_steps": budget["pretrain_steps"], "ppo_overrides": budget["knobs"].get("ppo_overrides", ())},
+                probe, agents, log)
+    return _TEACHERS[key]
+
+
+_TEACHERS: dict[tuple, tuple[str, dict[str, Any]]] = {}
+
+
+def advisor_knobs(advisor: str, teacher: str) -> dict[str, Any]:
     """The run's advisor spec, noise and reference for a suite advisor name: every advisor's answers are scored
-    against the task's teacher (`advisor.reference`: the agreement column and the accuracy curve's x axis)."""
-    teacher = ensure_teacher(env_id, budget["pretrain_steps"] * budget["teacher_x"], agents, log,
-                             budget["knobs"].get("ppo_overrides", ()))
+    against the task's teacher (`teacher`, its advisor spec; `advisor.reference`: the agreement column and the
+    accuracy curve's x axis)."""
     knobs: dict[str, Any] = dict(advisor=advisor, reference=teacher.split(":", 1)[1])
     if advisor in ("teacher", "teacher30") or advisor.startswith("teacher@"):
         noise = 0.3 if advisor == "teacher30" else float(advisor.split("@")[1]) if "@" in advisor else 0.0
@@ -110,8 +134,9 @@ def run_cell(env_id: str, advisor: str, methods: tuple[str, ...], agents: Path, 
     t0 = time.perf_counter()
     try:
         knobs = dict(env_id=env_id, variants=methods, agents_dir=str(agents), seeds=seeds or budget["seeds"],
-                     pretrain_steps=budget["pretrain_steps"], refine_steps=budget["refine_steps"], **budget["knobs"],
-                     **advisor_knobs(advisor, env_id, budget, agents, log))
+                     pretrain_steps=budget["pretrain_steps"], refine_steps=budget["refine_steps"], **budget["knobs"])
+        teacher, record["teacher"] = task_teacher(env_id, budget, agents, log, knobs)
+        knobs.update(advisor_knobs(advisor, teacher))
         with tempfile.TemporaryDirectory() as tmp:
             run = UltraRun(UltraSettings(**knobs), Path(tmp), log=log)
             results = run.run()
@@ -201,6 +226,11 @@ def markdown(records: list[dict]) -> str:
         lines.append(f"| {rec['task']} | {rec['advisor']} | {seeds} (x{rec.get('scale', 1.0):g}) | "
                      f"{start.point if start else float('nan'):.1f} | "
                      f"{fmt('PPO')} | {fmt('A')} | {fmt('R')} | {fmt('RA')} | {gain} | {valid} | {agrees} | {wall} |")
+    teachers = {r["task"]: r["teacher"] for r in records if r.get("teacher")}
+    if teachers:
+        lines += ["", "Teachers (evaluation return on the cells' evaluation keys, beside the agents'): " + "; ".join(
+            f"{task} {t['teacher_return']:.1f} after {t['teacher_steps']:,} steps (agents {t['agents_return']:.1f}"
+            + ("" if t["teacher_ratio_met"] else ", below the teacher bar") + ")" for task, t in teachers.items()) + "."]
     return "\n".join(lines)
 
 
