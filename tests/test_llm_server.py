@@ -156,7 +156,15 @@ def test_answers_match_the_scripted_advisor_and_stream_when_asked(server):
     assert parse_body(streamed.content, streamed.headers["content-type"]).content == expected
 
 
-def test_burst_of_concurrent_connections_gets_no_resets(server):
+def test_burst_of_concurrent_connections_gets_no_resets():
+    """300 connections at once all get their answer: the listen backlog holds them (no resets). The server has the
+    default header deadline (10 s), not the module's 0.5 s: on a loaded 2-core machine the client's 300 writes can
+    take longer than 0.5 s to go out, and those connections got a correct 408 (a deadline, not a reset)."""
+    with make_server("scripted", limits=ServerLimits()) as srv:
+        _burst(srv)
+
+
+def _burst(server) -> None:
     async def one(i):
         reader, writer = await asyncio.open_connection(*_host_port(server))
         writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
