@@ -113,9 +113,9 @@ def optimise(c: PPOConfig, net: ActorCritic, hp: HyperParams, params: Params, op
     def epoch(carry, key):
         perm = jax.random.permutation(key, c.batch_size)
         mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.minibatch_size) + x.shape[1:]), batch)
-        mbs = mbs.replace(mask_counts=mask_counts(mbs.masks))  # [minibatches] per mask, once per epoch
         if sample_axis is not None:  # data parallel: each device runs its slice of every minibatch
             mbs = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(None, sample_axis)), mbs)
+        mbs = mbs.replace(mask_counts=mask_counts(mbs.masks))  # [minibatches] per mask (whole minibatches), per epoch
         return jax.lax.scan(sgd_step, carry, mbs)
 
     (flat_params, opt_state), infos = jax.lax.scan(epoch, (flat_params, opt_state),
