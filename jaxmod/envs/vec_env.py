@@ -126,7 +126,7 @@ class VecEnv:
         """Step all envs; finished ones restart from `reset_cores` (fresh random resets if None). `cut` ([N] bool,
         optional): episodes to end at this step as a time limit would (truncated, not terminated: learners bootstrap
         from `final_obs`), so that their env restarts mid-episode (restart distributions on long episodes)."""
-        step_key, reset_key = jax.random.split(key)
+        step_key = jax.random.split(key)[0]  # [1]: the resets' key (`step_resets`)
         space = self.core.action_space
         if not space.discrete and self.clip_actions:
             action = jnp.clip(action, jnp.asarray(space.low), jnp.asarray(space.high))
@@ -137,8 +137,8 @@ class VecEnv:
         truncated = jnp.logical_and(limit if cut is None else limit | cut, jnp.logical_not(terminated))
         done = jnp.logical_or(terminated, truncated)
 
-        if reset_cores is None:  # what `step_resets(key)` gives
-            reset_cores = self.fresh_cores(reset_key)
+        if reset_cores is None:
+            reset_cores = self.step_resets(key)
         core = select_envs(done, reset_cores, nxt)
 
         ep_return = state.episode_return + reward

@@ -136,6 +136,7 @@ def ppo_loss(
         log_ratio = jnp.where(policy_mask > 0, log_ratio, 0.0)
     log_ratio = jnp.clip(log_ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     ratio = jnp.exp(log_ratio)
+
     def sample_mean(x: jax.Array) -> jax.Array:
         """Mean over the policy's own samples (the surrogate's): imposed actions say nothing of the policy's step."""
         return x.mean() if policy_mask is None else batch.masked_mean("policy", x)
