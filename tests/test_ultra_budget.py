@@ -91,19 +91,37 @@ def test_bad_budget_knobs_are_one_line_errors():
         UltraConfig.flat(dedup_radius=-1.0)
 
 
+def test_a_budget_bound_round_records_fewer_envs_per_seed():
+    """The recording shrinks with the budget: about ROUND_POOL x the budget's episodes over all seeds, at least one
+    env per seed, unchanged where every seed's episodes fit the budget."""
+    from jaxmod.ultra.config import ROUND_POOL, UltraConfig
+
+    def envs(**knobs) -> int:
+        return UltraConfig.flat(**knobs).round_collect_envs()
+
+    assert envs(seeds=4, episodes_per_round=8, round_budget=32, collect_envs=8) == 8  # 32 episodes fit: as before
+    # 64 seeds x 8 episodes against a budget of 32: ROUND_POOL x 32 = 128 episodes, 2 per seed, 2 envs each
+    assert ROUND_POOL == 4 and envs(seeds=64, episodes_per_round=8, round_budget=32, collect_envs=8) == 2
+    assert envs(seeds=1000, episodes_per_round=8, round_budget=1, collect_envs=8) == 1  # never below one env
+    assert envs(seeds=16, episodes_per_round=8, round_budget=64, collect_envs=8) == 8  # 256 wanted: all 8 envs
+
+
 def test_ultra_asks_within_the_budget_and_shares_answers_across_seeds(tmp_path):
-    """`UltraRun` with 3 seeds, a budget of 2 episodes per round and a radius that makes every episode a
+    """`UltraRun` with 3 seeds, a budget of 1 episode per round and a radius that makes every episode a
     near-duplicate of the first one taken: one episode asked per round, its answers packed into all three seeds'
-    advice, counted in ultra.json and the log."""
+    advice, counted in ultra.json and the log. Each round records 2 of the 4 collection envs per seed
+    (`round_collect_envs`): with 8-step recordings every env yields one CartPole episode (finished, or still running
+    at 8 steps), so the round's candidates count the envs recorded."""
     from jaxmod.ultra.config import UltraConfig
     from jaxmod.ultra.pipeline import UltraRun
 
     out, logs = tmp_path / "run", []
-    config = UltraConfig.flat(seeds=3, pretrain_steps=1024, refine_steps=1536, chunks=2, collect_envs=2,
-                              collect_steps=96, eval_envs=2, eval_steps=64, episodes_per_round=2, variants=("RA",),
-                              advisor="scripted", sync_advice=True, round_budget=2, dedup_radius=1000.0,
+    config = UltraConfig.flat(seeds=3, pretrain_steps=1024, refine_steps=1536, chunks=2, collect_envs=4,
+                              collect_steps=8, eval_envs=2, eval_steps=64, episodes_per_round=4, variants=("RA",),
+                              advisor="scripted", sync_advice=True, round_budget=1, dedup_radius=1000.0,
                               ppo_overrides={"num_envs": 4, "num_steps": 64, "num_minibatches": 2,
                                              "update_epochs": 1})
+    assert config.round_collect_envs() == 2
     UltraRun(config, out, log=logs.append).run()
     stats = json.loads((out / "ultra.json").read_text())["advisor"][0]
     records = [json.loads(line) for line in (out / "transcript.jsonl").read_text().splitlines()]
@@ -111,6 +129,7 @@ def test_ultra_asks_within_the_budget_and_shares_answers_across_seeds(tmp_path):
     rounds = len(per_round)
     assert rounds >= 1 and set(per_round.values()) == {1}  # one episode asked per round
     assert stats["round_asked"] == rounds and stats["round_candidates"] == stats["round_deduplicated"] + rounds
+    assert stats["round_candidates"] == rounds * 3 * 2  # 3 seeds x 2 envs, one episode each
     valid_advice = sum(r["kind"] == "advise" and r["verdict"] == "valid" for r in records)
     assert valid_advice > 0 and stats["answers_shared"] == 2 * valid_advice  # with the two other seeds
     assert any(f"{stats['answers_shared']} answers shared with other seeds" in m for m in logs)

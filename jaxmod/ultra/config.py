@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "late
               "reference": "--advisor-reference", "context_tokens": "--advisor-context-tokens",
               "protocol": "--advice-protocol", "logprobs": "--advisor-logprobs",
               "pacing": "--advisor-pacing"}
+ROUND_POOL = 4  # a budget-bound advice round records about this many times its budget's episodes
 SHARE_PROGRAMS = ("off", "methods", "all")  # `UltraConfig.share_programs`
 PER_VARIANT = frozenset({"override_action", "shape_reward", "ppo"})  # not knobs of a run: set per variant / own flags
 # PPO fields refinement sets itself (`UltraConfig.refine_config`): they affect pretraining only, and `jaxmod ultra`'s
@@ -82,7 +84,8 @@ class AdvisorConfig:
     episodes_per_round: int = 8  # episodes per seed recorded for the advisor each round
     round_budget: int = 32  # episodes the advisor is asked about per round, all seeds together: past it, episodes
     # are taken seed by seed in turn and one near an episode already taken (within dedup_radius) is not asked but
-    # gets that episode's answers (jaxmod.ultra.sharing); the advisor's load is set by this, not by the seeds
+    # gets that episode's answers (jaxmod.ultra.sharing); the advisor's load, and the recording of each round's
+    # episodes (fewer envs per seed: UltraConfig.round_collect_envs), are set by this, not by the seeds
     dedup_radius: float = 0.25  # how near two episodes' critical-candidate states must be for one answer to stand
     # for both, once the round budget binds: root-mean-square distance in standard deviations of each observation
     # element over the round's episodes
@@ -341,6 +344,19 @@ class UltraConfig:
         if self.share_programs == "off" or variant == "PPO":
             return (variant,)
         return tuple(v for v in self.variants if v != "PPO")
+
+    def round_collect_envs(self) -> int:
+        """Envs per seed recording each advice round's episodes: `sizes.collect_envs`, or fewer where the round
+        budget binds (`advisor.round_budget` < seeds x `episodes_per_round`): then a round records about
+        `ROUND_POOL` times the budget's episodes over all seeds (each env ~ `episodes_per_round / collect_envs` of
+        them; at least one env per seed), enough for deduplication to choose among, so the recording's cost, like
+        the advisor's load, is set by the budget and not by the seeds (64 CartPole-v1 seeds recorded 512 episodes
+        per round to ask 32; jaxmod's choice). The baselines' one-off collection keeps `sizes.collect_envs`."""
+        a, envs = self.advisor, self.sizes.collect_envs
+        if self.seeds * a.episodes_per_round <= a.round_budget:
+            return envs
+        wanted = math.ceil(ROUND_POOL * a.round_budget / self.seeds)  # episodes per seed
+        return max(1, min(envs, math.ceil(envs * wanted / a.episodes_per_round)))
 
     @property
     def needs_advisor(self) -> bool:

@@ -409,7 +409,7 @@ class UltraRun:
             return shared.share(learner)
         z = s.sizes
         return RefinementProgram.build(learner, s.schedule.chunks, self.refinement_keys,
-                                       seed_keys(s.seed + 2000, s.seeds), z.collect_envs, z.collect_steps,
+                                       seed_keys(s.seed + 2000, s.seeds), s.round_collect_envs(), z.collect_steps,
                                        z.eval_envs, z.eval_steps, like=next(iter(self._programs.values()), None),
                                        layout=self.layout)
 
