@@ -267,6 +267,38 @@ def test_matching_marks_states_near_advice():
     np.testing.assert_array_equal(traj.critical, near)
 
 
+class _MatchedShare(Modulator):
+    """Test-only: sets ULTRA-A's per-slot control share at matched steps, just before `CriticalStates` reads it."""
+
+    def __init__(self, share: jax.Array) -> None:
+        self.share = share
+
+    def prepare(self, aux, advice, plan, ctx, spec):
+        return aux, {**plan, "control_share_matched": self.share}
+
+
+def test_matched_steps_execute_a_suggestion_only_as_far_as_its_slot_is_trusted():
+    """Matching makes every state near the advice critical; ULTRA-A executes an unproven slot's suggestion at none
+    of those (verification on, the default: a fresh slot has trust 0) and at every one without verification. A
+    slot's per-slot matched share (verification's, for a trusted slot 1 - verify_control) leaves that share of its
+    matched steps to the policy."""
+    advice = _toy_advice(action=0)
+    near = dict(restart_prob=0.0, match_radius=0.25)
+    _, _, traj = _toy_rollout(ModulationConfig.variant("A", **near), advice, steps=64, num_envs=8)
+    assert traj.critical.sum() > 20 and not traj.forced.any()  # untrusted: the policy acts at every matched step
+    _, _, traj = _toy_rollout(ModulationConfig.variant("A", **near, verify_samples=0), advice, steps=64, num_envs=8)
+    np.testing.assert_array_equal(traj.forced, traj.critical)  # every answer trusted: executed everywhere
+    mod = dataclasses.replace(ModulationConfig.variant("A", **near), capacity=advice.capacity).modulator()
+    parts = list(mod.parts)
+    at = next(i for i, m in enumerate(parts) if isinstance(m, CriticalStates))
+    learner = PPOLearner(PPOConfig(env_id=TOY_ID, num_envs=8, num_steps=64, total_timesteps=512, num_minibatches=1),
+                         chain(*parts[:at], _MatchedShare(jnp.array([0.25, 1.0])), *parts[at:]))
+    traj = modulated_rollout(learner, learner.init(jax.random.PRNGKey(0)), advice, jax.random.PRNGKey(1), 64)
+    crit, forced = traj.critical, traj.forced
+    assert not (forced & ~crit).any() and (traj.action[forced] == 0).all()
+    assert 0.5 < forced.sum() / crit.sum() < 0.95  # about 3/4 executed, 1/4 left to the policy (control)
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("small_obs", [8, 0])  # the broadcast product (small observations) and the matmul
 def test_matcher_finds_the_nearest_usable_slot_within_the_radius(normalize, small_obs, monkeypatch):

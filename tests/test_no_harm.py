@@ -175,7 +175,7 @@ def test_noise_alone_neither_trusts_nor_switches_off():
     assert not bool(trust.off) and float(np.max(trust.trust_weights())) < 0.5
 
 
-def test_ultra_a_executes_untrusted_suggestions_on_half_their_critical_steps_and_trusted_ones_more():
+def test_ultra_a_executes_untrusted_suggestions_on_half_their_restarts_and_trusted_ones_more():
     """Through the verification modulator's plan: the control share per slot follows its trust weight, and the
     step after a restart uses the share of the slot it restarted from."""
     verification = Verification(capacity=4, samples=4, control=0.25, memory=64)
@@ -195,8 +195,12 @@ def test_ultra_a_executes_untrusted_suggestions_on_half_their_critical_steps_and
     pending = jnp.array([0, -1], jnp.int32)
     restart_critical = jnp.array([[1, -1], [-1, 0], [-1, -1]], jnp.int32)
     per_step = np.asarray(CriticalStates.control_shares(plan, pending, restart_critical))
-    np.testing.assert_allclose(per_step, [[share[0], EXPLORE_SHARE], [share[1], EXPLORE_SHARE],
-                                          [EXPLORE_SHARE, share[0]]])
+    # steps no restart made critical: matching decides them in the step loop, from the slot's matched share
+    # (an untrusted slot: none executed; a trusted one as after a restart); the policy keeps the others
+    np.testing.assert_allclose(per_step, [[share[0], 1.0], [share[1], 1.0], [1.0, share[0]]])
+    matched = np.asarray(plan["control_share_matched"])
+    np.testing.assert_allclose(matched, 1.0 - 0.75 * weight, rtol=1e-6)
+    assert matched[1] == 1.0 and matched[0] < 0.5
 
 
 @pytest.mark.timeout(600)

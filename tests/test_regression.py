@@ -1,4 +1,5 @@
-"""Every method's numbers are kept bit for bit across the modulator redesign (issue: one PPO that knows no method).
+"""Every method's numbers are kept across changes: bit for bit on the machine that recorded them, to the last bits'
+rounding across CPU models (see below; issue: one PPO that knows no method).
 
 The data were recorded with the code before the redesign (commit 0e8a851): `tests/regression_learner.py` (each
 method's learner for 3 updates on fixed advice: parameter sums and every metric) and `tests/regression_methods.py`
@@ -76,7 +77,21 @@ the plain mean bit for bit): with nothing to act on, every ULTRA method now refi
 on CartPole-v1, 10 seeds, had measured A = R = RA at +109 [-18, +217] from continued PPO). Every modulated method's
 random stream changed: in both sets every method but PPO was re-recorded (PPO bit for bit the same); e.g. the
 learner set's CartPole-v1 ULTRA-A executed 18 suggestions in 3 updates instead of 20, and the end-to-end CartPole-v1
-final evaluation (seed 0 / 1) moved from A and RA 49.1 / 47.7 to 43.9 / 46.0, R 43.7 / 42.6 to 47.7 / 39.7."""
+final evaluation (seed 0 / 1) moved from A and RA 49.1 / 47.7 to 43.9 / 46.0, R 43.7 / 42.6 to 47.7 / 39.7.
+
+Across CPU models (measured since): XLA's CPU code rounds differently in the last bits on another processor (an AMD
+EPYC VM with AVX-512 against the machine that recorded the data: every learner entry differed, at most 1.5e-4
+relative on a loss of 3e-5, 5e-9 absolute; the end-to-end set's evaluation returns came out equal and a trust weight
+differed in the 8th digit). Bit for bit holds on one machine (tests/test_ppo.py and others run the same seed twice);
+these sets compare integers exactly and floats within `RTOL` relative plus `ATOL` (`same`), far below what any
+behaviour change here moved (the change below moved parameter sums by 1%, executed suggestions by 89%).
+
+One behaviour changed since (issue 18, do no harm with matching): a step that only matching makes critical (near an
+advice state, not restarted at it) executes ULTRA-A's suggestion in proportion to its slot's trust (none for an
+unproven slot) instead of on half of them. The learner set matches (radius 0.5) with trust weights still 0: A and
+RA were re-recorded (on the AMD machine above: CartPole-v1 ULTRA-A executed 2 suggestions in 3 updates instead of
+18); R, restart and every other method came out bit for bit the same on that machine. The end-to-end sets do not
+match: unchanged."""
 
 from __future__ import annotations
 
@@ -95,6 +110,32 @@ DROPPED = {"StateMask-R": NOT_MEASURED, "RICE": NOT_MEASURED, "Random": NOT_MEAS
            "JSRL": NOT_MEASURED | {"critical_frac", "restarts", "advice_valid"}}
 REDEFINED = {"A": {"approx_kl", "clip_frac"}, "RA": {"approx_kl", "clip_frac"}}  # policy samples only (issue 18)
 ADDED_ROW = {"critical_steps"}  # new chunk-row count (issue 19)
+RTOL, ATOL = 1e-4, 1e-7  # floats across CPU models (module docstring); integers exactly
+
+
+def same(got, recorded) -> bool:
+    """Whether two JSON values agree: the same structure, integers and strings equal, floats within `RTOL` x the
+    larger magnitude plus `ATOL`."""
+    if isinstance(got, dict) and isinstance(recorded, dict):
+        return got.keys() == recorded.keys() and all(same(got[k], recorded[k]) for k in got)
+    if isinstance(got, list) and isinstance(recorded, list):
+        return len(got) == len(recorded) and all(same(a, b) for a, b in zip(got, recorded, strict=True))
+    if isinstance(got, float) or isinstance(recorded, float):
+        if isinstance(got, bool) or isinstance(recorded, bool) or not isinstance(got, int | float) \
+                or not isinstance(recorded, int | float):
+            return False
+        return got == recorded or abs(got - recorded) <= RTOL * max(abs(got), abs(recorded)) + ATOL
+    return got == recorded
+
+
+def assert_same(got, recorded, what: str = "") -> None:
+    assert same(got, recorded), f"{what}: {got} != {recorded}"
+
+
+def test_the_comparison_tells_rounding_from_change():
+    assert same({"a": [1.0, 2]}, {"a": [1.0 + 1e-9, 2]}) and same(3e-5, 3e-5 + 5e-9)
+    assert not same({"a": [1.0, 2]}, {"a": [1.0, 3]}) and not same(1.0, 1.01) and not same({"a": 1}, {"b": 1})
+    assert not same([1.0], [1.0, 2.0]) and not same(1.0, "1.0")
 
 
 @pytest.fixture(scope="module", params=learner_set.ENVS)
@@ -103,30 +144,30 @@ def learner_setup(request):
 
 
 @pytest.mark.parametrize("name", learner_set.METHODS)
-def test_learner_updates_are_bit_identical(learner_setup, name):
+def test_learner_updates_match_the_recorded_data(learner_setup, name):
     env_id, setup = learner_setup
     recorded = json.loads(learner_set.DATA.read_text(encoding="utf-8"))[env_id][name]
     got = learner_set.run_method(env_id, name, setup)
     dropped = DROPPED.get(name, set())
     assert set(got) == set(recorded) - dropped
-    same = set(got) - REDEFINED.get(name, set())
-    assert {k: got[k] for k in same} == {k: recorded[k] for k in same}
+    compared = set(got) - REDEFINED.get(name, set())
+    assert_same({k: got[k] for k in compared}, {k: recorded[k] for k in compared})
     assert all(math.isfinite(got[k]) and got[k] >= 0 for k in REDEFINED.get(name, ()))
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1",
                                     pytest.param("jaxmod/Pong-OnePoint", marks=pytest.mark.slow)])
-def test_ultra_and_baselines_end_to_end_are_bit_identical(env_id):
+def test_ultra_and_baselines_end_to_end_match_the_recorded_data(env_id):
     recorded = json.loads(method_set.DATA.read_text(encoding="utf-8"))[env_id]
     got = json.loads(json.dumps(method_set.run_set(env_id)))
     assert set(got) == set(recorded)
     for name, rec in recorded.items():
         assert got[name]["steps"] == rec["steps"], name
-        assert got[name]["eval_returns"] == rec["eval_returns"], name
+        assert_same(got[name]["eval_returns"], rec["eval_returns"], name)
         drop = DROPPED.get(name, set())
         for row in got[name]["chunks"]:
             if "critical_frac" in row:
                 assert row["critical_steps"] > 0 if row["critical_frac"] > 0 else row["critical_steps"] == 0, name
                 assert 0 <= row.get("advice_executed", 0) <= row["critical_steps"], name
         rows = [{k: v for k, v in row.items() if k not in ADDED_ROW} for row in got[name]["chunks"]]
-        assert rows == [{k: v for k, v in row.items() if k not in drop | ADDED_ROW} for row in rec["chunks"]], name
+        assert_same(rows, [{k: v for k, v in row.items() if k not in drop | ADDED_ROW} for row in rec["chunks"]], name)

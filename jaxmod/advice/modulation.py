@@ -19,7 +19,8 @@ One code path, switched by a frozen config (the variants are presets):
 - verification (`verify_samples` > 0, on by default, `jaxmod.advice.verify`): advice earns its influence. Each
   slot's trust weight in [0, 1] (the evidence that its suggestion beats the policy's own action at the same
   critical steps, pooled with the advisor's record) scales ULTRA-R's bonus and the KL pull, and ULTRA-A executes
-  an unproven slot's suggestion on half its critical steps, a proven one's on 1 - `verify_control`; a slot shown
+  an unproven slot's suggestion on half its critical steps after restarts (none of its matched ones), a proven
+  one's on 1 - `verify_control`; a slot shown
   to do worse is switched off until the host replaces it, and an advisor shown to do worse as a whole is switched
   off for the rest of the run (no action, reward, KL or restarts: plain PPO), which the run reports;
 - consensus (`consensus_radius` > 0, on by default, `jaxmod.advice.consensus`): a slot whose suggestion most

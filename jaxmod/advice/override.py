@@ -46,12 +46,12 @@ class ActionOverride(Modulator):
     def step(self, aux, plan, xs, s, spec):
         slot = s.extras["slot"]
         _, _, control = unpack_step_codes(xs["critical_codes"])
-        executes = self._executes(aux, slot, control)
+        executes = self._executes(aux, slot, s.extras.get("control", control))  # matched steps: CriticalStates
         action = where_envs(executes, take_slot(plan["advice"].action, slot), s.action)
         return s.replace(action=action)
 
     def finish(self, aux, plan, traj, spec):
-        forced = self._executes(aux, traj.extras["slot"], plan["control"])
+        forced = self._executes(aux, traj.extras["slot"], traj.extras.get("control", plan["control"]))
         return aux, traj.replace(extras={**traj.extras, "forced": forced})
 
     def weigh(self, aux, plan, traj, advantage, values, next_values, spec):

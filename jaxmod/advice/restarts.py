@@ -88,9 +88,11 @@ class CriticalStates(Modulator):
     """Restarts from advice snapshots (probability `restart_prob` per reset) and critical steps (after a restart
     from a trusted slot; with `match_radius` > 0, also near a trusted advice state). Reads `plan["trusted"]`
     ([K] bool, default the valid slots), for ULTRA-A's control group `plan["control_share"]` (a scalar, or [K] per
-    slot with `plan["control_share_matched"]`) and `plan["advisor_off"]` (no restarts once set); writes
-    `traj.extras["slot"]` ([T, N] int32), `["critical"]` and `["restarted"]` ([T, N] bool) and the per-step
-    codes `xs["critical_codes"]` ([T, N] int32, `unpack_step_codes`) other modulators may read."""
+    slot with `plan["control_share_matched"]`, a scalar or [K]: the share at steps only matching makes critical)
+    and `plan["advisor_off"]` (no restarts once set); writes `traj.extras["slot"]` ([T, N] int32), `["critical"]`
+    and `["restarted"]` ([T, N] bool), with per-slot matched shares `["control"]` ([T, N] bool: the policy keeps
+    the step), and the per-step codes `xs["critical_codes"]` ([T, N] int32, `unpack_step_codes`) other modulators
+    may read."""
 
     restart_prob: float = ModulationConfig.restart_prob  # the config's default (one default per knob)
     match_radius: float = 0.0  # in normalised-observation std units, or the advice states' spread for raw ones
@@ -157,6 +159,8 @@ class CriticalStates(Modulator):
             matcher = Matcher.create(advice, trusted, ctx.env_state.obs_rms if env.normalize_obs else None,
                                      plan.get("spread"), aux.match_radius)
         xs = {**plan.get("xs", {}), "critical_codes": codes, "critical_snapshot": snapshots, "critical_cut": cuts}
+        if self.matching and jnp.ndim(plan.get("control_share_matched", 0.0)):  # per slot: decided as matched
+            xs["critical_control_draw"] = u_control
         carry = {**plan.get("carry", {}), "critical_slot": trusted_only(aux.pending),  # trust may have changed
                  "just_restarted": aux.just_restarted}
         return aux, {**plan, "xs": xs, "carry": carry, "trusted": trusted, "control": control,
@@ -166,19 +170,27 @@ class CriticalStates(Modulator):
     def control_shares(plan, pending: jax.Array, restart_critical: jax.Array) -> jax.Array:
         """The share of each step's critical step ULTRA-A leaves to the policy: `plan["control_share"]` as a scalar,
         or per slot ([K]) for the slot that a restart at the step before makes critical (`pending` [N] at the first
-        step); steps that only matching makes critical use `plan["control_share_matched"]` (found live, their slot
-        is not known here)."""
+        step); steps that only matching makes critical use `plan["control_share_matched"]` where it is a scalar;
+        per slot ([K]), their slot is found live, so `step` decides them from the same draws."""
         share = plan.get("control_share", 0.0)
         if jnp.ndim(share) == 0:
             return share
         before = jnp.concatenate([pending[None], restart_critical[:-1]], axis=0)
-        return jnp.where(before >= 0, take_slot(share, before), plan["control_share_matched"])
+        matched = plan["control_share_matched"]
+        if jnp.ndim(matched):  # per slot: the step loop decides matched steps (`step`); the policy keeps the rest
+            matched = 1.0
+        return jnp.where(before >= 0, take_slot(share, before), matched)
 
     def step(self, aux, plan, xs, s, spec):
         restart_slot, _, _ = unpack_step_codes(xs["critical_codes"])
         slot = s.carry["critical_slot"]  # CRITICAL STEPS: right after a restart from trusted advice, or near it
+        extras = dict(s.extras)
         if plan["matcher"] is not None:  # a radius of 0 matches nothing (a program shared with methods that match)
             matched = jnp.where(aux.match_radius > 0, plan["matcher"].match(s.obs), -1)
+            if "critical_control_draw" in xs:  # ULTRA-A's control group at a matched step: its slot's share
+                _, _, control = unpack_step_codes(xs["critical_codes"])
+                matched_control = xs["critical_control_draw"] >= take_slot(plan["control_share_matched"], matched)
+                extras["control"] = jnp.where(slot >= 0, control, matched_control)
             slot = jnp.where(slot >= 0, slot, matched)
         snapshot = xs["critical_snapshot"]
         if snapshot is None:
@@ -187,7 +199,7 @@ class CriticalStates(Modulator):
         restarts = _restarts(restart_slot, s.carry)
         reset = select_envs(restarts, snapshot, s.reset)
         cut = s.cut if xs["critical_cut"] is None else s.cut | (xs["critical_cut"] & restarts)  # mid-episode
-        return s.replace(reset=reset, cut=cut, extras={**s.extras, "slot": slot})
+        return s.replace(reset=reset, cut=cut, extras={**extras, "slot": slot})
 
     def after_step(self, aux, plan, xs, s, done, spec):
         restart_slot, restart_critical, _ = unpack_step_codes(xs["critical_codes"])

@@ -22,7 +22,9 @@ false certainty. Per slot:
   so do a random advisor's (its slots' gaps scatter around 0 or below, a large tau^2). ULTRA-R's implicit reward and
   the KL pull are multiplied by it, and ULTRA-A executes the suggestion on a share of the slot's critical steps that
   grows from `EXPLORE_SHARE` (untrusted: equal groups, the most evidence per visit) to 1 - `verify_control`
-  (trusted);
+  (trusted) after a restart from the slot's state, and from 0 (untrusted) to the same 1 - `verify_control` at live
+  states that matching makes critical (near the slot's state, not at it: an untrusted suggestion tried at every
+  matched step cost Pendulum-v1 -81 against fine-tuning at match_radius 1, 4 seeds, with trust ~0);
 - refutation: once both groups hold `min_samples` steps and the advised mean is below the control mean by more than
   `REFUTE_Z` standard errors (one-sided), the slot stops acting until the host replaces it;
 - the advisor switched off as a whole: once `ADVISOR_MIN_SLOTS` of its slots have samples in both groups and their
@@ -247,7 +249,8 @@ class Verification(Modulator):
     """Per-slot verification as a modulator: before each rollout the slots refuted so far (and every slot, once the
     advisor is switched off) stop acting (`plan["trusted"]`, combined with `plan["agreed"]` from `Consensus`), each
     slot's trust weight goes to `plan["trust_weight"]` ([K] float32, read by `ImplicitReward` and `KLTarget`), the
-    share of each slot's critical steps ULTRA-A leaves to the policy to `plan["control_share"]` ([K] float32, read by
+    share of each slot's critical steps ULTRA-A leaves to the policy to `plan["control_share"]` (after restarts) and
+    `plan["control_share_matched"]` (at matched steps) ([K] float32 each, read by
     `CriticalStates`) and the advisor's switch to `plan["advisor_off"]`; after GAE each critical step's GAE advantage
     under the env's own reward is folded into its slot's advised or control group. `control` is the share
     left to the policy at a fully trusted slot."""
@@ -271,8 +274,11 @@ class Verification(Modulator):
         trusted = verified & plan.get("agreed", advice.valid)
         weight = jnp.where(trusted, trust.trust_weights(), 0.0)
         control = EXPLORE_SHARE + (self.control - EXPLORE_SHARE) * weight  # untrusted: equal groups
+        # steps only matching makes critical (near, not at, the advice state) execute a suggestion in proportion to
+        # its trust: unproven advice is tried where it was given (restarts), proven advice spreads to nearby states
+        matched = 1.0 - (1.0 - self.control) * weight
         return trust, {**plan, "trusted": trusted, "verified": verified, "trust_weight": weight,
-                       "control_share": control, "control_share_matched": EXPLORE_SHARE, "advisor_off": trust.off}
+                       "control_share": control, "control_share_matched": matched, "advisor_off": trust.off}
 
     def weigh(self, aux, plan, traj, advantage, values, next_values, spec):
         # GAE advantage under the environment's reward alone (the advice's own implicit reward must not vouch for
