@@ -119,9 +119,18 @@ class AdvisorConfig:
         if isinstance(self.concurrency, int) and not isinstance(self.concurrency, bool):  # one number: every URL's
             object.__setattr__(self, "concurrency", (self.concurrency,))
         check_fields(self, ModulationError)
-        if not 0.0 <= self.noise <= 1.0 or self.latency_s < 0 or not self.concurrency or min(self.concurrency) < 1:
-            raise ModulationError("advisor noise must lie in [0, 1], advisor latency be >= 0 seconds and advisor "
-                                  "concurrency >= 1")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ModulationError(f"--noise (the share of advisor answers corrupted) must lie in [0, 1], got "
+                                  f"{self.noise:g}: give a fraction such as 0.3, or 0 for clean answers")
+        if self.latency_s < 0:
+            raise ModulationError(f"--advisor-latency (seconds added to every advisor answer) must be >= 0, got "
+                                  f"{self.latency_s:g}: give 0 for none")
+        if not self.concurrency:
+            raise ModulationError("--advisor-concurrency is empty: give the advisor questions in flight at once, e.g. "
+                                  "16 (one value for every URL, or one per URL)")
+        if min(self.concurrency) < 1:
+            raise ModulationError(f"--advisor-concurrency must be >= 1 (advisor questions in flight at once, per URL), "
+                                  f"got {','.join(map(str, self.concurrency))}: give 1 or more for every URL")
         if self.priority not in ("idle", "normal"):
             raise ModulationError(f"advisor priority must be 'idle' or 'normal', not {self.priority!r}")
         if self.episodes_per_round < 1 or self.max_critical < 1 or self.round_budget < 1:
