@@ -1,6 +1,7 @@
-"""Bad input to every command, as a table: each row exits 2 with exactly one line on stderr (no traceback) and leaves
-the working folder byte for byte as it was (nothing written, no half folder). Rows run `jaxmod.cli.main` in-process
-from inside the folder (so default run folders would land there); nothing compiles before any of these errors."""
+"""Bad input to every command, as a table: each row exits 2 with exactly one line on stderr (no traceback), nothing on
+stdout (the error comes first), and leaves the working folder byte for byte as it was (nothing written, no half
+folder). Rows run `jaxmod.cli.main` in-process from inside the folder (so default run folders would land there);
+nothing compiles before any of these errors."""
 
 from __future__ import annotations
 
@@ -351,10 +352,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, argv, setup, word
         code = main(argv)
     except SystemExit as exc:  # argparse's usage errors
         code = exc.code
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     lines = err.strip().splitlines()
     assert code == 2, (code, err)
     assert len(lines) == 1 and "Traceback" not in err, err
+    assert captured.out == "", captured.out  # the error comes before anything else is printed
     assert words in lines[0], lines[0]
     assert _snapshot(work) == before
 

@@ -198,6 +198,25 @@ def test_missing_local_llm_is_one_line_before_any_training(tmp_path, capsys, mon
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("flags, error", [
+    (["--advisor", "teacher:/nonexistent"], "no saved policy for the teacher at /nonexistent (no checkpoint there): "
+                                            "pass the checkpoint/ folder of a `jaxmod train --out DIR` run"),
+    (["--advisor-reference", "/nonexistent"], "no saved policy for the advisor reference at /nonexistent (no "
+                                              "checkpoint there): pass the checkpoint/ folder of a `jaxmod train "
+                                              "--out DIR` run"),
+    (["--advisor", "replay:/nonexistent.jsonl"], "no transcript to replay at /nonexistent.jsonl: pass a run's "
+                                                 "transcript.jsonl (or replay the whole run with jaxmod ultra --replay "
+                                                 "RUN_DIR)")])
+def test_a_missing_advisor_file_is_the_only_output_and_nothing_is_written(tmp_path, flags, error):
+    """The error comes before the run's banner ("... advisor teacher:... -> OUT") and before --out is created."""
+    out = tmp_path / "run"
+    proc = _run_cli("ultra", *flags, "--out", str(out))
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.splitlines() == [f"jaxmod: error: {error}"], proc.stderr
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------------------------------------- issue 21
 @pytest.mark.parametrize("argv, words", [
     (["train", "--lr", "nan"], "ppo.lr must be a finite number"),

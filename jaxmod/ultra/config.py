@@ -371,6 +371,22 @@ class UltraConfig:
     def needs_advisor(self) -> bool:
         return any(method(v).critical == "advisor" for v in self.variants)
 
+    def check_advisor_files(self) -> None:
+        """Raise a one-line error unless the files the advisor reads are there: a teacher's checkpoint (a policy of
+        this env) and a replayed transcript where an advised method runs, the advisor reference's checkpoint where
+        one is set. Reads only the checkpoints' metadata; `UltraRun` and `jaxmod ultra` call it before anything is
+        printed, written or run (the fields' own checks cannot: a config read back from a run's files is no run)."""
+        from jaxmod.advice.teacher import check_teacher
+
+        spec = self.advisor.spec or ""
+        if spec.startswith("teacher:") and self.needs_advisor:
+            check_teacher(spec.split(":", 1)[1], self.env_id)
+        if self.advisor.reference is not None:
+            check_teacher(self.advisor.reference, self.env_id, "advisor reference")
+        if spec.startswith("replay:") and self.needs_advisor and not Path(spec.split(":", 1)[1]).is_file():
+            raise ConfigError(f"no transcript to replay at {spec.split(':', 1)[1]}: pass a run's transcript.jsonl "
+                              "(or replay the whole run with jaxmod ultra --replay RUN_DIR)")
+
     # ------------------------------------------------------------------ flat knobs, JSON, replay
     @classmethod
     def flags(cls):
