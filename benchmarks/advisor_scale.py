@@ -2,13 +2,16 @@
 seconds next to continued PPO from the same agents, with and without the per-round advice budget.
 
 The advisor is the scripted heuristic behind jaxmod's embedded HTTP server with a fixed latency per answer
-(`--advisor-latency`, `DelayedBackend`), asked asynchronously (the default schedule). Each refinement runs
-through `UltraRun.refine` (chunks, evaluation, collection, the advisor thread); its wall time excludes compilation
-(programs are compiled before its clock starts), and its CPU seconds (user + sys of this process: training, the
-advisor thread, the HTTP client; not the embedded server's child process) count from the end of compilation.
+(`--advisor-latency`, `DelayedBackend`), asked asynchronously (the default schedule; `--sync-advice` waits for every
+round). Each refinement runs through `UltraRun.refine` (chunks, evaluation, collection, the advisor thread); its wall
+time excludes compilation (programs are compiled before its clock starts), and its CPU seconds (user + sys of this
+process: training, the advisor thread, the HTTP client; not the embedded server's child process) count from the end
+of compilation.
 
     python benchmarks/advisor_scale.py                                   # 64 seeds, CartPole-v1, 0.5 s
     python benchmarks/advisor_scale.py --seeds 8 --refine-steps 20000 --budgets 32,0
+    python benchmarks/advisor_scale.py --seeds 4 --pretrain-steps 1024 --refine-steps 2048 --chunks 2 --latency 0 \
+        --budgets 2,0 --sync-advice --json /tmp/scale.json     # a toy run (tests/test_benchmark_smoke.py)
 
 `--budgets`: comma list of `round_budget` values (0: no budget, every seed's episodes asked). Writes
 benchmarks/results/advisor_scale.json and prints a markdown table.
@@ -66,6 +69,10 @@ def main() -> None:
     ap.add_argument("--budgets", default="32,0", help="comma list of round_budget values (0: no budget)")
     ap.add_argument("--pretrain-steps", type=int, default=30_000)
     ap.add_argument("--refine-steps", type=int, default=50_000)
+    ap.add_argument("--chunks", type=int, default=None, help="refinement chunks: advice rounds (default: UltraConfig's)")
+    ap.add_argument("--sync-advice", action="store_true",
+                    help="wait for every advice round (reproducible counts; the default swaps rounds in when they "
+                         "arrive)")
     ap.add_argument("--json", default="benchmarks/results/advisor_scale.json")
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -78,7 +85,8 @@ def main() -> None:
 
     base = UltraConfig.flat(env_id=args.env, seeds=args.seeds, pretrain_steps=args.pretrain_steps,
                             refine_steps=args.refine_steps, variants=("PPO", "RA"), advisor="scripted",
-                            advisor_latency_s=args.latency, advisor_concurrency=args.concurrency)
+                            advisor_latency_s=args.latency, advisor_concurrency=args.concurrency,
+                            sync_advice=args.sync_advice, **({} if args.chunks is None else {"chunks": args.chunks}))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         run = UltraRun(base, Path(tmp), log=log)
@@ -111,7 +119,8 @@ def main() -> None:
                                "cpus": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
                                "env": args.env, "seeds": args.seeds, "latency_s": args.latency,
                                "concurrency": args.concurrency, "pretrain_steps": args.pretrain_steps,
-                               "refine_steps": args.refine_steps,
+                               "refine_steps": args.refine_steps, "chunks": base.schedule.chunks,
+                               "sync_advice": args.sync_advice,
                                "note": "measured on a shared 2-core CPU with other jobs running: wall times are noisy",
                                "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")

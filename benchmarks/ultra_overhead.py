@@ -11,6 +11,8 @@
     python benchmarks/ultra_overhead.py                      # CartPole-v1 and MountainCar-v0, 10 seeds
     python benchmarks/ultra_overhead.py --latency 0,0.5,2 --repeats 5 --concurrency 16
     python benchmarks/ultra_overhead.py --advisor-priority idle --json benchmarks/results/ultra_overhead_idle.json
+    python benchmarks/ultra_overhead.py --envs CartPole-v1 --seeds 2 --pretrain-steps 1024 --refine-steps 2048 \
+        --chunks 2 --latency 0 --repeats 1 --json /tmp/overhead.json     # a toy run (tests/test_benchmark_smoke.py)
 
 Writes benchmarks/results/ultra_overhead.json and prints a markdown table. Compilation is excluded
 (every program is compiled before its clock starts).
@@ -92,16 +94,24 @@ def main() -> None:
     ap.add_argument("--advisor-priority", choices=("normal", "idle"), default="normal",
                     help="CPU priority of the advisor threads (idle: Linux SCHED_IDLE)")
     ap.add_argument("--agents-dir", default=None, help="reuse pre-trained agents saved here")
+    ap.add_argument("--pretrain-steps", type=int, default=None,
+                    help="env steps of pretraining per seed (default: the env's preset in benchmarks/ultra_gain.py)")
+    ap.add_argument("--refine-steps", type=int, default=None,
+                    help="env steps of refinement per seed and method (default: the env's preset)")
+    ap.add_argument("--chunks", type=int, default=None, help="refinement chunks: advice rounds (default: UltraConfig's)")
     ap.add_argument("--json", default="benchmarks/results/ultra_overhead.json")
     args = ap.parse_args()
     rows = []
+    sizes = {k: v for k, v in (("pretrain_steps", args.pretrain_steps), ("refine_steps", args.refine_steps),
+                               ("chunks", args.chunks)) if v is not None}
     for env_id in args.envs.split(","):
-        base = dict(env_id=env_id, seeds=args.seeds, agents_dir=args.agents_dir, **PRESETS.get(env_id, {}))
+        base = {**dict(env_id=env_id, seeds=args.seeds, agents_dir=args.agents_dir), **PRESETS.get(env_id, {}), **sizes}
         with tempfile.TemporaryDirectory() as tmp:
             run = UltraRun(UltraSettings(**base), Path(tmp))
             pre = run.pretrain()
             dev = device_cost(run, pre, args.repeats)
-            row = {"env": env_id, "seeds": args.seeds, "device_ppo_s": dev["PPO"], "device_ra_s": dev["RA"],
+            row = {"env": env_id, "seeds": args.seeds, "pretrain_steps": run.s.pretrain_steps,
+                   "refine_steps": run.s.refine_steps, "device_ppo_s": dev["PPO"], "device_ra_s": dev["RA"],
                    "device_ra_vs_ppo": dev["RA"] / dev["PPO"], "end_to_end": {}}
             for latency in (float(x) for x in args.latency.split(",")):
                 # a run of its own per latency (the pipeline resolves its settings, e.g. the advice protocol, when

@@ -1056,6 +1056,7 @@ def _ultra_setup(args: argparse.Namespace, argv: Sequence[str]) -> tuple[Any, Pa
         headless_gl()  # before brax imports mujoco
     # an unknown env id is named as such, before the advisor is asked whether it knows it
     core = _make_env(config.ppo, args, args.config or (Path(args.replay) / CONFIG_FILE if args.replay else None))
+    config.check_advisor_files()  # a teacher checkpoint or transcript that is not there: one line before the banner
     if args.render:
         from jaxmod.render import check_render, check_render_dir
 

@@ -159,11 +159,8 @@ def from_dict(cls: type, data: dict[str, Any], error: type[Exception] = ConfigEr
     """The config of class `cls` in `data` (as `to_dict` wrote it; missing keys take their defaults). Unknown keys
     and values of the wrong kind raise `error` naming the key."""
     if not isinstance(data, dict):
-        raise error(f"{where or cls.__name__} must be a JSON object, got {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise error(f"unknown config key(s) {', '.join(where + k for k in unknown)}; valid: {', '.join(sorted(names))}")
+        raise error(f"{_section(where) if where else cls.__name__} must be a JSON object, got {data!r}")
+    check_known(cls, data, error, where)
     hints = _hints(cls)
     kwargs = {}
     for name, value in data.items():
@@ -171,7 +168,8 @@ def from_dict(cls: type, data: dict[str, Any], error: type[Exception] = ConfigEr
         if dataclasses.is_dataclass(inner) and value is not None:
             if inner is PPOConfig:
                 if not isinstance(value, dict):
-                    raise error(f"{where}{name} must be a JSON object, got {value!r}")
+                    raise error(f"{_section(f'{where}{name}.')} must be a JSON object, got {value!r}")
+                check_known(PPOConfig, value, error, f"{where}{name}.")
                 _check_env_options_and_layers(value, error, f"{where}{name}.")
                 sub = {k: v for k, v in value.items() if k not in ("env_options", "hidden_sizes")}
                 from_dict_checked(PPOConfig, sub, error, f"{where}{name}.")
@@ -184,6 +182,21 @@ def from_dict(cls: type, data: dict[str, Any], error: type[Exception] = ConfigEr
     obj = cls(**kwargs)
     check_int_range(obj, error, where)
     return obj
+
+
+def check_known(cls: type, data: dict[str, Any], error: type[Exception] = ConfigError, where: str = "") -> None:
+    """Raise `error` for keys of `data` that are no fields of `cls`, naming the section they were found in (`where`:
+    its path with a trailing dot, e.g. "ppo."; empty at the top level) and the section's fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise error(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
+                    f"{_section(where)}; its fields are: {', '.join(sorted(names))}")
+
+
+def _section(where: str) -> str:
+    """The config section at path `where` ("ppo.", "a.b."; "": the top level), in words."""
+    return f"the config's \"{where.rstrip('.')}\" section" if where else "the config's top level"
 
 
 def check_int_range(obj: Any, error: type[Exception] = ConfigError, where: str = "") -> None:

@@ -1,6 +1,7 @@
-"""Bad input to every command, as a table: each row exits 2 with exactly one line on stderr (no traceback) and leaves
-the working folder byte for byte as it was (nothing written, no half folder). Rows run `jaxmod.cli.main` in-process
-from inside the folder (so default run folders would land there); nothing compiles before any of these errors."""
+"""Bad input to every command, as a table: each row exits 2 with exactly one line on stderr (no traceback), nothing on
+stdout (the error comes first), and leaves the working folder byte for byte as it was (nothing written, no half
+folder). Rows run `jaxmod.cli.main` in-process from inside the folder (so default run folders would land there);
+nothing compiles before any of these errors."""
 
 from __future__ import annotations
 
@@ -178,7 +179,9 @@ ROWS: list[tuple[str, list[str], Setup | None, str]] = [
     ("config-of-ultra", ["train", "--config", "c.json"], _file("c.json", json.dumps({"command": "ultra"})),
      "use `jaxmod ultra --config c.json`"),
     ("config-unknown-key", ["train", "--config", "c.json"], _file("c.json", _train_config(frobnicate=1)),
-     "unknown config key(s) frobnicate"),
+     "c.json: unknown field 'frobnicate' in the config's top level; its fields are: checkpoint_every, chunks, "),
+    ("config-unknown-ppo-field", ["train", "--config", "c.json"], _file("c.json", _train_config(**{"ppo.bogus": 1})),
+     "c.json: unknown field 'bogus' in the config's \"ppo\" section; its fields are: activation, anneal_lr, "),
     ("config-float-size", ["train", "--config", "c.json"], _file("c.json", _train_config(**{"ppo.num_envs": 4.5})),
      "num_envs must be an integer"),
     ("config-float-steps", ["train", "--config", "c.json"],
@@ -267,6 +270,16 @@ ROWS: list[tuple[str, list[str], Setup | None, str]] = [
     ("ultra-out-is-a-file", ["ultra", "--out", "afile"], _file("afile"), "is a file, not a folder"),
     ("ultra-config-nan", ["ultra", "--config", "c.json"], _file("c.json", _ultra_config(**{"modulation.kl_coef": "x"})),
      "kl_coef"),
+    ("ultra-config-unknown-ppo-field", ["ultra", "--config", "c.json"], _file("c.json", json.dumps({"ppo": {"bogus": 1}})),
+     "c.json: unknown field 'bogus' in the config's \"ppo\" section; its fields are: activation, anneal_lr, "),
+    ("ultra-config-unknown-advisor-fields", ["ultra", "--config", "c.json"],
+     _file("c.json", _ultra_config(**{"advisor.bogus": 1, "advisor.concurency": 4})),
+     "c.json: unknown fields 'bogus', 'concurency' in the config's \"advisor\" section; its fields are: concurrency, "),
+    ("ultra-config-unknown-top-level-field", ["ultra", "--config", "c.json"], _file("c.json", _ultra_config(bogus=1)),
+     "c.json: unknown field 'bogus' in the config's top level; its fields are: advisor, agents_dir, "),
+    ("ultra-config-section-not-an-object", ["ultra", "--config", "c.json"],
+     _file("c.json", _ultra_config(schedule=[3])), "c.json: the config's \"schedule\" section must be a JSON object, "
+                                                    "got [3]"),
     ("ultra-config-of-train", ["ultra", "--config", "c.json"], _file("c.json", _train_config()),
      "use `jaxmod train --config c.json`"),
     # serve-advisor
@@ -339,10 +352,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, argv, setup, word
         code = main(argv)
     except SystemExit as exc:  # argparse's usage errors
         code = exc.code
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     lines = err.strip().splitlines()
     assert code == 2, (code, err)
     assert len(lines) == 1 and "Traceback" not in err, err
+    assert captured.out == "", captured.out  # the error comes before anything else is printed
     assert words in lines[0], lines[0]
     assert _snapshot(work) == before
 

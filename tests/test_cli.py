@@ -160,14 +160,22 @@ def test_bad_ultra_knob_is_one_line(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "restart_prob must lie in [0, 1]" in err[0]
 
 
-@pytest.mark.parametrize("flag, value", [("--advisor-latency", "-1"), ("--advisor-concurrency", "0"),
-                                         ("--noise", "1.5"), ("--advisor-concurrency", "2,0"),
-                                         ("--advisor-concurrency", "1,2,3")])
-def test_bad_advisor_knob_is_one_line(tmp_path, capsys, flag, value):
+@pytest.mark.parametrize("flag, value, words", [
+    ("--advisor-latency", "-1", "--advisor-latency (seconds added to every advisor answer) must be >= 0, got -1"),
+    ("--advisor-concurrency", "0", "--advisor-concurrency must be >= 1 (advisor questions in flight at once, per URL), "
+                                   "got 0: give 1 or more"),
+    ("--advisor-concurrency", "2,0", "--advisor-concurrency must be >= 1 (advisor questions in flight at once, per "
+                                     "URL), got 2,0"),
+    ("--advisor-concurrency", "", "--advisor-concurrency is empty: give the advisor questions in flight at once"),
+    ("--noise", "1.5", "--noise (the share of advisor answers corrupted) must lie in [0, 1], got 1.5: give a fraction"),
+    ("--noise", "-0.1", "--noise (the share of advisor answers corrupted) must lie in [0, 1], got -0.1"),
+    ("--advisor-concurrency", "1,2,3", "--advisor-concurrency gives 3 values for 2 advisor URL(s)")])
+def test_bad_advisor_knob_is_one_line_naming_its_flag(tmp_path, capsys, flag, value, words):
     urls = ["--advisor", "http://127.0.0.1:9/v1,http://127.0.0.2:9/v1"] if value == "1,2,3" else []
     code = main(["ultra", flag, value, *urls, "--out", str(tmp_path / "k")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "advisor" in err[0]
+    assert code == 2 and len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "k").exists()
 
 
 def test_advisor_priority_is_checked():
@@ -188,6 +196,25 @@ def test_missing_local_llm_is_one_line_before_any_training(tmp_path, capsys, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "pip install -e '.[local-llm]'" in err[0] and "make local-llm" in err[0]
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("flags, error", [
+    (["--advisor", "teacher:/nonexistent"], "no saved policy for the teacher at /nonexistent (no checkpoint there): "
+                                            "pass the checkpoint/ folder of a `jaxmod train --out DIR` run"),
+    (["--advisor-reference", "/nonexistent"], "no saved policy for the advisor reference at /nonexistent (no "
+                                              "checkpoint there): pass the checkpoint/ folder of a `jaxmod train "
+                                              "--out DIR` run"),
+    (["--advisor", "replay:/nonexistent.jsonl"], "no transcript to replay at /nonexistent.jsonl: pass a run's "
+                                                 "transcript.jsonl (or replay the whole run with jaxmod ultra --replay "
+                                                 "RUN_DIR)")])
+def test_a_missing_advisor_file_is_the_only_output_and_nothing_is_written(tmp_path, flags, error):
+    """The error comes before the run's banner ("... advisor teacher:... -> OUT") and before --out is created."""
+    out = tmp_path / "run"
+    proc = _run_cli("ultra", *flags, "--out", str(out))
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.splitlines() == [f"jaxmod: error: {error}"], proc.stderr
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------- issue 21

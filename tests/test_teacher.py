@@ -198,8 +198,26 @@ def test_a_missing_or_foreign_teacher_is_refused_before_anything_runs(taught, tm
     for flags, says in ((["--advisor", f"teacher:{tmp_path / 'none'}"], "no checkpoint there"),
                         (["--advisor-reference", str(folder), "--env", "Acrobot-v1"], "trained on CartPole-v1")):
         assert main(["ultra", "--out", str(tmp_path / "run"), *flags]) == 2
-        assert says in capsys.readouterr().err
+        captured = capsys.readouterr()
+        assert says in captured.err and captured.out == "", captured  # before the run's banner
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.timeout(60)
+def test_ultra_run_checks_the_advisor_files_before_it_writes(tmp_path):
+    """`UltraConfig.check_advisor_files`, which `UltraRun` and `jaxmod ultra` call first: a teacher's checkpoint
+    is read only where an advised method runs, the advisor reference's always."""
+    from jaxmod.advice.modulation import ModulationError
+    from jaxmod.ultra.config import UltraConfig
+    from jaxmod.ultra.pipeline import UltraRun
+
+    missing = tmp_path / "none"
+    with pytest.raises(ModulationError, match="no saved policy for the teacher at .*none \\(no checkpoint there\\)"):
+        UltraRun(UltraConfig.flat(advisor=f"teacher:{missing}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    UltraConfig.flat(advisor=f"teacher:{missing}", variants=("PPO", "RICE")).check_advisor_files()
+    with pytest.raises(ModulationError, match="advisor reference"):
+        UltraConfig.flat(advisor_reference=str(missing), variants=("PPO", "RICE")).check_advisor_files()
 
 
 def test_ultra_writes_tensorboard_events(taught, tmp_path):

@@ -119,9 +119,18 @@ class AdvisorConfig:
         if isinstance(self.concurrency, int) and not isinstance(self.concurrency, bool):  # one number: every URL's
             object.__setattr__(self, "concurrency", (self.concurrency,))
         check_fields(self, ModulationError)
-        if not 0.0 <= self.noise <= 1.0 or self.latency_s < 0 or not self.concurrency or min(self.concurrency) < 1:
-            raise ModulationError("advisor noise must lie in [0, 1], advisor latency be >= 0 seconds and advisor "
-                                  "concurrency >= 1")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ModulationError(f"--noise (the share of advisor answers corrupted) must lie in [0, 1], got "
+                                  f"{self.noise:g}: give a fraction such as 0.3, or 0 for clean answers")
+        if self.latency_s < 0:
+            raise ModulationError(f"--advisor-latency (seconds added to every advisor answer) must be >= 0, got "
+                                  f"{self.latency_s:g}: give 0 for none")
+        if not self.concurrency:
+            raise ModulationError("--advisor-concurrency is empty: give the advisor questions in flight at once, e.g. "
+                                  "16 (one value for every URL, or one per URL)")
+        if min(self.concurrency) < 1:
+            raise ModulationError(f"--advisor-concurrency must be >= 1 (advisor questions in flight at once, per URL), "
+                                  f"got {','.join(map(str, self.concurrency))}: give 1 or more for every URL")
         if self.priority not in ("idle", "normal"):
             raise ModulationError(f"advisor priority must be 'idle' or 'normal', not {self.priority!r}")
         if self.episodes_per_round < 1 or self.max_critical < 1 or self.round_budget < 1:
@@ -361,6 +370,22 @@ class UltraConfig:
     @property
     def needs_advisor(self) -> bool:
         return any(method(v).critical == "advisor" for v in self.variants)
+
+    def check_advisor_files(self) -> None:
+        """Raise a one-line error unless the files the advisor reads are there: a teacher's checkpoint (a policy of
+        this env) and a replayed transcript where an advised method runs, the advisor reference's checkpoint where
+        one is set. Reads only the checkpoints' metadata; `UltraRun` and `jaxmod ultra` call it before anything is
+        printed, written or run (the fields' own checks cannot: a config read back from a run's files is no run)."""
+        from jaxmod.advice.teacher import check_teacher
+
+        spec = self.advisor.spec or ""
+        if spec.startswith("teacher:") and self.needs_advisor:
+            check_teacher(spec.split(":", 1)[1], self.env_id)
+        if self.advisor.reference is not None:
+            check_teacher(self.advisor.reference, self.env_id, "advisor reference")
+        if spec.startswith("replay:") and self.needs_advisor and not Path(spec.split(":", 1)[1]).is_file():
+            raise ConfigError(f"no transcript to replay at {spec.split(':', 1)[1]}: pass a run's transcript.jsonl "
+                              "(or replay the whole run with jaxmod ultra --replay RUN_DIR)")
 
     # ------------------------------------------------------------------ flat knobs, JSON, replay
     @classmethod

@@ -222,19 +222,11 @@ class UltraRun:
         if config.advisor.spec is None:  # the run records which advisor it asked
             config = dataclasses.replace(config, advisor=dataclasses.replace(config.advisor,
                                                                              spec=advisor_spec(None, None)))
-        from jaxmod.advice.teacher import check_teacher
-
         spec = config.advisor.spec
         # the protocol recorded in config.json is the one asked (a replay, whose spec is its transcript, reads it)
         config = dataclasses.replace(config, advisor=dataclasses.replace(
             config.advisor, protocol=config.advisor.resolved_protocol(spec)))
-        if spec.startswith("teacher:") and config.needs_advisor:  # one line now, not after pretraining
-            check_teacher(spec.split(":", 1)[1], config.env_id)
-        if config.advisor.reference is not None:
-            check_teacher(config.advisor.reference, config.env_id, "advisor reference")
-        if spec.startswith("replay:") and config.needs_advisor and not Path(spec.split(":", 1)[1]).is_file():
-            raise ConfigError(f"no transcript to replay at {spec.split(':', 1)[1]}: pass a run's transcript.jsonl "
-                              "(or replay the whole run with jaxmod ultra --replay RUN_DIR)")
+        config.check_advisor_files()  # one line now, not after pretraining
         self.s, self.out, self.log, self.progress = config, Path(out), log, progress
         # where the seeds' programs run (a layout that does not fit the devices: one line now, nothing written)
         self.layout = SeedPrograms(config.seeds, mesh, config.env_shards, config.ppo.num_envs)
