@@ -32,7 +32,8 @@ test: $(LLM_STAMP)
 test-slow: $(LLM_STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# ULTRA over 4 emulated devices and 2 loopback processes (~5 min on 2 cores; CI runs it beside `make test`)
+# ULTRA over 4 emulated devices and 2 loopback processes, and PPO over 2 processes (~6 min on 2 cores; CI runs it
+# beside `make test`)
 test-multidevice: $(LLM_STAMP)
 	$(BIN)/python -m pytest -q -m multidevice
 

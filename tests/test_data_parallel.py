@@ -94,6 +94,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.multidevice  # `make test-multidevice` (CI runs it after `make test`): two processes, ~30 s
 @pytest.mark.timeout(1000)  # ~50 CPU s; generous for a loaded machine (the subprocesses wait for each other)
 def test_two_processes_on_loopback_equal_one_process(tmp_path):
     """2 processes x 2 devices (`--coordinator/--num-processes/--process-id`) = 1 process x 4 devices: the same
@@ -147,6 +148,7 @@ def _two_processes(flags: list[str]) -> list[tuple[int, str, str]]:
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs, strict=True)]
 
 
+@pytest.mark.multidevice  # `make test-multidevice`: two processes twice, ~35 s
 @pytest.mark.timeout(1500)  # ~100 CPU s
 def test_a_multi_host_run_stopped_and_resumed_equals_one_uninterrupted_process(tmp_path):
     """2 processes run the first of 2 chunks (--max-chunks 1), then both resume from process 0's checkpoint: the
