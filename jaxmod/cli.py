@@ -162,8 +162,10 @@ def _base(command: str, argv: Sequence[str]) -> dict[str, Any]:
                            f"`jaxmod {data['command']} --config {_p(path)}`")
         if "ppo" not in data and command == "train" and "num_envs" in data:  # a train run of an earlier version
             data = {"ppo": data}
-        if not isinstance(data.get("ppo"), dict):
-            raise CLIError(f"{_p(path)} is not the config.json of a jaxmod train or ultra run")
+        data = {**data, "ppo": data.get("ppo", {})}  # a hand-written file may leave the PPO section out
+        if not isinstance(data["ppo"], dict):
+            raise CLIError(f"{_p(path)}: its \"ppo\" section must be an object of PPO fields (e.g. {{\"lr\": 3e-4}}), "
+                           f"got {type(data['ppo']).__name__}")
         data = _with_defaults(command, data, path)
     else:
         from jaxmod.ultra.config import UltraConfig
@@ -213,6 +215,8 @@ def _with_defaults(command: str, data: dict[str, Any], path: str) -> dict[str, A
     merged = {**cls().to_dict(), **data, "ppo": ppo}
     if command == "ultra":
         merged["env_id"] = env
+    else:  # a train config names its env in "ppo"; a top-level env_id (as an ultra config has) went there above
+        merged.pop("env_id", None)
     try:
         from_dict(cls, {k: v for k, v in merged.items() if k != "command"})
     except (ConfigError, ValueError, TypeError) as err:

@@ -332,6 +332,30 @@ def test_ultra_config_from_flags_and_from_its_file(tmp_path, monkeypatch):
     assert rerun == UltraConfig.from_dict({**config.to_dict(), "seeds": 2})
 
 
+
+def test_a_hand_written_config_file_may_leave_out_any_section(tmp_path, monkeypatch, capsys):
+    """A user's own config file with a few keys (no "ppo" section) runs on the defaults of its env's family; a
+    "ppo" that is not an object is one line and exit 2."""
+    from jaxmod.cli import _train_config, _ultra_config, build_parser
+    from jaxmod.ppo import default_config
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("ADVISOR_BASE_URL", raising=False)
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"command": "ultra", "env_id": "Acrobot-v1", "seeds": 3,
+                                "modulation": {"kl_coef": 0.5}}))
+    argv = ["ultra", "--config", str(mine)]
+    config = _ultra_config(build_parser(argv).parse_args(argv), argv)
+    assert config.ppo == default_config("Acrobot-v1") and config.seeds == 3 and config.modulation.kl_coef == 0.5
+    mine.write_text(json.dumps({"command": "train", "env_id": "Acrobot-v1", "seeds": 2}))  # env_id where ultra has it
+    argv = ["train", "--config", str(mine)]
+    train = _train_config(build_parser(argv).parse_args(argv), argv)
+    assert train.ppo == default_config("Acrobot-v1") and train.seeds == 2
+    mine.write_text(json.dumps({"command": "ultra", "ppo": [1, 2]}))
+    assert main(["ultra", "--config", str(mine), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '"ppo" section must be an object' in err[0] and not (tmp_path / "run").exists()
+
 def test_train_reruns_from_its_config_file(tmp_path):
     first = tmp_path / "first"
     assert main(["train", "--total-steps", str(4 * 16 * 2), "--chunks", "1", "--quiet", "--out", str(first),
