@@ -267,25 +267,49 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", close
     return _json(status, {"error": {"message": one_line(message, 300), "type": kind, "code": status}}, close)
 
 
+DRAIN_FACTOR = 8  # an oversized body up to this many times the limit is read (and dropped) before the 413
+
+
 async def _read_body(request, limits: ServerLimits) -> bytes:
-    """The whole body within `limits`, or `BadRequest` (413 too large, 408 too slow, 400 malformed)."""
+    """The whole body within `limits`, or `BadRequest` (413 too large, 408 too slow, 400 malformed). A body over
+    the limit but within `DRAIN_FACTOR` times it is read to its end (within the body deadline, kept nowhere) before
+    the 413, so the client reads the answer: closing on unread bytes makes the kernel reset the connection, which
+    can drop the 413 before the client reads it."""
     declared = request.headers.get("content-length")
     digits = declared is not None and declared.isascii() and declared.isdigit()  # str.isdigit alone takes '²'
     if declared is not None and (not digits or int(declared) > limits.max_body_bytes):
         if not digits:
             raise BadRequest(400, "bad Content-Length")
+        if int(declared) <= DRAIN_FACTOR * limits.max_body_bytes:
+            await _drain(request.stream(), limits)
         raise BadRequest(413, f"request body larger than {limits.max_body_bytes} bytes")
     chunks, size = [], 0
     try:
         async with asyncio.timeout(limits.body_timeout_s):
-            async for chunk in request.stream():
+            stream = request.stream()
+            async for chunk in stream:
                 size += len(chunk)
                 if size > limits.max_body_bytes:
-                    raise BadRequest(413, f"request body larger than {limits.max_body_bytes} bytes")
+                    break
                 chunks.append(chunk)
     except TimeoutError:
         raise BadRequest(408, f"request body not received within {limits.body_timeout_s:g} s") from None
+    if size > limits.max_body_bytes:
+        await _drain(stream, limits, size)
+        raise BadRequest(413, f"request body larger than {limits.max_body_bytes} bytes")
     return b"".join(chunks)
+
+
+async def _drain(stream, limits: ServerLimits, size: int = 0) -> None:
+    """Read and drop the rest of an oversized body: up to `DRAIN_FACTOR` x the limit, within the body deadline."""
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in stream:
+                size += len(chunk)
+                if size > DRAIN_FACTOR * limits.max_body_bytes:
+                    return
+    except TimeoutError:
+        return
 
 
 def _completion(model: str, content: str, usage: Any, stream: bool):
