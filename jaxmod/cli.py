@@ -938,30 +938,39 @@ def _check_advisor(config, quiet: bool = False):
 
 
 def _preflight_http(config, quiet: bool):
-    """Preflight every advisor URL. One that fails among several is a warning (its questions go to the others);
-    when all fail (or the only one), the first one's one-line `AdvisorUnavailable` stops the run. Returns the
-    config with the model the servers serve (unset where they serve different ones: each finds its own)."""
+    """Preflight every advisor URL. One that fails among several is a warning, and the run leaves it out (its
+    questions go to the others: the returned config's `--advisor` and `--advisor-concurrency` list the usable ones
+    only); when the only one fails, its one-line `AdvisorUnavailable` stops the run, and when all of several fail,
+    one line naming each. Returns the config with the usable URLs and the model the servers serve (unset where
+    they serve different ones: each finds its own)."""
     from jaxmod.llm import AdvisorUnavailable, preflight
 
-    urls, live, down = config.advisor.urls(), [], []
-    for url in urls:
-        settings = config.advisor.client_settings(base_url=url, model=config.advisor.model)
+    advisor = config.advisor
+    urls, live, down = advisor.urls(), [], []
+    limits = advisor.limits(len(urls))
+    for i, url in enumerate(urls):
+        settings = advisor.client_settings(base_url=url, model=advisor.model)
         try:
-            live.append(preflight(settings, timeout_s=min(20.0, settings.timeout_s)))
+            live.append((i, preflight(settings, timeout_s=min(20.0, settings.timeout_s))))
         except AdvisorUnavailable as err:
             if len(urls) == 1:
                 raise
-            down.append(err)
-            print(f"jaxmod: warning: advisor endpoint {len(live) + len(down)} of {len(urls)} is unusable ({err}); "
-                  "its questions go to the others", file=sys.stderr, flush=True)
+            down.append((i, err))
     if not live:
-        raise down[0]
+        raise AdvisorUnavailable(f"none of the {len(urls)} advisor endpoints is usable: "
+                                 + "; ".join(f"endpoint {i + 1}: {err}" for i, err in down))
+    for i, err in down:
+        print(f"jaxmod: warning: advisor endpoint {i + 1} of {len(urls)} is unusable ({err}); this run leaves it "
+              "out and asks the others", file=sys.stderr, flush=True)
     if not quiet:
-        for result in live:
+        for _, result in live:
             print(result.describe(), flush=True)
-    models = {result.model for result in live}
-    model = next(iter(models)) if len(models) == 1 else config.advisor.model
-    return dataclasses.replace(config, advisor=dataclasses.replace(config.advisor, model=model))
+    models = {result.model for _, result in live}
+    model = next(iter(models)) if len(models) == 1 else advisor.model
+    kept = {"spec": ",".join(urls[i] for i, _ in live)} if down else {}
+    if down and len(advisor.concurrency) > 1:
+        kept["concurrency"] = tuple(limits[i] for i, _ in live)
+    return dataclasses.replace(config, advisor=dataclasses.replace(advisor, model=model, **kept))
 
 
 def _ultra_out(args: argparse.Namespace, config) -> Path:

@@ -101,16 +101,36 @@ def test_jaxmod_ultra_runs_on_the_live_endpoint_when_one_is_down(tmp_path):
         proc = _ultra(f"{dead},{live.url}", tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning: advisor endpoint 1 of 2 is unusable (no server at" in proc.stderr
+    assert "this run leaves it out" in proc.stderr
     stats = json.loads((tmp_path / "run" / "ultra.json").read_text())["advisor"][0]
-    assert stats["valid"] > 0 and stats["failed"] == 0 and stats["failovers"] >= 1
+    # the endpoint that failed the preflight gets no question (none fails over from it)
+    assert stats["valid"] > 0 and stats["failed"] == 0 and stats["failovers"] == 0
     assert len(live.requests) > 1  # the preflight's ping and the questions
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["advisor"]
+    assert saved["spec"] == live.url
 
 
 def test_all_endpoints_down_is_the_usual_one_line_error(tmp_path):
     proc = _ultra(f"{dead_url()},{dead_url()}", tmp_path / "run", timeout=120)
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("jaxmod: error: no server at http://127.0.0.1:") and "connection refused" in last
+    assert proc.returncode == 2 and proc.stdout == "" and not (tmp_path / "run").exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, lines  # one line naming each endpoint, no warnings before it
+    assert lines[0].startswith("jaxmod: error: none of the 2 advisor endpoints is usable: endpoint 1: no server at")
+    assert "endpoint 2: no server at" in lines[0]
+
+
+def test_preflight_leaves_unusable_endpoints_and_their_concurrency_out():
+    """`jaxmod ultra`'s preflight: a dead URL among several is dropped from the run's advisor (URLs and per-URL
+    concurrency), so the pool never asks it; a trailing comma is no part of a URL."""
+    from jaxmod.cli import _preflight_http
+    from jaxmod.llm.pool import split_urls
+
+    assert split_urls("http://a.test/v1,") == ["http://a.test/v1"]
+    dead = dead_url()
+    with FaultServer([ok('{"ok": true}')]) as live:
+        config = UltraConfig.flat(advisor=f"{dead},{live.url}", advisor_concurrency=(3, 5))
+        kept = _preflight_http(config, quiet=True)
+    assert kept.advisor.urls() == [live.url] and kept.advisor.concurrency == (5,)
 
 
 def test_a_bad_url_in_the_list_is_refused_in_one_line():
