@@ -1074,9 +1074,34 @@ def _ultra_setup(args: argparse.Namespace, argv: Sequence[str]) -> tuple[Any, Pa
         from jaxmod.render import check_render, check_render_dir
 
         check_render(core, check_render_dir(args.render, args.overwrite, list(METHODS)) / "pretrained.gif")
+    failure = None
     if primary or not config.advisor.is_http:  # process 0 alone asks an HTTP advisor
-        config = _check_advisor(config, quiet=args.quiet)
+        try:
+            config = _check_advisor(config, quiet=args.quiet)
+        except Exception as err:  # noqa: BLE001 (raised below, after the other processes are told)
+            failure = err
+    _agree_to_start(failure is not None, primary)
+    if failure is not None:
+        raise failure
     return config, out, layout, primary
+
+
+def _agree_to_start(stop: bool, primary: bool) -> None:
+    """A multi-process run: every process learns whether process 0's checks (its advisor's preflight) stopped the
+    run, so none waits for it at the first collective for good; the others then stop with one line (exit 2).
+    Nothing in one process."""
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    import numpy as np
+
+    from jaxmod.parallel import broadcast_from_primary
+
+    verdict = broadcast_from_primary(np.array([int(stop)], np.uint8), name="ultra-setup")
+    if verdict[0] and not primary and not stop:
+        raise CLIError("process 0 stopped the run before pretraining (its advisor check failed: process 0's output "
+                       "says why)")
 
 
 def _ultra_distributed(args: argparse.Namespace) -> bool:

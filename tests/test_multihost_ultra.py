@@ -155,6 +155,22 @@ def test_the_asynchronous_schedule_over_two_processes_swaps_the_same_advice_in_b
     assert any(row["swapped_advice"] for row in ra["chunks"]) and max(row["advice_valid"] for row in ra["chunks"]) > 0
 
 
+@pytest.mark.multidevice
+@pytest.mark.timeout(600)
+def test_a_dead_http_advisor_stops_every_process_in_one_line(tmp_path):
+    """Only process 0 asks an HTTP advisor; when its preflight fails, the other process is told and stops too (it
+    waited for process 0 at the first collective for good before)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # nothing listens once the socket closes
+    flags = [f if f != "scripted" else dead for f in FLAGS]
+    (rc0, out0, err0), (rc1, out1, err1) = _two_processes(flags, tmp_path)
+    assert rc0 == 2 and "jaxmod: error: no server at" in err0, err0[-1500:]
+    assert rc1 == 2 and "jaxmod: error: process 0 stopped the run before pretraining" in err1, err1[-1500:]
+    for i in (0, 1):
+        assert not (tmp_path / f"out{i}" / "ultra.json").exists()
+
+
 def test_shared_rounds_carry_process_0s_advice_flags_and_stop_bit_for_bit(monkeypatch):
     """`SharedRounds.take` as the other processes see it: process 0's packed advice (every bit: -0.0 and NaN too),
     whether its round is still pending, and its stop (its advisor failed: process 0 raises its error, the others
