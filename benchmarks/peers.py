@@ -417,6 +417,17 @@ def profile(task: Task, seeds: int, updates: int, runs: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- main
+def _count(text: str) -> int:
+    """A whole number of steps, also written as 5e5 (as the help writes it); ValueError otherwise."""
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(text)
+    return int(value)
+
+
+_count.__name__ = "whole number"  # argparse's message: "invalid whole number value: '5.5'"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of rows: {', '.join(ROWS)}")
@@ -424,9 +435,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3, help="alternations (medians over them)")
     ap.add_argument("--runs", type=int, default=2, help="timed calls per process (the fastest counts)")
     ap.add_argument("--quick", action="store_true", help="a small smoke: tiny step counts, 1 repeat, 1 call")
-    ap.add_argument("--breakout-steps", type=int, default=TASKS["breakout"].total_steps,
+    ap.add_argument("--breakout-steps", type=_count, default=TASKS["breakout"].total_steps,
                     help="Breakout-MinAtar's env steps per seed (PureJaxRL's config runs 1e7)")
-    ap.add_argument("--cartpole-steps", type=int, default=TASKS["cartpole"].total_steps,
+    ap.add_argument("--cartpole-steps", type=_count, default=TASKS["cartpole"].total_steps,
                     help="CartPole-v1's env steps per seed (PureJaxRL's config: 5e5, the targets' budget)")
     ap.add_argument("--purejaxrl-src", default=os.environ.get("PUREJAXRL_SRC", DEFAULT_PUREJAXRL_SRC))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for peers_<date>.{md,json}")
@@ -448,6 +459,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.repeats < 1 or args.runs < 1 or args.breakout_steps < 64 * 128 or args.cartpole_steps < 4 * 128:
         ap.exit(2, "peers.py: error: --repeats and --runs must be >= 1, --breakout-steps >= 8192 and --cartpole-steps "
                 ">= 512 (one update)\n")
+    if args.timeout <= 0 or args.profile_updates < 1:
+        ap.exit(2, "peers.py: error: --timeout must be > 0 seconds and --profile-updates >= 1\n")
+    for f in args.render or ():
+        try:
+            json.loads(Path(f).read_text())["samples"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            ap.exit(2, f"peers.py: error: --render {f}: not the .json of a peers.py run ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''})\n")
+    if not args.render and Path(args.out).exists() and not Path(args.out).is_dir():
+        ap.exit(2, f"peers.py: error: --out {args.out} is a file: give a folder for peers_<date>.{{md,json}}\n")
     args.row_list, args.peer_list = rows, peers
     return args
 
@@ -481,6 +502,11 @@ def benchmark(args: argparse.Namespace, worker=run_worker) -> dict:
     result = _write(args, info, tasks, samples, done="complete")
     print(result["markdown"])
     print(f"wrote {result['stem']}.md and .json")
+    failed = [r for by_peer in samples.values() for rs in by_peer.values() for r in rs if "error" in r]
+    if failed:
+        print(f"peers.py: {len(failed)} of {sum(len(rs) for bp in samples.values() for rs in bp.values())} "
+              f"measurements failed (their rows say why): {failed[0]['error']}", file=sys.stderr)
+    result["failed"] = len(failed)
     return result
 
 
@@ -544,8 +570,8 @@ def main(argv: list[str] | None = None) -> None:
         task = TASKS["cartpole"]
         result = {str(s): profile(task, s, args.profile_updates, args.runs) for s in (1, 4)}
         print(json.dumps(result, indent=2))
-    else:
-        benchmark(args)
+    elif benchmark(args, worker=run_worker)["failed"]:
+        sys.exit(1)  # the table is written, but a measurement failed: not a clean run
 
 
 if __name__ == "__main__":

@@ -114,3 +114,30 @@ def test_render_pools_interrupted_runs(tmp_path, monkeypatch):
 def test_a_worker_past_its_timeout_is_an_error_row():
     res = peers.run_worker("jaxmod", "cartpole", peers.TASKS["cartpole"], 1, 1, timeout=0.2)
     assert res == {"peer": "jaxmod", "seeds": 1, "error": "timed out after 0.2 s"}
+
+
+def test_bad_flags_are_one_line_and_exit_2_before_anything_runs(tmp_path, capsys):
+    """--timeout, --profile-updates, --render files and --out are checked before a measurement; step counts may be
+    written 5e5, as the help writes them."""
+    afile, bad = tmp_path / "afile", tmp_path / "bad.json"
+    afile.write_text("x")
+    bad.write_text("{bad")
+    for flags, words in ((["--timeout", "0"], "--timeout must be > 0"),
+                         (["--profile", "--profile-updates", "0"], "--profile-updates >= 1"),
+                         (["--render", str(tmp_path / "none.json")], "not the .json of a peers.py run"),
+                         (["--render", str(bad)], "not the .json of a peers.py run"),
+                         (["--out", str(afile)], "is a file"),
+                         (["--cartpole-steps", "5.5"], "invalid whole number value")):
+        with pytest.raises(SystemExit) as exit_:
+            peers.parse_args(flags)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and words in err[-1], (flags, err)
+    assert peers.parse_args(["--cartpole-steps", "5e5"]).cartpole_steps == 500_000
+
+
+def test_a_run_whose_measurements_failed_says_so_and_exits_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(peers, "run_worker", lambda peer, *a: {"peer": peer, "seeds": 1, "error": "timed out"})
+    monkeypatch.setattr(sys, "argv", ["peers.py"])
+    with pytest.raises(SystemExit) as exit_:
+        peers.main(["--quick", "--peers", "jaxmod", "--rows", "cartpole-1", "--out", str(tmp_path)])
+    assert exit_.value.code == 1 and "1 of 1 measurements failed" in capsys.readouterr().err
