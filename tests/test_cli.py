@@ -227,7 +227,7 @@ def test_a_missing_advisor_file_is_the_only_output_and_nothing_is_written(tmp_pa
     (["ultra", "--seeds", "0"], "seeds must be >= 1"),
     (["train", "--max-chunks", "0"], "--max-chunks must be >= 1"),
     (["ultra", "--refine-steps", "0"], "refine_steps (0) must be at least num_envs * num_steps"),
-    (["ultra", "--episodes-per-round", "0"], "episodes_per_round, round_budget and max_critical must be >= 1"),
+    (["ultra", "--episodes-per-round", "0"], "--episodes-per-round must be >= 1"),
     (["ultra", "--chunks", "0"], "chunks must be >= 1"),
     (["ultra", "--advisor-failure", "maybe"], "advisor failure policy must be one of stop, continue"),
     (["train", "--env-option", "max_steps_in_episode=abc"], "whole number of steps in [1, 2^31), got 'abc'"),

@@ -85,7 +85,7 @@ def test_bad_budget_knobs_are_one_line_errors():
     from jaxmod.advice.modulation import ModulationError
     from jaxmod.ultra.config import UltraConfig
 
-    with pytest.raises(ModulationError, match="round_budget"):
+    with pytest.raises(ModulationError, match="--round-budget must be >= 1"):
         UltraConfig.flat(round_budget=0)
     with pytest.raises(ModulationError, match="dedup_radius"):
         UltraConfig.flat(dedup_radius=-1.0)

@@ -133,9 +133,12 @@ class AdvisorConfig:
                                   f"got {','.join(map(str, self.concurrency))}: give 1 or more for every URL")
         if self.priority not in ("idle", "normal"):
             raise ModulationError(f"advisor priority must be 'idle' or 'normal', not {self.priority!r}")
-        if self.episodes_per_round < 1 or self.max_critical < 1 or self.round_budget < 1:
-            raise ModulationError("episodes_per_round, round_budget and max_critical must be >= 1 (the advisor needs "
-                                  "something to look at)")
+        for name, value, what in (("episodes-per-round", self.episodes_per_round, "episodes a seed offers a round"),
+                                  ("round-budget", self.round_budget, "episodes a round asks about, all seeds"),
+                                  ("max-critical", self.max_critical, "critical steps named per episode")):
+            if value < 1:
+                raise ModulationError(f"--{name} must be >= 1 ({what}: the advisor needs something to look at), "
+                                      f"got {value}")
         if not self.dedup_radius >= 0:
             raise ModulationError("dedup_radius must be >= 0 (standard deviations; 0: only identical states)")
         if not 0 <= self.logprobs <= 20:
