@@ -541,6 +541,7 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
         init_distributed,
         is_primary,
         seed_keys,
+        settings_digest,
     )
     from jaxmod.reporting import METRICS_FILE
 
@@ -562,7 +563,8 @@ def _train_setup(args: argparse.Namespace, argv: Sequence[str]) -> _TrainRun:
         config = _resume_config(args, out)
     elif (out / METRICS_FILE).exists() or (out / "checkpoint").exists():
         raise CLIError(f"{_p(out)} already holds a run; pass --resume to continue it or choose another --out")
-    init_distributed(args.coordinator, args.num_processes, args.process_id, args.join_timeout)  # before any device use
+    init_distributed(args.coordinator, args.num_processes, args.process_id, args.join_timeout,  # before any device use
+                     settings=settings_digest(config.to_dict()))
     import jax
 
     check_layout(config.seeds, config.ppo.num_envs, config.env_shards, jax.device_count())
@@ -1061,7 +1063,7 @@ def _ultra_setup(args: argparse.Namespace, argv: Sequence[str]) -> tuple[Any, Pa
     config = _ultra_config(args, argv)
     _check_wandb(args)
     out = _ultra_out(args, config)
-    primary = _ultra_distributed(args)  # joins the other processes (a multi-process run) before any device use
+    primary = _ultra_distributed(args, config)  # joins the other processes (a multi-process run) before any device use
     layout = _ultra_layout(config)
     if args.render:
         from jaxmod.render import headless_gl
@@ -1104,11 +1106,11 @@ def _agree_to_start(stop: bool, primary: bool) -> None:
                        "says why)")
 
 
-def _ultra_distributed(args: argparse.Namespace) -> bool:
+def _ultra_distributed(args: argparse.Namespace, config) -> bool:
     """A multi-process `jaxmod ultra` (--coordinator/--num-processes/--process-id, as `train`'s): the flags and their
     combination checked (one line), then joined (`jaxmod.parallel.init_distributed`). Returns whether this process
     writes the run's files (process 0; always, in one process)."""
-    from jaxmod.parallel import check_distributed, init_distributed, is_primary
+    from jaxmod.parallel import check_distributed, init_distributed, is_primary, settings_digest
 
     if not check_distributed(args.coordinator, args.num_processes, args.process_id):
         return True
@@ -1117,7 +1119,8 @@ def _ultra_distributed(args: argparse.Namespace) -> bool:
     if args.render:
         raise CLIError("--render draws one process's agent: leave it out of a multi-process run (render a "
                        "single-process run of the same config)")
-    init_distributed(args.coordinator, args.num_processes, args.process_id, args.join_timeout)
+    init_distributed(args.coordinator, args.num_processes, args.process_id, args.join_timeout,
+                     settings=settings_digest(config.to_dict()))
     return is_primary()
 
 

@@ -140,43 +140,151 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
 
 
 def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
-                     timeout_s: int = 300) -> bool:
+                     timeout_s: int = 300, settings: str = "") -> bool:
     """Join JAX's distributed runtime (`jax.distributed.initialize`) when the settings ask for it (see
     `check_distributed`; call it before anything touches a device). Afterwards `jax.devices()` lists every
-    process's devices. Returns whether it joined. `timeout_s`: how long to wait for the other processes."""
+    process's devices. Returns whether it joined. `timeout_s`: how long to wait for the other processes;
+    `settings`: a digest of the run's settings, which every process must share (`settings_digest`).
+
+    First every process meets process 0 on the coordinator's port over plain TCP (`_gather_processes`,
+    `_report_to_process_0`): JAX's own join aborts a process with a fatal log when a peer never comes, or when
+    the processes disagree on their number or their programs; here each of those is one line (`DistributedError`)
+    on every process, before JAX's runtime starts."""
     if not check_distributed(coordinator, num_processes, process_id):
         return False
     if not isinstance(timeout_s, int) or isinstance(timeout_s, bool) or timeout_s < 1:
         raise ConfigError(f"--join-timeout must be a whole number of seconds >= 1, got {timeout_s!r}")
     host, _, port = coordinator.rpartition(":")
-    start = time.monotonic()
+    start, settings = time.monotonic(), settings or "-"
     if process_id == 0:
-        _check_port_free(int(port))
-    else:  # JAX aborts the process (a fatal log, no exception) when the coordinator stays unreachable: look first
-        _wait_for_coordinator(host.strip("[]"), int(port), timeout_s, f"process {process_id} of {num_processes}")
+        _gather_processes(int(port), num_processes, timeout_s, settings)
+    else:
+        _report_to_process_0(host.strip("[]"), int(port), process_id, num_processes, timeout_s, settings)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
                                initialization_timeout=max(1, timeout_s - int(time.monotonic() - start)))
     return True
 
 
-def _check_port_free(port: int) -> None:
-    """Raise `ConfigError` (one line) when process 0 cannot serve the coordinator on `port` (already in use)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def settings_digest(settings: dict[str, Any]) -> str:
+    """A short digest of a run's settings (a config's `to_dict()`), the same on every process of one run."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+JOIN = "jaxmod-join"  # the first word of a process's hello to process 0
+
+
+def _gather_processes(port: int, num_processes: int, timeout_s: int, settings: str) -> None:
+    """Process 0: wait on `port` until every other process has said hello with the same process count and settings,
+    then tell them all to go. Raises `ConfigError` (the port is taken) or `DistributedError` (one line: who did not
+    come in time, or who disagrees); the processes that did come are told why and stop too."""
+    deadline = time.monotonic() + timeout_s
+    joined: dict[int, socket.socket] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("", port))
+            server.bind(("", port))
         except OSError as err:
             raise ConfigError(f"--coordinator's port {port} cannot be served here ({err.strerror}): choose a free "
                               "port, the same for every process") from None
+        server.listen(max(1, num_processes))
+        try:
+            while len(joined) < num_processes - 1:
+                if time.monotonic() >= deadline:
+                    missing = [i for i in range(1, num_processes) if i not in joined]
+                    raise DistributedError(
+                        f"process 0 waited {timeout_s} s for process(es) {', '.join(map(str, missing))} of "
+                        f"{num_processes} to join at port {port}: start them with the same --coordinator and "
+                        f"--num-processes {num_processes}, or give a longer --join-timeout")
+                server.settimeout(max(0.05, min(1.0, deadline - time.monotonic())))
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                hello = _hello(conn)
+                if hello is None:  # not a jaxmod process (a port probe, a stray client): ignored
+                    conn.close()
+                    continue
+                problem = _disagreement(hello, num_processes, settings, joined)
+                if problem:
+                    try:
+                        conn.sendall(f"stop {problem}\n".encode())
+                    except OSError:
+                        pass
+                    conn.close()
+                    raise DistributedError(problem)
+                joined[hello[0]] = conn
+            for conn in joined.values():
+                conn.sendall(b"go\n")
+            for conn in joined.values():  # they close first: no lingering connection on process 0's port
+                conn.settimeout(10.0)
+                try:
+                    while conn.recv(64):
+                        pass
+                except OSError:
+                    pass
+        except DistributedError as err:
+            for conn in joined.values():
+                try:
+                    conn.sendall(f"stop {err}\n".encode())
+                except OSError:
+                    pass
+            raise
+        finally:
+            for conn in joined.values():
+                conn.close()
 
 
-def _wait_for_coordinator(host: str, port: int, timeout_s: int, who: str) -> None:
-    """Return once process 0's coordinator accepts connections at host:port; raise `DistributedError` (one line)
-    if it does not within `timeout_s` seconds."""
+def _hello(conn: socket.socket) -> tuple[int, int, str] | None:
+    """(process id, process count, settings digest) from a process's hello line, or None if it is not one."""
+    conn.settimeout(5.0)
+    try:
+        words = _read_line(conn).split()
+    except OSError:
+        return None
+    if len(words) != 4 or words[0] != JOIN or not (words[1].isdigit() and words[2].isdigit()):
+        return None
+    return int(words[1]), int(words[2]), words[3]
+
+
+def _disagreement(hello: tuple[int, int, str], num_processes: int, settings: str,
+                  joined: dict[int, socket.socket]) -> str | None:
+    """Why process 0 refuses a hello (None: it does not)."""
+    pid, count, theirs = hello
+    if count != num_processes:
+        return (f"process {pid} was started with --num-processes {count}, process 0 with {num_processes}: give every "
+                "process the same --num-processes")
+    if not 1 <= pid < num_processes or pid in joined:
+        return f"a second process was started with --process-id {pid}: give each process its own id"
+    if theirs != settings:
+        return (f"process {pid} was started with other run settings than process 0: give every process the same "
+                "flags and config (only --process-id and --out may differ)")
+    return None
+
+
+def _read_line(conn: socket.socket, limit: int = 512) -> str:
+    data = b""
+    while not data.endswith(b"\n") and len(data) < limit:
+        piece = conn.recv(limit - len(data))
+        if not piece:
+            break
+        data += piece
+    return data.decode("utf-8", "replace").strip()
+
+
+def _report_to_process_0(host: str, port: int, process_id: int, num_processes: int, timeout_s: int,
+                         settings: str) -> None:
+    """Process `process_id`: say hello to process 0 at host:port (retrying until it listens) and wait for its go.
+    Raises `DistributedError` (one line) when it cannot be reached in `timeout_s` seconds, does not answer as a
+    jaxmod process 0, or stops the run (its reason given)."""
     deadline = time.monotonic() + timeout_s
+    who = f"process {process_id} of {num_processes}"
     while True:
         try:
-            with socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
-                return
+            conn = socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+            break
         except OSError as err:
             why = err.strerror or type(err).__name__
         if time.monotonic() + 0.5 >= deadline:
@@ -185,6 +293,20 @@ def _wait_for_coordinator(host: str, port: int, timeout_s: int, who: str) -> Non
                 "process 0 (--process-id 0) on that host, check that the port is open between the hosts, or give "
                 "a longer --join-timeout")
         time.sleep(0.5)
+    with conn:
+        try:
+            conn.sendall(f"{JOIN} {process_id} {num_processes} {settings}\n".encode())
+            conn.settimeout(max(1.0, deadline - time.monotonic()) + 10.0)  # process 0 waits for the others first
+            answer = _read_line(conn)
+        except OSError as err:
+            answer = f"(no answer: {err.strerror or type(err).__name__})"
+    if answer == "go":
+        return
+    if answer.startswith("stop "):
+        raise DistributedError(f"process 0 stopped the run before it started: {answer[5:]}")
+    raise DistributedError(f"{who}: the coordinator at {host}:{port} did not answer as a jaxmod process 0 "
+                           f"({answer[:80] or 'it closed the connection'}): give process 0's host and --coordinator "
+                           "port, the same for every process")
 
 
 class DistributedError(RuntimeError):

@@ -207,3 +207,36 @@ def test_a_coordinator_nobody_serves_is_one_line_after_the_join_timeout(tmp_path
     assert len(lines) == 1 and "could not reach the coordinator at 127.0.0.1:" in lines[0], proc.stderr[-2000:]
     assert "within 3 s" in lines[0] and "--join-timeout" in lines[0]
     assert not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.timeout(120)
+def test_process_0_whose_peers_never_come_is_one_line_after_the_join_timeout(tmp_path):
+    """Process 0 waiting for a process 1 that never starts: one line naming the missing process, exit 1 (JAX's own
+    join aborted with a fatal log and a stack trace)."""
+    proc = subprocess.run([sys.executable, "-m", "jaxmod", *TRAIN, "--out", str(tmp_path / "run"), "--coordinator",
+                           f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--process-id", "0",
+                           "--join-timeout", "3"], env=_env(2), cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "process 0 waited 3 s for process(es) 1 of 2 to join" in lines[0], lines
+
+
+@pytest.mark.timeout(300)
+def test_processes_started_with_different_settings_both_stop_in_one_line(tmp_path):
+    """Process 1 with another --seeds (or --num-processes) than process 0: both refuse before JAX's runtime starts
+    (it aborted both with a collective mismatch), one line each."""
+    for other, words in ((["--seeds", "4"], "was started with other run settings than process 0"),
+                         (["--num-processes", "3"], "was started with --num-processes 3, process 0 with 2")):
+        coord = f"127.0.0.1:{_free_port()}"
+        flags = [[*TRAIN, "--coordinator", coord, "--num-processes", "2", "--process-id", "0"],
+                 [*TRAIN, "--coordinator", coord, "--num-processes", "2", "--process-id", "1", *other]]
+        procs = [subprocess.Popen([sys.executable, "-m", "jaxmod", *f, "--out", str(tmp_path / f"o{i}"),
+                                   "--join-timeout", "60"], env=_env(2), cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i, f in enumerate(flags)]
+        for p in procs:
+            try:
+                _, err = p.communicate(timeout=120)
+            finally:
+                p.kill()
+            lines = err.strip().splitlines()
+            assert p.returncode == 1 and len(lines) == 1 and words in lines[0], (other, lines)
