@@ -685,7 +685,6 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    import jax
     from rich.console import Console
     from rich.table import Table
 
@@ -699,7 +698,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if not args.quiet:
         console.print(f"[bold]jaxmod train[/] {ppo.env_id}: {seeds} seed(s) x {ppo.total_timesteps:,} steps "
                       f"({ppo.num_updates} updates of {ppo.num_envs} envs x {ppo.num_steps} steps) on "
-                      f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {_p(out)}")
+                      f"{run.runner.describe()} -> {_p(out)}")
     _train_loop(run, args, console)
     if not is_primary():
         return 0

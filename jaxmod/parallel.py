@@ -423,6 +423,30 @@ class _SeedLayout:
             raise ConfigError(f"the mesh's {ENV_AXIS!r} axis has {self.mesh.shape.get(ENV_AXIS)} device(s), "
                               f"env_shards={self.env_shards}: build it with data_mesh(env_shards)")
 
+    def _check_processes(self) -> None:
+        """A multi-process run must spread the seeds over every process's devices (else every process would run
+        the whole one-device program); raises `ConfigError`."""
+        if jax.process_count() > 1 and self.sharding is None:
+            raise ConfigError(f"a multi-process run spreads the seeds over the {self._mesh.size} devices of its "
+                              f"{jax.process_count()} processes: --seeds must be a multiple of {self._mesh.size} "
+                              f"(got {self.num_seeds})")
+
+    def describe(self) -> str:
+        """Where the seeds run, in words (for a run's header): '4 cpu devices', 'one gpu device', or one device with
+        why the seeds were not spread."""
+        mesh = self._mesh
+        platform = mesh.devices.flat[0].platform
+        processes = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
+        if self.data_parallel:
+            return (f"{mesh.size} {platform} devices{processes} ({mesh.shape[SEED_AXIS]} seed shard(s) x "
+                    f"{self.env_shards} env shards)")
+        if self.sharding is not None:
+            return f"{mesh.size} {platform} devices{processes}"
+        if mesh.size == 1:
+            return f"one {platform} device"
+        return (f"one {platform} device ({self.num_seeds} seeds do not split evenly over {mesh.size} devices: use a "
+                f"multiple of {mesh.size} seeds to spread them)")
+
     @property
     def data_parallel(self) -> bool:
         return self.env_shards > 1
@@ -455,6 +479,7 @@ class MultiSeed(_SeedLayout):
     def __post_init__(self) -> None:
         if self.env_shards != 1 or (self.mesh is not None and ENV_AXIS in self.mesh.axis_names):
             self._check_layout(self.config.num_envs)
+        self._check_processes()
         _ = self.learner  # the env and network are built now, never first inside a trace (some envs need
         # concrete arrays to build: gymnax's continuous action spaces)
 
@@ -591,10 +616,7 @@ class SeedPrograms(_SeedLayout):
     def __post_init__(self) -> None:
         if self.data_parallel:
             self._check_layout(self.num_envs)
-        if jax.process_count() > 1 and self.sharding is None:
-            raise ConfigError(f"a multi-process run spreads the seeds over the {self._mesh.size} devices of its "
-                              f"{jax.process_count()} processes: --seeds must be a multiple of {self._mesh.size} "
-                              f"(got {self.num_seeds})")
+        self._check_processes()
 
     @property
     def env_axis(self) -> str | None:
@@ -630,23 +652,6 @@ class SeedPrograms(_SeedLayout):
         """`tree` (leaves [S, ...]: host or device arrays of any layout) laid out for these programs' arguments; the
         identity on one device."""
         return tree if self.sharding is None else jax.device_put(tree, self.shardings(tree))
-
-    def describe(self) -> str:
-        """Where the seeds run, in words (for a run's header): '4 cpu devices', 'one gpu device', or one device with
-        why the seeds were not spread."""
-        mesh = self._mesh
-        platform = mesh.devices.flat[0].platform
-        processes = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
-        if self.data_parallel:
-            return (f"{mesh.size} {platform} devices{processes} ({mesh.shape[SEED_AXIS]} seed shard(s) x "
-                    f"{self.env_shards} env shards)")
-        if self.sharding is not None:
-            return f"{mesh.size} {platform} devices{processes}"
-        if mesh.size == 1:
-            return f"one {platform} device"
-        return (f"one {platform} device ({self.num_seeds} seeds do not split evenly over {mesh.size} devices: use a "
-                f"multiple of {mesh.size} seeds to spread them)")
-
 
 def train_state_sharding(state: TrainState, mesh: Mesh) -> Any:
     """A tree of shardings for a (seed-batched) train state on a 2-D `data_mesh`: the seed axis over "seeds", and
