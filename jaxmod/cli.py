@@ -816,6 +816,9 @@ def _resume_config(args: argparse.Namespace, out: Path) -> TrainConfig:
     saved_dict = saved.to_dict()
     asked = _nested(args, saved_dict, _train_flags())
     changed = []
+    if asked.get("env_shards") != saved_dict.get("env_shards"):  # a layout, not a setting: the same learning up to
+        saved = dataclasses.replace(saved, env_shards=asked["env_shards"])  # float rounding (resume on other devices)
+        saved_dict = saved.to_dict()
     for fl in _train_flags() + _ppo_flags():
         if hasattr(args, fl.dest):
             was, now = _at(saved_dict, fl.path), _at(asked, fl.path)

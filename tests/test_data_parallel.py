@@ -250,3 +250,29 @@ def test_train_seeds_that_do_not_split_over_the_processes_are_one_line_on_each(t
                                                  "--out", str(tmp_path / "run")]), (0, 1), strict=True):
         lines = err.strip().splitlines()
         assert rc == 2 and "--seeds must be a multiple of 4 (got 3)" in lines[-1], (i, lines)
+
+
+@pytest.mark.multidevice  # `make test-multidevice`: 3 subprocess runs, ~40 s
+@pytest.mark.timeout(600)
+def test_a_data_parallel_run_resumes_on_one_device_with_another_env_shards(tmp_path):
+    """--env-shards is a layout, not a setting: a run of 2 env shards on 4 devices, stopped after 2 of 4 chunks,
+    resumes on one device with --env-shards 1 and ends as an uninterrupted one-device run, within rounding (it was
+    refused both ways: the 2 shards do not fit one device, and --resume refused the changed flag)."""
+    from jaxmod.reporting import read_metrics
+
+    flags = ["train", "--env", "CartPole-v1", "--total-steps", "4096", "--num-envs", "4", "--chunks", "4", "--seeds",
+             "2", "--quiet"]
+
+    def jaxmod(*args: str, devices: int) -> None:
+        proc = subprocess.run([sys.executable, "-m", "jaxmod", *args], env=_env(devices), cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    run, one = tmp_path / "run", tmp_path / "one"
+    jaxmod(*flags, "--env-shards", "2", "--max-chunks", "2", "--out", str(run), devices=4)
+    jaxmod("train", "--resume", "--env-shards", "1", "--quiet", "--out", str(run), devices=1)
+    jaxmod(*flags, "--out", str(one), devices=1)
+    a, b = read_metrics(run / "metrics.jsonl"), read_metrics(one / "metrics.jsonl")
+    assert list(a["update"]) == list(b["update"]) and len(b["update"]) == 8
+    for key in b:
+        assert np.all(np.abs(a[key] - b[key]) <= 1e-6 + 1e-3 * np.abs(b[key])), (key, a[key], b[key])
