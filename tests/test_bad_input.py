@@ -242,7 +242,7 @@ ROWS: list[tuple[str, list[str], Setup | None, str]] = [
     # ultra
     ("ultra-seeds-zero", ["ultra", "--seeds", "0"], None, "seeds must be >= 1"),
     ("ultra-refine-steps-zero", ["ultra", "--refine-steps", "0"], None, "refine_steps (0)"),
-    ("ultra-episodes-per-round-zero", ["ultra", "--episodes-per-round", "0"], None, "episodes_per_round"),
+    ("ultra-episodes-per-round-zero", ["ultra", "--episodes-per-round", "0"], None, "--episodes-per-round must be >= 1"),
     ("ultra-chunks-zero", ["ultra", "--chunks", "0"], None, "chunks must be >= 1"),
     ("ultra-capacity-zero", ["ultra", "--capacity", "0"], None, "capacity"),
     ("ultra-refine-lr-nan", ["ultra", "--refine-lr", "nan"], None, "refine_lr must be a finite number"),
