@@ -246,7 +246,7 @@ def test_processes_started_with_different_settings_both_stop_in_one_line(tmp_pat
 def test_train_seeds_that_do_not_split_over_the_processes_are_one_line_on_each(tmp_path):
     """`jaxmod train` on 2 processes x 2 devices with 3 seeds: refused as `jaxmod ultra` refuses it (each process
     used to run all 3 seeds on its own device)."""
-    for (rc, out, err), i in zip(_two_processes([*TRAIN, "--seeds", "3", "--env-shards", "1", "--join-timeout", "60",
+    for (rc, _out, err), i in zip(_two_processes([*TRAIN, "--seeds", "3", "--env-shards", "1", "--join-timeout", "60",
                                                  "--out", str(tmp_path / "run")]), (0, 1), strict=True):
         lines = err.strip().splitlines()
         assert rc == 2 and "--seeds must be a multiple of 4 (got 3)" in lines[-1], (i, lines)
