@@ -176,9 +176,9 @@ def test_serve_advisor_refuses_an_image_teacher_before_listening(taught, capsys)
 @pytest.mark.parametrize("noise, agreement", [(0.0, 1.0), (1.0, 0.0)])
 def test_the_run_reports_the_advisors_agreement_with_a_reference(noise, agreement, taught, tmp_path, monkeypatch):
     """`jaxmod ultra --advisor-reference`: the teacher scored against itself agrees on every valid answer; with every
-    answer corrupted (the other of CartPole's two actions) on none. The scoring callback on the advisor's thread is
-    slowed down (as on a busy machine, where CI once read 0/0 before it ran): the report still counts every round
-    that finished."""
+    answer corrupted (the other of CartPole's two actions) on none. Scoring is slowed by 1 s wherever it runs off
+    the main thread (as on a busy machine, where CI once read 0/0 before a scoring callback on the advisor's thread
+    had run): the report still counts every round that finished."""
     import threading
     import time
 

@@ -53,9 +53,7 @@ class AdviceRounds:
         self._uid = 0
         self.reference = reference  # a policy with `agrees(obs, actions)` (a TeacherBackend) to score answers by
         self._agreement = [0, 0]  # valid answers that agree with the reference, valid answers judged
-        self._lock = threading.Lock()  # guards `_agreement` and `_judged`
-        self._handed: list[Any] = []  # every round's future, to score (with a reference)
-        self._judged: set[int] = set()  # ids of the futures scored
+        self._unscored: list[Any] = []  # the futures of rounds not scored yet (with a reference)
         self.budget, self.radius, self.key = budget, radius, key
         self._plan: RoundPlan | None = None  # the pending round's
         self.sharing = dict.fromkeys(SHARING_COUNTS, 0)
@@ -107,9 +105,8 @@ class AdviceRounds:
         self._partial = False
         self.round += 1
         self.pending = (self.advisor.submit(job), time.perf_counter())
-        if self.reference is not None:  # every answer that comes back is scored, swapped in or not
-            self._handed.append(self.pending[0])
-            self.pending[0].add_done_callback(self._scored)
+        if self.reference is not None:  # every answer that comes back is scored, swapped in or not (`agreement`)
+            self._unscored.append(self.pending[0])
         return time.perf_counter() - t0
 
     def _arrive(self, order: tuple[int, int], item: Any, verdict: Any, row: CriticalRow) -> None:
@@ -202,30 +199,24 @@ class AdviceRounds:
     @property
     def agreement(self) -> tuple[int, int]:
         """(valid answers that agree with the reference policy, valid answers judged) over every round whose answers
-        are all in by now, swapped in or not. A finished round is scored here if its done-callback has not run yet
-        (the callback runs on the advisor's thread after the future is set: reading without this raced it)."""
-        for future in list(self._handed):
-            if future.done():
-                self._scored(future)
-        with self._lock:
-            return self._agreement[0], self._agreement[1]
+        are all in by now, swapped in or not. Each finished round is scored here, once, on the caller's thread (a
+        done-callback on the advisor's thread once raced the reading of the count)."""
+        for future in [f for f in self._unscored if f.done()]:
+            self._unscored.remove(future)
+            self._scored(future)
+        return self._agreement[0], self._agreement[1]
 
     def _scored(self, future: Any) -> None:
-        """Count how many of a finished round's valid answers agree with the reference policy at their exact states,
-        once per round (the done-callback on the advisor's thread, or `agreement` on the caller's)."""
-        with self._lock:
-            if id(future) in self._judged:
-                return
-            self._judged.add(id(future))
-            if future.cancelled() or future.exception() is not None:
-                return
-            valid = [(item, v) for items, verdicts, _ in future.result()
-                     for item, v in zip(items, verdicts, strict=True) if isinstance(v, Advised)]
-            if not valid:
-                return
-            agree = self.reference.agrees(np.stack([item.obs for item, _ in valid]),
-                                          np.stack([v.action for _, v in valid]))
-            self._agreement = [self._agreement[0] + int(np.sum(agree)), self._agreement[1] + len(valid)]
+        """Count how many of a finished round's valid answers agree with the reference policy at their exact
+        states."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        valid = [(item, v) for items, verdicts, _ in future.result()
+                 for item, v in zip(items, verdicts, strict=True) if isinstance(v, Advised)]
+        if not valid:
+            return
+        agree = self.reference.agrees(np.stack([item.obs for item, _ in valid]), np.stack([v.action for _, v in valid]))
+        self._agreement = [self._agreement[0] + int(np.sum(agree)), self._agreement[1] + len(valid)]
 
     def cancel(self) -> None:
         """Drop the pending round. The first round is left to finish in the background instead: its recording is
