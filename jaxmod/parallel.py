@@ -166,11 +166,11 @@ def init_distributed(coordinator: str | None, num_processes: int | None, process
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
-    """A short digest of a run's settings (a config's `to_dict()`), the same on every process of one run."""
-    import hashlib
-    import json
+    """A short digest of a run's settings (a config's `to_dict()`), the same on every process of one run: the
+    canonical-JSON sha256 of `jaxmod.llm.cache.request_key`, cut to 16 hex digits."""
+    from jaxmod.llm.cache import request_key
 
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return request_key(settings)[:16]
 
 
 JOIN = "jaxmod-join"  # the first word of a process's hello to process 0

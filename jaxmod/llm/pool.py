@@ -29,7 +29,8 @@ _URL_START = re.compile(r",(?=\s*https?://)")
 def split_urls(spec: str) -> list[str]:
     """The endpoints of an advisor spec: one URL, or several separated by commas (`http://a/v1,http://b/v1`); a
     trailing comma (`http://a/v1,`) is no part of a URL."""
-    return [u.strip().rstrip(",").strip() for u in _URL_START.split(spec) if u.strip().rstrip(",").strip()]
+    urls = (u.strip().rstrip(",").strip() for u in _URL_START.split(spec))
+    return [u for u in urls if u]
 
 
 class EndpointPool:
