@@ -66,6 +66,9 @@ class TeacherBackend:
         ckpt = load_checkpoint(checkpoint_dir)
         state = ckpt.state
         if ckpt.num_seeds is not None:
+            if not 0 <= seed_index < ckpt.num_seeds:  # jax would clamp the index: another seed, silently
+                raise ValueError(f"the checkpoint at {checkpoint_dir} holds {ckpt.num_seeds} seeds (0.."
+                                 f"{ckpt.num_seeds - 1}), not seed {seed_index}")
             state = jax.tree.map(lambda x: x[seed_index], state)
         self.config = ckpt.config
         learner = PPOLearner(ckpt.config)
