@@ -19,6 +19,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +30,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/advice_value.py` from anywhere
 from jaxmod.advice.teacher import TeacherBackend  # noqa: E402
-from jaxmod.checkpoint import CheckpointError  # noqa: E402
+from jaxmod.checkpoint import CheckpointError, read_meta  # noqa: E402
 from jaxmod.ultra.collect import make_collector, snapshot_at, split_episodes  # noqa: E402
 
 
-def make_arms(agent: TeacherBackend, horizon: int, gamma: float):
-    """A jitted `values(snapshot, advised_action, keys [M]) -> (advised [M], own [M])`: discounted returns of M
-    rollout pairs from one env snapshot, the first action the advice's or the agent's own sample, the agent's
-    stochastic policy after it; an episode's end (termination or time limit) stops a rollout."""
-    env, net, params, rms = agent.env, agent.net, agent.params, agent.obs_rms
+def make_arms(agent: TeacherBackend, horizon: int):
+    """A jitted `values(params, obs_rms, snapshot, advised_action, keys [M]) -> (advised [M], own [M])`: discounted
+    returns (the agent's gamma) of M rollout pairs from one env snapshot, the first action the advice's or the
+    policy's own sample, the policy (`params`, `obs_rms`) after it; an episode's end (termination or time limit)
+    stops a rollout. The policy is an argument, so every seed of the agent shares one compiled program."""
+    env, net, gamma = agent.env, agent.net, float(agent.config.gamma)
     core, space = env.core, env.action_space
 
-    def act(obs, key):
+    def act(params, rms, obs, key):
         action, _ = net.sample(params, net.policy_head(params, env.observe(rms, obs[None])), key)
         return action[0]
 
@@ -48,11 +51,11 @@ def make_arms(agent: TeacherBackend, horizon: int, gamma: float):
             return action
         return jnp.clip(action, jnp.asarray(space.low), jnp.asarray(space.high))
 
-    def rollout(snapshot, first, key):
+    def rollout(params, rms, snapshot, first, key):
         def body(carry, k):
             state, alive, ret, discount, i = carry
             k_act, k_env = jax.random.split(k)
-            action = jax.tree.map(lambda a, b: jnp.where(i == 0, a, b), first, act(state.obs, k_act))
+            action = jnp.where(i == 0, first, act(params, rms, state.obs, k_act))
             nxt, reward, terminated = core.step(k_env, state, executable(action))
             ret = ret + alive * discount * reward
             ended = terminated | (nxt.time >= core.max_steps)
@@ -62,32 +65,47 @@ def make_arms(agent: TeacherBackend, horizon: int, gamma: float):
         (_, _, ret, _, _), _ = jax.lax.scan(body, init, jax.random.split(key, horizon))
         return ret
 
-    def pair(snapshot, advised, key):
+    def pair(params, rms, snapshot, advised, key):
         k_first, k_rest = jax.random.split(key)
-        own = act(snapshot.obs, k_first)
-        return rollout(snapshot, advised, k_rest), rollout(snapshot, own, k_rest)
+        own = act(params, rms, snapshot.obs, k_first)
+        return rollout(params, rms, snapshot, advised, k_rest), rollout(params, rms, snapshot, own, k_rest)
 
-    return jax.jit(jax.vmap(pair, in_axes=(None, None, 0)))
+    return jax.jit(jax.vmap(pair, in_axes=(None, None, None, None, 0)))
 
 
-def advice_values(agent_dir: str | Path, teacher_dir: str | Path, seed_index: int = 0, episodes: int = 12,
-                  critical: int = 2, horizon: int = 100, rollouts: int = 64, collect_steps: int = 400,
-                  seed: int = 0) -> dict[str, Any]:
-    """Per critical state (the teacher's `critical` steps of each of the agent's first `episodes` episodes, from 16
-    envs run for `collect_steps` steps): the mean discounted return (the agent's gamma) of the advised and the own
-    arm over `rollouts` pairs and their difference (gap, with its standard error); and over all states: the mean
-    gap, its standard error and the share of states where the advice wins. `agent_dir`: a saved agent (seed
-    `seed_index` of a multi-seed checkpoint); `teacher_dir`: a saved policy of the same task."""
-    agent = TeacherBackend(agent_dir, seed_index=seed_index)
-    teacher = TeacherBackend(teacher_dir)
+@dataclass(frozen=True)
+class Programs:
+    """The compiled collection and rollout programs of one agent's task (`make_programs`), shared by its seeds."""
+
+    collect: Callable
+    arms: Callable
+
+
+def make_programs(agent: TeacherBackend, horizon: int = 100, collect_steps: int = 400) -> Programs:
+    """Programs for `advice_values`: 16 envs recorded for `collect_steps` steps, rollouts of `horizon` steps."""
+    return Programs(collect=make_collector(agent.env.replace_num_envs(16), agent.net, collect_steps),
+                    arms=make_arms(agent, horizon))
+
+
+def check_pair(agent: TeacherBackend, teacher: TeacherBackend) -> None:
+    """Raise ValueError (one line) unless `teacher` advises the agent's task."""
     if not teacher.advises(agent.env_id):
-        raise ValueError(f"the teacher at {teacher_dir} plays {teacher.env_id}, the agent at {agent_dir} "
-                         f"{agent.env_id}: pass a teacher of the agent's task")
-    env = agent.env.replace_num_envs(16)
-    collect = make_collector(env, agent.net, collect_steps)
-    rec = jax.device_get(collect(agent.params, agent.obs_rms, jax.random.PRNGKey(seed)))
+        raise ValueError(f"the teacher plays {teacher.env_id}, the agent {agent.env_id}: pass a teacher of the "
+                         "agent's task")
+
+
+def advice_values(agent: TeacherBackend, teacher: TeacherBackend, programs: Programs | None = None, episodes: int = 12,
+                  critical: int = 2, rollouts: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Per critical state (the teacher's `critical` steps of each of the agent's first `episodes` episodes recorded
+    by `programs.collect`): the mean discounted return (the agent's gamma) of the advised and the own arm over
+    `rollouts` pairs and their difference (gap, with its standard error); and over all states: the mean gap, its
+    standard error and the share of states where the advice wins. `agent`: a saved agent (one seed of it: the
+    `seed_index` it was loaded with); `teacher`: a saved policy of the same task; `programs`: `make_programs(agent)`
+    (made here when None)."""
+    check_pair(agent, teacher)
+    programs = programs or make_programs(agent)
+    rec = jax.device_get(programs.collect(agent.params, agent.obs_rms, jax.random.PRNGKey(seed)))
     found = split_episodes(rec, max_episodes=episodes, unfinished=True)
-    arms = make_arms(agent, horizon, float(agent.config.gamma))
     states = []
     for ep in found:
         for item in teacher.identify(ep.obs, ep.actions, critical)["critical_steps"]:
@@ -95,7 +113,8 @@ def advice_values(agent_dir: str | Path, teacher_dir: str | Path, seed_index: in
             snapshot = jax.tree.map(jnp.asarray, snapshot_at(rec, ep, step))
             advised = teacher.advise(ep.obs[step], ep.actions[step])["action"]
             keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed + 1), len(states)), rollouts)
-            adv, own = (np.asarray(x, np.float64) for x in arms(snapshot, jnp.asarray(advised), keys))
+            adv, own = (np.asarray(x, np.float64) for x in programs.arms(agent.params, agent.obs_rms, snapshot,
+                                                                         jnp.asarray(advised), keys))
             diff = adv - own
             states.append({"episode": ep.uid, "step": step, "advised": advised, "advised_return": adv.mean(),
                            "own_return": own.mean(), "gap": diff.mean(),
@@ -104,10 +123,14 @@ def advice_values(agent_dir: str | Path, teacher_dir: str | Path, seed_index: in
     summary = {"states": len(states), "mean_gap": float(gaps.mean()) if len(gaps) else None,
                "gap_se": float(gaps.std(ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None,
                "advice_wins": float(np.mean(gaps > 0)) if len(gaps) else None}
-    return {"task": agent.env_id, "agent": str(agent_dir), "seed_index": seed_index, "teacher": str(teacher_dir),
-            "horizon": horizon, "rollouts": rollouts, "gamma": float(agent.config.gamma), **summary,
+    return {"task": agent.env_id, "rollouts": rollouts, "gamma": float(agent.config.gamma), **summary,
             "per_state": [{k: (float(v) if isinstance(v, np.floating) else v) for k, v in s.items()}
                           for s in states]}
+
+
+def _refuse(err: Exception) -> None:
+    print(f"advice_value.py: {str(err).splitlines()[0]}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def main() -> None:
@@ -124,23 +147,26 @@ def main() -> None:
         if getattr(args, name) < 1:
             print(f"advice_value.py: --{name} must be >= 1", file=sys.stderr)
             raise SystemExit(2)
-    try:  # every seed asked for exists, before anything runs
-        TeacherBackend(args.agent, seed_index=args.seeds - 1)
-    except (OSError, ValueError, CheckpointError) as err:
-        print(f"advice_value.py: {str(err).splitlines()[0]}", file=sys.stderr)
-        raise SystemExit(2) from None
+    try:  # the teacher, the agent's task and every seed asked for, before anything runs
+        teacher = TeacherBackend(args.teacher)
+        num_seeds = read_meta(args.agent).get("num_seeds")
+        if args.seeds > (num_seeds or 1):
+            raise ValueError(f"the checkpoint at {args.agent} holds {num_seeds or 1} seed(s), not {args.seeds}")
+        agent = TeacherBackend(args.agent)  # seed 0
+        check_pair(agent, teacher)
+    except (OSError, ValueError, CheckpointError) as err:  # a missing or foreign checkpoint: one line
+        _refuse(err)
+    programs = make_programs(agent, args.horizon)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for seed_index in range(args.seeds):
         t0 = time.perf_counter()
-        try:
-            record = advice_values(args.agent, args.teacher, seed_index, args.episodes, horizon=args.horizon,
-                                   rollouts=args.rollouts)
-        except (OSError, ValueError, CheckpointError) as err:  # a missing or foreign checkpoint: one line
-            print(f"advice_value.py: {str(err).splitlines()[0]}", file=sys.stderr)
-            raise SystemExit(2) from None
+        if seed_index:
+            agent = TeacherBackend(args.agent, seed_index=seed_index)
+        record = {"agent": args.agent, "seed_index": seed_index, "teacher": args.teacher, "horizon": args.horizon,
+                  **advice_values(agent, teacher, programs, args.episodes, rollouts=args.rollouts)}
         record["wall_s"] = round(time.perf_counter() - t0, 1)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a", encoding="utf-8") as f:
-            f.write(json.dumps({k: v for k, v in record.items()}) + "\n")
+            f.write(json.dumps(record) + "\n")
         print(f"{record['task']} seed {seed_index}: advice minus own action {record['mean_gap']:+.4f} "
               f"(se {record['gap_se']:.4f}) over {record['states']} critical states; advice better at "
               f"{100 * record['advice_wins']:.0f}% of them ({record['wall_s']} s)")

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import advice_value  # noqa: E402
+from jaxmod.advice.teacher import TeacherBackend  # noqa: E402
 from jaxmod.checkpoint import save_checkpoint  # noqa: E402
 from jaxmod.ppo import PPOConfig, PPOLearner  # noqa: E402
 
@@ -35,8 +36,9 @@ def _saved_policy(folder: Path, env_id: str, scale: float) -> Path:
 def test_advice_equal_to_the_agents_own_choice_is_worth_exactly_nothing(tmp_path):
     folder = tmp_path / "agent"
     _saved_policy(folder, "CartPole-v1", 1e4)
-    record = advice_value.advice_values(folder, folder, episodes=3, critical=2, horizon=20, rollouts=8,
-                                        collect_steps=200)
+    policy = TeacherBackend(folder)
+    programs = advice_value.make_programs(policy, horizon=20, collect_steps=200)
+    record = advice_value.advice_values(policy, policy, programs, episodes=3, critical=2, rollouts=8)
     assert record["task"] == "CartPole-v1" and record["states"] == len(record["per_state"]) > 0
     for state in record["per_state"]:
         assert state["gap"] == 0.0 and state["advised_return"] == state["own_return"] > 0
@@ -60,3 +62,10 @@ def test_the_command_line_writes_one_record_per_seed_and_refuses_bad_flags(tmp_p
         advice_value.main()
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "advice_value.py: --horizon must be >= 1"
+    monkeypatch.setattr(sys, "argv", ["advice_value.py", "--agent", str(agent), "--teacher", str(teacher),
+                                      "--seeds", "2", "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        advice_value.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"advice_value.py: the checkpoint at {agent} holds 1 seed(s), not 2"
+    assert len(out.read_text().splitlines()) == 1  # nothing more written
