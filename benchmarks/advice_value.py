@@ -135,8 +135,11 @@ def _refuse(err: Exception) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--agent", required=True, help="a saved agent (a `jaxmod train --out` or ultra_suite agents folder)")
-    ap.add_argument("--teacher", required=True, help="a saved, stronger policy of the same task")
+    ap.add_argument("--agent", required=True,
+                    help="a saved agent: the checkpoint/ folder of a `jaxmod train --out DIR` run, or an ultra_suite "
+                         "agents folder")
+    ap.add_argument("--teacher", required=True,
+                    help="a saved, stronger policy of the same task (a checkpoint folder, as --agent)")
     ap.add_argument("--seeds", type=int, default=1, help="agent seeds of a multi-seed checkpoint to measure (0..N-1)")
     ap.add_argument("--horizon", type=int, default=100, help="steps per rollout after the critical state")
     ap.add_argument("--rollouts", type=int, default=64, help="rollout pairs per critical state")
