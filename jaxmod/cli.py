@@ -684,6 +684,22 @@ def _train_loop(run: _TrainRun, args: argparse.Namespace, console: Any) -> None:
                 _save_train_checkpoint(run, primary)
 
 
+def _warn_unfinished_episodes(data: dict[str, Any], ppo: Any) -> None:
+    """A warning line where the training return is not a score: an env whose episodes never ended counts 0 (the
+    return of its last completed episode, none). `data`: `read_metrics` arrays ([updates, seeds])."""
+    if "episodes" not in data:
+        return
+    ended = data["episodes"].sum(axis=0)  # [seeds] episodes that ended, over the updates in the metrics
+    if (ended == 0).all():
+        print(f"jaxmod: warning: no episode ended in {ppo.num_updates * ppo.batch_size:,} steps per seed ({ppo.num_envs} envs): "
+              f"the training return 0 is no score; {ppo.env_id}'s episodes outlast the run, give more "
+              "--total-timesteps (or fewer --num-envs)", file=sys.stderr)
+    elif (ended < ppo.num_envs).any():
+        print(f"jaxmod: warning: fewer episodes ended than there are envs ({int(ended.min())} in a seed, "
+              f"{ppo.num_envs} envs): envs whose episodes never ended count 0 in the training return; give more "
+              "--total-timesteps for a score", file=sys.stderr)
+
+
 def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -696,7 +712,9 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     ppo, seeds, out = run.config.ppo, run.config.seeds, run.out
     console = Console(stderr=False, quiet=not is_primary())  # a multi-host run: process 0 reports
     if not args.quiet:
-        console.print(f"[bold]jaxmod train[/] {ppo.env_id}: {seeds} seed(s) x {ppo.total_timesteps:,} steps "
+        ran = ppo.num_updates * ppo.batch_size  # whole updates: the steps that run
+        asked = f" (of {ppo.total_timesteps:,} asked: whole updates)" if ran != ppo.total_timesteps else ""
+        console.print(f"[bold]jaxmod train[/] {ppo.env_id}: {seeds} seed(s) x {ran:,} steps{asked} "
                       f"({ppo.num_updates} updates of {ppo.num_envs} envs x {ppo.num_steps} steps) on "
                       f"{run.runner.describe()} -> {_p(out)}")
     _train_loop(run, args, console)
@@ -710,6 +728,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     png = plot_curves([(ppo.env_id, data["env_steps"][:, 0], data["episode_return"])], out / "curve.png",
                       title=f"PPO on {ppo.env_id}")
     final = seed_summary(data["episode_return"][-1])  # each seed's training return at the last update
+    _warn_unfinished_episodes(data, ppo)
     table = Table(title=f"result: PPO on {ppo.env_id}, training return at the last update over {seeds} seed"
                         f"{'s' if seeds > 1 else ''}", caption=few_runs_note(seeds) or None, caption_justify="left")
     for col in ("final return IQM [95% CI]", "mean (std)", "compile s", "run s", "env steps/s"):
@@ -904,7 +923,8 @@ def _ultra_config(args: argparse.Namespace, argv: Sequence[str]):
         try:
             return UltraConfig.replay_of(Path(args.replay))
         except (FileNotFoundError, KeyError, TypeError, ValueError, RecursionError) as err:
-            raise CLIError(f"cannot replay {_p(args.replay)}: {err}") from None
+            raise CLIError(f"cannot replay {_p(args.replay)}: {err}; pass the folder of a finished `jaxmod ultra --out "
+                           "DIR` run") from None
     data = _nested(args, _base("ultra", argv), _ultra_flags())
     if hasattr(args, "variant") and not args.variant:
         raise CLIError("--variant is empty: no variant given; name the methods to run, e.g. --variant A,R,RA (PPO "
@@ -934,8 +954,8 @@ def _check_advisor(config, quiet: bool = False):
         if not ScriptedBackend().supports(config.env_id):
             advised = ", ".join(v for v in config.variants if METHODS[v].critical == "advisor")
             raise CLIError(f"the scripted advisor has no heuristic for {config.env_id} (needed by {advised}); use "
-                           "--advisor teacher:<checkpoint> (a `jaxmod train` run's checkpoint/), an LLM URL, or only "
-                           "baselines (--variant RICE,JSRL,...)")
+                           "--advisor teacher:<run> (a `jaxmod train --out` folder or its checkpoint/), an LLM URL, "
+                           "or only baselines (--variant RICE,JSRL,...)")
     if config.advisor.is_http:
         config = _preflight_http(config, quiet)
     return config
@@ -1086,8 +1106,23 @@ def _ultra_setup(args: argparse.Namespace, argv: Sequence[str]) -> tuple[Any, Pa
             failure = err
     _agree_to_start(failure is not None, primary)
     if failure is not None:
+        from jaxmod.llm import AdvisorUnavailable
+
+        var = _url_variable(args)
+        if isinstance(failure, AdvisorUnavailable) and var:
+            raise AdvisorUnavailable(f"{failure} (the URL is ${var}'s: fix or unset it, or pass --advisor)") from None
         raise failure
     return config, out, layout, primary
+
+
+def _url_variable(args: argparse.Namespace) -> str | None:
+    """The environment variable the advisor's URL came from (ADVISOR_BASE_URL, OPENAI_BASE_URL, ...), None where a
+    flag or --config named the advisor."""
+    from jaxmod.llm.endpoint import URL_VARS
+
+    if getattr(args, "advisor", None) or getattr(args, "llm_url", None) or getattr(args, "config", None):
+        return None
+    return next((v for v in URL_VARS if os.environ.get(v, "").strip()), None)
 
 
 def _agree_to_start(stop: bool, primary: bool) -> None:
@@ -1146,7 +1181,9 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
 
     rate = config.env_id in WIN_RATE_ENVS  # one-point games: the win rate, as ultra.png's axis (2 decimals)
     unit, fmt = ("win rate, (return + 1) / 2", ".2f") if rate else ("return", ".1f")
-    table = Table(title=f"evaluation {unit} after {config.refine_steps:,} refinement steps per seed: IQM [95% "
+    refine = config.refine_config()
+    ran = refine.num_updates * refine.batch_size  # whole updates: the steps that ran
+    table = Table(title=f"evaluation {unit} after {ran:,} refinement steps per seed: IQM [95% "
                         f"bootstrap CI] over {config.seeds} seeds; gain: paired, over fine-tuning the same agents",
                   caption=few_runs_note(config.seeds) and f"{few_runs_note(config.seeds)}: no verdicts; run 5 or "
                                                           "more --seeds" or None, caption_justify="left")
@@ -1173,7 +1210,7 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
                       f"answers, {st.get('unanswered', 0)} still unanswered when refinement ended, {st.get('paced', 0)} "
                       f"not asked (answers could not arrive in time: pacing) ({st['reused']} "
                       f"reused from an earlier variant, {st['over_budget']} over the context budget); waited for "
-                      f"advice {st['advice_overhead_s']:.1f} s ({st['advice_overhead_frac']:.1%} of refinement wall "
+                      f"advice {st['advice_overhead_s']:.{2 if st['advice_overhead_s'] < 10 else 1}f} s ({st['advice_overhead_frac']:.1%} of refinement wall "
                       f"time, every wait included); first advice before chunk {st['first_advice_chunk'] or 'none'}"
                       + (f"; refinement took {st['wall_vs_ppo']:.2f}x continued PPO's wall time (waits and the "
                          "advisor's share of the machine)" if st.get("wall_vs_ppo") else ""))
@@ -1204,11 +1241,11 @@ def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int
             raise CLIError("--backend teacher needs --teacher RUN_DIR (a `jaxmod train --out` folder or its "
                            "checkpoint/ folder)")
         from jaxmod.advice.teacher import TeacherBackend
-        from jaxmod.checkpoint import CheckpointError, has_checkpoint
+        from jaxmod.checkpoint import CheckpointError
 
         run = Path(args.teacher)  # a `jaxmod train --out` folder, as eval takes, or its checkpoint/ folder
         try:
-            teacher = TeacherBackend(run / "checkpoint" if has_checkpoint(run / "checkpoint") else run)
+            teacher = TeacherBackend(run)
         except CheckpointError as err:
             raise CLIError(f"--teacher {_p(args.teacher)}: {err}") from None
         if not teacher.describer.invertible:
@@ -1354,6 +1391,43 @@ EXIT_NON_FINITE = 3  # exit status of a run stopped by a non-finite loss, parame
 COMMANDS = {"train": cmd_train, "plot": cmd_plot, "eval": cmd_eval, "serve-advisor": cmd_serve_advisor, "ultra": cmd_ultra}
 
 
+def _unrecognized(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> str:
+    """One line for arguments `command` does not take: each unknown flag with the nearest of the command's own
+    flags (a typo), and the command's help."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    known = [opt for action in sub._actions for opt in action.option_strings if opt.startswith("--")]
+    hints = []
+    for arg in extra:
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--"):
+            near = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+            if near:
+                hints.append(f"{flag}: did you mean {near[0]}?")
+        elif not flag.startswith("-") and arg is extra[0] and "--env" in known:  # `jaxmod train CartPole-v1`
+            hints.append(f"did you mean --env {arg}?")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return f"unrecognized arguments: {' '.join(extra)}{hint}; see jaxmod {command} --help"
+
+
+def _flag_named(message: str, argv: Sequence[str]) -> str:
+    """A config error (`lr must be > 0, got -1`) led by the flag that set the value, where a flag did
+    (`--lr -1: lr must be > 0, got -1`); errors from --config's file or the defaults stay as they are."""
+    import re
+
+    named = re.match(r"([a-z][a-z0-9_]*) must ", message)  # "<field> must ...": the validators' form
+    if named is None:
+        return message
+    flag = "--" + named.group(1).replace("_", "-")
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return f"{flag} {argv[i + 1]}: {message}"
+        if arg.startswith(flag + "="):
+            return f"{arg.replace('=', ' ', 1)}: {message}"
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user mistakes become one-line errors (set JAXMOD_DEBUG=1 for tracebacks)."""
     from jaxmod.advice.modulation import ModulationError
@@ -1369,10 +1443,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _jaxmod_warnings_one_line()
     try:
         parser = build_parser(argv)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            raise CLIError(_unrecognized(parser, args.command, extra))
         return COMMANDS[args.command](args, argv)
-    except (CLIError, BackendUnavailable, ConfigError, EnvError, ModulationError, MethodError, TrackingError,
-            FileNotFoundError) as err:
+    except (ConfigError, ModulationError) as err:
+        if os.environ.get("JAXMOD_DEBUG"):
+            raise
+        print(f"jaxmod: error: {_one_line(_flag_named(str(err), argv))}", file=sys.stderr)
+        return 2
+    except (CLIError, BackendUnavailable, EnvError, MethodError, TrackingError, FileNotFoundError) as err:
         if os.environ.get("JAXMOD_DEBUG"):
             raise
         print(f"jaxmod: error: {_one_line(str(err))}", file=sys.stderr)

@@ -157,7 +157,41 @@ def test_ultra_replay_of_a_missing_run_is_one_line(tmp_path, capsys):
 def test_bad_ultra_knob_is_one_line(tmp_path, capsys):
     code = main(["ultra", "--restart-prob", "1.5", "--out", str(tmp_path / "k")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "restart_prob must lie in [0, 1]" in err[0]
+    assert code == 2 and err == ["jaxmod: error: --restart-prob 1.5: restart_prob must lie in [0, 1], got 1.5"]
+    assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["train", "--lr", "-1"], "--lr -1: lr must be > 0, got -1"),
+    (["train", "--clip-eps=0"], "--clip-eps 0: clip_eps must be > 0, got 0"),
+    (["ultra", "--refine-lr", "-0.5"], "--refine-lr -0.5: refine_lr must be > 0, got -0.5"),
+    (["ultra", "--kl-coef", "-1"], "--kl-coef -1: kl_coef must be >= 0 (0: off), got -1"),
+    (["ultra", "--verify-control", "1"], "--verify-control 1: verify_control must lie in [0, 1), got 1"),
+])
+def test_a_bad_value_names_its_flag_and_value(argv, line, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"jaxmod: error: {line}"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_value_from_a_config_file_names_the_file_not_a_flag(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"command": "train", "ppo": {"lr": -1.0}}))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lr must be > 0, got -1" in err[0] and "--lr" not in err[0], err
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["ultra", "--restart-probb", "0.3"], "(--restart-probb: did you mean --restart-prob?); see jaxmod ultra --help"),
+    (["train", "--lrr", "1"], "(--lrr: did you mean --lr?); see jaxmod train --help"),
+    (["train", "CartPole-v1"], "(did you mean --env CartPole-v1?); see jaxmod train --help"),
+    (["eval", "runs/x", "--bogus"], "unrecognized arguments: --bogus; see jaxmod eval --help"),
+])
+def test_an_unknown_argument_names_the_nearest_flag_and_the_commands_help(argv, hint, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxmod: error: unrecognized arguments: ") and err[0].endswith(hint), err
 
 
 @pytest.mark.parametrize("flag, value, words", [
@@ -201,10 +235,11 @@ def test_missing_local_llm_is_one_line_before_any_training(tmp_path, capsys, mon
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("flags, error", [
     (["--advisor", "teacher:/nonexistent"], "no saved policy for the teacher at /nonexistent (no checkpoint there): "
-                                            "pass the checkpoint/ folder of a `jaxmod train --out DIR` run"),
+                                            "pass the folder of a `jaxmod train --out DIR` run, or its checkpoint/ "
+                                            "folder"),
     (["--advisor-reference", "/nonexistent"], "no saved policy for the advisor reference at /nonexistent (no "
-                                              "checkpoint there): pass the checkpoint/ folder of a `jaxmod train "
-                                              "--out DIR` run"),
+                                              "checkpoint there): pass the folder of a `jaxmod train --out DIR` run, "
+                                              "or its checkpoint/ folder"),
     (["--advisor", "replay:/nonexistent.jsonl"], "no transcript to replay at /nonexistent.jsonl: pass a run's "
                                                  "transcript.jsonl (or replay the whole run with jaxmod ultra --replay "
                                                  "RUN_DIR)")])
@@ -630,3 +665,18 @@ def test_ctrl_c_during_a_checkpoint_save_is_honoured_after_it_and_orbax_prints_n
     assert main(base + ["--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "_CHECKPOINT_METADATA is damaged" in err[0], err
+
+
+def test_train_warns_when_no_episode_ended_and_prints_the_steps_that_ran(tmp_path, capsys):
+    """MountainCar's episodes last 200 steps: a 24-step run ends none, and its training return 0 is no score. 100
+    steps asked of 4 envs x 8 steps run 3 whole updates: 96 steps."""
+    out = tmp_path / "r"
+    assert main(["train", "--env", "MountainCar-v0", "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2",
+                 "--update-epochs", "1", "--total-timesteps", "100", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "jaxmod train MountainCar-v0: 1 seed(s) x 96 steps (of 100 asked: whole updates) (3 updates" in \
+        " ".join(captured.out.split())
+    warning = [line for line in captured.err.splitlines() if "no episode ended" in line]
+    assert warning == ["jaxmod: warning: no episode ended in 96 steps per seed (4 envs): the training return 0 is no "
+                       "score; MountainCar-v0's episodes outlast the run, give more --total-timesteps (or fewer "
+                       "--num-envs)"], captured.err

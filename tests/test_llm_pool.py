@@ -119,6 +119,27 @@ def test_all_endpoints_down_is_the_usual_one_line_error(tmp_path):
     assert "endpoint 2: no server at" in lines[0]
 
 
+def test_a_dead_url_from_the_environment_is_named_as_the_variables(tmp_path, monkeypatch, capsys):
+    """No --advisor: the URL is OPENAI_BASE_URL's, and the one-line error says so (where to fix it); a host name
+    that does not resolve says that."""
+    from jaxmod.cli import main
+
+    url = dead_url()
+    for var in ("ADVISOR_BASE_URL", "OPENAI_API_BASE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    assert main(["ultra", *TINY, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jaxmod: error: no server at {url} (connection refused): start one (e.g. `jaxmod serve-advisor`) "
+                   "or fix the URL (the URL is $OPENAI_BASE_URL's: fix or unset it, or pass --advisor)"], err
+    assert main(["ultra", *TINY, "--advisor", "http://jaxmod-no-such-host.invalid:8080/v1", "--out",
+                 str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxmod: error: cannot reach http://jaxmod-no-such-host.invalid:8080/v1: "
+                                               "its host name does not resolve: fix the URL"), err
+    assert not (tmp_path / "run").exists()
+
+
 def test_preflight_leaves_unusable_endpoints_and_their_concurrency_out():
     """`jaxmod ultra`'s preflight: a dead URL among several is dropped from the run's advisor (URLs and per-URL
     concurrency), so the pool never asks it; a trailing comma is no part of a URL."""

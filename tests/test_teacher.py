@@ -237,16 +237,18 @@ def test_ultra_run_checks_the_advisor_files_before_it_writes(tmp_path):
 
 def test_ultra_writes_tensorboard_events(taught, tmp_path):
     """`jaxmod ultra` logs each method's evaluation per chunk (eval/return in the method's sub-run) and its advice
-    numbers."""
+    numbers; the teacher given as its train run's folder (as `jaxmod eval` takes it)."""
     from jaxmod.cli import main
     from jaxmod.tracking import read_events
 
     out = tmp_path / "run"
-    folder = taught("CartPole-v1").folder
+    teacher_run = tmp_path / "teacher-run"  # the teacher as a `jaxmod train --out` folder (its checkpoint/ inside)
+    teacher_run.mkdir()
+    (teacher_run / "checkpoint").symlink_to(taught("CartPole-v1").folder, target_is_directory=True)
     assert main(["ultra", "--env", "CartPole-v1", "--variant", "PPO,RA", "--seeds", "1", "--pretrain-steps", "1024",
                  "--refine-steps", "1024", "--chunks", "2", "--collect-envs", "4", "--collect-steps", "96",
                  "--eval-envs", "2", "--eval-steps", "32", "--episodes-per-round", "2",
-                 "--advisor", f"teacher:{folder}", "--out", str(out)]) == 0
+                 "--advisor", f"teacher:{teacher_run}", "--out", str(out)]) == 0
     summary = json.loads((out / "ultra.json").read_text())
     for method in ("PPO", "RA"):  # the start (step 0, the pre-trained agents), then every chunk
         assert [v for _, v in read_events(out, method)["eval/return"][1:]] == pytest.approx(

@@ -87,19 +87,25 @@ class ModulationConfig:
 
         check_fields(self, ModulationError)  # ints are ints, floats finite (nan passes every comparison below)
         if not 1 <= self.capacity <= MAX_CAPACITY:
-            raise ModulationError(f"capacity must lie in [1, {MAX_CAPACITY}]")
+            raise ModulationError(f"capacity must lie in [1, {MAX_CAPACITY}], got {self.capacity}")
         if not 0.0 <= self.restart_prob <= 1.0:
-            raise ModulationError("restart_prob must lie in [0, 1]")
+            raise ModulationError(f"restart_prob must lie in [0, 1], got {self.restart_prob:g}")
         if self.restart_cut is not None and not 0.0 <= self.restart_cut <= 1.0:
-            raise ModulationError("restart_cut must lie in [0, 1] (or be unset: the env family's)")
-        if self.match_radius < 0 or self.kl_coef < 0 or self.kl_target_std <= 0:
-            raise ModulationError("match_radius and kl_coef must be >= 0, kl_target_std > 0")
-        if self.verify_samples < 0 or self.verify_memory < max(1, self.verify_samples):
-            raise ModulationError("verify_samples must be >= 0 and verify_memory >= max(1, verify_samples)")
+            raise ModulationError(f"restart_cut must lie in [0, 1] (or be unset: the env family's), got "
+                                  f"{self.restart_cut:g}")
+        for name in ("match_radius", "kl_coef", "consensus_radius"):
+            if getattr(self, name) < 0:
+                raise ModulationError(f"{name} must be >= 0 (0: off), got {getattr(self, name):g}")
+        for name in ("kl_target_std", "consensus_action_tol"):
+            if getattr(self, name) <= 0:
+                raise ModulationError(f"{name} must be > 0, got {getattr(self, name):g}")
+        if self.verify_samples < 0:
+            raise ModulationError(f"verify_samples must be >= 0, got {self.verify_samples}")
+        if self.verify_memory < max(1, self.verify_samples):
+            raise ModulationError(f"verify_memory must be >= max(1, verify_samples) = {max(1, self.verify_samples)}, "
+                                  f"got {self.verify_memory}")
         if not 0.0 <= self.verify_control < 1.0:
-            raise ModulationError("verify_control must lie in [0, 1)")
-        if self.consensus_radius < 0 or self.consensus_action_tol <= 0:
-            raise ModulationError("consensus_radius must be >= 0 (0: off) and consensus_action_tol > 0")
+            raise ModulationError(f"verify_control must lie in [0, 1), got {self.verify_control:g}")
 
     @classmethod
     def variant(cls, name: str, **overrides: Any) -> ModulationConfig:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmod.checkpoint import CheckpointError, load_checkpoint, read_meta
+from jaxmod.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, read_meta
 from jaxmod.envs.describe import DescriberError
 from jaxmod.envs.registry import describer_of
 from jaxmod.envs.sparse import SPARSE_SUFFIX
@@ -37,16 +37,25 @@ DEFAULT_MAX_CRITICAL = 3
 AGREE_TOLERANCE = 0.1  # continuous actions agree within this share of the action range (mean over dimensions)
 
 
+def teacher_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder of a teacher given as a `jaxmod train --out` run folder (as `jaxmod eval` takes) or
+    as that run's checkpoint/ folder."""
+    path = Path(path)
+    return path / "checkpoint" if has_checkpoint(path / "checkpoint") else path
+
+
 def check_teacher(checkpoint_dir: str | Path, env_id: str, what: str = "teacher") -> None:
-    """Raise `ModulationError` (one line, before anything runs) unless `checkpoint_dir` holds a saved policy of
-    `env_id` (or of its dense task, for a sparse variant). Reads only the checkpoint's metadata."""
+    """Raise `ModulationError` (one line, before anything runs) unless `checkpoint_dir` (or the run folder around
+    it) holds a saved policy of `env_id` (or of its dense task, for a sparse variant). Reads only the checkpoint's
+    metadata."""
     from jaxmod.advice.modulation import ModulationError
 
+    checkpoint_dir = teacher_checkpoint(checkpoint_dir)
     try:
         record = read_meta(checkpoint_dir)
     except FileNotFoundError:
         raise ModulationError(f"no saved policy for the {what} at {checkpoint_dir} (no checkpoint there): pass the "
-                              "checkpoint/ folder of a `jaxmod train --out DIR` run") from None
+                              "folder of a `jaxmod train --out DIR` run, or its checkpoint/ folder") from None
     except CheckpointError as err:
         raise ModulationError(f"the {what} at {checkpoint_dir} cannot be read: {err}") from None
     saved = record.get("config", {}).get("env_id", "")
@@ -63,6 +72,7 @@ class TeacherBackend:
     name = "teacher"
 
     def __init__(self, checkpoint_dir: str | Path, seed_index: int = 0) -> None:
+        checkpoint_dir = teacher_checkpoint(checkpoint_dir)  # a run folder, or its checkpoint/ folder
         ckpt = load_checkpoint(checkpoint_dir)
         state = ckpt.state
         if ckpt.num_seeds is not None:

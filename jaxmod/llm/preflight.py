@@ -47,9 +47,13 @@ def _explain(endpoint: Endpoint, what: str, result: ChatResult) -> str:
     if result.kind == "connect":
         if "refused" in (result.error or "").lower() or "errno 111" in (result.error or "").lower():
             return f"no server at {url} (connection refused): start one (e.g. `jaxmod serve-advisor`) or fix the URL"
+        if any(words in (result.error or "").lower() for words in ("name or service not known", "nodename nor "
+                                                                   "servname", "name resolution", "getaddrinfo")):
+            return f"cannot reach {url}: its host name does not resolve: fix the URL ({result.error})"
         return f"cannot reach {url}: {result.error}"
     if result.kind in ("timeout", "deadline"):
-        return f"the server at {url} did not answer {what} in time ({result.error})"
+        return (f"the server at {url} did not answer {what} in time ({result.error}): check that it is not busy or "
+                "still loading its model, then start the run again")
     if result.status in (401, 403):
         hint = "set OPENAI_API_KEY (or ADVISOR_API_KEY) to a key it accepts" if endpoint.has_credentials else \
             "no key was sent: set OPENAI_API_KEY (or ADVISOR_API_KEY)"

@@ -84,9 +84,10 @@ class PPOConfig:
         if self.torso not in TORSOS:
             raise ConfigError(f"torso must be one of {', '.join(TORSOS)}, got {self.torso!r}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError("gamma and gae_lambda must lie in [0, 1]")
-        if self.lr <= 0 or self.clip_eps <= 0 or self.max_grad_norm <= 0:
-            raise ConfigError("lr, clip_eps and max_grad_norm must be > 0")
+            raise ConfigError(f"gamma and gae_lambda must lie in [0, 1], got {self.gamma:g} and {self.gae_lambda:g}")
+        for name in ("lr", "clip_eps", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name):g}")
         if self.vf_coef < 0 or self.ent_coef < 0:
             raise ConfigError(f"vf_coef and ent_coef must be >= 0, got {self.vf_coef:g} and {self.ent_coef:g}")
         if self.prng_impl not in PRNG_IMPLS:

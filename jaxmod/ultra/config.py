@@ -40,8 +40,8 @@ from jaxmod.methods import MethodContext, check_group, method
 from jaxmod.ppo import PPOConfig, default_config
 from jaxmod.ppo.config import ConfigError
 
-ADVISOR_KINDS = ("scripted, smollm2, teacher:<checkpoint>, replay:<transcript.jsonl>, random, constant or an http(s) "
-                 "URL")
+ADVISOR_KINDS = ("scripted, smollm2, teacher:<train run or its checkpoint>, replay:<transcript.jsonl>, random, "
+                 "constant or an http(s) URL")
 LOCAL_ADVISORS = ("scripted", "smollm2", "random", "constant")  # advisors named by one word
 # flag names that differ from the field names (kept from earlier versions of the command line)
 FLAG_NAMES = {"spec": "--advisor", "concurrency": "--advisor-concurrency", "latency_s": "--advisor-latency",
@@ -240,12 +240,13 @@ class BaselinesConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         positive(self, ("mask_steps",))
-        if self.jsrl_steps < 0 or self.mask_alpha < 0:
-            raise ConfigError("jsrl_steps and mask_alpha must be >= 0")
+        for name in ("jsrl_steps", "mask_alpha"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name):g}")
         if self.rice_p is not None and not 0.0 <= self.rice_p <= 1.0:
-            raise ConfigError("rice_p must lie in [0, 1]")
-        if self.rice_lambda is not None and self.rice_lambda < 0:
-            raise ConfigError("rice_lambda must be >= 0")
+            raise ConfigError(f"rice_p must lie in [0, 1], got {self.rice_p:g}")
+        if self.rice_lambda is not None and not self.rice_lambda >= 0:
+            raise ConfigError(f"rice_lambda must be >= 0, got {self.rice_lambda:g}")
 
 
 @dataclass(frozen=True)
@@ -314,8 +315,8 @@ class UltraConfig:
         twice = sorted({v for v in self.variants if self.variants.count(v) > 1})
         if twice:
             raise ConfigError(f"variants name {', '.join(twice)} more than once: name each method once")
-        if self.refine_lr <= 0:
-            raise ConfigError("refine_lr must be > 0")
+        if not self.refine_lr > 0:
+            raise ConfigError(f"refine_lr must be > 0, got {self.refine_lr:g}")
         if self.share_programs not in SHARE_PROGRAMS:
             raise ConfigError(f"share_programs must be one of {', '.join(SHARE_PROGRAMS)}, not {self.share_programs!r}")
         for v in self.variants:  # before pretraining: a method that cannot join its group's program
