@@ -184,7 +184,7 @@ def evaluate_agents(run: UltraRun, pre_state, teacher: str) -> tuple[list[float]
 
     s, learner = run.s, run.agent_learner
     evaluate = jax.jit(jax.vmap(make_evaluator(learner.env.replace_num_envs(s.sizes.eval_envs), learner.net,
-                                               s.sizes.eval_steps)))
+                                               run.eval_steps)))
     keys = seed_keys(s.seed + 2000, s.seeds)  # the refinement's first evaluation's keys
     agents = np.asarray(evaluate(pre_state.params, pre_state.env_state.obs_rms, keys)[0])
     t = load_checkpoint(teacher.split(":", 1)[1]).state

@@ -431,3 +431,8 @@ def test_an_evaluation_shorter_than_an_episode_is_a_warning_before_pretraining(t
     UltraRun(dataclasses.replace(short, sizes=dataclasses.replace(short.sizes, eval_steps=600)), tmp_path / "long",
              warn=warn)._warn_if_evaluation_is_short()
     assert len(warned) == 1
+    unset = UltraRun(dataclasses.replace(short, sizes=dataclasses.replace(short.sizes, eval_steps=None)),
+                     tmp_path / "unset", warn=warn)  # the default: the task's episode limit, whole episodes
+    unset._warn_if_evaluation_is_short()
+    assert len(warned) == 1 and unset.eval_steps == 500 and UltraConfig().sizes.eval_steps is None
+    assert UltraConfig().sizes.eval_steps_for(2500) == 1000 and UltraConfig().sizes.eval_steps_for(200) == 200

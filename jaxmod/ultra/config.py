@@ -249,6 +249,9 @@ class BaselinesConfig:
             raise ConfigError(f"rice_lambda must be >= 0, got {self.rice_lambda:g}")
 
 
+EVAL_STEPS_CAP = 1_000  # the longest evaluation by default, env steps per env
+
+
 @dataclass(frozen=True)
 class SizesConfig:
     """How many envs and steps collection (for the advisor and the baselines) and evaluation use, per seed."""
@@ -256,11 +259,20 @@ class SizesConfig:
     collect_envs: int = 8  # envs per seed recording episodes for the advisor
     collect_steps: int = 256  # steps of each such recording
     eval_envs: int = 16  # envs per seed in each evaluation
-    eval_steps: int = 600  # steps of each evaluation
+    eval_steps: int | None = None  # steps of each evaluation; unset: the env's episode limit, up to 1,000 steps
+    # (whole episodes: an evaluation counts only the episodes that end within it)
 
     def __post_init__(self) -> None:
         check_fields(self)
-        positive(self, ("collect_envs", "collect_steps", "eval_envs", "eval_steps"))
+        positive(self, ("collect_envs", "collect_steps", "eval_envs"))
+        if self.eval_steps is not None:
+            positive(self, ("eval_steps",))
+
+    def eval_steps_for(self, episode_limit: int) -> int:
+        """Steps of each evaluation of an env whose episodes last up to `episode_limit` steps: `eval_steps`, or
+        unset the limit itself up to `EVAL_STEPS_CAP` (jaxmod's choice: whole episodes of every gymnax, MinAtar,
+        Pong and brax task but Freeway's 2,500-step ones)."""
+        return self.eval_steps if self.eval_steps is not None else min(int(episode_limit), EVAL_STEPS_CAP)
 
 
 @dataclass(frozen=True)

@@ -271,6 +271,11 @@ class UltraRun:
         """The learner of the pre-trained agents (built once: brax envs take seconds to build)."""
         return PPOLearner(self.s.ppo_config(self.s.pretrain_steps), env_axis=self.layout.env_axis)
 
+    @property
+    def eval_steps(self) -> int:
+        """Steps of each evaluation: --eval-steps, else the task's episode limit (up to `EVAL_STEPS_CAP`)."""
+        return self.s.sizes.eval_steps_for(self.agent_learner.env.core.max_steps)
+
     def pretrain(self):
         """A sub-optimal agent per seed (PPO stopped early); returns the batched final train states.
         With `agents_dir`, agents are loaded from there when a matching run saved them."""
@@ -402,7 +407,7 @@ class UltraRun:
         z = s.sizes
         return RefinementProgram.build(learner, s.schedule.chunks, self.refinement_keys,
                                        seed_keys(s.seed + 2000, s.seeds), s.round_collect_envs(), z.collect_steps,
-                                       z.eval_envs, z.eval_steps, like=next(iter(self._programs.values()), None),
+                                       z.eval_envs, self.eval_steps, like=next(iter(self._programs.values()), None),
                                        layout=self.layout)
 
     def schedule(self, variant: str) -> Schedule:
@@ -644,7 +649,7 @@ class UltraRun:
         """Warn (before pretraining) where an evaluation's `eval_steps` cannot hold a whole episode: it averages the
         episodes that end within it, so longer ones are not counted and a seed whose episodes all outlast it reports
         0 (Acrobot-v1 with --eval-steps 200: every method's return 0.0, the best possible)."""
-        limit, steps = self.agent_learner.env.core.max_steps, self.s.sizes.eval_steps
+        limit, steps = self.agent_learner.env.core.max_steps, self.eval_steps
         if steps < limit:
             self.warn(f"evaluations run {steps} steps per env but {self.s.env_id}'s episodes last up to {limit}: "
                       "returns count only the episodes that end within them (a seed whose episodes all outlast them "
