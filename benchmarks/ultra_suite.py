@@ -47,6 +47,9 @@ NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # agents' pretraining budget, then (the same rule as benchmarks/paper_curves.py's, for every task) doubles its steps
 # until it scores `TEACHER_RATIO` times the agents' evaluation return, up to `TEACHER_GROWTH` times its start (a
 # teacher no stronger than the agents has nothing to teach: MountainCar-v0's 5x teacher reached -197 against -200).
+# brax's teacher trains once (`teacher_growth` 1: 4.8M steps, ~25 min on 2 cores); doubling it to 38.4M steps would
+# take hours on a CPU, and hopper's longer-trained PPO scored lower from resets (245 after 4.8M steps against the
+# agents' 981: it hops further and falls), so the cell records whether its teacher met the bar.
 FAMILIES: dict[str, dict[str, Any]] = {
     "classic": dict(seeds=10, pretrain_steps=80_000, refine_steps=160_000, teacher_x=5, knobs={}),
     "minatar": dict(seeds=5, pretrain_steps=300_000, refine_steps=300_000, teacher_x=5,
@@ -54,8 +57,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "pong": dict(seeds=5, pretrain_steps=200_000, refine_steps=300_000, teacher_x=5,
                  knobs=dict(chunks=5, eval_envs=32, eval_steps=400)),
     "brax": dict(seeds=5, pretrain_steps=600_000, refine_steps=300_000, teacher_x=8,
-                 knobs=dict(chunks=5, eval_envs=32, eval_steps=1000, collect_envs=16, collect_steps=1000,
-                            ppo_overrides=(("num_envs", 256),))),
+                 teacher_growth=1, knobs=dict(chunks=5, eval_envs=32, eval_steps=1000, collect_envs=16,
+                                              collect_steps=1000, ppo_overrides=(("num_envs", 256),))),
 }
 
 
@@ -72,7 +75,8 @@ def advisor_cells(env_id: str, wanted: tuple[str, ...]) -> list[str]:
     return cells
 
 
-TEACHER_GROWTH = 8  # the teacher's steps may double three times past `teacher_x` (40x the agents' on classic control)
+TEACHER_GROWTH = 8  # the teacher's steps may double three times past `teacher_x` (40x the agents' on classic control),
+# unless the family sets its own `teacher_growth`
 
 
 def task_teacher(env_id: str, budget: dict[str, Any], agents: Path, log, run_knobs: dict[str, Any]
@@ -86,7 +90,7 @@ def task_teacher(env_id: str, budget: dict[str, Any], agents: Path, log, run_kno
         with tempfile.TemporaryDirectory() as tmp:
             probe = UltraRun(UltraSettings(**{**run_knobs, "advisor": "random"}), Path(tmp), log=log)
             _TEACHERS[key] = strong_teacher(
-                env_id, {"teacher_steps": start, "teacher_max_steps": start * TEACHER_GROWTH},
+                env_id, {"teacher_steps": start, "teacher_max_steps": start * budget.get("teacher_growth", TEACHER_GROWTH)},
                 {"pretrain_steps": budget["pretrain_steps"], "ppo_overrides": budget["knobs"].get("ppo_overrides", ())},
                 probe, agents, log)
     return _TEACHERS[key]
@@ -124,19 +128,20 @@ def code_version() -> str:
 
 
 def run_cell(env_id: str, advisor: str, methods: tuple[str, ...], agents: Path, seeds: int | None, log,
-             scale: float = 1.0) -> dict:
+             scale: float = 1.0, extra: dict[str, Any] | None = None) -> dict:
     """One (task, advisor) cell: every method from the same agents. Returns its record (failures included).
-    `scale` multiplies the family's budgets (a quick look; the record says so)."""
+    `scale` multiplies the family's budgets (a quick look; the record says so); `extra`: knobs that differ from
+    jaxmod's defaults (a diagnosis, `--knobs`; the record and the table name them)."""
     budget = dict(FAMILIES[family_of(env_id)])
     budget.update(pretrain_steps=int(budget["pretrain_steps"] * scale), refine_steps=int(budget["refine_steps"] * scale))
     record: dict[str, Any] = {"task": env_id, "advisor": advisor, "family": family_of(env_id), "scale": scale,
-                              "commit": code_version()}
+                              "commit": code_version(), **({"knobs": dict(extra)} if extra else {})}
     t0 = time.perf_counter()
     try:
         knobs = dict(env_id=env_id, variants=methods, agents_dir=str(agents), seeds=seeds or budget["seeds"],
                      pretrain_steps=budget["pretrain_steps"], refine_steps=budget["refine_steps"], **budget["knobs"])
         teacher, record["teacher"] = task_teacher(env_id, budget, agents, log, knobs)
-        knobs.update(advisor_knobs(advisor, teacher))
+        knobs.update(advisor_knobs(advisor, teacher), **(extra or {}))
         with tempfile.TemporaryDirectory() as tmp:
             run = UltraRun(UltraSettings(**knobs), Path(tmp), log=log)
             results = run.run()
@@ -194,13 +199,41 @@ def answered_cell(advice: list[dict]) -> str:
     return f"{sum(a['valid'] for a in advice)}/{asked}" + (f" ({paced} not asked)" if paced else "")
 
 
+def parse_knobs(text: str) -> dict[str, Any]:
+    """`--knobs`: comma-separated `name=value` pairs of `jaxmod ultra`'s knobs (`verify_samples=0,match_radius=0.5`),
+    values read as JSON where they parse (numbers, true/false), else as strings. Raises ValueError (one line) on a
+    malformed pair, an unknown knob or a bad value (checked by building the run's config, before anything trains)."""
+    from jaxmod.ultra.config import UltraConfig
+
+    knobs: dict[str, Any] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = pair.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"{pair!r} is not name=value (e.g. --knobs verify_samples=0,match_radius=0.5)")
+        try:
+            knobs[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            knobs[name.strip()] = value.strip()
+    try:
+        UltraConfig.flat(**knobs)
+    except (ValueError, TypeError) as e:  # ConfigError, ModulationError: one line each
+        raise ValueError(str(e).splitlines()[0]) from None
+    return knobs
+
+
+def cell_name(rec: dict) -> str:
+    """The advisor column: the advisor, with the knobs the cell changed from jaxmod's defaults."""
+    knobs = rec.get("knobs") or {}
+    return rec["advisor"] + (f" ({', '.join(f'{k}={v}' for k, v in knobs.items())})" if knobs else "")
+
+
 def markdown(records: list[dict]) -> str:
     lines = ["| task | advisor | seeds (budget) | start | fine-tune | ULTRA-A | ULTRA-R | ULTRA-RA | RA vs fine-tune | "
              "valid answers | agrees with teacher | wall (RA / fine-tune) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
         if rec["status"] != "ok":
-            lines.append(f"| {rec['task']} | {rec['advisor']} | - | FAILED: {rec['error']} |" + " |" * 8)
+            lines.append(f"| {rec['task']} | {cell_name(rec)} | - | FAILED: {rec['error']} |" + " |" * 8)
             continue
         seeds = len(next(iter(rec["methods"].values()))["final"])
         st = cell_stats(rec)
@@ -223,7 +256,7 @@ def markdown(records: list[dict]) -> str:
         agrees = "-" if agreement is None else f"{agreement:.0%}"
         walls = {n: m["refine_wall_s"] for n, m in rec["methods"].items()}
         wall = f"{walls['RA'] / walls['PPO']:.2f}x" if "RA" in walls and walls.get("PPO") else "-"
-        lines.append(f"| {rec['task']} | {rec['advisor']} | {seeds} (x{rec.get('scale', 1.0):g}) | "
+        lines.append(f"| {rec['task']} | {cell_name(rec)} | {seeds} (x{rec.get('scale', 1.0):g}) | "
                      f"{start.point if start else float('nan'):.1f} | "
                      f"{fmt('PPO')} | {fmt('A')} | {fmt('R')} | {fmt('RA')} | {gain} | {valid} | {agrees} | {wall} |")
     teachers = {r["task"]: r["teacher"] for r in records if r.get("teacher")}
@@ -260,7 +293,7 @@ def figure(records: list[dict], path: Path) -> None:
                     hi.append(s["gain"]["high"] - s["gain"]["point"])
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, label=f"ULTRA-{name}")
         ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_xticks(range(len(cells)), [r["advisor"] for r in cells], rotation=30, ha="right")
+        ax.set_xticks(range(len(cells)), [cell_name(r) for r in cells], rotation=30, ha="right")
         ax.set_title(task, fontsize=10)
     axes[0][0].set_ylabel("final return minus fine-tuning's (IQM, 95% CI)")
     axes[0][-1].legend(**LEGEND_OUTSIDE)
@@ -316,9 +349,16 @@ def main() -> None:
                     help=f"instead: sweep the teacher's corruption over {NOISE_LEVELS} on these tasks")
     ap.add_argument("--agents", default="runs/agents", help="saved pre-trained agents and teachers (reused)")
     ap.add_argument("--out", default="benchmarks/results", help="results folder (default: %(default)s)")
+    ap.add_argument("--knobs", default="", metavar="K=V,...",
+                    help="knobs that differ from jaxmod's defaults, for a diagnosis (verify_samples=0,match_radius=0.5): "
+                         "recorded with each cell and named in the table; keep such cells in their own --out")
     ap.add_argument("--redo", action="store_true", help="re-run cells already in the results")
     ap.add_argument("--report", action="store_true", help="run nothing: redraw the table and figure from --out's json")
     args = ap.parse_args()
+    try:
+        extra = parse_knobs(args.knobs)
+    except ValueError as e:
+        ap.error(f"--knobs: {e}")
     code_version()  # the code this process runs, before the tree can change under it
     from jaxmod.cli import _enable_compile_cache
 
@@ -335,14 +375,17 @@ def main() -> None:
     path = out / f"{name}.json"
     records = load(path)
     for task, advisor in [] if args.report else cells:
-        if not args.redo and any(r["task"] == task and r["advisor"] == advisor for r in records):
+        def same(r: dict, task: str = task, advisor: str = advisor) -> bool:
+            return (r["task"], r["advisor"], r.get("knobs") or {}) == (task, advisor, extra)
+
+        if not args.redo and any(same(r) for r in records):
             continue
         print(f"== {task} x {advisor}", flush=True)
         rec = run_cell(task, advisor, methods, agents, args.seeds, lambda m: print("  " + m, flush=True),
-                       args.scale)
+                       args.scale, extra)
         if "@" in advisor:
             rec["noise"] = float(advisor.split("@")[1])
-        records = [r for r in records if (r["task"], r["advisor"]) != (task, advisor)] + [rec]
+        records = [r for r in records if not same(r)] + [rec]
         save(path, records)
         print(f"   {rec['status']} in {rec['wall_s']:.0f}s" + (f": {rec['error']}" if rec["status"] != "ok" else ""))
     if args.accuracy:

@@ -102,3 +102,22 @@ def test_the_suite_figures_keep_their_legends_outside_the_axes(tmp_path, monkeyp
     for name in ("gain.png", "accuracy.png"):
         with Image.open(tmp_path / name) as im:
             assert im.size[0] > 0
+
+
+def test_knobs_are_checked_before_anything_runs_and_named_in_the_table(monkeypatch, capsys, tmp_path):
+    """`--knobs` (a diagnosis: knobs that differ from jaxmod's defaults): values parsed, unknown names and bad
+    values refused with one line and exit 2 before any agent trains, and the table names them beside the advisor."""
+    from benchmarks import ultra_suite
+
+    assert ultra_suite.parse_knobs("verify_samples=0, match_radius=0.5,advisor_pacing=false") == {
+        "verify_samples": 0, "match_radius": 0.5, "advisor_pacing": False}
+    for bad, says in (("verify_sample=0", "unknown knob"), ("match_radius=-1", "match_radius must be >= 0"),
+                      ("verify_samples", "is not name=value")):
+        monkeypatch.setattr("sys.argv", ["ultra_suite.py", "--tasks", "CartPole-v1", "--knobs", bad,
+                                         "--out", str(tmp_path / "out"), "--agents", str(tmp_path / "agents")])
+        with pytest.raises(SystemExit) as exit_:
+            ultra_suite.main()
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+        assert not (tmp_path / "agents").exists() and not (tmp_path / "out").exists()
+    rec = {**_record([150.0, 160.0, 171.0, 180.0, 190.0]), "knobs": {"verify_samples": 0, "match_radius": 0.5}}
+    assert "| teacher (verify_samples=0, match_radius=0.5) |" in markdown([rec])
