@@ -716,7 +716,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         asked = f" (of {ppo.total_timesteps:,} asked: whole updates)" if ran != ppo.total_timesteps else ""
         console.print(f"[bold]jaxmod train[/] {ppo.env_id}: {seeds} seed(s) x {ran:,} steps{asked} "
                       f"({ppo.num_updates} updates of {ppo.num_envs} envs x {ppo.num_steps} steps) on "
-                      f"{run.runner.describe()} -> {_p(out)}")
+                      f"{run.runner.describe()} -> {_p(out)}", soft_wrap=True)
     _train_loop(run, args, console)
     if not is_primary():
         return 0
@@ -740,7 +740,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     console.print(table)
     if not args.quiet:
         console.print(f"metrics: {_p(out / METRICS_FILE)}\ncheckpoint: {_p(out / 'checkpoint')}\ncurve: {png}\n"
-                      f"config: {_p(out / CONFIG_FILE)}")
+                      f"config: {_p(out / CONFIG_FILE)}", soft_wrap=True)
     return 0
 
 
@@ -1038,7 +1038,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if not args.quiet:
         console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds on {layout}, variants "
                       f"{', '.join(config.variants)}, advisor {redact_url(a.spec)}"
-                      f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {_p(out)}")
+                      f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {_p(out)}", soft_wrap=True)
     from jaxmod.tracking import Tracker
 
     quiet = args.quiet or not primary
@@ -1054,7 +1054,7 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             progress.update(tasks[variant], completed=done)
 
         def say(msg: str) -> None:
-            progress.console.print(msg, markup=False)
+            progress.console.print(msg, markup=False, soft_wrap=True)
 
         def warn(msg: str) -> None:
             if not primary:
@@ -1213,9 +1213,9 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
                       f"advice {st['advice_overhead_s']:.{2 if st['advice_overhead_s'] < 10 else 1}f} s ({st['advice_overhead_frac']:.1%} of refinement wall "
                       f"time, every wait included); first advice before chunk {st['first_advice_chunk'] or 'none'}"
                       + (f"; refinement took {st['wall_vs_ppo']:.2f}x continued PPO's wall time (waits and the "
-                         "advisor's share of the machine)" if st.get("wall_vs_ppo") else ""))
+                         "advisor's share of the machine)" if st.get("wall_vs_ppo") else ""), soft_wrap=True)
     console.print(f"outputs: {_p(out / 'ultra.png')}, {_p(out / 'ultra.json')}, {_p(out / 'critical_states.md')}, "
-                  f"{_p(out / 'transcript.jsonl')}, {_p(out / CONFIG_FILE)}")
+                  f"{_p(out / 'transcript.jsonl')}, {_p(out / CONFIG_FILE)}", soft_wrap=True)
 
 
 def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
@@ -1331,11 +1331,11 @@ def _print_eval(ckpt: Any, per_seed: Any, args: argparse.Namespace) -> Any:
     over = "seeds' means" if len(per_seed) > 1 else "episodes"
     note = few_runs_note(overall.n, "seeds" if len(per_seed) > 1 else "episodes")
     console.print(f"IQM {overall} (95% bootstrap CI over {over}{f'; {note}' if note else ''}); mean "
-                  f"{per_seed.mean():.2f}")
+                  f"{per_seed.mean():.2f}", soft_wrap=True)
     if ckpt.config.env_id in WIN_RATE_ENVS:  # one-point games: return +1 a win, -1 a loss (as ultra's tables)
         rates = win_rate(per_seed)
         rate = iqm_ci(rates.mean(axis=1)) if len(per_seed) > 1 else iqm_ci(rates[0])
-        console.print(f"win rate IQM {rate} (95% bootstrap CI over {over}); mean {rates.mean():.2f}")
+        console.print(f"win rate IQM {rate} (95% bootstrap CI over {over}); mean {rates.mean():.2f}", soft_wrap=True)
     return console
 
 

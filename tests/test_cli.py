@@ -680,3 +680,14 @@ def test_train_warns_when_no_episode_ended_and_prints_the_steps_that_ran(tmp_pat
     assert warning == ["jaxmod: warning: no episode ended in 96 steps per seed (4 envs): the training return 0 is no "
                        "score; MountainCar-v0's episodes outlast the run, give more --total-timesteps (or fewer "
                        "--num-envs)"], captured.err
+
+
+def test_log_lines_are_not_wrapped_at_the_consoles_width(tmp_path):
+    """Piped to a file (rich's console is 80 columns there), a header or a path longer than the width stays on one
+    line, so a log can be grepped and a path copied (tables keep their layout)."""
+    out = tmp_path / ("a-rather-long-folder-name-for-the-run-" * 3) / "run"
+    proc = _run_cli("train", "--env", "CartPole-v1", "--total-steps", str(4 * 16 * 2), "--out", str(out), *TINY_FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("jaxmod train CartPole-v1:") and line.endswith(str(out)) for line in lines), proc.stdout
+    assert f"config: {out / 'config.json'}" in lines, proc.stdout
