@@ -6,6 +6,8 @@ IQM of the final evaluation return with a 95% bootstrap interval, and each metho
     python benchmarks/ultra_suite.py                                  # every task x advisor (CPU budget, hours)
     python benchmarks/ultra_suite.py --tasks CartPole-v1,Acrobot-v1 --advisors teacher,random
     python benchmarks/ultra_suite.py --accuracy CartPole-v1           # ULTRA's gain against advice accuracy
+    python benchmarks/ultra_suite.py --tasks MountainCar-v0 --knobs verify_samples=0,match_radius=0.5 --out DIR
+                                                                      # a diagnosis: knobs off jaxmod's defaults
 
 Budgets (env steps per seed), seeds and every knob are per env family, the same for every task of a family; the
 methods run with jaxmod's defaults. The teacher advisor is a longer PPO run of the same task (`--agents`, reused).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 import tempfile
 import time
@@ -199,25 +202,70 @@ def answered_cell(advice: list[dict]) -> str:
     return f"{sum(a['valid'] for a in advice)}/{asked}" + (f" ({paced} not asked)" if paced else "")
 
 
-def parse_knobs(text: str) -> dict[str, Any]:
+# what the suite itself sets per cell (task, advisor, budgets, methods, agents, the teacher as reference): a
+# diagnosis changes how ULTRA acts, never which cell it is
+SUITE_OWNED = {("env_id",), ("seeds",), ("seed",), ("pretrain_steps",), ("refine_steps",), ("variants",),
+               ("agents_dir",), ("advisor", "spec"), ("advisor", "noise"), ("advisor", "reference")}
+
+
+def _knob_value(text: str) -> Any:
+    """A knob's value as `jaxmod ultra`'s flags read it: true/false, a number (`.5`, `1e3`; an integral float is an
+    int), else the text (quotes stripped)."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if math.isfinite(number) and number.is_integer() and abs(number) < 2**53:
+        return int(number)
+    return number  # nan, inf: refused by the config's own checks
+
+
+def parse_knobs(text: str, tasks: tuple[str, ...] = ()) -> dict[str, Any]:
     """`--knobs`: comma-separated `name=value` pairs of `jaxmod ultra`'s knobs (`verify_samples=0,match_radius=0.5`),
-    values read as JSON where they parse (numbers, true/false), else as strings. Raises ValueError (one line) on a
-    malformed pair, an unknown knob or a bad value (checked by building the run's config, before anything trains)."""
+    named by field or flag (`advisor_latency` = `latency_s`), keyed by field name. Raises ValueError (one line) on a
+    malformed pair, an unknown knob, a knob named twice, one the suite sets itself (task, advisor, budgets, methods,
+    agents, PPO's family settings), one at jaxmod's default already, or a bad value: each task's cell config is
+    built with its family's settings and these knobs, its advisor files checked, before anything trains."""
     from jaxmod.ultra.config import UltraConfig
 
+    paths = {}
+    for fl in UltraConfig.flags():
+        paths[fl.path[-1]] = paths[fl.dest] = fl.path
     knobs: dict[str, Any] = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
-        name, eq, value = pair.partition("=")
-        if not eq or not name.strip():
+        name, eq, value = (part.strip() for part in pair.partition("="))
+        if not eq or not name:
             raise ValueError(f"{pair!r} is not name=value (e.g. --knobs verify_samples=0,match_radius=0.5)")
-        try:
-            knobs[name.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            knobs[name.strip()] = value.strip()
+        if name == "ppo_overrides" or name not in paths:
+            raise ValueError(f"unknown knob {name!r}: name one of jaxmod ultra's ULTRA knobs, e.g. verify_samples "
+                             "(PPO's settings are the env family's)")
+        path = paths[name]
+        if path in SUITE_OWNED:
+            raise ValueError(f"{name} is set by the suite per cell (task, advisor, budgets, methods, agents): use "
+                             "--tasks, --advisors, --methods, --seeds, --scale or --agents")
+        if path[-1] in knobs:
+            raise ValueError(f"{name} is named twice")
+        default = UltraConfig()
+        for part in path:
+            default = getattr(default, part)
+        parsed = _knob_value(value)
+        if parsed == default and isinstance(parsed, bool) == isinstance(default, bool):
+            raise ValueError(f"{name}={value} is jaxmod's default already: leave it out")
+        knobs[path[-1]] = parsed
     try:
         UltraConfig.flat(**knobs)
-    except (ValueError, TypeError) as e:  # ConfigError, ModulationError: one line each
-        raise ValueError(str(e).splitlines()[0]) from None
+        for task in tasks:  # each cell's own config: the family's settings with these knobs
+            budget = FAMILIES[family_of(task)]
+            family = {k: v for k, v in budget["knobs"].items() if k != "ppo_overrides"}
+            UltraConfig.flat(ppo_overrides=budget["knobs"].get("ppo_overrides", ()), env_id=task,
+                             **{**family, **knobs}).check_advisor_files()
+    except Exception as e:  # noqa: BLE001 - any refusal of the config is the user's one line
+        raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     return knobs
 
 
@@ -355,25 +403,33 @@ def main() -> None:
     ap.add_argument("--redo", action="store_true", help="re-run cells already in the results")
     ap.add_argument("--report", action="store_true", help="run nothing: redraw the table and figure from --out's json")
     args = ap.parse_args()
+    tasks = tuple((args.accuracy or args.tasks).split(","))
     try:
-        extra = parse_knobs(args.knobs)
+        extra = parse_knobs(args.knobs, () if args.report else tasks)
     except ValueError as e:
-        ap.error(f"--knobs: {e}")
+        print(f"ultra_suite.py: error: --knobs: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     code_version()  # the code this process runs, before the tree can change under it
     from jaxmod.cli import _enable_compile_cache
 
     _enable_compile_cache()
     out, agents = Path(args.out), Path(args.agents)
+    name = "ultra_accuracy" if args.accuracy else "ultra_suite"
+    if args.report and not load(out / f"{name}.json"):
+        print(f"ultra_suite.py: error: --report: no cells in {out / f'{name}.json'}: run the suite with --out "
+              f"{out} first", file=sys.stderr)
+        raise SystemExit(2)
     out.mkdir(parents=True, exist_ok=True)
     methods = tuple(args.methods.split(","))
     if args.accuracy:
-        tasks, name = args.accuracy.split(","), "ultra_accuracy"
+        tasks = args.accuracy.split(",")
         cells = [(t, f"teacher@{n:g}") for t in tasks for n in NOISE_LEVELS]
     else:
-        tasks, name = args.tasks.split(","), "ultra_suite"
+        tasks = args.tasks.split(",")
         cells = [(t, a) for t in tasks for a in advisor_cells(t, tuple(args.advisors.split(",")))]
     path = out / f"{name}.json"
     records = load(path)
+    ran = False
     for task, advisor in [] if args.report else cells:
         def same(r: dict, task: str = task, advisor: str = advisor) -> bool:
             return (r["task"], r["advisor"], r.get("knobs") or {}) == (task, advisor, extra)
@@ -387,9 +443,10 @@ def main() -> None:
             rec["noise"] = float(advisor.split("@")[1])
         records = [r for r in records if not same(r)] + [rec]
         save(path, records)
+        ran = True
         print(f"   {rec['status']} in {rec['wall_s']:.0f}s" + (f": {rec['error']}" if rec["status"] != "ok" else ""))
     if args.accuracy:
-        records = [r for r in records if (r["task"], r["advisor"]) in set(cells)]
+        records = [r for r in records if (r["task"], r["advisor"]) in set(cells) and (r.get("knobs") or {}) == extra]
         accuracy_figure(records, out / f"{name}.png")
     else:  # every cell run so far, by task and advisor
         order = {t: i for i, t in enumerate(TASKS)}
@@ -399,7 +456,8 @@ def main() -> None:
         (out / f"{name}.md").write_text(table + "\n")
         figure(records, out / f"{name}.png")
         print(table)
-    print(f"wrote {path} and {out / name}.png")
+    written = ([path] if ran else []) + ([] if args.accuracy else [out / f"{name}.md"]) + [out / f"{name}.png"]
+    print("wrote " + ", ".join(map(str, written)))
 
 
 if __name__ == "__main__":

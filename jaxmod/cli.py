@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -47,6 +48,21 @@ DEFAULT_ENV = "CartPole-v1"
 
 class CLIError(Exception):
     """A user mistake on the command line; printed as one line."""
+
+
+def _print_table(console: Any, table: Any, note: str | None) -> None:
+    """A rich table, then its note (few runs: no interval) as a line of its own: a caption would wrap at the
+    table's width, mid-sentence, in a log."""
+    console.print(table)
+    if note:
+        console.print(note, soft_wrap=True, markup=False)
+
+
+def escape(text: str) -> str:
+    """`text` shown as it is inside a rich-markup line (a path or an env id holding `[...]`)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def _p(path: Any) -> str:
@@ -450,6 +466,9 @@ def _check_out(out: Path) -> None:
         raise CLIError(f"--out {str(out)[:80]!r}...: {err.strerror}: choose a shorter or other folder name") from None
     if not parent.is_dir():
         raise CLIError(f"--out {str(out)!r} lies under the file {str(parent)!r}: choose a folder")
+    if re.search(r"\[[^/]*\]", str(out.resolve())):  # orbax reads a folder name like run[x] as a glob pattern
+        raise CLIError(f"--out {_p(out)}: a checkpoint saved under a path with [...] in a folder name cannot be "
+                       "restored (orbax reads it as a pattern): choose a name without brackets")
     _refuse_inside_a_run(out)
     try:  # os.access says yes to root everywhere: try it (read-only file systems, /proc)
         tempfile.TemporaryDirectory(dir=parent, prefix=".jaxmod-probe-").cleanup()
@@ -714,9 +733,9 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if not args.quiet:
         ran = ppo.num_updates * ppo.batch_size  # whole updates: the steps that run
         asked = f" (of {ppo.total_timesteps:,} asked: whole updates)" if ran != ppo.total_timesteps else ""
-        console.print(f"[bold]jaxmod train[/] {ppo.env_id}: {seeds} seed(s) x {ran:,} steps{asked} "
+        console.print(f"[bold]jaxmod train[/] {escape(ppo.env_id)}: {seeds} seed(s) x {ran:,} steps{asked} "
                       f"({ppo.num_updates} updates of {ppo.num_envs} envs x {ppo.num_steps} steps) on "
-                      f"{run.runner.describe()} -> {_p(out)}", soft_wrap=True)
+                      f"{run.runner.describe()} -> {escape(_p(out))}", soft_wrap=True)
     _train_loop(run, args, console)
     if not is_primary():
         return 0
@@ -730,17 +749,17 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     final = seed_summary(data["episode_return"][-1])  # each seed's training return at the last update
     _warn_unfinished_episodes(data, ppo)
     table = Table(title=f"result: PPO on {ppo.env_id}, training return at the last update over {seeds} seed"
-                        f"{'s' if seeds > 1 else ''}", caption=few_runs_note(seeds) or None, caption_justify="left")
+                        f"{'s' if seeds > 1 else ''}")
     for col in ("final return IQM [95% CI]", "mean (std)", "compile s", "run s", "env steps/s"):
         table.add_column(col)
     sps = f"{run.steps_run / run.run_s:,.0f}" if run.run_s > 0 else "-"
     mean, std = final.cell(".2f")
     table.add_row(final.iqm_cell(".2f"), mean if final.mean is None else f"{mean} ({std})",
                   f"{run.compile_s:.1f}", f"{run.run_s:.1f}", sps)
-    console.print(table)
+    _print_table(console, table, few_runs_note(seeds))
     if not args.quiet:
         console.print(f"metrics: {_p(out / METRICS_FILE)}\ncheckpoint: {_p(out / 'checkpoint')}\ncurve: {png}\n"
-                      f"config: {_p(out / CONFIG_FILE)}", soft_wrap=True)
+                      f"config: {_p(out / CONFIG_FILE)}", soft_wrap=True, markup=False)
     return 0
 
 
@@ -1036,9 +1055,9 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     a = config.advisor
     console = Console(quiet=not primary)  # a multi-process run: process 0 reports
     if not args.quiet:
-        console.print(f"[bold]jaxmod ultra[/] {config.env_id}: {config.seeds} seeds on {layout}, variants "
-                      f"{', '.join(config.variants)}, advisor {redact_url(a.spec)}"
-                      f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {_p(out)}", soft_wrap=True)
+        console.print(f"[bold]jaxmod ultra[/] {escape(config.env_id)}: {config.seeds} seeds on {layout}, variants "
+                      f"{', '.join(config.variants)}, advisor {escape(str(redact_url(a.spec)))}"
+                      f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {escape(_p(out))}", soft_wrap=True)
     from jaxmod.tracking import Tracker
 
     quiet = args.quiet or not primary
@@ -1184,9 +1203,8 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
     refine = config.refine_config()
     ran = refine.num_updates * refine.batch_size  # whole updates: the steps that ran
     table = Table(title=f"evaluation {unit} after {ran:,} refinement steps per seed: IQM [95% "
-                        f"bootstrap CI] over {config.seeds} seeds; gain: paired, over fine-tuning the same agents",
-                  caption=few_runs_note(config.seeds) and f"{few_runs_note(config.seeds)}: no verdicts; run 5 or "
-                                                          "more --seeds" or None, caption_justify="left")
+                        f"bootstrap CI] over {config.seeds} seeds; gain: paired, over fine-tuning the same agents")
+    caption = few_runs_note(config.seeds) and f"{few_runs_note(config.seeds)}: no verdicts; run 5 or more --seeds"
     for col in ("method", "start IQM", "final IQM [95% CI]", "final mean (std)", "gain vs fine-tune", "wall s",
                 "valid answers"):
         table.add_column(col, justify="right")
@@ -1202,7 +1220,7 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
         table.add_row(METHODS[name].label, start.iqm_cell(fmt).split(" [")[0], final.iqm_cell(fmt),
                       mean if final.mean is None else f"{mean} ({std})", gain_cell, f"{r.wall_s:.1f}",
                       _advice_mark(valid.get(name), config.seeds))
-    console.print(table)
+    _print_table(console, table, caption)
     if quiet:
         return
     for st in run.advice_stats:
@@ -1213,9 +1231,10 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
                       f"advice {st['advice_overhead_s']:.{2 if st['advice_overhead_s'] < 10 else 1}f} s ({st['advice_overhead_frac']:.1%} of refinement wall "
                       f"time, every wait included); first advice before chunk {st['first_advice_chunk'] or 'none'}"
                       + (f"; refinement took {st['wall_vs_ppo']:.2f}x continued PPO's wall time (waits and the "
-                         "advisor's share of the machine)" if st.get("wall_vs_ppo") else ""), soft_wrap=True)
+                         "advisor's share of the machine)" if st.get("wall_vs_ppo") else ""), soft_wrap=True,
+                      markup=False)
     console.print(f"outputs: {_p(out / 'ultra.png')}, {_p(out / 'ultra.json')}, {_p(out / 'critical_states.md')}, "
-                  f"{_p(out / 'transcript.jsonl')}, {_p(out / CONFIG_FILE)}", soft_wrap=True)
+                  f"{_p(out / 'transcript.jsonl')}, {_p(out / CONFIG_FILE)}", soft_wrap=True, markup=False)
 
 
 def cmd_serve_advisor(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
@@ -1319,14 +1338,13 @@ def _print_eval(ckpt: Any, per_seed: Any, args: argparse.Namespace) -> Any:
 
     update = f" (update {ckpt.step})" if getattr(ckpt, "step", None) is not None else ""
     table = Table(title=f"{ckpt.config.env_id}{update}: {args.episodes} episodes per seed"
-                        f"{' (deterministic)' if args.deterministic else ''}",
-                  caption=few_runs_note(args.episodes, "episodes") or None, caption_justify="left")
+                        f"{' (deterministic)' if args.deterministic else ''}")
     for col in ("seed", "mean return", "IQM [95% CI] over episodes"):
         table.add_column(col)
     for i, r in enumerate(per_seed):
         table.add_row(str(i), f"{r.mean():.2f}", str(iqm_ci(r)))
     console = Console()
-    console.print(table)
+    _print_table(console, table, few_runs_note(args.episodes, "episodes"))
     overall = iqm_ci(per_seed.mean(axis=1)) if len(per_seed) > 1 else iqm_ci(per_seed[0])
     over = "seeds' means" if len(per_seed) > 1 else "episodes"
     note = few_runs_note(overall.n, "seeds" if len(per_seed) > 1 else "episodes")

@@ -306,7 +306,8 @@ def test_a_config_file_with_float_sizes_or_nan_is_refused(tmp_path, capsys):
 def test_out_must_be_a_writable_folder(tmp_path, capsys):
     afile = tmp_path / "file.txt"
     afile.write_text("x")
-    for out, words in [(afile, "is a file, not a folder"), (afile / "run", "lies under the file")]:
+    for out, words in [(afile, "is a file, not a folder"), (afile / "run", "lies under the file"),
+                       (tmp_path / "run[lr=0.1]", "with [...] in a folder name cannot be restored")]:
         for command in ("train", "ultra"):
             assert main([command, "--out", str(out)]) == 2
             err = capsys.readouterr().err.strip().splitlines()
@@ -685,9 +686,13 @@ def test_train_warns_when_no_episode_ended_and_prints_the_steps_that_ran(tmp_pat
 def test_log_lines_are_not_wrapped_at_the_consoles_width(tmp_path):
     """Piped to a file (rich's console is 80 columns there), a header or a path longer than the width stays on one
     line, so a log can be grepped and a path copied (tables keep their layout)."""
-    out = tmp_path / ("a-rather-long-folder-name-for-the-run-" * 3) / "run"
+    out = tmp_path / ("a-rather-long-folder-name-for-the-run-" * 3) / "run[lr=0.1" / "b]"  # brackets: no rich markup
     proc = _run_cli("train", "--env", "CartPole-v1", "--total-steps", str(4 * 16 * 2), "--out", str(out), *TINY_FLAGS)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert any(line.startswith("jaxmod train CartPole-v1:") and line.endswith(str(out)) for line in lines), proc.stdout
     assert f"config: {out / 'config.json'}" in lines, proc.stdout
+    assert "n=1 seeds: interval not meaningful (fewer than 5)" in lines, proc.stdout  # the table's note, whole
+    proc = _run_cli("eval", str(out), "--episodes", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "n=4 episodes: interval not meaningful (fewer than 5)" in proc.stdout.splitlines(), proc.stdout

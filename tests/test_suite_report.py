@@ -105,19 +105,34 @@ def test_the_suite_figures_keep_their_legends_outside_the_axes(tmp_path, monkeyp
 
 
 def test_knobs_are_checked_before_anything_runs_and_named_in_the_table(monkeypatch, capsys, tmp_path):
-    """`--knobs` (a diagnosis: knobs that differ from jaxmod's defaults): values parsed, unknown names and bad
-    values refused with one line and exit 2 before any agent trains, and the table names them beside the advisor."""
+    """`--knobs` (a diagnosis: knobs that differ from jaxmod's defaults): values read as the flags read them, names
+    by field or flag; a malformed pair, an unknown knob, one named twice, one the suite sets per cell, one at its
+    default, or a value the cell's config refuses: one line on stderr, exit 2, before any agent trains or any file
+    is written. The table names the knobs beside the advisor."""
     from benchmarks import ultra_suite
 
-    assert ultra_suite.parse_knobs("verify_samples=0, match_radius=0.5,advisor_pacing=false") == {
-        "verify_samples": 0, "match_radius": 0.5, "advisor_pacing": False}
-    for bad, says in (("verify_sample=0", "unknown knob"), ("match_radius=-1", "match_radius must be >= 0"),
-                      ("verify_samples", "is not name=value")):
+    assert ultra_suite.parse_knobs("verify_samples=0, match_radius=.5,advisor_pacing=False,advisor_latency=1e0") == {
+        "verify_samples": 0, "match_radius": 0.5, "pacing": False, "latency_s": 1}
+    for bad, says in (("verify_sample=0", "unknown knob 'verify_sample'"), ("match_radius=-1", "match_radius must be >= 0"),
+                      ("verify_samples", "is not name=value"), ("=0", "is not name=value"),
+                      ("latency_s=1,advisor_latency=2", "advisor_latency is named twice"),
+                      ("env=Acrobot-v1", "set by the suite per cell"), ("advisor=scripted", "set by the suite"),
+                      ("variants=RA", "set by the suite"), ("agents_dir=/x", "set by the suite"),
+                      ("ppo_overrides={}", "unknown knob"), ("lr=0.1", "unknown knob"),
+                      ("verify_samples=4", "is jaxmod's default already"), ("match_radius=nan", "finite"),
+                      ("advisor_reference=/nonexistent", "set by the suite"), ("verify_samples=1e400", "integer")):
         monkeypatch.setattr("sys.argv", ["ultra_suite.py", "--tasks", "CartPole-v1", "--knobs", bad,
                                          "--out", str(tmp_path / "out"), "--agents", str(tmp_path / "agents")])
         with pytest.raises(SystemExit) as exit_:
             ultra_suite.main()
-        assert exit_.value.code == 2 and says in capsys.readouterr().err
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and says in err[0], (bad, err)
         assert not (tmp_path / "agents").exists() and not (tmp_path / "out").exists()
     rec = {**_record([150.0, 160.0, 171.0, 180.0, 190.0]), "knobs": {"verify_samples": 0, "match_radius": 0.5}}
     assert "| teacher (verify_samples=0, match_radius=0.5) |" in markdown([rec])
+    # --report of a folder without cells: one line, nothing written
+    monkeypatch.setattr("sys.argv", ["ultra_suite.py", "--report", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_:
+        ultra_suite.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "no cells in" in err[0] and not (tmp_path / "out").exists()
