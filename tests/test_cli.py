@@ -696,3 +696,12 @@ def test_log_lines_are_not_wrapped_at_the_consoles_width(tmp_path):
     proc = _run_cli("eval", str(out), "--episodes", "4")
     assert proc.returncode == 0, proc.stderr
     assert "n=4 episodes: interval not meaningful (fewer than 5)" in proc.stdout.splitlines(), proc.stdout
+
+
+def test_agents_dir_with_brackets_is_one_line_before_anything_runs(tmp_path, capsys):
+    """orbax cannot restore a checkpoint saved under a folder named like run[x] (measured: 'Error opening "zarr"
+    driver'), so the saved agents' folder is refused as --out is, before anything trains or is written."""
+    code = main(["ultra", "--agents-dir", str(tmp_path / "agents[v1]"), "--out", str(tmp_path / "u")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot be restored" in err[0] and "--agents-dir" in err[0], err
+    assert not (tmp_path / "u").exists() and not (tmp_path / "agents[v1]").exists()

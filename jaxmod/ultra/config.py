@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,6 +330,9 @@ class UltraConfig:
             raise ConfigError(f"variants name {', '.join(twice)} more than once: name each method once")
         if not self.refine_lr > 0:
             raise ConfigError(f"refine_lr must be > 0, got {self.refine_lr:g}")
+        if self.agents_dir is not None and re.search(r"\[[^/]*\]", str(Path(self.agents_dir).resolve())):
+            raise ConfigError("agents_dir must hold no folder name with [...] (orbax reads it as a pattern: checkpoints "
+                              "saved there cannot be restored): choose a name without brackets")
         if self.share_programs not in SHARE_PROGRAMS:
             raise ConfigError(f"share_programs must be one of {', '.join(SHARE_PROGRAMS)}, not {self.share_programs!r}")
         for v in self.variants:  # before pretraining: a method that cannot join its group's program
