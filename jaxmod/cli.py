@@ -58,7 +58,7 @@ def _print_table(console: Any, table: Any, note: str | None) -> None:
         console.print(note, soft_wrap=True, markup=False)
 
 
-def escape(text: str) -> str:
+def _escape(text: str) -> str:
     """`text` shown as it is inside a rich-markup line (a path or an env id holding `[...]`)."""
     from rich.markup import escape as rich_escape
 
@@ -733,9 +733,9 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if not args.quiet:
         ran = ppo.num_updates * ppo.batch_size  # whole updates: the steps that run
         asked = f" (of {ppo.total_timesteps:,} asked: whole updates)" if ran != ppo.total_timesteps else ""
-        console.print(f"[bold]jaxmod train[/] {escape(ppo.env_id)}: {seeds} seed(s) x {ran:,} steps{asked} "
+        console.print(f"[bold]jaxmod train[/] {_escape(ppo.env_id)}: {seeds} seed(s) x {ran:,} steps{asked} "
                       f"({ppo.num_updates} updates of {ppo.num_envs} envs x {ppo.num_steps} steps) on "
-                      f"{run.runner.describe()} -> {escape(_p(out))}", soft_wrap=True)
+                      f"{run.runner.describe()} -> {_escape(_p(out))}", soft_wrap=True)
     _train_loop(run, args, console)
     if not is_primary():
         return 0
@@ -1055,9 +1055,9 @@ def cmd_ultra(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     a = config.advisor
     console = Console(quiet=not primary)  # a multi-process run: process 0 reports
     if not args.quiet:
-        console.print(f"[bold]jaxmod ultra[/] {escape(config.env_id)}: {config.seeds} seeds on {layout}, variants "
-                      f"{', '.join(config.variants)}, advisor {escape(str(redact_url(a.spec)))}"
-                      f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {escape(_p(out))}", soft_wrap=True)
+        console.print(f"[bold]jaxmod ultra[/] {_escape(config.env_id)}: {config.seeds} seeds on {layout}, variants "
+                      f"{', '.join(config.variants)}, advisor {_escape(str(redact_url(a.spec)))}"
+                      f"{f' with {a.noise:.0%} noise' if a.noise else ''} -> {_escape(_p(out))}", soft_wrap=True)
     from jaxmod.tracking import Tracker
 
     quiet = args.quiet or not primary
