@@ -136,3 +136,28 @@ def test_knobs_are_checked_before_anything_runs_and_named_in_the_table(monkeypat
         ultra_suite.main()
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1 and "no cells in" in err[0] and not (tmp_path / "out").exists()
+
+
+def test_outcome_gap_reads_a_run_chunk_by_chunk(tmp_path, capsys, monkeypatch):
+    """benchmarks/outcome_gap.py: per evaluation, the method's per-seed return minus fine-tuning's and the paired
+    verdict; a folder without ultra.json or a method the run lacks is one line, exit 2."""
+    from benchmarks import outcome_gap
+
+    ppo = [[10.0] * 5, [20.0, 21.0, 22.0, 23.0, 24.0]]
+    ra = [[10.0] * 5, [40.0, 41.0, 43.0, 44.0, 46.0]]
+    summary = {"PPO": {"eval_returns": ppo}, "RA": {"eval_returns": ra}}
+    rows = outcome_gap.chunk_gaps(summary, "RA")
+    assert [r["verdict"] for r in rows] == ["same", "better"] and rows[0]["diffs"] == [0.0] * 5
+    assert rows[1]["diffs"] == [20.0, 20.0, 21.0, 21.0, 22.0] and rows[1]["mean"] == pytest.approx(20.8)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ultra.json").write_text(__import__("json").dumps(summary))
+    for argv, says in ((["outcome_gap.py", str(tmp_path)], "no ultra.json"),
+                       (["outcome_gap.py", str(tmp_path / "run"), "--method", "A"], "--method must be one of")):
+        monkeypatch.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit) as exit_:
+            outcome_gap.main()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and says in err[0]
+    monkeypatch.setattr("sys.argv", ["outcome_gap.py", str(tmp_path / "run")])
+    outcome_gap.main()
+    assert "better" in capsys.readouterr().out
