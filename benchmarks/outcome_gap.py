@@ -1,7 +1,7 @@
 """Would an outcome-level check see advice's harm, and in time? Per chunk and seed, a method's evaluation return
 minus fine-tuning's, from one `jaxmod ultra` run (every method refines the same agents and is evaluated on the same
-keys, so the difference is paired), with a one-sided paired test over seeds per chunk (`jaxmod.stats`' bootstrap
-interval of the IQM difference).
+keys, so the difference is paired), with the paired verdict over seeds per chunk (`jaxmod.stats`: the 95% bootstrap
+interval of the IQM difference, better or worse where it excludes 0).
 
     python benchmarks/outcome_gap.py runs/cp-ra                 # RA against fine-tuning, chunk by chunk
     python benchmarks/outcome_gap.py runs/cp-ra --method A

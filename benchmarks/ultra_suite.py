@@ -233,9 +233,7 @@ def parse_knobs(text: str, tasks: tuple[str, ...] = ()) -> dict[str, Any]:
     built with its family's settings and these knobs, its advisor files checked, before anything trains."""
     from jaxmod.ultra.config import UltraConfig
 
-    paths = {}
-    for fl in UltraConfig.flags():
-        paths[fl.path[-1]] = paths[fl.dest] = fl.path
+    paths, defaults = UltraConfig.knob_paths(), UltraConfig()
     knobs: dict[str, Any] = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
         name, eq, value = (part.strip() for part in pair.partition("="))
@@ -250,7 +248,7 @@ def parse_knobs(text: str, tasks: tuple[str, ...] = ()) -> dict[str, Any]:
                              "--tasks, --advisors, --methods, --seeds, --scale or --agents")
         if path[-1] in knobs:
             raise ValueError(f"{name} is named twice")
-        default = UltraConfig()
+        default = defaults
         for part in path:
             default = getattr(default, part)
         parsed = _knob_value(value)

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from jaxmod.config import (
     flags_of,
     from_dict,
     given,
+    orbax_pattern_in,
     parse_int,
     parse_json,
     read_config_file,
@@ -466,7 +466,7 @@ def _check_out(out: Path) -> None:
         raise CLIError(f"--out {str(out)[:80]!r}...: {err.strerror}: choose a shorter or other folder name") from None
     if not parent.is_dir():
         raise CLIError(f"--out {str(out)!r} lies under the file {str(parent)!r}: choose a folder")
-    if re.search(r"\[[^/]*\]", str(out.resolve())):  # orbax reads a folder name like run[x] as a glob pattern
+    if orbax_pattern_in(out):
         raise CLIError(f"--out {_p(out)}: a checkpoint saved under a path with [...] in a folder name cannot be "
                        "restored (orbax reads it as a pattern): choose a name without brackets")
     _refuse_inside_a_run(out)

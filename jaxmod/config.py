@@ -18,6 +18,7 @@ import inspect
 import io
 import json
 import math
+import re
 import tokenize
 import types
 import typing
@@ -30,6 +31,13 @@ from jaxmod.ppo.config import ConfigError, PPOConfig, default_config
 
 CONFIG_FILE = "config.json"
 KEEP_CHECKPOINTS = 2  # checkpoints kept per folder: the newest, and one to fall back to if it is damaged
+
+
+def orbax_pattern_in(path: str | Path) -> bool:
+    """Whether a folder name of `path` (resolved) holds `[...]`: orbax reads such a name as a glob pattern, and a
+    checkpoint saved under it cannot be restored (measured: 'Error opening "zarr" driver'), so `--out` and
+    `agents_dir` refuse it before anything runs."""
+    return re.search(r"\[[^/]*\]", str(Path(path).resolve())) is not None
 
 
 # --------------------------------------------------------------------------- field documentation

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from jaxmod.config import (
     check_seed,
     flags_of,
     from_dict,
+    orbax_pattern_in,
     positive,
     to_dict,
 )
@@ -330,7 +330,7 @@ class UltraConfig:
             raise ConfigError(f"variants name {', '.join(twice)} more than once: name each method once")
         if not self.refine_lr > 0:
             raise ConfigError(f"refine_lr must be > 0, got {self.refine_lr:g}")
-        if self.agents_dir is not None and re.search(r"\[[^/]*\]", str(Path(self.agents_dir).resolve())):
+        if self.agents_dir is not None and orbax_pattern_in(self.agents_dir):
             raise ConfigError("agents_dir must hold no folder name with [...] (orbax reads it as a pattern: checkpoints "
                               "saved there cannot be restored): choose a name without brackets")
         if self.share_programs not in SHARE_PROGRAMS:
@@ -414,12 +414,19 @@ class UltraConfig:
         return flags_of(cls, FLAG_NAMES, PER_VARIANT)
 
     @classmethod
-    def flat(cls, ppo_overrides: dict[str, Any] | tuple = (), **knobs: Any) -> UltraConfig:
-        """A config from flat knob names, as on the command line (`capacity=16, chunks=3, noise=0.1`; a knob is
-        named by its field or by its flag, e.g. `advisor_priority`), and PPO field overrides of the env's preset."""
+    def knob_paths(cls) -> dict[str, tuple[str, ...]]:
+        """Each flat knob name, a field's or its flag's (`latency_s`, `advisor_latency`), to the field's path in the
+        config (`("advisor", "latency_s")`)."""
         paths = {}
         for fl in cls.flags():
             paths[fl.path[-1]] = paths[fl.dest] = fl.path
+        return paths
+
+    @classmethod
+    def flat(cls, ppo_overrides: dict[str, Any] | tuple = (), **knobs: Any) -> UltraConfig:
+        """A config from flat knob names, as on the command line (`capacity=16, chunks=3, noise=0.1`; a knob is
+        named by its field or by its flag, e.g. `advisor_priority`), and PPO field overrides of the env's preset."""
+        paths = cls.knob_paths()
         paths.update({old: paths[new] for old, new in LEGACY_NAMES.items()})
         unknown = sorted(set(knobs) - set(paths))
         if unknown:
