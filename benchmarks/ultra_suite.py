@@ -156,7 +156,9 @@ def run_cell(env_id: str, advisor: str, methods: tuple[str, ...], agents: Path, 
     record.update(status="ok", wall_s=time.perf_counter() - t0, methods={})
     for name, r in results.items():
         record["methods"][name] = {"start": np.asarray(r.eval_returns[0], float).tolist(),
-                                   "final": np.asarray(r.eval_returns[-1], float).tolist(), "refine_wall_s": r.wall_s}
+                                   "final": np.asarray(r.eval_returns[-1], float).tolist(), "refine_wall_s": r.wall_s,
+                                   # the chunk after which the outcome guard made its agents fine-tuning's, or None
+                                   "guard_chunk": (r.guard_restored or {}).get("chunk")}
     record["advice"] = [{k: a.get(k) for k in ("variant", "questions", "valid", "invalid", "failed",
                                                "unanswered", "paced", "over_budget", "advice_overhead_s", "wall_vs_ppo",
                                                "advice_overhead_frac", "initial_advice_s", "reference_agreement",
@@ -297,6 +299,8 @@ def markdown(records: list[dict]) -> str:
         ra = st.get("RA", {})
         gain = f"{ra['gain']['point']:+.1f} [{ra['gain']['low']:+.1f}, {ra['gain']['high']:+.1f}] **{ra['verdict']}**" \
             if "gain" in ra else "-"
+        guarded = rec["methods"].get("RA", {}).get("guard_chunk")
+        gain += f" (guard: fine-tuning's from chunk {guarded})" if guarded else ""
         valid = answered_cell(rec.get("advice", []))
         agreement = _agreement(rec)
         agrees = "-" if agreement is None else f"{agreement:.0%}"

@@ -1221,6 +1221,13 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
                       mean if final.mean is None else f"{mean} ({std})", gain_cell, f"{r.wall_s:.1f}",
                       _advice_mark(valid.get(name), config.seeds))
     _print_table(console, table, caption)
+    for name, r in results.items():  # the agents a guarded method ends with are fine-tuning's: said next to the table
+        g = r.guard_restored
+        if g:
+            console.print(f"outcome guard ({METHODS[name].label}): below fine-tuning after chunk {g['chunk']}/"
+                          f"{len(r.chunk_metrics)} (guard evaluation IQM {g['iqm']:+.1f} [{g['ci95'][0]:+.1f}, "
+                          f"{g['ci95'][1]:+.1f}]): advisor off, its agents are fine-tuning's from there on",
+                          soft_wrap=True, markup=False)
     if quiet:
         return
     for st in run.advice_stats:

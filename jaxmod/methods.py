@@ -22,13 +22,17 @@ from jaxmod.ppo.modulator import Identity, Modulator, chain
 @dataclass(frozen=True)
 class MethodContext:
     """What a method's modulator may be built from: the env id, ULTRA's config (capacity, knobs), JSRL's initial
-    roll-in horizon, RICE's p and lambda overrides (None: RICE Table 3)."""
+    roll-in horizon, RICE's p and lambda overrides (None: RICE Table 3). The knobs `modulation` leaves to the env
+    family (`ModulationConfig.for_env`) are set for `env_id` here."""
 
     env_id: str
     modulation: ModulationConfig = ModulationConfig()
     guide_steps: int = 1
     rice_p: float | None = None
     rice_lambda: float | None = None
+
+    def __post_init__(self) -> None:  # the knobs an env family sets (`ModulationConfig.for_env`), set for env_id
+        object.__setattr__(self, "modulation", self.modulation.for_env(self.env_id))
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ def shared_modulator(names: tuple[str, ...], name: str, ctx: MethodContext) -> M
     if judged and m.votes:
         parts.append(Consensus(m.consensus_radius, m.consensus_action_tol))
     if judged and m.verifies:
-        parts.append(Verification(m.capacity, m.verify_samples, m.verify_control, m.verify_memory))
+        parts.append(Verification(m.capacity, m.verify_samples, m.verify_control, m.verify_memory, m.trust_prior))
     if judged and (m.votes or m.verifies) and not all(p.judged for p in every):
         parts.append(JudgeGate(me.judged))
     if judged or any(p.restart_prob > 0 for p in every):

@@ -57,7 +57,7 @@ def modulator(env_id: str, name: str):
     from jaxmod.methods import MethodContext, method
 
     ultra = ModulationConfig(capacity=16, kl_coef=1.0, match_radius=0.5, verify_samples=1, verify_memory=64,
-                             consensus_radius=2.0)
+                             consensus_radius=2.0, trust_prior=0.0)
     return method(name).build(MethodContext(env_id, ultra, guide_steps=10))
 
 

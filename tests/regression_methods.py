@@ -23,7 +23,10 @@ DATA = Path(__file__).parent / "data" / "regression_methods.json"
 def settings(env_id: str):
     from jaxmod.ultra.config import UltraConfig
 
+    # the knobs recorded before the env families set them (match_radius, trust_prior): the learner's arithmetic is
+    # what this set keeps, not the defaults
     return UltraConfig.flat(env_id=env_id, seeds=2, seed=0, chunks=2, variants=METHODS, advisor="scripted",
+                            match_radius=0.0, trust_prior=0.0,
                             sync_advice=True, episodes_per_round=2, collect_envs=4, collect_steps=128, eval_envs=4,
                             eval_steps=200, mask_steps=2_048, **ENVS[env_id])
 

@@ -65,7 +65,7 @@ def _shared_learner(name: str, setup, group=GROUP):
     cfg, _, _ = setup
     rcfg = cfg.replace(total_timesteps=cfg.batch_size * 10, lr=1e-4, anneal_lr=False)
     ultra = ModulationConfig(capacity=16, kl_coef=1.0, match_radius=0.5, verify_samples=1, verify_memory=64,
-                             consensus_radius=2.0)  # tests/regression_learner.py's
+                             consensus_radius=2.0, trust_prior=0.0)  # tests/regression_learner.py's
     return PPOLearner(rcfg, methods.shared_modulator(group, name, methods.MethodContext("CartPole-v1", ultra,
                                                                                         guide_steps=10)))
 

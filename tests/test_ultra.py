@@ -51,6 +51,9 @@ def test_end_to_end_through_the_http_advisor(tmp_path, monkeypatch):
             assert "sk-never-written-123" not in f.read_text()
     chunks = results["RA"].chunk_metrics
     assert any(c.get("critical_frac", 0) > 0 for c in chunks[:-1])
+    # 2 seeds: the outcome guard reports the gap to fine-tuning per chunk, says it cannot act, and never does
+    assert all("guard_gap" in c for c in chunks) and results["RA"].guard_restored is None
+    assert sum("outcome guard needs 5 or more seeds" in m for m in logs) == 1
 
 
 def _slow_factory(transcript=None, delay_s: float = 0.5):

@@ -44,6 +44,14 @@ from typing import Any
 
 from jaxmod.ppo.modulator import Modulator, chain
 
+# knobs whose default is the env family's (`ModulationConfig.for_env`; jaxmod's choice, measured in
+# docs/results.md): classic control's advice acts before verification has evidence (a slot's trust starts at 0.5;
+# live states within 0.5 stds of an advice state are critical): with the outcome guard (`jaxmod.ultra.guard`) behind
+# it, the teacher's RA beats fine-tuning on MountainCar-v0 (+58, where evidence-first advice never acts) and
+# CartPole-v1; the other families' stay evidence-first (unmeasured there)
+FAMILY_DEFAULTS: dict[str, dict[str, float]] = {"classic": {"match_radius": 0.5, "trust_prior": 0.5}}
+UNSET_DEFAULTS: dict[str, float] = {"match_radius": 0.0, "trust_prior": 0.0}  # every other family's
+
 # the variants' switches (override_action = ULTRA-A, shape_reward = ULTRA-R); "restart": restarts only
 VARIANT_SWITCHES = {"A": (True, False), "R": (False, True), "RA": (True, True), "restart": (False, False)}
 VARIANTS = tuple(VARIANT_SWITCHES)
@@ -65,8 +73,9 @@ class ModulationConfig:
     restart_prob: float = 0.5  # rho: chance an episode restarts from a critical state (RICE-style mixed restarts)
     restart_cut: float | None = None  # per-step chance that an env which drew a restart is cut mid-episode to take
     # it (a truncation, bootstrapped); unset: the env family's (`jaxmod.advice.restarts.CUT_PROB`: brax 0.02, else 0)
-    match_radius: float = 0.0  # epsilon: live states this close to an advice state (in observation stds, or the
-    # advice states' spread for raw observations) are critical too; 0 disables matching
+    match_radius: float | None = None  # epsilon: live states this close to an advice state (in observation stds,
+    # or the advice states' spread for raw observations) are critical too; 0 disables matching; unset: the env
+    # family's (`FAMILY_DEFAULTS`: classic control 0.5, the others 0)
     reward_scale: float = 1.0  # lambda: weight of the advisor's implicit reward (ULTRA-R), in units of the running
     # RMS of the env's raw per-step reward (1: a critical step's bonus as large as a typical step's reward), the same
     # with and without reward normalisation
@@ -79,6 +88,10 @@ class ModulationConfig:
     verify_control: float = 0.25  # share of a trusted slot's ULTRA-A critical steps left to the policy
     # (verification's control group; an unproven slot's: half)
     verify_memory: int = 64  # samples a slot's running mean remembers
+    trust_prior: float | None = None  # trust of a slot before evidence: its weight is the larger of this and what
+    # the evidence shows (0: advice acts only once shown to beat the policy's own actions; 1: every slot acts in full
+    # until refuted); refuted slots and a switched-off advisor still stop acting; unset: the env family's
+    # (`FAMILY_DEFAULTS`: classic control 0.5, the others 0)
     consensus_radius: float = 2.0  # advice out-voted by the advice within this many spreads stops acting (0: off)
     consensus_action_tol: float = 0.25  # continuous suggestions agree within this RMS share of the action range
 
@@ -94,7 +107,7 @@ class ModulationConfig:
             raise ModulationError(f"restart_cut must lie in [0, 1] (or be unset: the env family's), got "
                                   f"{self.restart_cut:g}")
         for name in ("match_radius", "kl_coef", "consensus_radius"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0.0) < 0:
                 raise ModulationError(f"{name} must be >= 0 (0: off), got {getattr(self, name):g}")
         for name in ("kl_target_std", "consensus_action_tol"):
             if getattr(self, name) <= 0:
@@ -104,6 +117,9 @@ class ModulationConfig:
         if self.verify_memory < max(1, self.verify_samples):
             raise ModulationError(f"verify_memory must be >= max(1, verify_samples) = {max(1, self.verify_samples)}, "
                                   f"got {self.verify_memory}")
+        if self.trust_prior is not None and not 0.0 <= self.trust_prior <= 1.0:
+            raise ModulationError(f"trust_prior must lie in [0, 1] (a slot's trust before evidence), got "
+                                  f"{self.trust_prior:g}")
         if not 0.0 <= self.verify_control < 1.0:
             raise ModulationError(f"verify_control must lie in [0, 1), got {self.verify_control:g}")
 
@@ -119,9 +135,20 @@ class ModulationConfig:
         override, shape = VARIANT_SWITCHES[name]
         return dataclasses.replace(self, override_action=override, shape_reward=shape)
 
+    def for_env(self, env_id: str | None) -> ModulationConfig:
+        """These knobs with the unset ones (None) set to `env_id`'s family's (`FAMILY_DEFAULTS`; None or a family
+        without entries: `UNSET_DEFAULTS`). `jaxmod.methods.MethodContext` resolves its config this way, so every
+        method of a run (and `UltraConfig`) gets its env's."""
+        values = dict(UNSET_DEFAULTS)
+        if env_id is not None:
+            from jaxmod.ppo.config import family_of
+
+            values.update(FAMILY_DEFAULTS.get(family_of(env_id), {}))
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if getattr(self, k) is None})
+
     @property
     def matching(self) -> bool:
-        return self.match_radius > 0
+        return (self.match_radius or 0.0) > 0
 
     @property
     def uses_kl(self) -> bool:
@@ -136,7 +163,11 @@ class ModulationConfig:
         return self.consensus_radius > 0
 
     def modulator(self) -> Modulator:
-        """The chain of ULTRA's modulators this config switches on (one code path for A, R, RA, restarts)."""
+        """The chain of ULTRA's modulators this config switches on (one code path for A, R, RA, restarts). Knobs
+        left unset take `UNSET_DEFAULTS` here (no env is known): `for_env(env_id).modulator()` gives an env's."""
+        return self.for_env(None)._chain()
+
+    def _chain(self) -> Modulator:
         from jaxmod.advice.consensus import Consensus
         from jaxmod.advice.kl import KLTarget
         from jaxmod.advice.override import ActionOverride
@@ -148,7 +179,8 @@ class ModulationConfig:
         if self.votes:
             parts.append(Consensus(self.consensus_radius, self.consensus_action_tol))
         if self.verifies:
-            parts.append(Verification(self.capacity, self.verify_samples, self.verify_control, self.verify_memory))
+            parts.append(Verification(self.capacity, self.verify_samples, self.verify_control, self.verify_memory,
+                                      self.trust_prior))
         parts.append(CriticalStates(self.restart_prob, self.match_radius, cut_prob=self.restart_cut))
         if self.override_action:
             parts.append(ActionOverride())
@@ -168,6 +200,7 @@ class ModulationConfig:
                                "kl_coef": self.kl_coef, "kl_target_std": self.kl_target_std,
                                "kl_filter": self.kl_filter, "verify_samples": self.verify_samples,
                                "verify_control": self.verify_control, "verify_memory": self.verify_memory,
+                               "trust_prior": self.trust_prior,
                                "consensus_radius": self.consensus_radius,
                                "consensus_action_tol": self.consensus_action_tol,
                                "capacity": self.capacity},

@@ -259,6 +259,7 @@ class Verification(Modulator):
     samples: int = ModulationConfig.verify_samples
     control: float = ModulationConfig.verify_control
     memory: int = ModulationConfig.verify_memory
+    prior: float = 0.0  # a slot's trust weight before evidence, the floor of its weight (`trust_prior`)
 
     def init(self, key, spec, params):
         return AdviceTrust.create(self.capacity, self.samples)
@@ -272,7 +273,7 @@ class Verification(Modulator):
         trust = aux.follow(advice).judge_advisor()
         verified = trust.trusted(advice, self.samples)
         trusted = verified & plan.get("agreed", advice.valid)
-        weight = jnp.where(trusted, trust.trust_weights(), 0.0)
+        weight = jnp.where(trusted, jnp.maximum(trust.trust_weights(), self.prior), 0.0)
         control = EXPLORE_SHARE + (self.control - EXPLORE_SHARE) * weight  # untrusted: equal groups
         # steps only matching makes critical (near, not at, the advice state) execute a suggestion in proportion to
         # its trust: unproven advice is tried where it was given (restarts), proven advice spreads to nearby states

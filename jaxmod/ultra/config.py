@@ -1,7 +1,8 @@
 """`UltraConfig`: one ULTRA experiment as one nested frozen config, one default per knob.
 
     UltraConfig
-      env_id, seeds, seed, pretrain_steps, refine_steps, refine_lr, variants, agents_dir, env_shards
+      env_id, seeds, seed, pretrain_steps, refine_steps, refine_lr, variants, agents_dir, env_shards,
+      outcome_guard, share_programs
       ppo: PPOConfig              the learner (default: the env family's preset, `jaxmod.ppo.default_config`)
       modulation: ModulationConfig  ULTRA's knobs (jaxmod.advice.modulation; A/R switches are set per variant)
       advisor: AdvisorConfig      who answers, its limits and failure policy
@@ -293,6 +294,11 @@ class UltraConfig:
     # and every minibatch split over them, gradients summed across them; must divide num_envs and the device
     # count, the seeds a multiple of devices / env_shards; evaluations and recordings run whole on each; 1: seeds
     # alone are spread over the devices when they split evenly; jaxmod.parallel)
+    outcome_guard: bool = True  # after every chunk, compare each advised method (A, R, RA) with PPO fine-tuning
+    # from the same agents on guard episodes of their own; once its IQM over seeds falls below fine-tuning's by more
+    # than the paired 95% interval (5 or more seeds), switch its advisor off and make every seed's agent
+    # fine-tuning's from there on, so advice never costs the agents (jaxmod.ultra.guard); needs PPO among the
+    # variants (the command line always runs it)
     share_programs: str = "off"  # methods that share one compiled program (the union of their pieces, each
     # method's values as data: one compile instead of one per method; each method's numbers equal its own
     # program's up to floating-point rounding, and it also computes the pieces it switches off): off, methods

@@ -50,11 +50,12 @@ from jaxmod.reporting import (
     seed_summary,
     win_rate,
 )
-from jaxmod.stats import few_runs_note
+from jaxmod.stats import MIN_RUNS, few_runs_note
 from jaxmod.ultra.advise import CriticalRow
 from jaxmod.ultra.async_advice import AdvisorThread
 from jaxmod.ultra.collect import make_collector
 from jaxmod.ultra.config import UltraConfig, UltraSettings
+from jaxmod.ultra.guard import FineTuningRecord, OutcomeGuard, guard_keys
 from jaxmod.ultra.heap import frozen_heap
 from jaxmod.ultra.multihost import SharedRounds
 from jaxmod.ultra.refine import RefinementProgram, refine_chunks
@@ -75,6 +76,8 @@ class VariantResult:
     chunk_metrics: list[dict[str, Any]] = field(default_factory=list)
     # verification switched the advisor off as a whole: {"seeds": how many, "first_chunk": when}; None: it never did
     advisor_switched_off: dict[str, int] | None = None
+    # the outcome guard acted (`jaxmod.ultra.guard`): {"chunk", "iqm", "ci95", "seeds"}; None: it never did
+    guard_restored: dict[str, Any] | None = None
 
 
 def _advisor_factory(config: UltraConfig, transcript: Transcript | None) -> Callable:
@@ -264,6 +267,7 @@ class UltraRun:
         self._start_eval: tuple[Any, Any] = (None, None)  # (pre-trained state, its evaluation before refinement)
         self._last_wall: float | None = None  # the last refinement's seconds: the next one's expected (pacing)
         self._walls: dict[str, float] = {}  # refinement seconds per method run so far
+        self._fine_tuning: FineTuningRecord | None = None  # continued PPO's run, for the outcome guard
 
     # ------------------------------------------------------------------ stage 1: pretrain
     @cached_property
@@ -480,17 +484,23 @@ class UltraRun:
                  f"{variant}: runs through the program compiled for {', '.join(s.program_group(variant))}")
         modulated = not learner.modulator.identity
         no_swap: dict[str, Any] = {"swapped_advice": False, **({"advisor_latency_s": None} if modulated else {})}
+        guard = self._guard(variant, program)
         try:
             loop = refine_chunks(program, state, advice, rounds, self.schedule(variant),
                                  self._reader(result, learner, program), no_swap,
                                  start=self._start_eval[1] if self._start_eval[0] is pre_state else None,
-                                 expected_s=self._last_wall)
+                                 expected_s=self._last_wall, guard=guard)
         except NonFiniteError as err:
             if rounds is not None:
                 rounds.cancel()
             err.result = result  # what the variant did up to the stop, for the run's summary
             raise
         result.wall_s = self._last_wall = self._walls[variant] = loop.wall_s
+        if isinstance(guard, FineTuningRecord):
+            guard.finish(loop.state, result.eval_returns)
+            self._fine_tuning = guard
+        elif isinstance(guard, OutcomeGuard):
+            result.guard_restored = guard.tripped
         # every method refining these agents evaluates them with the same program and keys first: once is enough
         self._start_eval = (pre_state, loop.start_eval)
         self.render(f"{variant}.gif", loop.state)
@@ -500,6 +510,32 @@ class UltraRun:
             rounds.cancel()
         self._warn_if_reward_never_acted(result)
         return result
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the outcome guard watches this run's advised methods (`UltraConfig.outcome_guard`, an advised
+        method and PPO fine-tuning among the variants)."""
+        return self.s.outcome_guard and self.s.needs_advisor and BASELINE in self.s.variants
+
+    def _guard(self, variant: str, program: RefinementProgram) -> FineTuningRecord | OutcomeGuard | None:
+        """`refine_chunks`' guard hook for `variant`: fine-tuning's record (in a guarded run), an advised method's
+        guard (once fine-tuning has run), or None."""
+        if not self.guarded:
+            return None
+        keys = guard_keys(self.s.seed, self.s.seeds)
+        if variant == BASELINE:
+            return FineTuningRecord(program, keys)
+        if method(variant).critical == "advisor" and self._fine_tuning is not None:
+            return OutcomeGuard(program, keys, self._fine_tuning)
+        return None
+
+    def _report_guard(self, result: VariantResult, row: dict[str, Any], chunks: int) -> None:
+        """Say so when the outcome guard acts on `result`'s method (its row for the chunk it acted after)."""
+        low, high = row["guard_ci95"]
+        self.warn(f"{result.name}: the outcome guard acted after chunk {row['chunk']}/{chunks}: its agents fell "
+                  f"below PPO fine-tuning's on the guard's evaluation (IQM {row['guard_gap']:+.1f}, 95% CI "
+                  f"[{low:+.1f}, {high:+.1f}] over {self.s.seeds} seeds), so the advisor is switched off and every "
+                  "seed's agent is fine-tuning's from there on (its remaining evaluations are fine-tuning's)")
 
     def _reader(self, result: VariantResult, learner: PPOLearner, program: RefinementProgram) -> Callable:
         """`refine_chunks`'s `read(mean, done, row, metrics)` for `result`'s method: records an evaluation ([S]
@@ -517,6 +553,8 @@ class UltraRun:
             mean = np.asarray(gather(mean))  # the chunk is done: its evaluation ran after it
             if row is None:  # the evaluation before refinement
                 check_finite({"eval_return": mean}, label, "before refinement", hint)
+            elif metrics is None:  # after the outcome guard acted: fine-tuning's chunk, checked when it ran
+                row["fine_tuning"] = True
             else:  # a stopped run's results end at the last chunk that was finite
                 metrics = gather(metrics)
                 check_finite({**metrics, "eval_return": mean}, label, f"refinement chunk {row['chunk']}/{chunks}",
@@ -525,9 +563,11 @@ class UltraRun:
             result.eval_returns.append(mean.tolist())
             if row is not None:
                 row["eval_return"] = float(np.mean(mean))
-                if modulated:
+                if modulated and metrics is not None:
                     row.update(_modulation_row(metrics, cfg.batch_size, learner.modulator.reports))
                     self._report_switch_off(result, row, s.seeds)
+                if row.get("guard_restored"):
+                    self._report_guard(result, row, chunks)
                 result.chunk_metrics.append(row)
             self._track(variant, result.steps[-1], mean, row, metrics)
             if row is not None:
@@ -543,7 +583,7 @@ class UltraRun:
         if self.tracker is None:
             return
         sub = self.tracker.sub(variant)
-        if row is not None:
+        if row is not None and metrics is not None:  # None: fine-tuning's chunk after the outcome guard acted
             sub.ppo_metrics(metrics, np.asarray(metrics["env_steps"])[0])
             sub.scalars({f"advice/{k}": v for k, v in row.items() if k not in ("eval_return", "chunk")
                          and isinstance(v, (int, float)) and not isinstance(v, bool)}, step)
@@ -621,6 +661,7 @@ class UltraRun:
 
     def run(self) -> dict[str, VariantResult]:
         self._warn_if_evaluation_is_short()
+        self._warn_if_unguarded()
         pre = self.pretrain()
         self.render("pretrained.gif", pre)
         results: dict[str, VariantResult] = {}
@@ -628,7 +669,7 @@ class UltraRun:
         factory = self.advisor_factory or _advisor_factory(self.s, self.transcript)
         ctx = AdvisorThread(factory, self.s.advisor.priority == "idle") if needs_advisor else contextlib.nullcontext()
         with ctx as advisor:
-            for variant in self.s.variants:
+            for variant in self.order:
                 try:
                     results[variant] = self.refine(variant, pre, advisor)
                 except NonFiniteError as err:  # the summary keeps what ran, and says why the run stopped
@@ -644,6 +685,26 @@ class UltraRun:
         if self.primary:  # process 0 writes the run's files
             self.write(results)
         return results
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The methods in the order they run: the variants', PPO fine-tuning first in a guarded run (the outcome
+        guard compares the advised methods with it)."""
+        v = self.s.variants
+        return (BASELINE, *(x for x in v if x != BASELINE)) if self.guarded else v
+
+    def _warn_if_unguarded(self) -> None:
+        """Warn (before pretraining) where the outcome guard is on but cannot protect the advised methods: without
+        PPO fine-tuning among the variants, or with fewer seeds than an interval needs (`MIN_RUNS`)."""
+        if not (self.s.outcome_guard and self.s.needs_advisor):
+            return
+        if BASELINE not in self.s.variants:
+            self.warn("the outcome guard compares advised methods with PPO fine-tuning, which this run does not "
+                      "include: they run unguarded (add PPO to the variants)")
+        elif self.s.seeds < MIN_RUNS:
+            self.warn(f"the outcome guard needs {MIN_RUNS} or more seeds to tell harm from noise: with "
+                      f"{self.s.seeds} it reports the advised methods' gap to fine-tuning per chunk (guard_gap) but "
+                      "never acts")
 
     def _warn_if_evaluation_is_short(self) -> None:
         """Warn (before pretraining) where an evaluation's `eval_steps` cannot hold a whole episode: it averages the
@@ -668,7 +729,8 @@ class UltraRun:
         last = {name: r.eval_returns[-1] if r.eval_returns else [] for name, r in results.items()}
         summary: dict[str, Any] = {name: {"steps": r.steps, "eval_returns": r.eval_returns, "wall_s": r.wall_s,
                                           "compile_s": r.compile_s, "final": seed_summary(last[name]).as_dict(),
-                                          "chunks": r.chunk_metrics, "advisor_switched_off": r.advisor_switched_off}
+                                          "chunks": r.chunk_metrics, "advisor_switched_off": r.advisor_switched_off,
+                                          "guard_restored": r.guard_restored}
                    for name, r in results.items()}
         for name in summary:  # the paired gain over continued PPO from the same agents (IQM difference, 95% CI)
             if name != BASELINE and BASELINE in last:
@@ -677,7 +739,7 @@ class UltraRun:
                 summary[name]["final_win_rate"] = seed_summary(win_rate(last[name])).as_dict()
         summary["config"] = self.s.to_dict()
         summary["advisor"] = self.advice_stats
-        summary["modulation_choices"] = self.s.modulation.choices()
+        summary["modulation_choices"] = self.s.modulation.for_env(self.s.env_id).choices()
         if stopped is not None:
             summary["stopped"] = stopped
         text = json.dumps(json_safe(json.loads(json.dumps(summary, default=str))), indent=2, allow_nan=False)

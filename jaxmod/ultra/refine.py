@@ -112,7 +112,10 @@ class RefinementProgram:
         return self.run_fn(state, self._put(advice))
 
     def evaluate(self, state: Any, i: int) -> jax.Array:
-        keys = self.eval_keys if i == 0 else _fold(self.eval_keys, i)
+        return self.evaluate_on(state, self.eval_keys if i == 0 else _fold(self.eval_keys, i))
+
+    def evaluate_on(self, state: Any, keys: jax.Array) -> jax.Array:
+        """[S] mean evaluation return of `state`'s agents on (S,) evaluation `keys` (the evaluation program)."""
         return self.evaluate_fn(state.params, state.env_state.obs_rms, keys)[0]
 
     def record(self, state: Any, i: int) -> Any:
@@ -143,9 +146,25 @@ class LoopResult:
     start_eval: Any = None  # [S] the evaluation before refinement (what `refine_chunks`' `start` takes)
 
 
+def _chunk(program: RefinementProgram, state: Any, advice: Any, chunk: int, guard: Any, restored: bool
+           ) -> tuple[Any, Any, Any, dict[str, Any], bool]:
+    """Run chunk `chunk` and queue its evaluation; ask `guard` (if any) about it. Returns (state, metrics, [S]
+    evaluation, the guard's facts, restored): once the guard has acted (`restored`), fine-tuning's agents and
+    evaluation stand for the chunk and nothing runs (metrics None)."""
+    if restored:
+        return state, None, guard.reported(chunk), {}, True
+    state, metrics = program.run(state, advice)
+    mean = program.evaluate(state, chunk)
+    facts = {} if guard is None else guard.after_chunk(chunk, state)
+    if facts.get("guard_restored"):
+        return guard.restore(), metrics, guard.reported(chunk), facts, True
+    return state, metrics, mean, facts, False
+
+
 def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: AdviceRounds | None,
                   schedule: Schedule, read: Callable[[Any, int, dict | None, Any], None],
-                  no_swap: dict[str, Any], start: Any = None, expected_s: float | None = None) -> LoopResult:
+                  no_swap: dict[str, Any], start: Any = None, expected_s: float | None = None,
+                  guard: Any = None) -> LoopResult:
     """Refine in chunks until `learner.config.num_updates`; after each chunk `read(mean, updates done, row, metrics)`
     is called for the previous evaluation (the first with row None: the one before refinement), while the device
     runs the next. `rounds`: advice rounds (None for methods without an advisor); `no_swap`: a row's facts when
@@ -153,7 +172,11 @@ def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: A
     (every method of a run starts from the same agents and evaluates with the same program and keys).
     A pacing schedule (`schedule.paces`) tells the advisor's pacer when the last swap will be: from `expected_s`
     (the refinement's expected seconds, e.g. the previous method's; None: unknown) until a chunk has been timed,
-    then from the chunks' measured mean time."""
+    then from the chunks' measured mean time.
+    `guard`: `after_chunk(chunk, state)` -> facts for the chunk's row, called once the chunk's evaluation is queued
+    (`jaxmod.ultra.guard`); an `OutcomeGuard` that has `tripped` ends the method's own chunks: its agents become
+    `guard.restore()`, its evaluations from that chunk on `guard.reported(chunk)` (metrics None: nothing ran), and
+    the advisor gets no more episodes."""
     total = program.learner.config.num_updates
     pace = _pacing(rounds, schedule, math.ceil(total / program.chunk_updates), expected_s)
     wall0 = time.perf_counter()
@@ -168,24 +191,24 @@ def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: A
         advice, swap = rounds.take(only=schedule.taken_before(1))
         first_wait = time.perf_counter() - t0
         stall += first_wait
+    restored = False  # the guard acted: the rest is fine-tuning's
     while done < total:
-        state, metrics = program.run(state, advice)
-        done += program.chunk_updates
         chunk += 1
+        state, metrics, mean, facts, restored = _chunk(program, state, advice, chunk, guard, restored)
+        done += program.chunk_updates
         more = done < total
-        if recorded is not None:
+        if recorded is not None and not restored:
             stall += rounds.hand_over(recorded)
-            recorded = None
-        rec = program.record(state, chunk) if rounds is not None and rounds.pending is None and more else None
-        mean = program.evaluate(state, chunk)
+        recorded, live = None, rounds is not None and not restored
+        rec = program.record(state, chunk) if live and rounds.pending is None and more else None
         read(*unread)
-        unread, swap = (mean, done, {"chunk": chunk, **swap}, metrics), no_swap
+        unread, swap = (mean, done, {"chunk": chunk, **swap, **facts}, metrics), no_swap
         if rec is not None:  # a round due before the next chunk is handed over now; others once it is queued
             if schedule.waits_before(chunk + 1):
                 stall += rounds.hand_over(rec)
             else:
                 recorded = rec
-        if rounds is not None and rounds.pending is not None and more:
+        if rounds is not None and rounds.pending is not None and more and not restored:
             jax.block_until_ready(state)  # decide once the chunk is done, as late as the device allows
             pace(chunk, time.perf_counter() - wall0)
             waits = schedule.waits_before(chunk + 1)
