@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(600)
 # (matching radius 100 stds), with a strong KL pull and a large refinement rate: CartPole-v1's policy collapses to
 # one action (return ~9) within a chunk while fine-tuning improves
 HARMFUL = dict(seeds=5, pretrain_steps=4 * 128 * 16, refine_steps=4 * 128 * 12, chunks=3, collect_envs=4,
-               collect_steps=96, eval_envs=8, eval_steps=200, episodes_per_round=3, advisor="constant",
+               collect_steps=96, eval_envs=8, episodes_per_round=3, advisor="constant",
                variants=("RA", "PPO"), sync_advice=True, verify_samples=0, match_radius=100.0, kl_coef=20.0,
                refine_lr=3e-3)
 
@@ -32,12 +32,16 @@ def test_guard_restores_fine_tuning_when_advice_harms(tmp_path):
     g = ra.guard_restored
     # the harm was real: after the first chunk the advised agents were below their fine-tuned twins on the guard's
     # episodes beyond the interval, and the guard acted then
-    assert g is not None and g["chunk"] == 1 and g["seeds"] == 5 and g["ci95"][1] < 0 and g["iqm"] < -20
+    assert g is not None and g["chunk"] == 1 and g["seeds"] == 5 and g["ci"][1] < 0 and g["iqm"] < -20
+    assert g["level"] == pytest.approx(1 - 0.05 / 3)  # a look before the last: the Bonferroni bound
     # from the chunk the guard acted on, the method's agents and evaluations are fine-tuning's, exactly
     assert ra.eval_returns[1:] == ppo.eval_returns[1:]
     rows = ra.chunk_metrics
-    assert rows[0]["guard_restored"] and rows[0]["guard_gap"] == g["iqm"]
+    assert rows[0]["guard_restored"] and rows[0]["guard_gap"] == g["iqm"] and rows[0]["guard_verdict"] == "worse"
+    # the method's own (collapsed) evaluation of that chunk is kept beside fine-tuning's, which stands for it
+    assert rows[0]["own_eval_return"] < 20 < rows[0]["eval_return"]
     assert all(r.get("fine_tuning") for r in rows[1:]) and "guard_gap" not in rows[-1]
+    assert [r["eval_return"] for r in rows] == [r["eval_return"] for r in ppo.chunk_metrics]  # the rows' means too
     assert sum("the outcome guard acted after chunk 1/3" in m for m in logs) == 1
     summary = json.loads((tmp_path / "run" / "ultra.json").read_text())
     assert summary["RA"]["guard_restored"]["chunk"] == 1 and summary["PPO"]["guard_restored"] is None
@@ -55,12 +59,12 @@ class _Program:
         return self.returns.pop(0)
 
 
-def _guard(gaps: list[float]) -> OutcomeGuard:
+def _guard(gaps: list[float], acts: bool = True) -> OutcomeGuard:
     base = np.linspace(100.0, 140.0, 6)  # 6 seeds, each chunk's gap with a seed-to-seed spread of +-10
     noise = np.array([-10.0, 10.0, -5.0, 5.0, 0.0, 2.0])
     reference = FineTuningRecord(None, None, guard_returns=[base] * len(gaps))
     evaluations = [base + g + noise for g in gaps for _ in range(GUARD_EVALUATIONS)]  # each decision's evaluations
-    return OutcomeGuard(_Program(evaluations), np.zeros((6, 2), np.uint32), reference)
+    return OutcomeGuard(_Program(evaluations), np.zeros((6, 2), np.uint32), reference, len(gaps), acts=acts)
 
 
 def test_guard_window():
@@ -73,8 +77,40 @@ def test_guard_window():
     g = _guard([0.0, -60.0, -60.0])
     assert not g.after_chunk(1, None).get("guard_restored")
     f = g.after_chunk(2, None)
-    assert f["guard_restored"] and g.tripped["chunk"] == 2 and f["guard_ci95"][1] < 0
+    assert f["guard_restored"] and g.tripped["chunk"] == 2 and f["guard_ci"][1] < 0
     assert g.tripped["iqm"] == pytest.approx(-30.0, abs=5.0)
     # advice that helps is never touched
     g = _guard([50.0, 50.0, 50.0])
     assert not any(g.after_chunk(c, None).get("guard_restored") for c in (1, 2, 3))
+    # a guard that may not act (too few seeds, short evaluations) reports the same gap and never acts
+    g = _guard([0.0, -60.0, -60.0], acts=False)
+    facts = [g.after_chunk(c, None) for c in (1, 2, 3)]
+    assert g.tripped is None and facts[1]["guard_ci"][1] < 0 and facts[1]["guard_verdict"] == "not acting"
+    # looks before the last decide on a wider interval than the last one
+    assert facts[0]["guard_level"] == facts[1]["guard_level"] > facts[2]["guard_level"] == 0.95
+
+
+def test_guard_needs_whole_episodes(tmp_path):
+    """Evaluations shorter than the task's episodes score an agent that outlasts them 0: the guard says so before
+    anything runs and does not act."""
+    logs: list[str] = []
+    run = UltraRun(UltraConfig.flat(**{**HARMFUL, "eval_steps": 40}), tmp_path / "run", log=logs.append)
+    assert run.guarded and not run.guard_acts
+    run._warn_if_unguarded()
+    assert any("outcome guard needs evaluations of whole episodes (500 steps; --eval-steps is 40)" in m for m in logs)
+
+
+def test_replay_of_a_run_before_the_guard_runs_as_it_ran(tmp_path):
+    """A run recorded before the guard and trust_prior existed replays without them (they were not part of it), and
+    a new run's config.json records the env family's knobs as the run used them."""
+    config = UltraConfig.flat(**HARMFUL).to_dict()
+    del config["outcome_guard"], config["modulation"]["trust_prior"]
+    config["modulation"]["match_radius"] = 0.0
+    (tmp_path / "ultra.json").write_text(json.dumps({"config": config}))
+    replayed = UltraConfig.replay_of(tmp_path)
+    assert replayed.outcome_guard is False and replayed.modulation.trust_prior == 0.0
+    assert replayed.modulation.match_radius == 0.0
+    UltraRun(UltraConfig.flat(env_id="Acrobot-v1", seeds=5), tmp_path / "new")
+    recorded = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert recorded["modulation"]["trust_prior"] == 0.5 and recorded["modulation"]["match_radius"] == 0.5
+    assert recorded["outcome_guard"] is True

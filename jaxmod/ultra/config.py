@@ -477,13 +477,23 @@ class UltraConfig:
             raise FileNotFoundError(f"no ultra.json in {run_dir}")
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         if "config" in summary:
-            recorded = cls.from_dict(summary["config"])
+            recorded = cls.from_dict(_as_recorded(summary["config"]))
         else:  # a run of an earlier version: flat settings
             flat = dict(summary["settings"])
             recorded = cls.flat(ppo_overrides=[tuple(kv) for kv in flat.pop("ppo_overrides", ())], **flat)
         advisor = dataclasses.replace(recorded.advisor, spec=f"replay:{run_dir / 'transcript.jsonl'}", noise=0.0)
         schedule = dataclasses.replace(recorded.schedule, swap_schedule=str(summary_path))
         return dataclasses.replace(recorded, advisor=advisor, schedule=schedule)
+
+
+def _as_recorded(data: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's recorded config with the knobs its version did not have set as that version ran them: no
+    outcome guard, no trust before evidence (runs before 2026-12-03)."""
+    data = {**data, "outcome_guard": data.get("outcome_guard", False)}
+    modulation = data.get("modulation")
+    if isinstance(modulation, dict) and "trust_prior" not in modulation:
+        data["modulation"] = {**modulation, "trust_prior": 0.0}
+    return data
 
 
 SECTIONS: dict[str, type] = {"modulation": ModulationConfig, "advisor": AdvisorConfig, "schedule": ScheduleConfig,

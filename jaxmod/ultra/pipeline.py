@@ -230,6 +230,8 @@ class UltraRun:
         config = dataclasses.replace(config, advisor=dataclasses.replace(
             config.advisor, protocol=config.advisor.resolved_protocol(spec)))
         config.check_advisor_files()  # one line now, not after pretraining
+        # the knobs the env family sets, as this run uses them: config.json records them (a replay does the same)
+        config = dataclasses.replace(config, modulation=config.modulation.for_env(config.env_id))
         self.s, self.out, self.log, self.progress = config, Path(out), log, progress
         # where the seeds' programs run (a layout that does not fit the devices: one line now, nothing written)
         self.layout = SeedPrograms(config.seeds, mesh, config.env_shards, config.ppo.num_envs)
@@ -526,16 +528,24 @@ class UltraRun:
         if variant == BASELINE:
             return FineTuningRecord(program, keys)
         if method(variant).critical == "advisor" and self._fine_tuning is not None:
-            return OutcomeGuard(program, keys, self._fine_tuning)
+            chunks = math.ceil(program.learner.config.num_updates / program.chunk_updates)
+            return OutcomeGuard(program, keys, self._fine_tuning, chunks, acts=self.guard_acts)
         return None
+
+    @property
+    def guard_acts(self) -> bool:
+        """Whether the outcome guard may act (it reports its gap either way): `MIN_RUNS` seeds or more, and
+        evaluations that hold the task's whole episodes (an agent whose episodes outlast them scores 0)."""
+        return self.s.seeds >= MIN_RUNS and self.eval_steps >= self.agent_learner.env.core.max_steps
 
     def _report_guard(self, result: VariantResult, row: dict[str, Any], chunks: int) -> None:
         """Say so when the outcome guard acts on `result`'s method (its row for the chunk it acted after)."""
-        low, high = row["guard_ci95"]
+        low, high = row["guard_ci"]
         self.warn(f"{result.name}: the outcome guard acted after chunk {row['chunk']}/{chunks}: its agents fell "
-                  f"below PPO fine-tuning's on the guard's evaluation (IQM {row['guard_gap']:+.1f}, 95% CI "
-                  f"[{low:+.1f}, {high:+.1f}] over {self.s.seeds} seeds), so the advisor is switched off and every "
-                  "seed's agent is fine-tuning's from there on (its remaining evaluations are fine-tuning's)")
+                  f"below PPO fine-tuning's on the guard's evaluation (IQM {row['guard_gap']:+.1f}, "
+                  f"{row['guard_level']:.1%} CI [{low:+.1f}, {high:+.1f}] over {self.s.seeds} seeds; its own "
+                  f"evaluation {row['own_eval_return']:.1f}), so the advisor is switched off and every seed's agent is "
+                  "fine-tuning's from there on (its evaluations from this chunk on are fine-tuning's)")
 
     def _reader(self, result: VariantResult, learner: PPOLearner, program: RefinementProgram) -> Callable:
         """`refine_chunks`'s `read(mean, done, row, metrics)` for `result`'s method: records an evaluation ([S]
@@ -587,6 +597,8 @@ class UltraRun:
             sub.ppo_metrics(metrics, np.asarray(metrics["env_steps"])[0])
             sub.scalars({f"advice/{k}": v for k, v in row.items() if k not in ("eval_return", "chunk")
                          and isinstance(v, (int, float)) and not isinstance(v, bool)}, step)
+        if row is not None and (row.get("guard_restored") or row.get("fine_tuning")):  # 1: fine-tuning's agents
+            sub.scalars({"advice/guard_restored": 1.0}, step)
         sub.scalars({"eval/return": float(np.mean(mean))}, step)
         sub.flush()
 
@@ -705,6 +717,10 @@ class UltraRun:
             self.warn(f"the outcome guard needs {MIN_RUNS} or more seeds to tell harm from noise: with "
                       f"{self.s.seeds} it reports the advised methods' gap to fine-tuning per chunk (guard_gap) but "
                       "never acts")
+        elif not self.guard_acts:
+            self.warn(f"the outcome guard needs evaluations of whole episodes ({self.agent_learner.env.core.max_steps} "
+                      f"steps; --eval-steps is {self.eval_steps}): it reports the advised methods' gap to fine-tuning "
+                      "per chunk (guard_gap) but never acts")
 
     def _warn_if_evaluation_is_short(self) -> None:
         """Warn (before pretraining) where an evaluation's `eval_steps` cannot hold a whole episode: it averages the

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import numpy as np
 
-from jaxmod.parallel import SeedPrograms
+from jaxmod.parallel import SeedPrograms, gather
 from jaxmod.ppo import PPOLearner
 from jaxmod.ppo.acting import make_collector, make_evaluator
 from jaxmod.ppo.train import params_finite
@@ -149,14 +150,16 @@ class LoopResult:
 def _chunk(program: RefinementProgram, state: Any, advice: Any, chunk: int, guard: Any, restored: bool
            ) -> tuple[Any, Any, Any, dict[str, Any], bool]:
     """Run chunk `chunk` and queue its evaluation; ask `guard` (if any) about it. Returns (state, metrics, [S]
-    evaluation, the guard's facts, restored): once the guard has acted (`restored`), fine-tuning's agents and
-    evaluation stand for the chunk and nothing runs (metrics None)."""
+    evaluation, the guard's facts, restored): from the chunk the guard acts on, fine-tuning's agents and evaluation
+    stand for the method's (at that chunk the method's own mean evaluation is kept as `own_eval_return`); after it
+    nothing runs (metrics None)."""
     if restored:
         return state, None, guard.reported(chunk), {}, True
     state, metrics = program.run(state, advice)
     mean = program.evaluate(state, chunk)
     facts = {} if guard is None else guard.after_chunk(chunk, state)
-    if facts.get("guard_restored"):
+    if facts.get("guard_restored"):  # the method's own evaluation of the chunk stays in its row
+        facts["own_eval_return"] = float(np.mean(np.asarray(gather(mean))))
         return guard.restore(), metrics, guard.reported(chunk), facts, True
     return state, metrics, mean, facts, False
 
