@@ -55,10 +55,12 @@ NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # agents' 981: it hops further and falls), so the cell records whether its teacher met the bar.
 FAMILIES: dict[str, dict[str, Any]] = {
     "classic": dict(seeds=10, pretrain_steps=80_000, refine_steps=160_000, teacher_x=5, knobs={}),
+    # evaluations hold whole episodes (eval_steps unset: the episode limit, up to 1,000), as the outcome guard needs
+    # to act (cells before 2026-12-03 evaluated MinAtar 500 and Pong 400 steps)
     "minatar": dict(seeds=5, pretrain_steps=300_000, refine_steps=300_000, teacher_x=5,
-                    knobs=dict(chunks=5, eval_envs=32, eval_steps=500)),
+                    knobs=dict(chunks=5, eval_envs=32)),
     "pong": dict(seeds=5, pretrain_steps=200_000, refine_steps=300_000, teacher_x=5,
-                 knobs=dict(chunks=5, eval_envs=32, eval_steps=400)),
+                 knobs=dict(chunks=5, eval_envs=32)),
     "brax": dict(seeds=5, pretrain_steps=600_000, refine_steps=300_000, teacher_x=8,
                  teacher_growth=1, knobs=dict(chunks=5, eval_envs=32, eval_steps=1000, collect_envs=16,
                                               collect_steps=1000, ppo_overrides=(("num_envs", 256),))),
