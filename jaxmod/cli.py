@@ -1225,7 +1225,7 @@ def _print_ultra_results(console: Any, config: Any, run: Any, results: dict[str,
         g = r.guard_restored
         if g:
             console.print(f"outcome guard ({METHODS[name].label}): below fine-tuning after chunk {g['chunk']}/"
-                          f"{len(r.chunk_metrics)} (guard evaluation IQM {g['iqm']:+.1f}, {g['level']:.1%} CI "
+                          f"{len(r.chunk_metrics)} (guard evaluation mean gap {g['gap']:+.1f}, {g['level']:.1%} CI "
                           f"[{g['ci'][0]:+.1f}, {g['ci'][1]:+.1f}]): advisor off, its agents are fine-tuning's from "
                           "there on",
                           soft_wrap=True, markup=False)

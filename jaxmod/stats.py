@@ -104,6 +104,19 @@ def iqm_difference_ci(a, b, confidence: float = CONFIDENCE, resamples: int = RES
                      confidence, resamples, seed)
 
 
+def mean_difference_ci(a: np.ndarray, b: np.ndarray, confidence: float) -> Interval:
+    """mean(a - b) over paired runs with its Student-t interval at `confidence` (`a`, `b`: [S] float64, S >= 2). A
+    t interval, not the percentile bootstrap the reports use: with 5 to 10 seeds the bootstrap's interval is too
+    narrow (one look at advice worth nothing comes out "worse" in ~5% of 5-seed runs where 2.5% is meant), and the
+    outcome guard (`jaxmod.ultra.guard`) decides on it after every chunk."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    mean = float(d.mean())
+    if d.size < 2:
+        return Interval(mean, mean, mean, int(d.size))
+    half = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+    return Interval(mean, mean - half, mean + half, int(d.size))
+
+
 def few_runs_note(n: int, what: str = "seeds") -> str:
     """A note to print next to intervals over `n` runs (`what`: "seeds", "episodes"): "" from `MIN_RUNS` runs on,
     else e.g. "n=2 seeds: interval not meaningful (fewer than 5)"."""

@@ -32,12 +32,12 @@ def test_guard_restores_fine_tuning_when_advice_harms(tmp_path):
     g = ra.guard_restored
     # the harm was real: after the first chunk the advised agents were below their fine-tuned twins on the guard's
     # episodes beyond the interval, and the guard acted then
-    assert g is not None and g["chunk"] == 1 and g["seeds"] == 5 and g["ci"][1] < 0 and g["iqm"] < -20
+    assert g is not None and g["chunk"] == 1 and g["seeds"] == 5 and g["ci"][1] < 0 and g["gap"] < -20
     assert g["level"] == pytest.approx(1 - 0.05 / 3)  # a look before the last: the Bonferroni bound
     # from the chunk the guard acted on, the method's agents and evaluations are fine-tuning's, exactly
     assert ra.eval_returns[1:] == ppo.eval_returns[1:]
     rows = ra.chunk_metrics
-    assert rows[0]["guard_restored"] and rows[0]["guard_gap"] == g["iqm"] and rows[0]["guard_verdict"] == "worse"
+    assert rows[0]["guard_restored"] and rows[0]["guard_gap"] == g["gap"] and rows[0]["guard_verdict"] == "worse"
     # the method's own (collapsed) evaluation of that chunk is kept beside fine-tuning's, which stands for it
     assert rows[0]["own_eval_return"] < 20 < rows[0]["eval_return"]
     assert all(r.get("fine_tuning") for r in rows[1:]) and "guard_gap" not in rows[-1]
@@ -78,7 +78,7 @@ def test_guard_window():
     assert not g.after_chunk(1, None).get("guard_restored")
     f = g.after_chunk(2, None)
     assert f["guard_restored"] and g.tripped["chunk"] == 2 and f["guard_ci"][1] < 0
-    assert g.tripped["iqm"] == pytest.approx(-30.0, abs=5.0)
+    assert g.tripped["gap"] == pytest.approx(-30.0, abs=5.0)
     # advice that helps is never touched
     g = _guard([50.0, 50.0, 50.0])
     assert not any(g.after_chunk(c, None).get("guard_restored") for c in (1, 2, 3))

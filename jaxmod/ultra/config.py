@@ -294,9 +294,10 @@ class UltraConfig:
     # and every minibatch split over them, gradients summed across them; must divide num_envs and the device
     # count, the seeds a multiple of devices / env_shards; evaluations and recordings run whole on each; 1: seeds
     # alone are spread over the devices when they split evenly; jaxmod.parallel)
-    outcome_guard: bool = True  # after every chunk, compare each advised method (A, R, RA) with PPO fine-tuning
-    # from the same agents on guard episodes of their own; once its IQM over seeds falls below fine-tuning's by more
-    # than the paired 95% interval (5 or more seeds), switch its advisor off and make every seed's agent
+    outcome_guard: bool = True  # after every chunk, compare each advised method (A, R, RA, restart) with PPO
+    # fine-tuning from the same agents on guard episodes of their own; once its mean over seeds (the last two
+    # chunks) falls below fine-tuning's by more than the paired t interval (1 - 0.05/chunks before the last chunk,
+    # 95% at it; 5 or more seeds, whole-episode evaluations), switch its advisor off and make every seed's agent
     # fine-tuning's from there on, so advice never costs the agents (jaxmod.ultra.guard); needs PPO among the
     # variants (the command line always runs it)
     share_programs: str = "off"  # methods that share one compiled program (the union of their pieces, each

@@ -7,9 +7,9 @@ PPO (fine-tuning, `BASELINE`) runs first from the same agents and with the same 
 agents play guard episodes: `GUARD_EVALUATIONS` evaluations of --eval-envs episodes per seed, on keys of their own
 (`GUARD_SEED_OFFSET`), so no reported evaluation is one a decision was made on. After each chunk of an advised
 method (every method whose critical states come from the advisor: ULTRA-A, R, RA, restart) its agents play the same
-guard episodes, and the paired IQM difference over seeds (advised minus fine-tuning, seed i of both refining the
-same agent; each seed's returns averaged over the last `WINDOW` chunks) is tested with a Student-t interval of the
-mean (`mean_difference_ci`). Once the interval lies wholly below zero, the advisor is switched off and every
+guard episodes, and the paired difference over seeds (advised minus fine-tuning, seed i of both refining the same
+agent; each seed's returns averaged over the last `WINDOW` chunks) is tested with a Student-t interval of its mean
+(`jaxmod.stats.mean_difference_ci`). Once the interval lies wholly below zero, the advisor is switched off and every
 seed's agent becomes fine-tuning's from that chunk on: the method's remaining evaluations and its final agents are
 fine-tuning's, so its result can only move toward fine-tuning's.
 
@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from jaxmod.parallel import gather, seed_keys
-from jaxmod.stats import CONFIDENCE, Interval, verdict
+from jaxmod.stats import CONFIDENCE, mean_difference_ci, verdict
 
 GUARD_SEED_OFFSET = 7000  # guard episodes' keys: seed + this (reported evaluations use seed + 2000)
 GUARD_EVALUATIONS = 4  # evaluations (of --eval-envs episodes per seed each) behind every guard decision
@@ -55,21 +55,6 @@ def guard_level(chunk: int, chunks: int) -> float:
     """The confidence of the interval the guard decides on after `chunk` of `chunks`: 1 - 0.05 / chunks before the
     last chunk (the looks together err at most as one 95% look), 95% at the last."""
     return CONFIDENCE if chunk >= chunks else 1.0 - (1.0 - CONFIDENCE) / chunks
-
-
-def mean_difference_ci(a: np.ndarray, b: np.ndarray, confidence: float) -> Interval:
-    """mean(a - b) over paired runs with its Student-t interval at `confidence` (`a`, `b`: [S] float64, S >= 2). A
-    t interval, not the percentile bootstrap the reports use: with 5 to 10 seeds the bootstrap's interval is too
-    narrow (one look at advice worth nothing comes out "worse" in ~5% of 5-seed runs where 2.5% is meant), and the
-    guard looks after every chunk."""
-    from scipy import stats
-
-    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    mean = float(d.mean())
-    if d.size < 2:
-        return Interval(mean, mean, mean, int(d.size))
-    half = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
-    return Interval(mean, mean - half, mean + half, int(d.size))
 
 
 def _evaluate(program: Any, state: Any, keys: jax.Array, chunk: int) -> jax.Array:
@@ -110,7 +95,7 @@ class OutcomeGuard:
     the guard evaluations to fine-tuning's (`reference`), each seed's averaged over the last `WINDOW` chunks, as row
     facts (`guard_gap`: the mean over seeds of advised minus fine-tuning; `guard_ci` at confidence `guard_level`; `guard_verdict`);
     once the interval lies below 0 and the guard `acts` (`MIN_RUNS` seeds or more, whole-episode evaluations),
-    `tripped` holds {"chunk", "iqm", "ci", "level", "seeds"} and the loop continues with fine-tuning's agents and
+    `tripped` holds {"chunk", "gap" (the mean gap), "ci", "level", "seeds"} and the loop continues with fine-tuning's agents and
     evaluations (`restore`, `reported`)."""
 
     program: Any
@@ -133,7 +118,7 @@ class OutcomeGuard:
         said = verdict(gap) if self.acts else "not acting"
         facts = {"guard_gap": gap.point, "guard_ci": [gap.low, gap.high], "guard_level": level, "guard_verdict": said}
         if said == "worse":
-            self.tripped = {"chunk": chunk, "iqm": gap.point, "ci": [gap.low, gap.high], "level": level,
+            self.tripped = {"chunk": chunk, "gap": gap.point, "ci": [gap.low, gap.high], "level": level,
                             "seeds": int(mine.size)}
             facts["guard_restored"] = True
         return facts

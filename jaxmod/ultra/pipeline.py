@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,7 +75,7 @@ class VariantResult:
     chunk_metrics: list[dict[str, Any]] = field(default_factory=list)
     # verification switched the advisor off as a whole: {"seeds": how many, "first_chunk": when}; None: it never did
     advisor_switched_off: dict[str, int] | None = None
-    # the outcome guard acted (`jaxmod.ultra.guard`): {"chunk", "iqm", "ci95", "seeds"}; None: it never did
+    # the outcome guard acted (`jaxmod.ultra.guard`): {"chunk", "gap", "ci", "level", "seeds"}; None: it never did
     guard_restored: dict[str, Any] | None = None
 
 
@@ -276,6 +275,11 @@ class UltraRun:
     def agent_learner(self) -> PPOLearner:
         """The learner of the pre-trained agents (built once: brax envs take seconds to build)."""
         return PPOLearner(self.s.ppo_config(self.s.pretrain_steps), env_axis=self.layout.env_axis)
+
+    @property
+    def whole_episodes(self) -> bool:
+        """Whether each evaluation's `eval_steps` hold the task's longest episode."""
+        return self.eval_steps >= self.agent_learner.env.core.max_steps
 
     @property
     def eval_steps(self) -> int:
@@ -528,21 +532,20 @@ class UltraRun:
         if variant == BASELINE:
             return FineTuningRecord(program, keys)
         if method(variant).critical == "advisor" and self._fine_tuning is not None:
-            chunks = math.ceil(program.learner.config.num_updates / program.chunk_updates)
-            return OutcomeGuard(program, keys, self._fine_tuning, chunks, acts=self.guard_acts)
+            return OutcomeGuard(program, keys, self._fine_tuning, program.chunks, acts=self.guard_acts)
         return None
 
     @property
     def guard_acts(self) -> bool:
         """Whether the outcome guard may act (it reports its gap either way): `MIN_RUNS` seeds or more, and
         evaluations that hold the task's whole episodes (an agent whose episodes outlast them scores 0)."""
-        return self.s.seeds >= MIN_RUNS and self.eval_steps >= self.agent_learner.env.core.max_steps
+        return self.s.seeds >= MIN_RUNS and self.whole_episodes
 
     def _report_guard(self, result: VariantResult, row: dict[str, Any], chunks: int) -> None:
         """Say so when the outcome guard acts on `result`'s method (its row for the chunk it acted after)."""
         low, high = row["guard_ci"]
         self.warn(f"{result.name}: the outcome guard acted after chunk {row['chunk']}/{chunks}: its agents fell "
-                  f"below PPO fine-tuning's on the guard's evaluation (IQM {row['guard_gap']:+.1f}, "
+                  f"below PPO fine-tuning's on the guard's evaluation (mean gap {row['guard_gap']:+.1f}, "
                   f"{row['guard_level']:.1%} CI [{low:+.1f}, {high:+.1f}] over {self.s.seeds} seeds; its own "
                   f"evaluation {row['own_eval_return']:.1f}), so the advisor is switched off and every seed's agent is "
                   "fine-tuning's from there on (its evaluations from this chunk on are fine-tuning's)")
@@ -555,7 +558,7 @@ class UltraRun:
         s, variant = self.s, result.name
         cfg, modulated = learner.config, not learner.modulator.identity
         label = method(variant).label
-        chunks = math.ceil(cfg.num_updates / program.chunk_updates)
+        chunks = program.chunks
         hint = (f"the run stops (finished methods' results are in {self.out / 'ultra.json'}); a smaller --refine-lr "
                 f"(now {s.refine_lr:g}){' or --kl-coef' if modulated and s.modulation.uses_kl else ''} may help")
 
@@ -727,7 +730,7 @@ class UltraRun:
         episodes that end within it, so longer ones are not counted and a seed whose episodes all outlast it reports
         0 (Acrobot-v1 with --eval-steps 200: every method's return 0.0, the best possible)."""
         limit, steps = self.agent_learner.env.core.max_steps, self.eval_steps
-        if steps < limit:
+        if not self.whole_episodes:
             self.warn(f"evaluations run {steps} steps per env but {self.s.env_id}'s episodes last up to {limit}: "
                       "returns count only the episodes that end within them (a seed whose episodes all outlast them "
                       f"reports 0); --eval-steps {limit} or more evaluates whole episodes")
@@ -755,7 +758,7 @@ class UltraRun:
                 summary[name]["final_win_rate"] = seed_summary(win_rate(last[name])).as_dict()
         summary["config"] = self.s.to_dict()
         summary["advisor"] = self.advice_stats
-        summary["modulation_choices"] = self.s.modulation.for_env(self.s.env_id).choices()
+        summary["modulation_choices"] = self.s.modulation.choices()  # resolved for the env in __init__
         if stopped is not None:
             summary["stopped"] = stopped
         text = json.dumps(json_safe(json.loads(json.dumps(summary, default=str))), indent=2, allow_nan=False)

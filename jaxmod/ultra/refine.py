@@ -84,6 +84,11 @@ class RefinementProgram:
         evaluate = jit(make_evaluator(env.replace_num_envs(eval_envs), net, eval_steps))
         return cls(learner, chunk_updates, keys, eval_keys, run, evaluate, collect, layout=layout)
 
+    @property
+    def chunks(self) -> int:
+        """Chunks of the refinement: `chunk_updates` updates each, the last one possibly shorter."""
+        return math.ceil(self.learner.config.num_updates / self.chunk_updates)
+
     def share(self, learner: PPOLearner) -> RefinementProgram:
         """This program for another member of its program group (`jaxmod.methods.shared_modulator`): the same
         compiled programs, `learner` for the member's own config and modulator."""
@@ -181,7 +186,7 @@ def refine_chunks(program: RefinementProgram, state: Any, advice: Any, rounds: A
     `guard.restore()`, its evaluations from that chunk on `guard.reported(chunk)` (metrics None: nothing ran), and
     the advisor gets no more episodes."""
     total = program.learner.config.num_updates
-    pace = _pacing(rounds, schedule, math.ceil(total / program.chunk_updates), expected_s)
+    pace = _pacing(rounds, schedule, program.chunks, expected_s)
     wall0 = time.perf_counter()
     done = chunk = 0
     stall = 0.0
