@@ -105,6 +105,11 @@ def test_an_ultra_run_reports_iqm_intervals_gains_and_pongs_win_rate(tmp_path, m
     rate = ra["final_win_rate"]
     assert f"0.75 [{rate['ci95'][0]:.2f}, {rate['ci95'][1]:.2f}]" in text and "+0.25 [" in text
     assert "better" in text and "not meaningful" not in text
+    narrow = Console(record=True, width=40)  # a narrow terminal: rows as lines, every number whole (none cut to "…")
+    _print_ultra_results(narrow, config, run, _results(), tmp_path)
+    lines = narrow.export_text()
+    assert "…" not in lines and f"final IQM [95% CI]: 0.75 [{rate['ci95'][0]:.2f}, {rate['ci95'][1]:.2f}]" in lines
+    assert "- method: ULTRA-RA" in lines and "gain vs fine-tune: +0.25 [" in lines
 
 
 def test_fewer_than_five_seeds_give_no_verdict_and_a_note_next_to_the_intervals(tmp_path):
