@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from jaxmod.advice.modulation import ModulationConfig
 from jaxmod.ultra.config import UltraConfig
 from jaxmod.ultra.guard import GUARD_EVALUATIONS, FineTuningRecord, OutcomeGuard
 from jaxmod.ultra.pipeline import UltraRun
@@ -114,3 +115,14 @@ def test_replay_of_a_run_before_the_guard_runs_as_it_ran(tmp_path):
     recorded = json.loads((tmp_path / "new" / "config.json").read_text())
     assert recorded["modulation"]["trust_prior"] == 0.5 and recorded["modulation"]["match_radius"] == 0.5
     assert recorded["outcome_guard"] is True
+
+
+@pytest.mark.parametrize("env_id, knob", [("CartPole-v1", 0.5), ("Acrobot-v1", 0.5), ("jaxmod/Pong", 0.5),
+                                           ("jaxmod/Pong-OnePoint", 0.5), ("Pendulum-v1", 0.0),
+                                           ("Asterix-MinAtar", 0.0), ("brax/hopper", 0.0), (None, 0.0)])
+def test_family_defaults_of_the_advice_knobs(env_id, knob):
+    """Unset match_radius and trust_prior take the env family's values: advice-first (0.5) on discrete classic control
+    and Pong, evidence-first (0) on continuous classic control, MinAtar, brax and an unknown env; a set value stays."""
+    resolved = ModulationConfig().for_env(env_id)
+    assert resolved.match_radius == knob and resolved.trust_prior == knob
+    assert ModulationConfig(trust_prior=0.25).for_env(env_id).trust_prior == 0.25

@@ -45,12 +45,15 @@ from typing import Any
 from jaxmod.ppo.modulator import Modulator, chain
 
 # knobs whose default is the env family's (`ModulationConfig.for_env`; jaxmod's choice, measured in
-# docs/results.md): discrete-action classic control's advice acts before verification has evidence (a slot's trust
-# starts at 0.5; live states within 0.5 stds of an advice state are critical): with the outcome guard
-# (`jaxmod.ultra.guard`) behind it, the teacher's RA beats fine-tuning on MountainCar-v0 (+57, where evidence-first
-# advice never acts) and CartPole-v1. Continuous classic control (Pendulum-v1: the teacher's pull cost it, the guard
-# acted) and the other families stay evidence-first (`UNSET_DEFAULTS`)
-FAMILY_DEFAULTS: dict[str, dict[str, float]] = {"classic": {"match_radius": 0.5, "trust_prior": 0.5}}
+# docs/results.md): in discrete-action classic control and Pong advice acts before verification has evidence (a
+# slot's trust starts at 0.5; live states within 0.5 stds of an advice state are critical): with the outcome guard
+# (`jaxmod.ultra.guard`) behind it, the teacher's RA beats fine-tuning on MountainCar-v0 (+55, where evidence-first
+# advice never acts), CartPole-v1 and Pong-OnePoint (+0.2 win rate), and is within noise of it on the whole game of
+# Pong and Acrobot-v1. Continuous classic control (Pendulum-v1: matched states executing the teacher's action for
+# another state cost it ~100), MinAtar (Asterix-MinAtar: the teacher's RA -0.1, worse) and brax stay evidence-first
+# (`UNSET_DEFAULTS`)
+ADVICE_FIRST = {"match_radius": 0.5, "trust_prior": 0.5}
+FAMILY_DEFAULTS: dict[str, dict[str, float]] = {"classic": ADVICE_FIRST, "pong": ADVICE_FIRST}
 UNSET_DEFAULTS: dict[str, float] = {"match_radius": 0.0, "trust_prior": 0.0}  # every other family's
 
 # the variants' switches (override_action = ULTRA-A, shape_reward = ULTRA-R); "restart": restarts only
@@ -76,7 +79,7 @@ class ModulationConfig:
     # it (a truncation, bootstrapped); unset: the env family's (`jaxmod.advice.restarts.CUT_PROB`: brax 0.02, else 0)
     match_radius: float | None = None  # epsilon: live states this close to an advice state (in observation stds,
     # or the advice states' spread for raw observations) are critical too; 0 disables matching; unset: the env
-    # family's (`FAMILY_DEFAULTS`: discrete classic control 0.5, the others 0)
+    # family's (`FAMILY_DEFAULTS`: discrete classic control and Pong 0.5, the others 0)
     reward_scale: float = 1.0  # lambda: weight of the advisor's implicit reward (ULTRA-R), in units of the running
     # RMS of the env's raw per-step reward (1: a critical step's bonus as large as a typical step's reward), the same
     # with and without reward normalisation
@@ -92,7 +95,7 @@ class ModulationConfig:
     trust_prior: float | None = None  # trust of a slot before evidence: its weight is the larger of this and what
     # the evidence shows (0: advice acts only once shown to beat the policy's own actions; 1: every slot acts in full
     # until refuted); refuted slots and a switched-off advisor still stop acting; unset: the env family's
-    # (`FAMILY_DEFAULTS`: discrete classic control 0.5, the others 0)
+    # (`FAMILY_DEFAULTS`: discrete classic control and Pong 0.5, the others 0)
     consensus_radius: float = 2.0  # advice out-voted by the advice within this many spreads stops acting (0: off)
     consensus_action_tol: float = 0.25  # continuous suggestions agree within this RMS share of the action range
 
