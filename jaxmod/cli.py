@@ -52,26 +52,31 @@ class CLIError(Exception):
 
 def _print_table(console: Any, table: Any, note: str | None) -> None:
     """A rich table, then its note (few runs: no interval) as a line of its own: a caption would wrap at the
-    table's width, mid-sentence, in a log. On a console too narrow for every cell's longest word (rich would cut
-    cells to "…": a number lost), each row is printed as lines of "header: value" instead (a row begins "- ")."""
-    if console.width < _table_min_width(console, table):
-        console.print(table.title, soft_wrap=True, markup=False)
+    table's width, mid-sentence, in a log. No cell is ever cut to "…" (a number lost): each column is kept at least
+    as wide as its longest word, and on a console too narrow for that each row is printed as lines of
+    "header: value" instead (a row begins "- ")."""
+    words = _longest_words(table)
+    if console.width < sum(words) + 3 * len(words) + 1:  # the words, one space of padding each side, the borders
+        if table.title:
+            console.print(table.title, soft_wrap=True, markup=False)
         headers = [str(c.header) for c in table.columns]
-        for row in zip(*(list(c.cells) for c in table.columns), strict=True):
+        for row in zip(*(list(c.cells) for c in table.columns), strict=False):  # as rich: rows every column has
             for i, (h, v) in enumerate(zip(headers, row, strict=True)):
                 console.print(f"{'- ' if i == 0 else '  '}{h}: {v}", soft_wrap=True, markup=False)
     else:
+        for column, word in zip(table.columns, words, strict=True):  # else rich shrinks wide columns below their words
+            column.min_width = max(column.min_width or 0, word + 2)
         console.print(table)
     if note:
         console.print(note, soft_wrap=True, markup=False)
 
 
-def _table_min_width(console: Any, table: Any) -> int:
-    """The width `table` needs to show every cell without cutting a word: per column its longest word (header
-    included), plus the borders and padding."""
-    widths = [max((len(word) for cell in [c.header, *c.cells] for word in str(cell).split()), default=1)
-              for c in table.columns]
-    return sum(widths) + 3 * len(widths) + 1
+def _longest_words(table: Any) -> list[int]:
+    """Per column of `table`, the display width of its longest word (header included)."""
+    from rich.cells import cell_len
+
+    return [max((cell_len(word) for cell in [c.header, *c.cells] for word in str(cell).split()), default=1)
+            for c in table.columns]
 
 
 def _escape(text: str) -> str:

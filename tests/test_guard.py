@@ -122,7 +122,7 @@ def test_replay_of_a_run_before_the_guard_runs_as_it_ran(tmp_path):
                                            ("Asterix-MinAtar", 0.0), ("brax/hopper", 0.0), (None, 0.0)])
 def test_family_defaults_of_the_advice_knobs(env_id, knob):
     """Unset match_radius and trust_prior take the env family's values: advice-first (0.5) on discrete classic control
-    and Pong, evidence-first (0) on continuous classic control, MinAtar, brax and an unknown env; a set value stays."""
+    and Pong, evidence-first (0) on continuous classic control, MinAtar, brax and with no env; a set value stays."""
     resolved = ModulationConfig().for_env(env_id)
     assert resolved.match_radius == knob and resolved.trust_prior == knob
     assert ModulationConfig(trust_prior=0.25).for_env(env_id).trust_prior == 0.25

@@ -48,7 +48,7 @@ from jaxmod.ppo.modulator import Modulator, chain
 # docs/results.md): in discrete-action classic control and Pong advice acts before verification has evidence (a
 # slot's trust starts at 0.5; live states within 0.5 stds of an advice state are critical): with the outcome guard
 # (`jaxmod.ultra.guard`) behind it, the teacher's RA beats fine-tuning on MountainCar-v0 (+55, where evidence-first
-# advice never acts), CartPole-v1 and Pong-OnePoint (+0.2 win rate), and is within noise of it on the whole game of
+# advice never acts), CartPole-v1 and Pong-OnePoint (+0.2 return), and is within noise of it on the whole game of
 # Pong and Acrobot-v1. Continuous classic control (Pendulum-v1: matched states executing the teacher's action for
 # another state cost it ~100), MinAtar (Asterix-MinAtar: the teacher's RA -0.1, worse) and brax stay evidence-first
 # (`UNSET_DEFAULTS`)
