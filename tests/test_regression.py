@@ -109,7 +109,8 @@ NOT_MEASURED = {"advice_outvoted", "advice_refuted"}
 DROPPED = {"StateMask-R": NOT_MEASURED, "RICE": NOT_MEASURED, "Random": NOT_MEASURED,
            "JSRL": NOT_MEASURED | {"critical_frac", "restarts", "advice_valid"}}
 REDEFINED = {"A": {"approx_kl", "clip_frac"}, "RA": {"approx_kl", "clip_frac"}}  # policy samples only (issue 18)
-ADDED_ROW = {"critical_steps", "guard_gap", "guard_ci", "guard_level", "guard_verdict"}  # new chunk-row facts (issue 19; the outcome guard)
+# new chunk-row facts (issue 19; the outcome guard)
+ADDED_ROW = {"critical_steps", "guard_gap", "guard_ci", "guard_level", "guard_verdict"}
 RTOL, ATOL = 1e-4, 1e-7  # floats across CPU models (module docstring); integers exactly
 
 

@@ -141,8 +141,8 @@ class ModulationConfig:
 
     def for_env(self, env_id: str | None) -> ModulationConfig:
         """These knobs with the unset ones (None) set to `env_id`'s family's (`FAMILY_DEFAULTS`; None, a family
-        without entries or continuous classic control: `UNSET_DEFAULTS`). `jaxmod.methods.MethodContext` resolves its config this way, so every
-        method of a run (and `UltraConfig`) gets its env's."""
+        without entries or continuous classic control: `UNSET_DEFAULTS`). `jaxmod.methods.MethodContext` resolves
+        its config this way, so every method of a run (and `UltraConfig`) gets its env's."""
         values = dict(UNSET_DEFAULTS)
         if env_id is not None:
             from jaxmod.ppo.config import CONTINUOUS_GYMNAX, family_of

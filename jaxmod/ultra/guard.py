@@ -93,10 +93,10 @@ class FineTuningRecord:
 class OutcomeGuard:
     """An advised method's guard (`refine_chunks`' `guard` hook) over `chunks` chunks: after each, the paired gap of
     the guard evaluations to fine-tuning's (`reference`), each seed's averaged over the last `WINDOW` chunks, as row
-    facts (`guard_gap`: the mean over seeds of advised minus fine-tuning; `guard_ci` at confidence `guard_level`; `guard_verdict`);
-    once the interval lies below 0 and the guard `acts` (`MIN_RUNS` seeds or more, whole-episode evaluations),
-    `tripped` holds {"chunk", "gap" (the mean gap), "ci", "level", "seeds"} and the loop continues with fine-tuning's agents and
-    evaluations (`restore`, `reported`)."""
+    facts (`guard_gap`: the mean over seeds of advised minus fine-tuning; `guard_ci` at confidence `guard_level`;
+    `guard_verdict`); once the interval lies below 0 and the guard `acts` (`MIN_RUNS` seeds or more, whole-episode
+    evaluations), `tripped` holds {"chunk", "gap" (the mean gap), "ci", "level", "seeds"} and the loop continues with
+    fine-tuning's agents and evaluations (`restore`, `reported`)."""
 
     program: Any
     keys: jax.Array
