@@ -52,11 +52,9 @@ class CLIError(Exception):
 
 def _print_table(console: Any, table: Any, note: str | None) -> None:
     """A rich table, then its note (few runs: no interval) as a line of its own: a caption would wrap at the
-    table's width, mid-sentence, in a log. No cell is ever cut to "…" (a number lost): each column is kept at least
-    as wide as its longest word, and on a console too narrow for that each row is printed as lines of
-    "header: value" instead (a row begins "- ")."""
-    words = _longest_words(table)
-    if console.width < sum(words) + 3 * len(words) + 1:  # the words, one space of padding each side, the borders
+    table's width, mid-sentence, in a log. No cell is ever cut to "…" (a number lost): on a console too narrow for
+    rich to show every cell whole, each row is printed as lines of "header: value" instead (a row begins "- ")."""
+    if _cuts_cells(console, table):
         if table.title:
             console.print(table.title, soft_wrap=True, markup=False)
         headers = [str(c.header) for c in table.columns]
@@ -64,19 +62,21 @@ def _print_table(console: Any, table: Any, note: str | None) -> None:
             for i, (h, v) in enumerate(zip(headers, row, strict=True)):
                 console.print(f"{'- ' if i == 0 else '  '}{h}: {v}", soft_wrap=True, markup=False)
     else:
-        for column, word in zip(table.columns, words, strict=True):  # else rich shrinks wide columns below their words
-            column.min_width = max(column.min_width or 0, word + 2)
         console.print(table)
     if note:
         console.print(note, soft_wrap=True, markup=False)
 
 
-def _longest_words(table: Any) -> list[int]:
-    """Per column of `table`, the display width of its longest word (header included)."""
-    from rich.cells import cell_len
+def _cuts_cells(console: Any, table: Any) -> bool:
+    """Whether rich cuts a cell or header of `table` to "…" at `console`'s width (rendered once, on a probe console
+    of that width: rich may cut words even where the longest words would fit side by side)."""
+    import io
 
-    return [max((cell_len(word) for cell in [c.header, *c.cells] for word in str(cell).split()), default=1)
-            for c in table.columns]
+    from rich.console import Console
+
+    probe = Console(width=console.width, file=io.StringIO(), color_system=None)
+    probe.print(table)
+    return "…" in probe.file.getvalue()
 
 
 def _escape(text: str) -> str:

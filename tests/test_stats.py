@@ -110,10 +110,11 @@ def test_an_ultra_run_reports_iqm_intervals_gains_and_pongs_win_rate(tmp_path, m
     lines = narrow.export_text()
     assert "…" not in lines and f"final IQM [95% CI]: 0.75 [{rate['ci95'][0]:.2f}, {rate['ci95'][1]:.2f}]" in lines
     assert "- method: ULTRA-RA" in lines and "gain vs fine-tune: +0.25 [" in lines
-    for width in range(60, 130, 2):  # wide enough for a table: rich must not shrink a column below its longest word
+    for width in range(60, 130, 2):  # as a table or as lines: every cell whole, no column cropped at the edge
         console = Console(record=True, width=width)
         _print_ultra_results(console, config, run, _results(), tmp_path)
-        assert "…" not in console.export_text(), width
+        text = console.export_text()
+        assert "…" not in text and "answers" in text and "[+0.25," in text, width
 
 
 def test_fewer_than_five_seeds_give_no_verdict_and_a_note_next_to_the_intervals(tmp_path):
