@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmod.advice.teacher import TeacherBackend
+from jaxmod.advice.teacher import BLOCK, TeacherBackend
 from jaxmod.checkpoint import save_checkpoint
 from jaxmod.llm import Advised, Advisor, Identified, LocalBackend
 from jaxmod.llm.prompts import advice_messages, identify_messages
@@ -61,8 +61,11 @@ class Taught:
         self._mode = jax.jit(lambda p, r, o: net.mode(net.policy_head(p, env.observe(r, o))))
 
     def mode(self, obs: np.ndarray) -> np.ndarray:
-        """The teacher policy's own mode action at one exact raw observation (what a test can trust)."""
-        return np.asarray(self._mode(self.state.params, self.state.env_state.obs_rms, jnp.asarray(obs)[None]))[0]
+        """The teacher policy's own mode action at one exact raw observation (what a test can trust), computed in
+        a batch of the teacher's `BLOCK` rows: XLA's float results can differ in the last bit between batch shapes."""
+        batch = np.zeros((BLOCK, *np.shape(obs)), np.float32)
+        batch[0] = obs
+        return np.asarray(self._mode(self.state.params, self.state.env_state.obs_rms, jnp.asarray(batch)))[0]
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +107,23 @@ def _check_family(t: Taught) -> None:
 @pytest.mark.parametrize("env_id", list(FAMILIES))
 def test_teacher_suggests_its_own_mode_action_at_the_exact_critical_state(env_id, taught):
     _check_family(taught(env_id))
+
+
+def test_teacher_compiles_once_for_questions_of_any_length(taught):
+    """The teacher's network is compiled on loading, once: questions of any length (episodes of 1 to 600 steps)
+    reuse that program, so a first round under a busy refinement is not held back by compiles; the blocks give the
+    same numbers as one evaluation of the whole, unpadded episode."""
+    t = taught("CartPole-v1")
+    teacher = TeacherBackend(t.folder)
+    assert teacher._evaluate._cache_size() == 1
+    obs = np.random.default_rng(0).normal(0.0, 0.2, (600, 4)).astype(np.float32)
+    answers = {n: teacher.head_and_value(obs[:n]) for n in (1, 37, 256, 257, 600)}
+    assert teacher._evaluate._cache_size() == 1
+    whole = teacher._evaluate(teacher.params, teacher.obs_rms, jnp.asarray(obs))
+    for n, (head, value) in answers.items():
+        assert head.shape == (n, 2) and value.shape == (n,)
+        np.testing.assert_allclose(head, np.asarray(whole[0])[:n], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(value, np.asarray(whole[1])[:n], rtol=1e-5, atol=1e-5)
 
 
 def test_teacher_on_brax_hopper(taught):

@@ -34,6 +34,7 @@ from jaxmod.llm.scripted import ScriptedError
 from jaxmod.ppo.train import PPOLearner
 
 DEFAULT_MAX_CRITICAL = 3
+BLOCK = 256  # rows per evaluation of the teacher's network (one compiled program, compiled on loading)
 AGREE_TOLERANCE = 0.1  # continuous actions agree within this share of the action range (mean over dimensions)
 
 
@@ -89,6 +90,9 @@ class TeacherBackend:
         net, env = self.net, self.env
         self._evaluate = jax.jit(lambda params, rms, o: (net.policy_head(params, env.observe(rms, o)),
                                                          net.value(params, env.observe(rms, o))))
+        # compiled here, before any question: its first answers are then as fast as the rest (a compile per
+        # question size, under a busy refinement, held a first round back by seconds: chunks of advice lost)
+        self.head_and_value(np.zeros((1, *self.env.obs_shape), np.float32))
 
     @property
     def env_id(self) -> str:
@@ -102,21 +106,24 @@ class TeacherBackend:
     # --------------------------------------------------------------- the policy on exact observations
     def head_and_value(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Policy head (logits, or Gaussian means) (n, A) and value (n,) of raw observations (n, *obs_shape).
-        Batches are padded to a power of two, so episodes of any length share a few compiled programs."""
+        Evaluated in blocks of `BLOCK` rows (the last one zero-padded): one compiled program for every question."""
         obs = np.asarray(obs, dtype=np.float32)
         if obs.shape[1:] != tuple(self.env.obs_shape):
             raise ScriptedError(f"the teacher for {self.env_id} takes observations of shape {self.env.obs_shape}, "
                                 f"got {obs.shape[1:]}")
         n = len(obs)
-        padded = np.zeros((1 << max(0, n - 1).bit_length(),) + obs.shape[1:], np.float32)
+        padded = np.zeros((-(-max(n, 1) // BLOCK) * BLOCK,) + obs.shape[1:], np.float32)
         padded[:n] = obs
-        head, value = self._evaluate(self.params, self.obs_rms, jnp.asarray(padded))
-        return np.asarray(head)[:n], np.asarray(value)[:n]
+        blocks = [self._evaluate(self.params, self.obs_rms, jnp.asarray(padded[i:i + BLOCK]))
+                  for i in range(0, len(padded), BLOCK)]
+        head, value = (np.concatenate([np.asarray(b[j]) for b in blocks]) for j in (0, 1))
+        return head[:n], value[:n]
 
     def _agreement(self, head: np.ndarray, took: np.ndarray) -> np.ndarray:
         """How much the teacher agrees with each action taken, in [-1, 1]."""
-        if self.env.action_space.discrete:
-            probs = np.asarray(jax.nn.softmax(jnp.asarray(head), axis=-1))
+        if self.env.action_space.discrete:  # numpy, not jax.nn.softmax: that compiles once per episode length
+            z = np.exp(head - head.max(axis=-1, keepdims=True))
+            probs = z / z.sum(axis=-1, keepdims=True)
             return 2.0 * probs[np.arange(len(took)), np.asarray(took).astype(int)] - 1.0
         std = np.exp(np.asarray(self.params["log_std"]))
         z2 = np.mean(((np.asarray(took, np.float32).reshape(head.shape) - head) / std) ** 2, axis=-1)
