@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmod.advice.teacher import BLOCK, TeacherBackend
+from jaxmod.advice.teacher import SMALL, TeacherBackend
 from jaxmod.checkpoint import save_checkpoint
 from jaxmod.llm import Advised, Advisor, Identified, LocalBackend
 from jaxmod.llm.prompts import advice_messages, identify_messages
@@ -62,8 +62,9 @@ class Taught:
 
     def mode(self, obs: np.ndarray) -> np.ndarray:
         """The teacher policy's own mode action at one exact raw observation (what a test can trust), computed in
-        a batch of the teacher's `BLOCK` rows: XLA's float results can differ in the last bit between batch shapes."""
-        batch = np.zeros((BLOCK, *np.shape(obs)), np.float32)
+        a batch of the teacher's `SMALL` rows (its one-state questions'): XLA's float results can differ in the last
+        bit between batch shapes."""
+        batch = np.zeros((SMALL, *np.shape(obs)), np.float32)
         batch[0] = obs
         return np.asarray(self._mode(self.state.params, self.state.env_state.obs_rms, jnp.asarray(batch)))[0]
 
@@ -110,15 +111,30 @@ def test_teacher_suggests_its_own_mode_action_at_the_exact_critical_state(env_id
 
 
 def test_teacher_compiles_once_for_questions_of_any_length(taught):
-    """The teacher's network is compiled on loading, once: questions of any length (episodes of 1 to 600 steps)
-    reuse that program, so a first round under a busy refinement is not held back by compiles; the blocks give the
-    same numbers as one evaluation of the whole, unpadded episode."""
+    """The teacher compiles on loading and never again: questions of any length (identification over episodes of 1
+    to 600 steps, advice at one state, agreement scoring) add no XLA compile, so a first round under a busy
+    refinement is not held back by compiles; its blocks give the same numbers as one evaluation of the whole,
+    unpadded episode."""
     t = taught("CartPole-v1")
     teacher = TeacherBackend(t.folder)
-    assert teacher._evaluate._cache_size() == 1
+    compiles = []
+
+    def listen(event: str, duration: float, **_) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
     obs = np.random.default_rng(0).normal(0.0, 0.2, (600, 4)).astype(np.float32)
-    answers = {n: teacher.head_and_value(obs[:n]) for n in (1, 37, 256, 257, 600)}
-    assert teacher._evaluate._cache_size() == 1
+    actions = np.arange(600) % 2
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        answers = {n: teacher.head_and_value(obs[:n]) for n in (1, 8, 9, 37, 256, 257, 512, 600)}
+        for n in (3, 37, 300, 600):
+            teacher.identify(obs[:n], actions[:n], 2)
+            teacher.agrees(obs[:n], actions[:n])
+        teacher.advise(obs[5], 1)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
     whole = teacher._evaluate(teacher.params, teacher.obs_rms, jnp.asarray(obs))
     for n, (head, value) in answers.items():
         assert head.shape == (n, 2) and value.shape == (n,)

@@ -34,7 +34,9 @@ from jaxmod.llm.scripted import ScriptedError
 from jaxmod.ppo.train import PPOLearner
 
 DEFAULT_MAX_CRITICAL = 3
-BLOCK = 256  # rows per evaluation of the teacher's network (one compiled program, compiled on loading)
+BLOCK = 256  # rows per evaluation of an episode by the teacher's network (a program compiled on loading)
+SMALL = 8  # questions of at most this many states (advice at one state) use a program of this many rows: a 256-row
+# block of 40x40 Pong pixels costs ~40 ms against ~0.5 ms for one row
 AGREE_TOLERANCE = 0.1  # continuous actions agree within this share of the action range (mean over dimensions)
 
 
@@ -92,7 +94,8 @@ class TeacherBackend:
                                                          net.value(params, env.observe(rms, o))))
         # compiled here, before any question: its first answers are then as fast as the rest (a compile per
         # question size, under a busy refinement, held a first round back by seconds: chunks of advice lost)
-        self.head_and_value(np.zeros((1, *self.env.obs_shape), np.float32))
+        for rows in (SMALL, BLOCK):
+            self.head_and_value(np.zeros((rows, *self.env.obs_shape), np.float32))
 
     @property
     def env_id(self) -> str:
@@ -106,16 +109,18 @@ class TeacherBackend:
     # --------------------------------------------------------------- the policy on exact observations
     def head_and_value(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Policy head (logits, or Gaussian means) (n, A) and value (n,) of raw observations (n, *obs_shape).
-        Evaluated in blocks of `BLOCK` rows (the last one zero-padded): one compiled program for every question."""
+        Evaluated in blocks of `BLOCK` rows, or one block of `SMALL` rows for at most `SMALL` states (the last block
+        zero-padded): two programs, both compiled on loading, for every question."""
         obs = np.asarray(obs, dtype=np.float32)
         if obs.shape[1:] != tuple(self.env.obs_shape):
             raise ScriptedError(f"the teacher for {self.env_id} takes observations of shape {self.env.obs_shape}, "
                                 f"got {obs.shape[1:]}")
         n = len(obs)
-        padded = np.zeros((-(-max(n, 1) // BLOCK) * BLOCK,) + obs.shape[1:], np.float32)
+        rows = SMALL if n <= SMALL else BLOCK
+        padded = np.zeros((-(-max(n, 1) // rows) * rows,) + obs.shape[1:], np.float32)
         padded[:n] = obs
-        blocks = [self._evaluate(self.params, self.obs_rms, jnp.asarray(padded[i:i + BLOCK]))
-                  for i in range(0, len(padded), BLOCK)]
+        blocks = [self._evaluate(self.params, self.obs_rms, jnp.asarray(padded[i:i + rows]))
+                  for i in range(0, len(padded), rows)]
         head, value = (np.concatenate([np.asarray(b[j]) for b in blocks]) for j in (0, 1))
         return head[:n], value[:n]
 
