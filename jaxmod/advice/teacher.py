@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import softmax
 
 from jaxmod.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, read_meta
 from jaxmod.envs.describe import DescriberError
@@ -126,9 +127,8 @@ class TeacherBackend:
 
     def _agreement(self, head: np.ndarray, took: np.ndarray) -> np.ndarray:
         """How much the teacher agrees with each action taken, in [-1, 1]."""
-        if self.env.action_space.discrete:  # numpy, not jax.nn.softmax: that compiles once per episode length
-            z = np.exp(head - head.max(axis=-1, keepdims=True))
-            probs = z / z.sum(axis=-1, keepdims=True)
+        if self.env.action_space.discrete:  # scipy on the host, not jax.nn.softmax: that compiles per episode length
+            probs = softmax(head, axis=-1)
             return 2.0 * probs[np.arange(len(took)), np.asarray(took).astype(int)] - 1.0
         std = np.exp(np.asarray(self.params["log_std"]))
         z2 = np.mean(((np.asarray(took, np.float32).reshape(head.shape) - head) / std) ** 2, axis=-1)
